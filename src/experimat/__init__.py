@@ -1,0 +1,108 @@
+"""experimat: multi-sample spatial and single-cell transcriptomics experiments.
+
+>>> import experimat as em
+>>> expm = em.load_experiment("projects/visium")  # doctest: +SKIP
+
+Importing is cheap: submodules (anndata, scanpy, JAX, torch, ...) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _pkg_version
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    CorruptFileError,
+    ExperimatError,
+    ExperimatWarning,
+    FormatVersionError,
+    InvalidInputError,
+    KeyNotFoundError,
+    MissingDependencyError,
+    MissingSlotError,
+    NotCountsError,
+    ProjectError,
+    ProjectLockedError,
+    ReadOnlyError,
+    SampleNotFoundError,
+    SampleRunError,
+)
+from ._settings import settings
+
+try:
+    __version__ = _pkg_version("experimat")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from . import database, io, methods, pl, pp
+    from .core.experiment import Experiment, load_experiment, migrate
+    from .core.sample_table import SampleTable
+    from .core.registry import register_method
+
+_LAZY_MODULES = {"io", "pl", "pp", "database", "methods", "core", "cli", "datasets"}
+_LAZY_ATTRS = {
+    "Experiment": "experimat.core.experiment",
+    "load_experiment": "experimat.core.experiment",
+    "migrate": "experimat.core.experiment",
+    "SampleTable": "experimat.core.sample_table",
+    "register_method": "experimat.core.registry",
+    "version": "experimat._version_info",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        mod = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = mod
+        return mod
+    if name in _LAZY_ATTRS:
+        value = getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'experimat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_MODULES, *_LAZY_ATTRS])
+
+
+def setwd(path: str | os.PathLike) -> None:
+    """Change the working directory (as R's ``setwd``), creating nothing.
+
+    Relative project paths given afterwards resolve against ``path``.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise InvalidInputError(f"{path!r} is not an existing directory.")
+    os.chdir(path)
+
+
+__all__ = [
+    "CorruptFileError",
+    "Experiment",
+    "ExperimatError",
+    "ExperimatWarning",
+    "FormatVersionError",
+    "InvalidInputError",
+    "KeyNotFoundError",
+    "MissingDependencyError",
+    "MissingSlotError",
+    "NotCountsError",
+    "ProjectError",
+    "ProjectLockedError",
+    "ReadOnlyError",
+    "SampleNotFoundError",
+    "SampleRunError",
+    "SampleTable",
+    "__version__",
+    "load_experiment",
+    "migrate",
+    "register_method",
+    "settings",
+    "setwd",
+    "version",
+]

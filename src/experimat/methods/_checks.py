@@ -1,0 +1,202 @@
+"""Preconditions and result bookkeeping shared by all methods (the method contract).
+
+Every method is ``func(adata, *, layer=None, key_added="<method>", ...) -> result``; it reads
+its inputs through these helpers so that errors are uniform and name the fix, and it records
+its parameters with :func:`store_params`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._errors import InvalidInputError, KeyNotFoundError, MissingSlotError, NotCountsError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def check_choice(name: str, value: Any, valid: Iterable[Any]) -> Any:
+    """Validate a string option against its valid values (the error lists them)."""
+    valid = list(valid)
+    if isinstance(value, Enum):
+        value = value.value
+    if value not in valid:
+        raise InvalidInputError(f"invalid {name}={value!r}; valid values: {valid}.")
+    return value
+
+
+def get_matrix(adata: AnnData, layer: str | None = None, *, obsm: str | None = None):
+    """The data matrix of ``adata``: ``X``, ``layers[layer]`` or ``obsm[obsm]``.
+
+    Raises :class:`MissingSlotError` listing the available layers when ``layer`` is absent.
+    """
+    if obsm is not None:
+        return get_obsm(adata, obsm)
+    if layer is None or layer == "X":
+        if adata.X is None:
+            raise MissingSlotError(
+                f"adata.X is empty; pass layer= one of the available layers: {list(adata.layers.keys())}."
+            )
+        return adata.X
+    if layer not in adata.layers:
+        raise MissingSlotError(
+            f"layer {layer!r} not found; available layers: {list(adata.layers.keys())} "
+            "(or layer=None for adata.X)."
+        )
+    return adata.layers[layer]
+
+
+def get_obsm(adata: AnnData, key: str, *, min_dims: int = 1) -> np.ndarray:
+    """``adata.obsm[key]`` as a dense float array; the error lists the available keys."""
+    if key not in adata.obsm:
+        hint = ""
+        if key == "spatial":
+            hint = " Spot coordinates are read into obsm['spatial'] by em.io readers."
+        raise MissingSlotError(
+            f"obsm key {key!r} not found; available obsm keys: {list(adata.obsm.keys())}.{hint}"
+        )
+    value = adata.obsm[key]
+    arr = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
+    if arr.ndim != 2 or arr.shape[1] < min_dims:
+        raise InvalidInputError(f"obsm[{key!r}] must be a 2-D array with >= {min_dims} columns; got {arr.shape}.")
+    return arr
+
+
+def get_coordinates(adata: AnnData, spatial_key: str = "spatial", *, min_obs: int = 1) -> np.ndarray:
+    """Spatial coordinates as float64 ``(n_obs, 2)`` (or 3); NaN/inf rejected."""
+    xy = get_obsm(adata, spatial_key, min_dims=2).astype(np.float64, copy=False)
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        names = list(adata.obs_names[bad][:5])
+        raise InvalidInputError(
+            f"obsm[{spatial_key!r}] has {int(bad.sum())} rows with NaN/inf coordinates (e.g. {names}); "
+            "remove those observations first (adata = adata[np.isfinite(adata.obsm[key]).all(1)])."
+        )
+    if xy.shape[0] < min_obs:
+        raise InvalidInputError(f"at least {min_obs} observations are needed; got {xy.shape[0]}.")
+    return xy
+
+
+def get_obs_column(adata: AnnData, key: str) -> Any:
+    if key not in adata.obs.columns:
+        raise KeyNotFoundError("obs column", key, adata.obs.columns)
+    return adata.obs[key]
+
+
+def is_integer_matrix(X, *, max_check: int = 10_000_000) -> bool:
+    """Whether all stored values are non-negative integers (checks up to ``max_check`` values)."""
+    data = X.data if hasattr(X, "data") and not isinstance(X, np.ndarray) else np.asarray(X)
+    data = np.asarray(data).ravel()
+    if data.size > max_check:
+        data = data[:: max(1, data.size // max_check)]
+    if data.size == 0:
+        return True
+    if np.issubdtype(data.dtype, np.integer):
+        return bool((data >= 0).all())
+    if not np.isfinite(data).all():
+        return False
+    return bool((data >= 0).all() and np.all(data == np.round(data)))
+
+
+def check_counts(X, *, what: str = "the data", layer: str | None = None) -> None:
+    """Raise :class:`NotCountsError` unless ``X`` holds non-negative integers."""
+    if not is_integer_matrix(X):
+        where = f"layer {layer!r}" if layer else what
+        raise NotCountsError(
+            f"{where} must hold raw counts (non-negative integers), but has negative, fractional or "
+            "non-finite values. Pass the raw counts (e.g. layer='counts'); do not normalise or log-transform them first."
+        )
+
+
+def to_json_safe(value: Any) -> Any:
+    """Convert a parameter value into something ``json.dumps`` accepts, losslessly when possible."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(value, Enum):
+        return to_json_safe(value.value)
+    if isinstance(value, (Path,)):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, np.ndarray):
+        if value.size <= 1000:
+            return [to_json_safe(v) for v in value.tolist()]
+        return f"<array shape={value.shape} dtype={value.dtype}>"
+    if isinstance(value, Mapping):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        seq = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [to_json_safe(v) for v in seq]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__name__} shape={tuple(value.shape)}>"
+    return f"<{type(value).__name__}>"
+
+
+def store_params(adata: AnnData, key_added: str, params: Mapping[str, Any], **extra: Any) -> None:
+    """Record a call's parameters in ``adata.uns[key_added]['params']`` (JSON-safe)."""
+    entry = adata.uns.get(key_added)
+    if not isinstance(entry, dict):
+        entry = {}
+    entry["params"] = to_json_safe(dict(params))
+    for k, v in extra.items():
+        entry[k] = v
+    adata.uns[key_added] = entry
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def resolve_genes(adata: AnnData, genes: str | Sequence[str], *, gene_symbols: str = "gene") -> list[str]:
+    """Map gene names given by users (var_names, Ensembl ids with/without version, or symbols
+    in ``var[gene_symbols]``, case-insensitively) to ``var_names``.
+
+    Raises :class:`KeyNotFoundError` listing close matches for unknown names.
+    """
+    if isinstance(genes, str):
+        genes = [genes]
+    names = adata.var_names
+    index = {n: n for n in names}
+    lower: dict[str, str] = {}
+    for n in names:
+        lower.setdefault(str(n).lower(), n)
+        base = str(n).split(".")[0] if str(n).upper().startswith("ENS") else None
+        if base:
+            lower.setdefault(base.lower(), n)
+    if gene_symbols in adata.var.columns:
+        for sym, n in zip(adata.var[gene_symbols].astype(str), names, strict=True):
+            lower.setdefault(sym.lower(), n)
+    out = []
+    for g in genes:
+        g_str = str(g)
+        if g_str in index:
+            out.append(index[g_str])
+            continue
+        key = g_str.lower()
+        if key.startswith("ens") and "." in key:
+            key = key.split(".")[0]
+        if key in lower:
+            out.append(lower[key])
+            continue
+        import difflib
+
+        candidates = [str(n) for n in names]
+        if gene_symbols in adata.var.columns:
+            candidates += list(adata.var[gene_symbols].astype(str))
+        close = difflib.get_close_matches(g_str, candidates, n=5)
+        raise KeyNotFoundError("gene", g, close, hint="(close matches shown; genes may be given as symbols or ids)")
+    return out
