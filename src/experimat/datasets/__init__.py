@@ -1,0 +1,9 @@
+"""Shipped real data sets and synthetic generators with known truth.
+
+Real data live in the repository's ``tests/data`` (small, shipped) or under
+``em.settings.data_dir`` (large; set ``EXPERIMAT_DATA_DIR``).
+"""
+
+from ._synthetic import pseudo_spots, synthetic_domains, synthetic_svg, visium_hex_grid
+
+__all__ = ["pseudo_spots", "synthetic_domains", "synthetic_svg", "visium_hex_grid"]
