@@ -40,8 +40,8 @@ except PackageNotFoundError:  # running from a source tree without installation
 if TYPE_CHECKING:
     from . import database, io, methods, pl, pp
     from .core.experiment import Experiment, load_experiment, migrate
-    from .core.sample_table import SampleTable
     from .core.registry import register_method
+    from .core.sample_table import SampleTable
 
 _LAZY_MODULES = {"io", "pl", "pp", "database", "methods", "core", "cli", "datasets"}
 _LAZY_ATTRS = {
@@ -83,9 +83,9 @@ def setwd(path: str | os.PathLike) -> None:
 
 __all__ = [
     "CorruptFileError",
-    "Experiment",
     "ExperimatError",
     "ExperimatWarning",
+    "Experiment",
     "FormatVersionError",
     "InvalidInputError",
     "KeyNotFoundError",

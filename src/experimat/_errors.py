@@ -16,8 +16,18 @@ def _listing(valid: Iterable[object], limit: int = 20) -> str:
     return ", ".join(items) if items else "(none)"
 
 
+def _restore_error(cls: type, args: tuple, state: dict) -> BaseException:
+    err = Exception.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
 class ExperimatError(Exception):
-    """Base class of all experimat errors."""
+    """Base class of all experimat errors (picklable, so they cross process boundaries)."""
+
+    def __reduce__(self):
+        return (_restore_error, (type(self), self.args, self.__dict__))
 
 
 class InvalidInputError(ExperimatError, ValueError):

@@ -49,16 +49,16 @@ class _TimedLogger:
         self._log.log(level, msg)
         return now
 
-    def debug(self, msg: str, *, time: float | None = None) -> float:  # noqa: A002
+    def debug(self, msg: str, *, time: float | None = None) -> float:
         return self._emit(logging.DEBUG, msg, time)
 
-    def info(self, msg: str, *, time: float | None = None) -> float:  # noqa: A002
+    def info(self, msg: str, *, time: float | None = None) -> float:
         return self._emit(logging.INFO, msg, time)
 
-    def warning(self, msg: str, *, time: float | None = None) -> float:  # noqa: A002
+    def warning(self, msg: str, *, time: float | None = None) -> float:
         return self._emit(logging.WARNING, msg, time)
 
-    def error(self, msg: str, *, time: float | None = None) -> float:  # noqa: A002
+    def error(self, msg: str, *, time: float | None = None) -> float:
         return self._emit(logging.ERROR, msg, time)
 
     def is_enabled(self, level: str) -> bool:
@@ -91,7 +91,7 @@ def progress(
         disable = not settings.progress
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    if disable or not sys.stderr.isatty() and not _in_notebook():
+    if disable or (not sys.stderr.isatty() and not _in_notebook()):
         yield from items
         return
     from rich.progress import track

@@ -1,0 +1,134 @@
+"""Modality accessors: ``expm.rna``, ``expm.spatial_bin``, ``expm.spatial_cell``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from .._keys import Modality
+from .registry import MethodSpec, load_plugins, methods_for
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from .experiment import Experiment
+
+_RUNNER_DOC = """
+Runner options (added by experimat)
+-----------------------------------
+run_on_samples
+    ``True`` or ``"all"``: every sample of the modality; a name or a list of names: exactly
+    those (unknown names raise :class:`~experimat.SampleNotFoundError`); ``None``: the
+    integrated data (after ``expm.merge``). Returns ``{sample: result}`` in sheet order.
+n_jobs
+    Number of local worker processes (default ``em.settings.n_jobs``).
+executor
+    A ``dask.distributed.Client``: run the samples on that cluster.
+save
+    Save each finished sample right away (default: True when the project is opened ``r+``).
+resume
+    Skip samples whose history records a finished run with the same parameters.
+"""
+
+
+def _runner_parameters() -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    return [
+        inspect.Parameter("run_on_samples", kw, default=True, annotation="bool | str | list[str] | None"),
+        inspect.Parameter("n_jobs", kw, default=None, annotation="int | None"),
+        inspect.Parameter("executor", kw, default=None, annotation="Any"),
+        inspect.Parameter("save", kw, default=None, annotation="bool | None"),
+        inspect.Parameter("resume", kw, default=False, annotation="bool"),
+    ]
+
+
+class ModalityAccessor:
+    """The samples of one modality and the methods registered for it.
+
+    ``expm.spatial_bin[sample]`` returns the AnnData; ``expm.spatial_bin.<method>(...)`` runs
+    a registered method per sample.
+    """
+
+    def __init__(self, experiment: Experiment, modality: str) -> None:
+        load_plugins()
+        self._expm = experiment
+        self.modality = Modality(modality).value
+
+    # -- samples -------------------------------------------------------------------------------
+    @property
+    def samples(self) -> list[str]:
+        """Sample names of this modality, in sample-sheet order."""
+        return self._expm.table.samples(self.modality)
+
+    def __getitem__(self, sample: str) -> AnnData:
+        return self._expm.get_sample(self.modality, sample)
+
+    def __setitem__(self, sample: str, adata: AnnData) -> None:
+        self._expm.set_sample(self.modality, sample, adata)
+
+    def __contains__(self, sample: object) -> bool:
+        return sample in self.samples
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def items(self):
+        for s in self.samples:
+            yield s, self[s]
+
+    def view(self, sample: str) -> None:
+        """Print the slots of one sample (obs/var/layers/obsm/varm/obsp/uns) with dtypes and shapes."""
+        from .experiment import describe_anndata
+
+        print(describe_anndata(self[sample], title=f"{self.modality} sample {sample!r}"))
+
+    # -- methods -------------------------------------------------------------------------------
+    @property
+    def methods(self) -> list[str]:
+        """Names of the methods registered for this modality."""
+        return sorted(methods_for(self.modality))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        specs = methods_for(self.modality)
+        if name not in specs:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(specs), n=5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise AttributeError(f"no method {name!r} for modality {self.modality!r}.{hint} Available: {sorted(specs)}")
+        return self._bind(specs[name])
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *methods_for(self.modality)})
+
+    def _bind(self, spec: MethodSpec):
+        from .runner import run_method
+
+        expm, modality = self._expm, self.modality
+
+        @functools.wraps(spec.func)
+        def method(*args: Any, run_on_samples: Any = True, n_jobs: int | None = None, executor: Any = None,
+                   save: bool | None = None, resume: bool = False, **kwargs: Any) -> Any:
+            if args:
+                from .._errors import InvalidInputError
+
+                raise InvalidInputError(f"{spec.name}() takes keyword arguments only (got {len(args)} positional).")
+            return run_method(expm, modality, spec, kwargs, run_on_samples=run_on_samples, n_jobs=n_jobs,
+                              executor=executor, save=save, resume=resume)
+
+        params = [p for p in spec.options if p.kind == p.KEYWORD_ONLY] + _runner_parameters()
+        var_kw = [p for p in spec.options if p.kind == p.VAR_KEYWORD]
+        method.__signature__ = inspect.Signature(params + var_kw, return_annotation="dict[str, Any]")
+        method.__doc__ = (spec.func.__doc__ or "") + _RUNNER_DOC
+        method.__name__ = spec.name
+        del method.__wrapped__  # inspect.signature must show the synthesised signature
+        return method
+
+    def __repr__(self) -> str:
+        return f"<{self.modality} accessor: {len(self.samples)} samples; methods: {', '.join(self.methods) or '(none)'}>"

@@ -1,0 +1,902 @@
+"""The :class:`Experiment`: samples per modality, an optional integrated MuData, a project folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._errors import (
+    CorruptFileError,
+    InvalidInputError,
+    KeyNotFoundError,
+    NotCountsError,
+    ProjectError,
+    SampleNotFoundError,
+)
+from .._keys import MODALITIES, SAMPLE_OBS_COLUMNS, SPATIAL_MODALITIES, FileName, Key, Modality
+from .._logging import logger
+from ..io.project import ProjectStore, now_iso, sha256_file
+from ._fingerprint import fingerprint
+from .accessor import ModalityAccessor
+from .sample_table import SampleTable, validate_sample_name
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+SampleKey = tuple[str, str]
+#: compression of sample files: lzf is fast and built into h5py
+H5_COMPRESSION = "lzf"
+#: model classes the project may name (nothing else is ever imported from a manifest)
+MODEL_MODULE_PREFIX = "experimat.methods."
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _slot_desc(value: Any) -> str:
+    import scipy.sparse as sp
+
+    if sp.issparse(value):
+        return f"{type(value).__name__} {value.dtype} {value.shape} nnz={value.nnz}"
+    if isinstance(value, pd.DataFrame):
+        return f"DataFrame {value.shape} columns={list(value.columns)[:6]}{'...' if value.shape[1] > 6 else ''}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray {value.dtype} {value.shape}"
+    if isinstance(value, Mapping):
+        keys = list(value.keys())
+        return f"dict {{{', '.join(map(str, keys[:6]))}{', ...' if len(keys) > 6 else ''}}}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{type(value).__name__} {value.dtype} {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def describe_anndata(adata: AnnData, title: str = "AnnData") -> str:
+    """A slot-by-slot description with dtypes and shapes (what ``accessor.view`` prints)."""
+    lines = [f"{title}: {adata.n_obs} obs x {adata.n_vars} var"]
+    if adata.X is not None:
+        lines.append(f"  X        {_slot_desc(adata.X)}")
+    for where in ("obs", "var"):
+        df = getattr(adata, where)
+        lines.append(f"  {where:<8} {df.shape[1]} columns, index e.g. {list(df.index[:2])}")
+        for c in df.columns:
+            lines.append(f"    {c}: {df[c].dtype}")
+    for where in ("layers", "obsm", "varm", "obsp"):
+        mapping = getattr(adata, where)
+        if len(mapping):
+            lines.append(f"  {where}")
+            for k in mapping:
+                lines.append(f"    {k}: {_slot_desc(mapping[k])}")
+    if len(adata.uns):
+        lines.append("  uns")
+        for k, v in adata.uns.items():
+            lines.append(f"    {k}: {_slot_desc(v)}")
+    return "\n".join(lines)
+
+
+def _slot_summary(adata: AnnData) -> dict[str, list[str]]:
+    return {
+        "obs": [str(c) for c in adata.obs.columns],
+        "var": [str(c) for c in adata.var.columns],
+        "layers": list(adata.layers.keys()),
+        "obsm": list(adata.obsm.keys()),
+        "obsp": list(adata.obsp.keys()),
+        "uns": [str(k) for k in adata.uns.keys()],
+    }
+
+
+def prepare_sample(
+    adata: AnnData,
+    *,
+    sample: str,
+    modality: str,
+    taxa: str,
+    batch: str | None = None,
+    group: str | None = None,
+    harmonize_genes: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> AnnData:
+    """Make a freshly read AnnData a sample of an experiment (in place; returns it).
+
+    - raw counts in ``layers['counts']`` are checked (non-negative integers);
+    - obs names become ``<sample>:<barcode>`` (original in ``obs['barcode']``);
+    - ``obs`` gets categorical ``sample, batch, group, modality, taxa``;
+    - spatial coordinates are checked for NaN;
+    - genes are harmonised through the gene database (``harmonize_genes``).
+    """
+    from ..methods._checks import is_integer_matrix
+
+    if Key.COUNTS in adata.layers:
+        if not is_integer_matrix(adata.layers[Key.COUNTS]):
+            raise NotCountsError(
+                f"sample {sample!r}: layers['counts'] must hold raw counts (non-negative integers); it holds "
+                "negative or fractional values. Store the raw counts there (or remove the layer)."
+            )
+    elif adata.X is not None and is_integer_matrix(adata.X):
+        adata.layers[Key.COUNTS] = adata.X.copy()
+    if Key.SPATIAL in adata.obsm:
+        xy = np.asarray(adata.obsm[Key.SPATIAL], dtype=float)
+        bad = ~np.isfinite(xy).all(axis=1)
+        if bad.any():
+            raise InvalidInputError(
+                f"sample {sample!r}: {int(bad.sum())} spots have NaN/inf coordinates in obsm['spatial'] "
+                f"(e.g. {list(adata.obs_names[bad][:3])}); fix or drop them before creating the experiment."
+            )
+    elif modality in SPATIAL_MODALITIES:
+        raise InvalidInputError(
+            f"sample {sample!r} of modality {modality!r} has no obsm['spatial'] coordinates; read it with an em.io "
+            "reader or add the coordinates."
+        )
+    barcodes = adata.obs[Key.BARCODE].astype(str).to_numpy() if Key.BARCODE in adata.obs else adata.obs_names.astype(str).to_numpy()
+    prefix = f"{sample}:"
+    already = all(str(n).startswith(prefix) for n in adata.obs_names[:10]) and Key.BARCODE in adata.obs
+    if not already:
+        adata.obs[Key.BARCODE] = barcodes
+        adata.obs_names = [f"{sample}:{b}" for b in barcodes]
+    if not adata.obs_names.is_unique:
+        raise InvalidInputError(f"sample {sample!r} has duplicated barcodes; make obs names unique first.")
+    values = {"sample": sample, "batch": batch or sample, "group": group or "", "modality": modality, "taxa": taxa}
+    for col in SAMPLE_OBS_COLUMNS:
+        adata.obs[col] = pd.Categorical([values[col]] * adata.n_obs)
+    if extra:
+        adata.uns.setdefault("experimat", {})["sample_info"] = {str(k): str(v) for k, v in extra.items()}
+    if harmonize_genes:
+        from ..database import harmonize_var
+
+        harmonize_var(adata, taxa)
+    if not adata.var_names.is_unique:
+        n = int(adata.var_names.duplicated().sum())
+        if Key.GENE not in adata.var:
+            adata.var[Key.GENE] = adata.var_names.astype(str)
+        adata.var_names_make_unique()
+        logger.info(f"sample {sample!r}: {n} duplicated gene names made unique (original names in var['gene'])")
+    return adata
+
+
+def _read_sample(path: Path) -> AnnData:
+    import anndata as ad
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ad.read_h5ad(path)
+
+
+# -- the experiment -----------------------------------------------------------------------------
+class Experiment:
+    """Samples per modality (one AnnData each), an optional integrated MuData, a project folder.
+
+    Create one with :meth:`from_table` or :meth:`from_anndata`; open a saved one with
+    :func:`load_experiment`.
+
+    Examples
+    --------
+    >>> expm = em.Experiment.from_table("samples.tsv", project="projects/muscle")  # doctest: +SKIP
+    >>> expm.spatial_bin["Vis5A_2dpi"]  # doctest: +SKIP
+    >>> expm.save()  # doctest: +SKIP
+    """
+
+    def __init__(self, table: SampleTable, *, _store: ProjectStore | None = None, _manifest: dict | None = None,
+                 verify: bool = True) -> None:
+        self._table = table
+        self._store = _store
+        self._manifest: dict[str, Any] = _manifest or {}
+        self._verify = verify
+        self._data: dict[str, dict[str, AnnData]] = {m: {} for m in MODALITIES}
+        self._fp: dict[SampleKey, str] = {}
+        self._modified: set[SampleKey] = set()
+        self._integrated: MuData | None = None
+        self._integrated_loaded = False
+        self._integrated_fp: str | None = None
+        self._integrated_modified = False
+        self._pending_history: list[dict[str, Any]] = []
+        self._accessors = {m: ModalityAccessor(self, m) for m in MODALITIES}
+        self._finalizer = weakref.finalize(self, _release, _store) if _store is not None else None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_table(
+        cls,
+        table: SampleTable | pd.DataFrame | str | os.PathLike,
+        *,
+        project: str | os.PathLike | None = None,
+        harmonize_genes: bool = True,
+        load_images: bool = True,
+        force: bool = False,
+    ) -> Experiment:
+        """Read every sample of a sample sheet (``sample, modality, taxa, batch, group, path``).
+
+        Each ``path`` is read with :func:`experimat.io.read` (Space Ranger folder, 10x h5/mtx,
+        h5ad, count table; a ``coordinates`` column names a coordinates table for count tables).
+        With ``project``, a new project folder is created and saved.
+        """
+        from ..io import read
+
+        st = table if isinstance(table, SampleTable) else SampleTable(table)
+        adatas: dict[SampleKey, AnnData] = {}
+        errors = []
+        for row in st.to_records():
+            mod, s = row["modality"], row["sample"]
+            try:
+                path = st.resolve_path(mod, s)
+                if not path.exists():
+                    raise InvalidInputError(f"sample {s!r}: path {str(path)!r} does not exist.")
+                coords = row.get("coordinates") or None
+                if coords and not Path(coords).is_absolute() and st.base_dir is not None:
+                    coords = str(st.base_dir / coords)
+                adata = read(path, library_id=s, coordinates=coords, load_images=load_images)
+                extra = {k: v for k, v in row.items() if k not in ("sample", "modality", "taxa", "batch", "group", "path")}
+                adatas[(mod, s)] = prepare_sample(
+                    adata, sample=s, modality=mod, taxa=row["taxa"], batch=row["batch"] or None, group=row["group"] or None,
+                    harmonize_genes=harmonize_genes, extra=extra,
+                )
+            except (InvalidInputError, KeyError, OSError) as e:
+                errors.append(f"{mod}/{s}: {e}")
+        if errors:
+            raise InvalidInputError("could not read the samples of the sheet:\n  " + "\n  ".join(errors))
+        return cls._create(st, adatas, project, force=force)
+
+    @classmethod
+    def from_anndata(
+        cls,
+        adatas: Mapping[str, AnnData],
+        *,
+        modality: str,
+        taxa: str,
+        project: str | os.PathLike | None = None,
+        batch: Mapping[str, str] | str | None = None,
+        group: Mapping[str, str] | str | None = None,
+        harmonize_genes: bool = True,
+        copy: bool = True,
+        force: bool = False,
+    ) -> Experiment:
+        """Build an experiment from AnnData objects already in memory (``{sample: adata}``)."""
+        modality = Modality(modality).value
+        if not isinstance(adatas, Mapping) or not adatas:
+            raise InvalidInputError("adatas must be a non-empty dict {sample_name: AnnData}.")
+
+        def pick(v, s):
+            return v.get(s, "") if isinstance(v, Mapping) else (v or "")
+
+        rows = [{"sample": s, "modality": modality, "taxa": taxa, "batch": pick(batch, s), "group": pick(group, s), "path": ""}
+                for s in adatas]
+        st = SampleTable(pd.DataFrame(rows))
+        prepared = {}
+        for s, a in adatas.items():
+            a = a.copy() if copy else a
+            prepared[(modality, s)] = prepare_sample(
+                a, sample=s, modality=modality, taxa=taxa, batch=pick(batch, s) or None, group=pick(group, s) or None,
+                harmonize_genes=harmonize_genes,
+            )
+        return cls._create(st, prepared, project, force=force)
+
+    @classmethod
+    def _create(cls, st: SampleTable, adatas: dict[SampleKey, AnnData], project, *, force: bool) -> Experiment:
+        expm = cls(st)
+        for (mod, s), a in adatas.items():
+            expm._data[mod][s] = a
+            expm._modified.add((mod, s))
+        if project is not None:
+            expm.save(project, force=force)
+        return expm
+
+    # -- basic properties ---------------------------------------------------------------------
+    @property
+    def table(self) -> SampleTable:
+        """The sample sheet."""
+        return self._table
+
+    @property
+    def rna(self) -> ModalityAccessor:
+        return self._accessors["rna"]
+
+    @property
+    def spatial_bin(self) -> ModalityAccessor:
+        return self._accessors["spatial-bin"]
+
+    @property
+    def spatial_cell(self) -> ModalityAccessor:
+        return self._accessors["spatial-cell"]
+
+    def modality(self, name: str) -> ModalityAccessor:
+        """The accessor of a modality given by name (``"spatial-bin"`` or ``"spatial_bin"``)."""
+        return self._accessors[Modality(name.replace("_", "-")).value]
+
+    @property
+    def modalities(self) -> list[str]:
+        return self._table.modalities
+
+    @property
+    def project_path(self) -> Path | None:
+        return self._store.root if self._store is not None else None
+
+    @property
+    def mode(self) -> str | None:
+        return self._store.mode if self._store is not None else None
+
+    @property
+    def is_writable_backed(self) -> bool:
+        return self._store is not None and self._store.writable
+
+    # -- samples ------------------------------------------------------------------------------
+    def resolve_samples(self, modality: str, run_on_samples: Any) -> list[str]:
+        """Map a ``run_on_samples`` value to the exact list of sample names (sheet order)."""
+        valid = self._table.samples(modality)
+        if run_on_samples is True or run_on_samples == "all":
+            if not valid:
+                raise InvalidInputError(f"modality {modality!r} has no samples; the experiment holds: {self.modalities}.")
+            return valid
+        if run_on_samples is False:
+            raise InvalidInputError("run_on_samples=False runs nothing; use True/'all', a name, a list of names, or None.")
+        names = [run_on_samples] if isinstance(run_on_samples, str) else run_on_samples
+        try:
+            names = list(names)
+        except TypeError as e:
+            raise InvalidInputError(f"run_on_samples must be True, 'all', a name, a list of names or None; got {run_on_samples!r}.") from e
+        if not names:
+            raise InvalidInputError(f"run_on_samples is empty; valid samples: {valid}.")
+        for n in names:
+            if n not in valid:
+                raise SampleNotFoundError(n, valid, modality)
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"run_on_samples names a sample twice: {names}.")
+        return [s for s in valid if s in set(names)]
+
+    def _entry(self, modality: str, sample: str) -> dict[str, Any] | None:
+        return self._manifest.get("samples", {}).get(modality, {}).get(sample)
+
+    def get_sample(self, modality: str, sample: str) -> AnnData:
+        """The AnnData of a sample, read from the project folder on first access."""
+        modality = Modality(modality).value
+        loaded = self._data[modality]
+        if sample in loaded:
+            return loaded[sample]
+        if sample not in self._table.samples(modality):
+            raise SampleNotFoundError(sample, self._table.samples(modality), modality)
+        entry = self._entry(modality, sample)
+        if entry is None or self._store is None:
+            raise ProjectError(f"sample {sample!r} ({modality}) is neither in memory nor in the project folder.")
+        rel = entry["file"]
+        try:
+            path = self._store.check_file(rel, self._manifest["files"][rel], verify=self._verify)
+        except CorruptFileError:
+            self._raise_if_changed_on_disk()
+            raise
+        adata = _read_sample(path)
+        loaded[sample] = adata
+        self._fp[(modality, sample)] = fingerprint(adata)
+        return adata
+
+    def _raise_if_changed_on_disk(self) -> None:
+        try:
+            current = self._store.read_manifest() if self._store is not None else None
+        except ProjectError:
+            return
+        if current is not None and current.get("generation") != self._manifest.get("generation"):
+            raise ProjectError(
+                f"the project {self.project_path} was saved by another writer since it was opened (generation "
+                f"{self._manifest.get('generation')} -> {current.get('generation')}); reopen it with em.load_experiment()."
+            )
+
+    def set_sample(self, modality: str, sample: str, adata: AnnData) -> None:
+        """Replace the AnnData of an existing sample (marked modified)."""
+        modality = Modality(modality).value
+        if sample not in self._table.samples(modality):
+            raise SampleNotFoundError(sample, self._table.samples(modality), modality)
+        self._data[modality][sample] = adata
+        self._modified.add((modality, sample))
+
+    def add_sample(self, adata: AnnData, *, sample: str, modality: str, taxa: str, batch: str | None = None,
+                   group: str | None = None, harmonize_genes: bool = True) -> None:
+        """Add a new sample held in memory (saved with the next :meth:`save`)."""
+        modality = Modality(modality).value
+        validate_sample_name(sample)
+        if sample in self._table.samples(modality):
+            raise InvalidInputError(f"sample {sample!r} already exists in {modality}; choose another name.")
+        prepare_sample(adata, sample=sample, modality=modality, taxa=taxa, batch=batch, group=group, harmonize_genes=harmonize_genes)
+        self._table = self._table.add([{"sample": sample, "modality": modality, "taxa": taxa, "batch": batch or "",
+                                        "group": group or "", "path": ""}])
+        self._data[modality][sample] = adata
+        self._modified.add((modality, sample))
+
+    def mark_modified(self, modality: str, sample: str) -> None:
+        """Mark a sample as changed so that the next save rewrites it."""
+        self._modified.add((Modality(modality).value, sample))
+
+    def is_modified(self, modality: str, sample: str) -> bool:
+        """Whether a sample differs from its saved copy (content fingerprints are compared)."""
+        key = (modality, sample)
+        if key in self._modified or self._entry(modality, sample) is None:
+            return True
+        if sample not in self._data[modality]:
+            return False
+        return fingerprint(self._data[modality][sample]) != self._fp.get(key)
+
+    def clean_sample_file(self, modality: str, sample: str) -> Path | None:
+        """The saved file of a sample when it is unchanged in memory, else None (for workers)."""
+        entry = self._entry(modality, sample)
+        if entry is None or self._store is None or self.is_modified(modality, sample):
+            return None
+        return self._store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=False)
+
+    # -- integrated data ----------------------------------------------------------------------
+    @property
+    def integrated(self) -> MuData | None:
+        """The integrated MuData (one mod per modality), or None before :meth:`merge`."""
+        if not self._integrated_loaded:
+            entry = self._manifest.get("integrated")
+            if entry and self._store is not None:
+                import mudata as md
+
+                path = self._store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=self._verify)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self._integrated = md.read_h5mu(path)
+                self._integrated_fp = fingerprint(self._integrated)
+            self._integrated_loaded = True
+        return self._integrated
+
+    def integrated_modality(self, modality: str) -> AnnData:
+        mdata = self.integrated
+        if mdata is None:
+            raise ProjectError("the experiment has no integrated data yet; call expm.merge() first.")
+        if modality not in mdata.mod:
+            raise KeyNotFoundError("modality in the integrated data", modality, list(mdata.mod),
+                                   hint=f"call expm.merge(modality={modality!r}).")
+        return mdata.mod[modality]
+
+    def mark_integrated_modified(self) -> None:
+        self._integrated_modified = True
+
+    def merge(self, modality: str | Iterable[str] | None = None, *, join: str = "inner") -> MuData:
+        """Concatenate the samples of each modality into the integrated MuData.
+
+        One MuData mod per modality; obs columns are kept, the ``counts`` layer is kept,
+        ``obsm['spatial']`` keeps each sample's own coordinates (tell samples apart with
+        ``obs['sample']``) and ``obsm['spatial.tiled']`` shifts samples side by side so they do
+        not overlap. Genes are matched by ``var_names`` (unversioned Ensembl ids after
+        harmonisation); the number of shared genes is reported.
+
+        Parameters
+        ----------
+        modality
+            A modality, a list of them, or None for every modality with samples.
+        join
+            ``"inner"`` (genes shared by all samples) or ``"outer"`` (union, missing = 0).
+        """
+        import anndata as ad
+        import mudata as md
+
+        from ..methods._checks import check_choice
+
+        join = check_choice("join", join, ("inner", "outer"))
+        mods = self.modalities if modality is None else [Modality(m).value for m in ([modality] if isinstance(modality, str) else modality)]
+        out: dict[str, AnnData] = {}
+        for mod in mods:
+            names = self._table.samples(mod)
+            if not names:
+                raise InvalidInputError(f"modality {mod!r} has no samples; the experiment holds: {self.modalities}.")
+            parts = {s: self.get_sample(mod, s) for s in names}
+            shared = set.intersection(*(set(a.var_names) for a in parts.values()))
+            union = set.union(*(set(a.var_names) for a in parts.values()))
+            logger.info(f"merge {mod}: {len(parts)} samples, {len(shared)} genes shared by all, {len(union)} in any ({join} join)")
+            if join == "inner" and not shared:
+                raise InvalidInputError(
+                    f"the samples of {mod} share no gene; check their taxa and gene ids, or use join='outer'."
+                )
+            slim = {}
+            offset = 0.0
+            for s, a in parts.items():
+                b = ad.AnnData(X=a.X, obs=a.obs.copy(), var=a.var.copy(),
+                               layers={Key.COUNTS: a.layers[Key.COUNTS]} if Key.COUNTS in a.layers else None)
+                if Key.SPATIAL in a.obsm:
+                    xy = np.asarray(a.obsm[Key.SPATIAL], dtype=float)
+                    b.obsm[Key.SPATIAL] = xy
+                    tiled = xy.copy()
+                    tiled[:, 0] = tiled[:, 0] - xy[:, 0].min() + offset
+                    b.obsm["spatial.tiled"] = tiled
+                    offset = tiled[:, 0].max() + 0.1 * (np.ptp(xy[:, 0]) + 1.0)
+                slim[s] = b
+            merged = ad.concat(slim, join=join, merge="first", label=None, index_unique=None, fill_value=0)
+            for col in SAMPLE_OBS_COLUMNS:
+                if col in merged.obs:
+                    merged.obs[col] = pd.Categorical(merged.obs[col].astype(str), categories=list(dict.fromkeys(
+                        str(v) for a in parts.values() for v in a.obs[col].cat.categories)))
+            merged.uns[Key.SPATIAL] = {
+                s: {"scalefactors": dict(a.uns.get(Key.SPATIAL, {}).get(s, {}).get("scalefactors", {}))}
+                for s, a in parts.items() if Key.SPATIAL in a.uns
+            }
+            merged.uns["merge"] = {"samples": list(parts), "join": join, "n_shared_genes": len(shared), "n_union_genes": len(union)}
+            out[mod] = merged
+        existing = dict(self.integrated.mod) if self.integrated is not None else {}
+        existing.update(out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self._integrated = md.MuData(existing)
+        self._integrated_loaded = True
+        self._integrated_modified = True
+        return self._integrated
+
+    # -- saving -------------------------------------------------------------------------------
+    def _require_writable(self) -> ProjectStore:
+        if self._store is None:
+            raise ProjectError("this experiment has no project folder; save it with expm.save('path/to/project').")
+        self._store.require_writable()
+        return self._store
+
+    def save(self, path: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+        """Write what changed since load to the project folder (crash-safe).
+
+        With ``path`` naming another folder, the whole project is written there (save-as) and
+        the experiment continues in the new folder.
+        """
+        if path is not None and (self._store is None or Path(path).resolve() != self._store.root):
+            return self._save_as(Path(path), force=force)
+        self._require_writable()
+        keys = [(m, s) for m in MODALITIES for s in self._table.samples(m) if self.is_modified(m, s)]
+        self._save(keys, integrated=self._integrated_is_modified())
+        return self._store.root
+
+    def save_samples(self, keys: Iterable[SampleKey]) -> None:
+        """Save the given samples (and the manifest) now."""
+        self._require_writable()
+        self._save(list(keys), integrated=False)
+
+    def _integrated_is_modified(self) -> bool:
+        if self._integrated_modified:
+            return True
+        if self._integrated is None or not self._integrated_loaded:
+            return False
+        return fingerprint(self._integrated) != self._integrated_fp
+
+    def _write_sample(self, store: ProjectStore, modality: str, sample: str) -> tuple[str, dict[str, Any]]:
+        adata = self._data[modality][sample]
+        rel, final = store.new_file(f"{FileName.SAMPLES_DIR}/{modality}", sample, ".h5ad")
+        with store.writing(final) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            adata.write_h5ad(tmp, compression=H5_COMPRESSION)
+        return rel, {"file": rel, "n_obs": int(adata.n_obs), "n_vars": int(adata.n_vars), "slots": _slot_summary(adata)}
+
+    def _save(self, keys: list[SampleKey], *, integrated: bool) -> None:
+        store = self._require_writable()
+        t0 = time.perf_counter()
+        manifest = self._base_manifest()
+        files = manifest["files"]
+        for mod, s in keys:
+            if s not in self._data[mod]:
+                continue  # nothing in memory: the saved copy is current
+            old = self._entry(mod, s)
+            rel, entry = self._write_sample(store, mod, s)
+            files[rel] = store.file_entry(rel)
+            if old is not None:
+                files.pop(old["file"], None)
+            manifest["samples"].setdefault(mod, {})[s] = entry
+        if integrated and self._integrated is not None:
+            old = manifest.get("integrated")
+            rel, final = store.new_file("", FileName.INTEGRATED_STEM, ".h5mu")
+            with store.writing(final) as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self._integrated.write(str(tmp))
+            files[rel] = store.file_entry(rel)
+            if old:
+                files.pop(old["file"], None)
+            manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
+        self._commit(manifest)
+        for mod, s in keys:
+            if s in self._data[mod]:
+                self._fp[(mod, s)] = fingerprint(self._data[mod][s])
+            self._modified.discard((mod, s))
+        if integrated and self._integrated is not None:
+            self._integrated_fp = fingerprint(self._integrated)
+            self._integrated_modified = False
+        logger.debug(f"saved {len(keys)} samples{' + integrated' if integrated else ''} to {store.root}", time=t0)
+
+    def _base_manifest(self) -> dict[str, Any]:
+        from .. import __version__
+
+        m = json.loads(json.dumps(self._manifest)) if self._manifest else {}
+        m.setdefault("created", now_iso())
+        m.setdefault("files", {})
+        m.setdefault("samples", {})
+        m.setdefault("integrated", None)
+        m.setdefault("models", {})
+        m["experimat_version"] = __version__
+        m["sample_table"] = self._table.to_records()
+        return m
+
+    def _commit(self, manifest: dict[str, Any]) -> None:
+        store = self._require_writable()
+        generation = store.commit(manifest)
+        manifest["generation"] = generation
+        self._manifest = store.read_manifest()
+        self._collect_models_garbage()
+        if self._pending_history:
+            store.append_history(self._pending_history)
+            self._pending_history = []
+
+    def _collect_models_garbage(self) -> None:
+        store = self._store
+        if store is None or not store.models_dir.is_dir():
+            return
+        keep = {store.resolve(e["dir"]) for e in self._manifest.get("models", {}).values()}
+        for p in store.models_dir.iterdir():
+            if p.is_dir() and p.resolve() not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _save_as(self, path: Path, *, force: bool) -> Path:
+        new = ProjectStore(path, mode="r+")
+        new.create(force=force)
+        try:
+            manifest = self._base_manifest()
+            manifest.pop("generation", None)
+            manifest["created"] = now_iso()
+            manifest["files"], manifest["samples"], manifest["integrated"], manifest["models"] = {}, {}, None, {}
+            old_store = self._store
+            for mod in MODALITIES:
+                for s in self._table.samples(mod):
+                    entry = self._entry(mod, s)
+                    if s not in self._data[mod] and entry is not None and old_store is not None:
+                        src = old_store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=self._verify)
+                        rel, final = new.new_file(f"{FileName.SAMPLES_DIR}/{mod}", s, ".h5ad")
+                        with new.writing(final) as tmp:
+                            shutil.copyfile(src, tmp)
+                        e = dict(entry, file=rel)
+                    else:
+                        self.get_sample(mod, s)
+                        rel, e = self._write_sample(new, mod, s)
+                    manifest["files"][rel] = new.file_entry(rel)
+                    manifest["samples"].setdefault(mod, {})[s] = e
+            if self.integrated is not None:
+                rel, final = new.new_file("", FileName.INTEGRATED_STEM, ".h5mu")
+                with new.writing(final) as tmp:
+                    self._integrated.write(str(tmp))
+                manifest["files"][rel] = new.file_entry(rel)
+                manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
+            if old_store is not None:
+                for name, entry in self._manifest.get("models", {}).items():
+                    src = old_store.resolve(entry["dir"])
+                    dst = new.root / entry["dir"]
+                    shutil.copytree(src, dst)
+                    manifest["models"][name] = entry
+                if old_store.history_path.exists():
+                    shutil.copyfile(old_store.history_path, new.history_path)
+            new.commit(manifest)
+        except BaseException:
+            new.lock.release()
+            raise
+        if self._store is not None:
+            self._store.lock.release()
+            if self._finalizer is not None:
+                self._finalizer.detach()
+        self._store = new
+        self._manifest = new.read_manifest()
+        self._finalizer = weakref.finalize(self, _release, new)
+        self._fp = {(m, s): fingerprint(a) for m in MODALITIES for s, a in self._data[m].items()}
+        self._modified.clear()
+        self._integrated_fp = fingerprint(self._integrated) if self._integrated is not None else None
+        self._integrated_modified = False
+        if self._pending_history:
+            new.append_history(self._pending_history)
+            self._pending_history = []
+        logger.info(f"project written to {new.root}")
+        return new.root
+
+    # -- models -------------------------------------------------------------------------------
+    def save_model(self, name: str, model: Any) -> Path:
+        """Store a fitted model under ``models/<name>/`` (its ``save(dir)`` writes weights + JSON)."""
+        store = self._require_writable()
+        validate_sample_name(name)
+        cls = type(model)
+        if not cls.__module__.startswith(MODEL_MODULE_PREFIX) or not hasattr(cls, "load") or not hasattr(model, "save"):
+            raise InvalidInputError(f"{cls.__name__} is not an experimat model (needs save(dir) and load(dir)).")
+        rel = f"{FileName.MODELS_DIR}/{name}.{os.urandom(6).hex()}"
+        final = store.root / rel
+        tmp = final.with_name(f".{final.name}.tmp")
+        tmp.mkdir(parents=True)
+        try:
+            model.save(tmp)
+            for p in tmp.rglob("*"):
+                if p.suffix in (".pkl", ".pickle"):
+                    raise InvalidInputError(f"model files must not be pickles ({p.name}).")
+            files = {str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in tmp.rglob("*") if p.is_file()}
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest = self._base_manifest()
+        manifest["models"][name] = {"dir": rel, "class": f"{cls.__module__}:{cls.__qualname__}", "files": files, "saved": now_iso()}
+        self._commit(manifest)
+        return final
+
+    def load_model(self, name: str) -> Any:
+        """Load a model stored with :meth:`save_model` (checksums verified; never unpickles)."""
+        import importlib
+
+        models = self._manifest.get("models", {})
+        if name not in models:
+            raise KeyNotFoundError("model", name, list(models))
+        entry = models[name]
+        module, _, qual = entry["class"].partition(":")
+        if not module.startswith(MODEL_MODULE_PREFIX) or "." in qual:
+            raise CorruptFileError(f"model {name!r} names a class outside experimat ({entry['class']!r}); refusing to load it.")
+        folder = self._store.resolve(entry["dir"])
+        for rel, fe in entry["files"].items():
+            p = (folder / rel).resolve()
+            if not p.is_relative_to(folder):
+                raise CorruptFileError(f"model {name!r} lists a file outside its folder: {rel!r}.")
+            if not p.is_file() or (self._verify and sha256_file(p) != fe["sha256"]):
+                raise CorruptFileError(f"model file {entry['dir']}/{rel} is missing or corrupt.")
+        cls = getattr(importlib.import_module(module), qual)
+        return cls.load(folder)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self._manifest.get("models", {}))
+
+    # -- history ------------------------------------------------------------------------------
+    def add_history(self, records: list[dict[str, Any]]) -> None:
+        if self.is_writable_backed:
+            self._store.append_history(records)
+        else:
+            self._pending_history.extend(records)
+
+    def _history_records(self) -> list[dict[str, Any]]:
+        saved = self._store.read_history() if self._store is not None else []
+        return saved + list(self._pending_history)
+
+    def history(self) -> pd.DataFrame:
+        """Every recorded method call per sample (method, params, outcome, times, versions, host)."""
+        recs = self._history_records()
+        cols = ["method", "modality", "sample", "outcome", "start", "end", "duration_s", "params", "error", "host", "pid",
+                "executor", "params_hash", "versions"]
+        return pd.DataFrame(recs, columns=cols) if recs else pd.DataFrame(columns=cols)
+
+    def finished_samples(self, method: str, modality: str) -> dict[str, str]:
+        """``{sample: params_hash}`` of samples whose last run of ``method`` finished."""
+        last: dict[str, dict[str, Any]] = {}
+        for r in self._history_records():
+            if r.get("method") == method and r.get("modality") == modality:
+                last[r.get("sample")] = r
+        return {s: r["params_hash"] for s, r in last.items() if r.get("outcome") == "ok"}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the writer lock (unsaved changes stay in memory only)."""
+        if self._store is not None:
+            self._store.lock.release()
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f"{self.project_path} (mode {self.mode!r})" if self._store is not None else "in memory (not saved)"
+        lines = [f"Experiment: {len(self._table)} samples, project {where}"]
+        for mod in self.modalities:
+            lines.append(f"  {mod} ({self._accessors[mod].__class__.__name__} expm.{Modality(mod).attr}):")
+            for row in self._table.to_records():
+                if row["modality"] != mod:
+                    continue
+                s = row["sample"]
+                if s in self._data[mod]:
+                    shape = f"{self._data[mod][s].n_obs} x {self._data[mod][s].n_vars}"
+                    state = "modified" if (mod, s) in self._modified else "loaded"
+                else:
+                    e = self._entry(mod, s) or {}
+                    shape = f"{e.get('n_obs', '?')} x {e.get('n_vars', '?')}"
+                    state = "on disk"
+                lines.append(f"    {s:<20} taxa {row['taxa']:<4} batch {row['batch']!s:<12} {shape:>14}  [{state}]")
+        integ = self._integrated if self._integrated_loaded else None
+        if integ is not None:
+            lines.append("  integrated: " + ", ".join(f"{m} {a.n_obs} x {a.n_vars}" for m, a in integ.mod.items()))
+        elif self._manifest.get("integrated"):
+            lines.append("  integrated: " + ", ".join(f"{m} {s[0]} x {s[1]}" for m, s in self._manifest["integrated"]["mods"].items()) + " [on disk]")
+        else:
+            lines.append("  integrated: none (call expm.merge())")
+        if self.models:
+            lines.append(f"  models: {', '.join(self.models)}")
+        return "\n".join(lines)
+
+
+def _release(store: ProjectStore) -> None:
+    store.lock.release()
+
+
+def load_experiment(
+    path: str | os.PathLike,
+    *,
+    mode: str = "r+",
+    load_samples: bool | Iterable[str] = False,
+    verify: bool = True,
+    force: bool = False,
+) -> Experiment:
+    """Open a project folder.
+
+    Parameters
+    ----------
+    path
+        The project folder.
+    mode
+        ``"r+"`` (default) takes the writer lock; ``"r"`` never locks and never writes.
+    load_samples
+        ``False``: read samples lazily on first access; ``True``: read all now; a list of names:
+        read those now.
+    verify
+        Verify sha256 checksums of files as they are read (``False`` checks sizes only).
+    force
+        Break a stale writer lock (its process is dead).
+
+    Examples
+    --------
+    >>> expm = em.load_experiment("projects/muscle", mode="r")  # doctest: +SKIP
+    """
+    store = ProjectStore(path, mode=mode)
+    for attempt in range(5):
+        manifest = store.open(force=force) if attempt == 0 else store.read_manifest()
+        table = SampleTable.from_records(manifest.get("sample_table", []))
+        expm = Experiment(table, _store=store, _manifest=manifest, verify=verify)
+        for rel, entry in manifest.get("files", {}).items():  # cheap existence + size check of every file
+            p = store.resolve(rel)
+            if not p.is_file() or p.stat().st_size != entry.get("size"):
+                break
+        else:
+            try:
+                _load_requested(expm, load_samples)
+            except CorruptFileError:
+                if attempt < 4 and store.read_manifest().get("generation") != manifest.get("generation"):
+                    expm._finalizer.detach()
+                    continue
+                store.lock.release()
+                raise
+            return expm
+        expm._finalizer.detach()
+        current = store.read_manifest()
+        if current.get("generation") == manifest.get("generation"):
+            store.lock.release()
+            for rel, entry in manifest.get("files", {}).items():
+                store.check_file(rel, entry, verify=False)  # raises CorruptFileError naming the file
+        # a writer committed in between: read the new manifest
+    store.lock.release()
+    raise ProjectError(f"{path} kept changing while it was being opened; try again.")
+
+
+def _load_requested(expm: Experiment, load_samples: bool | Iterable[str]) -> None:
+    if load_samples is False or load_samples is None:
+        return
+    names = None if load_samples is True else ([load_samples] if isinstance(load_samples, str) else list(load_samples))
+    for mod in expm.modalities:
+        for s in expm.table.samples(mod):
+            if names is None or s in names:
+                expm.get_sample(mod, s)
+    if names is not None:
+        all_names = {s for m in expm.modalities for s in expm.table.samples(m)}
+        for n in names:
+            if n not in all_names:
+                raise SampleNotFoundError(n, sorted(all_names))
+
+
+def migrate(path: str | os.PathLike) -> Path:
+    """Upgrade a project folder of an older format to the current one, keeping a backup.
+
+    Format 1 is the first format; there is nothing to migrate from yet, so this checks the
+    folder and reports when it is already current.
+    """
+    store = ProjectStore(path, mode="r")
+    manifest = json.loads(store.manifest_path.read_text())
+    version = manifest.get("format_version")
+    from .._keys import FORMAT_VERSION
+
+    if version == FORMAT_VERSION:
+        logger.info(f"{path} is already at format {FORMAT_VERSION}; nothing to migrate.")
+        return store.root
+    raise ProjectError(f"no migration from format {version!r} to {FORMAT_VERSION} exists.")
+

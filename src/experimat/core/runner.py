@@ -1,0 +1,328 @@
+"""Run a registered method per sample: serially, in local worker processes, or on Dask.
+
+Guarantees:
+
+- every sample named in ``run_on_samples`` is run (unknown names raise before any work);
+- input slots are checked on every chosen sample before any work;
+- a failing sample does not lose the others: finished samples are stored (and saved when
+  ``save``), and one :class:`SampleRunError` at the end names each failure;
+- each sample gets a seed derived from ``em.settings.seed`` and its name (unless the call
+  gives ``seed=``), so serial, ``n_jobs=k`` and Dask runs give identical results;
+- one ``history.jsonl`` line per sample and call, success or failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InvalidInputError, SampleRunError
+from .._logging import ProgressBar, logger
+from .._settings import settings
+from ..methods._checks import to_json_safe
+from . import _worker
+from .registry import MethodSpec, check_slots
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+
+_KEY_PACKAGES = ("anndata", "mudata", "scanpy", "numpy", "scipy", "pandas", "jax", "torch")
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("experimat", *_KEY_PACKAGES):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def derive_seed(global_seed: int, sample: str) -> int:
+    """A per-sample seed from the global seed and the sample name (stable across processes)."""
+    digest = hashlib.sha256(f"{global_seed}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    from ..io.project import now_iso
+
+    return now_iso()
+
+
+class _Recorder:
+    """Builds history records for one call."""
+
+    def __init__(self, spec: MethodSpec, modality: str, n_jobs: int, executor: Any) -> None:
+        self.spec, self.modality = spec, modality
+        self.base = {
+            "method": spec.name,
+            "modality": modality,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "versions": package_versions(),
+            "executor": "dask" if executor is not None else ("processes" if n_jobs > 1 else "serial"),
+        }
+
+    def record(self, sample: str | None, params: dict[str, Any], start: float, end: float, error: BaseException | None) -> dict[str, Any]:
+        safe = to_json_safe(params)
+        return {
+            **self.base,
+            "sample": sample,
+            "params": safe,
+            "params_hash": params_hash(safe),
+            "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start)) + "Z",
+            "end": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(end)) + "Z",
+            "duration_s": round(end - start, 4),
+            "outcome": "ok" if error is None else "error",
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+        }
+
+
+def _sample_options(spec: MethodSpec, options: dict[str, Any], user_kwargs: dict[str, Any], sample: str) -> dict[str, Any]:
+    opts = dict(options)
+    if spec.accepts_seed and user_kwargs.get("seed") is None:
+        opts["seed"] = derive_seed(settings.seed, sample)
+    return opts
+
+
+def run_method(
+    expm: Experiment,
+    modality: str,
+    spec: MethodSpec,
+    kwargs: dict[str, Any],
+    *,
+    run_on_samples: Any = True,
+    n_jobs: int | None = None,
+    executor: Any = None,
+    save: bool | None = None,
+    resume: bool = False,
+) -> Any:
+    """Run ``spec`` on the chosen samples of ``modality`` (see :mod:`experimat.core.runner`)."""
+    n_jobs = settings.n_jobs if n_jobs is None else n_jobs
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
+        raise InvalidInputError(f"n_jobs must be a positive integer, not {n_jobs!r}.")
+    options = spec.bind(kwargs)
+    if save is None:
+        save = expm.is_writable_backed
+    elif save and not expm.is_writable_backed:
+        raise InvalidInputError(
+            "save=True needs an experiment backed by a project folder opened with mode='r+' "
+            "(create it with project=..., or call expm.save(path) first)."
+        )
+
+    if run_on_samples is None:
+        return _run_integrated(expm, modality, spec, options, kwargs, save=save)
+
+    samples = expm.resolve_samples(modality, run_on_samples)
+    if spec.setup is not None:
+        options = spec.setup(expm, modality, options)
+
+    if spec.kind == "view":
+        adatas = {s: expm.get_sample(modality, s) for s in samples}
+        return spec.func(adatas, **options)
+
+    for s in samples:  # fail before any work
+        check_slots(spec, expm.get_sample(modality, s), options, sample=s, modality=modality)
+
+    recorder = _Recorder(spec, modality, n_jobs, executor)
+    if spec.kind == "joint":
+        return _run_joint(expm, modality, spec, options, kwargs, samples, recorder, save=save)
+
+    skipped: list[str] = []
+    if resume:
+        done = expm.finished_samples(spec.name, modality)
+        todo = []
+        for s in samples:
+            opts = _sample_options(spec, options, kwargs, s)
+            if done.get(s) == params_hash(to_json_safe(opts)):
+                skipped.append(s)
+            else:
+                todo.append(s)
+        if skipped:
+            logger.info(f"{spec.name}: resume skips {len(skipped)} finished samples: {', '.join(skipped)}")
+        samples_to_run = todo
+    else:
+        samples_to_run = list(samples)
+
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+    start_all = logger.info(f"{spec.name} on {len(samples_to_run)} {modality} samples")
+
+    def finish(sample: str, opts: dict[str, Any], start: float, end: float, result: Any = None, error: BaseException | None = None) -> None:
+        if error is None:
+            results[sample] = result
+            expm.mark_modified(modality, sample)
+            if save:
+                expm.save_samples([(modality, sample)])
+            logger.info(f"  {sample}: done ({end - start:.2f} s)")
+        else:
+            errors[sample] = error
+            logger.warning(f"  {sample}: failed: {type(error).__name__}: {error}")
+        expm.add_history([recorder.record(sample, opts, start, end, error)])
+
+    if executor is None and n_jobs == 1:
+        with ProgressBar(len(samples_to_run), description=spec.name) as bar:
+            for s in samples_to_run:
+                opts = _sample_options(spec, options, kwargs, s)
+                adata = expm.get_sample(modality, s)
+                t0 = time.time()
+                try:
+                    res = spec.func(adata, **opts)
+                except Exception as e:  # noqa: BLE001 - isolate the failure to this sample
+                    finish(s, opts, t0, time.time(), error=e)
+                else:
+                    finish(s, opts, t0, time.time(), result=res)
+                bar.update()
+    else:
+        _run_parallel(expm, modality, spec, options, kwargs, samples_to_run, n_jobs, executor, save, finish)
+
+    logger.info(f"{spec.name}: {len(results)} ok, {len(errors)} failed", time=start_all)
+    ordered = {s: results[s] for s in samples if s in results}
+    if errors:
+        raise SampleRunError(spec.name, errors, ordered)
+    return ordered
+
+
+def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, executor, save, finish) -> None:
+    scratch = None
+    try:
+        paths: dict[str, str] = {}
+        need_copy = []
+        if save and expm.is_writable_backed:
+            expm.save_samples([(modality, s) for s in samples if expm.is_modified(modality, s)])
+        for s in samples:
+            p = expm.clean_sample_file(modality, s)
+            if p is None:
+                need_copy.append(s)
+            else:
+                paths[s] = str(p)
+        if need_copy:
+            base = str(expm.project_path) if expm.project_path is not None and executor is not None else None
+            scratch = tempfile.mkdtemp(prefix=".experimat-scratch-", dir=base)
+            for s in need_copy:
+                p = os.path.join(scratch, f"{len(paths)}.h5ad")
+                expm.get_sample(modality, s).write_h5ad(p)
+                paths[s] = p
+        tasks = {}
+        for s in samples:
+            opts = _sample_options(spec, options, kwargs, s)
+            tasks[s] = ({"func": spec.func, "sample": s, "path": paths[s], "options": opts}, opts)
+
+        def handle(out: dict[str, Any]) -> None:
+            s = out["sample"]
+            _, opts = tasks[s]
+            if "error" in out:
+                finish(s, opts, out["start"], out["end"], error=out["error"])
+                return
+            try:
+                _worker.apply_delta(expm.get_sample(modality, s), out["delta"])
+            except Exception as e:  # noqa: BLE001 - isolate
+                finish(s, opts, out["start"], out["end"], error=e)
+                return
+            finish(s, opts, out["start"], out["end"], result=out["result"])
+
+        with ProgressBar(len(samples), description=spec.name) as bar:
+            if executor is not None:
+                _run_dask(executor, tasks, handle, bar)
+            else:
+                _run_processes(n_jobs, tasks, handle, bar)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_processes(n_jobs: int, tasks: dict, handle, bar) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n_workers = min(n_jobs, len(tasks)) or 1
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    settings_state = {"seed": settings.seed, "progress": False, "verbosity": settings.verbosity}
+    saved_env = {k: os.environ.get(k) for k in _worker.thread_env(threads)}
+    os.environ.update(_worker.thread_env(threads))  # inherited by the spawned workers before numpy loads
+    try:
+        with ProcessPoolExecutor(
+            max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_worker.init_worker, initargs=(threads, settings_state)
+        ) as pool:
+            futures = [pool.submit(_worker.run_task, task) for task, _ in tasks.values()]
+            for fut in as_completed(futures):
+                handle(fut.result())
+                bar.update()
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_dask(client: Any, tasks: dict, handle, bar) -> None:
+    try:
+        from distributed import as_completed
+    except ImportError as e:
+        from .._errors import MissingDependencyError
+
+        raise MissingDependencyError("executor= needs dask.distributed; run `pip install 'experimat[dask]'`.") from e
+    futures = [client.submit(_worker.run_task, task, pure=False, key=f"experimat-{task['sample']}-{time.time_ns()}") for task, _ in tasks.values()]
+    for fut in as_completed(futures):
+        handle(fut.result())
+        bar.update()
+
+
+def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save) -> Any:
+    adatas = {s: expm.get_sample(modality, s) for s in samples}
+    opts = dict(options)
+    if spec.accepts_seed and kwargs.get("seed") is None:
+        opts["seed"] = derive_seed(settings.seed, ",".join(samples))
+    t0 = time.time()
+    try:
+        result = spec.func(adatas, **opts)
+    except Exception as e:
+        expm.add_history([recorder.record(s, opts, t0, time.time(), e) for s in samples])
+        raise
+    for s in samples:
+        expm.mark_modified(modality, s)
+    if save:
+        expm.save_samples([(modality, s) for s in samples])
+    expm.add_history([recorder.record(s, opts, t0, time.time(), None) for s in samples])
+    return result
+
+
+def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:
+    adata = expm.integrated_modality(modality)
+    check_slots(spec, adata, options, sample="integrated", modality=modality)
+    recorder = _Recorder(spec, modality, 1, None)
+    opts = dict(options)
+    if spec.accepts_seed and kwargs.get("seed") is None:
+        opts["seed"] = derive_seed(settings.seed, "integrated")
+    if spec.kind == "view":
+        return spec.func({"integrated": adata}, **opts)
+    t0 = time.time()
+    try:
+        result = spec.func({"integrated": adata} if spec.kind == "joint" else adata, **opts)
+    except Exception as e:
+        expm.add_history([recorder.record("integrated", opts, t0, time.time(), e)])
+        raise
+    expm.mark_integrated_modified()
+    if save:
+        expm.save()
+    expm.add_history([recorder.record("integrated", opts, t0, time.time(), None)])
+    return result
+

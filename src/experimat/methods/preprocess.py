@@ -1,0 +1,239 @@
+"""Preprocessing every pipeline needs: QC metrics, normalisation, PCA, neighbours/UMAP, smoothing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._errors import InvalidInputError
+from ._checks import check_counts, check_positive_int, get_coordinates, get_matrix, store_params
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def _gene_symbols(adata: AnnData) -> pd.Index:
+    return pd.Index(adata.var["gene"].astype(str)) if "gene" in adata.var else adata.var_names.astype(str)
+
+
+def qc_metrics(adata: AnnData, *, layer: str | None = "counts", mito_prefix: str = "mt-", key_added: str = "qc") -> pd.DataFrame:
+    """Per-observation quality metrics from raw counts.
+
+    Writes ``obs['{key_added}.total_counts']``, ``obs['{key_added}.n_genes']`` and
+    ``obs['{key_added}.pct_mito']`` (genes whose symbol starts with ``mito_prefix``,
+    case-insensitively), and ``var['{key_added}.n_obs']`` / ``var['{key_added}.total_counts']``.
+
+    Parameters
+    ----------
+    adata
+        Observations x genes.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    mito_prefix
+        Prefix of mitochondrial gene symbols (``"mt-"`` mouse, ``"MT-"`` human; case-insensitive).
+    key_added
+        Prefix of the written columns.
+
+    Returns
+    -------
+    The per-observation metrics as a DataFrame.
+
+    Examples
+    --------
+    >>> expm.spatial_bin.qc_metrics(run_on_samples=True)  # doctest: +SKIP
+    """
+    X = get_matrix(adata, layer)
+    check_counts(X, layer=layer)
+    import scipy.sparse as sp
+
+    total = np.asarray(X.sum(1)).ravel()
+    n_genes = np.asarray((X > 0).sum(1)).ravel()
+    mito = _gene_symbols(adata).str.lower().str.startswith(mito_prefix.lower()).to_numpy()
+    mito_counts = np.asarray(X[:, mito].sum(1)).ravel() if mito.any() else np.zeros_like(total)
+    pct = np.where(total > 0, 100.0 * mito_counts / np.maximum(total, 1), 0.0)
+    df = pd.DataFrame(
+        {f"{key_added}.total_counts": total, f"{key_added}.n_genes": n_genes, f"{key_added}.pct_mito": pct}, index=adata.obs_names
+    )
+    for c in df.columns:
+        adata.obs[c] = df[c].to_numpy()
+    Xc = X.tocsc() if sp.issparse(X) else X
+    adata.var[f"{key_added}.n_obs"] = np.asarray((Xc > 0).sum(0)).ravel()
+    adata.var[f"{key_added}.total_counts"] = np.asarray(Xc.sum(0)).ravel()
+    store_params(adata, key_added, {"layer": layer, "mito_prefix": mito_prefix, "n_mito_genes": int(mito.sum())})
+    return df
+
+
+def normalize(
+    adata: AnnData, *, layer: str | None = "counts", target_sum: float | None = 1e4, log1p: bool = True, key_added: str = "lognorm"
+) -> None:
+    """Library-size normalisation (+ ``log1p``) of raw counts into ``layers[key_added]``.
+
+    Parameters
+    ----------
+    adata
+        Observations x genes.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    target_sum
+        Counts per observation after scaling (``None``: the median total).
+    log1p
+        Apply ``log(1 + x)`` after scaling.
+    key_added
+        Output layer (default ``"lognorm"``, the layer the domain methods read).
+
+    Examples
+    --------
+    >>> expm.spatial_bin.normalize(run_on_samples=True)  # doctest: +SKIP
+    """
+    import scipy.sparse as sp
+
+    X = get_matrix(adata, layer)
+    check_counts(X, layer=layer)
+    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    total = np.asarray(X.sum(1)).ravel()
+    target = float(np.median(total[total > 0])) if target_sum is None else float(target_sum)
+    scale = np.divide(target, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0).astype(np.float32)
+    if sp.issparse(X):
+        out = sp.diags(scale) @ X
+        out = sp.csr_matrix(out, dtype=np.float32)
+        if log1p:
+            out.data = np.log1p(out.data)
+    else:
+        out = X * scale[:, None]
+        if log1p:
+            out = np.log1p(out)
+    adata.layers[key_added] = out
+    store_params(adata, key_added, {"layer": layer, "target_sum": target, "log1p": log1p})
+
+
+def pca(
+    adata: AnnData, *, layer: str | None = "lognorm", n_comps: int = 50, n_top_genes: int | None = 2000, seed: int | None = None,
+    key_added: str = "X_pca",
+) -> None:
+    """PCA of (highly variable genes of) a normalised layer into ``obsm[key_added]``.
+
+    Parameters
+    ----------
+    adata
+        Observations x genes.
+    layer
+        Normalised (log) expression layer.
+    n_comps
+        Number of principal components (capped at ``min(n_obs, n_genes) - 1``).
+    n_top_genes
+        Use the genes with the largest variance of ``layer`` (``None``: all genes).
+    seed
+        Random seed of the randomized solver.
+    key_added
+        Output obsm key; loadings go to ``varm[key_added.replace('X_', '') + 's']`` style
+        ``uns[key_added]['variance_ratio']``.
+
+    Examples
+    --------
+    >>> expm.rna.pca(run_on_samples=True, n_comps=30)  # doctest: +SKIP
+    """
+    import scipy.sparse as sp
+    from sklearn.decomposition import PCA, TruncatedSVD  # noqa: F401
+
+    from .._settings import settings
+
+    X = get_matrix(adata, layer)
+    check_positive_int("n_comps", n_comps)
+    n_comps = min(n_comps, min(adata.shape) - 1)
+    if n_comps < 1:
+        raise InvalidInputError(f"PCA needs at least 2 observations and 2 genes; got {adata.shape}.")
+    if sp.issparse(X):
+        mean = np.asarray(X.mean(0)).ravel()
+        var = np.asarray(X.multiply(X).mean(0)).ravel() - mean**2
+    else:
+        X = np.asarray(X)
+        mean, var = X.mean(0), X.var(0)
+    genes = np.arange(adata.n_vars)
+    if n_top_genes is not None and n_top_genes < adata.n_vars:
+        genes = np.sort(np.argsort(-var)[:n_top_genes])
+    sub = X[:, genes]
+    dense = sub.toarray() if sp.issparse(sub) else sub
+    dense = dense - dense.mean(0)
+    rs = settings.seed if seed is None else seed
+    model = PCA(n_components=n_comps, svd_solver="randomized" if min(dense.shape) > 500 else "full", random_state=rs)
+    adata.obsm[key_added] = model.fit_transform(dense).astype(np.float32)
+    store_params(adata, key_added, {"layer": layer, "n_comps": n_comps, "n_top_genes": n_top_genes, "seed": rs},
+                 variance_ratio=model.explained_variance_ratio_.astype(np.float64), genes=np.asarray(adata.var_names[genes]).astype(str))
+
+
+def neighbors_umap(
+    adata: AnnData, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None, seed: int | None = None,
+    key_added: str = "X_umap",
+) -> None:
+    """k-nearest-neighbour graph (``obsp['connectivities']``/``['distances']``) and UMAP (``obsm[key_added]``).
+
+    Examples
+    --------
+    >>> expm.rna.neighbors_umap(run_on_samples=True)  # doctest: +SKIP
+    """
+    import scanpy as sc
+
+    from .._settings import settings
+
+    if use_rep not in adata.obsm:
+        raise InvalidInputError(f"obsm[{use_rep!r}] not found (available: {list(adata.obsm)}); run pca first.")
+    rs = settings.seed if seed is None else seed
+    sc.pp.neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, n_pcs=n_pcs, random_state=rs)
+    sc.tl.umap(adata, random_state=rs)
+    if key_added != "X_umap":
+        adata.obsm[key_added] = adata.obsm.pop("X_umap")
+    store_params(adata, key_added, {"use_rep": use_rep, "n_neighbors": n_neighbors, "n_pcs": n_pcs, "seed": rs})
+
+
+def spatial_smooth(
+    adata: AnnData, *, layer: str | None = "lognorm", spatial_key: str = "spatial", n_neighbors: int = 6, alpha: float = 0.5,
+    n_iter: int = 1, key_added: str = "smoothed",
+) -> Any:
+    """Denoise expression by diffusion over the spatial k-nearest-neighbour graph.
+
+    Each iteration replaces ``x`` by ``(1 - alpha) x + alpha * mean(x of the k nearest spots)``.
+    Deterministic; its cost grows with ``n_iter`` (used as the CPU-bound example of the runner
+    benchmark).
+
+    Parameters
+    ----------
+    adata
+        Spots x genes with coordinates in ``obsm[spatial_key]``.
+    layer
+        Input layer (``None``: ``X``).
+    spatial_key
+        obsm key of the coordinates.
+    n_neighbors
+        Neighbours per spot (6 = the Visium hexagon).
+    alpha
+        Weight of the neighbour mean, in [0, 1].
+    n_iter
+        Diffusion steps.
+    key_added
+        Output layer.
+
+    Examples
+    --------
+    >>> expm.spatial_bin.spatial_smooth(run_on_samples=True, n_iter=2)  # doctest: +SKIP
+    """
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidInputError(f"alpha must be in [0, 1]; got {alpha}.")
+    check_positive_int("n_iter", n_iter)
+    xy = get_coordinates(adata, spatial_key, min_obs=2)
+    k = min(check_positive_int("n_neighbors", n_neighbors), adata.n_obs - 1)
+    _, idx = cKDTree(xy).query(xy, k=k + 1)
+    rows = np.repeat(np.arange(adata.n_obs), k)
+    W = sp.csr_matrix((np.full(rows.size, 1.0 / k), (rows, idx[:, 1:].ravel())), shape=(adata.n_obs, adata.n_obs))
+    X = get_matrix(adata, layer)
+    X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+    out = X.astype(np.float64)
+    for _ in range(n_iter):
+        out = (1.0 - alpha) * out + alpha * (W @ out)
+    adata.layers[key_added] = out.astype(np.float32)
+    store_params(adata, key_added, {"layer": layer, "spatial_key": spatial_key, "n_neighbors": k, "alpha": alpha, "n_iter": n_iter})
+    return float(np.abs(out - X).mean())
