@@ -87,6 +87,10 @@ class CorruptFileError(ProjectError):
     """A file of the project is missing or does not match its checksum."""
 
 
+class ProjectChangedError(ProjectError):
+    """Another writer saved the project after it was opened; reopen it."""
+
+
 class FormatVersionError(ProjectError):
     """The project folder was written by a newer (or unknown) format."""
 

@@ -130,10 +130,12 @@ def apply_delta(adata, delta: dict[str, Any]) -> None:
 
 
 def _picklable(e: BaseException) -> BaseException:
+    import copy
     import pickle
 
     try:
-        pickle.loads(pickle.dumps(e))
+        pickle.dumps(e)
+        copy.copy(e)  # rebuilds through __reduce__, as unpickling in the parent would
         return e
     except Exception:  # noqa: BLE001 - any failure to round-trip means: wrap it
         from .._errors import ExperimatError

@@ -21,6 +21,9 @@ run_on_samples
     ``True`` or ``"all"``: every sample of the modality; a name or a list of names: exactly
     those (unknown names raise :class:`~experimat.SampleNotFoundError`); ``None``: the
     integrated data (after ``expm.merge``). Returns ``{sample: result}`` in sheet order.
+    When samples fail, the others' results are kept (and saved); then one
+    :class:`~experimat.SampleRunError` names every failure (a run of a single sample raises
+    that sample's own exception).
 n_jobs
     Number of local worker processes (default ``em.settings.n_jobs``).
 executor

@@ -20,6 +20,7 @@ from .._errors import (
     InvalidInputError,
     KeyNotFoundError,
     NotCountsError,
+    ProjectChangedError,
     ProjectError,
     SampleNotFoundError,
 )
@@ -380,7 +381,7 @@ class Experiment:
         except ProjectError:
             return
         if current is not None and current.get("generation") != self._manifest.get("generation"):
-            raise ProjectError(
+            raise ProjectChangedError(
                 f"the project {self.project_path} was saved by another writer since it was opened (generation "
                 f"{self._manifest.get('generation')} -> {current.get('generation')}); reopen it with em.load_experiment()."
             )
@@ -435,7 +436,11 @@ class Experiment:
             if entry and self._store is not None:
                 import mudata as md
 
-                path = self._store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=self._verify)
+                try:
+                    path = self._store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=self._verify)
+                except CorruptFileError:
+                    self._raise_if_changed_on_disk()
+                    raise
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
                     self._integrated = md.read_h5mu(path)
@@ -851,7 +856,7 @@ def load_experiment(
         else:
             try:
                 _load_requested(expm, load_samples)
-            except CorruptFileError:
+            except (CorruptFileError, ProjectChangedError):
                 if attempt < 4 and store.read_manifest().get("generation") != manifest.get("generation"):
                     expm._finalizer.detach()
                     continue
@@ -877,7 +882,9 @@ def _load_requested(expm: Experiment, load_samples: bool | Iterable[str]) -> Non
         for s in expm.table.samples(mod):
             if names is None or s in names:
                 expm.get_sample(mod, s)
-    if names is not None:
+    if names is None:
+        expm.integrated  # noqa: B018  (reads the integrated data too)
+    else:
         all_names = {s for m in expm.modalities for s in expm.table.samples(m)}
         for n in names:
             if n not in all_names:

@@ -24,7 +24,7 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InvalidInputError, SampleRunError
+from .._errors import InvalidInputError, ProjectError, ReadOnlyError, SampleRunError
 from .._logging import ProgressBar, logger
 from .._settings import settings
 from ..methods._checks import to_json_safe
@@ -122,10 +122,9 @@ def run_method(
     if save is None:
         save = expm.is_writable_backed
     elif save and not expm.is_writable_backed:
-        raise InvalidInputError(
-            "save=True needs an experiment backed by a project folder opened with mode='r+' "
-            "(create it with project=..., or call expm.save(path) first)."
-        )
+        if expm.project_path is not None:
+            raise ReadOnlyError(f"save=True, but {expm.project_path} was opened with mode='r'; reopen it with mode='r+'.")
+        raise ProjectError("save=True needs a project folder: create the experiment with project=..., or call expm.save(path) first.")
 
     if run_on_samples is None:
         return _run_integrated(expm, modality, spec, options, kwargs, save=save)
@@ -196,6 +195,8 @@ def run_method(
     logger.info(f"{spec.name}: {len(results)} ok, {len(errors)} failed", time=start_all)
     ordered = {s: results[s] for s in samples if s in results}
     if errors:
+        if len(samples_to_run) == 1:  # a single sample: its own exception is the clearest error
+            raise next(iter(errors.values()))
         raise SampleRunError(spec.name, errors, ordered)
     return ordered
 

@@ -7,3 +7,7 @@ Real data live in the repository's ``tests/data`` (small, shipped) or under
 from ._synthetic import pseudo_spots, synthetic_domains, synthetic_svg, visium_hex_grid
 
 __all__ = ["pseudo_spots", "synthetic_domains", "synthetic_svg", "visium_hex_grid"]
+
+from ._real import data_path, visium_mouse_muscle, visium_mouse_muscle_sheet  # noqa: E402
+
+__all__ += ["data_path", "visium_mouse_muscle", "visium_mouse_muscle_sheet"]
