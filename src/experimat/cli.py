@@ -82,7 +82,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         executor = distributed.Client(args.scheduler)
     with em.load_experiment(args.project, mode="r+", force=args.force) as expm:
         acc = expm.modality(args.modality)
-        method = getattr(acc, args.method)
+        try:
+            method = getattr(acc, args.method)
+        except AttributeError as e:
+            raise em.InvalidInputError(str(e)) from None
         result = method(run_on_samples=samples, n_jobs=args.n_jobs, executor=executor, resume=args.resume, **params)
         expm.save()
     if executor is not None:
