@@ -102,7 +102,8 @@ def _synonyms_from(
 
     - ``symbol``: ``other`` names a gene that Ensembl 109 has under the same id with another (or no) symbol.
     - ``previous_id``: ``other``'s id is absent from Ensembl 109, and exactly one Ensembl 109 gene of the
-      primary assembly has the same symbol (case-sensitive; on the same chromosome when ``other`` has one).
+      primary assembly has the same symbol (case-sensitive; on the same chromosome when ``other`` has one),
+      and ``other`` does not list that gene under its current id as well.
     """
     g = genes.set_index("gene_id")
     in_ens = other["gene_id"].isin(g.index)
@@ -113,7 +114,9 @@ def _synonyms_from(
     sym["type"] = "symbol"
 
     gone = other[~in_ens & other["symbol"].notna()]
-    prim = genes[genes["chr"].isin(primary) & genes["symbol"].notna()]
+    # candidate targets: named primary-assembly genes whose id the source does not list itself (else the
+    # retired id was a second gene of that name, not an earlier id of this one)
+    prim = genes[genes["chr"].isin(primary) & genes["symbol"].notna() & ~genes["gene_id"].isin(other["gene_id"])]
     key = ["symbol", "chr"] if use_chr else ["symbol"]
     counts = prim.groupby(key).size()
     unique_keys = counts[counts == 1].index
