@@ -92,6 +92,18 @@ def test_relocated_database_dir(tmp_path):
             em.database.genes("hsa")
 
 
+def test_resolve_taxa_aliases():
+    assert [em.database.resolve_taxa(t) for t in ("hsa", "Human", "Homo sapiens", 10090, "mouse")] == [
+        "hsa", "hsa", "hsa", "mmu", "mmu",
+    ]  # fmt: skip
+
+
+def test_empty_var():
+    a = _adata(pd.DataFrame(index=pd.Index([], dtype=str)))
+    rep = em.database.harmonize_var(a, "hsa")
+    assert rep["n_vars"] == 0 and a.n_vars == 0 and "gene" in a.var
+
+
 def test_unknown_taxa_lists_available():
     for call in (
         lambda: em.database.genes("zebrafish"),
@@ -314,3 +326,12 @@ def test_gene_overlap_report_flags_mixed_naming():
         em.database.gene_overlap_report({})
     with pytest.raises(em.InvalidInputError):
         em.database.gene_overlap_report({"a": "GAPDH"})
+
+
+def test_harmonised_var_resolves_symbols_and_ids():
+    from experimat.methods._checks import resolve_genes
+
+    a = _features("visium_2.1.0_probes.tsv")
+    em.database.harmonize_var(a, "mmu")
+    got = resolve_genes(a, ["Itgb2l", "itgb2l", "ENSMUSG00000000157.7", "ENSMUSG00000000157", "Cav2-1"])
+    assert got == ["ENSMUSG00000000157"] * 4 + ["ENSMUSG00000000058-1"]

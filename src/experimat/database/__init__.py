@@ -4,7 +4,8 @@ Per taxa (``hsa`` human, ``mmu`` mouse) a table of Ensembl 109 genes with symbol
 Entrez id and description, read from ``em.settings.database_dir`` (the top-level ``database/`` folder of
 the repository, shipped in the wheel as ``experimat/_database``; see its README for sources and licenses).
 
-- :func:`available_taxa` lists the taxa codes; :func:`genes` returns a taxa's table (cached).
+- :func:`available_taxa` lists the taxa codes, :func:`resolve_taxa` checks one (for the sample sheet's
+  ``taxa`` column); :func:`genes` returns a taxa's table (cached), :func:`synonyms` its other names.
 - :func:`lookup` maps symbols, versioned / unversioned Ensembl ids and probe names to genes, reporting
   ambiguous and unknown names.
 - :func:`harmonize_var` renames a sample's genes to unversioned Ensembl ids and annotates them.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ._harmonize import gene_overlap_report, harmonize_var
 from ._lookup import infer_taxa, lookup
-from ._tables import available_taxa, clear_cache, load_index, parse_name
+from ._tables import available_taxa, clear_cache, load_index, parse_name, resolve_taxa
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,5 +84,6 @@ __all__ = [
     "infer_taxa",
     "lookup",
     "parse_name",
+    "resolve_taxa",
     "synonyms",
 ]

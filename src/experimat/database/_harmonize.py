@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import ExperimatWarning, InvalidInputError
-from .._logging import logger
-from ..methods._checks import check_choice, store_params
+from experimat._errors import ExperimatWarning, InvalidInputError
+from experimat._logging import logger
+from experimat.methods._checks import check_choice, store_params
+
 from ._lookup import MATCH_KINDS, match_fraction, resolve_one
 from ._tables import ASSEMBLY_ALIASES, EXTRA_ASSEMBLIES, GeneIndex, available_taxa, load_index, parse_name
 

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._errors import InvalidInputError
+from experimat._errors import InvalidInputError
+
 from ._tables import GeneIndex, available_taxa, load_index, parse_name
 
 if TYPE_CHECKING:
@@ -72,7 +73,9 @@ def _as_names(names: str | Iterable[object]) -> list[object]:
     try:
         return list(names)
     except TypeError:
-        raise InvalidInputError(f"names must be a string or a sequence of strings, not {type(names).__name__}.") from None
+        raise InvalidInputError(
+            f"names must be a string or a sequence of strings, not {type(names).__name__}."
+        ) from None
 
 
 def lookup(names: str | Sequence[str], taxa: str) -> pd.DataFrame:

@@ -8,8 +8,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._errors import KeyNotFoundError
-from .._settings import settings
+from experimat._errors import KeyNotFoundError
+from experimat._settings import settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +39,14 @@ TAXA_ALIASES: dict[str, str] = {
 
 #: Other assemblies whose positions a table carries, as ``{taxa: {assembly: column prefix}}``.
 EXTRA_ASSEMBLIES: dict[str, dict[str, str]] = {"mmu": {"mm10": "mm10_"}}
-ASSEMBLY_ALIASES = {"grcm38": "mm10", "mm10": "mm10", "grcm39": "GRCm39", "mm39": "GRCm39", "grch38": "GRCh38", "hg38": "GRCh38"}
+ASSEMBLY_ALIASES = {
+    "grcm38": "mm10",
+    "mm10": "mm10",
+    "grcm39": "GRCm39",
+    "mm39": "GRCm39",
+    "grch38": "GRCh38",
+    "hg38": "GRCh38",
+}
 
 _ID_RE = re.compile(r"^(?:DEPRECATED_)?(ENS[A-Z]*G\d{11})(?:\.\d+)?(?:_PAR_Y)?$", re.IGNORECASE)
 
@@ -83,7 +90,19 @@ def available_taxa() -> list[str]:
 
 
 def resolve_taxa(taxa: object) -> str:
-    """The taxa code for ``taxa`` (a code, or an alias such as ``"human"`` / ``"Mus musculus"``)."""
+    """The taxa code for ``taxa`` (a code, or an alias such as ``"human"`` / ``"Mus musculus"`` / ``9606``).
+
+    Raises
+    ------
+    KeyNotFoundError
+        ``taxa`` has no table in ``em.settings.database_dir``; the message lists the available taxa.
+
+    Examples
+    --------
+    >>> import experimat as em
+    >>> em.database.resolve_taxa("Mus musculus")
+    'mmu'
+    """
     valid = available_taxa()
     key = str(taxa).strip()
     if key in valid:
@@ -158,7 +177,9 @@ def _group(keys: pd.Series, ids: pd.Series) -> dict[str, tuple[str, ...]]:
 
     df = pd.DataFrame({"k": keys.to_numpy(), "i": ids.to_numpy()}).drop_duplicates()
     dup = df["k"].duplicated(keep=False).to_numpy()
-    out: dict[str, tuple[str, ...]] = dict(zip(df["k"].to_numpy()[~dup].tolist(), ((i,) for i in df["i"].to_numpy()[~dup])))
+    out: dict[str, tuple[str, ...]] = dict(
+        zip(df["k"].to_numpy()[~dup].tolist(), ((i,) for i in df["i"].to_numpy()[~dup]))
+    )
     multi: dict[str, list[str]] = {}
     for k, i in zip(df["k"].to_numpy()[dup].tolist(), df["i"].to_numpy()[dup].tolist()):
         multi.setdefault(k, []).append(i)
@@ -186,7 +207,9 @@ def _read_tables(taxa_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "mm10_end": "Int64",
         "mm10_band": str,
     }
-    genes = pd.read_csv(taxa_dir / GENES_FILE, sep="\t", dtype=dtypes, na_filter=True, keep_default_na=False, na_values=[""])
+    genes = pd.read_csv(
+        taxa_dir / GENES_FILE, sep="\t", dtype=dtypes, na_filter=True, keep_default_na=False, na_values=[""]
+    )
     genes = genes.set_index("gene_id", drop=False)
     genes.index.name = None
     syn_path = taxa_dir / SYNONYMS_FILE
