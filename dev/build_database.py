@@ -42,7 +42,10 @@ SPECIES = {
         "tenx": "xclone_mm10_genes.tsv.gz",
         "tenx_name": "10x mm10-2020-A (XClone 0.4.0 annotate_genes_mm10.txt)",
         "primary": PRIMARY_MMU,
-        "gencode": ("st_mouse_brain_and_olfactory_bulb_stutility/mouse_genes.tsv.gz", "GENCODE mouse (STUtility mouse_genes.tsv.gz)"),
+        "gencode": (
+            "st_mouse_brain_and_olfactory_bulb_stutility/mouse_genes.tsv.gz",
+            "GENCODE mouse (STUtility mouse_genes.tsv.gz)",
+        ),
     },
 }
 
@@ -124,7 +127,10 @@ def _synonyms_from(
     gone_key = gone.set_index(key)
     hit = gone_key.index.isin(prim_u.index)
     prev = pd.DataFrame(
-        {"synonym": gone.loc[hit, "gene_id"].to_numpy(), "gene_id": prim_u.loc[gone_key.index[hit], "gene_id"].to_numpy()}
+        {
+            "synonym": gone.loc[hit, "gene_id"].to_numpy(),
+            "gene_id": prim_u.loc[gone_key.index[hit], "gene_id"].to_numpy(),
+        }
     )
     prev["type"] = "previous_id"
     out = pd.concat([sym, prev], ignore_index=True)
