@@ -174,6 +174,8 @@ def test_harmonize_10x_human_ids():
         "MIR1302-2HG", "1", 29554, 31109, 1, "lncRNA", "GRCh38",
     )  # fmt: skip
     assert a.var["annotated"].all() and a.var["gene"].is_unique
+    # unnamed in Ensembl 109, no symbol in the input: the 10x reference's name
+    assert a.var.loc["ENSG00000238009", "gene"] == "AL627309.1"
     assert a.uns["gene_annotation"]["params"]["taxa"] == "hsa"
 
 

@@ -124,7 +124,8 @@ def harmonize_var(
       database keep their original name (ids without their version), as do symbols that name several
       genes. Several variables of the
       same gene (probes of one gene, an old and a new symbol) get ``-1``, ``-2`` suffixes after the first;
-    - ``var['gene']``: the Ensembl 109 symbol (else the original symbol, else the id), made unique with
+    - ``var['gene']``: the Ensembl 109 symbol (else the original symbol, else the gene's name in the 10x
+      reference, such as ``AL627309.1``, else the id), made unique with
       ``-1``, ``-2`` suffixes only where needed (reported);
     - ``var['gene_id']`` (unversioned id, also for ids unknown to the database; missing for unknown
       symbols), ``var['chr','start','end','strand','biotype','assembly']``, ``var['annotated']``
@@ -236,12 +237,12 @@ def harmonize_var(
     table = genes.reindex(ann_index)
     db_symbol = table["symbol"].tolist()
 
-    # symbols: Ensembl 109, else the one given, else the id / original name
+    # symbols: Ensembl 109, else the one given, else an older name (10x reference), else the id / original name
     symbols = []
     for i in range(n):
         s = db_symbol[i]
         if s is None or (isinstance(s, float) and np.isnan(s)):
-            s = input_symbol[i] or gene_id[i] or original[i]
+            s = input_symbol[i] or (annotated[i] and idx.other_symbol.get(gene_id[i])) or gene_id[i] or original[i]
         symbols.append(str(s))
     symbols_u, renamed_symbols = _make_unique(symbols)
 

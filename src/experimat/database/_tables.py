@@ -158,6 +158,14 @@ class GeneIndex:
         return _group(self._synonym_symbols["synonym"].str.lower(), self._synonym_symbols["gene_id"])
 
     @cached_property
+    def other_symbol(self) -> dict[str, str]:
+        """``{gene_id: a symbol from another source}`` for genes Ensembl 109 leaves unnamed (10x names first)."""
+        syn = self._synonym_symbols
+        unnamed = syn[syn["gene_id"].isin(self.genes.index[self.genes["symbol"].isna()])]
+        unnamed = unnamed.sort_values("source", key=lambda s: ~s.str.startswith("10x"), kind="stable")
+        return dict(zip(unnamed["gene_id"].iloc[::-1], unnamed["synonym"].iloc[::-1]))
+
+    @cached_property
     def previous_id(self) -> dict[str, tuple[str, ...]]:
         prev = self.synonyms[self.synonyms["type"] == "previous_id"]
         return _group(prev["synonym"].str.upper(), prev["gene_id"])
