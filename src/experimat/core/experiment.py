@@ -489,9 +489,11 @@ class Experiment:
             if not names:
                 raise InvalidInputError(f"modality {mod!r} has no samples; the experiment holds: {self.modalities}.")
             parts = {s: self.get_sample(mod, s) for s in names}
-            shared = set.intersection(*(set(a.var_names) for a in parts.values()))
-            union = set.union(*(set(a.var_names) for a in parts.values()))
-            logger.info(f"merge {mod}: {len(parts)} samples, {len(shared)} genes shared by all, {len(union)} in any ({join} join)")
+            from ..database import gene_overlap_report
+
+            report = gene_overlap_report(parts)
+            shared, union = report["shared"], report["n_union"]
+            logger.info(f"merge {mod}: {report['message']} ({join} join)")
             if join == "inner" and not shared:
                 raise InvalidInputError(
                     f"the samples of {mod} share no gene; check their taxa and gene ids, or use join='outer'."
@@ -518,7 +520,8 @@ class Experiment:
                 s: {"scalefactors": dict(a.uns.get(Key.SPATIAL, {}).get(s, {}).get("scalefactors", {}))}
                 for s, a in parts.items() if Key.SPATIAL in a.uns
             }
-            merged.uns["merge"] = {"samples": list(parts), "join": join, "n_shared_genes": len(shared), "n_union_genes": len(union)}
+            merged.uns["merge"] = {"samples": list(parts), "join": join, "n_shared_genes": len(shared), "n_union_genes": int(union),
+                                   "n_only_in": {k: int(v) for k, v in report["n_only_in"].items()}}
             out[mod] = merged
         existing = dict(self.integrated.mod) if self.integrated is not None else {}
         existing.update(out)

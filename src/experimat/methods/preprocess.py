@@ -50,7 +50,7 @@ def qc_metrics(adata: AnnData, *, layer: str | None = "counts", mito_prefix: str
 
     total = np.asarray(X.sum(1)).ravel()
     n_genes = np.asarray((X > 0).sum(1)).ravel()
-    mito = _gene_symbols(adata).str.lower().str.startswith(mito_prefix.lower()).to_numpy()
+    mito = np.asarray(_gene_symbols(adata).str.lower().str.startswith(mito_prefix.lower()), dtype=bool)
     mito_counts = np.asarray(X[:, mito].sum(1)).ravel() if mito.any() else np.zeros_like(total)
     pct = np.where(total > 0, 100.0 * mito_counts / np.maximum(total, 1), 0.0)
     df = pd.DataFrame(
