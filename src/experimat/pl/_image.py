@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from .._logging import logger
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import logger
+
 from ._utils import as_adata_dict
 
 if TYPE_CHECKING:
@@ -68,9 +69,7 @@ def parse_channels(channels: str | Sequence[str]) -> tuple[str, list[int]]:
             try:
                 idx.append(int(name_l))
             except ValueError:
-                raise InvalidInputError(
-                    f"channel {name!r} of {ch!r} is not r, g, b, a or an integer index."
-                ) from None
+                raise InvalidInputError(f"channel {name!r} of {ch!r} is not r, g, b, a or an integer index.") from None
         keys.append(key)
     if len(set(keys)) > 1:
         raise InvalidInputError(f"all channels must come from one image; got image keys {sorted(set(keys))}.")

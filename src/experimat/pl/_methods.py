@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from ..methods._checks import check_positive_int
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat.methods._checks import check_positive_int
+
 from ._render import Panel, embedding_options, grid_layout, render
 from ._utils import ColorValues, as_adata_dict, as_key_list, color_limit, make_palette, union_categories
 
@@ -103,7 +104,9 @@ def plot_patterns(
     samples = as_adata_dict(adata, what="adata")
     per_sample = {}
     for name, ad in samples.items():
-        frame = _obsm_frame(ad, key, name, "Run the AEH pattern step of the SVG analysis first (it writes obsm['aeh']).")
+        frame = _obsm_frame(
+            ad, key, name, "Run the AEH pattern step of the SVG analysis first (it writes obsm['aeh'])."
+        )
         counts = None
         membership = f"{key}.pattern"
         if membership in ad.var.columns:
@@ -116,8 +119,14 @@ def plot_patterns(
             panels.append(Panel(name, f"{key}:{c}", title))
         per_sample[name] = panels
     opts = embedding_options({"basis": basis, "cmap": cmap, "vmin": vmin, "vmax": vmax, "ptsize": ptsize})
-    return render(samples, _rows_per_sample(per_sample, ncols), opts=opts, channels=channels,
-                  library_id=library_id, figsize=figsize)
+    return render(
+        samples,
+        _rows_per_sample(per_sample, ncols),
+        opts=opts,
+        channels=channels,
+        library_id=library_id,
+        figsize=figsize,
+    )
 
 
 # --------------------------------------------------------------------------------------- domains
@@ -187,9 +196,18 @@ def plot_domains(
         return ColorValues(key, "categorical", col, key or "")
 
     opts = embedding_options({"ptsize": ptsize, "legend": legend})
-    return render(samples, grid_layout(list(samples), keys, None), opts=opts, channels=channels,
-                  library_id=library_id, xrange=xrange, yrange=yrange, figsize=figsize,
-                  palettes=dict.fromkeys(keys, shared), resolver=resolver)
+    return render(
+        samples,
+        grid_layout(list(samples), keys, None),
+        opts=opts,
+        channels=channels,
+        library_id=library_id,
+        xrange=xrange,
+        yrange=yrange,
+        figsize=figsize,
+        palettes=dict.fromkeys(keys, shared),
+        resolver=resolver,
+    )
 
 
 # --------------------------------------------------------------------------------------- LOCAT
@@ -276,8 +294,9 @@ def plot_locat(
             ]
             rows.append(row + [None] * (n_top - len(row)))
     opts = embedding_options({"basis": basis, "cmap": cmap, "vmax": vmax, "ptsize": ptsize, "layer": layer})
-    fig = render(samples, rows, opts=opts, channels=channels, library_id=library_id, figsize=figsize,
-                 panel_size=(3.4, 3.2))
+    fig = render(
+        samples, rows, opts=opts, channels=channels, library_id=library_id, figsize=figsize, panel_size=(3.4, 3.2)
+    )
     grid = fig.axes[: len(rows) * n_top]
     for r, text in empty:
         ax = grid[r * n_top]
@@ -288,7 +307,9 @@ def plot_locat(
 # --------------------------------------------------------------------------------------- deconvolution
 def _types_of(samples: Mapping[str, AnnData], key: str, types: Sequence[str] | str | None) -> list[str]:
     frames = {
-        name: _obsm_frame(ad, key, name, "Run the deconvolution first (cell2location writes obsm['cell2location.q05']).")
+        name: _obsm_frame(
+            ad, key, name, "Run the deconvolution first (cell2location writes obsm['cell2location.q05'])."
+        )
         for name, ad in samples.items()
     }
     if types is None:
@@ -358,8 +379,17 @@ def plot_abundance(
             if p is not None:
                 p.title = f"{_prefix(p.sample, len(samples))}{p.color.split(':', 1)[1] if p.color else ''}"
     opts = embedding_options({"cmap": cmap, "vmin": vmin, "vmax": vmax, "ptsize": ptsize})
-    return render(samples, rows, opts=opts, channels=channels, library_id=library_id, xrange=xrange,
-                  yrange=yrange, figsize=figsize, share_scale=share_scale)
+    return render(
+        samples,
+        rows,
+        opts=opts,
+        channels=channels,
+        library_id=library_id,
+        xrange=xrange,
+        yrange=yrange,
+        figsize=figsize,
+        share_scale=share_scale,
+    )
 
 
 def blend_colors(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, colors: Sequence[Any]) -> np.ndarray:
@@ -460,8 +490,17 @@ def plot_abundance_blend(
     opts = embedding_options({"ptsize": ptsize, "legend": False})
     if figsize is None:
         figsize = (4.0 * len(rows[0]) + 0.75 * len(type_list), 3.6 * len(rows))
-    fig = render(samples, rows, opts=opts, channels=channels, library_id=library_id, xrange=xrange,
-                 yrange=yrange, figsize=figsize, resolver=resolver)
+    fig = render(
+        samples,
+        rows,
+        opts=opts,
+        channels=channels,
+        library_id=library_id,
+        xrange=xrange,
+        yrange=yrange,
+        figsize=figsize,
+        resolver=resolver,
+    )
     panel_axes = [ax for ax in fig.axes if ax.axison]
     if channels is None:
         for ax in panel_axes:
@@ -517,9 +556,19 @@ def plot_embedding(
     """
     samples = as_adata_dict(adata, what="adata")
     opts = embedding_options(
-        {"basis": basis, "color": color, "layer": layer, "ptsize": ptsize, "cmap": cmap, "vmin": vmin, "vmax": vmax,
-         "palette": palette, "legend": legend}
+        {
+            "basis": basis,
+            "color": color,
+            "layer": layer,
+            "ptsize": ptsize,
+            "cmap": cmap,
+            "vmin": vmin,
+            "vmax": vmax,
+            "palette": palette,
+            "legend": legend,
+        }
     )
     colors = as_key_list(color, "color")
-    return render(samples, grid_layout(list(samples), colors, ncols), opts=opts, figsize=figsize,
-                  share_scale=share_scale)
+    return render(
+        samples, grid_layout(list(samples), colors, ncols), opts=opts, figsize=figsize, share_scale=share_scale
+    )

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError, MissingSlotError
+from experimat._errors import InvalidInputError, MissingSlotError
+
 from ._utils import check_figsize, make_palette, new_figure, style_context
 
 if TYPE_CHECKING:
-    from anndata import AnnData
     from matplotlib.figure import Figure
 
 
@@ -76,8 +76,10 @@ def plot_training_history(
 
     if isinstance(history_or_adata, AnnData):
         sources = {"": history_or_adata}
-    elif isinstance(history_or_adata, Mapping) and history_or_adata and all(
-        isinstance(v, AnnData) for v in history_or_adata.values()
+    elif (
+        isinstance(history_or_adata, Mapping)
+        and history_or_adata
+        and all(isinstance(v, AnnData) for v in history_or_adata.values())
     ):
         sources = dict(history_or_adata)
     else:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from ..methods._checks import get_coordinates, get_obsm
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat.methods._checks import get_coordinates, get_obsm
+
 from ._image import find_image, image_scalefactor, parse_channels, select_channels, spatial_library
 from ._utils import (
     NA_COLOR,
@@ -178,6 +179,7 @@ def _resolve_values(
 
 def grid_layout(samples: Sequence[str], colors: Sequence[str | None], ncols: int | None) -> list[list[Panel | None]]:
     """Rows of panels: samples x colours; a single sample or colour wraps into ``ncols`` columns."""
+
     def title(s: str, c: str | None) -> str:
         parts = [x for x in (s if len(samples) > 1 else "", c or "") if x]
         return ": ".join(parts)
@@ -291,8 +293,15 @@ def render(
                     cv = values[(panel.sample, panel.color)]
                     norm = shared_norms.get(panel.color)
                     mappable = _draw_spots(
-                        ax, xy, cv, opts, diameter=diameter, palette=palettes.get(panel.color), cmap=cmap,
-                        norm=norm, to_rgba=to_rgba,
+                        ax,
+                        xy,
+                        cv,
+                        opts,
+                        diameter=diameter,
+                        palette=palettes.get(panel.color),
+                        cmap=cmap,
+                        norm=norm,
+                        to_rgba=to_rgba,
                     )
                     if cv.kind == "continuous" and opts["legend"]:
                         if norm is not None:
@@ -334,8 +343,9 @@ def _check_spots_in_range(xy: np.ndarray, xr: tuple | None, yr: tuple | None, sa
         )
 
 
-def _draw_spots(ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, Any], *, diameter, palette, cmap,
-                norm, to_rgba):
+def _draw_spots(
+    ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, Any], *, diameter, palette, cmap, norm, to_rgba
+):
     from matplotlib.collections import EllipseCollection
 
     n = len(xy)
@@ -365,8 +375,13 @@ def _draw_spots(ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, An
     if ptsize is None and diameter is not None:
         # circles of the spot's true diameter in data units: right at any figure size and zoom
         coll = EllipseCollection(
-            np.full(n, diameter), np.full(n, diameter), np.zeros(n), units="xy", offsets=xy,
-            offset_transform=ax.transData, linewidths=0,
+            np.full(n, diameter),
+            np.full(n, diameter),
+            np.zeros(n),
+            units="xy",
+            offsets=xy,
+            offset_transform=ax.transData,
+            linewidths=0,
         )
         coll.set_zorder(2)
         if array is not None:
@@ -380,8 +395,18 @@ def _draw_spots(ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, An
         return coll
     size = float(ptsize) if ptsize is not None else float(min(120000.0 / max(n, 1), 40.0))
     if array is not None:
-        return ax.scatter(xy[:, 0], xy[:, 1], c=array, s=size, cmap=cmap, norm=norm, linewidths=0,
-                          alpha=float(opts["alpha"]), plotnonfinite=True, zorder=2)
+        return ax.scatter(
+            xy[:, 0],
+            xy[:, 1],
+            c=array,
+            s=size,
+            cmap=cmap,
+            norm=norm,
+            linewidths=0,
+            alpha=float(opts["alpha"]),
+            plotnonfinite=True,
+            zorder=2,
+        )
     return ax.scatter(xy[:, 0], xy[:, 1], c=face, s=size, linewidths=0, zorder=2)
 
 
@@ -392,12 +417,20 @@ def _legend(ax: Axes, cv: ColorValues, palette: Mapping[str, Any]) -> None:
     cats = [c for c in palette if c in present]
     handles = [Line2D([], [], marker="o", linestyle="", color=palette[c], markersize=6, label=c) for c in cats]
     if handles:
-        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-                  ncols=max(1, math.ceil(len(handles) / 16)), title=cv.label, handletextpad=0.2)
+        ax.legend(
+            handles=handles,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+            ncols=max(1, math.ceil(len(handles) / 16)),
+            title=cv.label,
+            handletextpad=0.2,
+        )
 
 
-def _set_limits(ax: Axes, xy: np.ndarray, image: _Image | None, diameter: float | None, xr, yr, spatial: bool,
-                show_spots: bool) -> None:
+def _set_limits(
+    ax: Axes, xy: np.ndarray, image: _Image | None, diameter: float | None, xr, yr, spatial: bool, show_spots: bool
+) -> None:
     if not spatial:
         return
     if show_spots and len(xy):

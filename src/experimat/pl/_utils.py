@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from ..methods._checks import get_matrix, resolve_genes
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat.methods._checks import get_matrix, resolve_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -194,8 +194,11 @@ def color_values(adata: AnnData, key: str | None, *, layer: str | None = None) -
             return ColorValues(key, "continuous", vals, label)
     if key in adata.obs.columns:
         col = adata.obs[key]
-        if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or pd.api.types.is_bool_dtype(col) or (
-            pd.api.types.is_string_dtype(col)
+        if (
+            isinstance(col.dtype, pd.CategoricalDtype)
+            or col.dtype == object
+            or pd.api.types.is_bool_dtype(col)
+            or (pd.api.types.is_string_dtype(col))
         ):
             cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
             return ColorValues(key, "categorical", cat, key)
