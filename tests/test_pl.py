@@ -312,6 +312,10 @@ def test_categorical_palette_shared_across_samples(visium):
     np.testing.assert_allclose(fc[(a.obs["domain"] == "1").to_numpy()][0], (1, 0, 0, 1))
     legend = fig.axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["1", "2", "3"]
+    # missing labels are drawn in na_color
+    a.obs.loc[a.obs_names[:5], "domain"] = np.nan
+    fig = pl.plot_spatial(a, plot_embeddings={"color": "domain", "na_color": "#00ff00"})
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_facecolor()[:5], [(0, 1, 0, 1)] * 5)
 
 
 def test_continuous_limits_quantiles_and_shared_scale(visium):

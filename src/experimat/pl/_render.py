@@ -181,7 +181,7 @@ def grid_layout(samples: Sequence[str], colors: Sequence[str | None], ncols: int
     """Rows of panels: samples x colours; a single sample or colour wraps into ``ncols`` columns."""
 
     def title(s: str, c: str | None) -> str:
-        parts = [x for x in (s if len(samples) > 1 else "", c or "") if x]
+        parts = [x for x in (s if len(samples) > 1 or c is None else "", c or "") if x]
         return ": ".join(parts)
 
     if ncols is not None and (not isinstance(ncols, (int, np.integer)) or isinstance(ncols, bool) or ncols < 1):
@@ -358,8 +358,9 @@ def _draw_spots(
         face = np.asarray(cv.values, dtype=float)
     elif cv.kind == "categorical":
         na = to_rgba(opts["na_color"])
-        labels = cv.values.astype(object).to_numpy()
-        face = np.array([palette.get(str(v), na) if not pd.isna(v) else na for v in labels], dtype=float).reshape(n, 4)
+        cat = pd.Categorical(cv.values)
+        table = np.array([palette.get(str(c), na) for c in cat.categories] + [na], dtype=float).reshape(-1, 4)
+        face = table[cat.codes]  # code -1 (missing) picks the last row, na_color
     else:
         vals = np.asarray(cv.values, dtype=np.float64)
         if norm is None:
