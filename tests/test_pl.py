@@ -569,3 +569,13 @@ def test_copy_of_uns_not_shared(visium):
     pl.plot_domains(adata)
     assert adata.uns.keys() == before.keys()
     assert "spagcn.domain_colors" not in adata.uns
+
+
+def test_figure_pickles_and_displays_as_png(visium):
+    import pickle
+
+    fig = pl.plot_spatial(visium, plot_embeddings={"color": TOP_GENE})
+    png = fig._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    again = pickle.loads(pickle.dumps(fig))
+    assert type(again).__name__ == "ExperimatFigure" and len(again.axes) == len(fig.axes)

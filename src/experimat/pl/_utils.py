@@ -41,33 +41,14 @@ NA_COLOR = "#d3d3d3"
 _QUANTILE = re.compile(r"^p(\d+(?:\.\d*)?)$")
 
 
-def _figure_class():
-    from matplotlib.figure import Figure
-
-    class ExperimatFigure(Figure):
-        """A :class:`matplotlib.figure.Figure` whose ``savefig`` embeds TrueType fonts (pdf/ps fonttype 42)."""
-
-        def savefig(self, fname: Any, *args: Any, **kwargs: Any) -> None:
-            import matplotlib as mpl
-
-            with mpl.rc_context(STYLE):
-                super().savefig(fname, *args, **kwargs)
-
-    return ExperimatFigure
-
-
-_FIGURE_CLASS = None
-
-
 def new_figure(figsize: tuple[float, float]) -> Figure:
-    """A new figure (not registered with pyplot, so no display and no global state is needed)."""
-    global _FIGURE_CLASS
+    """A new :class:`~experimat.pl._figure.ExperimatFigure` (constrained layout, not registered with pyplot)."""
     import matplotlib as mpl
 
-    if _FIGURE_CLASS is None:
-        _FIGURE_CLASS = _figure_class()
+    from experimat.pl._figure import ExperimatFigure
+
     with mpl.rc_context(STYLE):
-        fig = _FIGURE_CLASS(figsize=figsize, layout="constrained")
+        fig = ExperimatFigure(figsize=figsize, layout="constrained")
     return fig
 
 
