@@ -1,0 +1,42 @@
+"""Plots (matplotlib, imported on first use): spots over the tissue and the figures of each method.
+
+Every function takes one AnnData or ``{sample: AnnData}``, never modifies it, and returns a
+:class:`matplotlib.figure.Figure` (not registered with pyplot) whose ``savefig`` embeds TrueType
+fonts in PDF/PS (``pdf.fonttype`` 42) whatever the user's rcParams.
+
+>>> import experimat as em
+>>> fig = em.pl.plot_spatial({"p1-t4": adata}, channels=["hires/r", "hires/g", "hires/b"],  # doctest: +SKIP
+...                          plot_embeddings={"color": "CSTB", "ptsize": 15})
+"""
+
+from ._image import get_image
+from ._methods import (
+    BLEND_COLORS,
+    blend_colors,
+    locat_top_genes,
+    plot_abundance,
+    plot_abundance_blend,
+    plot_domains,
+    plot_embedding,
+    plot_locat,
+    plot_patterns,
+)
+from ._qc import plot_reconstruction, plot_totals_per_batch, plot_training_history
+from ._spatial import plot_spatial
+
+__all__ = [
+    "BLEND_COLORS",
+    "blend_colors",
+    "get_image",
+    "locat_top_genes",
+    "plot_abundance",
+    "plot_abundance_blend",
+    "plot_domains",
+    "plot_embedding",
+    "plot_locat",
+    "plot_patterns",
+    "plot_reconstruction",
+    "plot_spatial",
+    "plot_totals_per_batch",
+    "plot_training_history",
+]
