@@ -22,7 +22,7 @@ import experimat as em
 from experimat import pl
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 
-DATA = Path(__file__).parent / "data" / "visium_scanpy_1.0.0"
+DATA = Path(__file__).parent / "data" / "visium_layouts" / "spaceranger_1.0_hires"
 TOP_GENE = "ENSG00000175756"  # the most expressed gene of the subset
 RGB_LOW = ["lowres/r", "lowres/g", "lowres/b"]
 
@@ -30,11 +30,9 @@ RGB_LOW = ["lowres/r", "lowres/g", "lowres/b"]
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def visium_base():
-    import scanpy as sc
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        adata = sc.read_visium(DATA)
+        adata = em.io.read_spaceranger(DATA)
     adata.var_names_make_unique()
     return adata
 
@@ -143,6 +141,8 @@ def _assert_unchanged(adata, snap):
 def test_get_image_channels_and_dict(visium):
     lib = next(iter(visium.uns["spatial"]))
     stored = visium.uns["spatial"][lib]["images"]["lowres"]
+    if stored.dtype == np.uint8:  # em.io stores uint8; get_image returns float32 in [0, 1]
+        stored = stored.astype(np.float32) / 255.0
     rgb = pl.get_image(visium, channels=RGB_LOW)
     assert rgb.shape == (600, 600, 3) and rgb.dtype == np.float32
     np.testing.assert_allclose(rgb, stored)
@@ -175,8 +175,9 @@ def test_missing_hires_falls_back_to_lowres_with_notice(visium):
     handler = _H()
     em._logging.logger.logger.addHandler(handler)
     try:
-        img = pl.get_image(visium, channels=["hires/r", "hires/g", "hires/b"])
-        fig = pl.plot_spatial(visium, channels=["hires/r", "hires/g", "hires/b"])
+        with em.settings.override(verbosity="info"):
+            img = pl.get_image(visium, channels=["hires/r", "hires/g", "hires/b"])
+            fig = pl.plot_spatial(visium, channels=["hires/r", "hires/g", "hires/b"])
     finally:
         em._logging.logger.logger.removeHandler(handler)
     assert img.shape == (600, 600, 3)
@@ -579,3 +580,21 @@ def test_figure_pickles_and_displays_as_png(visium):
     assert png.startswith(b"\x89PNG")
     again = pickle.loads(pickle.dumps(fig))
     assert type(again).__name__ == "ExperimatFigure" and len(again.axes) == len(fig.axes)
+
+
+def test_accessor_plots_on_real_project(muscle_project, tmp_path):
+    """The notebook calls, through the accessor, on the real muscle project (lowres only: hires falls back)."""
+    expm = em.load_experiment(muscle_project, mode="r")
+    fig = expm.spatial_bin.plot_spatial(
+        run_on_samples=["Vis5A_2dpi"], channels=["hires/r", "hires/g", "hires/b"],
+        plot_embeddings={"visible": True, "basis": "spatial", "color": "Acta1", "ptsize": 15},
+        xrange=(3000, 13000), yrange=(3000, 13000), figsize=(5, 5),
+    )
+    out = tmp_path / "fig.png"
+    fig.savefig(out)
+    img = imread(out)
+    assert img.shape[0] > 100 and img[..., :3].std() > 0.05
+    he = expm.spatial_bin.get_image(run_on_samples=["Vis7B_5dpi"], channels=["lowres/r", "lowres/g", "lowres/b"])
+    assert he["Vis7B_5dpi"].shape[2] == 3
+    fig2 = expm.spatial_bin.plot_spatial(run_on_samples=True, plot_embeddings={"color": "sample"})
+    assert len(fig2.axes) >= 2

@@ -40,7 +40,7 @@ def test_signature_synthesis(synth_project):
 
 
 def test_registration_rejects_positional_options():
-    def bad(adata, layer="x"):
+    def bad(adata, layer):
         return None
 
     with pytest.raises(em.InvalidInputError, match="keyword-only"):

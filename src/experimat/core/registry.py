@@ -54,7 +54,8 @@ class MethodSpec:
         if not params:
             raise InvalidInputError(f"{self.name}: a method takes the AnnData (or dict of AnnData) as first argument.")
         for p in params[1:]:
-            if p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD):
+            optional_positional = p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
+            if p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD) and not optional_positional:
                 raise InvalidInputError(
                     f"{self.name}: option {p.name!r} must be keyword-only (write `def f(adata, *, {p.name}=...)`)."
                 )
@@ -63,7 +64,11 @@ class MethodSpec:
 
     @property
     def options(self) -> list[inspect.Parameter]:
-        return list(self.signature.parameters.values())[1:]
+        """The method's options, all keyword-only for the accessor (``adata`` excluded)."""
+        out = []
+        for p in list(self.signature.parameters.values())[1:]:
+            out.append(p.replace(kind=p.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p)
+        return out
 
     @property
     def accepts_seed(self) -> bool:

@@ -1,13 +1,18 @@
 """Methods bound to every modality."""
 
+from .. import pl
 from ..core.registry import register_method
 from ..methods import preprocess as pp
 
 ALL = ("rna", "spatial-bin", "spatial-cell")
 SPATIAL = ("spatial-bin", "spatial-cell")
 
+# preprocessing
 register_method(pp.qc_metrics, modalities=ALL, reads=("layers/{layer}",), writes=("obs/{key_added}.*", "var/{key_added}.*", "uns/{key_added}"))
 register_method(pp.normalize, modalities=ALL, reads=("layers/{layer}",), writes=("layers/{key_added}", "uns/{key_added}"))
 register_method(pp.pca, modalities=ALL, reads=("layers/{layer}",), writes=("obsm/{key_added}", "uns/{key_added}"))
 register_method(pp.neighbors_umap, modalities=ALL, reads=("obsm/{use_rep}",), writes=("obsm/{key_added}", "obsp/connectivities", "obsp/distances", "uns/{key_added}"))
-register_method(pp.spatial_smooth, modalities=SPATIAL, reads=("layers/{layer}", "obsm/{spatial_key}"), writes=("layers/{key_added}", "uns/{key_added}"))
+
+# figures (read-only)
+register_method(pl.plot_embedding, modalities=ALL, kind="view")
+register_method(pl.plot_training_history, modalities=ALL, kind="view")

@@ -1,3 +1,3 @@
-"""Methods of the ``rna`` accessor."""
+"""Methods of the ``expm.rna`` accessor (single-cell / single-nucleus RNA)."""
 
-from . import _common  # noqa: F401  (qc, normalisation, PCA, ... on every modality)
+from . import _common  # noqa: F401  (shared bindings)

@@ -1,3 +1,3 @@
-"""Methods of the ``spatial_bin`` accessor."""
+"""Methods of the ``expm.spatial_bin`` accessor (Visium-like spots)."""
 
-from . import _common  # noqa: F401  (qc, normalisation, PCA, ... on every modality)
+from . import _common, _spatial  # noqa: F401  (shared bindings)

@@ -1,3 +1,3 @@
-"""Methods of the ``spatial_cell`` accessor."""
+"""Methods of the ``expm.spatial_cell`` accessor (single-cell resolution spatial data)."""
 
-from . import _common  # noqa: F401  (qc, normalisation, PCA, ... on every modality)
+from . import _common, _spatial  # noqa: F401  (shared bindings)
