@@ -241,7 +241,7 @@ def read_spaceranger(
             else:
                 absent.append(img.name)
         if absent:
-            warnings.warn(f"{library_id}: {', '.join(absent)} not found in {spatial_dir}; reading what exists.", ExperimatWarning)
+            warnings.warn(f"{library_id}: {', '.join(absent)} not found in {path.name}/spatial; reading what exists.", ExperimatWarning)
     metadata: dict[str, str] = {}
     summary = path / "metrics_summary.csv"
     if summary.exists():
