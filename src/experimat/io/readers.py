@@ -116,7 +116,9 @@ def read_10x_h5(path: PathLike, *, genome: str | None = None, gene_expression_on
     X = X.T.tocsr()  # cells x genes
     obs = pd.DataFrame(index=pd.Index(barcodes))
     var.index = var.index.astype(str)
-    adata = ad.AnnData(X=X, obs=obs, var=var)
+    with warnings.catch_warnings():  # duplicated symbols are expected here; gene harmonisation resolves them
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        adata = ad.AnnData(X=X, obs=obs, var=var)
     if gene_expression_only and "feature_types" in adata.var and (adata.var["feature_types"] != "Gene Expression").any():
         adata = adata[:, (adata.var["feature_types"] == "Gene Expression").to_numpy()].copy()
     return _set_counts(adata)
