@@ -1,7 +1,7 @@
 """Content fingerprints of AnnData objects, to tell which samples changed since load.
 
 A fingerprint hashes every slot's content (arrays, DataFrame columns and index, nested
-``uns``) with BLAKE2b. It is computed when a sample is read from disk and again at save: a
+``uns``) with SHA-1 (change detection, not security). It is computed when a sample is read from disk and again at save: a
 sample is rewritten only when the two differ (or when a method marked it modified).
 """
 
@@ -37,16 +37,26 @@ def _update_array(h, arr: Any) -> None:
         h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
 
 
+def _update_values(h, values: Any) -> None:
+    if isinstance(values, pd.Categorical) or isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        cat = pd.Categorical(values)
+        _update_values(h, np.asarray(cat.categories))
+        h.update(np.asarray(cat.codes).tobytes())
+        return
+    arr = np.asarray(values)
+    if arr.dtype == object or arr.dtype.kind in "USO":
+        h.update("\x1f".join(map(str, arr.tolist())).encode("utf-8", "surrogatepass"))
+        h.update(bytes(np.array([v is None or v != v if not isinstance(v, str) else False for v in arr.tolist()], dtype=bool)))
+    else:
+        h.update(arr.dtype.str.encode())
+        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+
+
 def _update_frame(h, df: pd.DataFrame) -> None:
     h.update(f"df:{df.shape}:{list(map(str, df.columns))}:{[str(t) for t in df.dtypes]}".encode())
-    h.update(pd.util.hash_pandas_object(df.index, index=False).to_numpy().tobytes())
+    _update_values(h, df.index)
     for col in df.columns:
-        s = df[col]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            h.update(repr(list(s.cat.categories)).encode())
-            h.update(np.asarray(s.cat.codes).tobytes())
-        else:
-            h.update(pd.util.hash_pandas_object(s, index=False).to_numpy().tobytes())
+        _update_values(h, df[col].array if isinstance(df[col].dtype, pd.CategoricalDtype) else df[col].to_numpy())
 
 
 def _update_obj(h, obj: Any) -> None:
@@ -67,7 +77,7 @@ def _update_obj(h, obj: Any) -> None:
 
 def fingerprint(adata: Any) -> str:
     """A hex digest of the full content of an AnnData (or MuData) object."""
-    h = hashlib.blake2b(digest_size=20)
+    h = hashlib.sha1(usedforsecurity=False)
     if hasattr(adata, "mod"):  # MuData
         h.update(b"mudata")
         _update_frame(h, adata.obs)
