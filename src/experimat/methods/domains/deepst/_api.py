@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ...._errors import InvalidInputError
-from ...._logging import logger
-from ...._optional import import_optional, torch_device
-from ...._settings import settings
-from ..._checks import check_counts, check_positive_int, get_coordinates, get_matrix, store_params
+from experimat._errors import InvalidInputError
+from experimat._logging import logger
+from experimat._optional import import_optional, torch_device
+from experimat._settings import settings
+from experimat.methods._checks import check_counts, check_positive_int, get_coordinates, get_matrix, store_params
+
 from . import _graph, _image
-from ._cluster import leiden, leiden_n_clusters, knn_igraph, refine_labels
+from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
 from ._model import TrainConfig, train_deepst
 
 if TYPE_CHECKING:
@@ -99,8 +100,16 @@ def _read_sample(adata: AnnData, layer: str | None, spatial_key: str) -> _Sample
 
 
 def _image_raw(
-    adata: AnnData, sample: _Sample, *, image_key: str, library_id: str | None, net, device, tile_dir: Path | None,
-    max_tile_mb: float, spatial_key: str,
+    adata: AnnData,
+    sample: _Sample,
+    *,
+    image_key: str,
+    library_id: str | None,
+    net,
+    device,
+    tile_dir: Path | None,
+    max_tile_mb: float,
+    spatial_key: str,
 ) -> np.ndarray:
     img, scale, diameter = _image.find_image(adata, image_key, library_id)
     side = max(3, round(diameter * scale))
@@ -173,8 +182,17 @@ def spot_image_features(
     net = _image.load_tile_cnn(weights_path).to(device) if weights_path is not None else None
     tile_dir = Path(save_path) / "deepst_tiles" if save_path is not None else None
     sample = _Sample(counts=sp.csr_matrix((coords.shape[0], 0)), library=np.ones(coords.shape[0]), coords=coords)
-    raw = _image_raw(adata, sample, image_key=image_key, library_id=library_id, net=net, device=device,
-                     tile_dir=tile_dir, max_tile_mb=max_tile_mb, spatial_key=spatial_key)
+    raw = _image_raw(
+        adata,
+        sample,
+        image_key=image_key,
+        library_id=library_id,
+        net=net,
+        device=device,
+        tile_dir=tile_dir,
+        max_tile_mb=max_tile_mb,
+        spatial_key=spatial_key,
+    )
     if n_components is None:
         return raw
     return _image.reduce_features(raw, check_positive_int("n_components", n_components))
@@ -232,8 +250,15 @@ def _fit(
 
     batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
     emb, net, timings = train_deepst(
-        data, adj_norm, adj_label, pre_epochs=pre_epochs, epochs=epochs, seed=seed, device=device,
-        batches=batches, cluster_init=init_clusters,
+        data,
+        adj_norm,
+        adj_label,
+        pre_epochs=pre_epochs,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        batches=batches,
+        cluster_init=init_clusters,
     )
     start = logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
     labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=seed)
@@ -243,8 +268,16 @@ def _fit(
     n_found = int(labels.max()) + 1
     logger.info(f"DeepST: {n_found} domains at resolution {resolution:.4g}", time=start)
     return {
-        "embedding": emb, "labels": labels, "refined": refined, "offsets": offsets, "resolution": resolution,
-        "exact": exact, "n_found": n_found, "timings": timings, "net": net, "n_inputs": data.shape[1],
+        "embedding": emb,
+        "labels": labels,
+        "refined": refined,
+        "offsets": offsets,
+        "resolution": resolution,
+        "exact": exact,
+        "n_found": n_found,
+        "timings": timings,
+        "net": net,
+        "n_inputs": data.shape[1],
     }
 
 
@@ -395,15 +428,32 @@ def spatial_detect_domains_deepst(
     if use_image:
         net = _image.load_tile_cnn(weights_path).to(device) if weights_path is not None else None
         sample.image_raw = _image_raw(
-            adata, sample, image_key=image_key, library_id=library_id, net=net, device=device,
+            adata,
+            sample,
+            image_key=image_key,
+            library_id=library_id,
+            net=net,
+            device=device,
             tile_dir=out_dir / f"{key_added}_tiles" if out_dir is not None else None,
-            max_tile_mb=max_tile_mb, spatial_key=spatial_key,
+            max_tile_mb=max_tile_mb,
+            spatial_key=spatial_key,
         )
     start = logger.info(f"DeepST on {adata.n_obs} spots (use_image={use_image})")
     res = _fit(
-        [sample], n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs, seed=seed, device=device,
-        n_top_genes=n_top_genes, n_pcs=n_pcs, spatial_k=spatial_k, n_augment_neighbors=n_augment_neighbors,
-        adjacent_weight=adjacent_weight, graph_k=graph_k, refine_neighbors=refine_neighbors, adversarial=False,
+        [sample],
+        n_domains=n_domains,
+        pre_epochs=pre_epochs,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        n_top_genes=n_top_genes,
+        n_pcs=n_pcs,
+        spatial_k=spatial_k,
+        n_augment_neighbors=n_augment_neighbors,
+        adjacent_weight=adjacent_weight,
+        graph_k=graph_k,
+        refine_neighbors=refine_neighbors,
+        adversarial=False,
     )
     n_found = res["n_found"]
     domain = _categorical(res["labels"], n_found)
@@ -526,9 +576,15 @@ def integrate_domains_deepst(
         s.counts = s.counts[:, ad_.var_names.get_indexer(common)]
         if use_image:
             s.image_raw = _image_raw(
-                ad_, s, image_key=image_key, library_id=None, net=net, device=device,
+                ad_,
+                s,
+                image_key=image_key,
+                library_id=None,
+                net=net,
+                device=device,
                 tile_dir=out_dir / f"{result_key}_tiles" / name if out_dir is not None else None,
-                max_tile_mb=max_tile_mb, spatial_key=spatial_key,
+                max_tile_mb=max_tile_mb,
+                spatial_key=spatial_key,
             )
         samples.append(s)
     n_total = sum(s.coords.shape[0] for s in samples)
@@ -536,9 +592,19 @@ def integrate_domains_deepst(
         raise InvalidInputError(f"n_domains ({n_domains}) exceeds the number of spots ({n_total}).")
     start = logger.info(f"DeepST integration of {len(names)} samples, {n_total} spots, {len(common)} common genes")
     res = _fit(
-        samples, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs, seed=seed, device=device,
-        n_top_genes=n_top_genes, n_pcs=n_pcs, spatial_k=spatial_k, n_augment_neighbors=n_augment_neighbors,
-        adjacent_weight=adjacent_weight, graph_k=graph_k, refine_neighbors=refine_neighbors,
+        samples,
+        n_domains=n_domains,
+        pre_epochs=pre_epochs,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        n_top_genes=n_top_genes,
+        n_pcs=n_pcs,
+        spatial_k=spatial_k,
+        n_augment_neighbors=n_augment_neighbors,
+        adjacent_weight=adjacent_weight,
+        graph_k=graph_k,
+        refine_neighbors=refine_neighbors,
         adversarial=batch_correction,
     )
     n_found, off = res["n_found"], res["offsets"]
@@ -553,14 +619,24 @@ def integrate_domains_deepst(
         ad_.obs[f"{result_key}.refined"] = refined
         ad_.obsm[f"{result_key}.embedding"] = res["embedding"][lo:hi].astype(np.float32)
         store_params(
-            ad_, result_key, params, samples=names, resolution=float(res["resolution"]), n_domains_found=n_found,
+            ad_,
+            result_key,
+            params,
+            samples=names,
+            resolution=float(res["resolution"]),
+            n_domains_found=n_found,
             timings=timings,
         )
         idx = pd.MultiIndex.from_arrays([[name] * ad_.n_obs, ad_.obs_names], names=["sample", "obs_name"])
         frames.append(pd.DataFrame({"domain": domain, "refined": refined}, index=idx))
     if out_dir is not None:
-        config = {"params": params, "samples": names, "n_inputs": res["n_inputs"], "train": asdict(TrainConfig()),
-                  "method": "deepst-integrated"}
+        config = {
+            "params": params,
+            "samples": names,
+            "n_inputs": res["n_inputs"],
+            "train": asdict(TrainConfig()),
+            "method": "deepst-integrated",
+        }
         _save_model(out_dir, result_key, res["net"], config)
     logger.info(f"DeepST: wrote obs['{result_key}.domain'] into {len(names)} samples", time=start)
     return pd.concat(frames)

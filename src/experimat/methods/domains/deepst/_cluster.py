@@ -7,8 +7,9 @@ import warnings
 
 import numpy as np
 
-from ...._errors import ExperimatWarning
-from ...._optional import import_optional
+from experimat._errors import ExperimatWarning
+from experimat._optional import import_optional
+
 from ._graph import knn_indices
 
 

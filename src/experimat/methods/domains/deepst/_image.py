@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ...._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
-from ...._logging import logger
+from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import logger
 
 #: side (pixels) tiles are resampled to for the built-in extractor
 TILE_SIZE = 32
@@ -186,7 +186,7 @@ def builtin_features(tiles: np.ndarray) -> np.ndarray:
         q = torch.quantile(flat, torch.tensor([0.1, 0.5, 0.9]), dim=2)  # (3 quantiles, b, 3)
         feats = [flat.mean(2), flat.std(2, unbiased=False), q[0], q[1], q[2]]
         feats.append((-torch.log(flat.clamp(min=1.0 / 255.0))).mean(2))
-        grey = (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
+        grey = 0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
         sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
         gpad = F.pad(grey, (1, 1, 1, 1), mode="replicate")
         gx = F.conv2d(gpad, sobel[None, None])
@@ -195,7 +195,9 @@ def builtin_features(tiles: np.ndarray) -> np.ndarray:
         feats += [mag.mean(1, keepdim=True), mag.std(1, unbiased=False, keepdim=True)]
         bank = torch.from_numpy(_gabor_bank())[:, None]
         half = bank.shape[-1] // 2
-        resp = F.conv2d(F.pad(grey, (half, half, half, half), mode="replicate"), bank).abs().reshape(b, bank.shape[0], -1)
+        resp = (
+            F.conv2d(F.pad(grey, (half, half, half, half), mode="replicate"), bank).abs().reshape(b, bank.shape[0], -1)
+        )
         gab = torch.stack([resp.mean(2), resp.std(2, unbiased=False)], dim=2).reshape(b, -1)
         feats.append(gab)
         codes = _lbp_riu2(grey, torch).reshape(b, -1)
@@ -315,8 +317,15 @@ class TileWriter:
         self._write_marker(complete=False)
 
     def _write_marker(self, *, complete: bool) -> None:
-        info = {"n_tiles": self.n_tiles, "bytes": self.written, "shards": self.shards, "complete": complete,
-                "truncated": self.full, "max_bytes": self.max_bytes, "format": "npz uint8 (b, side, side, 3)"}
+        info = {
+            "n_tiles": self.n_tiles,
+            "bytes": self.written,
+            "shards": self.shards,
+            "complete": complete,
+            "truncated": self.full,
+            "max_bytes": self.max_bytes,
+            "format": "npz uint8 (b, side, side, 3)",
+        }
         (self.folder / TILE_DIR_MARKER).write_text(json.dumps(info, indent=1))
 
     def add(self, start: int, tiles: np.ndarray) -> None:

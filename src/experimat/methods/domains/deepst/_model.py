@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ...._logging import ProgressBar, logger
+from experimat._logging import ProgressBar, logger
 
 
 @dataclass
