@@ -56,12 +56,16 @@ def _top_variable(x: sp.csr_matrix, n_top: int | None) -> np.ndarray:
     return np.sort(np.argsort(-var, kind="stable")[:n_top])
 
 
-def _scaled_pca(x: sp.csr_matrix, n_comps: int, seed: int) -> np.ndarray:
+def _scaled_pca(x: sp.csr_matrix, n_comps: int, seed: int, offsets: np.ndarray | None = None) -> np.ndarray:
+    """Principal components of the genes standardised within each sample (rows ``offsets[i]:offsets[i+1]``)."""
     from sklearn.decomposition import PCA
 
     dense = np.asarray(x.toarray(), dtype=np.float64)
-    sd = dense.std(0)
-    dense = np.divide(dense - dense.mean(0), sd, out=np.zeros_like(dense), where=sd > 1e-12)
+    bounds = offsets if offsets is not None else np.array([0, dense.shape[0]])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        block = dense[lo:hi]
+        sd = block.std(0)
+        dense[lo:hi] = np.divide(block - block.mean(0), sd, out=np.zeros_like(block), where=sd > 1e-12)
     n_comps = int(max(1, min(n_comps, dense.shape[0] - 1, dense.shape[1])))
     solver = "full" if dense.size <= 5_000_000 else "randomized"
     return PCA(n_components=n_comps, svd_solver=solver, random_state=seed).fit_transform(dense)
@@ -226,7 +230,7 @@ def _fit(
     sub = all_counts[:, genes]
 
     start = logger.info(f"DeepST: augmenting {all_counts.shape[0]} spots x {len(genes)} genes")
-    expr_pcs = _scaled_pca(_lognorm(sub, all_lib), 50, seed)
+    expr_pcs = _scaled_pca(_lognorm(sub, all_lib), 50, seed, offsets)
     image = None
     if samples[0].image_raw is not None:
         image = _image.reduce_features(np.vstack([s.image_raw for s in samples]), 50)
@@ -241,7 +245,7 @@ def _fit(
         adj_blocks.append(a_norm)
         label_blocks.append(a_label)
     aug = sp.vstack(aug_blocks, format="csr")
-    data = _scaled_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, seed)
+    data = _scaled_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, seed, offsets)
     adj_norm, adj_label = _graph.block_diag(adj_blocks), _graph.block_diag(label_blocks)
     logger.info(f"DeepST: augmented data, {data.shape[1]} PCs, graph with {adj_label.nnz} edges", time=start)
 
@@ -500,7 +504,7 @@ def integrate_domains_deepst(
     """Domains shared by several samples with DeepST.
 
     Each sample is augmented with its own spot weights and spatial graph; the genes common to all
-    samples are log-normalised and reduced together, the graphs are joined block-diagonally (no
+    samples are log-normalised, standardised within each sample and reduced together, the graphs are joined block-diagonally (no
     edges between samples) and one network is trained on all spots. With ``batch_correction``, a
     domain-adversarial classifier behind a gradient-reversal layer (as in DeepST) removes the
     sample identity from the embedding. Leiden then finds ``n_domains`` domains common to all
