@@ -62,8 +62,8 @@ def run_one(n: int, pre_epochs: int, epochs: int, n_domains: int = 5) -> dict:
     from experimat.methods.domains.deepst import spatial_detect_domains_deepst
 
     adata = em.datasets.synthetic_domains(n, n_domains, 200, seed=0)
-    import torch  # noqa: F401  (imported before the baseline memory is read)
     import sklearn.neighbors  # noqa: F401
+    import torch  # noqa: F401  (imported before the baseline memory is read)
 
     base = _rss_mb()
     t0 = time.perf_counter()

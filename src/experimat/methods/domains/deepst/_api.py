@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,7 @@ def _scaled_pca(x: sp.csr_matrix, n_comps: int, seed: int, offsets: np.ndarray |
 
     dense = np.asarray(x.toarray(), dtype=np.float64)
     bounds = offsets if offsets is not None else np.array([0, dense.shape[0]])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in pairwise(bounds):
         block = dense[lo:hi]
         sd = block.std(0)
         dense[lo:hi] = np.divide(block - block.mean(0), sd, out=np.zeros_like(block), where=sd > 1e-12)
