@@ -123,7 +123,7 @@ def load_mob_rep11(data_dir: Path):
 
     folder = data_dir / "spatialde_mouse_olfactory_bulb_rep11"
     counts = pd.read_csv(folder / "Rep11_MOB_0.csv.gz", index_col=0)
-    annot = pd.read_csv(folder / "MOB_layer_annotation_stdeconvolve.csv", index_col=0)
+    annot = pd.read_csv(folder / "MOB_layer_annotation_stdeconvolve.csv", index_col=0).dropna(subset=["layer"])
     keep = counts.index.intersection(annot.index)
     counts = counts.loc[keep]
     counts = counts.loc[:, (counts > 0).sum(0) >= 3]
