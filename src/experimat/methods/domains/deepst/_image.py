@@ -42,7 +42,7 @@ TILE_DIR_MARKER = "experimat_tiles.json"
 # --------------------------------------------------------------------------------------------
 # locating the image
 # --------------------------------------------------------------------------------------------
-def find_image(adata, image_key: str, library_id: str | None = None) -> tuple[np.ndarray, float, float]:
+def find_image(adata, image_key: str, library_id: str | None = None) -> tuple[ImageView, float, float]:
     """The image, its scale factor (image px per full-resolution px) and the spot diameter (full-res px).
 
     Follows the scanpy/squidpy convention ``uns['spatial'][library_id]['images'][image_key]`` with
@@ -91,38 +91,53 @@ def find_image(adata, image_key: str, library_id: str | None = None) -> tuple[np
             f"'spot_diameter_fullres' missing in adata.uns['spatial'][{library_id!r}]['scalefactors'] "
             f"(found {list(sf)}); tiles are cut at the spot diameter."
         )
-    return _as_rgb01(img), scale, float(diameter)
+    return ImageView(img), scale, float(diameter)
+
+
+class ImageView:
+    """An image kept in its stored dtype; tiles are converted to float RGB in [0, 1] one batch at a time
+    (a full-resolution H&E image is never copied as a whole)."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+            raise InvalidInputError(f"the tissue image must be H x W x 3 (RGB); got shape {img.shape}.")
+        self.img = img
+        self.shape = img.shape[:2]
+        if np.issubdtype(img.dtype, np.integer):
+            self.divisor = 65535.0 if img.dtype == np.uint16 else 255.0
+        else:
+            self.divisor = 255.0 if float(np.nanmax(img)) > 1.0 + 1e-6 else 1.0
+
+    def gather(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Tiles ``img[rows[b, i], cols[b, j]]`` as float32 ``(b, h, w, 3)`` in [0, 1]."""
+        t = self.img[rows[:, :, None], cols[:, None, :]]
+        if t.ndim == 3:
+            t = t[..., None]
+        if t.shape[-1] == 1:
+            t = np.repeat(t, 3, axis=-1)
+        t = t[..., :3].astype(np.float32) / np.float32(self.divisor)
+        return np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0)
 
 
 def _as_rgb01(img: np.ndarray) -> np.ndarray:
-    """Image as ``H x W x 3`` float32 in [0, 1] (uint8 scaled; grey replicated; alpha dropped)."""
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-        raise InvalidInputError(f"the tissue image must be H x W x 3 (RGB); got shape {img.shape}.")
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    img = img[:, :, :3]
-    if np.issubdtype(img.dtype, np.integer):
-        maxval = 65535.0 if img.dtype == np.uint16 else 255.0
-        return img.astype(np.float32) / maxval
-    img = img.astype(np.float32, copy=False)
-    if np.nanmax(img) > 1.0 + 1e-6:
-        img = img / 255.0
-    return np.clip(img, 0.0, 1.0)
+    """The whole image as ``H x W x 3`` float32 in [0, 1] (uint8 scaled; grey replicated; alpha dropped)."""
+    view = ImageView(np.asarray(img))
+    h, w = view.shape
+    return view.gather(np.arange(h)[None, :], np.arange(w)[None, :])[0]
 
 
 def iter_tiles(
-    img: np.ndarray, centres_px: np.ndarray, side: int, batch_size: int = 256
+    img: ImageView | np.ndarray, centres_px: np.ndarray, side: int, batch_size: int = 256
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, tiles)`` with ``tiles`` of shape ``(b, side, side, 3)``; borders repeat edge pixels."""
-    h, w = img.shape[:2]
+    view = img if isinstance(img, ImageView) else ImageView(np.asarray(img))
+    h, w = view.shape
     offs = np.arange(side) - side // 2
     for start in range(0, centres_px.shape[0], batch_size):
         c = np.rint(centres_px[start : start + batch_size]).astype(np.int64)
         rows = np.clip(c[:, 1:2] + offs[None, :], 0, h - 1)
         cols = np.clip(c[:, 0:1] + offs[None, :], 0, w - 1)
-        yield start, img[rows[:, :, None], cols[:, None, :]]
+        yield start, view.gather(rows, cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +378,7 @@ class TileWriter:
 # driver
 # --------------------------------------------------------------------------------------------
 def raw_image_features(
-    img: np.ndarray,
+    img: ImageView | np.ndarray,
     centres_px: np.ndarray,
     side: int,
     *,
