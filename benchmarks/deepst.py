@@ -105,7 +105,7 @@ def bench_synthetic(sizes, pre_epochs, epochs, threads) -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     df = pd.DataFrame(rows).set_index("n_spots")
-    with pd.option_context("display.width", 200, "display.precision", 3):
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.precision", 3):
         print(df)
     if len(df) > 1:
         n0, n1 = df.index[0], df.index[-1]

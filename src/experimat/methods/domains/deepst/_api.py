@@ -471,7 +471,14 @@ def spatial_detect_domains_deepst(
         adata, key_added, params, resolution=float(res["resolution"]), n_domains_found=n_found, timings=timings
     )
     if out_dir is not None:
-        config = {"params": params, "n_inputs": res["n_inputs"], "train": asdict(TrainConfig()), "method": "deepst"}
+        config = {
+            "params": params,
+            "n_inputs": res["n_inputs"],
+            "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
+            "n_batches": len(res["offsets"]) - 1,
+            "train": asdict(TrainConfig()),
+            "method": "deepst",
+        }
         _save_model(out_dir, key_added, res["net"], config)
     logger.info(f"DeepST: wrote obs['{key_added}.domain'], obs['{key_added}.refined']", time=start)
     return pd.DataFrame({"domain": domain, "refined": refined}, index=adata.obs_names.copy())
@@ -639,6 +646,8 @@ def integrate_domains_deepst(
             "params": params,
             "samples": names,
             "n_inputs": res["n_inputs"],
+            "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
+            "n_batches": len(res["offsets"]) - 1,
             "train": asdict(TrainConfig()),
             "method": "deepst-integrated",
         }
