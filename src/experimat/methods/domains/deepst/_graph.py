@@ -1,0 +1,131 @@
+"""Spot weights, expression augmentation and the sparse spatial graph of DeepST.
+
+Everything here is sparse: memory grows linearly with the number of spots (``n * k`` entries),
+never as a dense ``n x n`` matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def knn_indices(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of every point (itself excluded), as ``(indices, distances)``.
+
+    Ties are broken by index, so that the result does not depend on the tree's traversal order.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = points.shape[0]
+    k = int(min(k, n - 1))
+    if k < 1:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0))
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(points)
+    dist, ind = nn.kneighbors(points)
+    # drop self (it may not be in column 0 when points coincide)
+    out_i = np.empty((n, k), dtype=np.int64)
+    out_d = np.empty((n, k))
+    for row in range(n):
+        mask = ind[row] != row
+        sel_i, sel_d = ind[row][mask][:k], dist[row][mask][:k]
+        order = np.lexsort((sel_i, sel_d))
+        out_i[row], out_d[row] = sel_i[order], sel_d[order]
+    return out_i, out_d
+
+
+def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation between rows ``a[i]`` and ``b[i]``."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    num = (a * b).sum(1)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = (a * b).sum(1)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def spot_weights(
+    coords: np.ndarray,
+    expr_pcs: np.ndarray,
+    image_feats: np.ndarray | None,
+    *,
+    spatial_k: int = 30,
+) -> sp.csr_matrix:
+    """DeepST's spot-weight matrix, restricted to the ``spatial_k`` nearest spots.
+
+    ``w_ij = adjacency_ij * max(0, corr(expr_i, expr_j)) * max(0, cos(img_i, img_j))`` for ``j`` among
+    the spatial neighbours of ``i`` (the morphology factor only when ``image_feats`` is given); 0
+    elsewhere. Returned as a sparse ``n x n`` CSR matrix with ``n * spatial_k`` stored entries.
+    """
+    n = coords.shape[0]
+    ind, _ = knn_indices(coords, spatial_k)
+    k = ind.shape[1]
+    rows = np.repeat(np.arange(n), k)
+    cols = ind.ravel()
+    w = np.clip(_row_correlation(expr_pcs[rows], expr_pcs[cols]), 0.0, None)
+    if image_feats is not None:
+        w = w * np.clip(_row_cosine(image_feats[rows], image_feats[cols]), 0.0, None)
+    return sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+
+
+def top_neighbour_weights(weights: sp.csr_matrix, n_neighbors: int = 3) -> sp.csr_matrix:
+    """Keep the ``n_neighbors`` largest weights of each row, rescaled to sum to 1 (rows of zeros stay 0)."""
+    weights = weights.tocsr()
+    n = weights.shape[0]
+    rows, cols, vals = [], [], []
+    indptr, indices, data = weights.indptr, weights.indices, weights.data
+    for i in range(n):
+        lo, hi = indptr[i], indptr[i + 1]
+        if hi == lo:
+            continue
+        d, j = data[lo:hi], indices[lo:hi]
+        order = np.lexsort((j, -d))[:n_neighbors]
+        d, j = d[order], j[order]
+        total = d.sum()
+        if total <= 0:
+            continue
+        rows.append(np.full(len(j), i))
+        cols.append(j)
+        vals.append(d / total)
+    if not rows:
+        return sp.csr_matrix((n, n))
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
+
+def augment_expression(counts, neighbour_weights: sp.csr_matrix, adjacent_weight: float = 0.3):
+    """Augmented expression ``X + adjacent_weight * W X`` (sparse stays sparse)."""
+    neigh = neighbour_weights @ counts
+    if sp.issparse(counts):
+        return sp.csr_matrix(counts + adjacent_weight * neigh)
+    return np.asarray(counts + adjacent_weight * neigh)
+
+
+def spatial_graph(coords: np.ndarray, k: int = 12) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Symmetric spatial kNN graph.
+
+    Returns
+    -------
+    adj_norm
+        ``D^-1/2 (A + I) D^-1/2`` (GCN propagation matrix), sparse.
+    adj_label
+        ``A + I`` as 0/1, sparse (edges the graph decoder reconstructs).
+    """
+    n = coords.shape[0]
+    ind, _ = knn_indices(coords, k)
+    rows = np.repeat(np.arange(n), ind.shape[1])
+    a = sp.csr_matrix((np.ones(rows.size), (rows, ind.ravel())), shape=(n, n))
+    a = ((a + a.T) > 0).astype(np.float64)
+    a_label = (a + sp.identity(n, format="csr")).tocsr()
+    deg = np.asarray(a_label.sum(1)).ravel()
+    dinv = sp.diags(1.0 / np.sqrt(deg))
+    adj_norm = (dinv @ a_label @ dinv).tocsr()
+    return adj_norm, a_label
+
+
+def block_diag(mats: list[sp.csr_matrix]) -> sp.csr_matrix:
+    return sp.block_diag(mats, format="csr")
