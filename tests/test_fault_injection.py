@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import make_synthetic_experiment
 
 import experimat as em
-from conftest import make_synthetic_experiment
 
 N_TRIALS = 30
 

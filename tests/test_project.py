@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata.tests.helpers import assert_equal
+from conftest import make_synthetic_experiment
 
 import experimat as em
-from conftest import make_synthetic_experiment
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

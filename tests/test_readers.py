@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import DATA, LAYOUTS, MUSCLE
 
 import experimat as em
-from conftest import DATA, LAYOUTS, MUSCLE
 
 
 def test_spaceranger_1_hires_matches_scanpy():

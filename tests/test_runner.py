@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 import pytest
-
-import experimat as em
 from _methods import fails_on, noisy_score, slow
 from conftest import make_synthetic_experiment
+
+import experimat as em
 from experimat.core.registry import register_method
 
 register_method(noisy_score, modalities=["spatial-bin"], reads=["layers/{layer}"], writes=["obs/{key_added}", "uns/{key_added}"])

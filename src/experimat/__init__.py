@@ -39,7 +39,7 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from . import database, io, methods, pl, pp
+    from . import database, io, methods, pl, pp  # noqa: F401
     from .core.experiment import Experiment, load_experiment, migrate
     from .core.registry import register_method
     from .core.sample_table import SampleTable

@@ -8,6 +8,6 @@ from ._synthetic import pseudo_spots, synthetic_domains, synthetic_svg, visium_h
 
 __all__ = ["pseudo_spots", "synthetic_domains", "synthetic_svg", "visium_hex_grid"]
 
-from ._real import data_path, visium_mouse_muscle, visium_mouse_muscle_sheet  # noqa: E402
+from ._real import data_path, visium_mouse_muscle, visium_mouse_muscle_sheet
 
 __all__ += ["data_path", "visium_mouse_muscle", "visium_mouse_muscle_sheet"]
