@@ -297,3 +297,15 @@ def test_spatial_patterns_from_svg_key(synth):
     assert (a.var["aeh.pattern"].to_numpy()[a.var["spatialde.svg"].to_numpy()] >= 0).all()
     with pytest.raises(MissingSlotError, match="SVG result"):
         spatial_patterns(a, genes="nonexistent_key", n_patterns=2)
+
+
+def test_results_survive_h5ad_roundtrip(synth, tmp_path):
+    a = synth.copy()
+    spatial_svg_spatialde(a, layer="counts", sizefactors="size")
+    spatial_svg_gp(a, layer="counts", model_search=True)
+    spatial_patterns(a, genes="spatialde", n_patterns=2, seed=0)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b = ad.read_h5ad(tmp_path / "a.h5ad")
+    pd.testing.assert_series_equal(b.var["spatialde.padj"], a.var["spatialde.padj"])
+    assert list(b.var["spatialde_gp.model"].dropna().unique()) != []
+    assert b.obsm["aeh"].shape == (a.n_obs, 2)
