@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pandas as pd
-
 import SpatialDE
 
 z = np.load(sys.argv[1])

@@ -50,7 +50,7 @@ def spatial_svg(adata, *, method: str = "spatialde2", **kwargs: Any):
     >>> adata = em.datasets.synthetic_svg(500, 200)
     >>> res = spatial_svg(adata, method="spatialde2", layer="counts", progress=False)
     """
-    from .._checks import check_choice
+    from experimat.methods._checks import check_choice
 
     check_choice("method", method, tuple(METHODS))
     return METHODS[method](adata, **kwargs)

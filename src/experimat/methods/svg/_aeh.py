@@ -14,7 +14,7 @@ from functools import cache
 
 import numpy as np
 
-from ..._errors import InvalidInputError, MissingSlotError
+from experimat._errors import InvalidInputError, MissingSlotError
 
 _DEFAULT_KEYS = ("spatialde", "spatialde_gp", "moran")
 
@@ -59,7 +59,7 @@ def _vb(n_iter: int, C: int):
 
 
 def _select_genes(adata, genes) -> tuple[list[str], str | None]:
-    from .._checks import resolve_genes
+    from experimat.methods._checks import resolve_genes
 
     if genes is None:
         for key in _DEFAULT_KEYS:
@@ -152,9 +152,10 @@ def spatial_patterns(
     import jax.numpy as jnp
     import pandas as pd
 
-    from ..._logging import logger
-    from ..._settings import settings
-    from .._checks import check_choice, check_positive_int, get_matrix, store_params
+    from experimat._logging import logger
+    from experimat._settings import settings
+    from experimat.methods._checks import check_choice, check_positive_int, get_matrix, store_params
+
     from ._common import as_csc_or_dense, coordinates, pick_device
     from ._gp import _prepare_expression
     from ._kernels import factor, nn_distance, se_kernel
@@ -167,23 +168,23 @@ def spatial_patterns(
         raise InvalidInputError(
             f"{len(names)} genes selected but n_patterns={n_patterns}; select more genes or ask for fewer patterns."
         )
-    l = float(lengthscale) if lengthscale is not None else 3.0 * nn_distance(xy)
-    if not np.isfinite(l) or l <= 0:
+    ls = float(lengthscale) if lengthscale is not None else 3.0 * nn_distance(xy)
+    if not np.isfinite(ls) or ls <= 0:
         raise InvalidInputError(f"lengthscale must be positive; got {lengthscale!r}.")
     device = pick_device(use_gpu)
-    start = logger.info(f"AEH: {len(names)} genes into {n_patterns} patterns (l={l:.4g})")
+    start = logger.info(f"AEH: {len(names)} genes into {n_patterns} patterns (l={ls:.4g})")
     cols = adata.var_names.get_indexer(names)
     X = as_csc_or_dense(get_matrix(adata, layer))
-    Xs = X[:, cols]
-    idx, transform, _ = _prepare_expression(Xs, normalize=normalize, min_counts=0, layer=layer)
-    Y = transform(idx)  # (n, G)
+    # same preprocessing as the GP test (size and overdispersion from all genes)
+    _, transform, _ = _prepare_expression(X, normalize=normalize, min_counts=3, layer=layer)
+    Y = transform(cols)  # (n, G)
     sd = Y.std(0)
     keep = sd > 1e-12
     if keep.sum() < n_patterns:
         raise InvalidInputError("too few non-constant genes for the requested number of patterns.")
     Y = ((Y[:, keep] - Y[:, keep].mean(0)) / sd[keep]).T  # (G, n)
     kept_names = [names[i] for i in np.flatnonzero(keep)]
-    U, S = factor(se_kernel(xy, l), device=device)
+    U, S = factor(se_kernel(xy, ls), device=device)
     Yt = Y @ U
     # k-means++ style initial hard assignment (seeded)
     rng = np.random.default_rng(settings.seed if seed is None else seed)
@@ -200,7 +201,7 @@ def spatial_patterns(
         put = lambda a: jax.device_put(jnp.asarray(a, dtype=jnp.float64), dev)  # noqa: E731
         R, m, s2e, it = _vb(int(n_iter), int(n_patterns))(put(Yt), put(S), put(R0), put(alpha0))
         R, m, s2e, it = np.asarray(R), np.asarray(m), float(s2e), int(it)
-    patterns = (U @ m.T)  # (n, C)
+    patterns = U @ m.T  # (n, C)
     pat_df = pd.DataFrame(patterns, index=adata.obs_names.copy(), columns=[str(c) for c in range(n_patterns)])
     memb = pd.DataFrame(R, index=kept_names, columns=[str(c) for c in range(n_patterns)])
     adata.obsm[key_added] = pat_df
@@ -212,10 +213,24 @@ def spatial_patterns(
     adata.var[f"{key_added}.pattern"] = pat
     adata.var[f"{key_added}.membership"] = prob
     store_params(
-        adata, key_added,
-        dict(genes=source if source is not None else "<list>", n_patterns=n_patterns, lengthscale=l, layer=layer,
-             spatial_key=spatial_key, normalize=normalize, n_iter=n_iter, alpha0=alpha0, seed=seed),
-        noise_variance=s2e, n_genes=len(kept_names), iterations=it,
+        adata,
+        key_added,
+        dict(
+            genes=source if source is not None else "<list>",
+            n_patterns=n_patterns,
+            lengthscale=ls,
+            layer=layer,
+            spatial_key=spatial_key,
+            normalize=normalize,
+            n_iter=n_iter,
+            alpha0=alpha0,
+            seed=seed,
+        ),
+        noise_variance=s2e,
+        n_genes=len(kept_names),
+        iterations=it,
     )
-    logger.info(f"AEH: {it} iterations, pattern sizes {np.bincount(R.argmax(1), minlength=n_patterns).tolist()}", time=start)
+    logger.info(
+        f"AEH: {it} iterations, pattern sizes {np.bincount(R.argmax(1), minlength=n_patterns).tolist()}", time=start
+    )
     return {"patterns": pat_df, "membership": memb, "noise_variance": s2e}

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from ..._errors import InvalidInputError
-from ..._logging import logger
-from .._checks import get_coordinates
+from experimat._errors import InvalidInputError
+from experimat._logging import logger
+from experimat.methods._checks import get_coordinates
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -67,7 +67,7 @@ def row_sums(X) -> np.ndarray:
 
 
 def pick_device(use_gpu: bool) -> str:
-    from ..._optional import import_optional, jax_device
+    from experimat._optional import import_optional, jax_device
 
     import_optional("jax", purpose="spatially variable gene tests")
     dev = jax_device(use_gpu)

@@ -50,7 +50,7 @@ def _fitter(n: int, n_grid: int):
         ll_grid = jnp.take_along_axis(llg, k[:, None], 1)[:, 0]
 
         # parabolic vertex through the best grid point and its two neighbours: with a grid step
-        # of 0.25 in log δ its value is within ~1e-3 of the 1-D maximum of the log-likelihood
+        # of 0.25 in log δ its value is within ~1e-2 of the 1-D maximum of the log-likelihood
         km = jnp.clip(k - 1, 0, n_grid - 1)
         kp = jnp.clip(k + 1, 0, n_grid - 1)
         f0 = jnp.take_along_axis(llg, km[:, None], 1)[:, 0]
@@ -136,8 +136,9 @@ def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None
     regressing out log total counts (limma's ``removeBatchEffect``, the intercept kept), as the
     SpatialDE README does. ``normalize="none"``: the values are used as they are.
     """
-    from ..._errors import InvalidInputError
-    from .._checks import check_counts
+    from experimat._errors import InvalidInputError
+    from experimat.methods._checks import check_counts
+
     from ._common import column_sums, dense_chunk, row_sums
 
     n = X.shape[0]
@@ -253,17 +254,25 @@ def spatial_svg_gp(
     """
     import pandas as pd
 
-    from ..._logging import logger
-    from ..._logging import progress as _progress
-    from ..._settings import settings
-    from .._checks import check_choice, get_matrix, store_params
+    from experimat._logging import logger
+    from experimat._logging import progress as _progress
+    from experimat._settings import settings
+    from experimat.methods._checks import check_choice, get_matrix, store_params
+
     from ._common import as_csc_or_dense, chunk_size_for, coordinates, gene_chunks, pick_device
     from ._kernels import cached_factor, l_limits
     from ._stats import bh_adjust, chi2_sf, storey_qvalue
 
     params = dict(
-        layer=layer, spatial_key=spatial_key, normalize=normalize, kernel_space=kernel_space,
-        min_counts=min_counts, model_search=model_search, alpha=alpha, n_svg=n_svg, method="spatialde",
+        layer=layer,
+        spatial_key=spatial_key,
+        normalize=normalize,
+        kernel_space=kernel_space,
+        min_counts=min_counts,
+        model_search=model_search,
+        alpha=alpha,
+        n_svg=n_svg,
+        method="spatialde",
     )
     check_choice("normalize", normalize, ("anscombe", "none"))
     xy = coordinates(adata, spatial_key)
@@ -277,7 +286,7 @@ def spatial_svg_gp(
         kernel_space = {"SE": np.logspace(np.log10(l_min), np.log10(l_max), 10)}
     unknown = set(kernel_space) - {"SE", "const"}
     if unknown:
-        from ..._errors import InvalidInputError
+        from experimat._errors import InvalidInputError
 
         raise InvalidInputError(f"kernel_space keys for the GP test must be 'SE' (and 'const'); got {sorted(unknown)}.")
     lengthscales = [float(v) for v in np.atleast_1d(kernel_space["SE"])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse, special
 
-from ..._errors import InvalidInputError
+from experimat._errors import InvalidInputError
 
 
 def hex_neighbors(array_row: np.ndarray, array_col: np.ndarray) -> sparse.csr_matrix:
@@ -170,9 +170,10 @@ def spatial_svg_moran(
     """
     import pandas as pd
 
-    from ..._logging import ProgressBar, logger
-    from ..._settings import settings
-    from .._checks import check_choice, get_matrix, store_params
+    from experimat._logging import ProgressBar, logger
+    from experimat._settings import settings
+    from experimat.methods._checks import check_choice, get_matrix, store_params
+
     from ._common import as_csc_or_dense, chunk_size_for, coordinates, dense_chunk, gene_chunks
     from ._gp import _finish_ranking, write_var
     from ._stats import bh_adjust
@@ -196,7 +197,7 @@ def spatial_svg_moran(
     var_norm = (n**2 * S1 - n * S2 + 3 * S0**2) / ((n**2 - 1) * S0**2) - EI**2
     rng = np.random.default_rng(settings.seed if seed is None else seed)
     perms = [rng.permutation(n) for _ in range(n_perms)]
-    I = np.full(G, np.nan)
+    I = np.full(G, np.nan)  # noqa: E741
     b2 = np.full(G, np.nan)
     count_ge = np.zeros(G)
     cs = chunk_size or chunk_size_for(n, budget_elems=2_000_000)
@@ -246,10 +247,22 @@ def spatial_svg_moran(
     _finish_ranking(res, score=score, sig=res["padj"].to_numpy() < alpha, n_svg=n_svg)
     write_var(adata, res, key_added)
     store_params(
-        adata, key_added,
-        dict(layer=layer, spatial_key=spatial_key, neighbors=used, n_neighbors=n_neighbors,
-             transformation=transformation, alternative=alternative, null=null, n_perms=n_perms,
-             seed=seed, alpha=alpha, n_svg=n_svg, method="moran"),
+        adata,
+        key_added,
+        dict(
+            layer=layer,
+            spatial_key=spatial_key,
+            neighbors=used,
+            n_neighbors=n_neighbors,
+            transformation=transformation,
+            alternative=alternative,
+            null=null,
+            n_perms=n_perms,
+            seed=seed,
+            alpha=alpha,
+            n_svg=n_svg,
+            method="moran",
+        ),
     )
     logger.info(f"Moran's I: {int(res['svg'].sum())} genes at padj < {alpha}", time=start)
     return res

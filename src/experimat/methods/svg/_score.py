@@ -17,7 +17,7 @@ from functools import cache
 
 import numpy as np
 
-from ..._errors import InvalidInputError
+from experimat._errors import InvalidInputError
 
 _NB_ITER = 4
 
@@ -108,7 +108,6 @@ def cauchy_combine_log(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """
     from ._stats import cauchy_pvalue
 
-    K = logp.shape[-1]
     ok = np.isfinite(logp)
     p = np.exp(logp)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -257,18 +256,24 @@ def spatial_svg_spatialde(
     import jax.numpy as jnp
     import pandas as pd
 
-    from ..._logging import ProgressBar, logger
-    from ..._settings import settings
-    from .._checks import check_choice, check_counts, get_matrix, store_params
+    from experimat._logging import ProgressBar, logger
+    from experimat._settings import settings
+    from experimat.methods._checks import check_choice, check_counts, get_matrix, store_params
+
     from ._common import as_csc_or_dense, chunk_size_for, coordinates, dense_chunk, gene_chunks, pick_device
     from ._gp import _bucket, write_var
     from ._kernels import lowrank_factor
     from ._stats import bh_adjust
 
     params = dict(
-        layer=layer, spatial_key=spatial_key, kernel_space=kernel_space,
+        layer=layer,
+        spatial_key=spatial_key,
+        kernel_space=kernel_space,
         sizefactors=sizefactors if sizefactors is None or isinstance(sizefactors, str) else "<array>",
-        obs_dist=obs_dist, n_svg=n_svg, alpha=alpha, method="spatialde2",
+        obs_dist=obs_dist,
+        n_svg=n_svg,
+        alpha=alpha,
+        method="spatialde2",
     )
     check_choice("obs_dist", obs_dist, ("negative_binomial", "normal"))
     xy = coordinates(adata, spatial_key)
@@ -337,8 +342,18 @@ def spatial_svg_spatialde(
     # rank by the combined statistic (log scale, stable for the strongest genes)
     score = np.where(np.isfinite(logT), logT, np.where(np.isfinite(T), -1e300, np.nan))
     _finish_ranking_by_score(res, score=score, n_svg=n_svg, alpha=alpha)
-    res = res[["pval", "padj", "svg", "rank", "stat", "kernel", "pval_min_kernel", *(
-        ["dispersion"] if obs_dist == "negative_binomial" else [])]]
+    res = res[
+        [
+            "pval",
+            "padj",
+            "svg",
+            "rank",
+            "stat",
+            "kernel",
+            "pval_min_kernel",
+            *(["dispersion"] if obs_dist == "negative_binomial" else []),
+        ]
+    ]
     write_var(adata, res, key_added)
     adata.varm[f"{key_added}.kernel_pvals"] = np.exp(logp)
     store_params(adata, key_added, params, kernels=[str(x) for x in names], n_tested=int((~all_nan).sum()))
@@ -367,7 +382,7 @@ def _size_factors(adata, X, sizefactors) -> np.ndarray:
     if sizefactors is None:
         sf = row_sums(X)
     elif isinstance(sizefactors, str):
-        from .._checks import get_obs_column
+        from experimat.methods._checks import get_obs_column
 
         sf = np.asarray(get_obs_column(adata, sizefactors), dtype=np.float64)
     else:
