@@ -138,7 +138,7 @@ def default_kernel_space(xy: np.ndarray) -> dict[str, list[float] | bool]:
 
     d = nn_distance(xy)
     span = float(np.ptp(xy, axis=0).max())
-    lo, hi = 1.5 * d, max(span / 3.0, 3.0 * d)
+    lo, hi = 1.5 * d, max(span / 3.0, 4.0 * d)
     return {
         "SE": [float(v) for v in np.geomspace(lo, hi, 5)],
         "PER": [float(v) for v in np.geomspace(4.0 * d, max(span / 2.0, 8.0 * d), 3)],
