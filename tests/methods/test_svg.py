@@ -177,7 +177,10 @@ def test_score_calibrated_on_permuted_mob(mob):
     b = mob.copy()
     b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(1).permutation(b.n_obs)]
     res = spatial_svg_spatialde(b, layer="counts", n_svg=None)
-    assert stats.kstest(res["pval"].dropna(), "uniform").pvalue > 0.01
+    # well-expressed genes: uniform p-values; sparse genes: conservative (discrete counts)
+    deep = np.asarray(b.layers["counts"].sum(0)).ravel() >= 100
+    assert stats.kstest(res["pval"][deep].dropna(), "uniform").pvalue > 0.01
+    assert np.mean(res["pval"] < 0.05) <= 0.08
     assert (res["padj"] < 0.05).sum() <= 3
     res_n = spatial_svg_spatialde(b, layer="expr", obs_dist="normal", key_added="sd2n")
     assert stats.kstest(res_n["pval"].dropna(), "uniform").pvalue > 0.01
