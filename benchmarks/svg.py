@@ -207,7 +207,8 @@ def bench_score(score_genes: int) -> None:
     print("\n[score tests] spatial_svg_spatialde, sparse NB counts")
     for n_spots, n_genes in ((1000, 5000), (2000, 5000), (4000, 5000), (1500, score_genes)):
         a = _sparse_counts(n_spots, n_genes)
-        spatial_svg_spatialde(a[:, :64].copy(), progress=False)  # compile outside the timing
+        sf = np.asarray(a.layers["counts"].sum(1)).ravel()
+        spatial_svg_spatialde(a[:, :64].copy(), sizefactors=sf, progress=False)  # compile outside the timing
         t = time.perf_counter()
         res = spatial_svg_spatialde(a, progress=False, use_cache=False)
         dt = time.perf_counter() - t

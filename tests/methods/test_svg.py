@@ -329,3 +329,13 @@ def test_results_survive_h5ad_roundtrip(synth, tmp_path):
     pd.testing.assert_series_equal(b.var["spatialde.padj"], a.var["spatialde.padj"])
     assert list(b.var["spatialde_gp.model"].dropna().unique()) != []
     assert b.obsm["aeh"].shape == (a.n_obs, 2)
+
+
+def test_lowrank_kernels_nystrom_close_to_exact():
+    from experimat.methods.svg._kernels import lowrank_factor, se_kernel
+
+    xy, _ = em.datasets.visium_hex_grid(300)
+    K = se_kernel(xy, 600.0)
+    U, lam = lowrank_factor(xy, "SE", 600.0, use_cache=False, device="cpu", max_exact=100, n_landmarks=150)
+    np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8)
+    assert np.abs(U @ np.diag(lam) @ U.T - K).max() < 1e-2

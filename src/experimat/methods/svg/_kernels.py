@@ -159,8 +159,8 @@ def lowrank_factor(
     use_cache: bool,
     device: str,
     tol: float = 1e-3,
-    max_exact: int = 3000,
-    n_landmarks: int = 1500,
+    max_exact: int = 2000,
+    n_landmarks: int = 1000,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal ``U`` (n × R) and eigenvalues ``λ`` (R) with ``K ≈ U diag(λ) Uᵀ``.
@@ -190,11 +190,12 @@ def lowrank_factor(
             zsq = xsq[idx]
             r2 = np.clip(-2.0 * X @ X[idx].T + xsq[:, None] + zsq[None, :], 0, None)
             Knm = np.exp(-r2 / (2.0 * float(param) ** 2))
-            Phi = Knm @ (Um / np.sqrt(Sm))
-            U, sv, _ = np.linalg.svd(Phi, full_matrices=False)
-            S = sv**2
-            order = np.argsort(S)
-            U, S = U[:, order], S[order]
+            Phi = Knm @ (Um / np.sqrt(Sm))  # K ≈ Φ Φᵀ
+            # orthonormalise through the small Gram matrix ΦᵀΦ = V diag(S) Vᵀ: U = Φ V S^{-1/2}
+            V, S = factor(Phi.T @ Phi, device=device)
+            ok = S > 1e-12 * S.max()
+            U = (Phi @ V[:, ok]) / np.sqrt(S[ok])
+            S = S[ok]
         keep = S >= tol * S.max()
         U, S = U[:, keep], S[keep]
     elif model == "PER":
