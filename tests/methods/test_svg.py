@@ -338,4 +338,4 @@ def test_lowrank_kernels_nystrom_close_to_exact():
     K = se_kernel(xy, 600.0)
     U, lam = lowrank_factor(xy, "SE", 600.0, use_cache=False, device="cpu", max_exact=100, n_landmarks=150)
     np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8)
-    assert np.abs(U @ np.diag(lam) @ U.T - K).max() < 1e-2
+    assert np.abs(U @ np.diag(lam) @ U.T - K).max() < 0.05  # eigenvalues < 1e-3 x max are dropped
