@@ -1,0 +1,68 @@
+"""Spatially variable genes: SpatialDE GP test, SpatialDE2-style score tests, Moran's I and
+SpatialDE's automatic expression histology (AEH).
+
+All functions are pure functions on one AnnData (see ``experimat.methods``):
+
+- :func:`spatial_svg` — dispatch on ``method`` (``"spatialde2"``, ``"spatialde"``, ``"moran"``);
+- :func:`spatial_svg_spatialde` — SpatialDE2-style score tests (``method="spatialde2"``);
+- :func:`spatial_svg_gp` — the original SpatialDE Gaussian-process test (``method="spatialde"``);
+- :func:`spatial_svg_moran` — Moran's I (``method="moran"``);
+- :func:`spatial_patterns` — automatic expression histology on the SVGs of a previous run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._aeh import spatial_patterns
+from ._gp import spatial_svg_gp
+from ._kernels import clear_cache
+from ._moran import spatial_svg_moran
+from ._score import spatial_svg_spatialde
+from ._stats import bh_adjust, storey_qvalue
+
+METHODS = {"spatialde2": spatial_svg_spatialde, "spatialde": spatial_svg_gp, "moran": spatial_svg_moran}
+
+
+def spatial_svg(adata, *, method: str = "spatialde2", **kwargs: Any):
+    """Spatially variable genes with the chosen method.
+
+    Parameters
+    ----------
+    adata
+        AnnData with spots in ``obs`` and coordinates in ``obsm``.
+    method
+        ``"spatialde2"`` (score tests, :func:`spatial_svg_spatialde`, default), ``"spatialde"``
+        (the original Gaussian-process test, :func:`spatial_svg_gp`) or ``"moran"``
+        (:func:`spatial_svg_moran`).
+    **kwargs
+        Options of the chosen method (see its documentation); ``key_added`` defaults to
+        ``"spatialde"``, ``"spatialde_gp"`` and ``"moran"`` respectively.
+
+    Returns
+    -------
+    The chosen method's result DataFrame (genes × statistics).
+
+    Examples
+    --------
+    >>> import experimat as em
+    >>> from experimat.methods.svg import spatial_svg
+    >>> adata = em.datasets.synthetic_svg(500, 200)
+    >>> res = spatial_svg(adata, method="spatialde2", layer="counts", progress=False)
+    """
+    from experimat.methods._checks import check_choice
+
+    check_choice("method", method, tuple(METHODS))
+    return METHODS[method](adata, **kwargs)
+
+
+__all__ = [
+    "bh_adjust",
+    "clear_cache",
+    "spatial_patterns",
+    "spatial_svg",
+    "spatial_svg_gp",
+    "spatial_svg_moran",
+    "spatial_svg_spatialde",
+    "storey_qvalue",
+]

@@ -1,0 +1,80 @@
+"""Input handling shared by the SVG methods: matrices in gene chunks, coordinates, devices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+from experimat._errors import InvalidInputError
+from experimat._logging import logger
+from experimat.methods._checks import get_coordinates
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+MIN_SPOTS = 10
+
+
+def coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
+    """Spot coordinates (NaN rejected) with at least :data:`MIN_SPOTS` spots."""
+    xy = get_coordinates(adata, spatial_key)
+    if xy.shape[0] < MIN_SPOTS:
+        raise InvalidInputError(
+            f"spatially variable gene tests need at least {MIN_SPOTS} spots; got {xy.shape[0]}. "
+            "Use a sample with more spots (or do not subset this one so far)."
+        )
+    return xy
+
+
+def as_csc_or_dense(X):
+    """Column-sliceable view of the data: CSC for sparse input (no densifying), else ndarray."""
+    if sparse.issparse(X):
+        return sparse.csc_matrix(X)
+    if hasattr(X, "toarray") and not isinstance(X, np.ndarray):  # backed / dask-like
+        X = X.toarray()
+    return np.asarray(X)
+
+
+def gene_chunks(n_genes: int, chunk_size: int) -> Iterator[slice]:
+    for start in range(0, n_genes, chunk_size):
+        yield slice(start, min(start + chunk_size, n_genes))
+
+
+def dense_chunk(X, sl: slice | np.ndarray) -> np.ndarray:
+    """Genes ``sl`` of ``X`` as a dense float64 (spots × genes) block."""
+    block = X[:, sl]
+    if sparse.issparse(block):
+        block = block.toarray()
+    return np.asarray(block, dtype=np.float64)
+
+
+def column_sums(X) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene sum and sum of squares without densifying."""
+    if sparse.issparse(X):
+        s = np.asarray(X.sum(0)).ravel().astype(np.float64)
+        sq = np.asarray(X.multiply(X).sum(0)).ravel().astype(np.float64)
+    else:
+        Xf = np.asarray(X, dtype=np.float64)
+        s, sq = Xf.sum(0), (Xf**2).sum(0)
+    return s, sq
+
+
+def row_sums(X) -> np.ndarray:
+    return np.asarray(X.sum(1)).ravel().astype(np.float64)
+
+
+def pick_device(use_gpu: bool) -> str:
+    from experimat._optional import import_optional, jax_device
+
+    import_optional("jax", purpose="spatially variable gene tests")
+    dev = jax_device(use_gpu)
+    if use_gpu and dev == "cpu":
+        logger.debug("no GPU visible to JAX; running on CPU")
+    return dev
+
+
+def chunk_size_for(n_obs: int, *, budget_elems: int = 4_000_000, minimum: int = 16) -> int:
+    return max(minimum, budget_elems // max(n_obs, 1))

@@ -1,0 +1,341 @@
+"""Spatially variable genes: SpatialDE GP test, score tests, Moran's I, AEH."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse, stats
+
+import experimat as em
+from experimat._errors import InvalidInputError, MissingSlotError, NotCountsError
+from experimat.methods.svg import (
+    bh_adjust,
+    spatial_patterns,
+    spatial_svg,
+    spatial_svg_gp,
+    spatial_svg_moran,
+    spatial_svg_spatialde,
+    storey_qvalue,
+)
+from experimat.methods.svg._stats import cauchy_pvalue, cauchy_statistic
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "svg" / "mob_subset.npz"
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with em.settings.override(progress=False):
+        yield
+
+
+@pytest.fixture(scope="module")
+def mob():
+    z = np.load(DATA)
+    a = ad.AnnData(
+        z["counts"].astype(np.float32),
+        obs=pd.DataFrame({"total_counts": z["total_counts"]}, index=z["spots"]),
+        var=pd.DataFrame(
+            {"ref_llr": z["ref_llr"], "ref_pval": z["ref_pval"], "ref_qval": z["ref_qval"]}, index=z["genes"]
+        ),
+    )
+    a.layers["counts"] = a.X.copy()
+    a.layers["expr"] = z["expr"].astype(np.float64)
+    a.obsm["spatial"] = z["xy"]
+    return a
+
+
+@pytest.fixture(scope="module")
+def synth():
+    """Hex-grid spots: 20 spatial genes (bump, gradient, periodic) + 100 null genes that are
+    exactly null given the size factors in obs['size']."""
+    a = em.datasets.synthetic_svg(300, 20, n_spatial=20, effect=1.0, seed=3)
+    rng = np.random.default_rng(4)
+    size = np.asarray(a.X.sum(1)).ravel()
+    base = rng.lognormal(-4.0, 1.0, size=100)
+    mu = size[:, None] * base[None, :]
+    null = rng.negative_binomial(5.0, 5.0 / (5.0 + mu)).astype(np.float32)
+    counts = np.hstack([a.X, null])
+    var = pd.DataFrame(
+        {"spatial": np.r_[np.ones(20, bool), np.zeros(100, bool)]},
+        index=[*a.var_names, *[f"null{i}" for i in range(100)]],
+    )
+    b = ad.AnnData(counts, obs=a.obs.assign(size=size), var=var)
+    b.layers["counts"] = counts.copy()
+    b.obsm["spatial"] = a.obsm["spatial"]
+    return b
+
+
+# ------------------------------------------------------------------ statistics helpers
+
+
+def _bh_direct(p):
+    p = np.asarray(p, float)
+    out = np.full(p.size, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    ranks = stats.rankdata(p[ok], method="ordinal")
+    for i in ok:
+        out[i] = min(1.0, min(m * p[j] / ranks[k] for k, j in enumerate(ok) if p[j] >= p[i]))
+    return out
+
+
+def test_bh_matches_direct_definition():
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.uniform(size=150) ** 3, [0.01, 0.01, 0.01, 1e-12, 1e-12, np.nan, 0.5]]
+    np.testing.assert_allclose(bh_adjust(p), _bh_direct(p), rtol=1e-12, equal_nan=True)
+    # strongest genes keep distinct adjusted p-values (no forward cumulative maximum)
+    adj = bh_adjust(np.array([1e-30, 1e-20, 1e-10, 0.5]))
+    assert adj[0] < adj[1] < adj[2]
+
+
+def test_storey_qvalue_properties():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=1000)
+    q = storey_qvalue(p)
+    # all-null p-values: pi0 = 1 and q equals BH
+    pi0 = min(1.0, (p > 0.89).sum() / (0.11 * p.size))
+    np.testing.assert_allclose(q, np.minimum(bh_adjust(p) * pi0, 1.0), rtol=1e-12)
+
+
+def test_cauchy_combination():
+    p = np.array([[0.3], [1e-20], [0.9]])
+    np.testing.assert_allclose(cauchy_pvalue(cauchy_statistic(p)), p[:, 0], rtol=1e-6)
+    t = cauchy_statistic(np.array([[1e-200, 1e-300], [1e-100, 0.5]]))
+    assert np.all(np.isfinite(t)) and t[0] > t[1]
+
+
+# ------------------------------------------------------------------ SpatialDE GP test
+
+
+def test_gp_reproduces_published_mob_subset(mob):
+    res = spatial_svg_gp(mob, layer="expr", normalize="none", model_search=False)
+    ref_p = mob.var["ref_pval"].to_numpy()
+    rho = stats.spearmanr(res["pval"], ref_p)[0]
+    assert rho > 0.99
+    # our optimiser finds at least SpatialDE's maximum for every gene (up to the grid interpolation, < 0.01)
+    assert np.all(res["llr"].to_numpy() >= mob.var["ref_llr"].to_numpy() - 1e-2)
+    # published significant genes (q < 0.05 over the full transcriptome) stay among the top p-values
+    sig = mob.var["ref_qval"].to_numpy() < 0.05
+    thresh = ref_p[sig].max()
+    recovered = (res["pval"].to_numpy()[sig] <= thresh * 1.01).mean()
+    extra = ((res["pval"].to_numpy() <= thresh * 1.01) & ~sig).sum()
+    assert recovered >= 0.95 and extra <= 0.1 * sig.sum()
+    assert {
+        "spatialde_gp.pval",
+        "spatialde_gp.qval",
+        "spatialde_gp.padj",
+        "spatialde_gp.svg",
+        "spatialde_gp.rank",
+        "spatialde_gp.l",
+        "spatialde_gp.fsv",
+        "spatialde_gp.llr",
+        "spatialde_gp.bic",
+        "spatialde_gp.model",
+    } <= set(mob.var.columns)
+    assert mob.uns["spatialde_gp"]["params"]["normalize"] == "none"
+
+
+def test_gp_counts_pipeline_power_and_model_search(synth):
+    res = spatial_svg_gp(synth, layer="counts")
+    truth = synth.var["spatial"].to_numpy()
+    assert (res["qval"][truth] < 0.05).mean() >= 0.9
+    assert (res["qval"][~truth] < 0.05).sum() <= 2
+    assert set(res["model"].dropna()) <= {"SE", "PER", "linear"}
+    assert sorted(res["rank"]) == list(range(1, synth.n_vars + 1))
+
+
+def test_gp_permuted_coordinates_controls_fdr(mob):
+    b = mob.copy()
+    b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(0).permutation(b.n_obs)]
+    res = spatial_svg_gp(b, layer="expr", normalize="none", model_search=False)
+    assert (res["padj"] < 0.05).sum() <= 3
+
+
+# ------------------------------------------------------------------ score tests
+
+
+def test_score_power_and_null(synth):
+    res = spatial_svg_spatialde(synth, layer="counts", sizefactors="size", n_svg=10)
+    truth = synth.var["spatial"].to_numpy()
+    assert (res["padj"][truth] < 0.05).mean() >= 0.9
+    assert (res["padj"][~truth] < 0.05).sum() <= 2
+    assert stats.kstest(res["pval"][~truth], "uniform").pvalue > 0.01
+    # rank follows the combined statistic and n_svg caps .svg
+    order = res.sort_values("rank")
+    assert np.all(np.diff(order["stat"].to_numpy()[:20]) <= 0)
+    assert res["svg"].sum() == 10 and res.loc[res["svg"], "rank"].max() == 10
+    for col in ("pval", "padj", "svg", "rank"):
+        assert f"spatialde.{col}" in synth.var.columns
+    assert "kernels" in synth.uns["spatialde"] and synth.uns["spatialde"]["params"]["obs_dist"] == "negative_binomial"
+
+
+def test_score_calibrated_on_permuted_mob(mob):
+    b = mob.copy()
+    b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(1).permutation(b.n_obs)]
+    res = spatial_svg_spatialde(b, layer="counts", n_svg=None)
+    # well-expressed genes: uniform p-values; sparse genes: conservative (discrete counts)
+    deep = np.asarray(b.layers["counts"].sum(0)).ravel() >= 100
+    assert stats.kstest(res["pval"][deep].dropna(), "uniform").pvalue > 0.01
+    assert np.mean(res["pval"] < 0.05) <= 0.08
+    assert (res["padj"] < 0.05).sum() <= 3
+    res_n = spatial_svg_spatialde(b, layer="expr", obs_dist="normal", key_added="sd2n")
+    assert stats.kstest(res_n["pval"].dropna(), "uniform").pvalue > 0.01
+
+
+def test_score_finds_published_mob_genes(mob):
+    res = spatial_svg_spatialde(mob, layer="counts", n_svg=None)
+    sig = mob.var["ref_qval"].to_numpy() < 0.05
+    assert (res["padj"].to_numpy()[sig] < 0.05).mean() >= 0.85
+
+
+def test_score_sparse_chunks_equal_dense(synth):
+    dense = spatial_svg_spatialde(synth, layer="counts", key_added="d")
+    b = synth.copy()
+    b.layers["counts"] = sparse.csr_matrix(b.layers["counts"])
+    sp = spatial_svg_spatialde(b, layer="counts", chunk_size=32, key_added="s")
+    np.testing.assert_allclose(sp["pval"], dense["pval"], rtol=1e-8)
+    assert (sp["rank"] == dense["rank"]).all()
+
+
+def test_spatial_svg_dispatch(synth):
+    a = synth.copy()
+    r1 = spatial_svg(a, method="spatialde2", layer="counts", key_added="x")
+    r2 = spatial_svg_spatialde(a, layer="counts", key_added="y")
+    np.testing.assert_allclose(r1["pval"], r2["pval"])
+    with pytest.raises(InvalidInputError, match="valid values"):
+        spatial_svg(a, method="sparkx")
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def test_constant_genes_are_nan_not_crash(synth):
+    a = synth.copy()
+    a.layers["counts"][:, 0] = 0.0
+    a.layers["counts"][:, 1] = 4.0
+    r = spatial_svg_spatialde(a, layer="counts")
+    assert np.isnan(r["pval"].iloc[:2]).all() and not r["svg"].iloc[:2].any()
+    assert np.isfinite(r["pval"].iloc[2:]).all()
+    a.layers["norm"] = np.log1p(a.layers["counts"])
+    g = spatial_svg_gp(a, layer="norm", normalize="none", model_search=False)
+    assert np.isnan(g["pval"].iloc[:2]).all() and np.isfinite(g["pval"].iloc[2:]).all()
+    m = spatial_svg_moran(a, layer="norm")
+    assert np.isnan(m["pval"].iloc[:2]).all() and np.isfinite(m["pval"].iloc[2:]).all()
+
+
+def test_input_errors(synth):
+    a = synth.copy()
+    a.layers["norm"] = np.log1p(a.layers["counts"]) + 0.1
+    with pytest.raises(NotCountsError):
+        spatial_svg_spatialde(a, layer="norm")
+    with pytest.raises(NotCountsError):
+        spatial_svg_gp(a, layer="norm")
+    with pytest.raises(MissingSlotError, match="available layers"):
+        spatial_svg_spatialde(a, layer="raw")
+    with pytest.raises(InvalidInputError, match="valid values"):
+        spatial_svg_spatialde(a, obs_dist="poisson")
+    with pytest.raises(InvalidInputError, match="kernel_space"):
+        spatial_svg_spatialde(a, kernel_space={"RBF": [1.0]})
+    b = a.copy()
+    b.obsm["spatial"] = b.obsm["spatial"].copy()
+    b.obsm["spatial"][3, 0] = np.nan
+    for f in (spatial_svg_spatialde, spatial_svg_gp, spatial_svg_moran):
+        with pytest.raises(InvalidInputError, match="NaN"):
+            f(b, layer="counts")
+    small = a[:8].copy()
+    for f in (spatial_svg_spatialde, spatial_svg_gp, spatial_svg_moran):
+        with pytest.raises(InvalidInputError, match="at least 10 spots"):
+            f(small, layer="counts")
+
+
+# ------------------------------------------------------------------ Moran's I
+
+
+def test_moran_matches_direct_formula_and_hex_graph():
+    a = em.datasets.synthetic_svg(200, 30, n_spatial=10, seed=5)
+    a.X = np.log1p(a.X)
+    res = spatial_svg_moran(a, layer=None)
+    from experimat.methods.svg._moran import hex_neighbors
+
+    W = hex_neighbors(a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy()).toarray()
+    assert W.sum(1).max() == 6 and np.allclose(W, W.T)
+    Wr = W / W.sum(1, keepdims=True)
+    Z = np.asarray(a.X, float) - np.asarray(a.X, float).mean(0)
+    direct = [a.n_obs / Wr.sum() * (Z[:, g] @ Wr @ Z[:, g]) / (Z[:, g] @ Z[:, g]) for g in range(a.n_vars)]
+    np.testing.assert_allclose(res["I"], direct, rtol=1e-6)
+    assert (res["padj"].to_numpy()[:10] < 0.05).all()
+    perm = spatial_svg_moran(a, n_perms=49, seed=0, key_added="mp")
+    assert perm["pval_sim"].min() == pytest.approx(1 / 50)
+
+
+def test_moran_calibrated_on_permuted_mob(mob):
+    b = mob.copy()
+    b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(2).permutation(b.n_obs)]
+    res = spatial_svg_moran(b, layer="expr", null="randomisation")
+    assert stats.kstest(res["pval"].dropna(), "uniform").pvalue > 0.01
+
+
+# ------------------------------------------------------------------ AEH
+
+
+def test_spatial_patterns_recovers_groups():
+    rng = np.random.default_rng(0)
+    xy, _ = em.datasets.visium_hex_grid(300)
+    xy = xy / 138.0
+    p1 = np.exp(-((xy - xy[40]) ** 2).sum(1) / 20.0)
+    p2 = xy[:, 0] / xy[:, 0].max()
+    Y = np.hstack(
+        [
+            p1[:, None] + 0.3 * rng.normal(size=(300, 15)),
+            p2[:, None] + 0.3 * rng.normal(size=(300, 15)),
+            rng.normal(size=(300, 5)),
+        ]
+    )
+    a = ad.AnnData(Y, var=pd.DataFrame(index=[f"g{i}" for i in range(35)]))
+    a.obs_names = [f"s{i}" for i in range(300)]
+    a.obsm["spatial"] = xy
+    out = spatial_patterns(
+        a, genes=[f"g{i}" for i in range(30)], n_patterns=2, lengthscale=3.0, layer=None, normalize="none", seed=0
+    )
+    pat = a.var["aeh.pattern"].to_numpy()
+    assert len(set(pat[:15])) == 1 and len(set(pat[15:30])) == 1 and pat[0] != pat[15]
+    assert (pat[30:] == -1).all() and np.isnan(a.var["aeh.membership"].to_numpy()[30:]).all()
+    obsm = a.obsm["aeh"]
+    assert list(obsm.columns) == ["0", "1"] and list(obsm.index) == list(a.obs_names)
+    assert abs(np.corrcoef(obsm[str(pat[0])], p1)[0, 1]) > 0.9
+    assert out["membership"].shape == (30, 2)
+
+
+def test_spatial_patterns_from_svg_key(synth):
+    a = synth.copy()
+    spatial_svg_spatialde(a, layer="counts", sizefactors="size")
+    spatial_patterns(a, genes="spatialde", n_patterns=3, seed=0)
+    assert (a.var["aeh.pattern"].to_numpy()[a.var["spatialde.svg"].to_numpy()] >= 0).all()
+    with pytest.raises(MissingSlotError, match="SVG result"):
+        spatial_patterns(a, genes="nonexistent_key", n_patterns=2)
+
+
+def test_results_survive_h5ad_roundtrip(synth, tmp_path):
+    a = synth.copy()
+    spatial_svg_spatialde(a, layer="counts", sizefactors="size")
+    spatial_svg_gp(a, layer="counts", model_search=True)
+    spatial_patterns(a, genes="spatialde", n_patterns=2, seed=0)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b = ad.read_h5ad(tmp_path / "a.h5ad")
+    pd.testing.assert_series_equal(b.var["spatialde.padj"], a.var["spatialde.padj"])
+    assert list(b.var["spatialde_gp.model"].dropna().unique()) != []
+    assert b.obsm["aeh"].shape == (a.n_obs, 2)
+
+
+def test_lowrank_kernels_nystrom_close_to_exact():
+    from experimat.methods.svg._kernels import lowrank_factor, se_kernel
+
+    xy, _ = em.datasets.visium_hex_grid(300)
+    K = se_kernel(xy, 600.0)
+    U, lam = lowrank_factor(xy, "SE", 600.0, use_cache=False, device="cpu", max_exact=100, n_landmarks=150)
+    np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8)
+    assert np.abs(U @ np.diag(lam) @ U.T - K).max() < 0.05  # eigenvalues < 1e-3 x max are dropped
