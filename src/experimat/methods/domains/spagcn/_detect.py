@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ...._errors import ExperimatWarning, InvalidInputError, MissingSlotError
-from ...._logging import logger
-from ...._optional import import_optional, torch_device
-from ...._settings import settings
-from ..._checks import check_choice, check_positive_int, get_coordinates, is_integer_matrix, store_params
+from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
+from experimat._logging import logger
+from experimat._optional import import_optional, torch_device
+from experimat._settings import settings
+from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, is_integer_matrix, store_params
+
 from . import _graph, _model
 
 if TYPE_CHECKING:
@@ -192,10 +193,10 @@ def spatial_detect_domains_spagcn(
     device = torch_device(use_gpu)
     start = logger.info(f"SpaGCN: {adata.n_obs} spots, {n_clusters} domains{' with histology' if histology else ''}")
     _seed_everything(seed)
-    l = _graph.search_l(coords, p, device=device)
-    logger.info(f"    Gaussian width l = {l:.4g} (p = {p})")
+    width = _graph.search_l(coords, p, device=device)
+    logger.info(f"    Gaussian width l = {width:.4g} (p = {p})")
     embed = _model.pca_embedding(X, n_pcs, seed, device)
-    ax = _graph.propagate(coords, l, embed, device)
+    ax = _graph.propagate(coords, width, embed, device)
     with torch.random.fork_rng(devices=[]):
         fit = _model.fit_gcdec(
             ax,
@@ -220,7 +221,7 @@ def spatial_detect_domains_spagcn(
         adata,
         key_added,
         params,
-        l=float(l),
+        l=float(width),
         resolution=float(fit.resolution) if fit.resolution is not None else "none",
         init_used=fit.init,
         n_epochs=int(fit.n_epochs),

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from ...._logging import logger
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -152,7 +152,7 @@ def histology_feature(
 
             d, _ = cKDTree(xy).query(xy, k=2)
             diam = 0.5 * float(np.median(d[:, 1])) * s
-        half = max(int(round(diam / 2)), 0)
+        half = max(round(diam / 2), 0)
         rows = np.round(xy[:, 1] * s).astype(np.int64)
         cols = np.round(xy[:, 0] * s).astype(np.int64)
         values.append(_patch_means(plane, rows, cols, half))
@@ -188,9 +188,9 @@ class _MeanWeight:
         if self.n <= DENSE_MAX_SPOTS:
             self.d2 = torch.cdist(self.c, self.c).pow_(2).to(torch.float32)
 
-    def __call__(self, l: float) -> float:
+    def __call__(self, width: float) -> float:
         torch = self.torch
-        scale = -1.0 / (2.0 * l * l)
+        scale = -1.0 / (2.0 * width * width)
         if self.d2 is not None:
             return float(torch.exp(self.d2 * scale).sum(dtype=torch.float64) / self.n - 1.0)
         total = 0.0
@@ -256,7 +256,7 @@ def search_l(
     return start if abs(p_low - p) < abs(p_high - p) else end
 
 
-def propagate(coords: np.ndarray, l: float, features: np.ndarray, device):
+def propagate(coords: np.ndarray, width: float, features: np.ndarray, device):
     """``A @ features`` for the Gaussian adjacency ``A_ij = exp(-d_ij^2 / 2 l^2)`` (self weight 1).
 
     The graph convolution's ``A (X W) = (A X) W`` lets the model precompute this product once.
@@ -268,15 +268,15 @@ def propagate(coords: np.ndarray, l: float, features: np.ndarray, device):
     feats = torch.as_tensor(features, dtype=torch.float32, device=device)
     if n <= DENSE_MAX_SPOTS:
         c = torch.as_tensor(coords, dtype=torch.float64, device=device)
-        adj = torch.exp(torch.cdist(c, c).pow_(2) * (-1.0 / (2.0 * l * l))).to(torch.float32)
+        adj = torch.exp(torch.cdist(c, c).pow_(2) * (-1.0 / (2.0 * width * width))).to(torch.float32)
         return adj @ feats
     from scipy import sparse
     from scipy.spatial import cKDTree
 
-    radius = l * np.sqrt(2.0 * np.log(1.0 / _SPARSE_EPS))
+    radius = width * np.sqrt(2.0 * np.log(1.0 / _SPARSE_EPS))
     tree = cKDTree(coords)
     pairs = tree.sparse_distance_matrix(tree, radius, output_type="coo_matrix")
-    w = np.exp(-(pairs.data**2) / (2.0 * l * l))
+    w = np.exp(-(pairs.data**2) / (2.0 * width * width))
     adj = sparse.coo_matrix((w, (pairs.row, pairs.col)), shape=(n, n)).tocsr()
     adj = (adj + sparse.identity(n, format="csr")).astype(np.float32)
     return torch.as_tensor(adj @ np.asarray(features, dtype=np.float32), device=device)

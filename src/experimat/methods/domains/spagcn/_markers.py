@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ...._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from ...._logging import logger
-from ..._checks import check_positive_int, get_coordinates, get_obs_column, store_params
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import logger
+from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, store_params
+
 from ._detect import _expression
 
 if TYPE_CHECKING:
@@ -114,9 +115,7 @@ def search_radius(
     return best[0]
 
 
-def neighbour_domains(
-    tree, xy: np.ndarray, labels: np.ndarray, target: str, radius: float, ratio: float
-) -> list[str]:
+def neighbour_domains(tree, xy: np.ndarray, labels: np.ndarray, target: str, radius: float, ratio: float) -> list[str]:
     """Domains adjacent to ``target``: a domain counts when the target's spots see, within ``radius``,
     more than ``ratio`` x its size of its spots (SpaGCN's find_neighbor_clusters), most-seen first.
     When none passes, the single most-seen domain."""
@@ -418,7 +417,7 @@ def spatial_metagene(
                 f"domain {target!r} has no marker in uns[{key_svg!r}]; relax the marker filters or pass start_gene=."
             )
         start_gene = str(table["gene"].iloc[0])
-    from ..._checks import resolve_genes
+    from experimat.methods._checks import resolve_genes
 
     start_gene = resolve_genes(adata, start_gene)[0]
     in_t = labels == target
@@ -450,9 +449,7 @@ def spatial_metagene(
         name = f"{name}+{add_g}-{sub_g}"
         added.append(add_g)
         subtracted.append(sub_g)
-        logger.info(
-            f"    step {step + 1}: +{add_g} -{sub_g}; non-target spots {n_out}, mean difference {diff_cur:.4g}"
-        )
+        logger.info(f"    step {step + 1}: +{add_g} -{sub_g}; non-target spots {n_out}, mean difference {diff_cur:.4g}")
     adata.obs[key_added] = meta
     store_params(
         adata,

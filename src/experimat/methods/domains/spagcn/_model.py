@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...._errors import InvalidInputError
-from ...._logging import logger
+from experimat._errors import InvalidInputError
+from experimat._logging import logger
 
 #: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
 T_ALPHA = 0.2
@@ -77,7 +77,7 @@ def knn_graph(features: np.ndarray, n_neighbors: int):
 
 
 def _import(name: str):
-    from ...._optional import import_optional
+    from experimat._optional import import_optional
 
     return import_optional(name, purpose="SpaGCN's Leiden initialisation")
 
@@ -110,7 +110,7 @@ def search_resolution(
     while old_num != n_clusters:
         sign = 1 if old_num < n_clusters else -1
         trial = res + step * sign
-        if trial <= 0:
+        if trial <= 1e-6:
             step /= 2
             run += 1
             if run > max_run:
@@ -144,7 +144,7 @@ class FitResult:
 
 
 def fit_gcdec(
-    ax: "torch.Tensor",  # noqa: F821 (torch imported lazily)
+    ax: torch.Tensor,  # noqa: F821 (torch imported lazily)
     *,
     n_clusters: int,
     init: str,
@@ -159,7 +159,7 @@ def fit_gcdec(
     """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs)."""
     import torch
 
-    n, d = ax.shape
+    d = ax.shape[1]
     gen = torch.Generator().manual_seed(int(seed))
     stdv = 1.0 / math.sqrt(d)
     weight = ((torch.rand(d, d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
@@ -201,7 +201,7 @@ def fit_gcdec(
     last = labels0
     epoch = 0
     target = None
-    for epoch in range(max_epochs):  # noqa: B007 (epoch reported)
+    for epoch in range(max_epochs):
         if epoch % UPDATE_INTERVAL == 0:
             with torch.no_grad():
                 q = soft_assign()
