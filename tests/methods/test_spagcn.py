@@ -226,3 +226,17 @@ def test_bad_inputs(tissue):
         b = a.copy()
         b.var_names = [f"other{i}" for i in range(b.n_vars)]
         integrate_domains_spagcn({"a": a, "b": b}, n_clusters=3)
+
+
+def test_sparse_graph_path_matches_dense(monkeypatch):
+    """Above DENSE_MAX_SPOTS the adjacency is sparse (weights < 1e-6 dropped) and p(l) chunked."""
+    from experimat.methods.domains.spagcn import _graph
+
+    xy, _ = em.datasets.visium_hex_grid(300)
+    feats = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    dense_l = search_l(xy, 0.5)
+    dense = _graph.propagate(xy, dense_l, feats, None).numpy()
+    monkeypatch.setattr(_graph, "DENSE_MAX_SPOTS", 10)
+    assert search_l(xy, 0.5) == pytest.approx(dense_l)
+    sparse_ax = _graph.propagate(xy, dense_l, feats, None).numpy()
+    np.testing.assert_allclose(sparse_ax, dense, atol=1e-4)

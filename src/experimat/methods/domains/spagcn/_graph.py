@@ -274,11 +274,13 @@ def propagate(coords: np.ndarray, width: float, features: np.ndarray, device):
     from scipy.spatial import cKDTree
 
     radius = width * np.sqrt(2.0 * np.log(1.0 / _SPARSE_EPS))
-    tree = cKDTree(coords)
-    pairs = tree.sparse_distance_matrix(tree, radius, output_type="coo_matrix")
-    w = np.exp(-(pairs.data**2) / (2.0 * width * width))
-    adj = sparse.coo_matrix((w, (pairs.row, pairs.col)), shape=(n, n)).tocsr()
-    adj = (adj + sparse.identity(n, format="csr")).astype(np.float32)
+    pairs = cKDTree(coords).query_pairs(radius, output_type="ndarray")  # i < j
+    d2 = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1)
+    w = np.exp(-d2 / (2.0 * width * width))
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
+    vals = np.concatenate([w, w, np.ones(n)]).astype(np.float32)
+    adj = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))
     return torch.as_tensor(adj @ np.asarray(features, dtype=np.float32), device=device)
 
 
