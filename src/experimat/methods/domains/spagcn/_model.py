@@ -26,8 +26,9 @@ UPDATE_INTERVAL = 3
 def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
     """PCA scores of the (log-normalised) expression matrix, as SpaGCN (centred, not scaled).
 
-    Exact (eigendecomposition of the gene covariance) up to 4,000 genes, randomised SVD (seeded)
-    beyond; component signs are fixed so that the largest loading is positive.
+    Exact (eigendecomposition of the gene covariance or of the spot Gram matrix) when either side is
+    at most 4,000, randomised SVD (seeded) beyond; component signs are fixed so that the largest
+    loading is positive.
     """
     import torch
     from scipy import sparse
@@ -39,15 +40,19 @@ def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
         raise InvalidInputError(f"PCA needs at least 2 spots and 1 gene; got {X.shape}.")
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float64), device=device)
     Xt = Xt - Xt.mean(0, keepdim=True)
-    if g <= 4000:
-        cov = Xt.T @ Xt
-        _, vecs = torch.linalg.eigh(cov)
+    if g <= 4000 and g <= n:
+        _, vecs = torch.linalg.eigh(Xt.T @ Xt)
         comps = vecs[:, -n_pcs:].flip(1)
+    elif n <= 4000:
+        # Gram matrix (spots x spots): loadings V = X^T U / s
+        vals, u = torch.linalg.eigh(Xt @ Xt.T)
+        u, vals = u[:, -n_pcs:].flip(1), vals[-n_pcs:].flip(0).clamp_min(1e-12)
+        comps = (Xt.T @ u) / vals.sqrt()
     else:
-        gen_state = torch.random.get_rng_state()
+        state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         _, _, v = torch.svd_lowrank(Xt, q=min(n_pcs + 20, n, g), niter=6)
-        torch.random.set_rng_state(gen_state)
+        torch.random.set_rng_state(state)
         comps = v[:, :n_pcs]
     idx = comps.abs().argmax(0)
     signs = torch.sign(comps[idx, torch.arange(comps.shape[1], device=comps.device)])
