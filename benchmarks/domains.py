@@ -89,7 +89,7 @@ def _ari(truth, pred) -> float:
 
 
 # --------------------------------------------------------------------------- reference runner
-def _run_reference(env_var: str, driver: str, adatas: list, job: dict) -> tuple[pd.DataFrame, float] | None:
+def _run_reference(env_var: str, driver: str, adatas: list, job: dict) -> tuple[pd.DataFrame, float, float] | None:
     python = os.environ.get(env_var)
     if not python:
         print(f"    reference skipped: set {env_var} to the reference venv's python (see REFERENCE-TOOLS.md)")
@@ -116,7 +116,7 @@ def _run_reference(env_var: str, driver: str, adatas: list, job: dict) -> tuple[
             print(f"    reference failed:\n{proc.stderr[-3000:]}")
             return None
         info = json.loads(Path(out + ".json").read_text())
-        return pd.read_csv(out, index_col=0), float(info["seconds"])
+        return pd.read_csv(out, index_col=0), float(info["seconds"]), float(info["cpu_seconds"])
 
 
 # --------------------------------------------------------------------------- SpaGCN
@@ -152,7 +152,7 @@ def bench_spagcn(seeds=(0,), hippo=False) -> list[dict]:
             print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
             continue
         for seed in seeds:
-            df, t_ours = _ours_spagcn(adata, k, seed, hist, shape)
+            df, t_ours, c_ours = _ours_spagcn(adata, k, seed, hist, shape)
             truth = adata.obs[truth_key]
             row = {
                 "method": "spagcn",
@@ -162,6 +162,7 @@ def bench_spagcn(seeds=(0,), hippo=False) -> list[dict]:
                 "ours_ari": _ari(truth, df.iloc[:, 0]),
                 "ours_ari_refined": _ari(truth, df.iloc[:, 1]),
                 "ours_s": t_ours,
+                "ours_cpu_s": c_ours,
             }
             ref = _run_reference(
                 "EXPERIMAT_REF_PYTHON_SPAGCN",
@@ -177,13 +178,15 @@ def bench_spagcn(seeds=(0,), hippo=False) -> list[dict]:
                 },
             )
             if ref is not None:
-                rdf, t_ref = ref
+                rdf, t_ref, c_ref = ref
                 rdf = rdf.loc[adata.obs_names]
                 row |= {
                     "ref_ari": _ari(truth, rdf["pred"]),
                     "ref_ari_refined": _ari(truth, rdf["refined"]),
                     "ref_s": t_ref,
                     "ratio": t_ref / t_ours,
+                    "ref_cpu_s": c_ref,
+                    "cpu_ratio": c_ref / c_ours,
                     "ours_vs_ref_ari": _ari(df.iloc[:, 1], rdf["refined"]),
                 }
             rows.append(row)
@@ -202,9 +205,9 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
         print(f"Hippo sections not found ({e}); set EXPERIMAT_DATA_DIR")
         return []
     n_clusters = 15
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = integrate_domains_spagcn(samples, n_clusters=n_clusters, max_epochs=500, seed=seed, use_gpu=False)
-    t_ours = time.perf_counter() - t
+    t_ours, c_ours = time.perf_counter() - t, time.process_time() - c
     ours = pd.concat([df["integrated"].astype(str) for df in out.values()])
     counts = {s: int(df["integrated"].nunique()) for s, df in out.items()}
     row = {
@@ -213,6 +216,7 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
         "seed": seed,
         "n_spots": int(sum(a.n_obs for a in samples.values())),
         "ours_s": t_ours,
+        "ours_cpu_s": c_ours,
         "domains_per_section": counts,
         "domains_total": int(ours.nunique()),
     }
@@ -234,11 +238,13 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
         },
     )
     if ref is not None:
-        rdf, t_ref = ref
+        rdf, t_ref, c_ref = ref
         rdf = rdf.loc[ours.index]
         row |= {
             "ref_s": t_ref,
             "ratio": t_ref / t_ours,
+            "ref_cpu_s": c_ref,
+            "cpu_ratio": c_ref / c_ours,
             "ref_domains_total": int(rdf["pred"].nunique()),
             "ours_vs_ref_ari": _ari(ours, rdf["pred"]),
         }
