@@ -240,3 +240,21 @@ def test_sparse_graph_path_matches_dense(monkeypatch):
     assert search_l(xy, 0.5) == pytest.approx(dense_l)
     sparse_ax = _graph.propagate(xy, dense_l, feats, None).numpy()
     np.testing.assert_allclose(sparse_ax, dense, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300)])
+def test_pca_branches_agree(shape, monkeypatch):
+    """Covariance / Gram eigendecomposition and the randomised SVD give the same scores (up to sign)."""
+    from experimat.methods.domains.spagcn import _model
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(shape[0], 6)) * np.arange(12, 0, -2)) @ rng.normal(size=(6, shape[1]))
+    X += 0.05 * rng.normal(size=shape)
+    exact = _model.pca_embedding(X, 5, seed=0)
+    monkeypatch.setattr(_model, "EXACT_PCA_MAX", 10)
+    approx = _model.pca_embedding(X, 5, seed=0)
+    np.testing.assert_allclose(np.abs(approx), np.abs(exact), rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+    centred = X - X.mean(0)
+    # the scores carry the top singular values of the centred data
+    sv = np.linalg.svd(centred, compute_uv=False)[:5]
+    np.testing.assert_allclose(np.linalg.norm(exact.astype(np.float64), axis=0), sv, rtol=1e-4)

@@ -21,6 +21,8 @@ from experimat._logging import logger
 #: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
 T_ALPHA = 0.2
 UPDATE_INTERVAL = 3
+#: PCA is exact (eigendecomposition) when spots or genes are at most this many, randomised beyond
+EXACT_PCA_MAX = 4000
 
 
 def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
@@ -38,12 +40,13 @@ def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
     n_pcs = int(min(n_pcs, n - 1, g))
     if n_pcs < 1:
         raise InvalidInputError(f"PCA needs at least 2 spots and 1 gene; got {X.shape}.")
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64), device=device)
+    dtype = np.float64 if min(n, g) <= EXACT_PCA_MAX else np.float32  # large inputs: randomised SVD in float32
+    Xt = torch.as_tensor(np.asarray(X, dtype=dtype), device=device)
     Xt = Xt - Xt.mean(0, keepdim=True)
-    if g <= 4000 and g <= n:
+    if g <= EXACT_PCA_MAX and g <= n:
         _, vecs = torch.linalg.eigh(Xt.T @ Xt)
         comps = vecs[:, -n_pcs:].flip(1)
-    elif n <= 4000:
+    elif n <= EXACT_PCA_MAX:
         # Gram matrix (spots x spots): loadings V = X^T U / s
         vals, u = torch.linalg.eigh(Xt @ Xt.T)
         u, vals = u[:, -n_pcs:].flip(1), vals[-n_pcs:].flip(0).clamp_min(1e-12)
