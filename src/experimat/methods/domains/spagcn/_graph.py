@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 #: spots above which the adjacency is kept sparse (weights below ``_SPARSE_EPS`` dropped)
 DENSE_MAX_SPOTS = 5000
 _SPARSE_EPS = 1e-6
+#: p(l) on local pairs: radius in median spot spacings, and the cut-off in widths (weight < 1e-8)
+_LOCAL_SPACINGS = 12.0
+_TRUNCATE = float(np.sqrt(2.0 * np.log(1e8)))
 _CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2, "red": 0, "green": 1, "blue": 2}
 #: spots per neighbour-domain side of refinement
 REFINE_NEIGHBOURS = {"hexagon": 6, "square": 4}
@@ -176,21 +179,34 @@ def graph_coordinates(xy: np.ndarray, colour: np.ndarray | None, alpha: float = 
 
 # --------------------------------------------------------------------------- l search
 class _MeanWeight:
-    """``p(l)``: mean over spots of the summed Gaussian weight from all other spots."""
+    """``p(l)``: mean over spots of the summed Gaussian weight from all other spots.
+
+    Widths up to twice the median nearest-neighbour distance are evaluated on the spot pairs within
+    ``_LOCAL_SPACINGS`` spacings (omitted weights < 1e-8 each); wider ones on all pairs.
+    """
 
     def __init__(self, coords: np.ndarray, device) -> None:
         import torch
+        from scipy.spatial import cKDTree
 
         self.torch = torch
         self.n = coords.shape[0]
         self.c = torch.as_tensor(coords, dtype=torch.float64, device=device)
-        self.d2 = None
-        if self.n <= DENSE_MAX_SPOTS:
-            self.d2 = torch.cdist(self.c, self.c).pow_(2).to(torch.float32)
+        tree = cKDTree(coords)
+        spacing = float(np.median(tree.query(coords, k=2)[0][:, 1])) if self.n > 1 else 0.0
+        self.local_radius = _LOCAL_SPACINGS * spacing
+        pairs = tree.query_pairs(self.local_radius, output_type="ndarray") if spacing > 0 else np.zeros((0, 2), int)
+        d2 = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1)
+        self.local_d2 = torch.as_tensor(d2, dtype=torch.float32, device=device)
+        self.d2 = None  # all pairs, computed on first need (n <= DENSE_MAX_SPOTS)
 
     def __call__(self, width: float) -> float:
         torch = self.torch
         scale = -1.0 / (2.0 * width * width)
+        if width * _TRUNCATE <= self.local_radius:
+            return float(2.0 * torch.exp(self.local_d2 * scale).sum(dtype=torch.float64) / self.n)
+        if self.d2 is None and self.n <= DENSE_MAX_SPOTS:
+            self.d2 = torch.cdist(self.c, self.c).pow_(2).to(torch.float32)
         if self.d2 is not None:
             return float(torch.exp(self.d2 * scale).sum(dtype=torch.float64) / self.n - 1.0)
         total = 0.0
