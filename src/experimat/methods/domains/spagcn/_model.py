@@ -64,24 +64,54 @@ def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
 
 
 def knn_graph(features: np.ndarray, n_neighbors: int):
-    """Symmetric k-nearest-neighbour graph (igraph) on the features."""
+    """Weighted k-nearest-neighbour graph (igraph) on the features, as ``scanpy.pp.neighbors``.
+
+    ``n_neighbors`` counts the spot itself; edge weights are UMAP's fuzzy connectivities
+    (per-spot bandwidth so that the weights sum to ``log2(n_neighbors)``, symmetrised by fuzzy union),
+    the graph SpaGCN's Louvain initialisation clusters.
+    """
     import torch
+    from scipy import sparse
 
     ig = _import("igraph")
     n = features.shape[0]
-    k = min(n_neighbors, n - 1)
+    k = max(1, min(n_neighbors - 1, n - 1))
     f = torch.as_tensor(features, dtype=torch.float32)
     idx = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k), dtype=np.float64)
     step = max(1, 10_000_000 // n)
     for s in range(0, n, step):
         d = torch.cdist(f[s : s + step], f)
         d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
-        idx[s : s + step] = torch.topk(d, k, dim=1, largest=False).indices.numpy()
-    src = np.repeat(np.arange(n), k)
-    dst = idx.ravel()
-    edges = np.unique(np.sort(np.column_stack([src, dst]), axis=1), axis=0)
-    edges = edges[edges[:, 0] != edges[:, 1]]
-    return ig.Graph(n=n, edges=edges.tolist(), directed=False)
+        top = torch.topk(d, k, dim=1, largest=False)
+        idx[s : s + step] = top.indices.numpy()
+        dist[s : s + step] = top.values.double().numpy()
+    weights = _fuzzy_weights(dist, np.log2(k + 1))
+    a = sparse.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    a = a + a.T - a.multiply(a.T)
+    a = sparse.triu(a, k=1).tocoo()
+    keep = a.data > 0
+    graph = ig.Graph(n=n, edges=np.column_stack([a.row[keep], a.col[keep]]).tolist(), directed=False)
+    graph.es["weight"] = a.data[keep].tolist()
+    return graph
+
+
+def _fuzzy_weights(dist: np.ndarray, target: float, n_iter: int = 64) -> np.ndarray:
+    """UMAP's smooth k-NN weights ``exp(-(d - rho) / sigma)``, sigma by bisection per row."""
+    rho = dist[:, :1]
+    excess = np.maximum(dist - rho, 0.0)
+    lo = np.zeros(len(dist))
+    hi = np.full(len(dist), np.inf)
+    mid = np.ones(len(dist))
+    for _ in range(n_iter):
+        total = np.exp(-excess / mid[:, None]).sum(1)
+        high = total > target
+        hi = np.where(high, mid, hi)
+        lo = np.where(high, lo, mid)
+        mid = np.where(np.isinf(hi), mid * 2.0, (lo + hi) / 2.0)
+    mean_d = dist.mean()
+    sigma = np.maximum(mid, 1e-3 * np.where(rho[:, 0] > 0, dist.mean(1), mean_d))
+    return np.exp(-excess / sigma[:, None])
 
 
 def _import(name: str):
@@ -93,7 +123,12 @@ def _import(name: str):
 def leiden_labels(graph, resolution: float, seed: int) -> np.ndarray:
     la = _import("leidenalg")
     part = la.find_partition(
-        graph, la.RBConfigurationVertexPartition, resolution_parameter=resolution, seed=seed, n_iterations=-1
+        graph,
+        la.RBConfigurationVertexPartition,
+        weights="weight" if "weight" in graph.es.attributes() else None,
+        resolution_parameter=resolution,
+        seed=seed,
+        n_iterations=-1,
     )
     return np.asarray(part.membership, dtype=np.int64)
 
