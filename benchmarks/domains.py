@@ -220,6 +220,7 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
         "domains_per_section": counts,
         "domains_total": int(ours.nunique()),
     }
+    _print_row(row)
     genes = None
     for a in samples.values():
         genes = a.var_names if genes is None else genes.intersection(a.var_names)

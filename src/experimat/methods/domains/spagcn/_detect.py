@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -50,14 +49,6 @@ def _expression(adata: AnnData, layer: str | None):
                 stacklevel=3,
             )
     return X
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def _check_common(n_obs: int, n_clusters: int, p: float, lr: float, tol: float) -> None:
@@ -192,7 +183,6 @@ def spatial_detect_domains_spagcn(
     seed = int(settings.seed if seed is None else seed)
     device = torch_device(use_gpu)
     start = logger.info(f"SpaGCN: {adata.n_obs} spots, {n_clusters} domains{' with histology' if histology else ''}")
-    _seed_everything(seed)
     width = _graph.search_l(coords, p, device=device)
     logger.info(f"    Gaussian width l = {width:.4g} (p = {p})")
     embed = _model.pca_embedding(X, n_pcs, seed, device)
@@ -329,7 +319,6 @@ def integrate_domains_spagcn(
     seed = int(settings.seed if seed is None else seed)
     device = torch_device(use_gpu)
     start = logger.info(f"SpaGCN integration: {len(names)} samples, {total} spots, {len(genes)} shared genes")
-    _seed_everything(seed)
     from scipy import sparse
 
     blocks, coords, ls = [], [], {}
