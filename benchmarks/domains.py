@@ -1,0 +1,287 @@
+"""Spatial domain benchmarks: experimat's methods vs their reference packages, same inputs and seeds.
+
+Run (each method has its own ``bench_<method>`` function)::
+
+    EXPERIMAT_DATA_DIR=<data> EXPERIMAT_REF_PYTHON_SPAGCN=<refenv>/bin/python \\
+        python benchmarks/domains.py [--methods spagcn] [--hippo] [--seeds 0 1]
+
+The reference runs in its own interpreter (a subprocess with a driver under ``benchmarks/_ref/``);
+without the interpreter variable its part is skipped with a message. Prints per dataset: domains
+ARI (raw and refined) against the truth, time, and the time ratio reference / ours (> 1: ours faster).
+Time is the method call with imports excluded, measured in the same run for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------- data
+def _lognorm(adata, min_cells: int = 3):
+    import scanpy as sc
+
+    keep = np.asarray((adata.X > 0).sum(0)).ravel() >= min_cells
+    adata = adata[:, keep].copy()
+    adata.layers["lognorm"] = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
+    return adata
+
+
+def synthetic(n_spots=2000, n_domains=5, layout="stripes", with_image=False, seed=0):
+    import experimat as em
+
+    a = em.datasets.synthetic_domains(n_spots, n_domains, layout=layout, with_image=with_image, seed=seed)
+    return _lognorm(a), "domain"
+
+
+def mouse_olfactory_bulb():
+    """SpatialDE's MOB replicate 11 (ST, 260 annotated spots) with the 5 STdeconvolve layers."""
+    import anndata as ad
+
+    import experimat as em
+
+    root = Path(em.settings.data_dir) / "spatialde_mouse_olfactory_bulb_rep11"
+    counts = pd.read_csv(root / "Rep11_MOB_0.csv.gz", index_col=0)
+    annot = pd.read_csv(root / "MOB_layer_annotation_stdeconvolve.csv", index_col=0)
+    annot = annot[annot["layer"].notna()]
+    spots = counts.index.intersection(annot.index)
+    a = ad.AnnData(counts.loc[spots].to_numpy(np.float32), obs=annot.loc[spots, ["layer"]].astype("category"))
+    a.obs_names, a.var_names = list(spots), list(counts.columns)
+    a.obsm["spatial"] = annot.loc[spots, ["x", "y"]].to_numpy(np.float64)
+    return _lognorm(a), "layer"
+
+
+def hippocampus_sections():
+    """The eight ST mouse brain (hippocampus) sections of STUtility, spots under tissue."""
+    import anndata as ad
+
+    import experimat as em
+
+    root = Path(em.settings.data_dir) / "st_mouse_brain_and_olfactory_bulb_stutility" / "hippo"
+    out = {}
+    for i in range(1, 9):
+        c = pd.read_csv(root / f"Hippo{i}.tsv.gz", sep="\t", index_col=0)
+        al = pd.read_csv(root / f"alignment_table_Hippo{i}.tsv.gz", sep="\t")
+        al.index = al.x.astype(str) + "x" + al.y.astype(str)
+        keep = al.index[al.selected == 1].intersection(c.index)
+        a = ad.AnnData(c.loc[keep].to_numpy(np.float32))
+        a.obs_names, a.var_names = [f"H{i}_{k}" for k in keep], list(c.columns)
+        a.obsm["spatial"] = al.loc[keep, ["pixel_x", "pixel_y"]].to_numpy(np.float64)
+        out[f"Hippo{i}"] = _lognorm(a)
+    return out
+
+
+def _ari(truth, pred) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(truth).astype(str), np.asarray(pred).astype(str)))
+
+
+# --------------------------------------------------------------------------- reference runner
+def _run_reference(env_var: str, driver: str, adatas: list, job: dict) -> tuple[pd.DataFrame, float, float] | None:
+    python = os.environ.get(env_var)
+    if not python:
+        print(f"    reference skipped: set {env_var} to the reference venv's python (see REFERENCE-TOOLS.md)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, a in enumerate(adatas):
+            b = a.copy()
+            X = b.layers["lognorm"]
+            b.X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32)
+            del b.layers
+            b.obs = b.obs[[]]
+            p = Path(tmp) / f"in{i}.h5ad"
+            b.write_h5ad(p)
+            paths.append(str(p))
+        out = str(Path(tmp) / "out.csv")
+        job = {**job, "inputs": paths, "out": out}
+        Path(tmp, "job.json").write_text(json.dumps(job))
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "2")}
+        proc = subprocess.run(
+            [python, str(HERE / "_ref" / driver), str(Path(tmp, "job.json"))], capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            print(f"    reference failed:\n{proc.stderr[-3000:]}")
+            return None
+        info = json.loads(Path(out + ".json").read_text())
+        return pd.read_csv(out, index_col=0), float(info["seconds"]), float(info["cpu_seconds"])
+
+
+# --------------------------------------------------------------------------- SpaGCN
+def _ours_spagcn(adata, n_clusters, seed, histology, refine_shape):
+    from experimat.methods.domains.spagcn import spatial_detect_domains_spagcn
+
+    t, c = time.perf_counter(), time.process_time()
+    df = spatial_detect_domains_spagcn(
+        adata, n_clusters=n_clusters, seed=seed, histology=histology, refine_shape=refine_shape, use_gpu=False
+    )
+    return df, time.perf_counter() - t, time.process_time() - c
+
+
+def bench_spagcn(seeds=(0,), hippo=False) -> list[dict]:
+    """SpaGCN: ours vs the SpaGCN package on synthetic tissues and the mouse olfactory bulb layers."""
+    import experimat as em
+
+    em.settings.progress = False
+    # warm imports (torch, sklearn, igraph) so that timings compare the methods only
+    warm, _ = synthetic(200, 3)
+    _ours_spagcn(warm, 3, 0, False, "hexagon")
+    cases = [
+        ("synthetic 2000 spots, 5 stripes", lambda: synthetic(2000, 5), 5, False, "hexagon"),
+        ("synthetic 2000 spots, 7 voronoi", lambda: synthetic(2000, 7, "voronoi"), 7, False, "hexagon"),
+        ("synthetic 2000 spots, 5 stripes, histology", lambda: synthetic(2000, 5, with_image=True), 5, True, "hexagon"),
+        ("MOB rep11 (ST, 260 spots), 5 layers", mouse_olfactory_bulb, 5, False, "square"),
+    ]
+    rows = []
+    for name, load, k, hist, shape in cases:
+        try:
+            adata, truth_key = load()
+        except FileNotFoundError as e:
+            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
+            continue
+        for seed in seeds:
+            df, t_ours, c_ours = _ours_spagcn(adata, k, seed, hist, shape)
+            truth = adata.obs[truth_key]
+            row = {
+                "method": "spagcn",
+                "case": name,
+                "seed": seed,
+                "n_spots": adata.n_obs,
+                "ours_ari": _ari(truth, df.iloc[:, 0]),
+                "ours_ari_refined": _ari(truth, df.iloc[:, 1]),
+                "ours_s": t_ours,
+                "ours_cpu_s": c_ours,
+            }
+            ref = _run_reference(
+                "EXPERIMAT_REF_PYTHON_SPAGCN",
+                "spagcn_driver.py",
+                [adata],
+                {
+                    "mode": "single",
+                    "n_clusters": k,
+                    "seed": seed,
+                    "histology": hist,
+                    "refine_shape": shape,
+                    "res": None,
+                },
+            )
+            if ref is not None:
+                rdf, t_ref, c_ref = ref
+                rdf = rdf.loc[adata.obs_names]
+                row |= {
+                    "ref_ari": _ari(truth, rdf["pred"]),
+                    "ref_ari_refined": _ari(truth, rdf["refined"]),
+                    "ref_s": t_ref,
+                    "ratio": t_ref / t_ours,
+                    "ref_cpu_s": c_ref,
+                    "cpu_ratio": c_ref / c_ours,
+                    "ours_vs_ref_ari": _ari(df.iloc[:, 1], rdf["refined"]),
+                }
+            rows.append(row)
+            _print_row(row)
+    if hippo:
+        rows.extend(_bench_spagcn_hippo(seeds[0]))
+    return rows
+
+
+def _bench_spagcn_hippo(seed) -> list[dict]:
+    from experimat.methods.domains.spagcn import integrate_domains_spagcn
+
+    try:
+        samples = hippocampus_sections()
+    except FileNotFoundError as e:
+        print(f"Hippo sections not found ({e}); set EXPERIMAT_DATA_DIR")
+        return []
+    n_clusters = 15
+    t, c = time.perf_counter(), time.process_time()
+    out = integrate_domains_spagcn(samples, n_clusters=n_clusters, max_epochs=500, seed=seed, use_gpu=False)
+    t_ours, c_ours = time.perf_counter() - t, time.process_time() - c
+    ours = pd.concat([df["integrated"].astype(str) for df in out.values()])
+    counts = {s: int(df["integrated"].nunique()) for s, df in out.items()}
+    row = {
+        "method": "spagcn",
+        "case": "8 ST Hippo sections integrated",
+        "seed": seed,
+        "n_spots": int(sum(a.n_obs for a in samples.values())),
+        "ours_s": t_ours,
+        "ours_cpu_s": c_ours,
+        "domains_per_section": counts,
+        "domains_total": int(ours.nunique()),
+    }
+    _print_row(row)
+    genes = None
+    for a in samples.values():
+        genes = a.var_names if genes is None else genes.intersection(a.var_names)
+    ref = _run_reference(
+        "EXPERIMAT_REF_PYTHON_SPAGCN",
+        "spagcn_driver.py",
+        [a[:, genes] for a in samples.values()],
+        {
+            "mode": "multi",
+            "n_clusters": n_clusters,
+            "seed": seed,
+            "histology": False,
+            "refine_shape": "none",
+            "res": 0.4,
+            "max_epochs": 500,
+        },
+    )
+    if ref is not None:
+        rdf, t_ref, c_ref = ref
+        rdf = rdf.loc[ours.index]
+        row |= {
+            "ref_s": t_ref,
+            "ratio": t_ref / t_ours,
+            "ref_cpu_s": c_ref,
+            "cpu_ratio": c_ref / c_ours,
+            "ref_domains_total": int(rdf["pred"].nunique()),
+            "ours_vs_ref_ari": _ari(ours, rdf["pred"]),
+        }
+    _print_row(row)
+    return [row]
+
+
+def _print_row(row: dict) -> None:
+    parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+    print("  " + "  ".join(parts), flush=True)
+
+
+BENCHMARKS = {"spagcn": bench_spagcn}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--hippo", action="store_true", help="also integrate the 8 ST hippocampus sections")
+    args = parser.parse_args(argv)
+    print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; timings are wall-clock on this (shared) machine")
+    rows = []
+    for m in args.methods:
+        print(f"== {m}")
+        kwargs = {"seeds": tuple(args.seeds)}
+        if m == "spagcn":
+            kwargs["hippo"] = args.hippo
+        rows.extend(BENCHMARKS[m](**kwargs))
+    if rows:
+        table = pd.DataFrame(rows)
+        cols = [
+            c for c in ("case", "seed", "ours_ari_refined", "ref_ari_refined", "ours_s", "ref_s", "ratio") if c in table
+        ]
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Spot graphs of SpaGCN: histology colour feature, Gaussian adjacency, ``l`` search, refinement.
+
+SpaGCN (Hu et al., Nature Methods 18:1342, 2021) joins spots by Gaussian weights
+``exp(-d^2 / 2 l^2)`` of their distance ``d`` in (x, y) or in (x, y, z), where ``z`` is the
+standardised mean colour of the spot's image patch scaled to the spread of the coordinates.
+``l`` is chosen so that the mean weight a spot receives from the others equals ``p``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import logger
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: spots above which the adjacency is kept sparse (weights below ``_SPARSE_EPS`` dropped)
+DENSE_MAX_SPOTS = 5000
+_SPARSE_EPS = 1e-6
+#: p(l) on local pairs: radius in median spot spacings, and the cut-off in widths (weight < 1e-8)
+_LOCAL_SPACINGS = 12.0
+_TRUNCATE = float(np.sqrt(2.0 * np.log(1e8)))
+_CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2, "red": 0, "green": 1, "blue": 2}
+#: spots per neighbour-domain side of refinement
+REFINE_NEIGHBOURS = {"hexagon": 6, "square": 4}
+
+
+# --------------------------------------------------------------------------- histology
+def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict]:
+    spatial = adata.uns.get("spatial")
+    if not isinstance(spatial, dict) or not spatial:
+        raise MissingSlotError(
+            "histology=True needs an image in adata.uns['spatial'][library_id]['images'], but adata.uns has no "
+            "'spatial' entry; stored image keys: (none). Read the sample with its image (em.io readers or "
+            "sc.read_visium) or run with histology=False."
+        )
+    if library_id is None:
+        if len(spatial) > 1:
+            raise InvalidInputError(
+                f"adata.uns['spatial'] holds several libraries {list(spatial)}; pass library_id= one of them."
+            )
+        library_id = next(iter(spatial))
+    if library_id not in spatial:
+        raise KeyNotFoundError("library_id", library_id, list(spatial))
+    return library_id, spatial[library_id]
+
+
+def _image_scale(scalefactors: dict, image_key: str) -> float:
+    for name in (f"tissue_{image_key}_scalef", f"{image_key}_scalef"):
+        if name in scalefactors:
+            return float(scalefactors[name])
+    logger.info(f"no scale factor 'tissue_{image_key}_scalef' for image {image_key!r}; assuming full resolution")
+    return 1.0
+
+
+def parse_channels(channels: list[str] | tuple[str, ...] | None, images: dict) -> list[tuple[str, int]]:
+    """``["hires/r", "hires/g", "hires/b"]`` -> ``[("hires", 0), ("hires", 1), ("hires", 2)]``."""
+    keys = list(images)
+    if channels is None:
+        preferred = [k for k in ("hires", "lowres") if k in images] + [k for k in keys if k not in ("hires", "lowres")]
+        if not preferred:
+            raise MissingSlotError(
+                "histology=True but no image is stored in adata.uns['spatial'][library_id]['images']; "
+                "stored image keys: (none). Read the sample with its image or run with histology=False."
+            )
+        key = preferred[0]
+        n_ch = np.asarray(images[key]).shape[2] if np.asarray(images[key]).ndim == 3 else 1
+        return [(key, c) for c in range(min(3, n_ch))]
+    if isinstance(channels, str):
+        channels = [channels]
+    out = []
+    for ch in channels:
+        key, sep, name = str(ch).rpartition("/")
+        if not sep:
+            raise InvalidInputError(f"channel {ch!r} must be '<image key>/<channel>' (e.g. 'hires/r').")
+        if key not in images:
+            raise KeyNotFoundError(
+                "image", key, keys, hint="(stored image keys of adata.uns['spatial'][library_id]['images'])"
+            )
+        if name.lower() in _CHANNEL_INDEX:
+            idx = _CHANNEL_INDEX[name.lower()]
+        elif name.isdigit():
+            idx = int(name)
+        else:
+            raise InvalidInputError(f"channel {name!r} of {ch!r} must be r, g, b or a channel number.")
+        img = np.asarray(images[key])
+        n_ch = img.shape[2] if img.ndim == 3 else 1
+        if idx >= n_ch:
+            raise InvalidInputError(f"image {key!r} has {n_ch} channel(s); channel {name!r} does not exist.")
+        out.append((key, idx))
+    return out
+
+
+def _patch_means(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int) -> np.ndarray:
+    """Mean of ``img`` over the square patch of half-width ``half`` around each (row, col), clipped."""
+    h, w = img.shape
+    sat = np.zeros((h + 1, w + 1), dtype=np.float64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(img, axis=0, dtype=np.float64), axis=1)
+    r0 = np.clip(rows - half, 0, h)
+    r1 = np.clip(rows + half + 1, 0, h)
+    c0 = np.clip(cols - half, 0, w)
+    c1 = np.clip(cols + half + 1, 0, w)
+    area = (r1 - r0) * (c1 - c0)
+    total = sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = total / area
+    if (area <= 0).any():
+        raise InvalidInputError(
+            f"{int((area <= 0).sum())} spots lie outside the image; check obsm['spatial'] (full-resolution "
+            "pixels, x = column) and the image's scale factor."
+        )
+    return means
+
+
+def histology_feature(
+    adata: AnnData,
+    xy: np.ndarray,
+    *,
+    channels: list[str] | None = None,
+    library_id: str | None = None,
+    patch_diameter: float | None = None,
+) -> np.ndarray:
+    """Standardised colour of each spot's image patch (SpaGCN's ``c4``).
+
+    Each channel's patch mean is weighted by its variance across spots, summed, then standardised.
+    ``xy`` are full-resolution pixel coordinates (x = image column, y = image row).
+    """
+    _, lib = _library(adata, library_id)
+    images = lib.get("images") or {}
+    if not images:
+        raise MissingSlotError(
+            "histology=True but no image is stored in adata.uns['spatial'][library_id]['images']; stored image "
+            "keys: (none). Read the sample with its image or run with histology=False."
+        )
+    scalefactors = lib.get("scalefactors") or {}
+    chans = parse_channels(channels, images)
+    values = []
+    for key, idx in chans:
+        img = np.asarray(images[key])
+        plane = img[..., idx] if img.ndim == 3 else img
+        plane = plane.astype(np.float32)
+        if np.issubdtype(img.dtype, np.integer):
+            plane = plane / 255.0
+        s = _image_scale(scalefactors, key)
+        if patch_diameter is not None:
+            diam = float(patch_diameter) * s
+        elif "spot_diameter_fullres" in scalefactors:
+            diam = float(scalefactors["spot_diameter_fullres"]) * s
+        else:
+            from scipy.spatial import cKDTree
+
+            d, _ = cKDTree(xy).query(xy, k=2)
+            diam = 0.5 * float(np.median(d[:, 1])) * s
+        half = max(round(diam / 2), 0)
+        rows = np.round(xy[:, 1] * s).astype(np.int64)
+        cols = np.round(xy[:, 0] * s).astype(np.int64)
+        values.append(_patch_means(plane, rows, cols, half))
+    c = np.column_stack(values)
+    var = c.var(axis=0)
+    if var.sum() <= 0:
+        logger.warning("the image patches of all spots have the same colour; the histology term is zero")
+        return np.zeros(len(xy))
+    c3 = (c * var).sum(1) / var.sum()
+    sd = c3.std()
+    return (c3 - c3.mean()) / sd if sd > 0 else np.zeros(len(xy))
+
+
+def graph_coordinates(xy: np.ndarray, colour: np.ndarray | None, alpha: float = 1.0) -> np.ndarray:
+    """(x, y) or (x, y, z) with ``z = colour * max(sd(x), sd(y)) * alpha`` (SpaGCN's rule)."""
+    if colour is None:
+        return np.asarray(xy, dtype=np.float64)
+    z = colour * np.max(xy.std(axis=0)) * alpha
+    return np.column_stack([xy, z]).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- l search
+class _MeanWeight:
+    """``p(l)``: mean over spots of the summed Gaussian weight from all other spots.
+
+    Widths up to twice the median nearest-neighbour distance are evaluated on the spot pairs within
+    ``_LOCAL_SPACINGS`` spacings (omitted weights < 1e-8 each); wider ones on all pairs.
+    """
+
+    def __init__(self, coords: np.ndarray, device) -> None:
+        import torch
+        from scipy.spatial import cKDTree
+
+        self.torch = torch
+        self.n = coords.shape[0]
+        self.c = torch.as_tensor(coords, dtype=torch.float64, device=device)
+        tree = cKDTree(coords)
+        spacing = float(np.median(tree.query(coords, k=2)[0][:, 1])) if self.n > 1 else 0.0
+        self.local_radius = _LOCAL_SPACINGS * spacing
+        pairs = tree.query_pairs(self.local_radius, output_type="ndarray") if spacing > 0 else np.zeros((0, 2), int)
+        d2 = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1)
+        self.local_d2 = torch.as_tensor(d2, dtype=torch.float32, device=device)
+        self.d2 = None  # all pairs, computed on first need (n <= DENSE_MAX_SPOTS)
+
+    def __call__(self, width: float) -> float:
+        torch = self.torch
+        scale = -1.0 / (2.0 * width * width)
+        if width * _TRUNCATE <= self.local_radius:
+            return float(2.0 * torch.exp(self.local_d2 * scale).sum(dtype=torch.float64) / self.n)
+        if self.d2 is None and self.n <= DENSE_MAX_SPOTS:
+            self.d2 = torch.cdist(self.c, self.c).pow_(2).to(torch.float32)
+        if self.d2 is not None:
+            return float(torch.exp(self.d2 * scale).sum(dtype=torch.float64) / self.n - 1.0)
+        total = 0.0
+        step = max(1, 20_000_000 // self.n)
+        for i in range(0, self.n, step):
+            d2 = torch.cdist(self.c[i : i + step], self.c).pow_(2).to(torch.float32)
+            total += float(torch.exp(d2 * scale).sum(dtype=torch.float64))
+        return total / self.n - 1.0
+
+
+def search_l(
+    coords: np.ndarray,
+    p: float,
+    *,
+    start: float = 0.01,
+    end: float = 1000.0,
+    tol: float = 0.01,
+    max_run: int = 100,
+    device=None,
+) -> float:
+    """Bisection for the Gaussian width ``l`` with mean neighbour weight ``p`` (SpaGCN's search_l).
+
+    Unlike the reference, the bracket is widened when ``p`` lies outside it (coordinates in other
+    units), and the closest end is returned (with a warning) when ``max_run`` is exceeded.
+    """
+    if not 0 < p:
+        raise InvalidInputError(f"p must be > 0 (the mean weight a spot receives from its neighbours); got {p}.")
+    f = _MeanWeight(coords, device)
+    p_low, p_high = f(start), f(end)
+    while p_low > p + tol and start > 1e-12:
+        start /= 10.0
+        p_low = f(start)
+    grow = 0
+    while p_high < p - tol:
+        end *= 10.0
+        p_high = f(end)
+        grow += 1
+        if grow > 12:
+            raise InvalidInputError(
+                f"no Gaussian width reaches p={p}: the spots are too few ({f.n}) for this mean neighbour weight; "
+                "pass a smaller p."
+            )
+    if abs(p_low - p) <= tol:
+        return start
+    if abs(p_high - p) <= tol:
+        return end
+    run = 0
+    while p_low + tol < p < p_high - tol:
+        run += 1
+        if run > max_run:
+            best = start if abs(p_low - p) < abs(p_high - p) else end
+            logger.warning(f"exact l not found; using l={best:.4g}")
+            return best
+        mid = (start + end) / 2.0
+        p_mid = f(mid)
+        logger.debug(f"search_l run {run}: l={mid:.5g} p={p_mid:.5g}")
+        if abs(p_mid - p) <= tol:
+            return mid
+        if p_mid <= p:
+            start, p_low = mid, p_mid
+        else:
+            end, p_high = mid, p_mid
+    return start if abs(p_low - p) < abs(p_high - p) else end
+
+
+def propagate(coords: np.ndarray, width: float, features: np.ndarray, device):
+    """``A @ features`` for the Gaussian adjacency ``A_ij = exp(-d_ij^2 / 2 l^2)`` (self weight 1).
+
+    The graph convolution's ``A (X W) = (A X) W`` lets the model precompute this product once.
+    Dense up to :data:`DENSE_MAX_SPOTS` spots; beyond, weights below 1e-6 are dropped (sparse).
+    """
+    import torch
+
+    n = coords.shape[0]
+    feats = torch.as_tensor(features, dtype=torch.float32, device=device)
+    if n <= DENSE_MAX_SPOTS:
+        c = torch.as_tensor(coords, dtype=torch.float64, device=device)
+        adj = torch.exp(torch.cdist(c, c).pow_(2) * (-1.0 / (2.0 * width * width))).to(torch.float32)
+        return adj @ feats
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    radius = width * np.sqrt(2.0 * np.log(1.0 / _SPARSE_EPS))
+    pairs = cKDTree(coords).query_pairs(radius, output_type="ndarray")  # i < j
+    d2 = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1)
+    w = np.exp(-d2 / (2.0 * width * width))
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
+    vals = np.concatenate([w, w, np.ones(n)]).astype(np.float32)
+    adj = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    return torch.as_tensor(adj @ np.asarray(features, dtype=np.float32), device=device)
+
+
+# --------------------------------------------------------------------------- refinement
+def refine_labels(xy: np.ndarray, labels: np.ndarray, shape: str) -> np.ndarray:
+    """Majority vote over the 6 (hexagon) or 4 (square) nearest spots (SpaGCN's refine).
+
+    A spot takes the most frequent label of itself and its neighbours when fewer than half of the
+    neighbours share its label and more than half share that label.
+    """
+    from scipy.spatial import cKDTree
+
+    k = REFINE_NEIGHBOURS[shape]
+    n = len(labels)
+    if n <= k:
+        return labels.copy()
+    _, idx = cKDTree(xy).query(xy, k=k + 1)
+    codes, inv = np.unique(labels, return_inverse=True)
+    counts = np.zeros((n, len(codes)), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(n), k + 1), inv[idx].ravel()), 1)
+    own = counts[np.arange(n), inv]
+    best = counts.argmax(1)
+    change = (own < k / 2) & (counts.max(1) > k / 2)
+    out = inv.copy()
+    out[change] = best[change]
+    return codes[out]

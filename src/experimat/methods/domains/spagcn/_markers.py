@@ -1,0 +1,464 @@
+"""Domain markers (spatially variable genes of a domain against its neighbours) and metagenes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import logger
+from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, store_params
+
+from ._detect import _expression
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+MARKER_COLUMNS = ("gene", "pct.in", "pct.out", "fc", "q", "log10.q")
+#: keys of ``uns[key_added]`` that are not domains
+_RESERVED = ("params", "neighbours")
+_GENE_CHUNK = 2000
+
+
+# --------------------------------------------------------------------------- statistics
+def _dense(X) -> np.ndarray:
+    from scipy import sparse
+
+    return (X.toarray() if sparse.issparse(X) else np.asarray(X)).astype(np.float64, copy=False)
+
+
+def wilcoxon(X, in_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-sum z-scores (group vs the other rows, tie-corrected) and two-sided p-values per column."""
+    from scipy.stats import norm, rankdata
+
+    n1 = int(in_group.sum())
+    n = in_group.size
+    n2 = n - n1
+    z = np.empty(X.shape[1])
+    for s in range(0, X.shape[1], _GENE_CHUNK):
+        block = _dense(X[:, s : s + _GENE_CHUNK])
+        ranks = rankdata(block, axis=0)
+        r1 = ranks[in_group].sum(0)
+        # permutation variance of the rank sum (exact with ties): n1 n2 / (n (n - 1)) * sum (r - mean r)^2
+        var = n1 * n2 / (n * (n - 1.0)) * ((ranks - (n + 1) / 2.0) ** 2).sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zz = (r1 - n1 * (n + 1) / 2.0) / np.sqrt(var)
+        z[s : s + _GENE_CHUNK] = np.where(var > 0, zz, 0.0)
+    return z, 2.0 * norm.sf(np.abs(z))
+
+
+def _group_stats(X, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import sparse
+
+    sub = X[mask]
+    if sparse.issparse(sub):
+        mean = np.asarray(sub.mean(0)).ravel()
+        frac = np.asarray((sub > 0).mean(0)).ravel()
+    else:
+        sub = np.asarray(sub)
+        mean, frac = sub.mean(0), (sub > 0).mean(0)
+    return mean, frac
+
+
+def _pairwise_quantiles(xy: np.ndarray, qs: tuple[float, float], seed: int = 0) -> tuple[float, float]:
+    from scipy.spatial.distance import pdist
+
+    if len(xy) > 4000:
+        xy = xy[np.random.default_rng(seed).choice(len(xy), 4000, replace=False)]
+    d = pdist(xy)
+    d = d[d > 0]
+    lo, hi = np.quantile(d, qs)
+    return float(lo), float(hi)
+
+
+def _mean_neighbour_count(tree, xy_target: np.ndarray, radius: float) -> float:
+    return float(np.mean(tree.query_ball_point(xy_target, radius, return_length=True)))
+
+
+def search_radius(
+    tree, xy_target: np.ndarray, start: float, end: float, num_min: int, num_max: int, max_run: int
+) -> float:
+    """SpaGCN's search_radius: bisection until target spots have ``num_min``..``num_max`` neighbours
+    on average; when none is found, the radius whose count is closest to the window (with a warning)."""
+    tried = []
+
+    def count(r):
+        c = _mean_neighbour_count(tree, xy_target, r)
+        tried.append((r, c))
+        return c
+
+    lo, hi = count(start), count(end)
+    if num_min <= lo <= num_max:
+        return start
+    if num_min <= hi <= num_max:
+        return end
+    run = 0
+    while lo < num_min < hi:
+        run += 1
+        if run > max_run:
+            break
+        mid = (start + end) / 2.0
+        c = count(mid)
+        if num_min <= c <= num_max:
+            return mid
+        if c < num_min:
+            start, lo = mid, c
+        else:
+            end, hi = mid, c
+    best = min(tried, key=lambda rc: min(abs(rc[1] - num_min), abs(rc[1] - num_max)))
+    logger.warning(
+        f"no radius gives {num_min}-{num_max} neighbours per spot; using radius {best[0]:.4g} ({best[1]:.3g} neighbours)"
+    )
+    return best[0]
+
+
+def neighbour_domains(tree, xy: np.ndarray, labels: np.ndarray, target: str, radius: float, ratio: float) -> list[str]:
+    """Domains adjacent to ``target``: a domain counts when the target's spots see, within ``radius``,
+    more than ``ratio`` x its size of its spots (SpaGCN's find_neighbor_clusters), most-seen first.
+    When none passes, the single most-seen domain."""
+    sizes = pd.Series(labels).value_counts()
+    hits = tree.query_ball_point(xy[labels == target], radius)
+    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]) if len(hits) else np.array([], int)
+    seen = pd.Series(labels[flat]).value_counts()
+    seen = seen.drop(target, errors="ignore")
+    if seen.empty:
+        return []
+    passed = seen[seen > ratio * sizes.reindex(seen.index).to_numpy()]
+    order = passed if not passed.empty else seen.iloc[:1]
+    return [str(k) for k in order.sort_values(ascending=False, kind="stable").index]
+
+
+def _domain_labels(adata: AnnData, domain_key: str) -> np.ndarray:
+    col = get_obs_column(adata, domain_key)
+    labels = np.asarray(col.astype(str))
+    return labels
+
+
+def _domain_order(labels: np.ndarray, col) -> list[str]:
+    present = set(labels)
+    if hasattr(col, "cat"):
+        return [str(c) for c in col.cat.categories if str(c) in present]
+    return sorted(present, key=lambda s: (len(s), s))
+
+
+# --------------------------------------------------------------------------- markers
+def spatial_markers_spagcn(
+    adata: AnnData,
+    *,
+    domain_key: str,
+    target: str | Sequence[str] | None = None,
+    min_in_group_fraction: float = 0.8,
+    min_in_out_group_ratio: float = 1.0,
+    min_fold_change: float = 1.5,
+    max_q: float = 0.05,
+    num_neighbours: int = 3,
+    ratio: float = 0.5,
+    radius_quantiles: tuple[float, float] = (0.001, 0.1),
+    num_min: int = 10,
+    num_max: int = 14,
+    max_run: int = 100,
+    layer: str | None = "lognorm",
+    spatial_key: str = "spatial",
+    key_added: str = "spagcn.markers",
+) -> pd.DataFrame:
+    """Marker genes of spatial domains against their neighbouring domains (SpaGCN's SVG detection).
+
+    For each target domain, a radius is searched (between the ``radius_quantiles`` of the spot
+    distances) so that its spots have ``num_min``..``num_max`` spots within it on average; the domains
+    seen there (more than ``ratio`` x their size) are its neighbours (at most ``num_neighbours``).
+    Genes are tested (Wilcoxon rank-sum, Benjamini-Hochberg ``q``) in the target against its neighbours
+    and kept when ``q < max_q``, in-group fraction > ``min_in_group_fraction``, in/out fraction ratio >
+    ``min_in_out_group_ratio`` and fold change (``exp`` of the difference of log means) > ``min_fold_change``.
+
+    Parameters
+    ----------
+    adata
+        Spots x genes with domains in ``obs[domain_key]``.
+    domain_key
+        ``obs`` column of the domains (e.g. ``"spagcn.refined"``, ``"integrated"``).
+    target
+        Domain or domains to test (``None``: all).
+    min_in_group_fraction
+        Minimum fraction of target spots expressing the gene.
+    min_in_out_group_ratio
+        Minimum ratio of expressing fractions, target over neighbours.
+    min_fold_change
+        Minimum fold change.
+    max_q
+        Maximum adjusted p-value.
+    num_neighbours
+        Most neighbouring domains used as the reference.
+    ratio
+        A domain is a neighbour when the target's neighbourhoods hold more than ``ratio`` x its spots.
+    radius_quantiles
+        Quantiles of the pairwise spot distances bracketing the radius search.
+    num_min, num_max
+        Wanted mean number of spots within the radius.
+    max_run
+        Maximum bisection steps of the radius search.
+    layer
+        Log-normalised expression (``None``: ``adata.X``).
+    spatial_key
+        ``obsm`` key of the coordinates.
+    key_added
+        ``uns`` key: ``uns[key_added][domain]`` holds each domain's table as a dict of columns
+        (``gene, pct.in, pct.out, fc, q, log10.q``), ``uns[key_added]['neighbours'][domain]`` its
+        neighbours, ``uns[key_added]['params']`` the parameters.
+
+    Returns
+    -------
+    DataFrame of the kept markers of all target domains (column ``domain`` first), each domain's
+    genes ordered by in-group fraction (then ``q``). ``log10.q`` is ``log10(q)``.
+
+    Examples
+    --------
+    >>> from experimat.methods.domains.spagcn import spatial_markers_spagcn, get_markers
+    >>> spatial_markers_spagcn(adata, domain_key="spagcn.refined", layer="lognorm")  # doctest: +SKIP
+    >>> get_markers(adata, group_name="0")  # doctest: +SKIP
+    """
+    from scipy.spatial import cKDTree
+    from scipy.stats import false_discovery_control
+
+    params = dict(locals())
+    params.pop("adata")
+    col = get_obs_column(adata, domain_key)
+    labels = _domain_labels(adata, domain_key)
+    domains = _domain_order(labels, col)
+    if target is None:
+        targets = domains
+    else:
+        targets = [str(t) for t in ([target] if isinstance(target, (str, int, np.integer)) else target)]
+        for t in targets:
+            if t not in domains:
+                raise KeyNotFoundError(f"domain of obs[{domain_key!r}]", t, domains)
+    check_positive_int("num_neighbours", num_neighbours)
+    if not (0 <= radius_quantiles[0] < radius_quantiles[1] <= 1):
+        raise InvalidInputError(f"radius_quantiles must be increasing quantiles in [0, 1]; got {radius_quantiles}.")
+    if num_min > num_max:
+        raise InvalidInputError(f"num_min ({num_min}) must be <= num_max ({num_max}).")
+    X = _expression(adata, layer)
+    xy = get_coordinates(adata, spatial_key)[:, :2]
+    tree = cKDTree(xy)
+    lo, hi = _pairwise_quantiles(xy, tuple(radius_quantiles))
+    genes = np.asarray(adata.var_names.astype(str))
+    entry: dict[str, Any] = {}
+    neighbours_of: dict[str, list[str]] = {}
+    frames = []
+    start = logger.info(f"SpaGCN markers: {len(targets)} domain(s) of obs[{domain_key!r}]")
+    for t in targets:
+        in_t = labels == t
+        radius = search_radius(tree, xy[in_t], lo, hi, num_min, num_max, max_run)
+        nbrs = neighbour_domains(tree, xy, labels, t, radius, ratio)[:num_neighbours]
+        neighbours_of[t] = nbrs
+        ref = np.isin(labels, nbrs) if nbrs else ~in_t
+        logger.info(f"    domain {t}: radius {radius:.4g}, neighbours {nbrs or 'none (using all other spots)'}")
+        keep = in_t | ref
+        if ref.sum() == 0 or in_t.sum() == 0:
+            table = pd.DataFrame({c: [] for c in MARKER_COLUMNS})
+        else:
+            sub = X[np.flatnonzero(keep)]
+            grp = in_t[keep]
+            _, pval = wilcoxon(sub, grp)
+            q = false_discovery_control(np.clip(pval, 0, 1))
+            m_in, f_in = _group_stats(sub, grp)
+            m_out, f_out = _group_stats(sub, ~grp)
+            fc = np.exp(m_in - m_out)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                io_ratio = np.where(f_out > 0, f_in / f_out, np.inf)
+            ok = (
+                (q < max_q)
+                & (io_ratio > min_in_out_group_ratio)
+                & (f_in > min_in_group_fraction)
+                & (fc > min_fold_change)
+            )
+            table = pd.DataFrame(
+                {
+                    "gene": genes[ok],
+                    "pct.in": f_in[ok],
+                    "pct.out": f_out[ok],
+                    "fc": fc[ok],
+                    "q": q[ok],
+                    "log10.q": np.log10(np.clip(q[ok], 1e-300, None)),
+                }
+            )
+            table = table.sort_values(["pct.in", "q"], ascending=[False, True], kind="stable").reset_index(drop=True)
+        logger.info(f"    domain {t}: {len(table)} marker genes")
+        entry[t] = {
+            "gene": np.asarray(table["gene"], dtype=object).astype(str),
+            **{c: np.asarray(table[c], dtype=np.float64) for c in MARKER_COLUMNS[1:]},
+        }
+        frames.append(table.assign(domain=t))
+    # keep previous domains' tables when only some targets are recomputed
+    old = adata.uns.get(key_added)
+    merged = {k: v for k, v in old.items() if k not in _RESERVED} if isinstance(old, dict) else {}
+    old_nbrs = dict(old.get("neighbours", {})) if isinstance(old, dict) else {}
+    merged.update(entry)
+    old_nbrs.update({k: np.asarray(v, dtype=object).astype(str) for k, v in neighbours_of.items()})
+    adata.uns[key_added] = {**merged, "neighbours": old_nbrs}
+    store_params(adata, key_added, params)
+    logger.info("SpaGCN markers: done", time=start)
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["domain", *MARKER_COLUMNS])
+    return result[["domain", *MARKER_COLUMNS]]
+
+
+def get_markers(adata: AnnData, *, slot: str = "spagcn.markers", group_name: str) -> pd.DataFrame:
+    """The marker table of one domain stored by :func:`spatial_markers_spagcn`.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``uns[slot]``.
+    slot
+        ``uns`` key written by the marker method.
+    group_name
+        Domain whose markers to return.
+
+    Returns
+    -------
+    DataFrame with columns ``gene, pct.in, pct.out, fc, q, log10.q``.
+
+    Examples
+    --------
+    >>> get_markers(adata, slot="spagcn.markers", group_name="3")  # doctest: +SKIP
+    """
+    entry = adata.uns.get(slot)
+    if not isinstance(entry, dict):
+        raise MissingSlotError(
+            f"uns[{slot!r}] not found; run spatial_markers_spagcn(adata, domain_key=..., key_added={slot!r}) first "
+            f"(uns keys: {list(adata.uns.keys())})."
+        )
+    groups = [k for k in entry if k not in _RESERVED]
+    key = str(group_name)
+    if key not in groups:
+        raise KeyNotFoundError(f"group of uns[{slot!r}]", group_name, groups)
+    table = entry[key]
+    return pd.DataFrame({c: np.asarray(table[c]) for c in MARKER_COLUMNS}).astype(
+        {"gene": str, **{c: float for c in MARKER_COLUMNS[1:]}}
+    )
+
+
+# --------------------------------------------------------------------------- metagene
+def _column(X, j: int) -> np.ndarray:
+    return _dense(X[:, [j]]).ravel()
+
+
+def spatial_metagene(
+    adata: AnnData,
+    *,
+    domain_key: str,
+    target_cluster: str,
+    key_svg: str = "spagcn.markers",
+    start_gene: str | None = None,
+    max_iter: int = 6,
+    early_stop: bool = True,
+    layer: str | None = "lognorm",
+    key_added: str | None = None,
+) -> dict[str, Any]:
+    """A metagene that sharpens a domain's signal (SpaGCN's find_meta_gene).
+
+    Starting from a marker gene (the first of ``get_markers(adata, slot=key_svg, group_name=target)``
+    or ``start_gene``), each step takes the spots of the target domain and the other spots whose
+    metagene exceeds the target's mean, adds the gene most up in the target and subtracts the gene most
+    up outside it (Wilcoxon z-scores), and shifts the score to a minimum of 0. With ``early_stop``, it
+    stops when a step does not both keep fewer non-target spots selected and raise the target's mean
+    difference.
+
+    Parameters
+    ----------
+    adata
+        Spots x genes with domains in ``obs[domain_key]``.
+    domain_key
+        ``obs`` column of the domains.
+    target_cluster
+        Domain to sharpen.
+    key_svg
+        ``uns`` key of the markers from :func:`spatial_markers_spagcn` (for the start gene).
+    start_gene
+        Start from this gene instead of the top marker.
+    max_iter
+        Maximum add/subtract steps.
+    early_stop
+        Stop when a step does not improve (see above).
+    layer
+        Log-normalised expression (``None``: ``adata.X``).
+    key_added
+        ``obs`` column of the score (default ``"metagene.<target_cluster>"``); ``uns[key_added]`` holds
+        the formula, the genes added and subtracted, and the parameters.
+
+    Returns
+    -------
+    dict with ``name`` (formula such as ``"g1+g7-g3"``), ``added``, ``subtracted`` (gene lists) and
+    ``score`` (Series over spots).
+
+    Examples
+    --------
+    >>> res = spatial_metagene(adata, domain_key="spagcn.refined", target_cluster="2")  # doctest: +SKIP
+    >>> adata.obs["metagene.2"]  # doctest: +SKIP
+    """
+    params = dict(locals())
+    params.pop("adata")
+    target = str(target_cluster)
+    col = get_obs_column(adata, domain_key)
+    labels = _domain_labels(adata, domain_key)
+    domains = _domain_order(labels, col)
+    if target not in domains:
+        raise KeyNotFoundError(f"domain of obs[{domain_key!r}]", target_cluster, domains)
+    check_positive_int("max_iter", max_iter)
+    key_added = key_added or f"metagene.{target}"
+    X = _expression(adata, layer)
+    genes = np.asarray(adata.var_names.astype(str))
+    if start_gene is None:
+        table = get_markers(adata, slot=key_svg, group_name=target)
+        if table.empty:
+            raise InvalidInputError(
+                f"domain {target!r} has no marker in uns[{key_svg!r}]; relax the marker filters or pass start_gene=."
+            )
+        start_gene = str(table["gene"].iloc[0])
+    from experimat.methods._checks import resolve_genes
+
+    start_gene = resolve_genes(adata, start_gene)[0]
+    in_t = labels == target
+    meta = _column(X, int(np.flatnonzero(genes == start_gene)[0]))
+    name, added, subtracted = start_gene, [], []
+    num_non_target = adata.n_obs
+    mean_diff = 0.0
+    start = logger.info(f"SpaGCN metagene for domain {target}, starting from {start_gene}")
+    for step in range(max_iter):
+        sel = (meta > meta[in_t].mean()) | in_t
+        grp = in_t[sel]
+        n_out = int((~grp).sum())
+        if n_out < 5 or grp.sum() < 5:
+            logger.info(f"    step {step + 1}: fewer than 5 spots on one side; stopping")
+            break
+        z, _ = wilcoxon(X[np.flatnonzero(sel)], grp)
+        add_g, sub_g = genes[int(np.argmax(z))], genes[int(np.argmin(z))]
+        cur = meta + _column(X, int(np.argmax(z))) - _column(X, int(np.argmin(z)))
+        cur = cur - cur.min()
+        diff_cur = float(cur[in_t].mean() - cur[~in_t].mean())
+        if early_stop and not (num_non_target >= n_out and mean_diff <= diff_cur):
+            logger.info(
+                f"    step {step + 1}: +{add_g} -{sub_g} does not improve (non-target spots {n_out} vs "
+                f"{num_non_target}, mean difference {diff_cur:.4g} vs {mean_diff:.4g}); stopping"
+            )
+            break
+        num_non_target, mean_diff = n_out, diff_cur
+        meta = cur
+        name = f"{name}+{add_g}-{sub_g}"
+        added.append(add_g)
+        subtracted.append(sub_g)
+        logger.info(f"    step {step + 1}: +{add_g} -{sub_g}; non-target spots {n_out}, mean difference {diff_cur:.4g}")
+    adata.obs[key_added] = meta
+    store_params(
+        adata,
+        key_added,
+        params,
+        name=name,
+        start_gene=start_gene,
+        added=np.asarray(added, dtype=object).astype(str),
+        subtracted=np.asarray(subtracted, dtype=object).astype(str),
+    )
+    logger.info(f"SpaGCN metagene: {name}", time=start)
+    return {"name": name, "added": added, "subtracted": subtracted, "score": adata.obs[key_added].copy()}

@@ -1,0 +1,269 @@
+"""SpaGCN's model: one graph convolution on the PCA, then DEC-style clustering (torch).
+
+The graph convolution ``A X W + b`` is computed as ``(A X) W + b`` with ``A X`` precomputed once,
+which is exact and makes each epoch independent of the number of graph edges. Clusters are
+initialised by Leiden (resolution searched to hit ``n_clusters``) or k-means on the
+convolved features; the Student-t soft assignment is then sharpened by minimising the KL divergence
+to the target distribution, refreshed every ``update_interval`` epochs, until fewer than ``tol`` of
+the labels change (SpaGCN's stopping rule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from experimat._errors import InvalidInputError
+from experimat._logging import logger
+
+#: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
+T_ALPHA = 0.2
+UPDATE_INTERVAL = 3
+#: PCA is exact (eigendecomposition) when spots or genes are at most this many, randomised beyond
+EXACT_PCA_MAX = 4000
+
+
+def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
+    """PCA scores of the (log-normalised) expression matrix, as SpaGCN (centred, not scaled).
+
+    Exact (eigendecomposition of the gene covariance or of the spot Gram matrix) when either side is
+    at most 4,000, randomised SVD (seeded) beyond; component signs are fixed so that the largest
+    loading is positive.
+    """
+    import torch
+    from scipy import sparse
+
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    n, g = X.shape
+    n_pcs = int(min(n_pcs, n - 1, g))
+    if n_pcs < 1:
+        raise InvalidInputError(f"PCA needs at least 2 spots and 1 gene; got {X.shape}.")
+    dtype = np.float64 if min(n, g) <= EXACT_PCA_MAX else np.float32  # large inputs: randomised SVD in float32
+    Xt = torch.as_tensor(np.asarray(X, dtype=dtype), device=device)
+    Xt = Xt - Xt.mean(0, keepdim=True)
+    if g <= EXACT_PCA_MAX and g <= n:
+        _, vecs = torch.linalg.eigh(Xt.T @ Xt)
+        comps = vecs[:, -n_pcs:].flip(1)
+    elif n <= EXACT_PCA_MAX:
+        # Gram matrix (spots x spots): loadings V = X^T U / s
+        vals, u = torch.linalg.eigh(Xt @ Xt.T)
+        u, vals = u[:, -n_pcs:].flip(1), vals[-n_pcs:].flip(0).clamp_min(1e-12)
+        comps = (Xt.T @ u) / vals.sqrt()
+    else:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        _, _, v = torch.svd_lowrank(Xt, q=min(n_pcs + 20, n, g), niter=6)
+        torch.random.set_rng_state(state)
+        comps = v[:, :n_pcs]
+    idx = comps.abs().argmax(0)
+    signs = torch.sign(comps[idx, torch.arange(comps.shape[1], device=comps.device)])
+    comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return (Xt @ comps).to(torch.float32).cpu().numpy()
+
+
+def knn_graph(features: np.ndarray, n_neighbors: int):
+    """Weighted k-nearest-neighbour graph (igraph) on the features, as ``scanpy.pp.neighbors``.
+
+    ``n_neighbors`` counts the spot itself; edge weights are UMAP's fuzzy connectivities
+    (per-spot bandwidth so that the weights sum to ``log2(n_neighbors)``, symmetrised by fuzzy union),
+    the graph SpaGCN's Louvain initialisation clusters.
+    """
+    import torch
+    from scipy import sparse
+
+    ig = _import("igraph")
+    n = features.shape[0]
+    k = max(1, min(n_neighbors - 1, n - 1))
+    f = torch.as_tensor(features, dtype=torch.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k), dtype=np.float64)
+    step = max(1, 10_000_000 // n)
+    for s in range(0, n, step):
+        d = torch.cdist(f[s : s + step], f)
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
+        top = torch.topk(d, k, dim=1, largest=False)
+        idx[s : s + step] = top.indices.numpy()
+        dist[s : s + step] = top.values.double().numpy()
+    weights = _fuzzy_weights(dist, np.log2(k + 1))
+    a = sparse.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    a = a + a.T - a.multiply(a.T)
+    a = sparse.triu(a, k=1).tocoo()
+    keep = a.data > 0
+    graph = ig.Graph(n=n, edges=np.column_stack([a.row[keep], a.col[keep]]).tolist(), directed=False)
+    graph.es["weight"] = a.data[keep].tolist()
+    return graph
+
+
+def _fuzzy_weights(dist: np.ndarray, target: float, n_iter: int = 64) -> np.ndarray:
+    """UMAP's smooth k-NN weights ``exp(-(d - rho) / sigma)``, sigma by bisection per row."""
+    rho = dist[:, :1]
+    excess = np.maximum(dist - rho, 0.0)
+    lo = np.zeros(len(dist))
+    hi = np.full(len(dist), np.inf)
+    mid = np.ones(len(dist))
+    for _ in range(n_iter):
+        total = np.exp(-excess / mid[:, None]).sum(1)
+        high = total > target
+        hi = np.where(high, mid, hi)
+        lo = np.where(high, lo, mid)
+        mid = np.where(np.isinf(hi), mid * 2.0, (lo + hi) / 2.0)
+    mean_d = dist.mean()
+    sigma = np.maximum(mid, 1e-3 * np.where(rho[:, 0] > 0, dist.mean(1), mean_d))
+    return np.exp(-excess / sigma[:, None])
+
+
+def _import(name: str):
+    from experimat._optional import import_optional
+
+    return import_optional(name, purpose="SpaGCN's Leiden initialisation")
+
+
+def leiden_labels(graph, resolution: float, seed: int) -> np.ndarray:
+    la = _import("leidenalg")
+    part = la.find_partition(
+        graph,
+        la.RBConfigurationVertexPartition,
+        weights="weight" if "weight" in graph.es.attributes() else None,
+        resolution_parameter=resolution,
+        seed=seed,
+        n_iterations=-1,
+    )
+    return np.asarray(part.membership, dtype=np.int64)
+
+
+def search_resolution(
+    graph,
+    n_clusters: int,
+    *,
+    seed: int,
+    start: float = 0.4,
+    step: float = 0.1,
+    max_run: int = 30,
+) -> tuple[float, np.ndarray | None]:
+    """SpaGCN's search_res on Leiden: step the resolution towards ``n_clusters`` domains, halving the
+    step whenever the count overshoots. Returns the resolution and labels, or ``None`` labels when
+    no resolution gives exactly ``n_clusters``."""
+    res = start
+    labels = leiden_labels(graph, res, seed)
+    old_num = len(np.unique(labels))
+    logger.info(f"    resolution {res:.4g}: {old_num} domains")
+    run = 0
+    while old_num != n_clusters:
+        sign = 1 if old_num < n_clusters else -1
+        trial = res + step * sign
+        if trial <= 1e-6:
+            step /= 2
+            run += 1
+            if run > max_run:
+                break
+            continue
+        new_labels = leiden_labels(graph, trial, seed)
+        new_num = len(np.unique(new_labels))
+        logger.info(f"    resolution {trial:.4g}: {new_num} domains")
+        if new_num == n_clusters:
+            return trial, new_labels
+        new_sign = 1 if new_num < n_clusters else -1
+        if new_sign == sign:
+            res, old_num, labels = trial, new_num, new_labels
+        else:
+            step /= 2
+        run += 1
+        if run > max_run:
+            logger.warning(f"no Leiden resolution gives exactly {n_clusters} domains (closest: {old_num} at {res:.4g})")
+            return res, None
+    return res, labels
+
+
+@dataclass
+class FitResult:
+    labels: np.ndarray
+    prob: np.ndarray
+    init_labels: np.ndarray
+    resolution: float | None
+    n_epochs: int
+    init: str
+
+
+def fit_gcdec(
+    ax: torch.Tensor,  # noqa: F821 (torch imported lazily)
+    *,
+    n_clusters: int,
+    init: str,
+    seed: int,
+    lr: float,
+    max_epochs: int,
+    tol: float,
+    n_neighbors: int,
+    resolution: float | None,
+    device,
+) -> FitResult:
+    """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs)."""
+    import torch
+
+    d = ax.shape[1]
+    gen = torch.Generator().manual_seed(int(seed))
+    stdv = 1.0 / math.sqrt(d)
+    weight = ((torch.rand(d, d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
+    bias = ((torch.rand(d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
+    with torch.no_grad():
+        feats = (ax @ weight + bias).cpu().numpy().astype(np.float64)
+
+    used_res = None
+    labels0 = None
+    if init == "leiden":
+        graph = knn_graph(feats, n_neighbors)
+        if resolution is not None:
+            used_res = float(resolution)
+            labels0 = leiden_labels(graph, used_res, seed)
+            logger.info(f"    resolution {used_res:.4g}: {len(np.unique(labels0))} domains")
+        else:
+            used_res, labels0 = search_resolution(graph, n_clusters, seed=seed)
+            if labels0 is None:
+                logger.warning("falling back to k-means initialisation with the requested n_clusters")
+                init = "kmeans"
+    if init == "kmeans":
+        from sklearn.cluster import KMeans
+
+        labels0 = KMeans(n_clusters, n_init=20, random_state=seed).fit_predict(feats)
+    _, labels0 = np.unique(labels0, return_inverse=True)
+    k = int(labels0.max()) + 1
+    centres = np.zeros((k, d))
+    np.add.at(centres, labels0, feats)
+    centres /= np.bincount(labels0, minlength=k)[:, None]
+    mu = torch.as_tensor(centres, dtype=torch.float32, device=device).requires_grad_(True)
+
+    def soft_assign():
+        z = ax @ weight + bias
+        q = 1.0 / ((1.0 + torch.cdist(z, mu).pow(2) / T_ALPHA) + 1e-8)
+        q = q ** (T_ALPHA + 1.0) / 2.0
+        return q / q.sum(1, keepdim=True)
+
+    opt = torch.optim.Adam([weight, bias, mu], lr=lr, weight_decay=0.0)
+    last = labels0
+    epoch = 0
+    target = None
+    for epoch in range(max_epochs):
+        if epoch % UPDATE_INTERVAL == 0:
+            with torch.no_grad():
+                q = soft_assign()
+                target = q**2 / q.sum(0)
+                target = target / target.sum(1, keepdim=True)
+        opt.zero_grad()
+        q = soft_assign()
+        loss = torch.mean(torch.sum(target * torch.log(target / (q + 1e-6)), dim=1))
+        loss.backward()
+        opt.step()
+        pred = q.argmax(1).cpu().numpy()
+        delta = float(np.mean(pred != last))
+        last = pred
+        if epoch > 0 and (epoch - 1) % UPDATE_INTERVAL == 0 and delta < tol:
+            logger.info(f"    label change {delta:.4g} < tol {tol:g}; stopped at epoch {epoch}")
+            break
+    with torch.no_grad():
+        q = soft_assign()
+    prob = q.cpu().numpy()
+    return FitResult(
+        labels=prob.argmax(1), prob=prob, init_labels=labels0, resolution=used_res, n_epochs=epoch + 1, init=init
+    )

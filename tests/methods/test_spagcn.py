@@ -1,0 +1,260 @@
+"""SpaGCN domains: detection (+ histology), refinement, integration, markers, metagene."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from sklearn.metrics import adjusted_rand_score
+
+import experimat as em
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat.methods.domains.spagcn import (
+    get_markers,
+    integrate_domains_spagcn,
+    spatial_detect_domains_spagcn,
+    spatial_markers_spagcn,
+    spatial_metagene,
+)
+from experimat.methods.domains.spagcn._graph import refine_labels, search_l
+
+DATA = Path(__file__).parent.parent / "data" / "spagcn"
+
+
+def _lognorm(a):
+    a.layers["lognorm"] = sc.pp.log1p(sc.pp.normalize_total(a, target_sum=1e4, inplace=False)["X"])
+    return a
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    """1,000 spots, 5 stripe domains, with a hires image coloured by domain; domains detected once."""
+    em.settings.progress = False
+    a = _lognorm(em.datasets.synthetic_domains(1000, 5, with_image=True, seed=1))
+    spatial_detect_domains_spagcn(a, n_clusters=5, seed=3, use_gpu=False)
+    return a
+
+
+def _ari(a, b):
+    return adjusted_rand_score(np.asarray(a).astype(str), np.asarray(b).astype(str))
+
+
+# --------------------------------------------------------------------------- detection
+def test_detect_recovers_domains(tissue):
+    obs = tissue.obs
+    assert isinstance(obs["spagcn.domain"].dtype, pd.CategoricalDtype)
+    assert isinstance(obs["spagcn.refined"].dtype, pd.CategoricalDtype)
+    assert obs["spagcn.domain"].nunique() == 5
+    assert _ari(obs["domain"], obs["spagcn.domain"]) >= 0.8
+    assert _ari(obs["domain"], obs["spagcn.refined"]) >= 0.8
+    params = tissue.uns["spagcn.domain"]["params"]
+    assert params["n_clusters"] == 5 and params["seed"] == 3
+    assert tissue.uns["spagcn.domain"]["l"] > 0
+
+
+def test_detect_voronoi_kmeans_and_square_refinement():
+    a = _lognorm(em.datasets.synthetic_domains(600, 4, layout="voronoi", seed=2))
+    df = spatial_detect_domains_spagcn(
+        a,
+        n_clusters=4,
+        init="kmeans",
+        refine_shape="square",
+        seed=0,
+        use_gpu=False,
+        key_added="d",
+        refined_key_added="r",
+    )
+    assert list(df.columns) == ["d", "r"]
+    assert _ari(a.obs["domain"], df["r"]) >= 0.8
+
+
+def test_detect_with_histology(tissue):
+    a = tissue.copy()
+    df = spatial_detect_domains_spagcn(
+        a,
+        n_clusters=5,
+        histology=True,
+        channels=["hires/r", "hires/g", "hires/b"],
+        seed=3,
+        use_gpu=False,
+        key_added="h",
+        refined_key_added="h.refined",
+    )
+    assert _ari(a.obs["domain"], df["h.refined"]) >= 0.8
+    # the colour term lengthens inter-domain edges, so the Gaussian width differs from the xy-only graph
+    assert a.uns["h"]["l"] != pytest.approx(tissue.uns["spagcn.domain"]["l"])
+
+
+def test_seeded_cpu_runs_are_reproducible(tissue):
+    a = tissue.copy()
+    spatial_detect_domains_spagcn(
+        a, n_clusters=5, seed=3, use_gpu=False, key_added="again", refined_key_added="again.r"
+    )
+    np.testing.assert_array_equal(a.obs["again"].to_numpy(), tissue.obs["spagcn.domain"].to_numpy())
+    np.testing.assert_array_equal(a.obs["again.r"].to_numpy(), tissue.obs["spagcn.refined"].to_numpy())
+
+
+def test_refinement_majority_vote():
+    xy, _ = em.datasets.visium_hex_grid(100)
+    labels = np.array(["a"] * 100, dtype=object)
+    labels[55] = "b"  # an isolated spot surrounded by 'a'
+    out = refine_labels(xy, labels, "hexagon")
+    assert (out == "a").all()
+    labels[:50] = "b"  # a large block is kept
+    out = refine_labels(xy, labels, "hexagon")
+    assert (out[:40] == "b").all()
+
+
+def test_search_l_hits_p():
+    xy, _ = em.datasets.visium_hex_grid(400)
+    width = search_l(xy, 0.5)
+    d2 = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    p = np.exp(-d2 / (2 * width * width)).sum(1).mean() - 1
+    assert abs(p - 0.5) <= 0.01
+
+
+# --------------------------------------------------------------------------- integration
+def test_integrate_two_samples():
+    # two sections cut from one tissue (top and bottom halves; both cross all 4 stripe domains)
+    whole = _lognorm(em.datasets.synthetic_domains(1200, 4, seed=10))
+    top = whole.obsm["spatial"][:, 1] < np.median(whole.obsm["spatial"][:, 1])
+    samples = {"s0": whole[top].copy(), "s1": whole[~top].copy()}
+    samples["s1"].obsm["spatial"] = samples["s1"].obsm["spatial"] - samples["s1"].obsm["spatial"].min(0)
+    out = integrate_domains_spagcn(samples, n_clusters=4, max_epochs=200, seed=100, use_gpu=False)
+    assert set(out) == {"s0", "s1"}
+    cats = [list(a.obs["integrated"].cat.categories) for a in samples.values()]
+    assert cats[0] == cats[1]
+    both = pd.concat([a.obs[["domain", "integrated"]] for a in samples.values()])
+    # the same truth domain must get the same label in both samples
+    assert _ari(both["domain"], both["integrated"]) >= 0.8
+    assert samples["s1"].uns["integrated"]["params"]["n_clusters"] == 4
+    assert samples["s0"].uns["integrated"]["samples"] == ["s0", "s1"]
+
+
+# --------------------------------------------------------------------------- markers and metagene
+def test_markers_recover_truth(tissue):
+    a = tissue
+    res = spatial_markers_spagcn(a, domain_key="domain", layer="lognorm", key_added="m")
+    assert list(res.columns) == ["domain", "gene", "pct.in", "pct.out", "fc", "q", "log10.q"]
+    truth = a.var["marker_of"]
+    found = 0
+    for d in a.obs["domain"].cat.categories:
+        tab = get_markers(a, slot="m", group_name=d)
+        assert list(tab.columns) == ["gene", "pct.in", "pct.out", "fc", "q", "log10.q"]
+        assert (truth.loc[tab["gene"]] == d).all(), f"domain {d}: false markers {list(tab['gene'])}"
+        assert (tab["pct.in"] > 0.8).all() and (tab["fc"] > 1.5).all() and (tab["q"] < 0.05).all()
+        np.testing.assert_allclose(tab["log10.q"], np.log10(tab["q"]))
+        found += len(tab)
+    assert found >= 0.5 * (truth != "none").sum()
+    # the stored tables are plain column dicts (h5ad-serialisable)
+    assert set(a.uns["m"]["0"]) == {"gene", "pct.in", "pct.out", "fc", "q", "log10.q"}
+    assert len(a.uns["m"]["neighbours"]["0"]) >= 1
+
+
+def test_markers_roundtrip_h5ad(tissue, tmp_path):
+    a = tissue.copy()
+    spatial_markers_spagcn(a, domain_key="domain", target="2", key_added="m2")
+    path = tmp_path / "a.h5ad"
+    a.write_h5ad(path)
+    b = ad.read_h5ad(path)
+    pd.testing.assert_frame_equal(get_markers(a, slot="m2", group_name="2"), get_markers(b, slot="m2", group_name="2"))
+
+
+def test_metagene(tissue):
+    a = tissue.copy()
+    spatial_markers_spagcn(a, domain_key="domain", target="1", key_added="mk")
+    res = spatial_metagene(a, domain_key="domain", target_cluster="1", key_svg="mk", max_iter=6)
+    score = a.obs["metagene.1"]
+    assert score.min() == pytest.approx(0.0, abs=1e-9) or len(res["added"]) == 0
+    in_t = (a.obs["domain"] == "1").to_numpy()
+    # the metagene separates the domain: higher inside than outside
+    assert score[in_t].mean() > score[~in_t].mean() + 1.0
+    assert res["name"].startswith(get_markers(a, slot="mk", group_name="1")["gene"].iloc[0])
+    assert a.uns["metagene.1"]["name"] == res["name"]
+
+
+# --------------------------------------------------------------------------- real data (MOB subset)
+def test_mob_layers_real_subset():
+    """SpatialDE's MOB replicate 11 (260 ST spots, 400 most variable genes) against its annotated layers."""
+    with gzip.open(DATA / "mob_rep11_top400.csv.gz", "rt") as fh:
+        df = pd.read_csv(fh, index_col=0)
+    layer = df.pop("layer")
+    xy = df[["x", "y"]].to_numpy(np.float64)
+    counts = df.drop(columns=["x", "y"]).to_numpy(np.float32)
+    a = _lognorm(ad.AnnData(counts, obs=pd.DataFrame({"layer": layer.astype("category")}, index=df.index)))
+    a.obsm["spatial"] = xy
+    out = spatial_detect_domains_spagcn(a, n_clusters=5, refine_shape="square", seed=0, use_gpu=False)
+    assert _ari(a.obs["layer"], out["spagcn.refined"]) >= 0.35
+
+
+# --------------------------------------------------------------------------- bad inputs
+def test_bad_inputs(tissue):
+    a = tissue.copy()
+    with pytest.raises(InvalidInputError, match="exceeds the number of spots"):
+        spatial_detect_domains_spagcn(a[:10].copy(), n_clusters=20)
+    with pytest.raises(MissingSlotError, match=r"available layers.*normalize_total"):
+        spatial_detect_domains_spagcn(a, layer="nope")
+    with pytest.raises(InvalidInputError, match="valid values"):
+        spatial_detect_domains_spagcn(a, init="louvain")
+    with pytest.raises(InvalidInputError, match="valid values"):
+        spatial_detect_domains_spagcn(a, refine_shape="circle")
+    with pytest.raises(KeyNotFoundError, match="'hires'"):
+        spatial_detect_domains_spagcn(a, histology=True, channels=["fullres/r"])
+    no_image = _lognorm(em.datasets.synthetic_domains(200, 3, seed=0))
+    with pytest.raises(MissingSlotError, match=r"stored image keys: \(none\)"):
+        spatial_detect_domains_spagcn(no_image, n_clusters=3, histology=True)
+    del no_image.uns["spatial"]
+    with pytest.raises(MissingSlotError, match="stored image keys"):
+        spatial_detect_domains_spagcn(no_image, n_clusters=3, histology=True)
+    spatial_markers_spagcn(a, domain_key="domain", target=["0", "1"], key_added="mm")
+    with pytest.raises(KeyNotFoundError, match="available: '0', '1'"):
+        get_markers(a, slot="mm", group_name="17")
+    with pytest.raises(MissingSlotError, match="spatial_markers_spagcn"):
+        get_markers(a, slot="absent", group_name="0")
+    with pytest.raises(KeyNotFoundError, match="domain"):
+        spatial_markers_spagcn(a, domain_key="domain", target="9")
+    with pytest.raises(KeyNotFoundError, match="obs column"):
+        spatial_markers_spagcn(a, domain_key="missing")
+    with pytest.raises(KeyNotFoundError, match="domain"):
+        spatial_metagene(a, domain_key="domain", target_cluster="9")
+    with pytest.raises(InvalidInputError, match="share no genes"):
+        b = a.copy()
+        b.var_names = [f"other{i}" for i in range(b.n_vars)]
+        integrate_domains_spagcn({"a": a, "b": b}, n_clusters=3)
+
+
+def test_sparse_graph_path_matches_dense(monkeypatch):
+    """Above DENSE_MAX_SPOTS the adjacency is sparse (weights < 1e-6 dropped) and p(l) chunked."""
+    from experimat.methods.domains.spagcn import _graph
+
+    xy, _ = em.datasets.visium_hex_grid(300)
+    feats = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    dense_l = search_l(xy, 0.5)
+    dense = _graph.propagate(xy, dense_l, feats, None).numpy()
+    monkeypatch.setattr(_graph, "DENSE_MAX_SPOTS", 10)
+    assert search_l(xy, 0.5) == pytest.approx(dense_l)
+    sparse_ax = _graph.propagate(xy, dense_l, feats, None).numpy()
+    np.testing.assert_allclose(sparse_ax, dense, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300)])
+def test_pca_branches_agree(shape, monkeypatch):
+    """Covariance / Gram eigendecomposition and the randomised SVD give the same scores (up to sign)."""
+    from experimat.methods.domains.spagcn import _model
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(shape[0], 6)) * np.arange(12, 0, -2)) @ rng.normal(size=(6, shape[1]))
+    X += 0.05 * rng.normal(size=shape)
+    exact = _model.pca_embedding(X, 5, seed=0)
+    monkeypatch.setattr(_model, "EXACT_PCA_MAX", 10)
+    approx = _model.pca_embedding(X, 5, seed=0)
+    np.testing.assert_allclose(np.abs(approx), np.abs(exact), rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+    centred = X - X.mean(0)
+    # the scores carry the top singular values of the centred data
+    sv = np.linalg.svd(centred, compute_uv=False)[:5]
+    np.testing.assert_allclose(np.linalg.norm(exact.astype(np.float64), axis=0), sv, rtol=1e-4)
