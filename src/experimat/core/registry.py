@@ -22,7 +22,7 @@ from typing import Any, Literal
 from .._errors import InvalidInputError, MissingSlotError
 from .._keys import MODALITIES, Modality
 
-Kind = Literal["per_sample", "joint", "view"]
+Kind = Literal["per_sample", "joint", "view", "query"]
 SLOTS = ("X", "obs", "var", "obsm", "varm", "obsp", "layers", "uns")
 
 #: slots produced outside registered methods (readers, users)
@@ -125,7 +125,8 @@ def register_method(
     func
         ``func(adata, *, ...)`` (``kind="per_sample"``) or ``func(adatas: dict, *, ...)``
         (``kind="joint"``: one call over all chosen samples, e.g. integration; ``kind="view"``:
-        read-only, e.g. plots, nothing is saved or recorded).
+        read-only over all chosen samples, e.g. plots; ``kind="query"``: read-only per sample,
+        e.g. a marker table; nothing is saved or recorded for views and queries).
     modalities
         Modalities whose accessors get the method.
     name
@@ -146,8 +147,8 @@ def register_method(
     >>> em.register_method(smooth, modalities=["spatial-bin"], reads=["layers/{layer}"],
     ...                    writes=["layers/{key_added}"])  # doctest: +SKIP
     """
-    if kind not in ("per_sample", "joint", "view"):
-        raise InvalidInputError(f"kind must be 'per_sample', 'joint' or 'view', not {kind!r}.")
+    if kind not in ("per_sample", "joint", "view", "query"):
+        raise InvalidInputError(f"kind must be 'per_sample', 'joint', 'view' or 'query', not {kind!r}.")
     mods = tuple(Modality(m).value for m in modalities)
     for t in (*reads, *writes):
         if t.split("/", 1)[0] not in SLOTS:

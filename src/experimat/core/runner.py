@@ -136,6 +136,8 @@ def run_method(
     if spec.kind == "view":
         adatas = {s: expm.get_sample(modality, s) for s in samples}
         return spec.func(adatas, **options)
+    if spec.kind == "query":
+        return {s: spec.func(expm.get_sample(modality, s), **options) for s in samples}
 
     for s in samples:  # fail before any work
         check_slots(spec, expm.get_sample(modality, s), options, sample=s, modality=modality)
@@ -315,6 +317,8 @@ def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:
         opts["seed"] = derive_seed(settings.seed, "integrated")
     if spec.kind == "view":
         return spec.func({"integrated": adata}, **opts)
+    if spec.kind == "query":
+        return spec.func(adata, **opts)
     t0 = time.time()
     try:
         result = spec.func({"integrated": adata} if spec.kind == "joint" else adata, **opts)
