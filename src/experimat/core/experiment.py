@@ -153,10 +153,10 @@ def prepare_sample(
         from ..database import harmonize_var
 
         harmonize_var(adata, taxa)
+    if Key.GENE not in adata.var:  # symbols live in var['gene'] whether or not genes were harmonised
+        adata.var[Key.GENE] = adata.var_names.astype(str)
     if not adata.var_names.is_unique:
         n = int(adata.var_names.duplicated().sum())
-        if Key.GENE not in adata.var:
-            adata.var[Key.GENE] = adata.var_names.astype(str)
         adata.var_names_make_unique()
         logger.info(f"sample {sample!r}: {n} duplicated gene names made unique (original names in var['gene'])")
     return adata
