@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...._errors import InvalidInputError
-from ...._logging import ProgressBar, logger
-from ...._optional import import_optional, torch_device
-from ...._settings import settings
-from ..._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+from experimat._errors import InvalidInputError
+from experimat._logging import ProgressBar, logger
+from experimat._optional import import_optional, torch_device
+from experimat._settings import settings
+from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -21,6 +22,22 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 FORMAT_VERSION = 1
+
+
+@contextmanager
+def torch_threads(torch, n: int | None):
+    """Run with ``n`` torch CPU threads (``None``: ``em.settings.n_jobs``), restoring the previous value.
+
+    One thread per job by default: on a busy machine two spinning threads per process are many times
+    slower than one.
+    """
+    n = settings.n_jobs if n is None else int(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _as_csr(X):
@@ -188,7 +205,6 @@ class CondSCVIModel:
                 pw[c, k] = np.log(members.size / idx.size)
         return pm, pv, pw
 
-
     def get_latent_representation(self, adata: AnnData, *, layer: str | None = "counts", labels_key: str | None = None):
         """Posterior means ``(n_obs, n_latent)`` of cells of ``adata`` (reference genes and labels needed)."""
         torch = import_optional("torch", purpose="DestVI")
@@ -256,7 +272,9 @@ def _reference_arrays(adata, genes, cell_types, *, layer, labels_key):
     lab = get_obs_column(adata, labels_key).astype(str).to_numpy()
     unknown = sorted(set(lab) - set(cell_types))
     if unknown:
-        raise InvalidInputError(f"labels {unknown[:5]} in obs[{labels_key!r}] are not reference cell types {cell_types}.")
+        raise InvalidInputError(
+            f"labels {unknown[:5]} in obs[{labels_key!r}] are not reference cell types {cell_types}."
+        )
     code = {c: i for i, c in enumerate(cell_types)}
     return X, np.array([code[v] for v in lab], dtype=np.int64)
 
@@ -277,6 +295,7 @@ def fit_condscvi(
     batch_size: int = 128,
     lr: float = 1e-3,
     use_gpu: bool = True,
+    n_threads: int | None = None,
     seed: int | None = None,
     key_added: str = "condscvi",
 ) -> CondSCVIModel:
@@ -318,6 +337,8 @@ def fit_condscvi(
         Adam learning rate.
     use_gpu
         Use CUDA when torch sees it.
+    n_threads
+        Torch CPU threads (``None``: ``em.settings.n_jobs``, default 1).
     seed
         Random seed (``None``: ``em.settings.seed``); seeded CPU runs are reproducible.
     key_added
@@ -337,6 +358,7 @@ def fit_condscvi(
 
     torch = import_optional("torch", purpose="DestVI")
     params = {k: v for k, v in locals().items() if k not in ("adatas", "sp", "torch")}
+    params["genes"] = None if genes is None else f"<{len(list(genes))} genes>"
     samples = dict(adatas) if isinstance(adatas, Mapping) else {"_": adatas}
     if not samples:
         raise InvalidInputError("adatas is empty; pass at least one AnnData.")
@@ -408,11 +430,15 @@ def fit_condscvi(
     from ._modules import CondVAE
 
     device = torch_device(use_gpu)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch_threads(torch, n_threads):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         mod = CondVAE(
-            len(genes_used), len(cell_types), n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+            len(genes_used),
+            len(cell_types),
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
             dropout=dropout_rate,
         ).to(device)
         dense = X.shape[0] * X.shape[1] <= 100_000_000

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ...._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
-from ...._logging import ProgressBar, logger
-from ...._optional import import_optional, torch_device
-from ...._settings import settings
-from ..._checks import check_counts, check_positive_int, get_matrix, store_params
-from ._condscvi import CondSCVIModel, _as_csr
+from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._logging import ProgressBar, logger
+from experimat._optional import import_optional, torch_device
+from experimat._settings import settings
+from experimat.methods._checks import check_counts, check_positive_int, get_matrix, store_params
+
+from ._condscvi import CondSCVIModel, _as_csr, torch_threads
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -83,6 +84,7 @@ def deconvolve_destvi(
     kl_warmup_epochs: int | None = None,
     batch_size: int | None = None,
     use_gpu: bool = True,
+    n_threads: int | None = None,
     seed: int | None = None,
     key_added: str = "destvi",
 ) -> pd.DataFrame:
@@ -127,6 +129,8 @@ def deconvolve_destvi(
         Spots per minibatch (``None``: all spots while the profile tensor stays below ~200 MB).
     use_gpu
         Use CUDA when torch sees it.
+    n_threads
+        Torch CPU threads (``None``: ``em.settings.n_jobs``, default 1).
     seed
         Random seed (``None``: ``em.settings.seed``); seeded CPU runs are reproducible.
     key_added
@@ -182,16 +186,14 @@ def deconvolve_destvi(
     cell_types = reference.cell_types
     n_spots, n_types, n_genes = adata.n_obs, len(cell_types), len(genes)
     bs = batch_size or _default_batch(n_spots, n_types, n_genes)
-    start = logger.info(
-        f"DestVI: {n_spots} spots, {n_genes} shared genes, {n_types} cell types, {max_epochs} epochs"
-    )
+    start = logger.info(f"DestVI: {n_spots} spots, {n_genes} shared genes, {n_types} cell types, {max_epochs} epochs")
 
     from ._modules import SpatialDeconv
 
     pm, pv, pw = reference.vamp_prior(vamp_prior_p, seed=seed)
     ref_mod = reference.module()
     device = torch_device(use_gpu)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch_threads(torch, n_threads):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         mod = SpatialDeconv(

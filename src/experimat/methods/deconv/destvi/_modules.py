@@ -19,6 +19,7 @@ Model (Lopez et al., Nature Biotechnology 2022):
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -45,7 +46,7 @@ class CatFC(nn.Module):
     def __init__(self, n_in: int, n_hidden: int, n_layers: int, n_cat: int, dropout: float) -> None:
         super().__init__()
         dims = [n_in] + [n_hidden] * n_layers
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.cat = nn.ParameterList(nn.Parameter(torch.zeros(max(n_cat, 1), b)) for b in dims[1:])
         self.norms = nn.ModuleList(nn.LayerNorm(b, elementwise_affine=False) for b in dims[1:])
         self.n_cat = n_cat

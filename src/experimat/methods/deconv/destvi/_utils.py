@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ...._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from ...._settings import settings
-from ..._checks import check_choice, check_positive_int, get_coordinates, get_matrix
+from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._settings import settings
+from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, get_matrix
+
 from ._condscvi import CondSCVIModel, _as_csr
 from ._destvi import _decode_scale, _destvi_slots, _resolve_reference
 
@@ -165,7 +166,7 @@ def _spatial_components(xy: np.ndarray, weights: np.ndarray, data: np.ndarray, n
     xc = data - data.mean(0, keepdims=True)
     A = np.zeros((data.shape[1], data.shape[1]))
     for s in range(0, n, 1024):
-        D = np.exp(-cdist(xy[s : s + 1024], xy) ** 2 / sigma) * np.outer(weights[s : s + 1024], weights)
+        D = np.exp(-(cdist(xy[s : s + 1024], xy) ** 2) / sigma) * np.outer(weights[s : s + 1024], weights)
         deg = D.sum(1)
         A += (xc[s : s + 1024] * deg[:, None]).T @ xc[s : s + 1024] - xc[s : s + 1024].T @ (D @ xc)
     w, v = np.linalg.eigh(0.5 * (A + A.T))
@@ -310,7 +311,9 @@ def _as_mask(mask, n: int, name: str) -> np.ndarray:
         m = np.zeros(n, dtype=bool)
         m[idx] = True
     if m.shape != (n,):
-        raise InvalidInputError(f"{name} must be a boolean mask of length n_obs={n} or spot positions; got shape {m.shape}.")
+        raise InvalidInputError(
+            f"{name} must be a boolean mask of length n_obs={n} or spot positions; got shape {m.shape}."
+        )
     return m
 
 
