@@ -77,6 +77,7 @@ def deconvolve_destvi(
     vamp_prior_p: int = 15,
     l1_sparsity: float = 0.0,
     beta_weighting_prior: float = 0.5,
+    cell_size_correction: bool = True,
     n_hidden: int = 128,
     n_layers: int = 2,
     dropout_rate: float = 0.05,
@@ -115,6 +116,11 @@ def deconvolve_destvi(
     beta_weighting_prior
         Weight of the N(0, 1) prior on the per-gene log technology offset ``beta`` (larger: spatial
         profiles kept closer to the reference; lower it when the two assays differ).
+    cell_size_correction
+        DestVI's mixture weights are each type's share of the spot's counts. With ``True``, they are
+        divided by the type's mean counts per reference cell (over the modelled genes) and renormalised,
+        giving cell fractions (what pseudo-spot truths and cell2location report); with ``False`` the
+        count shares are returned as proportions, as scvi-tools does. Both are stored.
     n_hidden
         Width of the amortisation networks.
     n_layers
@@ -139,11 +145,12 @@ def deconvolve_destvi(
     Returns
     -------
     Proportions (spots x cell types, rows sum to 1), also written to
-    ``obsm[f"{key_added}.proportions"]``. Also written: ``obsm[f"{key_added}.gamma.{type}"]``
+    ``obsm[f"{key_added}.proportions"]``. Also written: ``obsm[f"{key_added}.transcript_proportions"]``
+    (the count shares, see ``cell_size_correction``), ``obsm[f"{key_added}.gamma.{type}"]``
     (spots x ``n_latent``) per cell type, ``var[f"{key_added}.beta"]`` (technology offset) and
     ``var[f"{key_added}.theta"]`` (NB inverse dispersion; NaN for genes not in the reference),
     ``uns[key_added]`` with ``params``, ``training_history`` (loss per epoch), ``cell_types``,
-    ``n_genes`` and ``noise_proportion`` is in ``obs[f"{key_added}.noise"]``.
+    ``n_genes``; the share of the counts given to the noise profile is in ``obs[f"{key_added}.noise"]``.
 
     Examples
     --------
@@ -243,11 +250,20 @@ def deconvolve_destvi(
     gamma = np.concatenate(gs).astype(np.float64)
     if not np.isfinite(v).all() or not np.isfinite(history[-1]):
         raise InvalidInputError("DestVI training diverged (non-finite loss); lower lr or check the inputs.")
-    props = v[:, :n_types] / np.maximum(v[:, :n_types].sum(1, keepdims=True), 1e-12)
+    transcripts = v[:, :n_types] / np.maximum(v[:, :n_types].sum(1, keepdims=True), 1e-12)
+    if cell_size_correction:
+        # v is each type's share of the spot's counts; divide by the type's counts per cell
+        cells = transcripts / reference.mean_library()[None, :]
+        props = cells / np.maximum(cells.sum(1, keepdims=True), 1e-300)
+    else:
+        props = transcripts
     noise = v[:, n_types] / np.maximum(v.sum(1), 1e-12)
     obs_names = adata.obs_names
     result = pd.DataFrame(props, index=obs_names, columns=pd.Index(cell_types))
     adata.obsm[f"{key_added}.proportions"] = result.copy()
+    adata.obsm[f"{key_added}.transcript_proportions"] = pd.DataFrame(
+        transcripts, index=obs_names, columns=pd.Index(cell_types)
+    )
     latent_cols = [f"latent_{i}" for i in range(reference.n_latent)]
     for i, ct in enumerate(cell_types):
         adata.obsm[f"{key_added}.gamma.{ct}"] = pd.DataFrame(gamma[:, i, :], index=obs_names, columns=latent_cols)
