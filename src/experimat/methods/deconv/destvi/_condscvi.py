@@ -183,6 +183,7 @@ class CondSCVIModel:
         components get weight zero (log weight ``-inf`` replaced by ``-1e4``).
         """
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
         mean, var, labels = self.latent_posterior()
         n_types, n_latent = len(self.cell_types), self.n_latent
@@ -195,7 +196,8 @@ class CondSCVIModel:
                 pw[c, 0] = 0.0
                 continue
             if idx.size > p:
-                assign = KMeans(n_clusters=p, n_init=10, random_state=seed).fit_predict(mean[idx])
+                with threadpool_limits(limits=settings.n_jobs):
+                    assign = KMeans(n_clusters=p, n_init=10, random_state=seed).fit_predict(mean[idx])
             else:
                 assign = np.arange(idx.size)
             for k in np.unique(assign):
