@@ -25,15 +25,15 @@ scvi.settings.seed = int(seed)
 torch.set_num_threads(int(os.environ.get("EXPERIMAT_TORCH_THREADS", "1")))
 sc = ad.read_h5ad(sc_path)
 st = ad.read_h5ad(st_path)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 scvi.model.CondSCVI.setup_anndata(sc, layer="counts", labels_key=labels_key)
 sc_model = scvi.model.CondSCVI(sc, weight_obs=False, prior="mog")
 sc_model.train(max_epochs=int(sc_epochs), accelerator="cpu", enable_progress_bar=False)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 scvi.model.DestVI.setup_anndata(st, layer="counts")
 st_model = scvi.model.DestVI.from_rna_model(st, sc_model, vamp_prior_p=15)
 st_model.train(max_epochs=int(st_epochs), accelerator="cpu", enable_progress_bar=False)
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 props = st_model.get_proportions()
 props.to_csv(out / "proportions.csv")
 (out / "timing.json").write_text(
@@ -42,6 +42,9 @@ props.to_csv(out / "proportions.csv")
             "condscvi_s": t1 - t0,
             "destvi_s": t2 - t1,
             "total_s": t2 - t0,
+            "condscvi_cpu_s": c1 - c0,
+            "destvi_cpu_s": c2 - c1,
+            "total_cpu_s": c2 - c0,
             "scvi_version": scvi.__version__,
             "threads": torch.get_num_threads(),
             "sc_epochs": int(sc_epochs),
