@@ -64,8 +64,8 @@ def _resolve_reference(reference) -> CondSCVIModel:
 
 
 def _default_batch(n_spots: int, n_types: int, n_genes: int) -> int:
-    # full batch while the (spots x types x genes) profile tensor stays below ~200 MB
-    return int(max(64, min(n_spots, 50_000_000 // max(n_types * n_genes, 1))))
+    # 128 spots (as scvi-tools), fewer when the (spots x types x genes) profile tensor would pass ~200 MB
+    return int(max(16, min(n_spots, 128, 50_000_000 // max(n_types * n_genes, 1))))
 
 
 def deconvolve_destvi(
@@ -132,7 +132,8 @@ def deconvolve_destvi(
     kl_warmup_epochs
         Epochs of linear warm-up of the prior and sparsity terms (``None``: ``min(200, max_epochs // 4)``).
     batch_size
-        Spots per minibatch (``None``: all spots while the profile tensor stays below ~200 MB).
+        Spots per minibatch (``None``: 128, as scvi-tools, or fewer when the spots x types x genes
+        profile tensor would pass ~200 MB).
     use_gpu
         Use CUDA when torch sees it.
     n_threads
