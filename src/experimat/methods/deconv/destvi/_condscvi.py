@@ -1,0 +1,510 @@
+"""The single-cell reference of DestVI: a conditional VAE of raw counts given the cell type (scLVM)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from experimat._errors import InvalidInputError
+from experimat._logging import ProgressBar, logger
+from experimat._optional import import_optional, torch_device
+from experimat._settings import settings
+from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def torch_threads(torch, n: int | None):
+    """Run with ``n`` torch CPU threads (``None``: ``em.settings.n_jobs``), restoring the previous value.
+
+    One thread per job by default: on a busy machine two spinning threads per process are many times
+    slower than one.
+    """
+    n = settings.n_jobs if n is None else int(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _as_csr(X):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(X, dtype=np.float32)
+
+
+def select_genes_vst(X, n_top_genes: int, *, span: float = 0.3) -> np.ndarray:
+    """Indices of the ``n_top_genes`` most variable genes of raw counts ``X`` (cells x genes).
+
+    Variance-stabilised selection in the manner of Seurat v3 (Stuart et al. 2019), without scikit-misc:
+    ``log10(variance)`` is regressed on ``log10(mean)`` by a local quadratic fit with tricube weights
+    (``span`` of the genes, evaluated on a grid and interpolated), the counts are standardised by the
+    fitted standard deviation and clipped at ``sqrt(n_cells)``, and genes are ranked by the variance of
+    the standardised values. Genes with zero variance are never selected.
+    """
+    X = _as_csr(X)
+    n, g = X.shape
+    mean = np.asarray(X.mean(0)).ravel().astype(np.float64)
+    sq = np.asarray(X.multiply(X).mean(0)).ravel().astype(np.float64)
+    var = (sq - mean**2) * n / max(n - 1, 1)
+    ok = var > 0
+    if n_top_genes >= int(ok.sum()):
+        return np.flatnonzero(ok)
+    lm, lv = np.log10(mean[ok]), np.log10(var[ok])
+    grid = np.quantile(lm, np.linspace(0, 1, 101))
+    k = max(int(np.ceil(span * lm.size)), 3)
+    fit_grid = np.empty_like(grid)
+    for i, x0 in enumerate(grid):
+        d = np.abs(lm - x0)
+        idx = np.argpartition(d, k - 1)[:k]
+        h = max(d[idx].max(), 1e-12)
+        w = (1 - (d[idx] / h) ** 3) ** 3
+        A = np.vstack([np.ones(k), lm[idx] - x0, (lm[idx] - x0) ** 2]).T * np.sqrt(w)[:, None]
+        coef = np.linalg.lstsq(A, lv[idx] * np.sqrt(w), rcond=None)[0]
+        fit_grid[i] = coef[0]
+    grid_u, first = np.unique(grid, return_index=True)
+    expected_sd = np.zeros(g)
+    expected_sd[ok] = np.sqrt(10 ** np.interp(lm, grid_u, fit_grid[first]))
+    clip = np.sqrt(n)
+    # variance of clip((x - mean) / sd, max=sqrt(n)), computed on the sparse matrix
+    Xc = X.tocsc()
+    stdvar = np.zeros(g)
+    for j in np.flatnonzero(ok):
+        vals = Xc.data[Xc.indptr[j] : Xc.indptr[j + 1]].astype(np.float64)
+        sd = expected_sd[j]
+        zs = np.minimum((vals - mean[j]) / sd, clip)
+        zero = min(-mean[j] / sd, clip)
+        n_zero = n - vals.size
+        s1 = zs.sum() + n_zero * zero
+        s2 = (zs**2).sum() + n_zero * zero**2
+        stdvar[j] = (s2 - s1**2 / n) / max(n - 1, 1)
+    stdvar[~ok] = -np.inf
+    top = np.argsort(-stdvar, kind="stable")[:n_top_genes]
+    return np.sort(top)
+
+
+class CondSCVIModel:
+    """A trained DestVI single-cell reference (conditional VAE of counts given the cell type).
+
+    Holds the torch weights, the reference genes and cell types, and the reference cells' latent
+    posterior (means, variances, labels) from which :func:`deconvolve_destvi` builds the VampPrior.
+    Save with :meth:`save` (``model.pt`` state dict + ``config.json``; no pickle) and reload with
+    :meth:`load` without retraining.
+
+    Attributes
+    ----------
+    genes
+        Reference genes (decoder outputs), in order.
+    cell_types
+        Cell-type labels, in code order.
+    config
+        JSON-safe configuration (architecture, training parameters, training history).
+    """
+
+    def __init__(self, config: dict[str, Any], state: Mapping[str, Any]) -> None:
+        self.config = config
+        self.state = dict(state)
+        self._module = None
+
+    # -- properties
+    @property
+    def genes(self) -> list[str]:
+        return list(self.config["genes"])
+
+    @property
+    def cell_types(self) -> list[str]:
+        return list(self.config["cell_types"])
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.config["n_latent"])
+
+    @property
+    def training_history(self) -> list[float]:
+        return list(self.config.get("training_history", []))
+
+    def __repr__(self) -> str:
+        return (
+            f"CondSCVIModel({len(self.cell_types)} cell types, {len(self.genes)} genes, "
+            f"n_latent={self.n_latent}, {int(self.state['latent_mean'].shape[0])} reference cells)"
+        )
+
+    # -- torch module
+    def module(self):
+        """The :class:`CondVAE` torch module (built on first use, on CPU, in eval mode)."""
+        if self._module is None:
+            from ._modules import CondVAE
+
+            c = self.config
+            mod = CondVAE(
+                len(c["genes"]),
+                len(c["cell_types"]),
+                n_latent=c["n_latent"],
+                n_hidden=c["n_hidden"],
+                n_layers=c["n_layers"],
+                dropout=c["dropout_rate"],
+            )
+            mod.load_state_dict({k[len("module.") :]: v for k, v in self.state.items() if k.startswith("module.")})
+            mod.eval()
+            self._module = mod
+        return self._module
+
+    def latent_posterior(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reference cells' posterior means, variances ``(n_cells, n_latent)`` and label codes."""
+        return (
+            self.state["latent_mean"].cpu().numpy(),
+            self.state["latent_var"].cpu().numpy(),
+            self.state["labels"].cpu().numpy(),
+        )
+
+    def mean_library(self) -> np.ndarray:
+        """Mean total counts (over the reference genes) of the reference cells of each type."""
+        return self.state["mean_library"].cpu().numpy()
+
+    def vamp_prior(self, p: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Empirical VampPrior per cell type: k-means (``p`` clusters) of the type's posterior means.
+
+        Returns means and variances ``(n_types, p, n_latent)`` and log mixture weights ``(n_types, p)``;
+        each component's variance is the mean posterior variance plus the variance of the posterior
+        means in the cluster. Types with fewer than ``p`` cells use one component per cell; unused
+        components get weight zero (log weight ``-inf`` replaced by ``-1e4``).
+        """
+        from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
+
+        mean, var, labels = self.latent_posterior()
+        n_types, n_latent = len(self.cell_types), self.n_latent
+        pm = np.zeros((n_types, p, n_latent))
+        pv = np.ones((n_types, p, n_latent))
+        pw = np.full((n_types, p), -1e4)
+        for c in range(n_types):
+            idx = np.flatnonzero(labels == c)
+            if idx.size == 0:
+                pw[c, 0] = 0.0
+                continue
+            if idx.size > p:
+                with threadpool_limits(limits=settings.n_jobs):
+                    assign = KMeans(n_clusters=p, n_init=10, random_state=seed).fit_predict(mean[idx])
+            else:
+                assign = np.arange(idx.size)
+            for k in np.unique(assign):
+                members = idx[assign == k]
+                pm[c, k] = mean[members].mean(0)
+                pv[c, k] = var[members].mean(0) + (mean[members].var(0) if members.size > 1 else 0.0)
+                pw[c, k] = np.log(members.size / idx.size)
+        return pm, pv, pw
+
+    def get_latent_representation(self, adata: AnnData, *, layer: str | None = "counts", labels_key: str | None = None):
+        """Posterior means ``(n_obs, n_latent)`` of cells of ``adata`` (reference genes and labels needed)."""
+        torch = import_optional("torch", purpose="DestVI")
+        labels_key = labels_key or self.config["labels_key"]
+        X, y = _reference_arrays(adata, self.genes, self.cell_types, layer=layer, labels_key=labels_key)
+        mod = self.module()
+        out = []
+        with torch.no_grad():
+            for start in range(0, X.shape[0], 1024):
+                xb = torch.as_tensor(X[start : start + 1024].toarray())
+                yb = torch.as_tensor(y[start : start + 1024])
+                out.append(mod.encode(xb, yb)[0].numpy())
+        return np.vstack(out) if out else np.zeros((0, self.n_latent), dtype=np.float32)
+
+    # -- persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``model.pt`` (torch state dict of tensors) and ``config.json`` into folder ``path``.
+
+        Refuses an existing non-empty folder unless ``overwrite=True``. Reload with :meth:`load`.
+        """
+        torch = import_optional("torch", purpose="DestVI")
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise InvalidInputError(f"{str(path)!r} exists and is not empty; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
+        for name, write in (
+            (WEIGHTS_FILE, lambda f: torch.save(state, f)),
+            (CONFIG_FILE, lambda f: f.write_text(json.dumps(self.config, indent=1))),
+        ):
+            tmp = path / f".{name}.tmp"
+            write(tmp)
+            tmp.replace(path / name)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CondSCVIModel:
+        """Load a model written by :meth:`save` (``torch.load(..., weights_only=True)``, no pickle)."""
+        torch = import_optional("torch", purpose="DestVI")
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise InvalidInputError(f"{str(path / name)!r} not found; is {str(path)!r} a saved CondSCVIModel?")
+        config = json.loads((path / CONFIG_FILE).read_text())
+        if config.get("format_version", 0) > FORMAT_VERSION:
+            raise InvalidInputError(
+                f"model format version {config.get('format_version')} is newer than this experimat knows "
+                f"({FORMAT_VERSION}); upgrade experimat."
+            )
+        state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        return cls(config, state)
+
+
+def _reference_arrays(adata, genes, cell_types, *, layer, labels_key):
+    """Counts (CSR float32, restricted to ``genes``) and label codes of a reference AnnData."""
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise InvalidInputError(
+            f"{len(missing)} of {len(genes)} reference genes are missing from the data (e.g. {missing[:5]})."
+        )
+    X = get_matrix(adata, layer)
+    check_counts(X, layer=layer)
+    idx = adata.var_names.get_indexer(genes)
+    X = _as_csr(X)[:, idx]
+    lab = get_obs_column(adata, labels_key).astype(str).to_numpy()
+    unknown = sorted(set(lab) - set(cell_types))
+    if unknown:
+        raise InvalidInputError(
+            f"labels {unknown[:5]} in obs[{labels_key!r}] are not reference cell types {cell_types}."
+        )
+    code = {c: i for i, c in enumerate(cell_types)}
+    return X, np.array([code[v] for v in lab], dtype=np.int64)
+
+
+def fit_condscvi(
+    adatas: dict[str, AnnData] | AnnData,
+    *,
+    labels_key: str,
+    layer: str | None = "counts",
+    n_top_genes: int | None = 2000,
+    genes: Sequence[str] | None = None,
+    n_latent: int = 5,
+    n_hidden: int = 128,
+    n_layers: int = 2,
+    dropout_rate: float = 0.05,
+    max_epochs: int = 300,
+    weight_obs: bool = False,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    use_gpu: bool = True,
+    n_threads: int | None = None,
+    seed: int | None = None,
+    key_added: str = "condscvi",
+) -> CondSCVIModel:
+    """Train the DestVI single-cell reference: a conditional VAE of raw counts given the cell type.
+
+    One reference is trained over all given samples (their cells are pooled on the genes they share).
+    Genes are chosen among the shared genes (restricted to ``genes`` when given, e.g. the genes of the
+    spatial data) by a variance-stabilised highly-variable-gene ranking of the counts in the manner of
+    Seurat v3 (:func:`select_genes_vst`; scikit-misc's loess is replaced by a local quadratic fit).
+    The likelihood is negative binomial with one dispersion per gene; the latent prior is N(0, I).
+
+    Parameters
+    ----------
+    adatas
+        One AnnData, or ``{sample: AnnData}``; cells x genes with raw counts.
+    labels_key
+        ``obs`` column with the cell type of each cell.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    n_top_genes
+        Number of highly variable genes to model (``None``: all shared genes).
+    genes
+        Candidate genes (e.g. ``spots.var_names``); ``None``: all genes shared by the samples.
+    n_latent
+        Dimension of the latent space (DestVI default 5).
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Number of hidden layers of the encoder and of the decoder.
+    dropout_rate
+        Dropout rate of the encoder and decoder during training.
+    max_epochs
+        Passes over the cells.
+    weight_obs
+        Reweight cells by the inverse frequency of their type (frequencies floored at 5 %), as scvi-tools.
+    batch_size
+        Cells per minibatch.
+    lr
+        Adam learning rate.
+    use_gpu
+        Use CUDA when torch sees it.
+    n_threads
+        Torch CPU threads (``None``: ``em.settings.n_jobs``, default 1).
+    seed
+        Random seed (``None``: ``em.settings.seed``); seeded CPU runs are reproducible.
+    key_added
+        Each AnnData gets ``obsm[f"{key_added}.latent"]`` (posterior means of its cells) and
+        ``uns[key_added]['params']``.
+
+    Returns
+    -------
+    The trained :class:`CondSCVIModel`.
+
+    Examples
+    --------
+    >>> ref = fit_condscvi({"sc1": sc}, labels_key="cell_type", layer="counts", max_epochs=300)
+    >>> ref.save("models/condscvi")
+    """
+    import scipy.sparse as sp
+
+    torch = import_optional("torch", purpose="DestVI")
+    params = {k: v for k, v in locals().items() if k not in ("adatas", "sp", "torch")}
+    params["genes"] = None if genes is None else f"<{len(list(genes))} genes>"
+    samples = dict(adatas) if isinstance(adatas, Mapping) else {"_": adatas}
+    if not samples:
+        raise InvalidInputError("adatas is empty; pass at least one AnnData.")
+    n_latent = check_positive_int("n_latent", n_latent)
+    n_hidden = check_positive_int("n_hidden", n_hidden)
+    n_layers = check_positive_int("n_layers", n_layers)
+    max_epochs = check_positive_int("max_epochs", max_epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if n_top_genes is not None:
+        n_top_genes = check_positive_int("n_top_genes", n_top_genes, minimum=2)
+    if not 0 <= dropout_rate < 1:
+        raise InvalidInputError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
+    seed = settings.seed if seed is None else int(seed)
+
+    # pool the samples on their shared genes
+    shared = None
+    for ad_ in samples.values():
+        names = list(map(str, ad_.var_names))
+        shared = names if shared is None else [g for g in shared if g in set(names)]
+    if genes is not None:
+        wanted = set(map(str, genes))
+        shared = [g for g in shared if g in wanted]
+    if len(shared) < 2:
+        raise InvalidInputError(
+            f"only {len(shared)} genes are shared by the samples"
+            + (" and the given genes" if genes is not None else "")
+            + "; the reference needs the same genes in every sample."
+        )
+    mats, labs = [], []
+    for name, ad_ in samples.items():
+        X = get_matrix(ad_, layer)
+        check_counts(X, what=f"sample {name!r}", layer=layer)
+        idx = ad_.var_names.get_indexer(shared)
+        mats.append(_as_csr(X)[:, idx])
+        labs.append(get_obs_column(ad_, labels_key).astype(str).to_numpy())
+    X = sp.vstack(mats).tocsr()
+    labels = np.concatenate(labs)
+    cell_types = sorted(set(labels))
+    if len(cell_types) < 2:
+        raise InvalidInputError(f"obs[{labels_key!r}] has {len(cell_types)} cell type; DestVI needs at least 2.")
+    lib = np.asarray(X.sum(1)).ravel()
+    if (lib <= 0).any():
+        raise InvalidInputError(
+            f"{int((lib <= 0).sum())} cells have zero counts over the shared genes; remove them first."
+        )
+    gene_idx = np.arange(len(shared)) if n_top_genes is None else select_genes_vst(X, n_top_genes)
+    X = X[:, gene_idx]
+    genes_used = [shared[i] for i in gene_idx]
+    lib = np.asarray(X.sum(1)).ravel()
+    if (lib <= 0).any():
+        raise InvalidInputError(
+            f"{int((lib <= 0).sum())} cells have zero counts over the {len(genes_used)} selected genes; "
+            "remove them or raise n_top_genes."
+        )
+    code = {c: i for i, c in enumerate(cell_types)}
+    y = np.array([code[v] for v in labels], dtype=np.int64)
+    counts = np.bincount(y, minlength=len(cell_types))
+    if weight_obs:
+        prop = counts / counts.sum()
+        prop = np.maximum(prop, 0.05)
+        prop = prop / prop.sum()
+        ct_weight = 1.0 / prop
+    else:
+        ct_weight = np.ones(len(cell_types))
+    start = logger.info(
+        f"CondSCVI: {X.shape[0]} cells, {len(genes_used)} genes, {len(cell_types)} cell types, {max_epochs} epochs"
+    )
+
+    from ._modules import CondVAE
+
+    device = torch_device(use_gpu)
+    with torch.random.fork_rng(devices=[]), torch_threads(torch, n_threads):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        mod = CondVAE(
+            len(genes_used),
+            len(cell_types),
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout=dropout_rate,
+        ).to(device)
+        dense = X.shape[0] * X.shape[1] <= 100_000_000
+        Xt = torch.as_tensor(X.toarray(), device=device) if dense else None
+        yt = torch.as_tensor(y, device=device)
+        wt = torch.as_tensor(ct_weight, dtype=torch.float32, device=device)[yt]
+        opt = torch.optim.Adam(mod.parameters(), lr=lr, eps=0.01, weight_decay=1e-6)
+        history: list[float] = []
+        n = X.shape[0]
+        mod.train()
+        with ProgressBar(max_epochs, description="CondSCVI") as bar:
+            for _ in range(max_epochs):
+                perm = torch.randperm(n, generator=gen)
+                total = 0.0
+                for b in range(0, n, batch_size):
+                    idx = perm[b : b + batch_size]
+                    if idx.numel() < 3 and n > batch_size:  # as scvi-tools: drop a tiny last batch
+                        continue
+                    xb = Xt[idx.to(device)] if dense else torch.as_tensor(X[idx.numpy()].toarray(), device=device)
+                    loss = mod.loss(xb, yt[idx.to(device)], wt[idx.to(device)], gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * idx.numel()
+                history.append(total / n)
+                bar.update()
+        mod.eval()
+        means, variances = [], []
+        with torch.no_grad():
+            for b in range(0, n, 1024):
+                xb = Xt[b : b + 1024] if dense else torch.as_tensor(X[b : b + 1024].toarray(), device=device)
+                m_, v_ = mod.encode(xb, yt[b : b + 1024])
+                means.append(m_.cpu())
+                variances.append(v_.cpu())
+    mean_library = np.array([lib[y == c].mean() for c in range(len(cell_types))])
+    state = {f"module.{k}": v.detach().cpu() for k, v in mod.state_dict().items()}
+    state["latent_mean"] = torch.cat(means)
+    state["latent_var"] = torch.cat(variances)
+    state["labels"] = torch.as_tensor(y)
+    state["mean_library"] = torch.as_tensor(mean_library)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": "CondSCVI",
+        "genes": genes_used,
+        "cell_types": cell_types,
+        "labels_key": labels_key,
+        "layer": layer,
+        "n_latent": n_latent,
+        "n_hidden": n_hidden,
+        "n_layers": n_layers,
+        "dropout_rate": float(dropout_rate),
+        "cells_per_type": {c: int(k) for c, k in zip(cell_types, counts, strict=True)},
+        "samples": [s for s in samples if s != "_"],
+        "params": json.loads(json.dumps({k: v for k, v in params.items() if k != "genes"}, default=str)),
+        "training_history": history,
+    }
+    model = CondSCVIModel(config, state)
+    model._module = mod.cpu()
+    logger.info("CondSCVI trained", time=start)
+    # write each sample's latent representation and the parameters
+    offset = 0
+    latent = state["latent_mean"].numpy()
+    for ad_ in samples.values():
+        ad_.obsm[f"{key_added}.latent"] = latent[offset : offset + ad_.n_obs].copy()
+        offset += ad_.n_obs
+        store_params(ad_, key_added, params, n_genes=len(genes_used), cell_types=cell_types)
+    return model
