@@ -1,0 +1,1 @@
+"""Deconvolution methods."""
