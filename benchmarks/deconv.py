@@ -57,7 +57,7 @@ def make_data(seed: int = 0, n_spots: int = 500, n_ref: int = 2000, depth: float
     ref_idx = []
     for t in np.unique(labels):
         idx = np.flatnonzero(labels == t)
-        k = int(round(n_ref * idx.size / z.n_obs))
+        k = round(n_ref * idx.size / z.n_obs)
         ref_idx.extend(rng.choice(idx, size=k, replace=False))
     ref_mask = np.zeros(z.n_obs, bool)
     ref_mask[ref_idx] = True
@@ -84,11 +84,15 @@ def metrics(est: pd.DataFrame, spots) -> dict[str, float]:
     }
 
 
-def run_reference(ref, spots, out: Path, epochs: list[int], reg_epochs: int, n_cells: float) -> dict | None:
+def run_reference(
+    ref, spots, out: Path, epochs: list[int], reg_epochs: int, n_cells: float, threads: int
+) -> dict | None:
     py = os.environ.get("EXPERIMAT_REF_PYTHON_C2L")
     if not py:
-        print("reference cell2location: skipped (set EXPERIMAT_REF_PYTHON_C2L to the python of a venv with "
-              "cell2location 0.1.5, pyro-ppl 1.9.1, torch 2.13.0)")
+        print(
+            "reference cell2location: skipped (set EXPERIMAT_REF_PYTHON_C2L to the python of a venv with "
+            "cell2location 0.1.5, pyro-ppl 1.9.1, torch 2.13.0)"
+        )
         return None
     out.mkdir(parents=True, exist_ok=True)
     sc_file, sp_file = out / "sc.h5ad", out / "spots.h5ad"
@@ -99,8 +103,23 @@ def run_reference(ref, spots, out: Path, epochs: list[int], reg_epochs: int, n_c
     del s.obsm["true_counts"], s.obsm["true_proportions"]
     s.write_h5ad(sp_file)
     driver = Path(__file__).parent / "_ref" / "cell2location_driver.py"
-    cmd = [py, str(driver), str(sc_file), str(sp_file), str(out), "--labels", LABELS, "--reg-epochs", str(reg_epochs),
-           "--epochs", ",".join(map(str, epochs)), "--n-cells", str(n_cells)]
+    cmd = [
+        py,
+        str(driver),
+        str(sc_file),
+        str(sp_file),
+        str(out),
+        "--labels",
+        LABELS,
+        "--reg-epochs",
+        str(reg_epochs),
+        "--epochs",
+        ",".join(map(str, epochs)),
+        "--n-cells",
+        str(n_cells),
+        "--threads",
+        str(threads),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -142,14 +161,18 @@ def run_ours(ref, spots, epochs: list[int], reg_epochs: int, n_cells: float, see
         run = {"epochs": n_ep, "time_s": dt, "converged": not any("still decreasing" in str(x.message) for x in w)}
         run.update(metrics(est, s))
         res["runs"].append(run)
-        print(f"  ours {n_ep:5d} epochs: {dt:6.1f} s  r={run['pearson_r']:.3f} rmse={run['rmse']:.3f} aupr={run['aupr']:.3f}",
-              flush=True)
+        print(
+            f"  ours {n_ep:5d} epochs: {dt:6.1f} s  r={run['pearson_r']:.3f} rmse={run['rmse']:.3f} aupr={run['aupr']:.3f}",
+            flush=True,
+        )
     sig_cm = reference_signatures(ref, labels_key=LABELS, method="cluster_mean")
     s = spots.copy()
     t1 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = deconvolve_cell2location(s, reference=sig_cm, n_cells_per_location=n_cells, max_epochs=epochs[-1], seed=seed)
+        est = deconvolve_cell2location(
+            s, reference=sig_cm, n_cells_per_location=n_cells, max_epochs=epochs[-1], seed=seed
+        )
     res["cluster_mean_signatures"] = {"epochs": epochs[-1], "time_s": time.perf_counter() - t1, **metrics(est, s)}
     return res
 
@@ -162,7 +185,11 @@ def main() -> None:
     p.add_argument("--ref-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer epochs (smoke test)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for both implementations")
     a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
     em.settings.progress = False
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="experimat_deconv_"))
     n_cells = 6.0  # mean of 2-10 cells per spot
@@ -170,14 +197,16 @@ def main() -> None:
     our_epochs = [100, 200, 400, 800, 1600] if not a.quick else [100]
     reg_epochs = 250 if not a.quick else 50
     ref, spots = make_data(seed=a.seed)
-    print(f"data: reference {ref.n_obs} cells x {ref.n_vars} genes; {spots.n_obs} spots, "
-          f"median {np.median(np.asarray(spots.X.sum(1)).ravel()):.0f} counts/spot; torch threads: "
-          f"{__import__('torch').get_num_threads()}; machine load (1 min): {os.getloadavg()[0]:.1f}")
+    print(
+        f"data: reference {ref.n_obs} cells x {ref.n_vars} genes; {spots.n_obs} spots, "
+        f"median {np.median(np.asarray(spots.X.sum(1)).ravel()):.0f} counts/spot; torch threads: "
+        f"{__import__('torch').get_num_threads()}; machine load (1 min): {os.getloadavg()[0]:.1f}"
+    )
     results: dict = {"n_spots": spots.n_obs, "n_ref_cells": ref.n_obs}
     if not a.ours_only:
         ref_dir = Path(a.ref_results) if a.ref_results else out / "reference"
         if not a.ref_results:
-            run_reference(ref, spots, ref_dir, ref_epochs, reg_epochs, n_cells)
+            run_reference(ref, spots, ref_dir, ref_epochs, reg_epochs, n_cells, a.threads)
         results["reference"] = reference_metrics(ref_dir, spots)
     if not a.ref_only:
         print("experimat cell2location (torch):")
@@ -191,8 +220,10 @@ def main() -> None:
             continue
         print(f" {name:10s} signatures: {res['reference_time_s']:.1f} s ({res['n_genes_reference']} genes)")
         for run in res["runs"]:
-            print(f" {name:14s} {run['epochs']:6d} {run['time_s']:8.1f} {run['pearson_r']:10.3f} {run['rmse']:7.3f} "
-                  f"{run['aupr']:7.3f}")
+            print(
+                f" {name:14s} {run['epochs']:6d} {run['time_s']:8.1f} {run['pearson_r']:10.3f} {run['rmse']:7.3f} "
+                f"{run['aupr']:7.3f}"
+            )
     if results.get("reference") and results.get("ours"):
         ref_full = max(results["reference"]["runs"], key=lambda r: r["epochs"])
         t_ref = results["reference"]["reference_time_s"] + ref_full["time_s"]
@@ -200,9 +231,11 @@ def main() -> None:
         if ok:
             first = min(ok, key=lambda r: r["time_s"])
             t_ours = results["ours"]["reference_time_s"] + first["time_s"]
-            print(f"\n time to the reference's accuracy (r >= {ref_full['pearson_r']:.3f} - 0.005), signatures included: "
-                  f"ours {t_ours:.1f} s ({first['epochs']} epochs) vs reference {t_ref:.1f} s "
-                  f"-> ratio {t_ref / t_ours:.1f}x")
+            print(
+                f"\n time to the reference's accuracy (r >= {ref_full['pearson_r']:.3f} - 0.005), signatures included: "
+                f"ours {t_ours:.1f} s ({first['epochs']} epochs) vs reference {t_ref:.1f} s "
+                f"-> ratio {t_ref / t_ours:.1f}x"
+            )
         else:
             print("\n ours did not reach the reference's accuracy at the tested epochs")
     print(f"results: {out / 'deconv_results.json'}")

@@ -1,7 +1,7 @@
 """Driver for the reference cell2location 0.1.5 (run in its own venv by benchmarks/deconv.py).
 
 Usage: python cell2location_driver.py SC.h5ad SPOTS.h5ad OUT_DIR --labels class
-       --reg-epochs 250 --epochs 250,500,1000,2000 --n-cells 6 --detection-alpha 20
+       --reg-epochs 250 --epochs 250,500,1000,2000 --n-cells 6 --detection-alpha 20 --threads 1
 
 Fits the reference regression once (timed), then one Cell2location model per entry of
 ``--epochs`` (each timed from model creation to exported posterior). Writes, per run,
@@ -28,7 +28,11 @@ def main() -> None:
     p.add_argument("--n-cells", type=float, default=6.0)
     p.add_argument("--detection-alpha", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -48,8 +52,8 @@ def main() -> None:
     sc = sc[:, selected].copy()
     RegressionModel.setup_anndata(sc, labels_key=a.labels)
     reg = RegressionModel(sc)
-    reg.train(max_epochs=a.reg_epochs, batch_size=2500, train_size=1, lr=0.002, use_gpu=False)
-    sc = reg.export_posterior(sc, sample_kwargs={"num_samples": 1000, "batch_size": 2500, "use_gpu": False})
+    reg.train(max_epochs=a.reg_epochs, batch_size=2500, train_size=1, lr=0.002, accelerator="cpu")
+    sc = reg.export_posterior(sc, sample_kwargs={"num_samples": 1000, "batch_size": 2500, "accelerator": "cpu"})
     cols = [f"means_per_cluster_mu_fg_{c}" for c in sc.uns["mod"]["factor_names"]]
     inf_aver = sc.varm["means_per_cluster_mu_fg"][cols].copy()
     inf_aver.columns = list(sc.uns["mod"]["factor_names"])
@@ -64,14 +68,24 @@ def main() -> None:
         t1 = time.perf_counter()
         spd = sp.copy()
         Cell2location.setup_anndata(spd)
-        mod = Cell2location(spd, cell_state_df=inf_aver, N_cells_per_location=a.n_cells, detection_alpha=a.detection_alpha)
-        mod.train(max_epochs=n_ep, batch_size=None, train_size=1, use_gpu=False)
-        spd = mod.export_posterior(spd, sample_kwargs={"num_samples": 1000, "batch_size": spd.n_obs, "use_gpu": False})
+        mod = Cell2location(
+            spd, cell_state_df=inf_aver, N_cells_per_location=a.n_cells, detection_alpha=a.detection_alpha
+        )
+        mod.train(max_epochs=n_ep, batch_size=None, train_size=1, accelerator="cpu")
+        spd = mod.export_posterior(
+            spd, sample_kwargs={"num_samples": 1000, "batch_size": spd.n_obs, "accelerator": "cpu"}
+        )
         dt = time.perf_counter() - t1
         names = list(spd.uns["mod"]["factor_names"])
         means = spd.obsm["means_cell_abundance_w_sf"].to_numpy()
         q05 = spd.obsm["q05_cell_abundance_w_sf"].to_numpy()
-        np.savez(out / f"abundance_{n_ep}.npz", means=means, q05=q05, obs=np.asarray(spd.obs_names, str), types=np.asarray(names, str))
+        np.savez(
+            out / f"abundance_{n_ep}.npz",
+            means=means,
+            q05=q05,
+            obs=np.asarray(spd.obs_names, str),
+            types=np.asarray(names, str),
+        )
         hist = mod.history["elbo_train"]
         result["runs"].append({"epochs": n_ep, "time_s": dt, "final_elbo": float(np.asarray(hist).ravel()[-1])})
         (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ...._errors import InvalidInputError, MissingSlotError
-from ...._logging import logger
-from ...._optional import import_optional
-from ...._settings import settings
-from ..._checks import check_choice, check_positive_int, get_matrix, get_obsm, store_params
+from experimat._errors import InvalidInputError, MissingSlotError
+from experimat._logging import logger
+from experimat._optional import import_optional
+from experimat._settings import settings
+from experimat.methods._checks import check_choice, check_positive_int, get_matrix, get_obsm, store_params
+
 from ._reference import ReferenceSignatures
 
 if TYPE_CHECKING:
@@ -116,7 +117,15 @@ def reconstruction_qc(
     lx, ly = np.log10(1 + obs).ravel(), np.log10(1 + mu).ravel()
     hist, xe, ye = np.histogram2d(lx, ly, bins=bins)
     r = float(np.corrcoef(lx, ly)[0, 1]) if lx.std() > 0 and ly.std() > 0 else float("nan")
-    return {"observed": obs, "expected": mu, "hist": hist, "x_edges": xe, "y_edges": ye, "pearson_log": r, "genes": genes}
+    return {
+        "observed": obs,
+        "expected": mu,
+        "hist": hist,
+        "x_edges": xe,
+        "y_edges": ye,
+        "pearson_log": r,
+        "genes": genes,
+    }
 
 
 def totals_qc(adata: AnnData, *, key_added: str = "cell2location", layer: str | None = "counts") -> pd.DataFrame:
@@ -245,8 +254,9 @@ def region_cluster(
 ) -> pd.Series:
     """Tissue regions: Leiden clustering of spots on their cell abundances (q05 by default).
 
-    As in the cell2location tutorial: a k-nearest-neighbour graph (UMAP connectivities, scanpy)
-    on the abundances, then Leiden (leidenalg, RB configuration model) at ``resolution``.
+    As in the cell2location tutorial: a k-nearest-neighbour graph on the abundances (scikit-learn,
+    Euclidean, symmetrised, unweighted), then Leiden (leidenalg, RB configuration model) at
+    ``resolution``.
 
     Parameters
     ----------
@@ -271,9 +281,6 @@ def region_cluster(
     --------
     >>> regions = region_cluster(adata_vis, resolution=1.1)  # doctest: +SKIP
     """
-    import scanpy as sc
-    from anndata import AnnData as _AnnData
-
     check_positive_int("n_neighbors", n_neighbors)
     seed = settings.seed if seed is None else seed
     params = {"key": key, "n_neighbors": n_neighbors, "resolution": resolution, "seed": seed}
@@ -281,13 +288,16 @@ def region_cluster(
     if not np.isfinite(ab).all():
         raise InvalidInputError(f"obsm[{key!r}] has non-finite values.")
     if adata.n_obs <= n_neighbors:
-        raise InvalidInputError(f"n_neighbors ({n_neighbors}) must be smaller than the number of spots ({adata.n_obs}).")
+        raise InvalidInputError(
+            f"n_neighbors ({n_neighbors}) must be smaller than the number of spots ({adata.n_obs})."
+        )
     igraph = import_optional("igraph", purpose="region_cluster")
+    import_optional("sklearn", purpose="region_cluster")
     leidenalg = import_optional("leidenalg", purpose="region_cluster")
-    tmp = _AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32))
-    tmp.obsm["ab"] = ab
-    sc.pp.neighbors(tmp, use_rep="ab", n_neighbors=n_neighbors, random_state=seed)
-    conn = tmp.obsp["connectivities"].tocoo()
+    from sklearn.neighbors import kneighbors_graph
+
+    knn = kneighbors_graph(ab, n_neighbors=n_neighbors, mode="connectivity", include_self=False)
+    conn = knn.maximum(knn.T).tocoo()  # symmetrised kNN graph
     upper = conn.row < conn.col
     graph = igraph.Graph(n=adata.n_obs, edges=list(zip(conn.row[upper].tolist(), conn.col[upper].tolist())))
     part = leidenalg.find_partition(
@@ -408,7 +418,12 @@ def colocation_nmf(
         uns["loadings"][str(n)] = loadings
         uns["stability"][str(n)] = stability
         uns["reconstruction_error"][str(n)] = float(err)
-        results[int(n)] = {"loadings": loadings, "factors": factors, "stability": stability, "reconstruction_error": float(err)}
+        results[int(n)] = {
+            "loadings": loadings,
+            "factors": factors,
+            "stability": stability,
+            "reconstruction_error": float(err),
+        }
     store_params(
         adata,
         key_added,

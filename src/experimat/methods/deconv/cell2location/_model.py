@@ -9,12 +9,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ...._errors import ExperimatWarning, InvalidInputError
-from ...._logging import ProgressBar, logger
-from ...._settings import settings
-from ..._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+from experimat._errors import ExperimatWarning, InvalidInputError
+from experimat._logging import ProgressBar, logger
+from experimat._settings import settings
+from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+
 from ._reference import ReferenceSignatures
-from ._svi import MeanFieldLogNormal, exponential_logpdf, gamma_logpdf, make_generator, nb_loglik, still_decreasing
+from ._svi import (
+    MeanFieldLogNormal,
+    cpu_threads,
+    exponential_logpdf,
+    gamma_logpdf,
+    make_generator,
+    nb_loglik,
+    still_decreasing,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -46,7 +55,9 @@ def _as_signatures(reference: ReferenceSignatures | pd.DataFrame) -> pd.DataFram
     if not np.isfinite(vals).all() or (vals < 0).any():
         raise InvalidInputError("reference signatures must be finite and non-negative.")
     if sig.columns.duplicated().any():
-        raise InvalidInputError(f"duplicated cell-type labels in the reference: {list(sig.columns[sig.columns.duplicated()])}.")
+        raise InvalidInputError(
+            f"duplicated cell-type labels in the reference: {list(sig.columns[sig.columns.duplicated()])}."
+        )
     return sig
 
 
@@ -77,6 +88,7 @@ def deconvolve_cell2location(
     min_shared_genes: int = 100,
     gene_symbols: str = "gene",
     use_gpu: bool = True,
+    deterministic: bool = True,
     seed: int | None = None,
     key_added: str = "cell2location",
 ) -> pd.DataFrame:
@@ -124,6 +136,9 @@ def deconvolve_cell2location(
         var column with gene symbols used to find mitochondrial genes (falls back to var_names).
     use_gpu
         Use CUDA when torch sees it.
+    deterministic
+        On CPU, train single-threaded so that seeded runs are bit-for-bit reproducible
+        (multi-threaded BLAS can reorder sums); ``False`` uses torch's thread setting.
     seed
         Random seed (``None``: ``em.settings.seed``).
     key_added
@@ -181,7 +196,9 @@ def deconvolve_cell2location(
     cell_state = sig.loc[shared].to_numpy(dtype=np.float64).T  # F x G
     if (cell_state.sum(1) <= 0).any():
         empty = list(sig.columns[cell_state.sum(1) <= 0])
-        raise InvalidInputError(f"cell types {empty} have no expression over the shared genes; remove them from the reference.")
+        raise InvalidInputError(
+            f"cell types {empty} have no expression over the shared genes; remove them from the reference."
+        )
     if batch_key is not None:
         cat = pd.Categorical(get_obs_column(adata, batch_key).astype(str))
         batch_codes, batch_names = np.asarray(cat.codes, np.int64), [str(c) for c in cat.categories]
@@ -210,6 +227,7 @@ def deconvolve_cell2location(
         lr=lr,
         use_gpu=use_gpu,
         seed=seed,
+        deterministic=deterministic,
     )
     names = [str(c) for c in sig.columns]
     out = {}
@@ -256,10 +274,11 @@ def _fit_location_model(
     lr: float,
     use_gpu: bool,
     seed: int,
+    deterministic: bool,
 ) -> dict[str, Any]:
     from scipy.special import gammaln
 
-    from ...._optional import import_optional, torch_device
+    from experimat._optional import import_optional, torch_device
 
     torch = import_optional("torch", purpose="cell2location")
     device = torch_device(use_gpu)
@@ -270,7 +289,9 @@ def _fit_location_model(
 
     # detection efficiency calibrated from totals, as in cell2location
     sc_total = cell_state.sum(1).mean()
-    sp_total = np.array([x[batch_codes == b].sum(1).mean() if (batch_codes == b).any() else 0.0 for b in range(n_batch)])
+    sp_total = np.array(
+        [x[batch_codes == b].sum(1).mean() if (batch_codes == b).any() else 0.0 for b in range(n_batch)]
+    )
     detection_mean = float(max((sp_total / N / sc_total).mean(), 1e-8))
 
     lgx1_rows = gammaln(x.astype(np.float64) + 1.0).sum(1)
@@ -281,8 +302,22 @@ def _fit_location_model(
     g.add(torch, "m_g_mean", np.ones((1, 1), f32), init_scale=0.05, device=device)
     g.add(torch, "m_g_alpha_e_inv", np.full((1, 1), 1 / 3, f32), init_scale=0.05, device=device)
     g.add(torch, "m_g", np.ones((1, n_vars), f32), init_scale=0.05, device=device)
-    g.add(torch, "n_s_cells_per_location", np.maximum(w0.sum(1, keepdims=True), 1.0), init_scale=0.05, device=device, local=True)
-    g.add(torch, "a_s_factors_per_location", np.full((n_obs, 1), factors_per_location), init_scale=0.05, device=device, local=True)
+    g.add(
+        torch,
+        "n_s_cells_per_location",
+        np.maximum(w0.sum(1, keepdims=True), 1.0),
+        init_scale=0.05,
+        device=device,
+        local=True,
+    )
+    g.add(
+        torch,
+        "a_s_factors_per_location",
+        np.full((n_obs, 1), factors_per_location),
+        init_scale=0.05,
+        device=device,
+        local=True,
+    )
     g.add(torch, "z_sr_groups_factors", np.full((n_obs, R), N / R), init_scale=0.05, device=device, local=True)
     g.add(torch, "k_r_factors_per_groups", np.full((R, 1), groups_per_location), init_scale=0.05, device=device)
     g.add(torch, "x_fr_group2fact", np.full((R, n_fact), 1.0 / n_fact), init_scale=0.05, device=device)
@@ -296,10 +331,13 @@ def _fit_location_model(
     g.add(torch, "alpha_g_phi_hyp", np.full((1, 1), 3.0), init_scale=0.05, device=device)
     g.add(torch, "alpha_g_inverse", np.full((n_batch, n_vars), 1 / 3), init_scale=0.05, device=device)
 
+    g.build(torch, device)
     opt = torch.optim.Adam(g.parameters(), lr=lr)
     gen = make_generator(torch, seed)
     perm_rng = np.random.default_rng(seed)
     x_t = torch.tensor(x, device=device)
+    nz_all = tuple(x_t.nonzero(as_tuple=True))
+    xnz_all = x_t[nz_all]
     cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
     bat_t = torch.tensor(batch_codes, device=device)
 
@@ -311,84 +349,56 @@ def _fit_location_model(
 
     def step(idx: np.ndarray | None) -> float:
         opt.zero_grad()
-        glob = torch.zeros((), device=device)  # global terms (priors + Jacobians + entropies)
-        loc_terms = torch.zeros((), device=device)  # local (per-spot) terms, scaled under mini-batching
         it = None if idx is None else torch.tensor(idx, device=device)
+        sites, glob, loc_terms = g.draw(torch, gen, it)
+        lp_glob, lp_loc = [], []
 
-        def draw(name):
-            nonlocal glob, loc_terms
-            local = name in g.local
-            u, z, e = g.sample(torch, name, gen, it if local else None)
-            if local:
-                loc_terms = loc_terms + e + u.sum()
-            else:
-                glob = glob + e + u.sum()
-            return u, z
+        def site(name, logpdf):
+            u, z = sites[name]
+            (lp_loc if name in g.local else lp_glob).append(logpdf(u, z).sum())
+            return z
 
-        def add(name, value):
-            nonlocal glob, loc_terms
-            if name in g.local:
-                loc_terms = loc_terms + value.sum()
-            else:
-                glob = glob + value.sum()
-
-        u, m_mean = draw("m_g_mean")
-        add("m_g_mean", gamma_logpdf(torch, u, m_mean, one, one))
-        _, m_inv = draw("m_g_alpha_e_inv")
-        add("m_g_alpha_e_inv", exponential_logpdf(torch, m_inv, T(3.0)))
+        m_mean = site("m_g_mean", lambda u, z: gamma_logpdf(torch, u, z, one, one))
+        m_inv = site("m_g_alpha_e_inv", lambda u, z: exponential_logpdf(torch, z, T(3.0)))
         m_alpha = 1.0 / m_inv.pow(2)
-        u, m_g = draw("m_g")
-        add("m_g", gamma_logpdf(torch, u, m_g, m_alpha, m_alpha / m_mean))
-
-        u, n_s = draw("n_s_cells_per_location")
-        add("n_s_cells_per_location", gamma_logpdf(torch, u, n_s, T(N), one))
-        u, a_s = draw("a_s_factors_per_location")
-        add("a_s_factors_per_location", gamma_logpdf(torch, u, a_s, T(factors_per_location), one))
-        u, z_sr = draw("z_sr_groups_factors")
-        add("z_sr_groups_factors", gamma_logpdf(torch, u, z_sr, a_s / R, a_s / n_s))
-        u, k_r = draw("k_r_factors_per_groups")
-        add("k_r_factors_per_groups", gamma_logpdf(torch, u, k_r, T(groups_per_location), one))
-        u, x_fr = draw("x_fr_group2fact")
-        add("x_fr_group2fact", gamma_logpdf(torch, u, x_fr, k_r / n_fact, k_r))
-        u, w_sf = draw("w_sf")
+        m_g = site("m_g", lambda u, z: gamma_logpdf(torch, u, z, m_alpha, m_alpha / m_mean))
+        n_s = site("n_s_cells_per_location", lambda u, z: gamma_logpdf(torch, u, z, T(N), one))
+        a_s = site("a_s_factors_per_location", lambda u, z: gamma_logpdf(torch, u, z, T(factors_per_location), one))
+        z_sr = site("z_sr_groups_factors", lambda u, z: gamma_logpdf(torch, u, z, a_s / R, a_s / n_s))
+        k_r = site("k_r_factors_per_groups", lambda u, z: gamma_logpdf(torch, u, z, T(groups_per_location), one))
+        x_fr = site("x_fr_group2fact", lambda u, z: gamma_logpdf(torch, u, z, k_r / n_fact, k_r))
         w_mu = z_sr @ x_fr
-        add("w_sf", gamma_logpdf(torch, u, w_sf, w_mu * w_ratio, w_ratio))
-
-        u, y_e = draw("detection_mean_y_e")
-        add("detection_mean_y_e", gamma_logpdf(torch, u, y_e, T(10.0), T(10.0 / detection_mean)))
+        w_sf = site("w_sf", lambda u, z: gamma_logpdf(torch, u, z, w_mu * w_ratio, w_ratio))
+        y_e = site("detection_mean_y_e", lambda u, z: gamma_logpdf(torch, u, z, T(10.0), T(10.0 / detection_mean)))
         bb = bat_t if it is None else bat_t[it]
-        u, y_s = draw("detection_y_s")
-        add("detection_y_s", gamma_logpdf(torch, u, y_s, T(detection_alpha), detection_alpha / y_e[bb]))
-
-        u, add_hyp = draw("s_g_gene_add_alpha_hyp")
-        add("s_g_gene_add_alpha_hyp", gamma_logpdf(torch, u, add_hyp, T(9.0), T(3.0)))
-        u, add_mean = draw("s_g_gene_add_mean")
-        add("s_g_gene_add_mean", gamma_logpdf(torch, u, add_mean, one, T(100.0)))
-        _, add_inv = draw("s_g_gene_add_alpha_e_inv")
-        add("s_g_gene_add_alpha_e_inv", exponential_logpdf(torch, add_inv, add_hyp))
+        y_s = site(
+            "detection_y_s", lambda u, z: gamma_logpdf(torch, u, z, T(detection_alpha), detection_alpha / y_e[bb])
+        )
+        add_hyp = site("s_g_gene_add_alpha_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
+        add_mean = site("s_g_gene_add_mean", lambda u, z: gamma_logpdf(torch, u, z, one, T(100.0)))
+        add_inv = site("s_g_gene_add_alpha_e_inv", lambda u, z: exponential_logpdf(torch, z, add_hyp))
         add_alpha = 1.0 / add_inv.pow(2)
-        u, s_add = draw("s_g_gene_add")
-        add("s_g_gene_add", gamma_logpdf(torch, u, s_add, add_alpha, add_alpha / add_mean))
-        u, phi = draw("alpha_g_phi_hyp")
-        add("alpha_g_phi_hyp", gamma_logpdf(torch, u, phi, T(9.0), T(3.0)))
-        _, a_inv = draw("alpha_g_inverse")
-        add("alpha_g_inverse", exponential_logpdf(torch, a_inv, phi))
+        s_add = site("s_g_gene_add", lambda u, z: gamma_logpdf(torch, u, z, add_alpha, add_alpha / add_mean))
+        phi = site("alpha_g_phi_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
+        a_inv = site("alpha_g_inverse", lambda u, z: exponential_logpdf(torch, z, phi))
 
         mu = ((w_sf @ cs_t) * m_g + s_add[bb]) * y_s
         alpha = 1.0 / a_inv.pow(2)[bb]
         if it is None:
-            xb, lg1, scale = x_t, float(lgx1_rows.sum()), 1.0
+            nz, x_nz, lg1, scale = nz_all, xnz_all, float(lgx1_rows.sum()), 1.0
         else:
-            xb, lg1, scale = x_t[it], float(lgx1_rows[idx].sum()), n_obs / len(idx)
-        ll = nb_loglik(torch, xb, mu, alpha, lg1)
-        loss = -(scale * (ll + loc_terms) + glob)
+            xb = x_t[it]
+            nz = tuple(xb.nonzero(as_tuple=True))
+            x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
+        ll = nb_loglik(torch, nz, x_nz, mu, alpha, lg1)
+        loss = -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
         loss.backward()
         opt.step()
         return float(loss.detach())
 
     history: list[float] = []
     t0 = time.perf_counter()
-    with ProgressBar(max_epochs, "cell2location") as bar:
+    with cpu_threads(torch, device, deterministic), ProgressBar(max_epochs, "cell2location") as bar:
         for _ in range(max_epochs):
             if batch_size is None or batch_size >= n_obs:
                 history.append(step(None))

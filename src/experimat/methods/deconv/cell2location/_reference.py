@@ -13,12 +13,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ...._errors import ExperimatWarning, InvalidInputError, MissingSlotError
-from ...._logging import ProgressBar, logger
-from ...._settings import settings
-from ..._checks import check_choice, check_counts, check_positive_int, get_matrix, get_obs_column, to_json_safe
+from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
+from experimat._logging import ProgressBar, logger
+from experimat._settings import settings
+from experimat.methods._checks import (
+    check_choice,
+    check_counts,
+    check_positive_int,
+    get_matrix,
+    get_obs_column,
+    to_json_safe,
+)
+
 from ._svi import (
     MeanFieldLogNormal,
+    cpu_threads,
     exponential_logpdf,
     gamma_logpdf,
     make_generator,
@@ -220,7 +229,9 @@ class ReferenceSignatures:
         cfg_file, w_file = path / _CONFIG_FILE, path / _WEIGHTS_FILE
         for f in (cfg_file, w_file):
             if not f.is_file():
-                raise MissingSlotError(f"{str(f)!r} not found; is {str(path)!r} a folder written by ReferenceSignatures.save?")
+                raise MissingSlotError(
+                    f"{str(f)!r} not found; is {str(path)!r} a folder written by ReferenceSignatures.save?"
+                )
         cfg = json.loads(cfg_file.read_text())
         version = cfg.get("format_version")
         if version != SIGNATURES_FORMAT_VERSION:
@@ -277,6 +288,7 @@ def reference_signatures(
     cell_percentage_cutoff2: float = 0.05,
     nonz_mean_cutoff: float = 1.12,
     use_gpu: bool = True,
+    deterministic: bool = True,
     seed: int | None = None,
     key_added: str = "reference_signatures",
 ) -> ReferenceSignatures:
@@ -318,6 +330,9 @@ def reference_signatures(
         Gene pre-selection, see :func:`filter_genes`.
     use_gpu
         Use CUDA when torch sees it.
+    deterministic
+        On CPU, train single-threaded so that seeded runs are bit-for-bit reproducible
+        (multi-threaded BLAS can reorder sums); ``False`` uses torch's thread setting.
     seed
         Random seed (``None``: ``em.settings.seed``).
     key_added
@@ -365,9 +380,13 @@ def reference_signatures(
     label_codes, label_names = _codes(labels)
     counts = np.bincount(label_codes, minlength=len(label_names))
     if len(label_names) < 2:
-        raise InvalidInputError(f"obs[{labels_key!r}] has {len(label_names)} label(s); at least 2 cell types are needed.")
+        raise InvalidInputError(
+            f"obs[{labels_key!r}] has {len(label_names)} label(s); at least 2 cell types are needed."
+        )
     batch_codes, batch_names = (
-        _codes(get_obs_column(adata, batch_key)) if batch_key is not None else (np.zeros(adata.n_obs, np.int64), ["all"])
+        _codes(get_obs_column(adata, batch_key))
+        if batch_key is not None
+        else (np.zeros(adata.n_obs, np.int64), ["all"])
     )
     covs = []
     for key in categorical_covariate_keys or []:
@@ -387,7 +406,7 @@ def reference_signatures(
         Xn = _csr(X.multiply(scale[:, None]))
         onehot = np.zeros((adata.n_obs, len(label_names)))
         onehot[np.arange(adata.n_obs), label_codes] = 1.0
-        sig = np.asarray((Xn.T @ onehot)) / counts[None, :]
+        sig = np.asarray(Xn.T @ onehot) / counts[None, :]
         config["training_history"] = []
     else:
         sig, history = _fit_regression(
@@ -402,6 +421,7 @@ def reference_signatures(
             lr=lr,
             use_gpu=use_gpu,
             seed=seed,
+            deterministic=deterministic,
         )
         config["training_history"] = history
         if still_decreasing(history):
@@ -439,9 +459,10 @@ def _fit_regression(
     lr: float,
     use_gpu: bool,
     seed: int,
+    deterministic: bool,
 ) -> tuple[np.ndarray, list[float]]:
     """SVI fit of the cell2location reference regression; returns (signatures G x F, loss history)."""
-    from ...._optional import import_optional, torch_device
+    from experimat._optional import import_optional, torch_device
 
     torch = import_optional("torch", purpose="cell2location reference signatures")
     from scipy.special import gammaln
@@ -473,7 +494,10 @@ def _fit_regression(
     g.add(torch, "s_g_gene_add", np.full((n_batch, n_vars), 0.01, f32), init_scale=0.1, device=device)
     g.add(torch, "alpha_g_phi_hyp", np.full((1, 1), 3.0, f32), init_scale=0.1, device=device)
     g.add(torch, "alpha_g_inverse", np.full((1, n_vars), 1 / 3, f32), init_scale=0.1, device=device)
+    g.build(torch, device)
     opt = torch.optim.Adam(g.parameters(), lr=lr)
+    nz_all = tuple(x_t.nonzero(as_tuple=True))
+    xnz_all = x_t[nz_all]
     gen = make_generator(torch, seed)
     perm_rng = np.random.default_rng(seed)
     one = torch.tensor(1.0, device=device)
@@ -483,57 +507,48 @@ def _fit_regression(
 
     def step(idx: np.ndarray | None) -> float:
         opt.zero_grad()
-        lp = torch.zeros((), device=device)
-        ent = torch.zeros((), device=device)
+        sites, glob, _ = g.draw(torch, gen)
+        lp = []
 
-        def draw(name):
-            nonlocal lp, ent
-            u, z, e = g.sample(torch, name, gen)
-            ent = ent + e
-            lp = lp + u.sum()  # Jacobian of exp
-            return u, z
+        def site(name, logpdf):
+            u, z = sites[name]
+            lp.append(logpdf(u, z).sum())
+            return z
 
-        u, mu_fg = draw("per_cluster_mu_fg")
-        lp = lp + gamma_logpdf(torch, u, mu_fg, one, one).sum()
-        u, y_e = draw("detection_mean_y_e")
-        lp = lp + gamma_logpdf(torch, u, y_e, one, one).sum()
+        mu_fg = site("per_cluster_mu_fg", lambda u, z: gamma_logpdf(torch, u, z, one, one))
+        y_e = site("detection_mean_y_e", lambda u, z: gamma_logpdf(torch, u, z, one, one))
         if n_cov_levels:
-            u, tg = draw("detection_tech_gene_tg")
-            lp = lp + gamma_logpdf(torch, u, tg, T(200.0), T(200.0)).sum()
-        u, add_hyp = draw("s_g_gene_add_alpha_hyp")
-        lp = lp + gamma_logpdf(torch, u, add_hyp, T(9.0), T(3.0)).sum()
-        u, add_mean = draw("s_g_gene_add_mean")
-        lp = lp + gamma_logpdf(torch, u, add_mean, one, T(100.0)).sum()
-        _, add_inv = draw("s_g_gene_add_alpha_e_inv")
-        lp = lp + exponential_logpdf(torch, add_inv, add_hyp).sum()
+            tg = site("detection_tech_gene_tg", lambda u, z: gamma_logpdf(torch, u, z, T(200.0), T(200.0)))
+        add_hyp = site("s_g_gene_add_alpha_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
+        add_mean = site("s_g_gene_add_mean", lambda u, z: gamma_logpdf(torch, u, z, one, T(100.0)))
+        add_inv = site("s_g_gene_add_alpha_e_inv", lambda u, z: exponential_logpdf(torch, z, add_hyp))
         add_alpha = 1.0 / add_inv.pow(2)
-        u, s_add = draw("s_g_gene_add")
-        lp = lp + gamma_logpdf(torch, u, s_add, add_alpha, add_alpha / add_mean).sum()
-        u, phi = draw("alpha_g_phi_hyp")
-        lp = lp + gamma_logpdf(torch, u, phi, T(9.0), T(3.0)).sum()
-        _, a_inv = draw("alpha_g_inverse")
-        lp = lp + exponential_logpdf(torch, a_inv, phi).sum()
+        s_add = site("s_g_gene_add", lambda u, z: gamma_logpdf(torch, u, z, add_alpha, add_alpha / add_mean))
+        phi = site("alpha_g_phi_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
+        a_inv = site("alpha_g_inverse", lambda u, z: exponential_logpdf(torch, z, phi))
         alpha = 1.0 / a_inv.pow(2)
 
         if idx is None:
-            xb, lb, bb, cb, lg1, scale = x_t, lab_t, bat_t, cov_t, float(lgx1_rows.sum()), 1.0
+            lb, bb, cb = lab_t, bat_t, cov_t
+            nz, x_nz, lg1, scale = nz_all, xnz_all, float(lgx1_rows.sum()), 1.0
         else:
             it = torch.tensor(idx, device=device)
             xb, lb, bb = x_t[it], lab_t[it], bat_t[it]
             cb = [c[it] for c in cov_t]
-            lg1, scale = float(lgx1_rows[idx].sum()), n_obs / len(idx)
+            nz = tuple(xb.nonzero(as_tuple=True))
+            x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
         mu = (mu_fg[lb] + s_add[bb]) * y_e[bb]
         for k, c in enumerate(cb):
             mu = mu * tg[int(cov_offsets[k]) + c]
-        ll = nb_loglik(torch, xb, mu, alpha, lg1)
-        loss = -(scale * ll + lp + ent)
+        ll = nb_loglik(torch, nz, x_nz, mu, alpha, lg1)
+        loss = -(scale * ll + sum(lp) + glob)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
     history: list[float] = []
     t0 = time.perf_counter()
-    with ProgressBar(max_epochs, "reference regression") as bar:
+    with cpu_threads(torch, device, deterministic), ProgressBar(max_epochs, "reference regression") as bar:
         for _ in range(max_epochs):
             if batch_size is None or batch_size >= n_obs:
                 history.append(step(None))

@@ -15,7 +15,7 @@ by the caller and passed in as the ``torch`` module where needed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -32,66 +32,114 @@ def exponential_logpdf(torch: Any, z, rate):
     return torch.log(rate) - rate * z
 
 
-def nb_loglik(torch: Any, x, mu, alpha, lgamma_x1):
-    """Negative-binomial (Gamma-Poisson with mean ``mu`` and shape ``alpha``) log likelihood, summed."""
-    ll = (
-        torch.lgamma(x + alpha)
-        - torch.lgamma(alpha)
-        + alpha * torch.log(alpha)
-        + x * torch.log(mu)
-        - (alpha + x) * torch.log(alpha + mu)
-    )
-    return ll.sum() - lgamma_x1
+def nb_loglik(torch: Any, nz, x_nz, mu, alpha, lgamma_x1):
+    """Negative-binomial (Gamma-Poisson, mean ``mu``, shape ``alpha``) log likelihood, summed.
+
+    Uses the sparsity of counts: the terms ``alpha log(alpha / (alpha + mu))`` are dense, the
+    terms that involve ``x`` are evaluated only at the non-zero entries ``nz = (rows, cols)``
+    with values ``x_nz``. ``alpha`` broadcasts against ``mu``; ``lgamma_x1`` is ``sum lgamma(x + 1)``.
+    """
+    alpha = alpha.expand_as(mu)
+    dense = (alpha * (torch.log(alpha) - torch.log(alpha + mu))).sum()
+    m, a = mu[nz], alpha[nz]
+    sparse = (torch.lgamma(x_nz + a) - torch.lgamma(a) + x_nz * (torch.log(m) - torch.log(a + m))).sum()
+    return dense + sparse - lgamma_x1
 
 
-@dataclass
 class MeanFieldLogNormal:
-    """Variational parameters (loc, softplus-scale) of log-normal sites, as plain leaf tensors."""
+    """Mean-field log-normal posterior over named positive sites, stored as two flat leaf tensors.
 
-    loc: dict[str, Any] = field(default_factory=dict)
-    raw_scale: dict[str, Any] = field(default_factory=dict)
-    local: set[str] = field(default_factory=set)
+    Add sites with :meth:`add` (global sites first is not required), then call :meth:`build`;
+    :meth:`draw` samples every site at once and returns per-site ``(u, z)`` views plus the summed
+    Jacobian + entropy terms split into global and local (per-observation) parts. Local sites
+    have the observations on their first axis and can be restricted to a mini-batch.
+    """
 
-    def add(self, torch: Any, name: str, init_value: np.ndarray, *, init_scale: float, device, local: bool = False):
-        init = np.log(np.maximum(np.asarray(init_value, dtype=np.float64), 1e-10))
-        self.loc[name] = torch.tensor(init, dtype=torch.float32, device=device, requires_grad=True)
-        raw = math.log(math.expm1(init_scale))
-        self.raw_scale[name] = torch.full(init.shape, raw, dtype=torch.float32, device=device, requires_grad=True)
+    def __init__(self) -> None:
+        self._init: dict[str, tuple[np.ndarray, float]] = {}
+        self.local: set[str] = set()
+        self.slices: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+
+    def add(self, torch: Any, name: str, init_value, *, init_scale: float, device=None, local: bool = False):
+        self._init[name] = (np.log(np.maximum(np.asarray(init_value, dtype=np.float64), 1e-10)), float(init_scale))
         if local:
             self.local.add(name)
 
+    def build(self, torch: Any, device) -> None:
+        locs, raws, off = [], [], 0
+        for name, (init, sc) in self._init.items():
+            n = init.size
+            self.slices[name] = (off, off + n, init.shape)
+            locs.append(init.ravel())
+            raws.append(np.full(n, math.log(math.expm1(sc))))
+            off += n
+        self.loc = torch.tensor(np.concatenate(locs), dtype=torch.float32, device=device, requires_grad=True)
+        self.raw_scale = torch.tensor(np.concatenate(raws), dtype=torch.float32, device=device, requires_grad=True)
+        glob = np.zeros(off, dtype=bool)
+        for name, (a, b, _) in self.slices.items():
+            glob[a:b] = name not in self.local
+        self._global_idx = torch.tensor(np.flatnonzero(glob), device=device)
+        self.n = off
+
     def parameters(self) -> list:
-        return [*self.loc.values(), *self.raw_scale.values()]
+        return [self.loc, self.raw_scale]
 
-    def scale(self, torch: Any, name: str, idx=None):
-        raw = self.raw_scale[name] if idx is None else self.raw_scale[name][idx]
-        return torch.nn.functional.softplus(raw) + 1e-5
+    def _view(self, flat, name):
+        a, b, shape = self.slices[name]
+        return flat[a:b].view(shape)
 
-    def sample(self, torch: Any, name: str, generator, idx=None):
-        """Reparameterised draw: returns ``(u, z, entropy)`` with entropy summed over the site."""
-        loc = self.loc[name] if idx is None else self.loc[name][idx]
-        sigma = self.scale(torch, name, idx)
-        eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device="cpu").to(loc.device)
-        u = loc + sigma * eps
-        entropy = torch.log(sigma).sum() + _HALF_LOG_2PI_E * loc.numel()
-        return u, torch.exp(u), entropy
+    def draw(self, torch: Any, generator, idx=None):
+        """One reparameterised draw of all sites.
+
+        Returns ``(sites, global_terms, local_terms)``: ``sites[name] = (u, z)`` (local sites
+        restricted to ``idx`` when given), and the sums of ``log|dz/du| + entropy`` over the global
+        sites and over the (selected) local entries.
+        """
+        sigma = torch.nn.functional.softplus(self.raw_scale) + 1e-5
+        eps = torch.randn(self.n, generator=generator, dtype=torch.float32).to(self.loc.device)
+        u = self.loc + sigma * eps
+        z = torch.exp(u)
+        ls = torch.log(sigma) + u  # entropy (up to a constant) + Jacobian, per entry
+        glob = ls[self._global_idx].sum() + _HALF_LOG_2PI_E * self._global_idx.numel()
+        loc_terms = torch.zeros((), device=self.loc.device)
+        sites = {}
+        for name in self.slices:
+            uv, zv = self._view(u, name), self._view(z, name)
+            if name in self.local:
+                lv = self._view(ls, name)
+                if idx is not None:
+                    uv, zv, lv = uv[idx], zv[idx], lv[idx]
+                loc_terms = loc_terms + lv.sum() + _HALF_LOG_2PI_E * lv.numel()
+            sites[name] = (uv, zv)
+        return sites, glob, loc_terms
 
     def summary(self, torch: Any, name: str) -> dict[str, np.ndarray]:
         """Posterior mean, sd, 5 % and 95 % quantiles of ``z`` (log-normal, analytic)."""
         with torch.no_grad():
-            mu = self.loc[name].detach().cpu().double().numpy()
-            s = self.scale(torch, name).detach().cpu().double().numpy()
+            mu = self._view(self.loc, name).detach().cpu().double().numpy()
+            s = (torch.nn.functional.softplus(self._view(self.raw_scale, name)) + 1e-5).detach().cpu().double().numpy()
         mean = np.exp(mu + s**2 / 2)
         sd = mean * np.sqrt(np.expm1(s**2))
         z = 1.6448536269514722
         return {"means": mean, "sd": sd, "q05": np.exp(mu - z * s), "q95": np.exp(mu + z * s)}
 
-    def state(self, torch: Any) -> dict[str, np.ndarray]:
-        out = {}
-        for name in self.loc:
-            out[f"{name}.loc"] = self.loc[name].detach().cpu().numpy()
-            out[f"{name}.scale"] = self.scale(torch, name).detach().cpu().numpy()
-        return out
+
+@contextmanager
+def cpu_threads(torch: Any, device, deterministic: bool):
+    """Run a CPU fit single-threaded when ``deterministic`` (bit-for-bit reproducible with a seed).
+
+    Multi-threaded BLAS (MKL adapts its thread count to the machine's load) may change the
+    order of floating-point sums between runs; one thread removes that. GPU runs are unaffected.
+    """
+    if not deterministic or getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def make_generator(torch: Any, seed: int):
