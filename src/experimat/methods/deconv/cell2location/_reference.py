@@ -31,7 +31,7 @@ from ._svi import (
     exponential_logpdf,
     gamma_logpdf,
     make_generator,
-    nb_loglik,
+    nb_loglik_grouped,
     still_decreasing,
 )
 
@@ -472,9 +472,6 @@ def _fit_regression(
     Xd = np.asarray(X.toarray(), dtype=np.float32)
     lgx1_rows = gammaln(Xd.astype(np.float64) + 1.0).sum(1)
     x_t = torch.tensor(Xd, device=device)
-    lab_t = torch.tensor(label_codes, device=device)
-    bat_t = torch.tensor(batch_codes, device=device)
-    cov_t = [torch.tensor(c, device=device) for c, _ in covs]
     cov_offsets = np.cumsum([0] + [len(n) for _, n in covs])
     n_cov_levels = int(cov_offsets[-1])
 
@@ -496,8 +493,17 @@ def _fit_regression(
     g.add(torch, "alpha_g_inverse", np.full((1, n_vars), 1 / 3, f32), init_scale=0.1, device=device)
     g.build(torch, device)
     opt = torch.optim.Adam(g.parameters(), lr=lr)
-    nz_all = tuple(x_t.nonzero(as_tuple=True))
-    xnz_all = x_t[nz_all]
+    keys = np.column_stack([label_codes, batch_codes, *[c for c, _ in covs]])
+    uniq, grp = np.unique(keys, axis=0, return_inverse=True)
+    grp = np.asarray(grp).ravel()
+    n_grp = uniq.shape[0]
+    grp_t = torch.tensor(grp, device=device)
+    grp_lab = torch.tensor(uniq[:, 0], device=device)
+    grp_bat = torch.tensor(uniq[:, 1], device=device)
+    grp_cov = [torch.tensor(uniq[:, 2 + k], device=device) for k in range(len(covs))]
+    cnt_all = torch.tensor(np.bincount(grp, minlength=n_grp), dtype=torch.float32, device=device)
+    rows_all, nzc_all = x_t.nonzero(as_tuple=True)
+    nzg_all, xnz_all = grp_t[rows_all], x_t[rows_all, nzc_all]
     gen = make_generator(torch, seed)
     perm_rng = np.random.default_rng(seed)
     one = torch.tensor(1.0, device=device)
@@ -528,19 +534,20 @@ def _fit_regression(
         a_inv = site("alpha_g_inverse", lambda u, z: exponential_logpdf(torch, z, phi))
         alpha = 1.0 / a_inv.pow(2)
 
+        # cells sharing (label, batch, covariates) share one mean: evaluate it once per group
+        mu = (mu_fg[grp_lab] + s_add[grp_bat]) * y_e[grp_bat]
+        for k, c in enumerate(grp_cov):
+            mu = mu * tg[int(cov_offsets[k]) + c]
         if idx is None:
-            lb, bb, cb = lab_t, bat_t, cov_t
-            nz, x_nz, lg1, scale = nz_all, xnz_all, float(lgx1_rows.sum()), 1.0
+            cnt, nz_g, nz_c, x_nz, lg1, scale = cnt_all, nzg_all, nzc_all, xnz_all, float(lgx1_rows.sum()), 1.0
         else:
             it = torch.tensor(idx, device=device)
-            xb, lb, bb = x_t[it], lab_t[it], bat_t[it]
-            cb = [c[it] for c in cov_t]
-            nz = tuple(xb.nonzero(as_tuple=True))
-            x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
-        mu = (mu_fg[lb] + s_add[bb]) * y_e[bb]
-        for k, c in enumerate(cb):
-            mu = mu * tg[int(cov_offsets[k]) + c]
-        ll = nb_loglik(torch, nz, x_nz, mu, alpha, lg1)
+            xb, gb = x_t[it], grp_t[it]
+            rows, nz_c = xb.nonzero(as_tuple=True)
+            nz_g, x_nz = gb[rows], xb[rows, nz_c]
+            cnt = torch.bincount(gb, minlength=n_grp).to(torch.float32)
+            lg1, scale = float(lgx1_rows[idx].sum()), n_obs / len(idx)
+        ll = nb_loglik_grouped(torch, mu, alpha, cnt, nz_g, nz_c, x_nz, lg1)
         loss = -(scale * ll + sum(lp) + glob)
         loss.backward()
         opt.step()

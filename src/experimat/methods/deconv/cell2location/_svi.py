@@ -46,6 +46,20 @@ def nb_loglik(torch: Any, nz, x_nz, mu, alpha, lgamma_x1):
     return dense + sparse - lgamma_x1
 
 
+def nb_loglik_grouped(torch: Any, mu_k, alpha, counts_k, nz_group, nz_col, x_nz, lgamma_x1):
+    """:func:`nb_loglik` when observations fall into groups sharing one mean row ``mu_k`` (K x G).
+
+    The dense terms are summed once per group and weighted by the group sizes ``counts_k``; the
+    count terms are evaluated at the non-zero entries (group ``nz_group``, gene ``nz_col``). This is
+    exact, and costs K x G + nnz instead of n_obs x G.
+    """
+    alpha = alpha.expand_as(mu_k)
+    dense = (counts_k[:, None] * (alpha * (torch.log(alpha) - torch.log(alpha + mu_k)))).sum()
+    m, a = mu_k[nz_group, nz_col], alpha[nz_group, nz_col]
+    sparse = (torch.lgamma(x_nz + a) - torch.lgamma(a) + x_nz * (torch.log(m) - torch.log(a + m))).sum()
+    return dense + sparse - lgamma_x1
+
+
 class MeanFieldLogNormal:
     """Mean-field log-normal posterior over named positive sites, stored as two flat leaf tensors.
 
