@@ -18,7 +18,9 @@ Usage::
     EXPERIMAT_DATA_DIR=... EXPERIMAT_REF_PYTHON_C2L=.../bin/python python benchmarks/deconv.py \
         [--out DIR] [--ref-results DIR] [--ours-only | --ref-only] [--quick]
 
-``--ref-results DIR`` reuses a finished reference run (its ``result.json``) instead of running it.
+``--ref-results DIR`` reuses a finished (or partly finished) reference run (its ``result.json``)
+instead of running it; ``--ours-results FILE`` likewise reuses our numbers. Timings of both are
+only comparable when measured under the same machine load; the script prints the load.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="folder for the data handed to the reference and the results")
     p.add_argument("--ref-results", default=None, help="reuse a finished reference run in this folder")
+    p.add_argument("--ours-results", default=None, help="reuse our results (deconv_results.json of an earlier run)")
     p.add_argument("--ours-only", action="store_true")
     p.add_argument("--ref-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer epochs (smoke test)")
@@ -208,7 +211,9 @@ def main() -> None:
         if not a.ref_results:
             run_reference(ref, spots, ref_dir, ref_epochs, reg_epochs, n_cells, a.threads)
         results["reference"] = reference_metrics(ref_dir, spots)
-    if not a.ref_only:
+    if a.ours_results:
+        results["ours"] = json.loads(Path(a.ours_results).read_text())["ours"]
+    elif not a.ref_only:
         print("experimat cell2location (torch):")
         results["ours"] = run_ours(ref, spots, our_epochs, reg_epochs, n_cells, seed=a.seed)
     (out / "deconv_results.json").write_text(json.dumps(results, indent=1))
