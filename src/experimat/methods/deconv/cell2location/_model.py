@@ -1,0 +1,419 @@
+"""Spatial mapping of cell types with the cell2location model (pure torch SVI)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from experimat._errors import ExperimatWarning, InvalidInputError
+from experimat._logging import ProgressBar, logger
+from experimat._settings import settings
+from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+
+from ._reference import ReferenceSignatures
+from ._svi import (
+    MeanFieldLogNormal,
+    cpu_threads,
+    exponential_logpdf,
+    gamma_logpdf,
+    make_generator,
+    nb_loglik,
+    still_decreasing,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: obsm key of the mitochondrial counts kept aside (as in the cell2location tutorial)
+MT_KEY = "MT"
+SUMMARIES = ("means", "sd", "q05", "q95")
+
+
+def mitochondrial_mask(adata: AnnData, *, gene_symbols: str = "gene") -> np.ndarray:
+    """Genes whose symbol (``var[gene_symbols]`` when present, else ``var_names``) starts with ``mt-``."""
+    names = adata.var[gene_symbols].astype(str) if gene_symbols in adata.var.columns else adata.var_names.astype(str)
+    return np.asarray([str(n).lower().startswith("mt-") for n in names], dtype=bool)
+
+
+def _as_signatures(reference: ReferenceSignatures | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(reference, ReferenceSignatures):
+        sig = reference.signatures
+    elif isinstance(reference, pd.DataFrame):
+        sig = reference
+    else:
+        raise InvalidInputError(
+            "reference must be a ReferenceSignatures (from reference_signatures / ReferenceSignatures.load) "
+            f"or a genes x cell-types DataFrame, not {type(reference).__name__}."
+        )
+    if sig.shape[1] < 1 or sig.shape[0] < 1:
+        raise InvalidInputError(f"the reference has no cell types or no genes (shape {sig.shape}).")
+    vals = sig.to_numpy(dtype=np.float64)
+    if not np.isfinite(vals).all() or (vals < 0).any():
+        raise InvalidInputError("reference signatures must be finite and non-negative.")
+    if sig.columns.duplicated().any():
+        raise InvalidInputError(
+            f"duplicated cell-type labels in the reference: {list(sig.columns[sig.columns.duplicated()])}."
+        )
+    return sig
+
+
+def _nmf_init(x: np.ndarray, h: np.ndarray, n_iter: int = 50) -> np.ndarray:
+    """Poisson (KL) NMF with fixed loadings ``h`` (F x G): a cheap starting point for the abundances."""
+    w = np.full((x.shape[0], h.shape[0]), x.sum(1, keepdims=True) / max(h.sum(), 1e-12) / h.shape[0])
+    hs = h.sum(1)[None, :]
+    for _ in range(n_iter):
+        ratio = x / np.maximum(w @ h, 1e-10)
+        w *= (ratio @ h.T) / np.maximum(hs, 1e-12)
+    return w
+
+
+def deconvolve_cell2location(
+    adata: AnnData,
+    *,
+    reference: ReferenceSignatures | pd.DataFrame,
+    layer: str | None = "counts",
+    n_cells_per_location: float = 30,
+    detection_alpha: float = 20,
+    max_epochs: int = 1000,
+    batch_key: str | None = None,
+    batch_size: int | None = None,
+    lr: float = 0.02,
+    n_groups: int = 50,
+    factors_per_location: float = 7.0,
+    groups_per_location: float = 7.0,
+    min_shared_genes: int = 100,
+    gene_symbols: str = "gene",
+    use_gpu: bool = True,
+    deterministic: bool = True,
+    seed: int | None = None,
+    key_added: str = "cell2location",
+) -> pd.DataFrame:
+    """Map cell types onto spatial spots with the cell2location model (step 2).
+
+    The counts ``d_sg`` of spot ``s`` and gene ``g`` are negative binomial with mean
+    ``mu_sg = (sum_f w_sf g_fg * m_g + s_{e,g}) * y_s`` and gene/batch overdispersion, where
+    ``g_fg`` are the reference signatures, ``w_sf`` the cell abundances (prior mean
+    ``n_cells_per_location`` cells per spot, with the tissue-zone factorisation prior
+    ``w_sf ~ Gamma(5 (z_s x)_f, 5)`` through ``n_groups`` location groups), ``m_g`` per-gene
+    technology scaling, ``s_{e,g}`` additive background per batch ``e`` and ``y_s`` per-spot
+    detection efficiency (``Gamma(detection_alpha, detection_alpha / y_e)``, hierarchical per batch;
+    the mean ``y_e`` is calibrated from total counts as in cell2location). The posterior is
+    mean-field log-normal, fitted by stochastic variational inference with reparameterised
+    gradients (Adam) in torch, full batch by default; abundances start from a Poisson NMF
+    projection on the signatures. Mitochondrial genes (symbols ``mt-``/``MT-``) are not mapped;
+    their counts are kept in ``obsm['MT']``.
+
+    Parameters
+    ----------
+    adata
+        Spatial AnnData (spots) with raw counts.
+    reference
+        Signatures from :func:`reference_signatures` (or a genes x cell-types DataFrame).
+    layer
+        Layer with raw counts (``None`` for ``X``).
+    n_cells_per_location
+        Expected number of cells per spot (tissue dependent; Visium: about 5-30).
+    detection_alpha
+        Regularisation of the per-spot detection efficiency (20: little variation; 200: none).
+    max_epochs
+        Training epochs (passes over all spots).
+    batch_key
+        obs column with the batch (slide) of each spot, for per-batch detection and background.
+    batch_size
+        Spots per mini-batch; ``None`` trains on all spots at once (full batch).
+    lr
+        Adam learning rate.
+    n_groups, factors_per_location, groups_per_location
+        Tissue-zone factorisation prior: number of location groups, expected cell types per spot,
+        expected groups per spot.
+    min_shared_genes
+        Minimum number of genes shared by ``adata`` and the reference (error below).
+    gene_symbols
+        var column with gene symbols used to find mitochondrial genes (falls back to var_names).
+    use_gpu
+        Use CUDA when torch sees it.
+    deterministic
+        On CPU, train single-threaded so that seeded runs are bit-for-bit reproducible
+        (multi-threaded BLAS can reorder sums); ``False`` uses torch's thread setting.
+    seed
+        Random seed (``None``: ``em.settings.seed``).
+    key_added
+        Prefix of the result slots.
+
+    Returns
+    -------
+    DataFrame spots x cell types of posterior mean abundances (cells per spot). Also written:
+    ``obsm['{key_added}.means' | '.sd' | '.q05' | '.q95']`` (DataFrames, cell-type columns),
+    ``obsm['MT']`` (mitochondrial counts, when any), ``uns[key_added]`` with ``params``,
+    ``training_history`` (loss per epoch), ``genes`` (mapped genes), ``factor_names`` and
+    ``posterior`` (means of ``m_g``, ``detection_y_s``, ``s_g_gene_add``, ``alpha_g`` for QC).
+
+    Examples
+    --------
+    >>> from experimat.methods.deconv.cell2location import reference_signatures, deconvolve_cell2location
+    >>> sig = reference_signatures(adata_sc, labels_key="cell_type")  # doctest: +SKIP
+    >>> ab = deconvolve_cell2location(adata_vis, reference=sig, n_cells_per_location=30)  # doctest: +SKIP
+    >>> adata_vis.obsm["cell2location.q05"].head()  # doctest: +SKIP
+    """
+    check_positive_int("max_epochs", max_epochs)
+    check_positive_int("n_groups", n_groups)
+    check_positive_int("min_shared_genes", min_shared_genes)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    for name, v in (("n_cells_per_location", n_cells_per_location), ("detection_alpha", detection_alpha), ("lr", lr)):
+        if not np.isfinite(v) or v <= 0:
+            raise InvalidInputError(f"{name} must be a positive number; got {v!r}.")
+    seed = settings.seed if seed is None else seed
+    params = {k: v for k, v in locals().items() if k not in ("adata", "reference")}
+    sig = _as_signatures(reference)
+    params["reference_labels"] = [str(c) for c in sig.columns]
+    start = logger.info(f"cell2location: mapping {sig.shape[1]} cell types onto {adata.n_obs} spots")
+
+    X = get_matrix(adata, layer)
+    check_counts(X, layer=layer)
+    mt = mitochondrial_mask(adata, gene_symbols=gene_symbols)
+    if mt.any():
+        import scipy.sparse as sp
+
+        Xmt = X[:, np.flatnonzero(mt)]
+        Xmt = Xmt.toarray() if sp.issparse(Xmt) else np.asarray(Xmt)
+        adata.obsm[MT_KEY] = pd.DataFrame(Xmt, index=adata.obs_names.copy(), columns=list(adata.var_names[mt]))
+    usable = pd.Index(adata.var_names[~mt])
+    shared = [g for g in sig.index.astype(str) if g in usable]
+    if len(shared) < min_shared_genes:
+        raise InvalidInputError(
+            f"only {len(shared)} genes are shared between the reference ({sig.shape[0]} genes) and adata "
+            f"({adata.n_vars} genes, {int(mt.sum())} mitochondrial excluded); at least {min_shared_genes} are needed. "
+            "Use the same gene ids on both sides (e.g. Ensembl ids in var_names) or lower min_shared_genes."
+        )
+    col = adata.var_names.get_indexer(shared)
+    Xs = X[:, col]
+    Xs = np.asarray(Xs.toarray() if hasattr(Xs, "toarray") else Xs, dtype=np.float32)
+    cell_state = sig.loc[shared].to_numpy(dtype=np.float64).T  # F x G
+    if (cell_state.sum(1) <= 0).any():
+        empty = list(sig.columns[cell_state.sum(1) <= 0])
+        raise InvalidInputError(
+            f"cell types {empty} have no expression over the shared genes; remove them from the reference."
+        )
+    if batch_key is not None:
+        cat = pd.Categorical(get_obs_column(adata, batch_key).astype(str))
+        batch_codes, batch_names = np.asarray(cat.codes, np.int64), [str(c) for c in cat.categories]
+    else:
+        batch_codes, batch_names = np.zeros(adata.n_obs, np.int64), ["all"]
+    if (Xs.sum(1) == 0).any():
+        warnings.warn(
+            f"cell2location: {int((Xs.sum(1) == 0).sum())} spots have no counts over the shared genes; "
+            "their abundances reflect the prior only.",
+            ExperimatWarning,
+            stacklevel=2,
+        )
+
+    fit = _fit_location_model(
+        Xs,
+        cell_state,
+        batch_codes,
+        len(batch_names),
+        n_cells_per_location=float(n_cells_per_location),
+        detection_alpha=float(detection_alpha),
+        n_groups=n_groups,
+        factors_per_location=float(factors_per_location),
+        groups_per_location=float(groups_per_location),
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        use_gpu=use_gpu,
+        seed=seed,
+        deterministic=deterministic,
+    )
+    names = [str(c) for c in sig.columns]
+    out = {}
+    for k in SUMMARIES:
+        df = pd.DataFrame(fit["w_sf"][k], index=adata.obs_names.copy(), columns=names)
+        adata.obsm[f"{key_added}.{k}"] = df
+        out[k] = df
+    history = fit["history"]
+    store_params(
+        adata,
+        key_added,
+        params,
+        training_history=[float(v) for v in history],
+        genes=list(shared),
+        factor_names=names,
+        batch_key=batch_key,
+        batch_categories=batch_names,
+        posterior={k: np.asarray(v) for k, v in fit["posterior"].items()},
+    )
+    if still_decreasing(history):
+        warnings.warn(
+            f"cell2location: the loss was still decreasing after {max_epochs} epochs; increase max_epochs "
+            f"(or lr) and check uns[{key_added!r}]['training_history'].",
+            ExperimatWarning,
+            stacklevel=2,
+        )
+    logger.info(f"cell2location: {len(shared)} genes, {len(names)} cell types", time=start)
+    return out["means"]
+
+
+def _fit_location_model(
+    x: np.ndarray,
+    cell_state: np.ndarray,
+    batch_codes: np.ndarray,
+    n_batch: int,
+    *,
+    n_cells_per_location: float,
+    detection_alpha: float,
+    n_groups: int,
+    factors_per_location: float,
+    groups_per_location: float,
+    max_epochs: int,
+    batch_size: int | None,
+    lr: float,
+    use_gpu: bool,
+    seed: int,
+    deterministic: bool,
+) -> dict[str, Any]:
+    from scipy.special import gammaln
+
+    from experimat._optional import import_optional, torch_device
+
+    torch = import_optional("torch", purpose="cell2location")
+    device = torch_device(use_gpu)
+    n_obs, n_vars = x.shape
+    n_fact = cell_state.shape[0]
+    R = n_groups
+    N = n_cells_per_location
+
+    # detection efficiency calibrated from totals, as in cell2location
+    sc_total = cell_state.sum(1).mean()
+    sp_total = np.array(
+        [x[batch_codes == b].sum(1).mean() if (batch_codes == b).any() else 0.0 for b in range(n_batch)]
+    )
+    detection_mean = float(max((sp_total / N / sc_total).mean(), 1e-8))
+
+    lgx1_rows = gammaln(x.astype(np.float64) + 1.0).sum(1)
+    w0 = _nmf_init(x.astype(np.float64), cell_state * detection_mean)
+    w0 = np.maximum(w0, 1e-2 * N / n_fact)
+    f32 = np.float32
+    g = MeanFieldLogNormal()
+    g.add(torch, "m_g_mean", np.ones((1, 1), f32), init_scale=0.05, device=device)
+    g.add(torch, "m_g_alpha_e_inv", np.full((1, 1), 1 / 3, f32), init_scale=0.05, device=device)
+    g.add(torch, "m_g", np.ones((1, n_vars), f32), init_scale=0.05, device=device)
+    g.add(
+        torch,
+        "n_s_cells_per_location",
+        np.maximum(w0.sum(1, keepdims=True), 1.0),
+        init_scale=0.05,
+        device=device,
+        local=True,
+    )
+    g.add(
+        torch,
+        "a_s_factors_per_location",
+        np.full((n_obs, 1), factors_per_location),
+        init_scale=0.05,
+        device=device,
+        local=True,
+    )
+    g.add(torch, "z_sr_groups_factors", np.full((n_obs, R), N / R), init_scale=0.05, device=device, local=True)
+    g.add(torch, "k_r_factors_per_groups", np.full((R, 1), groups_per_location), init_scale=0.05, device=device)
+    g.add(torch, "x_fr_group2fact", np.full((R, n_fact), 1.0 / n_fact), init_scale=0.05, device=device)
+    g.add(torch, "w_sf", w0, init_scale=0.05, device=device, local=True)
+    g.add(torch, "detection_mean_y_e", np.full((n_batch, 1), detection_mean), init_scale=0.05, device=device)
+    g.add(torch, "detection_y_s", np.full((n_obs, 1), detection_mean), init_scale=0.05, device=device, local=True)
+    g.add(torch, "s_g_gene_add_alpha_hyp", np.full((1, 1), 3.0), init_scale=0.05, device=device)
+    g.add(torch, "s_g_gene_add_mean", np.full((n_batch, 1), 0.01), init_scale=0.05, device=device)
+    g.add(torch, "s_g_gene_add_alpha_e_inv", np.full((n_batch, 1), 1 / 3), init_scale=0.05, device=device)
+    g.add(torch, "s_g_gene_add", np.full((n_batch, n_vars), 0.01), init_scale=0.05, device=device)
+    g.add(torch, "alpha_g_phi_hyp", np.full((1, 1), 3.0), init_scale=0.05, device=device)
+    g.add(torch, "alpha_g_inverse", np.full((n_batch, n_vars), 1 / 3), init_scale=0.05, device=device)
+
+    g.build(torch, device)
+    opt = torch.optim.Adam(g.parameters(), lr=lr)
+    gen = make_generator(torch, seed)
+    perm_rng = np.random.default_rng(seed)
+    x_t = torch.tensor(x, device=device)
+    nz_all = tuple(x_t.nonzero(as_tuple=True))
+    xnz_all = x_t[nz_all]
+    cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
+    bat_t = torch.tensor(batch_codes, device=device)
+
+    def T(v):
+        return torch.tensor(float(v), dtype=torch.float32, device=device)
+
+    one = T(1.0)
+    w_ratio = T(5.0)
+
+    def step(idx: np.ndarray | None) -> float:
+        opt.zero_grad()
+        it = None if idx is None else torch.tensor(idx, device=device)
+        sites, glob, loc_terms = g.draw(torch, gen, it)
+        lp_glob, lp_loc = [], []
+
+        def site(name, logpdf):
+            u, z = sites[name]
+            (lp_loc if name in g.local else lp_glob).append(logpdf(u, z).sum())
+            return z
+
+        m_mean = site("m_g_mean", lambda u, z: gamma_logpdf(torch, u, z, one, one))
+        m_inv = site("m_g_alpha_e_inv", lambda u, z: exponential_logpdf(torch, z, T(3.0)))
+        m_alpha = 1.0 / m_inv.pow(2)
+        m_g = site("m_g", lambda u, z: gamma_logpdf(torch, u, z, m_alpha, m_alpha / m_mean))
+        n_s = site("n_s_cells_per_location", lambda u, z: gamma_logpdf(torch, u, z, T(N), one))
+        a_s = site("a_s_factors_per_location", lambda u, z: gamma_logpdf(torch, u, z, T(factors_per_location), one))
+        z_sr = site("z_sr_groups_factors", lambda u, z: gamma_logpdf(torch, u, z, a_s / R, a_s / n_s))
+        k_r = site("k_r_factors_per_groups", lambda u, z: gamma_logpdf(torch, u, z, T(groups_per_location), one))
+        x_fr = site("x_fr_group2fact", lambda u, z: gamma_logpdf(torch, u, z, k_r / n_fact, k_r))
+        w_mu = z_sr @ x_fr
+        w_sf = site("w_sf", lambda u, z: gamma_logpdf(torch, u, z, w_mu * w_ratio, w_ratio))
+        y_e = site("detection_mean_y_e", lambda u, z: gamma_logpdf(torch, u, z, T(10.0), T(10.0 / detection_mean)))
+        bb = bat_t if it is None else bat_t[it]
+        y_s = site(
+            "detection_y_s", lambda u, z: gamma_logpdf(torch, u, z, T(detection_alpha), detection_alpha / y_e[bb])
+        )
+        add_hyp = site("s_g_gene_add_alpha_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
+        add_mean = site("s_g_gene_add_mean", lambda u, z: gamma_logpdf(torch, u, z, one, T(100.0)))
+        add_inv = site("s_g_gene_add_alpha_e_inv", lambda u, z: exponential_logpdf(torch, z, add_hyp))
+        add_alpha = 1.0 / add_inv.pow(2)
+        s_add = site("s_g_gene_add", lambda u, z: gamma_logpdf(torch, u, z, add_alpha, add_alpha / add_mean))
+        phi = site("alpha_g_phi_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
+        a_inv = site("alpha_g_inverse", lambda u, z: exponential_logpdf(torch, z, phi))
+
+        mu = ((w_sf @ cs_t) * m_g + s_add[bb]) * y_s
+        alpha = 1.0 / a_inv.pow(2)[bb]
+        if it is None:
+            nz, x_nz, lg1, scale = nz_all, xnz_all, float(lgx1_rows.sum()), 1.0
+        else:
+            xb = x_t[it]
+            nz = tuple(xb.nonzero(as_tuple=True))
+            x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
+        ll = nb_loglik(torch, nz, x_nz, mu, alpha, lg1)
+        loss = -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    history: list[float] = []
+    t0 = time.perf_counter()
+    with cpu_threads(torch, device, deterministic), ProgressBar(max_epochs, "cell2location") as bar:
+        for _ in range(max_epochs):
+            if batch_size is None or batch_size >= n_obs:
+                history.append(step(None))
+            else:
+                order = perm_rng.permutation(n_obs)
+                n_b = int(np.ceil(n_obs / batch_size))
+                history.append(sum(step(np.sort(order[s : s + batch_size])) for s in range(0, n_obs, batch_size)) / n_b)
+            bar.update()
+    logger.debug(f"cell2location: {max_epochs} epochs in {time.perf_counter() - t0:.1f} s")
+    posterior = {
+        "m_g": g.summary(torch, "m_g")["means"].ravel(),
+        "detection_y_s": g.summary(torch, "detection_y_s")["means"].ravel(),
+        "s_g_gene_add": g.summary(torch, "s_g_gene_add")["means"],
+        "alpha_g": 1.0 / g.summary(torch, "alpha_g_inverse")["means"] ** 2,
+        "detection_mean": np.asarray([detection_mean]),
+        "cell_state": np.asarray(cell_state, dtype=np.float64),
+    }
+    return {"w_sf": g.summary(torch, "w_sf"), "history": history, "posterior": posterior}

@@ -1,0 +1,263 @@
+"""cell2location in torch: reference signatures, spatial mapping, downstream analyses."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+import experimat as em
+from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError, NotCountsError
+from experimat.datasets import pseudo_spots
+from experimat.methods.deconv.cell2location import (
+    ReferenceSignatures,
+    colocation_nmf,
+    deconvolve_cell2location,
+    expected_expression_per_type,
+    filter_genes,
+    gene_filter_histogram,
+    reconstruction_qc,
+    reference_signatures,
+    region_cluster,
+    totals_qc,
+    training_history,
+)
+
+DATA = Path(__file__).parent.parent / "data" / "deconv" / "zeisel_subset.h5ad"
+N_EPOCHS = 150
+
+
+def _per_spot_r(est: pd.DataFrame, truth: pd.DataFrame) -> float:
+    e = est[truth.columns].to_numpy()
+    e = e / e.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rs = [np.corrcoef(a, b)[0, 1] for a, b in zip(e, truth.to_numpy())]
+    return float(np.nanmean(rs))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet():
+    old = em.settings.progress
+    em.settings.progress = False
+    yield
+    em.settings.progress = old
+
+
+@pytest.fixture(scope="module")
+def sc_ref() -> ad.AnnData:
+    a = ad.read_h5ad(DATA)
+    a.layers["counts"] = a.X.copy()
+    return a
+
+
+@pytest.fixture(scope="module")
+def spots(sc_ref) -> ad.AnnData:
+    return pseudo_spots(sc_ref, "class", n_spots=150, cells_per_spot=(2, 10), depth=3000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def sig_mean(sc_ref) -> ReferenceSignatures:
+    return reference_signatures(sc_ref, labels_key="class", method="cluster_mean")
+
+
+@pytest.fixture(scope="module")
+def fitted(spots, sig_mean) -> ad.AnnData:
+    s = spots.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimatWarning)
+        deconvolve_cell2location(s, reference=sig_mean, n_cells_per_location=6, max_epochs=N_EPOCHS, seed=0)
+    return s
+
+
+def test_proportion_recovery_and_slots(fitted, spots):
+    truth = spots.obsm["true_proportions"]
+    assert _per_spot_r(fitted.obsm["cell2location.means"], truth) >= 0.8
+    for k in ("means", "sd", "q05", "q95"):
+        df = fitted.obsm[f"cell2location.{k}"]
+        assert isinstance(df, pd.DataFrame)
+        assert list(df.index) == list(fitted.obs_names)
+        assert sorted(df.columns) == sorted(truth.columns)
+        assert np.isfinite(df.to_numpy()).all() and (df.to_numpy() >= 0).all()
+    q05, m, q95 = (fitted.obsm[f"cell2location.{k}"].to_numpy() for k in ("q05", "means", "q95"))
+    assert (q05 <= m).all() and (m <= q95).all()
+    # abundances are cell numbers: about the true number of cells per spot
+    tot = fitted.obsm["cell2location.means"].sum(1).to_numpy()
+    assert 0.5 < np.median(tot / spots.obs["n_cells"].to_numpy()) < 2.0
+    hist = fitted.uns["cell2location"]["training_history"]
+    assert isinstance(hist, list) and len(hist) == N_EPOCHS and all(isinstance(v, float) for v in hist)
+    assert hist[-1] < hist[0]
+    assert fitted.uns["cell2location"]["params"]["n_cells_per_location"] == 6
+    np.testing.assert_allclose(training_history(fitted), hist)
+
+
+def test_nb_regression_signatures_and_save_reload(sc_ref, sig_mean, spots, tmp_path):
+    with pytest.warns(ExperimatWarning, match="still decreasing"):
+        sig = reference_signatures({"a": sc_ref}, labels_key="class", method="nb_regression", max_epochs=40, seed=0)
+    assert sig.signatures.shape == (len(sig.genes), 3)
+    assert sig.labels == sorted(sc_ref.obs["class"].astype(str).unique())
+    hist = sig.config["training_history"]
+    assert len(hist) == 40 and hist[-1] < hist[0]
+    # the regression agrees with the per-type means of normalised counts (up to scale)
+    a = np.log1p(sig.signatures.to_numpy().ravel())
+    b = np.log1p(sig_mean.signatures.loc[sig.genes].to_numpy().ravel())
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    assert sc_ref.uns["reference_signatures"]["params"]["method"] == "nb_regression"
+
+    folder = sig.save(tmp_path / "models" / "c2l_ref")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "signatures.npz"]
+    loaded = ReferenceSignatures.load(folder)
+    pd.testing.assert_frame_equal(loaded.signatures, sig.signatures, check_names=False)
+    assert loaded.config["method"] == "nb_regression"
+    assert loaded.config["training_history"] == pytest.approx(hist)
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        sig.save(folder)
+    # mapping with the reloaded signatures equals mapping with the fitted ones
+    s1, s2 = spots.copy(), spots.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimatWarning)
+        r1 = deconvolve_cell2location(s1, reference=sig, n_cells_per_location=6, max_epochs=20, seed=0)
+        r2 = deconvolve_cell2location(s2, reference=loaded, n_cells_per_location=6, max_epochs=20, seed=0)
+    np.testing.assert_allclose(r1.to_numpy(), r2.to_numpy(), rtol=1e-5)
+    with pytest.raises(MissingSlotError):
+        ReferenceSignatures.load(tmp_path / "nothing")
+
+
+def test_seeded_reproducibility(spots, sig_mean):
+    runs = []
+    for seed in (3, 3, 4):
+        s = spots.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimatWarning)
+            runs.append(
+                deconvolve_cell2location(s, reference=sig_mean, max_epochs=30, seed=seed, n_cells_per_location=6)
+            )
+    np.testing.assert_array_equal(runs[0].to_numpy(), runs[1].to_numpy())
+    assert not np.allclose(runs[0].to_numpy(), runs[2].to_numpy())
+
+
+def test_non_integer_input_is_rejected(spots, sig_mean, sc_ref):
+    s = spots.copy()
+    s.layers["counts"] = s.layers["counts"] * 0.5
+    with pytest.raises(NotCountsError, match="raw counts"):
+        deconvolve_cell2location(s, reference=sig_mean, max_epochs=5)
+    r = sc_ref.copy()
+    r.layers["counts"] = np.log1p(r.layers["counts"].toarray())
+    with pytest.raises(NotCountsError):
+        reference_signatures(r, labels_key="class", method="cluster_mean")
+
+
+def test_too_few_shared_genes(spots, sig_mean):
+    s = spots[:, :30].copy()
+    with pytest.raises(InvalidInputError, match=r"only 30 genes are shared .*400 genes"):
+        deconvolve_cell2location(s, reference=sig_mean, max_epochs=5)
+
+
+def test_bad_inputs(spots, sig_mean, sc_ref):
+    with pytest.raises(KeyNotFoundError, match="class_typo"):
+        reference_signatures(sc_ref, labels_key="class_typo", method="cluster_mean")
+    with pytest.raises(InvalidInputError, match="valid values"):
+        reference_signatures(sc_ref, labels_key="class", method="nnls")
+    with pytest.raises(MissingSlotError, match="layer 'raw'"):
+        deconvolve_cell2location(spots.copy(), reference=sig_mean, layer="raw", max_epochs=5)
+    with pytest.raises(InvalidInputError, match="ReferenceSignatures"):
+        deconvolve_cell2location(spots.copy(), reference={"a": 1}, max_epochs=5)
+    one = sc_ref.copy()
+    one.obs["one"] = "x"
+    with pytest.raises(InvalidInputError, match="at least 2 cell types"):
+        reference_signatures(one, labels_key="one", method="cluster_mean")
+    with pytest.raises(KeyNotFoundError):
+        deconvolve_cell2location(spots.copy(), reference=sig_mean, batch_key="slide", max_epochs=5)
+
+
+def test_mitochondrial_genes_kept_aside_and_warning(spots, sig_mean):
+    s = spots.copy()
+    sym = [f"g{i}" for i in range(s.n_vars)]
+    sym[0], sym[5] = "mt-Co1", "MT-ND1"
+    s.var["gene"] = sym
+    with pytest.warns(ExperimatWarning, match="still decreasing"):
+        deconvolve_cell2location(s, reference=sig_mean, max_epochs=5, n_cells_per_location=6)
+    mt = s.obsm["MT"]
+    assert list(mt.columns) == [s.var_names[0], s.var_names[5]]
+    np.testing.assert_array_equal(mt.to_numpy(), s.layers["counts"][:, [0, 5]].toarray())
+    mapped = s.uns["cell2location"]["genes"]
+    assert s.var_names[0] not in mapped and s.var_names[5] not in mapped and len(mapped) == 398
+
+
+def test_gene_filter(sc_ref):
+    h = gene_filter_histogram(sc_ref, cell_count_cutoff=15, cell_percentage_cutoff2=0.05, nonz_mean_cutoff=1.12)
+    keep = filter_genes(sc_ref)
+    np.testing.assert_array_equal(keep, h["selected"])
+    n_cells = np.asarray((sc_ref.layers["counts"] > 0).sum(0)).ravel()
+    # genes seen in more than 5 % of cells are always kept
+    assert keep[n_cells > 0.05 * sc_ref.n_obs].all()
+    strict = filter_genes(sc_ref, cell_count_cutoff=200, cell_percentage_cutoff2=0.6, nonz_mean_cutoff=5.0)
+    assert strict.sum() < keep.sum()
+    assert h["hist"].sum() == (n_cells > 0).sum() and h["x_cutoff"] == pytest.approx(np.log10(15))
+
+
+def test_downstream(fitted):
+    regions = region_cluster(fitted, resolution=0.5, seed=0)
+    assert list(regions.index) == list(fitted.obs_names)
+    assert fitted.obs["region_cluster"].dtype.name == "category" and regions.nunique() >= 2
+    # three well separated abundance profiles are found exactly
+    from sklearn.metrics import adjusted_rand_score
+
+    toy = ad.AnnData(np.zeros((90, 1)))
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 30)
+    toy.obsm["ab"] = np.eye(3)[truth] * 10 + rng.random((90, 3))
+    assert adjusted_rand_score(truth, region_cluster(toy, key="ab", resolution=0.3, seed=0)) == 1.0
+    again = region_cluster(fitted.copy(), resolution=0.5, seed=0)
+    assert (again.astype(str) == regions.astype(str)).all()
+
+    res = colocation_nmf(fitted, key="cell2location.means", n_factors=[2, 3], n_restarts=3, seed=0)
+    for n in (2, 3):
+        ld = res[n]["loadings"]
+        assert ld.shape == (3, n)
+        np.testing.assert_allclose(ld.sum(1), 1.0, atol=1e-6)
+        assert res[n]["factors"].shape == (fitted.n_obs, n)
+        assert 0.0 <= res[n]["stability"] <= 1.0 + 1e-9
+        assert f"colocation_nmf.{n}" in fitted.obsm
+    with pytest.raises(InvalidInputError, match="n_factors"):
+        colocation_nmf(fitted, n_factors=[10])
+
+    per_type = expected_expression_per_type(fitted, summary="means")
+    genes = fitted.uns["cell2location"]["genes"]
+    assert set(per_type) == set(fitted.obsm["cell2location.means"].columns)
+    qc = reconstruction_qc(fitted)
+    assert qc["observed"].shape == qc["expected"].shape == (fitted.n_obs, len(genes))
+    assert qc["pearson_log"] > 0.5
+    total_types = sum(df.to_numpy() for df in per_type.values())
+    assert (total_types <= qc["expected"] + 1e-6).all()  # expected minus the background
+    two = expected_expression_per_type(fitted, genes=genes[:2], cell_types=["interneurons"])
+    assert list(two) == ["interneurons"] and two["interneurons"].shape == (fitted.n_obs, 2)
+    with pytest.raises(InvalidInputError, match="unknown cell types"):
+        expected_expression_per_type(fitted, cell_types=["neuron"])
+    tq = totals_qc(fitted)
+    assert list(tq.columns) == ["batch", "observed_total", "expected_total", "total_abundance", "detection_y_s"]
+    # the model reproduces each spot's total count
+    assert np.median(np.abs(tq["expected_total"] / tq["observed_total"] - 1)) < 0.1
+    with pytest.raises(MissingSlotError, match="deconvolve_cell2location"):
+        reconstruction_qc(ad.AnnData(np.zeros((3, 2))))
+
+
+def test_batches_and_minibatches(spots, sig_mean):
+    s = spots.copy()
+    s.obs["slide"] = np.where(np.arange(s.n_obs) % 2 == 0, "s1", "s2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimatWarning)
+        est = deconvolve_cell2location(
+            s, reference=sig_mean, batch_key="slide", batch_size=50, max_epochs=40, n_cells_per_location=6, seed=0
+        )
+    assert _per_spot_r(est, spots.obsm["true_proportions"]) >= 0.7
+    post = s.uns["cell2location"]["posterior"]
+    assert np.asarray(post["s_g_gene_add"]).shape[0] == 2
+    assert s.uns["cell2location"]["batch_categories"] == ["s1", "s2"]
+    tq = totals_qc(s)
+    assert set(tq["batch"]) == {"s1", "s2"}
