@@ -196,7 +196,7 @@ def test_gene_filter(sc_ref):
     n_cells = np.asarray((sc_ref.layers["counts"] > 0).sum(0)).ravel()
     # genes seen in more than 5 % of cells are always kept
     assert keep[n_cells > 0.05 * sc_ref.n_obs].all()
-    strict = filter_genes(sc_ref, cell_count_cutoff=200, cell_percentage_cutoff2=0.6, nonz_mean_cutoff=5.0)
+    strict = filter_genes(sc_ref, cell_count_cutoff=500, cell_percentage_cutoff2=0.99, nonz_mean_cutoff=50.0)
     assert strict.sum() < keep.sum()
     assert h["hist"].sum() == (n_cells > 0).sum() and h["x_cutoff"] == pytest.approx(np.log10(15))
 
