@@ -81,3 +81,65 @@ def test_deepst_call(tmp_path):
     assert {"deepst.domain", "deepst.refined"} <= set(a.obs) and "deepst.embedding" in a.obsm
     expm.spatial_bin.detect_domains(method="deepst", run_on_samples="s0", n_domains=3, pre_epochs=10, epochs=10, key_added="d2")
     assert "d2.refined" in a.obs
+
+
+@pytest.fixture
+def deconv_expm(tmp_path):
+    import anndata as ad
+
+    from conftest import DATA
+    from experimat.datasets import pseudo_spots
+
+    sc_ref = ad.read_h5ad(DATA / "deconv" / "zeisel_subset.h5ad")
+    sc_ref.obs["cell_type"] = sc_ref.obs["class"].astype(str)
+    half = sc_ref.n_obs // 2
+    rna = {"ref1": sc_ref[:half].copy(), "ref2": sc_ref[half:].copy()}
+    spots = {"v1": pseudo_spots(sc_ref, "cell_type", n_spots=120, depth=3000, seed=1)}
+    expm = em.Experiment.from_anndata(rna, modality="rna", taxa="mmu", project=tmp_path / "deconv", harmonize_genes=False)
+    for s, a in spots.items():
+        expm.add_sample(a, sample=s, modality="spatial-bin", taxa="mmu", harmonize_genes=False)
+    expm.save()
+    yield expm
+    expm.close()
+
+
+def _per_spot_r(a, key):
+    truth = a.obsm["true_proportions"]
+    est = a.obsm[key][truth.columns]
+    est = est.div(est.sum(1), axis=0)
+    return np.nanmean([np.corrcoef(t, e)[0, 1] for t, e in zip(truth.to_numpy(), est.to_numpy()) if t.std() > 0])
+
+
+def test_cell2location_calls(deconv_expm):
+    expm = deconv_expm
+    sig = expm.rna.reference_signatures(run_on_samples=True, labels_key="cell_type", batch_key="sample",
+                                        method="cluster_mean", max_epochs=30)
+    assert "reference_signatures" in expm.models  # stored once in models/, weights + JSON
+    res = expm.spatial_bin.deconvolve(method="cell2location", reference=sig, run_on_samples=True,
+                                      n_cells_per_location=6, detection_alpha=20, max_epochs=150)
+    a = expm.spatial_bin["v1"]
+    assert {"cell2location.means", "cell2location.q05", "cell2location.q95", "cell2location.sd"} <= set(a.obsm)
+    assert _per_spot_r(a, "cell2location.means") > 0.6
+    assert isinstance(res["v1"], pd.DataFrame)
+    # the stored model is reused by name, and reloads without pickle
+    again = expm.spatial_bin.deconvolve(method="cell2location", reference="reference_signatures", run_on_samples=["v1"],
+                                        max_epochs=20, key_added="c2l_again")
+    assert "c2l_again.means" in expm.spatial_bin["v1"].obsm and list(again) == ["v1"]
+    files = [p.name for p in (expm.project_path / "models").rglob("*") if p.is_file()]
+    assert files and not any(f.endswith((".pkl", ".pickle")) for f in files)
+
+
+def test_destvi_calls(deconv_expm):
+    expm = deconv_expm
+    ref = expm.rna.fit_condscvi(run_on_samples=True, labels_key="cell_type", layer="counts", n_top_genes=200,
+                                max_epochs=15, weight_obs=False)
+    assert "condscvi" in expm.models
+    expm.spatial_bin.deconvolve(method="destvi", reference=ref, run_on_samples=True, max_epochs=60,
+                                vamp_prior_p=5, l1_sparsity=0.0, beta_weighting_prior=0.5)
+    a = expm.spatial_bin["v1"]
+    assert "destvi.proportions" in a.obsm and any(k.startswith("destvi.gamma.") for k in a.obsm)
+    # reference given as the rna accessor: fitted once over its samples, then mapped
+    expm.spatial_bin.deconvolve(method="destvi", reference=expm.rna, labels_key="cell_type",
+                                reference_kwargs={"max_epochs": 5, "n_top_genes": 100, "key_added": "condscvi_small"},
+                                run_on_samples=["v1"], max_epochs=5, key_added="destvi_small")
+    assert "condscvi_small" in expm.models and "destvi_small.proportions" in a.obsm

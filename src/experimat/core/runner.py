@@ -304,8 +304,17 @@ def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save
         expm.mark_modified(modality, s)
     if save:
         expm.save_samples([(modality, s) for s in samples])
+        if _is_model(result):  # a fitted reference is stored once in the project and reused
+            name = str(opts.get("key_added") or spec.name)
+            expm.save_model(name, result)
+            logger.info(f"{spec.name}: model stored as models/{name} (expm.load_model({name!r}))")
     expm.add_history([recorder.record(s, opts, t0, time.time(), None) for s in samples])
     return result
+
+
+def _is_model(obj: Any) -> bool:
+    cls = type(obj)
+    return cls.__module__.startswith("experimat.methods.") and hasattr(cls, "load") and hasattr(obj, "save")
 
 
 def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:

@@ -144,6 +144,8 @@ def synthetic_svg(
     """
     import anndata as ad
 
+    if not 0 <= n_spatial <= n_genes:
+        raise InvalidInputError(f"n_spatial must be between 0 and n_genes ({n_genes}); got {n_spatial}.")
     rng = np.random.default_rng(seed)
     xy, rc = visium_hex_grid(n_spots)
     span = np.ptp(xy, axis=0).max()

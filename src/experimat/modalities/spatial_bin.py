@@ -10,3 +10,5 @@ BIN = ("spatial-bin",)
 register_method(deepst.spatial_detect_domains_deepst, modalities=BIN, reads=("obsm/{spatial_key}",), writes=("obs/{key_added}.domain", "obs/{key_added}.refined", "obsm/{key_added}.embedding", "uns/{key_added}"))
 register_method(deepst.integrate_domains_deepst, modalities=BIN, kind="joint", reads=("obsm/{spatial_key}",), writes=("obs/{result_key}.domain", "obs/{result_key}.refined", "obsm/{result_key}.embedding", "uns/{result_key}"))
 register_method(deepst.spot_image_features, modalities=BIN, kind="view")
+
+from . import _deconv  # noqa: E402, F401  (deconvolution: references on rna, mapping on spots)

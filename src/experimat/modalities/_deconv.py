@@ -1,0 +1,59 @@
+"""Deconvolution bindings: references on ``rna``, mapping on ``spatial-bin``, fitted once and stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import InvalidInputError
+from ..core.accessor import ModalityAccessor
+from ..core.registry import register_method
+from ..methods import deconv
+from ..methods.deconv import cell2location as c2l
+from ..methods.deconv import destvi
+
+BIN = ("spatial-bin",)
+_FITTERS = {"cell2location": "reference_signatures", "destvi": "fit_condscvi"}
+
+
+def _resolve_reference(method: str | None):
+    """The cross-sample step of deconvolution: turn ``reference=`` into a fitted model, once."""
+
+    def setup(expm, modality: str, options: dict[str, Any]) -> dict[str, Any]:
+        opts = dict(options)
+        m = method or opts.get("method", "cell2location")
+        ref = opts.get("reference")
+        if isinstance(ref, ModalityAccessor):
+            if "labels_key" not in opts:
+                raise InvalidInputError("reference=<accessor> needs labels_key= (the obs column with cell types).")
+            fit_kwargs = dict(opts.pop("reference_kwargs", None) or {})
+            fit_kwargs["labels_key"] = opts.pop("labels_key")
+            ref = getattr(ref, _FITTERS[m])(run_on_samples=True, **fit_kwargs)
+        elif isinstance(ref, str) and ref in expm.models:
+            ref = expm.load_model(ref)
+        opts["reference"] = ref
+        return opts
+
+    return setup
+
+
+# references: one model over all chosen scRNA samples, stored in the project's models/
+register_method(c2l.reference_signatures, modalities=("rna",), kind="joint", reads=("layers/{layer}", "obs/{labels_key}"))
+register_method(destvi.fit_condscvi, modalities=("rna",), kind="joint", reads=("layers/{layer}", "obs/{labels_key}"))
+register_method(c2l.gene_filter_histogram, modalities=("rna",), kind="query", reads=("layers/{layer}",))
+
+# mapping onto spots
+_MAP_READS = ("layers/{layer}",)
+register_method(deconv.deconvolve, modalities=BIN, setup=_resolve_reference(None))
+register_method(c2l.deconvolve_cell2location, modalities=BIN, setup=_resolve_reference("cell2location"), reads=_MAP_READS,
+                writes=("obsm/{key_added}.*", "obsm/MT", "uns/{key_added}"))
+register_method(destvi.deconvolve_destvi, modalities=BIN, setup=_resolve_reference("destvi"), reads=_MAP_READS,
+                writes=("obsm/{key_added}.*", "obs/{key_added}.noise", "var/{key_added}.*", "uns/{key_added}"))
+
+# downstream
+register_method(c2l.region_cluster, modalities=BIN, reads=("obsm/{key}",), writes=("obs/{key_added}", "uns/{key_added}"))
+register_method(c2l.colocation_nmf, modalities=BIN, reads=("obsm/{key}",), writes=("uns/{key_added}",))
+register_method(c2l.expected_expression_per_type, modalities=BIN, kind="query")
+register_method(c2l.reconstruction_qc, modalities=BIN, kind="query")
+register_method(c2l.totals_qc, modalities=BIN, kind="query")
+register_method(c2l.training_history, modalities=BIN, kind="query")
+register_method(destvi.automatic_proportion_threshold, modalities=BIN, kind="query", reads=("obsm/{key}.proportions",))
