@@ -65,35 +65,40 @@ def _smooth_q(x):
     return np.where(x <= 0.99, x, 1 - 0.01 / (1 + 100 * (x - 0.99) + 10000 * (x - 0.99) ** 2))
 
 
-def _kernel_smooth(x_train, y_train, x_eval, bandwidth):
-    """Nadaraya-Watson (Gaussian kernel) regression, evaluated at ``x_eval``."""
-    d = (x_eval[:, None] - x_train[None, :]) / bandwidth
-    k = np.exp(-0.5 * d * d)
-    return (k @ y_train) / np.maximum(k.sum(axis=1), 1e-300)
-
-
 class _NullModel:
-    """Mean and sd of the raw concentration score as smooth functions of log10(expressing fraction)."""
+    """Null of the raw concentration score as a smooth function of log10(expressing fraction).
 
-    def __init__(self, log_frac: np.ndarray, raw: np.ndarray, bandwidth: float = 0.2):
+    Centre and scale come from kernel-weighted quantiles of the permuted pseudo-genes' scores:
+    ``centre = q50``, ``scale = (q90 - q50) / 1.2816``. The test is one-sided, so the scale is
+    read from the upper half of the null, which the lower tail (pseudo-genes that happened to get
+    fewer mixture components) does not inflate.
+    """
+
+    def __init__(self, log_frac: np.ndarray, raw: np.ndarray, bandwidth: float = 0.15):
         ok = np.isfinite(raw) & np.isfinite(log_frac)
-        self.x = log_frac[ok]
-        self.y = raw[ok]
-        self.h = bandwidth
-        if self.x.size < 5:
+        if int(ok.sum()) < 5:
             raise InvalidInputError("too few null pseudo-genes could be scored to calibrate LOCAT.")
-        mean_tr = _kernel_smooth(self.x, self.y, self.x, self.h)
-        # leave-one-out style inflation of the residual variance (each point is in its own fit)
-        k = np.exp(-0.5 * ((self.x[:, None] - self.x[None, :]) / self.h) ** 2)
-        lev = 1.0 / np.maximum(k.sum(axis=1), 1.0)
-        self.r2 = ((self.y - mean_tr) / np.maximum(1.0 - lev, 0.5)) ** 2
+        o = np.argsort(raw[ok])
+        self.x = log_frac[ok][o]
+        self.y = raw[ok][o]
+        self.h = bandwidth
 
-    def mean(self, log_frac):
-        return _kernel_smooth(self.x, self.y, np.asarray(log_frac, float), self.h)
+    def _quantiles(self, log_frac, qs):
+        e = np.asarray(log_frac, float)
+        out = np.empty((len(qs), e.size))
+        for s0 in range(0, e.size, 2048):
+            ee = e[s0 : s0 + 2048]
+            k = np.exp(-0.5 * ((ee[:, None] - self.x[None, :]) / self.h) ** 2) + 1e-12
+            c = np.cumsum(k, axis=1)
+            c /= c[:, -1:]
+            for i, q in enumerate(qs):
+                j = np.argmax(c >= q, axis=1)
+                out[i, s0 : s0 + 2048] = self.y[j]
+        return out
 
-    def std(self, log_frac):
-        v = _kernel_smooth(self.x, self.r2, np.asarray(log_frac, float), self.h)
-        return np.sqrt(np.maximum(v, 1e-24))
+    def center_scale(self, log_frac):
+        q50, q90 = self._quantiles(log_frac, (0.5, 0.9))
+        return q50, np.maximum((q90 - q50) / 1.2815516, 1e-12)
 
 
 def _resolve_embedding(adata: AnnData, embedding: str, n_dims: int | None) -> tuple[np.ndarray, str]:
@@ -166,8 +171,8 @@ def locat(
     3. **Concentration.** The weighted mean over expressing cells of the likelihood-ratio score
        ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is turned into a
        z-score against ``n_null_genes`` permuted pseudo-genes (real genes with their values permuted
-       across cells, so their weights look like real genes' weights); the null mean and sd are
-       kernel-smoothed functions of log10 ``p``. ``concentration_pval`` is the normal upper tail.
+       across cells, so their weights look like real genes' weights); the null centre (median) and
+       scale (from the 90th percentile) are kernel-weighted quantiles in log10 ``p``. ``concentration_pval`` is the normal upper tail.
     4. **Depletion.** The expressing cells are split at random in two halves; ``f1`` refitted on
        half A defines, for each ``lambda`` in ``rc_lambda_values``, the region ``f0 > lambda f1``.
        The number of half-B cells in that region (among cells not in A) is compared with its
@@ -540,7 +545,8 @@ def locat(
     if real.any():
         lf = np.log10(results["m"] / n)
         null = _NullModel(lf[is_null], results["raw"][is_null])
-        z = (results["raw"][real] - null.mean(lf[real])) / null.std(lf[real])
+        centre, scale = null.center_scale(lf[real])
+        z = (results["raw"][real] - centre) / scale
         from scipy.stats import norm
 
         p_conc = _safe_p(norm.sf(z))
