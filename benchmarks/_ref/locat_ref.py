@@ -37,8 +37,9 @@ def main() -> None:
     df = build_locat_df(res)
     df = pd.DataFrame(df)
     df.to_csv(path_out)
-    print(json.dumps({"seconds": t_total, "background_seconds": t_bg, "n_genes": int(adata.n_vars),
-                      "n_tested": int(len(df))}))
+    print(
+        json.dumps({"seconds": t_total, "background_seconds": t_bg, "n_genes": int(adata.n_vars), "n_tested": len(df)})
+    )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._errors import InvalidInputError
-from ..._logging import logger
-from .._checks import get_matrix
+from experimat._errors import InvalidInputError
+from experimat._logging import logger
+from experimat.methods._checks import get_matrix
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -37,7 +37,7 @@ def mixture_logpdf(x, pi, mu, chol, active):
 
 def _kmeanspp(key, x, w, active):
     """Weighted k-means++ seeding (one candidate per step); inactive slots get any centre."""
-    m, _ = x.shape
+    _m, _ = x.shape
     k_max = active.shape[0]
     logw = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)), _NEG)
     keys = jax.random.split(key, k_max)
@@ -74,7 +74,7 @@ def fit_gmm(key, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
     -------
     ``(pi, mu, chol, mean_loglik)`` where ``mean_loglik`` is the weighted mean log density.
     """
-    m, d = x.shape
+    _m, d = x.shape
     k_max = active.shape[0]
     wsum = jnp.sum(w)
     wn = w / jnp.where(wsum > 0, wsum, 1.0)

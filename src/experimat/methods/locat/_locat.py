@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..._errors import InvalidInputError
-from ..._logging import ProgressBar, logger
-from ..._optional import import_optional, jax_device
-from ..._settings import settings
-from .._checks import check_choice, check_positive_int, get_matrix, get_obsm, store_params
+from experimat._errors import InvalidInputError
+from experimat._logging import ProgressBar, logger
+from experimat._optional import import_optional, jax_device
+from experimat._settings import settings
+from experimat.methods._checks import check_choice, check_positive_int, get_matrix, get_obsm, store_params
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -338,39 +338,56 @@ def locat(
     t_bg = logger.info("LOCAT: background mixture (BIC over components)")
     bic_cost = d * (d + 3) / 2
 
-    def _bic_scan(k_lo: int, k_hi: int, n_inits: int):
-        ks = np.arange(k_lo, k_hi + 1)
-        k_slots = int(ks.max())
-        act = (np.arange(k_slots)[None, :] < ks[:, None])  # (nk, k_slots)
-        act = np.repeat(act, n_inits, axis=0)
-        nb = act.shape[0]
-        keys = jax.random.split(jax.random.fold_in(key, k_hi), nb)
-        xb = jnp.broadcast_to(emb_j, (nb, n, d))
-        wb = jnp.ones((nb, n), dtype)
-        pi, mu, chol, ll = _gmm.fit_gmm_batch(keys, xb, wb, jnp.asarray(act), dtype(reg), max_iter=150, tol=1e-5)
-        ll = np.asarray(ll, np.float64).reshape(len(ks), n_inits)
-        return ks, (pi, mu, chol, act), ll
+    n_scan_inits = min(3, n_bootstrap_inits)
+
+    def _fit_rows(ks_rows: np.ndarray, k_slots: int, n_rows: int, salt: int):
+        """Fit background mixtures with ks_rows[i] components, padded to a fixed batch shape
+        ``(n_rows, k_slots)`` so that every call reuses one compiled kernel."""
+        lls, params = [], []
+        for s0 in range(0, ks_rows.size, n_rows):
+            chunk = ks_rows[s0 : s0 + n_rows]
+            kk = np.concatenate([chunk, np.ones(n_rows - chunk.size, dtype=int)])
+            act = np.arange(k_slots)[None, :] < kk[:, None]
+            keys = jax.random.split(jax.random.fold_in(key, salt + s0), n_rows)
+            xb = jnp.broadcast_to(emb_j, (n_rows, n, d))
+            wb = jnp.ones((n_rows, n), dtype)
+            pi, mu, chol, ll = _gmm.fit_gmm_batch(keys, xb, wb, jnp.asarray(act), dtype(reg), max_iter=150, tol=1e-4)
+            lls.append(np.asarray(ll, np.float64)[: chunk.size])
+            params.append((pi[: chunk.size], mu[: chunk.size], chol[: chunk.size], jnp.asarray(act[: chunk.size])))
+        return np.concatenate(lls), params
 
     lo, hi = 1, (max_components if max_components is not None else min(10, max(1, n // 10)))
     all_k, all_ll = [], []
     while True:
-        ks, fit, ll = _bic_scan(lo, hi, min(3, n_bootstrap_inits))
-        all_k.extend(ks.tolist())
-        all_ll.append(ll)
+        ks = np.repeat(np.arange(lo, hi + 1), n_scan_inits)
+        ll, _ = _fit_rows(ks, hi, n_scan_inits * (hi - lo + 1), 1000 * hi)
+        all_k.extend(np.arange(lo, hi + 1).tolist())
+        all_ll.append(ll.reshape(-1, n_scan_inits))
         best_ll = np.concatenate(all_ll, axis=0).max(axis=1)
         bic = bic_cost * np.asarray(all_k) * np.log(n) - 2.0 * n * best_ll
         k_best = int(np.asarray(all_k)[int(np.argmin(bic))])
         if max_components is not None or k_best < hi - 1 or hi >= 30 or hi >= n // 10:
             break
         lo, hi = hi + 1, min(hi + 5, 30)
-    # the chosen size, refitted from n_bootstrap_inits initialisations: f0 averages their densities,
-    # background component labels come from the best one
-    ks, (pi, mu, chol, act), ll_k = _bic_scan(k_best, k_best, n_bootstrap_inits)
-    act_j = jnp.asarray(act)
-    lp = np.asarray(_gmm.batch_logpdf(emb_j, pi, mu, chol, act_j), np.float64)  # (inits, n)
-    ibest = int(np.argmax(ll_k[0]))
-    comp = _gmm.mixture_logpdf(emb_j, pi[ibest], mu[ibest], chol[ibest], act_j[ibest])[1]
-    bg_assign = np.asarray(jnp.argmax(comp, axis=1))
+    # the chosen size, refitted from n_bootstrap_inits initialisations (same compiled shape as the
+    # first scan): f0 averages their densities, background component labels come from the best one
+    first_hi = max_components if max_components is not None else min(10, max(1, n // 10))
+    if k_best <= first_hi:
+        ll_k, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), first_hi, n_scan_inits * first_hi, 7)
+    else:
+        ll_k, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_best, n_bootstrap_inits, 7)
+    lp_list, comps = [], None
+    ibest = int(np.argmax(ll_k))
+    row = 0
+    for pi, mu, chol, act_j in params_k:
+        lp_list.append(np.asarray(_gmm.batch_logpdf(emb_j, pi, mu, chol, act_j), np.float64))
+        if row <= ibest < row + pi.shape[0]:
+            r = ibest - row
+            comps = _gmm.mixture_logpdf(emb_j, pi[r], mu[r], chol[r], act_j[r])[1]
+            comps = jnp.where(act_j[r][None, :], comps, -jnp.inf)
+        row += pi.shape[0]
+    lp = np.concatenate(lp_list, axis=0)  # (inits, n)
+    bg_assign = np.asarray(jnp.argmax(comps, axis=1))
     m_ = lp.max(axis=0)
     logf0 = m_ + np.log(np.mean(np.exp(lp - m_[None, :]), axis=0))
     logger.info(f"LOCAT: background uses {k_best} components", time=t_bg)
@@ -413,7 +430,9 @@ def locat(
     n_null = 0
     if not raise_all:
         order = eligible[np.argsort(n_expr[eligible], kind="stable")]
-        picks = order[np.minimum((np.arange(n_null_genes) + 0.5) / n_null_genes * order.size, order.size - 1).astype(int)]
+        picks = order[
+            np.minimum((np.arange(n_null_genes) + 0.5) / n_null_genes * order.size, order.size - 1).astype(int)
+        ]
         for g in picks:
             a, b = X.indptr[g], X.indptr[g + 1]
             perm = rng.permutation(n)
@@ -431,10 +450,7 @@ def locat(
             n_null += 1
 
     n_items = len(items_gene)
-    results = {
-        k: np.full(n_items, np.nan)
-        for k in ("raw", "sens", "bic", "ncomp", "m", "pdep", "maxdef")
-    }
+    results = {k: np.full(n_items, np.nan) for k in ("raw", "sens", "bic", "ncomp", "m", "pdep", "maxdef")}
     if n_items:
         # ---------------------------------------------------------- per-item number of components
         m_arr = np.array([c.size for c in items_cells])
@@ -475,13 +491,13 @@ def locat(
             if n <= 2048:  # one compiled shape: padding costs less than recompiling
                 m_pad = int(64 * math.ceil(m_arr.max() / 64))
             else:  # buckets growing 4x
-                m_pad = max(64, 4 ** int(math.ceil(math.log(max(m_arr[order[i0]], 1), 4))))
+                m_pad = max(64, 4 ** math.ceil(math.log(max(m_arr[order[i0]], 1), 4)))
             if batch_size is not None:
                 gb = batch_size
             else:
                 per_item = m_pad * k_slots * (d * d + 4 * d) * 2 + n * (k_slots * d + 2 * n_lam + 4)
                 gb = int(max(1, min(1024, budget // per_item)))
-                gb = 1 << int(math.floor(math.log2(gb)))
+                gb = 1 << math.floor(math.log2(gb))
             sel = []
             while i0 < n_items and len(sel) < gb and m_arr[order[i0]] <= m_pad:
                 sel.append(order[i0])
@@ -521,7 +537,7 @@ def locat(
                     jnp.asarray(act), jnp.asarray(act_a), keys, keys_a, dtype(reg),
                     jnp.asarray(log_lam, dtype), float(n),
                 )  # fmt: skip
-                raw, sens, llsum, k_r, k_b, n_notr = (np.asarray(o, np.float64)[:nb] for o in out)
+                raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64)[:nb] for o in out)
                 mm = m_arr[sel].astype(np.float64)
                 results["raw"][sel] = raw
                 results["sens"][sel] = sens
@@ -529,7 +545,7 @@ def locat(
                 results["ncomp"][sel] = ncomp[sel]
                 results["m"][sel] = mm
                 # depletion scan (cross-fitted, hypergeometric lower tail)
-                pdep, maxdef = _depletion_pvalues(k_r, k_b, n_notr, mm - na[:nb], n - na[:nb], n_lam)
+                pdep, maxdef = _depletion_pvalues(k_r, k_b, mm - na[:nb], n - na[:nb])
                 results["pdep"][sel] = pdep
                 results["maxdef"][sel] = maxdef
                 bar.update()
@@ -594,7 +610,7 @@ def locat(
     return out_df
 
 
-def _depletion_pvalues(k_r, k_b, n_notr, n_b, n_pool, n_lam, *, min_p0=0.10, min_expected=3.0, min_deficit=0.04, eps_rel=0.01):
+def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, min_deficit=0.04):
     """Sidak-corrected minimum hypergeometric lower-tail p over the lambda scan, and the max deficit.
 
     ``k_r[g, l]``: cells of the region among the ``n_pool`` cells outside half A;
@@ -602,7 +618,6 @@ def _depletion_pvalues(k_r, k_b, n_notr, n_b, n_pool, n_lam, *, min_p0=0.10, min
     """
     from scipy.stats import hypergeom
 
-    lam_idx = np.arange(n_lam)
     k_r = np.asarray(k_r, np.float64)
     k_b = np.asarray(k_b, np.float64)
     n_pool = np.asarray(n_pool, np.float64)[:, None]
@@ -612,7 +627,6 @@ def _depletion_pvalues(k_r, k_b, n_notr, n_b, n_pool, n_lam, *, min_p0=0.10, min
     deficit = p0 - obs
     maxdef = np.max(deficit, axis=1)
     testable = (p0 >= min_p0) & (n_b * p0 >= min_expected) & (p0 < 1.0)
-    _ = lam_idx, n_notr
     passes = testable & (deficit >= min_deficit)
     p = np.ones_like(p0)
     if passes.any():
@@ -637,7 +651,7 @@ def _make_batch_scores():
     def batch_scores(emb, logf0, idx, wts, ina, act, act_a, keys, keys_a, reg, log_lam, n_cells):
         x = emb[idx]  # (G, M, d)
         valid = wts > 0
-        fit = partial(_gmm.fit_gmm, max_iter=100, tol=1e-5)
+        fit = partial(_gmm.fit_gmm, max_iter=100, tol=3e-5)
         pi, mu, chol, _ = jax.vmap(fit, in_axes=(0, 0, 0, 0, None))(keys, x, wts, act, reg)
         wa = jnp.where(ina, wts, 0.0)
         pia, mua, chola, _ = jax.vmap(fit, in_axes=(0, 0, 0, 0, None))(keys_a, x, wa, act_a, reg)
@@ -662,7 +676,7 @@ def _make_batch_scores():
         b_mask = jax.vmap(lambda bm, ii, s: bm.at[ii].max(s))(b_mask, idx, (~ina) & valid)
         k_r = jnp.sum(in_r & ~a_mask[:, None, :], axis=2)
         k_b = jnp.sum(in_r & b_mask[:, None, :], axis=2)
-        return raw, sens, llsum, k_r, k_b, jnp.zeros_like(raw)
+        return raw, sens, llsum, k_r, k_b
 
     return batch_scores
 
@@ -671,7 +685,7 @@ _BATCH_SCORES: Any = None
 
 
 def _batch_scores(*args):
-    global _BATCH_SCORES  # noqa: PLW0603
+    global _BATCH_SCORES
     if _BATCH_SCORES is None:
         _BATCH_SCORES = _make_batch_scores()
     return _BATCH_SCORES(*args)
