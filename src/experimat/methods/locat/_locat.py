@@ -647,7 +647,6 @@ def _make_batch_scores():
 
     from . import _gmm
 
-    @jax.jit
     def batch_scores(emb, logf0, idx, wts, ina, act, act_a, keys, keys_a, reg, log_lam, n_cells):
         x = emb[idx]  # (G, M, d)
         valid = wts > 0
@@ -678,7 +677,7 @@ def _make_batch_scores():
         k_b = jnp.sum(in_r & b_mask[:, None, :], axis=2)
         return raw, sens, llsum, k_r, k_b
 
-    return batch_scores
+    return _gmm.jit_for(batch_scores)
 
 
 _BATCH_SCORES: Any = None
