@@ -31,15 +31,18 @@ import experimat as em
 from experimat.methods.locat import locat
 
 HERE = Path(__file__).resolve().parent
+REF_TIMEOUT = int(os.environ.get("EXPERIMAT_REF_TIMEOUT", "3600"))
 
 
-def pbmc():
+def pbmc(n_genes: int | None = None):
     import scanpy as sc
 
     a = sc.datasets.pbmc68k_reduced()
     b = a.raw.to_adata()
     b.obsm["X_pca"] = a.obsm["X_pca"]
     b.obs["label"] = a.obs["bulk_labels"].astype(str)
+    if n_genes is not None and n_genes < b.n_vars:
+        b = b[:, np.linspace(0, b.n_vars - 1, n_genes).astype(int)].copy()
     return b
 
 
@@ -99,8 +102,12 @@ def run_ref(adata, label: str):
         slim.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"])
         slim.write_h5ad(p_in)
         t = time.perf_counter()
-        r = subprocess.run([py, str(HERE / "_ref" / "locat_ref.py"), str(p_in), str(p_out), "8"],
-                           capture_output=True, text=True, check=False)  # fmt: skip
+        try:
+            r = subprocess.run([py, str(HERE / "_ref" / "locat_ref.py"), str(p_in), str(p_out), "8"],
+                               capture_output=True, text=True, check=False, timeout=REF_TIMEOUT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            print(f"[ref ] {label}: gave up after {REF_TIMEOUT} s")
+            return None, None
         dt = time.perf_counter() - t
         if r.returncode != 0:
             print(f"[ref ] {label}: failed\n{r.stderr[-3000:]}")
@@ -163,6 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="pbmc68k_reduced only")
     ap.add_argument("--zeisel-only", action="store_true", help="skip pbmc68k_reduced")
+    ap.add_argument("--pbmc-genes", type=int, default=None, help="evenly spaced subset of pbmc68k_reduced genes")
     ap.add_argument("--zeisel-ref-genes", type=int, default=400, help="Zeisel genes given to the reference")
     args = ap.parse_args()
     em.settings.progress = False
@@ -170,14 +178,14 @@ def main() -> None:
           "back to back", file=sys.stderr)  # fmt: skip
 
     if not args.zeisel_only:
-        run_pbmc()
+        run_pbmc(args.pbmc_genes)
     if args.quick:
         return
     run_zeisel(args.zeisel_ref_genes)
 
 
-def run_pbmc() -> None:
-    a = pbmc()
+def run_pbmc(n_genes: int | None) -> None:
+    a = pbmc(n_genes)
     o, to = run_ours(a, "pbmc68k_reduced")
     r, tr = run_ref(a, "pbmc68k_reduced")
     if tr:
