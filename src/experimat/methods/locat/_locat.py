@@ -181,7 +181,12 @@ def locat(
        corrected. Cross-fitting makes this test valid under permutation (the reference tests the
        same cells it fitted, which makes almost every gene significant).
     5. **Combination** as the reference: Cauchy combination of the two p-values, then
-       ``pval = 1 - (1 - p_cauchy)(1 - 0.05 h_size)(1 - 0.12 h_sens)`` squashed above 0.99.
+       ``pval = 1 - (1 - p_cauchy)(1 - 0.05 h_size)(1 - 0.12 h_sens)`` squashed above 0.99. The
+       sensitivity penalty bounds ``pval`` below by ``0.12 (1 - sens_score)``, so broadly expressed
+       genes (``sens_score`` < 0.6) are rarely jointly significant at 0.05 even when both tests are.
+
+    The reference's ``knn_mode`` does not change its scan (its neighbour graph is unused there);
+    here it chooses the cell weights as documented below.
 
     Parameters
     ----------
@@ -233,7 +238,8 @@ def locat(
 
         - ``gene_name``: symbol from ``var['gene']`` when present, else the var name;
         - ``bic``: BIC of the gene's mixture on its expressing cells, per cell
-          ((d(d+3)/2 K log m - 2 sum log f1) / m);
+          ((d(d+3)/2 K log m - 2 sum log f1) / m; the reference sums densities instead of log
+          densities here, so the two are not comparable);
         - ``zscore``: concentration z-score against the permuted null;
         - ``sens_score``: fraction of expressing cells where ``f1 > f0``;
         - ``depletion_pval``: cross-fitted depletion scan p-value (Sidak over tested lambdas, 1 when no
