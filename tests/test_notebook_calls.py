@@ -143,3 +143,26 @@ def test_destvi_calls(deconv_expm):
                                 reference_kwargs={"max_epochs": 5, "n_top_genes": 100, "key_added": "condscvi_small"},
                                 run_on_samples=["v1"], max_epochs=5, key_added="destvi_small")
     assert "condscvi_small" in expm.models and "destvi_small.proportions" in a.obsm
+
+
+def test_locat_calls(tmp_path):
+    import anndata as ad
+
+    from conftest import DATA
+
+    z = ad.read_h5ad(DATA / "deconv" / "zeisel_subset.h5ad")
+    adata = z[:300, :80].copy()
+    adata_locat = em.pp.filter_genes_locat(adata)
+    assert adata_locat.n_vars <= adata.n_vars
+    expm = em.Experiment.from_anndata({"z": adata_locat}, modality="rna", taxa="mmu", harmonize_genes=False)
+    expm.rna.normalize(run_on_samples=True)
+    expm.rna.pca(run_on_samples=True, n_comps=10)
+    res = expm.rna.locat(run_on_samples=True, embedding="pca", n_dims=8, n_bootstrap_inits=3, knn_mode="connectivity",
+                         reg_covar=1e-6, rc_lambda_values=np.linspace(1, 2, 8), n_null_genes=40, key_added="locat")
+    df = res["z"]
+    assert list(df.columns) == ["gene_name", "bic", "zscore", "sens_score", "depletion_pval", "concentration_pval", "h_size",
+                                "h_sens", "pval", "K_components", "sample_size", "max_deficit", "is_conc_sig", "is_depl_sig",
+                                "is_joint_sig"]
+    assert "locat.zscore" in expm.rna["z"].var
+    fig = expm.rna.plot_locat(run_on_samples=["z"], basis="X_pca")
+    assert fig is not None

@@ -16,3 +16,8 @@ register_method(pp.neighbors_umap, modalities=ALL, reads=("obsm/{use_rep}",), wr
 # figures (read-only)
 register_method(pl.plot_embedding, modalities=ALL, kind="view")
 register_method(pl.plot_training_history, modalities=ALL, kind="view")
+
+# LOCAT: genes concentrated in one region of an embedding (spatial data: embedding="spatial", n_dims=None)
+from ..methods import locat  # noqa: E402
+
+register_method(locat.locat, modalities=ALL, reads=("layers/{layer}",), writes=("var/{key_added}.*", "uns/{key_added}"))
