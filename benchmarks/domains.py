@@ -249,7 +249,7 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
             "ref_domains_total": int(rdf["pred"].nunique()),
             "ours_vs_ref_ari": _ari(ours, rdf["pred"]),
         }
-    _print_row(row)
+        _print_row(row)
     return [row]
 
 

@@ -22,14 +22,15 @@ from experimat._logging import logger
 T_ALPHA = 0.2
 UPDATE_INTERVAL = 3
 #: PCA is exact (eigendecomposition) when spots or genes are at most this many, randomised beyond
-EXACT_PCA_MAX = 4000
+EXACT_PCA_MAX = 1000
 
 
 def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
     """PCA scores of the (log-normalised) expression matrix, as SpaGCN (centred, not scaled).
 
     Exact (eigendecomposition of the gene covariance or of the spot Gram matrix) when either side is
-    at most 4,000, randomised SVD (seeded) beyond; component signs are fixed so that the largest
+    at most :data:`EXACT_PCA_MAX`, randomised SVD (seeded, 6 power iterations, as scikit-learn's
+    default solver for such shapes) beyond; component signs are fixed so that the largest
     loading is positive.
     """
     import torch
@@ -40,7 +41,7 @@ def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
     n_pcs = int(min(n_pcs, n - 1, g))
     if n_pcs < 1:
         raise InvalidInputError(f"PCA needs at least 2 spots and 1 gene; got {X.shape}.")
-    dtype = np.float64 if min(n, g) <= EXACT_PCA_MAX else np.float32  # large inputs: randomised SVD in float32
+    dtype = np.float64 if n * g <= 50_000_000 else np.float32  # large inputs: float32
     Xt = torch.as_tensor(np.asarray(X, dtype=dtype), device=device)
     Xt = Xt - Xt.mean(0, keepdim=True)
     if g <= EXACT_PCA_MAX and g <= n:
@@ -128,7 +129,7 @@ def leiden_labels(graph, resolution: float, seed: int) -> np.ndarray:
         weights="weight" if "weight" in graph.es.attributes() else None,
         resolution_parameter=resolution,
         seed=seed,
-        n_iterations=-1,
+        n_iterations=2,
     )
     return np.asarray(part.membership, dtype=np.int64)
 
@@ -236,9 +237,28 @@ def fit_gcdec(
 
     def soft_assign():
         z = ax @ weight + bias
-        q = 1.0 / ((1.0 + torch.cdist(z, mu).pow(2) / T_ALPHA) + 1e-8)
+        # squared distances through matmuls (cdist's and broadcasting's backward are slow on CPU)
+        d2 = ((z * z).sum(1, keepdim=True) - 2.0 * z @ mu.T + (mu * mu).sum(1)).clamp_min(0.0)
+        q = 1.0 / ((1.0 + d2 / T_ALPHA) + 1e-8)
         q = q ** (T_ALPHA + 1.0) / 2.0
         return q / q.sum(1, keepdim=True)
+
+    # the per-epoch tensors are small (spots x domains): one CPU thread is faster than a thread pool,
+    # and much faster on a busy machine
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        epoch, prob = _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol)
+    finally:
+        torch.set_num_threads(threads)
+    return FitResult(
+        labels=prob.argmax(1), prob=prob, init_labels=labels0, resolution=used_res, n_epochs=epoch + 1, init=init
+    )
+
+
+def _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol):
+    import torch
 
     opt = torch.optim.Adam([weight, bias, mu], lr=lr, weight_decay=0.0)
     last = labels0
@@ -263,7 +283,4 @@ def fit_gcdec(
             break
     with torch.no_grad():
         q = soft_assign()
-    prob = q.cpu().numpy()
-    return FitResult(
-        labels=prob.argmax(1), prob=prob, init_labels=labels0, resolution=used_res, n_epochs=epoch + 1, init=init
-    )
+    return epoch, q.cpu().numpy()
