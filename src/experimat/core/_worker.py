@@ -148,6 +148,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     import anndata as ad
 
     start = time.time()
+    if task.get("threads"):  # Dask workers: apply the same thread limits as the local pool
+        init_worker(int(task["threads"]), task.get("settings"))
     try:
         adata = ad.read_h5ad(task["path"])
         before = snapshot(adata)

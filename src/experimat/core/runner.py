@@ -283,7 +283,17 @@ def _run_dask(client: Any, tasks: dict, handle, bar) -> None:
         from .._errors import MissingDependencyError
 
         raise MissingDependencyError("executor= needs dask.distributed; run `pip install 'experimat[dask]'`.") from e
-    futures = [client.submit(_worker.run_task, task, pure=False, key=f"experimat-{task['sample']}-{time.time_ns()}") for task, _ in tasks.values()]
+    try:
+        info = client.scheduler_info()
+        workers = list(info.get("workers", {}).values())
+        threads = max(1, min(int(w.get("nthreads", 1)) for w in workers)) if workers else 1
+    except (AttributeError, KeyError, TypeError, ValueError):
+        threads = 1
+    settings_state = {"seed": settings.seed, "progress": False, "verbosity": settings.verbosity}
+    futures = []
+    for task, _ in tasks.values():
+        task = {**task, "threads": threads, "settings": settings_state}
+        futures.append(client.submit(_worker.run_task, task, pure=False, key=f"experimat-{task['sample']}-{time.time_ns()}"))
     for fut in as_completed(futures):
         handle(fut.result())
         bar.update()
