@@ -14,6 +14,8 @@ Run: ``EXPERIMAT_DATA_DIR=... python benchmarks/pl.py``.
 
 from __future__ import annotations
 
+import tempfile
+
 import json
 import time
 import warnings
@@ -28,6 +30,8 @@ from matplotlib.image import imread
 
 import experimat as em
 from experimat import pl
+
+_TMP = tempfile.mkdtemp(prefix='experimat-pl-bench-')
 
 SAMPLES = ("Vis5A_2dpi", "Vis7B_5dpi")
 DPI = 100
@@ -113,11 +117,11 @@ def main() -> None:
     t_ours, t_theirs = [], []
     for _ in range(3):
         t0 = time.perf_counter()
-        ours().savefig("/tmp/_bench_ours.png", dpi=DPI)
+        ours().savefig(f"{_TMP}/_bench_ours.png", dpi=DPI)
         t_ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         fig, _ = theirs()
-        fig.savefig("/tmp/_bench_scanpy.png", dpi=DPI)
+        fig.savefig(f"{_TMP}/_bench_scanpy.png", dpi=DPI)
         plt.close(fig)
         t_theirs.append(time.perf_counter() - t0)
     to, tt = min(t_ours), min(t_theirs)
@@ -164,8 +168,8 @@ def main() -> None:
         f"image under spot centres vs the stored pixel: experimat mean |diff| {ours_d.mean():.4f}, "
         f"scanpy {sc_d.mean():.4f}; experimat vs scanpy {np.concatenate([x[2] for x in img_diffs]).mean():.4f}"
     )
-    fo.savefig("/tmp/_bench_ours_img.png", dpi=DPI)
-    fs.savefig("/tmp/_bench_scanpy_img.png", dpi=DPI)
+    fo.savefig(f"{_TMP}/_bench_ours_img.png", dpi=DPI)
+    fs.savefig(f"{_TMP}/_bench_scanpy_img.png", dpi=DPI)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ def test_deepst_call(tmp_path):
 @pytest.fixture
 def deconv_expm(tmp_path):
     import anndata as ad
-
     from conftest import DATA
+
     from experimat.datasets import pseudo_spots
 
     sc_ref = ad.read_h5ad(DATA / "deconv" / "zeisel_subset.h5ad")
@@ -147,7 +147,6 @@ def test_destvi_calls(deconv_expm):
 
 def test_locat_calls(tmp_path):
     import anndata as ad
-
     from conftest import DATA
 
     z = ad.read_h5ad(DATA / "deconv" / "zeisel_subset.h5ad")

@@ -2,9 +2,8 @@
 
 from .. import pl
 from ..core.registry import register_method
-from ..methods import domains
+from ..methods import domains, svg
 from ..methods import preprocess as pp
-from ..methods import svg
 from ..methods.domains import spagcn
 
 SPATIAL = ("spatial-bin", "spatial-cell")
