@@ -14,9 +14,8 @@ Run: ``EXPERIMAT_DATA_DIR=... python benchmarks/pl.py``.
 
 from __future__ import annotations
 
-import tempfile
-
 import json
+import tempfile
 import time
 import warnings
 
