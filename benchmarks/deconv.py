@@ -195,6 +195,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     em.settings.progress = False
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="experimat_deconv_"))
+    out.mkdir(parents=True, exist_ok=True)
     n_cells = 6.0  # mean of 2-10 cells per spot
     ref_epochs = [250, 500, 1000, 2000] if not a.quick else [100]
     our_epochs = [100, 200, 400, 800, 1600] if not a.quick else [100]
