@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -10,18 +9,18 @@ import numpy as np
 import pandas as pd
 
 from experimat._errors import ExperimatWarning, InvalidInputError
-from experimat._logging import ProgressBar, logger
+from experimat._logging import logger
 from experimat._settings import settings
 from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
 
 from ._reference import ReferenceSignatures
 from ._svi import (
     MeanFieldLogNormal,
-    cpu_threads,
     exponential_logpdf,
     gamma_logpdf,
     make_generator,
     nb_loglik,
+    run_epochs,
     still_decreasing,
 )
 
@@ -396,18 +395,8 @@ def _fit_location_model(
         opt.step()
         return float(loss.detach())
 
-    history: list[float] = []
-    t0 = time.perf_counter()
-    with cpu_threads(torch, device, deterministic), ProgressBar(max_epochs, "cell2location") as bar:
-        for _ in range(max_epochs):
-            if batch_size is None or batch_size >= n_obs:
-                history.append(step(None))
-            else:
-                order = perm_rng.permutation(n_obs)
-                n_b = int(np.ceil(n_obs / batch_size))
-                history.append(sum(step(np.sort(order[s : s + batch_size])) for s in range(0, n_obs, batch_size)) / n_b)
-            bar.update()
-    logger.debug(f"cell2location: {max_epochs} epochs in {time.perf_counter() - t0:.1f} s")
+    history = run_epochs(torch, step, n_obs=n_obs, batch_size=batch_size, max_epochs=max_epochs, perm_rng=perm_rng,
+                         device=device, deterministic=deterministic, name="cell2location")
     posterior = {
         "m_g": g.summary(torch, "m_g")["means"].ravel(),
         "detection_y_s": g.summary(torch, "detection_y_s")["means"].ravel(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
-from experimat._logging import ProgressBar, logger
+from experimat._logging import logger
 from experimat._settings import settings
 from experimat.methods._checks import (
     check_choice,
@@ -27,11 +26,11 @@ from experimat.methods._checks import (
 
 from ._svi import (
     MeanFieldLogNormal,
-    cpu_threads,
     exponential_logpdf,
     gamma_logpdf,
     make_generator,
     nb_loglik_grouped,
+    run_epochs,
     still_decreasing,
 )
 
@@ -553,20 +552,8 @@ def _fit_regression(
         opt.step()
         return float(loss.detach())
 
-    history: list[float] = []
-    t0 = time.perf_counter()
-    with cpu_threads(torch, device, deterministic), ProgressBar(max_epochs, "reference regression") as bar:
-        for _ in range(max_epochs):
-            if batch_size is None or batch_size >= n_obs:
-                history.append(step(None))
-            else:
-                order = perm_rng.permutation(n_obs)
-                tot = 0.0
-                for s in range(0, n_obs, batch_size):
-                    tot += step(np.sort(order[s : s + batch_size]))
-                history.append(tot / int(np.ceil(n_obs / batch_size)))
-            bar.update()
-    logger.debug(f"reference regression: {max_epochs} epochs in {time.perf_counter() - t0:.1f} s")
+    history = run_epochs(torch, step, n_obs=n_obs, batch_size=batch_size, max_epochs=max_epochs, perm_rng=perm_rng,
+                         device=device, deterministic=deterministic, name="reference regression")
     post = g.summary(torch, "per_cluster_mu_fg")["means"]
     y_e = g.summary(torch, "detection_mean_y_e")["means"].mean()
     return (post * y_e).T, history
