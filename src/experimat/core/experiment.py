@@ -496,7 +496,7 @@ class Experiment:
 
             report = gene_overlap_report(parts)
             shared, union = report["shared"], report["n_union"]
-            logger.info(f"merge {mod}: {report['message']} ({join} join)")
+            logger.debug(f"merge {mod}: {len(parts)} samples, {join} join")  # the gene overlap is logged by the report
             if join == "inner" and not shared:
                 raise InvalidInputError(
                     f"the samples of {mod} share no gene; check their taxa and gene ids, or use join='outer'."

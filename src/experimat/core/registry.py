@@ -98,8 +98,9 @@ class MethodSpec:
                 slot = t.format(**options)
             except (KeyError, IndexError) as e:
                 raise InvalidInputError(f"{self.name}: slot template {t!r} names an unknown option ({e}).") from e
-            if "None" in slot.split("/", 1)[-1].split(".") or slot.endswith("/None") or slot.endswith("/X"):
-                continue  # layer=None means X
+            key = slot.split("/", 1)[-1]
+            if key in ("None", "X") or key.startswith("None."):
+                continue  # an unset option (e.g. layer=None: use X) names no slot
             out.append(slot)
         return out
 
