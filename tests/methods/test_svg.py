@@ -155,6 +155,31 @@ def test_gp_permuted_coordinates_controls_fdr(mob):
     assert (res["padj"] < 0.05).sum() <= 3
 
 
+def test_gp_permutation_null_is_calibrated_and_keeps_power(mob, synth):
+    b = mob.copy()
+    b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(3).permutation(b.n_obs)]
+    res = spatial_svg_gp(b, layer="counts", null="permutation", n_null=20_000, model_search=False, seed=0)
+    p = res["pval"].dropna()
+    assert p.size >= 250 and stats.kstest(p, "uniform").pvalue > 0.01
+    assert (res["padj"] < 0.05).sum() <= 2
+    # the chi2 LRT of SpatialDE is conservative on the same genes
+    chi2 = spatial_svg_gp(b, layer="counts", model_search=False, key_added="chi2")
+    assert np.mean(chi2["pval"].dropna() < 0.05) < np.mean(p < 0.05)
+    # seeded and reproducible
+    again = spatial_svg_gp(b, layer="counts", null="permutation", n_null=20_000, model_search=False, seed=0)
+    np.testing.assert_array_equal(again["pval"], res["pval"])
+    # power on synthetic genes with known truth
+    pw = spatial_svg_gp(synth, layer="counts", null="permutation", n_null=20_000, model_search=False, key_added="pw")
+    truth = synth.var["spatial"].to_numpy()
+    assert (pw["qval"][truth] < 0.05).mean() >= 0.9
+    assert (pw["qval"][~truth] < 0.05).sum() <= 2
+
+
+def test_gp_rejects_unknown_null(synth):
+    with pytest.raises(ValueError, match="chi2"):
+        spatial_svg_gp(synth, layer="counts", null="exact")
+
+
 # ------------------------------------------------------------------ score tests
 
 
