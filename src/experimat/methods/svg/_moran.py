@@ -240,7 +240,7 @@ def spatial_svg_moran(
             mq, vq, sk = permutation_moments(ps, n, weights)
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = (n / S0) / ps[:, 0]
-            mean_p[c], var_p[c], skew[c] = mq[:, 0] * scale, vq[:, 0] * scale**2, sk[:, 0]
+                mean_p[c], var_p[c], skew[c] = mq[:, 0] * scale, vq[:, 0] * scale**2, sk[:, 0]
             for perm in perms:
                 Ip = moran_i(Z[perm], W, S0)
                 if alternative == "greater":

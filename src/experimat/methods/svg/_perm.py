@@ -191,9 +191,7 @@ def permutation_moments(S: np.ndarray, n: int, weights: list[np.ndarray]) -> tup
 
 
 def _from_diag(d: np.ndarray, f2: float, f3: float, c3: float, g: float, h: float) -> dict[str, float]:
-    return dict(
-        t1=float(d.sum()), t2=float((d**2).sum()), t3=float((d**3).sum()), f2=f2, f3=f3, c3=c3, g=g, h=h
-    )
+    return dict(t1=float(d.sum()), t2=float((d**2).sum()), t3=float((d**3).sum()), f2=f2, f3=f3, c3=c3, g=g, h=h)
 
 
 def kernel_invariants_dense(K: np.ndarray) -> dict[str, float]:
