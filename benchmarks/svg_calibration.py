@@ -43,7 +43,7 @@ import experimat as em
 from experimat.methods.svg import bh_adjust, spatial_svg_gp, spatial_svg_moran, spatial_svg_spatialde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from svg import load_spatialde_paper  # noqa: E402
+from svg import load_spatialde_paper
 
 
 def load_muscle(sample: str = "Vis5A_2dpi") -> ad.AnnData:

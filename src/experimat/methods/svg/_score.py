@@ -93,7 +93,6 @@ def _core(obs_dist: str, n_kernels: int, with_stats: bool = True):
 @cache
 def _quad_stats():
     import jax
-    import jax.numpy as jnp
 
     def f(C, U, lam, onehot):
         B = C @ U
