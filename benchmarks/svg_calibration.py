@@ -45,7 +45,6 @@ from experimat.methods.svg import bh_adjust, spatial_svg_gp, spatial_svg_moran, 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from svg import load_spatialde_paper
 
-
 #: permuted-gene LLRs of the GP test's permutation null per call (its default is 20,000; fewer keep the
 #: 20 block-wise runs affordable; the null stays exact, only its resolution is coarser)
 GP_N_NULL = 2000

@@ -287,7 +287,7 @@ def test_score_calibrated_with_independent_blocks(mob):
     for b in range(6):
         sub = mob[:, null_genes[part == b]].copy()
         sub.obsm["spatial"] = mob.obsm["spatial"][rng.permutation(mob.n_obs)]
-        res = spatial_svg_spatialde(sub, sizefactors=mob.obs["total_counts"].to_numpy(), n_null=3000, seed=b)
+        res = spatial_svg_spatialde(sub, sizefactors=mob.obs["total_counts"].to_numpy(), n_null=1000, seed=b)
         p.append(res["pval"].dropna().to_numpy())
     p = np.concatenate(p)
     assert p.size >= 150 and stats.kstest(p, "uniform").pvalue > 0.001
