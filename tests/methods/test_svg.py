@@ -106,6 +106,18 @@ def test_cauchy_combination():
     np.testing.assert_allclose(cauchy_pvalue(cauchy_statistic(p)), p[:, 0], rtol=1e-6)
     t = cauchy_statistic(np.array([[1e-200, 1e-300], [1e-100, 0.5]]))
     assert np.all(np.isfinite(t)) and t[0] > t[1]
+    # calibration of a (truncated) statistic against a null sample: uniform, also across the atom at 0
+    from experimat.methods.svg._score import calibrated_logp
+
+    rng = np.random.default_rng(0)
+
+    def draw(m):
+        return np.where(rng.uniform(size=m) < 0.3, 0.0, np.abs(stats.cauchy.rvs(size=m, random_state=rng)))
+
+    T = np.r_[draw(3000), 1e3, 1e8, 1e200]
+    lp = calibrated_logp(T, np.log(np.maximum(T, 1e-300)), draw(10_000), rng)
+    assert stats.kstest(np.exp(lp[:-3]), "uniform").pvalue > 0.01
+    assert np.all(np.diff(lp[-3:]) < 0) and np.isfinite(lp[-1]) and lp[-1] < -400
 
 
 # ------------------------------------------------------------------ permutation moments
