@@ -16,6 +16,10 @@ enough; the default runs both B = 1 and B = 20). Power on the unpermuted data is
 the genes found at BH 5 % and, for the mouse olfactory bulb, how many of SpatialDE's published
 67 genes (q < 0.05) are found.
 
+The GP test's permutation null pools the permuted LLRs of all genes of one call (stratified by
+kurtosis), so it needs a few hundred genes per call: in blocks of about 100 genes (2,000 genes / 20
+blocks) its KS test fails, in blocks of 400 (``--blocks 5``) it passes.
+
 Data (``EXPERIMAT_DATA_DIR``): SpatialDE's MOB Rep11 and breast cancer layer 2 (filtered as in
 ``benchmarks/svg.py``), and the Visium mouse muscle sample Vis5A_2dpi (McKellar et al. 2021).
 

@@ -222,7 +222,7 @@ def kernel_invariants_lowrank(U: np.ndarray, lam: np.ndarray, *, block_elems: in
     LM = lam[:, None] * M
     f2 = float(np.trace(LM @ LM))
     f3 = float(np.trace(LM @ LM @ LM))
-    A2diag = np.einsum("ik,kl,il->i", Ut, (lam[:, None] * M) * lam[None, :], Ut)
+    A2diag = ((Ut @ ((lam[:, None] * M) * lam[None, :])) * Ut).sum(1)
     Ud = Ut.T @ d
     h = float(Ud @ (lam * Ud))
     UL = Ut * lam
