@@ -106,6 +106,84 @@ def test_cauchy_combination():
     np.testing.assert_allclose(cauchy_pvalue(cauchy_statistic(p)), p[:, 0], rtol=1e-6)
     t = cauchy_statistic(np.array([[1e-200, 1e-300], [1e-100, 0.5]]))
     assert np.all(np.isfinite(t)) and t[0] > t[1]
+    # calibration of a (truncated) statistic against a null sample: uniform, also across the atom at 0
+    from experimat.methods.svg._score import calibrated_logp
+
+    rng = np.random.default_rng(0)
+
+    def draw(m):
+        return np.where(rng.uniform(size=m) < 0.3, 0.0, np.abs(stats.cauchy.rvs(size=m, random_state=rng)))
+
+    T = np.r_[draw(3000), 1e3, 1e8, 1e200]
+    lp = calibrated_logp(T, np.log(np.maximum(T, 1e-300)), draw(10_000), rng)
+    assert stats.kstest(np.exp(lp[:-3]), "uniform").pvalue > 0.01
+    assert np.all(np.diff(lp[-3:]) < 0) and np.isfinite(lp[-1]) and lp[-1] < -400
+
+
+# ------------------------------------------------------------------ permutation moments
+
+
+def test_permutation_moments_exact_and_monte_carlo():
+    from itertools import permutations
+
+    from experimat.methods.svg import _perm
+    from experimat.methods.svg._moran import knn_neighbors
+
+    rng = np.random.default_rng(0)
+    # exhaustive: all 5040 permutations of 7 entries, a general symmetric matrix
+    n = 7
+    K = rng.normal(size=(n, n))
+    K = K + K.T
+    c = rng.exponential(size=n) ** 2
+    c -= c.mean()
+    P = np.array(list(permutations(range(n))))
+    Q = np.einsum("pi,ij,pj->p", c[P], K, c[P])
+    w = _perm.moment_weights([_perm.kernel_invariants_dense(K)])
+    m, v, g = (x[0, 0] for x in _perm.permutation_moments(_perm.power_sums(c[None]), n, w))
+    np.testing.assert_allclose([m, v, g], [Q.mean(), Q.var(), stats.skew(Q)], rtol=1e-9)
+    # low-rank and sparse kernel invariants equal the dense ones
+    xy = rng.uniform(size=(40, 2))
+    lam, U = np.linalg.eigh(np.exp(-((xy[:, None] - xy[None]) ** 2).sum(-1) / 0.1))
+    U, lam = U[:, -12:], lam[-12:]
+    W = knn_neighbors(xy, 4)
+    W = sparse.diags(1.0 / np.asarray(W.sum(1)).ravel()) @ W
+    for got, dense in (
+        (_perm.kernel_invariants_lowrank(U, lam, block_elems=100), U @ np.diag(lam) @ U.T),
+        (_perm.kernel_invariants_sparse(W), W.toarray()),
+    ):
+        ref = _perm.kernel_invariants_dense(dense)
+        np.testing.assert_allclose([got[k] for k in _perm.INVARIANTS], [ref[k] for k in _perm.INVARIANTS], rtol=1e-9)
+    # Monte Carlo on the sparse graph with a skewed (sparse-gene-like) vector
+    c = np.where(rng.uniform(size=40) < 0.2, rng.poisson(3.0, size=40), 0.0)
+    c -= c.mean()
+    Ws = (W + W.T).toarray() / 2
+    Pm = rng.permuted(np.tile(c, (20000, 1)), axis=1)
+    Qm = np.einsum("pi,ij,pj->p", Pm, Ws, Pm)
+    m, v, g = (
+        x[0, 0]
+        for x in _perm.permutation_moments(
+            _perm.power_sums(c[None]), 40, _perm.moment_weights([_perm.kernel_invariants_sparse(W)])
+        )
+    )
+    se = Qm.std() / np.sqrt(Qm.size)
+    assert abs(Qm.mean() - m) < 4 * se and abs(Qm.var() / v - 1) < 0.05 and abs(stats.skew(Qm) - g) < 0.1
+    # as Moran's I: Cliff & Ord's randomisation mean and variance
+    from experimat.methods.svg._moran import moran_moments
+
+    mo = moran_moments(W)
+    S0, S1, S2 = mo["S0"], mo["S1"], mo["S2"]
+    b2 = 40 * (c**4).sum() / (c**2).sum() ** 2
+    var_rand = (
+        40 * ((40**2 - 3 * 40 + 3) * S1 - 40 * S2 + 3 * S0**2) - b2 * ((40**2 - 40) * S1 - 2 * 40 * S2 + 6 * S0**2)
+    ) / (39 * 38 * 37 * S0**2) - 1 / 39**2
+    scale = 40 / S0 / (c**2).sum()
+    np.testing.assert_allclose([m * scale, v * scale**2], [-1 / 39, var_rand], rtol=1e-9)
+    # Pearson III: gamma tail for positive skew, normal at zero skew, reflected for negative skew
+    x = np.array([-1.0, 0.5, 2.0])
+    np.testing.assert_allclose(np.exp(_perm.pearson3_logsf(x, 0.8)), stats.pearson3.sf(x, 0.8), rtol=1e-8)
+    np.testing.assert_allclose(np.exp(_perm.pearson3_logsf(x, -0.8)), stats.pearson3.sf(x, -0.8), rtol=1e-8)
+    np.testing.assert_allclose(np.exp(_perm.pearson3_logsf(x, 0.0)), stats.norm.sf(x), rtol=1e-8)
+    assert np.isfinite(_perm.pearson3_logsf(np.array([200.0]), 0.5)).all()
 
 
 # ------------------------------------------------------------------ SpatialDE GP test
@@ -211,6 +289,36 @@ def test_score_calibrated_on_permuted_mob(mob):
     assert stats.kstest(res_n["pval"].dropna(), "uniform").pvalue > 0.01
 
 
+def test_score_calibrated_with_independent_blocks(mob):
+    """Each block of genes gets its own coordinate permutation, so the p-values of different blocks
+    are independent and a KS test over genes is valid."""
+    rng = np.random.default_rng(11)
+    null_genes = np.flatnonzero(mob.var["ref_qval"].to_numpy() >= 0.05)
+    part = rng.permutation(null_genes.size) % 6
+    p = []
+    for b in range(6):
+        sub = mob[:, null_genes[part == b]].copy()
+        sub.obsm["spatial"] = mob.obsm["spatial"][rng.permutation(mob.n_obs)]
+        res = spatial_svg_spatialde(sub, sizefactors=mob.obs["total_counts"].to_numpy(), n_null=1000, seed=b)
+        p.append(res["pval"].dropna().to_numpy())
+    p = np.concatenate(p)
+    assert p.size >= 150 and stats.kstest(p, "uniform").pvalue > 0.001
+    assert 0.01 <= np.mean(p < 0.05) <= 0.1 and (bh_adjust(p) < 0.05).sum() == 0
+
+
+def test_score_min_spots_and_seed(synth):
+    a = synth.copy()
+    a.layers["counts"][:, 0] = 0.0
+    a.layers["counts"][:4, 0] = 3.0
+    r1 = spatial_svg_spatialde(a, layer="counts", seed=1, n_null=2000)
+    assert np.isnan(r1["pval"].iloc[0]) and r1["n_spots"].iloc[0] == 4 and not r1["svg"].iloc[0]
+    assert np.isfinite(r1["pval"].iloc[1:]).all()
+    r2 = spatial_svg(a, method="spatialde2", layer="counts", seed=1, n_null=2000, key_added="again")
+    np.testing.assert_array_equal(r1["pval"], r2["pval"])
+    r3 = spatial_svg_spatialde(a, layer="counts", min_spots=0, n_null=0, key_added="all")
+    assert np.isfinite(r3["pval"].iloc[0])
+
+
 def test_score_finds_published_mob_genes(mob):
     res = spatial_svg_spatialde(mob, layer="counts", n_svg=None)
     sig = mob.var["ref_qval"].to_numpy() < 0.05
@@ -302,6 +410,29 @@ def test_moran_calibrated_on_permuted_mob(mob):
     b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(2).permutation(b.n_obs)]
     res = spatial_svg_moran(b, layer="expr", null="randomisation")
     assert stats.kstest(res["pval"].dropna(), "uniform").pvalue > 0.01
+    # Pearson III default: independent permutations per gene (blocks of one gene) -> uniform p-values
+    c = mob.copy()
+    c.layers["lc"] = np.log1p(c.layers["counts"])
+    c.layers["lc"] = np.random.default_rng(5).permuted(c.layers["lc"], axis=0)
+    p3 = spatial_svg_moran(c, layer="lc", key_added="p3")
+    p = p3["pval"].dropna()
+    assert p.size >= 250 and stats.kstest(p, "uniform").pvalue > 0.001
+    assert 0.02 <= np.mean(p < 0.05) <= 0.09 and (p3["padj"] < 0.05).sum() == 0
+    assert {"skew_I", "pval_p3", "n_spots"} <= set(p3.columns)
+    np.testing.assert_array_equal(p3["n_spots"], (c.layers["lc"] > c.layers["lc"].min(0)).sum(0))
+
+
+def test_moran_min_spots_gives_nan(synth):
+    a = synth.copy()
+    a.layers["lc"] = np.log1p(a.layers["counts"])
+    a.layers["lc"][:, 0] = 0.0
+    a.layers["lc"][:3, 0] = 1.0  # expressed in 3 spots only
+    res = spatial_svg_moran(a, layer="lc", min_spots=5)
+    assert np.isnan(res["pval"].iloc[0]) and np.isfinite(res["I"].iloc[0]) and res["n_spots"].iloc[0] == 3
+    assert not res["svg"].iloc[0]
+    # the Pearson III null keeps the power of the normal approximation on spatial genes
+    truth = a.var["spatial"].to_numpy()
+    assert (res["padj"][truth] < 0.05).mean() >= 0.9
 
 
 # ------------------------------------------------------------------ AEH

@@ -24,7 +24,7 @@ from ._stats import bh_adjust, storey_qvalue
 METHODS = {"spatialde2": spatial_svg_spatialde, "spatialde": spatial_svg_gp, "moran": spatial_svg_moran}
 
 
-def spatial_svg(adata, *, method: str = "spatialde2", **kwargs: Any):
+def spatial_svg(adata, *, method: str = "spatialde2", seed: int | None = None, **kwargs: Any):
     """Spatially variable genes with the chosen method.
 
     Parameters
@@ -35,6 +35,10 @@ def spatial_svg(adata, *, method: str = "spatialde2", **kwargs: Any):
         ``"spatialde2"`` (score tests, :func:`spatial_svg_spatialde`, default), ``"spatialde"``
         (the original Gaussian-process test, :func:`spatial_svg_gp`) or ``"moran"``
         (:func:`spatial_svg_moran`).
+    seed
+        Seed of the method's random numbers (the score test's and the GP test's permutation
+        nulls, Moran's permutations; ``None``: ``em.settings.seed``). Named here so that the
+        accessors derive the same per-sample seed as for the method's own function.
     **kwargs
         Options of the chosen method (see its documentation); ``key_added`` defaults to
         ``"spatialde"``, ``"spatialde_gp"`` and ``"moran"`` respectively.
@@ -53,7 +57,7 @@ def spatial_svg(adata, *, method: str = "spatialde2", **kwargs: Any):
     from experimat.methods._checks import check_choice
 
     check_choice("method", method, tuple(METHODS))
-    return METHODS[method](adata, **kwargs)
+    return METHODS[method](adata, seed=seed, **kwargs)
 
 
 __all__ = [

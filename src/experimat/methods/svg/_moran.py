@@ -1,4 +1,5 @@
-"""Moran's I for every gene, with analytic (normality and randomisation) and permutation p-values."""
+"""Moran's I for every gene: p-values from the exact permutation moments (Pearson type III), the normal
+approximations (normality, randomisation) or Monte Carlo permutations."""
 
 from __future__ import annotations
 
@@ -83,6 +84,17 @@ def moran_i(Z: np.ndarray, W: sparse.csr_matrix, S0: float) -> np.ndarray:
         return (n / S0) * num / den
 
 
+def auto_min_spots(W: sparse.spmatrix, *, pairs: float = 2.0, floor: int = 10) -> int:
+    """Smallest ``k`` (at least ``floor``) such that ``k`` random spots hold ``pairs`` neighbouring
+    pairs in expectation: ``k (k - 1) / 2 · d / (n - 1) >= pairs`` with ``d`` the mean number of
+    neighbours of the (symmetrised) graph."""
+    n = W.shape[0]
+    A = (abs(W) + abs(W.T)) > 0
+    d = max(float(A.sum() - A.diagonal().sum()) / n, 1e-12)
+    k = int(np.ceil(0.5 * (1.0 + np.sqrt(1.0 + 8.0 * pairs * (n - 1) / d))))
+    return max(floor, k)
+
+
 def _norm_sf(z: np.ndarray, alternative: str) -> np.ndarray:
     if alternative == "greater":
         return special.ndtr(-z)
@@ -100,8 +112,9 @@ def spatial_svg_moran(
     n_neighbors: int = 6,
     transformation: str = "r",
     alternative: str = "greater",
-    null: str = "normality",
+    null: str = "pearson3",
     n_perms: int = 0,
+    min_spots: int | None = None,
     seed: int | None = None,
     alpha: float = 0.05,
     n_svg: int | None = None,
@@ -115,9 +128,13 @@ def spatial_svg_moran(
     from the Visium hexagonal neighbours (``obs['array_row']``, ``obs['array_col']``) or from
     the ``n_neighbors`` nearest spots, row-standardised by default (as squidpy). p-values are
     analytic under normality or randomisation (Cliff & Ord), optionally also from permutations of
-    the spots, and Benjamini–Hochberg adjusted. For very sparse genes the analytic (normal)
-    p-values are somewhat anti-conservative (on the mouse olfactory bulb with permuted
-    coordinates 6 % of genes have p < 0.05); use ``n_perms`` when that matters.
+    the spots, and Benjamini–Hochberg adjusted. The default p-value (``null="pearson3"``) is the
+    upper tail of a Pearson type III distribution matched to the exact mean, variance and
+    skewness of ``I`` over all permutations of the spots (given the gene's values; see
+    :mod:`experimat.methods.svg._perm`): it is calibrated under the null "spot locations
+    exchangeable" also for sparse, skewed genes, where the normal approximations give too many
+    small p-values. Genes with a value above their minimum in fewer than ``min_spots`` spots get
+    NaN (their permutation distribution is too discrete for any smooth approximation).
 
     Parameters
     ----------
@@ -137,11 +154,20 @@ def spatial_svg_moran(
     alternative
         ``"greater"`` (positive autocorrelation: spatially variable), ``"two-sided"`` or ``"less"``.
     null
-        Which analytic p-value fills ``pval``: ``"normality"`` or ``"randomisation"`` (both are
-        reported as ``pval_norm`` and ``pval_rand``). With ``n_perms > 0`` the permutation p-value
-        fills ``pval``.
+        Which p-value fills ``pval``: ``"pearson3"`` (permutation moments, default),
+        ``"normality"`` or ``"randomisation"`` (Cliff & Ord's normal approximations; all three are
+        reported as ``pval_p3``, ``pval_norm`` and ``pval_rand``). With ``n_perms > 0`` the Monte
+        Carlo permutation p-value fills ``pval``. Only ``"pearson3"`` is one-sided by construction
+        (``alternative="greater"``); with other alternatives it gives the matching tail.
     n_perms
         Number of spot permutations (0: none).
+    min_spots
+        Genes with a value above their minimum (for counts and log-normalised data: expressed) in
+        fewer spots get NaN p-values; the count is reported as ``n_spots``. ``None``: the
+        smallest number of spots among which about two neighbouring pairs are expected by chance
+        (:func:`auto_min_spots`; 13 for 260 spots with 6 nearest neighbours, 27 for 1,000 Visium
+        spots, about 60 for 5,000), at least 10: below it ``I`` takes only a few distinct values
+        under permutations and no smooth approximation is uniform.
     seed
         Seed of the permutations (``None``: ``em.settings.seed``).
     alpha
@@ -158,8 +184,9 @@ def spatial_svg_moran(
     Returns
     -------
     DataFrame indexed by ``var_names`` with ``I``, ``expected_I``, ``var_I_norm``, ``var_I_rand``,
-    ``pval_norm``, ``pval_rand`` (``pval_sim`` with permutations), ``pval``, ``padj``, ``svg``,
-    ``rank``; written to ``adata.var`` as ``{key_added}.<column>``. Constant genes get NaN.
+    ``skew_I`` (permutation skewness), ``pval_p3``, ``pval_norm``, ``pval_rand`` (``pval_sim`` with
+    permutations), ``pval``, ``padj``, ``svg``, ``rank``, ``n_spots``; written to ``adata.var`` as
+    ``{key_added}.<column>``. Constant genes get NaN; genes below ``min_spots`` get NaN p-values.
 
     Examples
     --------
@@ -178,19 +205,25 @@ def spatial_svg_moran(
 
     from ._common import as_csc_or_dense, chunk_size_for, coordinates, dense_chunk, gene_chunks
     from ._gp import _finish_ranking, write_var
+    from ._perm import kernel_invariants_sparse, moment_weights, pearson3_logsf, permutation_moments, power_sums
     from ._stats import bh_adjust
 
     check_choice("neighbors", neighbors, ("auto", "hex", "knn"))
     check_choice("transformation", transformation, ("r", "b"))
     check_choice("alternative", alternative, ("greater", "two-sided", "less"))
-    check_choice("null", null, ("normality", "randomisation"))
+    check_choice("null", null, ("pearson3", "normality", "randomisation"))
     if n_perms < 0:
         raise InvalidInputError(f"n_perms must be >= 0; got {n_perms}.")
+    if min_spots is not None and min_spots < 0:
+        raise InvalidInputError(f"min_spots must be >= 0 (or None: automatic); got {min_spots}.")
     xy = coordinates(adata, spatial_key)
     X = as_csc_or_dense(get_matrix(adata, layer))
     n, G = X.shape
     W, used = spatial_weights(adata, xy, neighbors=neighbors, n_neighbors=n_neighbors, transformation=transformation)
     mom = moran_moments(W)
+    if min_spots is None:
+        min_spots = auto_min_spots(W)
+    weights = moment_weights([kernel_invariants_sparse(W)])
     S0, S1, S2 = mom["S0"], mom["S1"], mom["S2"]
     if S0 <= 0:
         raise InvalidInputError("the spatial graph has no edges; check the coordinates or use neighbors='knn'.")
@@ -201,12 +234,16 @@ def spatial_svg_moran(
     perms = [rng.permutation(n) for _ in range(n_perms)]
     I = np.full(G, np.nan)  # noqa: E741
     b2 = np.full(G, np.nan)
+    skew = np.full(G, np.nan)
+    mean_p, var_p = np.full(G, np.nan), np.full(G, np.nan)
+    n_spots = np.zeros(G, dtype=np.int64)
     count_ge = np.zeros(G)
     cs = chunk_size or chunk_size_for(n, budget_elems=2_000_000)
     chunks = list(gene_chunks(G, cs))
     with ProgressBar(len(chunks), "Moran's I", disable=not (progress and settings.progress)) as bar:
         for c in chunks:
             Z = dense_chunk(X, c)
+            n_spots[c] = (Z > Z.min(0)).sum(0)
             Z = Z - Z.mean(0)
             m2 = (Z**2).mean(0)
             const = m2 <= 1e-24 * np.maximum(1.0, np.abs(Z).max(0) ** 2)
@@ -215,6 +252,12 @@ def spatial_svg_moran(
             I[c] = Ic
             with np.errstate(divide="ignore", invalid="ignore"):
                 b2[c] = (Z**4).mean(0) / m2**2
+            # exact permutation moments of the numerator zᵀ W z, scaled to I (zᵀz is invariant)
+            ps = power_sums(Z.T)
+            mq, vq, sk = permutation_moments(ps, n, weights)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = (n / S0) / ps[:, 0]
+                mean_p[c], var_p[c], skew[c] = mq[:, 0] * scale, vq[:, 0] * scale**2, sk[:, 0]
             for perm in perms:
                 Ip = moran_i(Z[perm], W, S0)
                 if alternative == "greater":
@@ -230,23 +273,35 @@ def spatial_svg_moran(
     with np.errstate(invalid="ignore", divide="ignore"):
         p_norm = _norm_sf((I - EI) / np.sqrt(var_norm), alternative)
         p_rand = _norm_sf((I - EI) / np.sqrt(var_rand), alternative)
+        x = (I - mean_p) / np.sqrt(var_p)
+    if alternative == "greater":
+        p_p3 = np.exp(pearson3_logsf(x, skew))
+    elif alternative == "less":
+        p_p3 = np.exp(pearson3_logsf(-x, -skew))
+    else:
+        p_p3 = np.minimum(1.0, 2.0 * np.minimum(np.exp(pearson3_logsf(x, skew)), np.exp(pearson3_logsf(-x, -skew))))
+    few = n_spots < min_spots
+    p_p3[few] = p_norm[few] = p_rand[few] = np.nan
     res = pd.DataFrame(index=adata.var_names.copy())
     res["I"] = I
     res["expected_I"] = EI
     res["var_I_norm"] = var_norm
     res["var_I_rand"] = var_rand
+    res["skew_I"] = skew
+    res["pval_p3"] = p_p3
     res["pval_norm"] = p_norm
     res["pval_rand"] = p_rand
     if n_perms:
-        res["pval_sim"] = np.where(np.isfinite(I), (count_ge + 1.0) / (n_perms + 1.0), np.nan)
+        res["pval_sim"] = np.where(np.isfinite(I) & ~few, (count_ge + 1.0) / (n_perms + 1.0), np.nan)
         res["pval"] = res["pval_sim"]
     else:
-        res["pval"] = p_norm if null == "normality" else p_rand
+        res["pval"] = {"pearson3": p_p3, "normality": p_norm, "randomisation": p_rand}[null]
     res["padj"] = bh_adjust(res["pval"].to_numpy())
     score = I if alternative != "less" else -I
     if alternative == "two-sided":
         score = np.abs(I - EI)
     _finish_ranking(res, score=score, sig=res["padj"].to_numpy() < alpha, n_svg=n_svg)
+    res["n_spots"] = n_spots
     write_var(adata, res, key_added)
     store_params(
         adata,
@@ -260,6 +315,7 @@ def spatial_svg_moran(
             alternative=alternative,
             null=null,
             n_perms=n_perms,
+            min_spots=min_spots,
             seed=seed,
             alpha=alpha,
             n_svg=n_svg,
