@@ -108,8 +108,9 @@ def deconvolve_cell2location(
     detection efficiency (``Gamma(detection_alpha, detection_alpha / y_e)``, hierarchical per batch;
     the mean ``y_e`` is calibrated from total counts as in cell2location). The posterior is
     mean-field log-normal, fitted by stochastic variational inference with reparameterised
-    gradients (Adam) in torch, full batch by default; abundances start from a Poisson NMF
-    projection on the signatures. Mitochondrial genes (symbols ``mt-``/``MT-``) are not mapped;
+    gradients (Adam) in torch, full batch by default (the likelihood is then evaluated densely,
+    with its ``lgamma(d + alpha)`` terms summed once per distinct (batch, gene, count value) instead
+    of once per spot and gene); abundances start from a Poisson NMF projection on the signatures. Mitochondrial genes (symbols ``mt-``/``MT-``) are not mapped;
     their counts are kept in ``obsm['MT']``.
 
     Parameters
