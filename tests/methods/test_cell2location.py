@@ -261,3 +261,62 @@ def test_batches_and_minibatches(spots, sig_mean):
     assert s.uns["cell2location"]["batch_categories"] == ["s1", "s2"]
     tq = totals_qc(s)
     assert set(tq["batch"]) == {"s1", "s2"}
+
+
+def _per_cell_nb_loglik(torch, x, mu, alpha):
+    """Summed NB log likelihood, one term per entry, from torch.distributions (an independent formula)."""
+    nb = torch.distributions.NegativeBinomial(total_count=alpha, logits=torch.log(mu) - torch.log(alpha))
+    return nb.log_prob(x).sum()
+
+
+def test_sufficient_statistics_likelihoods_equal_per_cell():
+    import scipy.sparse as sp
+    import torch
+
+    from experimat.methods.deconv.cell2location._reference import _group_stats
+    from experimat.methods.deconv.cell2location._svi import (
+        count_histogram,
+        histogram_to_torch,
+        nb_loglik_dense,
+        nb_loglik_suffstats,
+    )
+
+    rng = np.random.default_rng(0)
+    n, n_genes, n_grp = 400, 60, 5
+    grp = rng.integers(0, n_grp, n)
+    mu_k = rng.gamma(1.0, 3.0, (n_grp, n_genes)) * np.where(np.arange(n_genes) < 5, 50.0, 1.0)  # some counts > 64
+    alpha = rng.gamma(2.0, 1.0, (1, n_genes))
+    x = rng.negative_binomial(alpha, alpha / (alpha + mu_k[grp]))
+    assert x.max() > 200
+    X = sp.csr_matrix(x)
+    dev, f64 = torch.device("cpu"), torch.float64
+    mu_t, a_t, x_t = torch.tensor(mu_k), torch.tensor(alpha), torch.tensor(x, dtype=f64)
+    expected = float(_per_cell_nb_loglik(torch, x_t, mu_t[grp], a_t))
+    # reference regression: per-group count sums + per-gene histogram of count values, exact
+    for dtype, rtol in ((f64, 1e-12), (torch.float32, 1e-6)):
+        st = _group_stats(torch, X, grp, n_grp, dev, dtype)
+        got = nb_loglik_suffstats(torch, mu_t.to(dtype), a_t.to(dtype), st["counts"], st["sums"], st["hist"])
+        assert float(got) == pytest.approx(expected, rel=rtol)
+    # mini-batches: the statistics of two halves add up to the full likelihood
+    half = [np.arange(n) < n // 2, np.arange(n) >= n // 2]
+    parts = [_group_stats(torch, X[h], grp[h], n_grp, dev, f64) for h in half]
+    ll = sum(float(nb_loglik_suffstats(torch, mu_t, a_t, p["counts"], p["sums"], p["hist"])) for p in parts)
+    assert ll == pytest.approx(expected, rel=1e-12)
+
+    # spatial model: dense per-spot means, NB shape per (batch, gene), lgamma terms via a (batch, gene, value) histogram
+    batch = rng.integers(0, 2, n)
+    alpha_b = torch.tensor(rng.gamma(2.0, 1.0, (2, n_genes)))
+    mu_s = torch.tensor(mu_k[grp] * rng.gamma(5.0, 0.2, (n, 1)))
+    hist = histogram_to_torch(torch, count_histogram(X, batch, 2), dev, f64)
+    n_per = torch.tensor(np.bincount(batch, minlength=2), dtype=f64)
+    got = nb_loglik_dense(torch, x_t, mu_s, alpha_b, alpha_b[batch], n_per, hist)
+    assert float(got) == pytest.approx(float(_per_cell_nb_loglik(torch, x_t, mu_s, alpha_b[batch])), rel=1e-12)
+
+
+def test_nb_regression_minibatches(sc_ref):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimatWarning)
+        sig = reference_signatures(sc_ref, labels_key="class", batch_size=100, max_epochs=3, seed=0)
+    hist = sig.config["training_history"]
+    assert len(hist) == 3 and np.isfinite(hist).all() and hist[-1] < hist[0]
+    assert np.isfinite(sig.signatures.to_numpy()).all()

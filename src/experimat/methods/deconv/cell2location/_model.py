@@ -16,10 +16,14 @@ from experimat.methods._checks import check_counts, check_positive_int, get_matr
 from ._reference import ReferenceSignatures
 from ._svi import (
     MeanFieldLogNormal,
+    count_histogram,
+    cpu_threads,
     exponential_logpdf,
     gamma_logpdf,
+    histogram_to_torch,
     make_generator,
     nb_loglik,
+    nb_loglik_dense,
     run_epochs,
     still_decreasing,
 )
@@ -60,14 +64,16 @@ def _as_signatures(reference: ReferenceSignatures | pd.DataFrame) -> pd.DataFram
     return sig
 
 
-def _nmf_init(x: np.ndarray, h: np.ndarray, n_iter: int = 50) -> np.ndarray:
-    """Poisson (KL) NMF with fixed loadings ``h`` (F x G): a cheap starting point for the abundances."""
-    w = np.full((x.shape[0], h.shape[0]), x.sum(1, keepdims=True) / max(h.sum(), 1e-12) / h.shape[0])
-    hs = h.sum(1)[None, :]
+def _nmf_init(torch: Any, x, h, n_iter: int = 50) -> np.ndarray:
+    """Poisson (KL) NMF with fixed loadings ``h`` (F x G): a cheap starting point for the abundances.
+
+    ``x`` (spots x genes) and ``h`` are float32 tensors (on the fitting device); returns a float64 array.
+    """
+    w = (x.sum(1, keepdim=True) / h.sum().clamp_min(1e-12) / h.shape[0]).expand(-1, h.shape[0]).clone()
+    hs = h.sum(1)[None, :].clamp_min(1e-12)
     for _ in range(n_iter):
-        ratio = x / np.maximum(w @ h, 1e-10)
-        w *= (ratio @ h.T) / np.maximum(hs, 1e-12)
-    return w
+        w *= ((x / (w @ h).clamp_min(1e-10)) @ h.T) / hs
+    return w.double().cpu().numpy()
 
 
 def deconvolve_cell2location(
@@ -102,8 +108,9 @@ def deconvolve_cell2location(
     detection efficiency (``Gamma(detection_alpha, detection_alpha / y_e)``, hierarchical per batch;
     the mean ``y_e`` is calibrated from total counts as in cell2location). The posterior is
     mean-field log-normal, fitted by stochastic variational inference with reparameterised
-    gradients (Adam) in torch, full batch by default; abundances start from a Poisson NMF
-    projection on the signatures. Mitochondrial genes (symbols ``mt-``/``MT-``) are not mapped;
+    gradients (Adam) in torch, full batch by default (the likelihood is then evaluated densely,
+    with its ``lgamma(d + alpha)`` terms summed once per distinct (batch, gene, count value) instead
+    of once per spot and gene); abundances start from a Poisson NMF projection on the signatures. Mitochondrial genes (symbols ``mt-``/``MT-``) are not mapped;
     their counts are kept in ``obsm['MT']``.
 
     Parameters
@@ -293,8 +300,10 @@ def _fit_location_model(
     )
     detection_mean = float(max((sp_total / N / sc_total).mean(), 1e-8))
 
-    lgx1_rows = gammaln(x.astype(np.float64) + 1.0).sum(1)
-    w0 = _nmf_init(x.astype(np.float64), cell_state * detection_mean)
+    x_t = torch.tensor(x, device=device)
+    cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
+    with cpu_threads(torch, device, deterministic):
+        w0 = _nmf_init(torch, x_t, cs_t * detection_mean)
     w0 = np.maximum(w0, 1e-2 * N / n_fact)
     f32 = np.float32
     g = MeanFieldLogNormal()
@@ -334,10 +343,13 @@ def _fit_location_model(
     opt = torch.optim.Adam(g.parameters(), lr=lr)
     gen = make_generator(torch, seed)
     perm_rng = np.random.default_rng(seed)
-    x_t = torch.tensor(x, device=device)
-    nz_all = tuple(x_t.nonzero(as_tuple=True))
-    xnz_all = x_t[nz_all]
-    cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
+    full_batch = batch_size is None or batch_size >= n_obs
+    if full_batch:
+        # lgamma(x + alpha) summed once per distinct (batch, gene, count value), not per spot
+        hist_all = histogram_to_torch(torch, count_histogram(x, batch_codes, n_batch), device)
+        n_per_batch = torch.tensor(np.bincount(batch_codes, minlength=n_batch), dtype=torch.float32, device=device)
+    else:
+        lgx1_rows = gammaln(x.astype(np.float64) + 1.0).sum(1)
     bat_t = torch.tensor(batch_codes, device=device)
 
     def T(v):
@@ -381,22 +393,32 @@ def _fit_location_model(
         phi = site("alpha_g_phi_hyp", lambda u, z: gamma_logpdf(torch, u, z, T(9.0), T(3.0)))
         a_inv = site("alpha_g_inverse", lambda u, z: exponential_logpdf(torch, z, phi))
 
-        mu = ((w_sf @ cs_t) * m_g + s_add[bb]) * y_s
-        alpha = 1.0 / a_inv.pow(2)[bb]
+        mu = ((w_sf @ cs_t) * m_g + (s_add if n_batch == 1 else s_add[bb])) * y_s
+        alpha = 1.0 / a_inv.pow(2)
         if it is None:
-            nz, x_nz, lg1, scale = nz_all, xnz_all, float(lgx1_rows.sum()), 1.0
+            alpha_rows = alpha if n_batch == 1 else alpha[bb]
+            ll, scale = nb_loglik_dense(torch, x_t, mu, alpha, alpha_rows, n_per_batch, hist_all), 1.0
         else:
             xb = x_t[it]
             nz = tuple(xb.nonzero(as_tuple=True))
             x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
-        ll = nb_loglik(torch, nz, x_nz, mu, alpha, lg1)
+            ll = nb_loglik(torch, nz, x_nz, mu, alpha[bb], lg1)
         loss = -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    history = run_epochs(torch, step, n_obs=n_obs, batch_size=batch_size, max_epochs=max_epochs, perm_rng=perm_rng,
-                         device=device, deterministic=deterministic, name="cell2location")
+    history = run_epochs(
+        torch,
+        step,
+        n_obs=n_obs,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        perm_rng=perm_rng,
+        device=device,
+        deterministic=deterministic,
+        name="cell2location",
+    )
     posterior = {
         "m_g": g.summary(torch, "m_g")["means"].ravel(),
         "detection_y_s": g.summary(torch, "detection_y_s")["means"].ravel(),

@@ -26,10 +26,12 @@ from experimat.methods._checks import (
 
 from ._svi import (
     MeanFieldLogNormal,
+    count_histogram,
     exponential_logpdf,
     gamma_logpdf,
+    histogram_to_torch,
     make_generator,
-    nb_loglik_grouped,
+    nb_loglik_suffstats,
     run_epochs,
     still_decreasing,
 )
@@ -281,7 +283,7 @@ def reference_signatures(
     layer: str | None = "counts",
     method: str = "nb_regression",
     max_epochs: int = 250,
-    batch_size: int | None = 2500,
+    batch_size: int | None = None,
     lr: float = 0.01,
     cell_count_cutoff: float = 15,
     cell_percentage_cutoff2: float = 0.05,
@@ -301,7 +303,8 @@ def reference_signatures(
       ``mu_cg = (g_{f(c),g} + s_{e(c),g}) * y_{e(c)} * prod_t y_{t(c),g}`` with per-type expression
       ``g_fg``, per-batch additive background ``s_eg``, per-batch detection ``y_e`` and
       multiplicative technology effects ``y_tg`` for each categorical covariate, fitted by SVI
-      (mean-field log-normal posterior, Adam, torch). The signature is the posterior mean of
+      (mean-field log-normal posterior, Adam, torch). The likelihood is evaluated from per-group
+      sufficient statistics (cell counts, count sums, histograms of count values), exactly. The signature is the posterior mean of
       ``g_fg`` times the mean batch detection ``y_e`` (expected counts per cell of type ``f``).
     - ``"cluster_mean"``: mean per cell type of counts normalised to the median library size (fast).
 
@@ -322,7 +325,9 @@ def reference_signatures(
     max_epochs
         Training epochs (``nb_regression``).
     batch_size
-        Cells per mini-batch (``None``: all cells at once).
+        Cells per mini-batch; ``None`` (default): all cells at once. Full batch is exact and fast at
+        any number of cells: cells of one (label, batch, covariates) group share one mean, so each
+        step needs only per-group count sums and a histogram of count values per gene, computed once.
     lr
         Adam learning rate.
     cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff
@@ -445,6 +450,22 @@ def reference_signatures(
     return ReferenceSignatures(signatures=signatures, config=config)
 
 
+def _group_stats(torch: Any, X, grp: np.ndarray, n_grp: int, device, dtype=None) -> dict[str, Any]:
+    """Sufficient statistics of the NB likelihood for cells in groups: sizes, count sums, value histogram."""
+    import scipy.sparse as sp
+
+    dtype = torch.float32 if dtype is None else dtype
+    n = X.shape[0]
+    onehot = sp.csr_matrix((np.ones(n), (grp, np.arange(n))), shape=(n_grp, n))
+    sums = np.asarray((onehot @ _csr(X)).toarray(), dtype=np.float64)
+    return {
+        "counts": torch.tensor(np.bincount(grp, minlength=n_grp), dtype=dtype, device=device),
+        "sums": torch.tensor(sums, dtype=dtype, device=device),
+        "sums_np": sums,
+        "hist": histogram_to_torch(torch, count_histogram(X), device, dtype),
+    }
+
+
 def _fit_regression(
     X,
     label_codes: np.ndarray,
@@ -464,20 +485,23 @@ def _fit_regression(
     from experimat._optional import import_optional, torch_device
 
     torch = import_optional("torch", purpose="cell2location reference signatures")
-    from scipy.special import gammaln
-
     device = torch_device(use_gpu)
+    X = _csr(X).astype(np.float64)
     n_obs, n_vars = X.shape
-    Xd = np.asarray(X.toarray(), dtype=np.float32)
-    lgx1_rows = gammaln(Xd.astype(np.float64) + 1.0).sum(1)
-    x_t = torch.tensor(Xd, device=device)
     cov_offsets = np.cumsum([0] + [len(n) for _, n in covs])
     n_cov_levels = int(cov_offsets[-1])
+    # cells sharing (label, batch, covariates) share one NB mean (the model has no per-cell term),
+    # so the likelihood needs only per-group sufficient statistics (see nb_loglik_suffstats)
+    keys = np.column_stack([label_codes, batch_codes, *[c for c, _ in covs]])
+    uniq, grp = np.unique(keys, axis=0, return_inverse=True)
+    grp = np.asarray(grp).ravel()
+    n_grp = uniq.shape[0]
+    stats_all = _group_stats(torch, X, grp, n_grp, device)
 
     # data-driven initial values (posterior locations start near the per-type means)
-    onehot = np.zeros((n_obs, n_types))
-    onehot[np.arange(n_obs), label_codes] = 1.0
-    type_mean = (onehot.T @ Xd) / onehot.sum(0)[:, None]
+    lab_sums = np.zeros((n_types, n_vars))
+    np.add.at(lab_sums, uniq[:, 0], stats_all["sums_np"])
+    type_mean = lab_sums / np.bincount(label_codes, minlength=n_types)[:, None]
     g = MeanFieldLogNormal()
     f32 = np.float32
     g.add(torch, "per_cluster_mu_fg", np.maximum(type_mean, 1e-3).astype(f32), init_scale=0.1, device=device)
@@ -492,17 +516,9 @@ def _fit_regression(
     g.add(torch, "alpha_g_inverse", np.full((1, n_vars), 1 / 3, f32), init_scale=0.1, device=device)
     g.build(torch, device)
     opt = torch.optim.Adam(g.parameters(), lr=lr)
-    keys = np.column_stack([label_codes, batch_codes, *[c for c, _ in covs]])
-    uniq, grp = np.unique(keys, axis=0, return_inverse=True)
-    grp = np.asarray(grp).ravel()
-    n_grp = uniq.shape[0]
-    grp_t = torch.tensor(grp, device=device)
     grp_lab = torch.tensor(uniq[:, 0], device=device)
     grp_bat = torch.tensor(uniq[:, 1], device=device)
     grp_cov = [torch.tensor(uniq[:, 2 + k], device=device) for k in range(len(covs))]
-    cnt_all = torch.tensor(np.bincount(grp, minlength=n_grp), dtype=torch.float32, device=device)
-    rows_all, nzc_all = x_t.nonzero(as_tuple=True)
-    nzg_all, xnz_all = grp_t[rows_all], x_t[rows_all, nzc_all]
     gen = make_generator(torch, seed)
     perm_rng = np.random.default_rng(seed)
     one = torch.tensor(1.0, device=device)
@@ -533,27 +549,31 @@ def _fit_regression(
         a_inv = site("alpha_g_inverse", lambda u, z: exponential_logpdf(torch, z, phi))
         alpha = 1.0 / a_inv.pow(2)
 
-        # cells sharing (label, batch, covariates) share one mean: evaluate it once per group
+        # one mean row per group of cells
         mu = (mu_fg[grp_lab] + s_add[grp_bat]) * y_e[grp_bat]
         for k, c in enumerate(grp_cov):
             mu = mu * tg[int(cov_offsets[k]) + c]
         if idx is None:
-            cnt, nz_g, nz_c, x_nz, lg1, scale = cnt_all, nzg_all, nzc_all, xnz_all, float(lgx1_rows.sum()), 1.0
+            stats, scale = stats_all, 1.0
         else:
-            it = torch.tensor(idx, device=device)
-            xb, gb = x_t[it], grp_t[it]
-            rows, nz_c = xb.nonzero(as_tuple=True)
-            nz_g, x_nz = gb[rows], xb[rows, nz_c]
-            cnt = torch.bincount(gb, minlength=n_grp).to(torch.float32)
-            lg1, scale = float(lgx1_rows[idx].sum()), n_obs / len(idx)
-        ll = nb_loglik_grouped(torch, mu, alpha, cnt, nz_g, nz_c, x_nz, lg1)
+            stats, scale = _group_stats(torch, X[idx], grp[idx], n_grp, device), n_obs / len(idx)
+        ll = nb_loglik_suffstats(torch, mu, alpha, stats["counts"], stats["sums"], stats["hist"])
         loss = -(scale * ll + sum(lp) + glob)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    history = run_epochs(torch, step, n_obs=n_obs, batch_size=batch_size, max_epochs=max_epochs, perm_rng=perm_rng,
-                         device=device, deterministic=deterministic, name="reference regression")
+    history = run_epochs(
+        torch,
+        step,
+        n_obs=n_obs,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        perm_rng=perm_rng,
+        device=device,
+        deterministic=deterministic,
+        name="reference regression",
+    )
     post = g.summary(torch, "per_cluster_mu_fg")["means"]
     y_e = g.summary(torch, "detection_mean_y_e")["means"].mean()
     return (post * y_e).T, history

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
+_HIST_DENSE_VALUES = 64  # count values below this are histogrammed with a dense bincount
 
 
 def gamma_logpdf(torch: Any, u, z, shape, rate):
@@ -46,18 +47,113 @@ def nb_loglik(torch: Any, nz, x_nz, mu, alpha, lgamma_x1):
     return dense + sparse - lgamma_x1
 
 
-def nb_loglik_grouped(torch: Any, mu_k, alpha, counts_k, nz_group, nz_col, x_nz, lgamma_x1):
-    """:func:`nb_loglik` when observations fall into groups sharing one mean row ``mu_k`` (K x G).
+def count_histogram(X, row_key: np.ndarray | None = None, n_keys: int = 1) -> dict[str, np.ndarray | float]:
+    """Sparse histogram of the non-zero count values per (key, gene), for the NB ``lgamma(x + alpha)`` terms.
 
-    The dense terms are summed once per group and weighted by the group sizes ``counts_k``; the
-    count terms are evaluated at the non-zero entries (group ``nz_group``, gene ``nz_col``). This is
-    exact, and costs K x G + nnz instead of n_obs x G.
+    When the NB shape ``alpha`` depends only on the gene (and on a per-row key such as the batch),
+    ``sum_rows lgamma(x_rg + alpha_kg) = sum_v h_kg(v) lgamma(v + alpha_kg)``: the sum over all
+    rows reduces to one term per distinct (key, gene, value) triple, each weighted by its count.
+    Every value is kept (no truncation), so the reduction is exact for large counts too.
+
+    Parameters
+    ----------
+    X
+        Rows x genes matrix of non-negative integer counts (dense or scipy sparse).
+    row_key
+        Integer key of each row (e.g. its batch) in ``0..n_keys-1``; ``None``: one key.
+    n_keys
+        Number of keys.
+
+    Returns
+    -------
+    dict with the triples ``key``, ``gene``, ``value`` (int64) and their multiplicities ``mult`` (float64),
+    ``nnz`` (n_keys x genes: non-zero entries per key and gene) and ``lgamma_x1`` (``sum lgamma(x + 1)``).
     """
-    alpha = alpha.expand_as(mu_k)
-    dense = (counts_k[:, None] * (alpha * (torch.log(alpha) - torch.log(alpha + mu_k)))).sum()
-    m, a = mu_k[nz_group, nz_col], alpha[nz_group, nz_col]
-    sparse = (torch.lgamma(x_nz + a) - torch.lgamma(a) + x_nz * (torch.log(m) - torch.log(a + m))).sum()
-    return dense + sparse - lgamma_x1
+    import scipy.sparse as sp
+    from scipy.special import gammaln
+
+    coo = sp.coo_matrix(X)
+    keep = coo.data > 0
+    rows, cols = coo.row[keep], coo.col[keep].astype(np.int64)
+    vals = np.rint(coo.data[keep]).astype(np.int64)
+    n_genes = X.shape[1]
+    key = np.zeros(rows.size, np.int64) if row_key is None else np.asarray(row_key, np.int64)[rows]
+    kg_all = key * n_genes + cols
+    # small values (most of them): one bincount over (key, gene, value); the rest: a sort
+    small = vals < _HIST_DENSE_VALUES
+    dense = np.bincount(
+        kg_all[small] * _HIST_DENSE_VALUES + vals[small], minlength=n_keys * n_genes * _HIST_DENSE_VALUES
+    )
+    code_s = np.flatnonzero(dense)
+    vmax = int(vals.max()) + 1 if vals.size else 1
+    code_l, mult_l = np.unique(kg_all[~small] * vmax + vals[~small], return_counts=True)
+    kg = np.concatenate([code_s // _HIST_DENSE_VALUES, code_l // vmax])
+    value = np.concatenate([code_s % _HIST_DENSE_VALUES, code_l % vmax])
+    mult = np.concatenate([dense[code_s], mult_l]).astype(np.float64)
+    return {
+        "key": kg // n_genes,
+        "gene": kg % n_genes,
+        "value": value,
+        "mult": mult,
+        "nnz": np.bincount(kg, weights=mult, minlength=n_keys * n_genes).reshape(n_keys, n_genes),
+        "lgamma_x1": float((mult * gammaln(value + 1.0)).sum()),
+    }
+
+
+def histogram_to_torch(torch: Any, hist: dict, device, dtype=None) -> dict:
+    """The arrays of :func:`count_histogram` as torch tensors (float32 unless ``dtype``; flat (key, gene) index ``kg``)."""
+    dtype = torch.float32 if dtype is None else dtype
+    n_genes = hist["nnz"].shape[1]
+    return {
+        "kg": torch.tensor(hist["key"] * n_genes + hist["gene"], device=device),
+        "value": torch.tensor(hist["value"], dtype=dtype, device=device),
+        "mult": torch.tensor(hist["mult"], dtype=dtype, device=device),
+        "nnz": torch.tensor(hist["nnz"], dtype=dtype, device=device),
+        "lgamma_x1": float(hist["lgamma_x1"]),
+    }
+
+
+def lgamma_histogram_term(torch: Any, alpha, hist: dict):
+    """``sum_rows sum_genes [lgamma(x + alpha) - lgamma(alpha)]`` from a histogram (:func:`histogram_to_torch`).
+
+    ``alpha`` is n_keys x genes (the NB shape per key and gene). Zero counts contribute nothing.
+    """
+    a_flat = alpha.reshape(-1)
+    return (hist["mult"] * torch.lgamma(hist["value"] + a_flat[hist["kg"]])).sum() - (
+        hist["nnz"] * torch.lgamma(alpha)
+    ).sum()
+
+
+def nb_loglik_suffstats(torch: Any, mu_k, alpha, counts_k, sums_kg, hist: dict):
+    """NB log likelihood of all observations from per-group sufficient statistics (exact).
+
+    Observations in group ``k`` share the mean row ``mu_k[k]`` (K x G); the shape ``alpha``
+    (1 x G) depends on the gene only. Then the summed log likelihood needs only the group sizes
+    ``counts_k``, the count sums ``sums_kg`` (K x G) and the value histogram ``hist`` of
+    :func:`count_histogram` (one key)::
+
+        sum_kg [n_k alpha_g log(alpha_g / (alpha_g + mu_kg)) + S_kg log(mu_kg / (alpha_g + mu_kg))]
+        + sum_g sum_v h_g(v) [lgamma(v + alpha_g) - lgamma(alpha_g)] - sum lgamma(x + 1)
+
+    Its cost does not depend on the number of observations.
+    """
+    log_am = torch.log(alpha + mu_k)
+    dense = (counts_k[:, None] * (alpha * (torch.log(alpha) - log_am))).sum()
+    data = (sums_kg * (torch.log(mu_k) - log_am)).sum()
+    return dense + data + lgamma_histogram_term(torch, alpha, hist) - hist["lgamma_x1"]
+
+
+def nb_loglik_dense(torch: Any, x, mu, alpha, alpha_rows, n_per_key, hist: dict):
+    """NB log likelihood of a dense count matrix ``x`` with per-row means ``mu`` (exact).
+
+    ``alpha`` is the shape per key and gene (n_keys x G), ``alpha_rows`` the same broadcast to the
+    rows of ``x`` (or ``alpha`` itself when there is one key), ``n_per_key`` the number of rows
+    per key and ``hist`` the value histogram of ``x`` (:func:`count_histogram` with the same keys):
+    the ``lgamma`` terms are summed over the histogram instead of over the entries of ``x``.
+    """
+    dense = (n_per_key[:, None] * alpha * torch.log(alpha)).sum()
+    data = (x * torch.log(mu) - (alpha_rows + x) * torch.log(alpha_rows + mu)).sum()
+    return dense + data + lgamma_histogram_term(torch, alpha, hist) - hist["lgamma_x1"]
 
 
 class MeanFieldLogNormal:
@@ -178,7 +274,16 @@ def still_decreasing(history: list[float], *, rel_tol: float = 1e-3) -> bool:
 
 
 def run_epochs(
-    torch: Any, step, *, n_obs: int, batch_size: int | None, max_epochs: int, perm_rng, device, deterministic: bool, name: str
+    torch: Any,
+    step,
+    *,
+    n_obs: int,
+    batch_size: int | None,
+    max_epochs: int,
+    perm_rng,
+    device,
+    deterministic: bool,
+    name: str,
 ) -> list[float]:
     """Run ``step`` for ``max_epochs`` epochs: full batch (``step(None)``) or shuffled mini-batches of
     sorted indices; returns the mean loss per epoch."""
