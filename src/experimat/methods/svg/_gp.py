@@ -179,6 +179,12 @@ def permutation_null_pvalues(
     Genes at the no-spatial-variance boundary (a point mass, LLR = its minimum) get the randomised
     p-value ``1 - π U`` with ``π`` the bin's null boundary mass, so that p-values are exactly
     uniform under the null instead of piling up at 1.
+
+    The null holds the same number of permuted LLRs of every tested gene and a permutation leaves
+    a gene's kurtosis (so its bin) unchanged, so the null of a bin is the mixture of its genes' own
+    null distributions and the p-value of a gene drawn at random is uniform under the null, however
+    few genes a call tests (each gene's own p-value is not exactly uniform when the genes' null
+    distributions differ; the kurtosis bins reduce that difference).
     """
     from scipy import stats
 
@@ -340,7 +346,10 @@ def spatial_svg_gp(
         Show a progress bar over kernels.
     seed
         Seed of the permutations and of the randomised p-values of boundary genes with
-        ``null="permutation"`` (``None``: ``em.settings.seed``).
+        ``null="permutation"`` (``None``: ``em.settings.seed``). Calls with the same seed draw the
+        same random numbers whatever their genes, so separate calls whose p-values are to be
+        independent (e.g. blocks of genes, samples) need different seeds; the multi-sample
+        accessors derive one per sample.
     key_added
         Prefix of the result columns and the ``uns`` key.
 
