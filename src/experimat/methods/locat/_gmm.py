@@ -1,6 +1,7 @@
 """Weighted Gaussian mixtures fitted by EM in JAX, with a static maximum number of components.
 
-Every fit has ``k_max`` component slots; ``active`` (bool, ``(k_max,)``) switches slots on, so
+Fits run on grouped points ("atoms": weight sum, weighted mean and within-group scatter per
+group), which is exact EM when every group is one point. Every fit has ``k_max`` component slots; ``active`` (bool, ``(k_max,)``) switches slots on, so
 mixtures with different numbers of components share one compiled kernel and can be ``vmap``-ed
 over genes (or over initialisations and candidate component counts for the background).
 Points carry non-negative weights; padded points have weight 0 and do not influence the fit.
@@ -14,9 +15,10 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
-#: XLA's CPU backend spends most of its compile time optimising these small linear-algebra loops
-#: (~5x longer compiles for no faster runs); level 0 keeps compiles short. Ignored on GPU.
-CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+#: Options of XLA's CPU compiler for these kernels (``None``: XLA's defaults). Level 0 optimisation
+#: compiles faster but runs the batched EM ~2.5x slower; every kernel here is compiled once per call
+#: (fixed shapes), so the defaults win.
+CPU_COMPILER_OPTIONS = None
 
 
 def _log_gauss(x, mu, chol):
@@ -62,94 +64,198 @@ def _kmeanspp(key, x, w, active):
     return centers
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
-def fit_gmm(key, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
-    """Fit one weighted GMM.
-
-    Parameters
-    ----------
-    key : PRNG key for the k-means++ initialisation.
-    x : ``(m, d)`` points; w : ``(m,)`` non-negative weights (need not be normalised).
-    active : ``(k_max,)`` bool, which component slots are used.
-    reg_covar : added to every covariance diagonal.
-
-    Returns
-    -------
-    ``(pi, mu, chol, mean_loglik)`` where ``mean_loglik`` is the weighted mean log density.
-    """
-    _m, d = x.shape
-    k_max = active.shape[0]
-    wsum = jnp.sum(w)
-    wn = w / jnp.where(wsum > 0, wsum, 1.0)
-    eye = jnp.eye(d, dtype=x.dtype)
-    mu0 = _kmeanspp(key, x, wn, active)
-    n_active = jnp.maximum(jnp.sum(active), 1)
-    pi0 = jnp.where(active, 1.0 / n_active, 0.0).astype(x.dtype)
-    chol0 = jnp.broadcast_to(eye, (k_max, d, d))
-
-    def step(state):
-        i, pi, mu, chol, ll_old, _ = state
-        logp, comp = mixture_logpdf(x, pi, mu, chol, active)
-        logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
-        resp = jnp.exp(comp + logpi[None, :] - logp[:, None])  # (m, k)
-        ll = jnp.sum(wn * logp)
-        r = resp * wn[:, None]
-        nk = jnp.sum(r, axis=0)  # (k,)
-        nk_safe = jnp.where(nk > 1e-12, nk, 1.0)
-        mu_new = (r.T @ x) / nk_safe[:, None]
-        diff = x[:, None, :] - mu_new[None, :, :]
-        cov = jnp.einsum("mk,mki,mkj->kij", r, diff, diff) / nk_safe[:, None, None]
-        cov = cov + reg_covar * eye[None]
-        ok = (nk > 1e-12) & active
-        cov = jnp.where(ok[:, None, None], cov, eye[None])
-        mu_new = jnp.where(ok[:, None], mu_new, mu)
-        chol_new = jnp.linalg.cholesky(cov)
-        # a numerically failed Cholesky (NaN) falls back to the previous factor
-        bad = ~jnp.all(jnp.isfinite(chol_new), axis=(1, 2))
-        chol_new = jnp.where(bad[:, None, None], chol, chol_new)
-        pi_new = jnp.where(ok, nk, 0.0)
-        pi_new = pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38)
-        delta = jnp.abs(ll - ll_old)
-        return i + 1, pi_new, mu_new, chol_new, ll, delta
-
-    def cond(state):
-        i, *_, delta = state
-        return (i < max_iter) & (delta > tol)
-
-    init = (0, pi0, mu0, chol0, jnp.asarray(-jnp.inf, x.dtype), jnp.asarray(jnp.inf, x.dtype))
-    _, pi, mu, chol, _, _ = jax.lax.while_loop(cond, step, init)
-    logp, _ = mixture_logpdf(x, pi, mu, chol, active)
-    ll = jnp.sum(wn * logp)
-    return pi, mu, chol, ll
-
-
-def fit_gmm_batch(keys, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
-    """``fit_gmm`` vmapped over a leading batch axis of ``keys``, ``x``, ``w`` and ``active``."""
-    return _get_fit_batch()(keys, x, w, active, reg_covar, max_iter=max_iter, tol=tol)
-
-
-def _fit_batch_impl(keys, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
-    f = partial(fit_gmm, max_iter=max_iter, tol=tol)
-    return jax.vmap(f, in_axes=(0, 0, 0, 0, None))(keys, x, w, active, reg_covar)
-
-
 def jit_for(fun, static_argnames=()):
     """``jax.jit`` with short CPU compiles (see :data:`CPU_COMPILER_OPTIONS`)."""
     opts = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     return jax.jit(fun, static_argnames=static_argnames, compiler_options=opts)
 
 
-_fit_batch = None
+_fit_grouped_batch = None
+_group_stats = None
 
 
-def _get_fit_batch():
-    global _fit_batch
-    if _fit_batch is None:
-        _fit_batch = jit_for(_fit_batch_impl, static_argnames=("max_iter",))
-    return _fit_batch
+def _fit_grouped_batch_impl(keys, s, mean, scat, active, reg_covar, *, max_iter, tol):
+    f = partial(fit_gmm_grouped, max_iter=max_iter, tol=tol)
+    return jax.vmap(f, in_axes=(0, None, None, None, 0, None))(keys, s, mean, scat, active, reg_covar)
+
+
+def fit_grouped_batch(keys, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
+    """:func:`fit_gmm_grouped` of one grouped data set, vmapped over ``keys`` and ``active`` (rows)."""
+    global _fit_grouped_batch
+    if _fit_grouped_batch is None:
+        _fit_grouped_batch = jit_for(_fit_grouped_batch_impl, static_argnames=("max_iter", "tol"))
+    return _fit_grouped_batch(keys, s, mean, scat, active, reg_covar, max_iter=max_iter, tol=tol)
+
+
+def group_stats_jit(agg, centres):
+    """Jitted :func:`group_stats`."""
+    global _group_stats
+    if _group_stats is None:
+        _group_stats = jit_for(group_stats)
+    return _group_stats(agg, centres)
 
 
 @jax.jit
 def batch_logpdf(x, pi, mu, chol, active):
-    """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures."""
-    return jax.vmap(lambda p, m_, c, a: mixture_logpdf(x, p, m_, c, a)[0])(pi, mu, chol, active)
+    """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures ``(b, k)``.
+
+    ``L_k^{-1} x`` for every component of every mixture is one matrix product ``(n, d) @ (d, b k d)``.
+    """
+    b, k, d = mu.shape
+    eye = jnp.eye(d, dtype=x.dtype)
+    linv = jax.vmap(jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, eye, lower=True)))(chol)  # (b,k,d,d)
+    z = (x @ linv.reshape(b * k * d, d).T).reshape(x.shape[0], b, k, d)
+    z = z - jnp.einsum("bked,bkd->bke", linv, mu)[None]
+    maha = jnp.sum(z * z, axis=-1)  # (n, b, k)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # (b, k)
+    logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
+    lp = -0.5 * (maha + logdet[None] + d * jnp.log(2.0 * jnp.pi)) + logpi[None]
+    return jax.scipy.special.logsumexp(lp, axis=-1).T  # (b, n)
+
+
+def _tri(d):
+    """Indices of the upper triangle (with diagonal) of a ``d x d`` matrix, and the weight (1 on the
+    diagonal, 2 off it) that makes ``sum_ij A_ij B_ij`` of symmetric matrices a dot product."""
+    iu, ju = jnp.triu_indices(d)
+    return iu, ju, jnp.where(iu == ju, 1.0, 2.0)
+
+
+def fit_gmm_grouped(key, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
+    """Fit one weighted GMM to grouped points (EM on atoms).
+
+    Every group ``a`` is summarised by its total weight ``s_a``, weighted mean ``m_a`` and mean
+    within-group scatter ``S_a``; all points of a group share one responsibility vector. EM then
+    maximises a lower bound of the weighted log-likelihood (exact when every group is one point,
+    ``S_a = 0``): the E-step uses the expected log density over the group,
+    ``log N(m_a | mu_k, Sigma_k) - tr(Sigma_k^{-1} S_a) / 2``, and the M-step adds the within-group
+    scatter to each component's covariance. Both steps are matrix products of the groups' features
+    ``(vech(T_a), m_a, 1)`` (``T_a = S_a + m_a m_a^T`` about the weighted centre) with the
+    components' natural parameters, so a step costs ``O(a k d^2)`` in two GEMMs.
+
+    Parameters
+    ----------
+    key : PRNG key for the weighted k-means++ initialisation on the group means.
+    s : ``(a,)`` non-negative group weights; mean : ``(a, d)``; scat : ``(a, d, d)``.
+    active : ``(k_max,)`` bool, which component slots are used.
+    reg_covar : added to every covariance diagonal.
+    max_iter, tol : at most ``max_iter`` EM steps; stop when the bound per unit weight changes by
+        less than ``tol``.
+
+    Returns
+    -------
+    ``(pi, mu, chol)``.
+    """
+    _a, d = mean.shape
+    dt = mean.dtype
+    k_max = active.shape[0]
+    ssum = jnp.sum(s)
+    wn = s / jnp.where(ssum > 0, ssum, 1.0)
+    eye = jnp.eye(d, dtype=dt)
+    iu, ju, tw = _tri(d)
+    g = wn @ mean  # work about the weighted centre (smaller numbers in float32)
+    c = mean - g
+    sec = scat + c[:, :, None] * c[:, None, :]  # (a, d, d)
+    phi = jnp.concatenate([sec[:, iu, ju], c, jnp.ones((c.shape[0], 1), dt)], axis=1)  # (a, f)
+    phi_w = phi * wn[:, None]
+    mu0 = _kmeanspp(key, c, wn, active)
+    n_active = jnp.maximum(jnp.sum(active), 1)
+    pi0 = jnp.where(active, 1.0 / n_active, 0.0).astype(dt)
+    pooled = jnp.zeros((d, d), dt).at[iu, ju].set(phi_w[:, : iu.size].sum(0))
+    pooled = pooled + jnp.triu(pooled, 1).T + reg_covar * eye
+    c0 = jnp.linalg.cholesky(pooled / n_active ** (2.0 / d))
+    c0 = jnp.where(jnp.all(jnp.isfinite(c0)), c0, eye)
+    chol0 = jnp.broadcast_to(c0, (k_max, d, d))
+
+    def estep(pi, mu, chol):
+        linv = jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, eye, lower=True))(chol)
+        prec = jnp.einsum("kei,kej->kij", linv, linv)  # (k, d, d)
+        pm = jnp.einsum("kij,kj->ki", prec, mu)
+        theta = jnp.concatenate(
+            [prec[:, iu, ju] * tw[None, :], -2.0 * pm, jnp.sum(pm * mu, axis=1, keepdims=True)], axis=1
+        )  # (k, f)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
+        lp = -0.5 * (phi @ theta.T + logdet[None, :] + d * jnp.log(2.0 * jnp.pi)) + logpi[None, :]
+        logp = jax.scipy.special.logsumexp(lp, axis=1)
+        return jnp.exp(lp - logp[:, None]), jnp.sum(wn * logp)
+
+    def step(state):
+        i, pi, mu, chol, ll_old, _ = state
+        resp, ll = estep(pi, mu, chol)
+        mom = resp.T @ phi_w  # (k, f): weighted sums of (vech T, m, 1)
+        nk = mom[:, -1]
+        nk_safe = jnp.where(nk > 1e-12, nk, 1.0)
+        mu_new = mom[:, iu.size : iu.size + d] / nk_safe[:, None]
+        up = jnp.zeros((k_max, d, d), dt).at[:, iu, ju].set(mom[:, : iu.size] / nk_safe[:, None])
+        second = up + jnp.swapaxes(jnp.triu(up, 1), -1, -2)
+        cov = second - mu_new[:, :, None] * mu_new[:, None, :] + reg_covar * eye[None]
+        ok = (nk > 1e-12) & active
+        cov = jnp.where(ok[:, None, None], cov, eye[None])
+        mu_new = jnp.where(ok[:, None], mu_new, mu)
+        chol_new = jnp.linalg.cholesky(cov)
+        bad = ~jnp.all(jnp.isfinite(chol_new), axis=(1, 2))  # failed factorisation: keep the old one
+        chol_new = jnp.where(bad[:, None, None], chol, chol_new)
+        pi_new = jnp.where(ok, nk, 0.0)
+        pi_new = pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38)
+        return i + 1, pi_new, mu_new, chol_new, ll, jnp.abs(ll - ll_old)
+
+    def cond(state):
+        i, *_, delta = state
+        return (i < max_iter) & (delta > tol)
+
+    init = (0, pi0, mu0, chol0, jnp.asarray(-jnp.inf, dt), jnp.asarray(jnp.inf, dt))
+    _, pi, mu, chol, _, _ = jax.lax.while_loop(cond, step, init)
+    return pi, mu + g[None, :], chol
+
+
+class AtomSums:
+    """Per-atom weighted sums of point features, computed on the host (NumPy).
+
+    Each point's features are ``(1, l, vech(l l^T))`` with ``l`` its offset from its atom's centre
+    (which keeps the float32 scatter accurate). The points are laid out atom by atom, padded to the
+    largest atom, so the sums for a batch of genes are one batched matrix product
+    ``(a, genes, cap) @ (a, cap, f)``.
+    """
+
+    def __init__(self, x, atom, centres):
+        import numpy as np
+
+        n, d = x.shape
+        self.n, self.n_atoms = n, centres.shape[0]
+        order = np.argsort(atom, kind="stable")
+        counts = np.bincount(atom, minlength=self.n_atoms)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(n) - np.repeat(starts, counts)
+        self.idx = np.full((self.n_atoms, int(counts.max())), n, dtype=np.int64)
+        self.idx[atom[order], slot] = order
+        loc = x - centres[atom]
+        iu, ju = np.triu_indices(d)
+        f = np.concatenate([np.ones((n, 1)), loc, loc[:, iu] * loc[:, ju]], axis=1)
+        f = np.concatenate([f, np.zeros((1, f.shape[1]))], axis=0)  # row n: padding
+        self.feats = f[self.idx].astype(np.float32)  # (a, cap, f)
+
+    def __call__(self, w):
+        """``w``: ``(b, n)`` weights -> ``(b, a, f)`` per-atom weighted feature sums."""
+        import numpy as np
+
+        wp = np.concatenate([w, np.zeros((w.shape[0], 1), w.dtype)], axis=1)[:, self.idx]  # (b, a, cap)
+        return np.matmul(wp.transpose(1, 0, 2).astype(np.float32), self.feats).transpose(1, 0, 2)
+
+
+def group_stats(agg, centres):
+    """Per-atom weight sums, weighted means and mean within-atom scatter from the per-atom sums.
+
+    ``agg``: ``(b, a, f)`` per-atom weighted sums of the :class:`AtomSums` features of ``b`` genes;
+    ``centres``: ``(a, d)`` atom centres. Returns ``s`` ``(b, a)``, ``mean`` ``(b, a, d)``,
+    ``scat`` ``(b, a, d, d)``.
+    """
+    d = centres.shape[1]
+    iu, ju, _ = _tri(d)
+    s = agg[..., 0]
+    s_safe = jnp.where(s > 0, s, 1.0)[..., None]
+    m_loc = agg[..., 1 : 1 + d] / s_safe
+    up = jnp.zeros(agg.shape[:2] + (d, d), agg.dtype).at[..., iu, ju].set(agg[..., 1 + d :] / s_safe)
+    sec = up + jnp.swapaxes(jnp.triu(up, 1), -1, -2)
+    scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
+    mean = centres[None] + m_loc
+    return s, mean, jnp.where((s > 0)[..., None, None], scat, 0.0)
