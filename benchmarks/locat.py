@@ -141,7 +141,7 @@ def run_ours(adata, label: str):
     return df, dt
 
 
-def run_ref(adata, label: str):
+def run_ref(adata, label: str, seed: int = 0):
     py = os.environ.get("EXPERIMAT_REF_PYTHON_LOCAT")
     if not py:
         print(f"[ref ] {label}: skipped (set EXPERIMAT_REF_PYTHON_LOCAT to the reference environment's python)")
@@ -155,8 +155,9 @@ def run_ref(adata, label: str):
         slim.write_h5ad(p_in)
         t = time.perf_counter()
         try:
+            env = {**os.environ, "EXPERIMAT_REF_SEED": str(seed)}
             r = subprocess.run([py, str(HERE / "_ref" / "locat_ref.py"), str(p_in), str(p_out), "8"],
-                               capture_output=True, text=True, check=False, timeout=REF_TIMEOUT)  # fmt: skip
+                               capture_output=True, text=True, check=False, timeout=REF_TIMEOUT, env=env)  # fmt: skip
         except subprocess.TimeoutExpired:
             print(f"[ref ] {label}: gave up after {REF_TIMEOUT} s")
             return None, None
@@ -171,20 +172,24 @@ def run_ref(adata, label: str):
     return df, dt
 
 
-def compare(ours: pd.DataFrame, ref: pd.DataFrame | None, label: str):
+def _sig(df: pd.DataFrame, col: str) -> pd.Series:
+    return df[col].astype(str).isin(["True", "1", "true", "1.0"])
+
+
+def compare(ours: pd.DataFrame | None, ref: pd.DataFrame | None, label: str):
     from scipy.stats import spearmanr
 
-    if ref is None:
+    if ours is None or ref is None:
         return {}
     common = ours.index.intersection(ref.index)
     o, r = ours.loc[common], ref.loc[common]
     ok = np.isfinite(o["zscore"].astype(float)) & np.isfinite(r["zscore"].astype(float))
     rho = spearmanr(o.loc[ok, "zscore"].astype(float), r.loc[ok, "zscore"].astype(float)).statistic
-    so = set(common[o["is_conc_sig"].astype(bool)])
-    sr = set(common[r["is_conc_sig"].astype(str).isin(["True", "1", "true"])])
+    so = set(common[_sig(o, "is_conc_sig").to_numpy()])
+    sr = set(common[_sig(r, "is_conc_sig").to_numpy()])
     jac = len(so & sr) / max(len(so | sr), 1)
     print(f"[cmp ] {label}: {len(common)} genes in both; Spearman rho(zscore) = {rho:.3f}; "
-          f"Jaccard(conc. significant) = {jac:.3f} (ours {len(so)}, ref {len(sr)})")  # fmt: skip
+          f"Jaccard(conc. significant) = {jac:.3f} ({len(so)} vs {len(sr)} significant)")  # fmt: skip
     return {"rho": rho, "jaccard": jac}
 
 
@@ -218,33 +223,50 @@ def markers(df: pd.DataFrame, adata, label: str, top: int = 50):
           f"(base rate {is_marker.mean():.2f})")  # fmt: skip
 
 
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="pbmc68k_reduced only")
     ap.add_argument("--zeisel-only", action="store_true", help="skip pbmc68k_reduced")
+    ap.add_argument("--no-9k", action="store_true", help="skip the 2,600 x 9,000 timing")
+    ap.add_argument("--no-ref-seed", action="store_true", help="skip the reference-vs-reference run")
     ap.add_argument("--pbmc-genes", type=int, default=None, help="evenly spaced subset of pbmc68k_reduced genes")
     ap.add_argument("--zeisel-ref-genes", type=int, default=400, help="Zeisel genes given to the reference")
+    ap.add_argument("--no-zeisel-ref", action="store_true", help="skip the Zeisel side-by-side comparison")
     args = ap.parse_args()
     em.settings.progress = False
     print("machine: shared, loaded 2-core box; times are wall-clock of one run each, ours and the reference "
           "back to back", file=sys.stderr)  # fmt: skip
 
     if not args.zeisel_only:
-        run_pbmc(args.pbmc_genes)
+        run_pbmc(args.pbmc_genes, ref_seed=not args.no_ref_seed)
     if args.quick:
         return
-    run_zeisel(args.zeisel_ref_genes)
+    if not args.no_9k:
+        run_9k()
+    if not args.no_zeisel_ref:
+        run_zeisel(args.zeisel_ref_genes)
 
 
-def run_pbmc(n_genes: int | None) -> None:
+def run_pbmc(n_genes: int | None, ref_seed: bool = True) -> None:
     a = pbmc(n_genes)
+    print(f"[load] before pbmc68k_reduced: {load()}")
     o, to = run_ours(a, "pbmc68k_reduced")
     r, tr = run_ref(a, "pbmc68k_reduced")
+    print(f"[load] after: {load()}")
     if tr:
         print(
             f"[spd ] pbmc68k_reduced: ours {a.n_vars / to:.1f} vs ref {a.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x"
         )
-    compare(o, r, "pbmc68k_reduced")
+    compare(o, r, "pbmc68k_reduced ours vs ref")
+    if ref_seed and r is not None:
+        r2, _ = run_ref(a, "pbmc68k_reduced, reference seed 1", seed=1)
+        compare(r2, r, "pbmc68k_reduced ref (seed 1) vs ref (seed 0)")
+        o2, _ = locat(a, embedding="pca", n_dims=8, seed=1), None
+        compare(o2, o, "pbmc68k_reduced ours (seed 1) vs ours (seed 0)")
     markers(o, a, "pbmc68k_reduced (ours)")
     if r is not None:
         markers(r.assign(zscore=r["zscore"].astype(float)), a[:, r.index].copy(), "pbmc68k_reduced (ref)")
@@ -253,18 +275,30 @@ def run_pbmc(n_genes: int | None) -> None:
     fractions(run_ref(ap_, "pbmc68k_reduced permuted")[0], "pbmc68k_reduced ref")
 
 
-def run_zeisel(n_ref_genes: int) -> None:
-    zall = zeisel(None)
-    sub = zall[np.random.default_rng(0).choice(zall.n_obs, 2600, replace=False)].copy()
-    dfz, _ = run_ours(sub, f"Zeisel 2,600 cells x {sub.n_vars} genes (file has 4,000 genes, not 9,000)")
-    markers(dfz, sub, "Zeisel 2,600 cells (ours)")
+def run_9k() -> None:
+    """2,600 cells x 9,000 genes: ours cold (first call in the process, JIT compiles included) and warm."""
+    a = zeisel_9000()
+    label = f"Zeisel-built {a.n_obs:,} cells x {a.n_vars:,} genes"
+    print(f"[load] before: {load()}")
+    df, t_cold = run_ours(a, label + " (cold, incl. compile and background fit)")
+    print(f"[load] after cold: {load()}")
+    _, t_warm = run_ours(a, label + " (warm)")
+    print(f"[load] after warm: {load()}")
+    print(f"[9k  ] {label}: cold {t_cold:.1f} s, warm {t_warm:.1f} s (target <= 90 s)")
+    markers(df, a, label + " (ours)")
 
+
+def run_zeisel(n_ref_genes: int) -> None:
+    z = zeisel(None)
+    sub = z[np.random.default_rng(0).choice(z.n_obs, 2600, replace=False)].copy()
+    dfz, _ = run_ours(sub, f"Zeisel 2,600 cells x {sub.n_vars} genes")
+    markers(dfz, sub, "Zeisel 2,600 cells (ours)")
     z = zeisel(n_ref_genes)
     o, to = run_ours(z, f"Zeisel ({z.n_vars} genes)")
     r, tr = run_ref(z, f"Zeisel ({z.n_vars} genes)")
     if tr:
         print(f"[spd ] Zeisel: ours {z.n_vars / to:.1f} vs ref {z.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x")
-    compare(o, r, "Zeisel")
+    compare(o, r, "Zeisel ours vs ref")
     zp = permuted(z)
     fractions(run_ours(zp, "Zeisel permuted")[0], "Zeisel ours")
     fractions(run_ref(zp, "Zeisel permuted")[0], "Zeisel ref")

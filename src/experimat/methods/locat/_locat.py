@@ -574,20 +574,13 @@ def locat(
                 kidx = np.zeros(gb, dtype=np.int32)
                 kidx[:nb] = sel
                 keys = item_keys[jnp.asarray(kidx)]
-                import time as _t
-                _t0 = _t.perf_counter()
-                _ag = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
-                jax.block_until_ready(_ag)
-                _PROF["agg"] += _t.perf_counter() - _t0
-                _t0 = _t.perf_counter()
+                agg = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
                 out = _batch_scores(
-                    emb_j, logf0_j, _ag, centres_j, jnp.asarray(wts),
+                    emb_j, logf0_j, agg, centres_j, jnp.asarray(wts),
                     jnp.asarray(ina),
                     jnp.asarray(act), jnp.asarray(act_a), keys, dtype(reg), log_lam,
                 )  # fmt: skip
                 raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64)[:nb] for o in out)
-                _PROF["kernel"] += _t.perf_counter() - _t0
-                _t0 = _t.perf_counter()
                 mm = m_arr[sel].astype(np.float64)
                 results["raw"][sel] = raw
                 results["sens"][sel] = sens
@@ -598,9 +591,7 @@ def locat(
                 pdep, maxdef = _depletion_pvalues(k_r, k_b, mm - na[:nb], n - na[:nb])
                 results["pdep"][sel] = pdep
                 results["maxdef"][sel] = maxdef
-                _PROF["post"] += _t.perf_counter() - _t0
                 bar.update()
-        print("PROF", _PROF, "gb", gb, "k_slots", k_slots, len(batches))
 
     # ------------------------------------------------------------------ null model, z-scores, combination
     items_gene = np.asarray(items_gene, dtype=int)
@@ -731,12 +722,11 @@ def _make_batch_scores():
 
 
 #: EM steps and tolerance (change of the mean log-likelihood bound) of the per-gene fits
-_GENE_MAX_ITER = 40
+_GENE_MAX_ITER = 25
 _GENE_TOL = 1e-4
 _BATCH_SCORES: Any = None
 #: rows (fits) per background call
 _BG_ROWS = 15
-_PROF = {"agg": 0.0, "kernel": 0.0, "post": 0.0}
 
 
 def _batch_scores(*args, **kwargs):
