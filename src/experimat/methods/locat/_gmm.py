@@ -46,22 +46,28 @@ def mixture_logpdf(x, pi, mu, chol, active):
     return jax.scipy.special.logsumexp(comp + logpi[None, :], axis=1), comp
 
 
-def _kmeanspp(key, x, w, active):
-    """Weighted k-means++ seeding (one candidate per step); inactive slots get any centre."""
-    _m, _ = x.shape
+def _kmeanspp(u, x, w, active):
+    """Weighted k-means++ seeding (one candidate per step) from uniforms ``u`` ``(k_max,)`` in [0, 1).
+
+    Each centre is drawn by inverse-CDF sampling of ``w * d2`` (the first from ``w``); taking the
+    uniforms as input keeps random-number generation out of the compiled loop (cheap compiles).
+    Inactive slots get some centre; they are never used.
+    """
+    m, _ = x.shape
     k_max = active.shape[0]
-    logw = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)), _NEG)
-    keys = jax.random.split(key, k_max)
-    first = jax.random.categorical(keys[0], logw)
-    c0 = x[first]
+
+    def draw(p, ui):
+        c = jnp.cumsum(p)
+        return jnp.minimum(jnp.searchsorted(c, ui * c[-1], side="right"), m - 1)
+
+    w = jnp.maximum(w, 0.0)
+    c0 = x[draw(w, u[0])]
     d2 = jnp.sum((x - c0) ** 2, axis=1)
     centers = jnp.zeros((k_max, x.shape[1]), x.dtype).at[0].set(c0)
 
     def body(i, carry):
         centers, d2 = carry
-        logits = jnp.where(w > 0, logw + jnp.log(jnp.maximum(d2, 1e-30)), _NEG)
-        idx = jax.random.categorical(keys[i], logits)
-        c = x[idx]
+        c = x[draw(w * d2, u[i])]
         centers = centers.at[i].set(c)
         d2 = jnp.minimum(d2, jnp.sum((x - c) ** 2, axis=1))
         return centers, d2
@@ -74,17 +80,17 @@ _fit_grouped_batch = None
 _group_stats = None
 
 
-def _fit_grouped_batch_impl(keys, s, mean, scat, active, reg_covar, *, max_iter, tol):
+def _fit_grouped_batch_impl(u, s, mean, scat, active, reg_covar, *, max_iter, tol):
     f = partial(fit_gmm_grouped, max_iter=max_iter, tol=tol)
-    return jax.vmap(f, in_axes=(0, None, None, None, 0, None))(keys, s, mean, scat, active, reg_covar)
+    return jax.vmap(f, in_axes=(0, None, None, None, 0, None))(u, s, mean, scat, active, reg_covar)
 
 
-def fit_grouped_batch(keys, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
-    """:func:`fit_gmm_grouped` of one grouped data set, vmapped over ``keys`` and ``active`` (rows)."""
+def fit_grouped_batch(u, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
+    """:func:`fit_gmm_grouped` of one grouped data set, vmapped over ``u`` and ``active`` (rows)."""
     global _fit_grouped_batch
     if _fit_grouped_batch is None:
         _fit_grouped_batch = jit_for(_fit_grouped_batch_impl, static_argnames=("max_iter", "tol"), fast_compile=True)
-    return _fit_grouped_batch(keys, s, mean, scat, active, reg_covar, max_iter=max_iter, tol=tol)
+    return _fit_grouped_batch(u, s, mean, scat, active, reg_covar, max_iter=max_iter, tol=tol)
 
 
 def group_stats_jit(agg, centres):
@@ -120,7 +126,18 @@ def _tri(d):
     return iu, ju, jnp.where(iu == ju, 1.0, 2.0)
 
 
-def fit_gmm_grouped(key, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
+def _vech_index(d):
+    """``(d, d)`` positions in the upper-triangle vector of :func:`_tri` (symmetric gather)."""
+    import numpy as np
+
+    pos = np.zeros((d, d), dtype=np.int32)
+    iu, ju = np.triu_indices(d)
+    pos[iu, ju] = np.arange(iu.size)
+    pos[ju, iu] = np.arange(iu.size)
+    return pos
+
+
+def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
     """Fit one weighted GMM to grouped points (EM on atoms).
 
     Every group ``a`` is summarised by its total weight ``s_a``, weighted mean ``m_a`` and mean
@@ -134,7 +151,7 @@ def fit_gmm_grouped(key, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
 
     Parameters
     ----------
-    key : PRNG key for the weighted k-means++ initialisation on the group means.
+    u : ``(k_max,)`` uniforms in [0, 1) for the weighted k-means++ initialisation on the group means.
     s : ``(a,)`` non-negative group weights; mean : ``(a, d)``; scat : ``(a, d, d)``.
     active : ``(k_max,)`` bool, which component slots are used.
     reg_covar : added to every covariance diagonal.
@@ -152,16 +169,16 @@ def fit_gmm_grouped(key, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
     wn = s / jnp.where(ssum > 0, ssum, 1.0)
     eye = jnp.eye(d, dtype=dt)
     iu, ju, tw = _tri(d)
+    full = _vech_index(d)
     g = wn @ mean  # work about the weighted centre (smaller numbers in float32)
     c = mean - g
     sec = scat + c[:, :, None] * c[:, None, :]  # (a, d, d)
     phi = jnp.concatenate([sec[:, iu, ju], c, jnp.ones((c.shape[0], 1), dt)], axis=1)  # (a, f)
     phi_w = phi * wn[:, None]
-    mu0 = _kmeanspp(key, c, wn, active)
+    mu0 = _kmeanspp(u, c, wn, active)
     n_active = jnp.maximum(jnp.sum(active), 1)
     pi0 = jnp.where(active, 1.0 / n_active, 0.0).astype(dt)
-    pooled = jnp.zeros((d, d), dt).at[iu, ju].set(phi_w[:, : iu.size].sum(0))
-    pooled = pooled + jnp.triu(pooled, 1).T + reg_covar * eye
+    pooled = phi_w[:, : iu.size].sum(0)[full] + reg_covar * eye
     c0 = jnp.linalg.cholesky(pooled / n_active ** (2.0 / d))
     c0 = jnp.where(jnp.all(jnp.isfinite(c0)), c0, eye)
     chol0 = jnp.broadcast_to(c0, (k_max, d, d))
@@ -186,8 +203,7 @@ def fit_gmm_grouped(key, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
         nk = mom[:, -1]
         nk_safe = jnp.where(nk > 1e-12, nk, 1.0)
         mu_new = mom[:, iu.size : iu.size + d] / nk_safe[:, None]
-        up = jnp.zeros((k_max, d, d), dt).at[:, iu, ju].set(mom[:, : iu.size] / nk_safe[:, None])
-        second = up + jnp.swapaxes(jnp.triu(up, 1), -1, -2)
+        second = (mom[:, : iu.size] / nk_safe[:, None])[:, full]
         cov = second - mu_new[:, :, None] * mu_new[:, None, :] + reg_covar * eye[None]
         ok = (nk > 1e-12) & active
         cov = jnp.where(ok[:, None, None], cov, eye[None])
@@ -250,12 +266,10 @@ def group_stats(agg, centres):
     ``scat`` ``(b, a, d, d)``.
     """
     d = centres.shape[1]
-    iu, ju, _ = _tri(d)
     s = agg[..., 0]
     s_safe = jnp.where(s > 0, s, 1.0)[..., None]
     m_loc = agg[..., 1 : 1 + d] / s_safe
-    up = jnp.zeros(agg.shape[:2] + (d, d), agg.dtype).at[..., iu, ju].set(agg[..., 1 + d :] / s_safe)
-    sec = up + jnp.swapaxes(jnp.triu(up, 1), -1, -2)
+    sec = (agg[..., 1 + d :] / s_safe)[..., _vech_index(d)]
     scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
     mean = centres[None] + m_loc
     return s, mean, jnp.where((s > 0)[..., None, None], scat, 0.0)

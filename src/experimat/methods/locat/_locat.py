@@ -397,7 +397,6 @@ def locat(
     dev = jax.devices(device)[0]
     dtype = np.float32
     emb_j = jax.device_put(jnp.asarray(emb, dtype), dev)
-    key = jax.random.PRNGKey(seed)
     rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------------ atoms
@@ -426,8 +425,8 @@ def locat(
             chunk = ks_rows[s0 : s0 + n_rows]
             kk = np.concatenate([chunk, np.ones(n_rows - chunk.size, dtype=int)])
             act = jnp.asarray(np.arange(k_slots)[None, :] < kk[:, None])
-            keys = jax.random.split(jax.random.fold_in(key, salt + s0), n_rows)
-            pi, mu, chol = _gmm.fit_grouped_batch(keys, s_bg, mean_bg, scat_bg, act, dtype(reg), max_iter=150, tol=1e-5)
+            u = jnp.asarray(np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots)), dtype)
+            pi, mu, chol = _gmm.fit_grouped_batch(u, s_bg, mean_bg, scat_bg, act, dtype(reg), max_iter=150, tol=1e-5)
             lp = _gmm.batch_logpdf(emb_j, pi, mu, chol, act)  # (rows, n)
             lls.append(np.asarray(lp @ bw_norm, np.float64)[: chunk.size])
             lps.append(np.asarray(lp, np.float64)[: chunk.size])
@@ -545,7 +544,7 @@ def locat(
         n_lam = lambdas.size
         log_lam = jnp.asarray(np.log(lambdas), dtype)
         logf0_j = jax.device_put(jnp.asarray(logf0, dtype), dev)
-        item_keys = jax.random.split(jax.random.fold_in(key, 7), n_items)
+        item_u = np.random.default_rng([seed, 7]).random((n_items, 2, k_slots))  # k-means++ draws, per item
         if batch_size is not None:
             gb = batch_size
         else:
@@ -571,14 +570,13 @@ def locat(
                 act[np.arange(k_slots)[None, :] < kk[:, None]] = True
                 ka = np.maximum(1, np.minimum(kk, na // 5))
                 act_a[np.arange(k_slots)[None, :] < ka[:, None]] = True
-                kidx = np.zeros(gb, dtype=np.int32)
-                kidx[:nb] = sel
-                keys = item_keys[jnp.asarray(kidx)]
+                u = np.full((2, gb, k_slots), 0.5)
+                u[:, :nb] = item_u[sel].transpose(1, 0, 2)
                 agg = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
                 out = _batch_scores(
                     emb_j, logf0_j, agg, centres_j, jnp.asarray(wts),
                     jnp.asarray(ina),
-                    jnp.asarray(act), jnp.asarray(act_a), keys, dtype(reg), log_lam,
+                    jnp.asarray(act), jnp.asarray(act_a), jnp.asarray(u.reshape(2 * gb, k_slots), dtype), dtype(reg), log_lam,
                 )  # fmt: skip
                 raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64)[:nb] for o in out)
                 mm = m_arr[sel].astype(np.float64)
@@ -690,14 +688,13 @@ def _make_batch_scores():
 
     from . import _gmm
 
-    def batch_scores(emb, logf0, agg, centres, wts, ina, act, act_a, keys, reg, log_lam):
+    def batch_scores(emb, logf0, agg, centres, wts, ina, act, act_a, u, reg, log_lam):
         valid = wts > 0
         # per-atom sufficient statistics of the gene's weights (all expressing cells, then half A)
         s, mean, scat = _gmm.group_stats(agg, centres)
-        keys_a = jax.vmap(lambda k_: jax.random.fold_in(k_, 1))(keys)
         fit = partial(_gmm.fit_gmm_grouped, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL)
         pi, mu, chol = jax.vmap(fit, in_axes=(0, 0, 0, 0, 0, None))(
-            jnp.concatenate([keys, keys_a]), s, mean, scat, jnp.concatenate([act, act_a]), reg
+            u, s, mean, scat, jnp.concatenate([act, act_a]), reg
         )
         logf = _gmm.batch_logpdf(emb, pi, mu, chol, jnp.concatenate([act, act_a]))  # (2G, n)
         b = wts.shape[0]
