@@ -176,12 +176,8 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
     phi = jnp.concatenate([sec[:, iu, ju], c, jnp.ones((c.shape[0], 1), dt)], axis=1)  # (a, f)
     phi_w = phi * wn[:, None]
     mu0 = _kmeanspp(u, c, wn, active)
-    n_active = jnp.maximum(jnp.sum(active), 1)
-    pi0 = jnp.where(active, 1.0 / n_active, 0.0).astype(dt)
     pooled = phi_w[:, : iu.size].sum(0)[full] + reg_covar * eye
-    c0 = jnp.linalg.cholesky(pooled / n_active ** (2.0 / d))
-    c0 = jnp.where(jnp.all(jnp.isfinite(c0)), c0, eye)
-    chol0 = jnp.broadcast_to(c0, (k_max, d, d))
+    floor = 1e-3 * jnp.trace(pooled) / d  # keeps initial components from starting degenerate
 
     def estep(pi, mu, chol):
         linv = jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, eye, lower=True))(chol)
@@ -196,15 +192,13 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
         logp = jax.scipy.special.logsumexp(lp, axis=1)
         return jnp.exp(lp - logp[:, None]), jnp.sum(wn * logp)
 
-    def step(state):
-        i, pi, mu, chol, ll_old, _ = state
-        resp, ll = estep(pi, mu, chol)
+    def mstep(resp, mu, chol, extra):
         mom = resp.T @ phi_w  # (k, f): weighted sums of (vech T, m, 1)
         nk = mom[:, -1]
         nk_safe = jnp.where(nk > 1e-12, nk, 1.0)
         mu_new = mom[:, iu.size : iu.size + d] / nk_safe[:, None]
         second = (mom[:, : iu.size] / nk_safe[:, None])[:, full]
-        cov = second - mu_new[:, :, None] * mu_new[:, None, :] + reg_covar * eye[None]
+        cov = second - mu_new[:, :, None] * mu_new[:, None, :] + (reg_covar + extra) * eye[None]
         ok = (nk > 1e-12) & active
         cov = jnp.where(ok[:, None, None], cov, eye[None])
         mu_new = jnp.where(ok[:, None], mu_new, mu)
@@ -212,7 +206,20 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
         bad = ~jnp.all(jnp.isfinite(chol_new), axis=(1, 2))  # failed factorisation: keep the old one
         chol_new = jnp.where(bad[:, None, None], chol, chol_new)
         pi_new = jnp.where(ok, nk, 0.0)
-        pi_new = pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38)
+        return pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38), mu_new, chol_new
+
+    # initialisation: hard assignment of the groups to the nearest k-means++ centre, then one M-step
+    mu0 = _kmeanspp(u, c, wn, active)
+    d2 = jnp.sum((c[:, None, :] - mu0[None, :, :]) ** 2, axis=-1)
+    resp0 = jax.nn.one_hot(jnp.argmin(jnp.where(active[None, :], d2, jnp.inf), axis=1), k_max, dtype=dt)
+    c0 = jnp.linalg.cholesky(pooled)
+    c0 = jnp.where(jnp.all(jnp.isfinite(c0)), c0, eye)
+    pi0, mu0, chol0 = mstep(resp0, mu0, jnp.broadcast_to(c0, (k_max, d, d)), floor)
+
+    def step(state):
+        i, pi, mu, chol, ll_old, _ = state
+        resp, ll = estep(pi, mu, chol)
+        pi_new, mu_new, chol_new = mstep(resp, mu, chol, 0.0)
         return i + 1, pi_new, mu_new, chol_new, ll, jnp.abs(ll - ll_old)
 
     def cond(state):
