@@ -22,9 +22,12 @@ Measured 2026-11-30 on the shared 2-core machine (load averages given; other job
 - 2,600 cells x 9,000 genes (:func:`zeisel_9000`), ours, load ~3: cold (first call in the process,
   JIT compiles and background fit included) 46.8 s, warm 35.7 s (target <= 90 s); 50/50 top-z
   genes are class markers (base rate 0.05). Under load ~7: cold 126.5 s, warm 33.0 s.
-- pbmc68k_reduced, all 765 genes, load ~5: ours 21.4 s cold vs reference 799.3 s -> 37.3x genes/s;
-  Spearman rho of z-scores 0.62, Jaccard of concentration-significant genes 0.50; class markers
-  among the top-50 z: ours 45/50, reference 34/50 (base rate 0.24).
+- pbmc68k_reduced, all 765 genes, load ~3.4 and nothing else of ours running: ours 13.8 s cold
+  (about 8 s of it JIT compiles; a warm call takes ~4 s) vs reference 63.3 s -> 4.6x genes/s.
+  (Another run, with the reference slowed by other jobs for its whole run, gave ours 21.4 s vs
+  reference 799 s, 37x: long single-threaded runs suffer most from load.) Spearman rho of z-scores
+  0.62, Jaccard of concentration-significant genes 0.50; class markers among the top-50 z: ours
+  45/50, reference 34/50 (base rate 0.24).
 - pbmc68k_reduced, 200 evenly spaced genes (``--pbmc-genes 200``), load ~5: ours 36.3 s cold
   (mostly compiling) vs reference 172.2 s -> 4.75x; ours vs reference rho 0.58 / Jaccard 0.42;
   reference seed 1 vs seed 0: rho 0.75 / Jaccard 0.65; ours seed 1 vs seed 0: rho 0.59 /
