@@ -102,6 +102,13 @@ def group_stats_jit(agg, centres):
 
 
 @jax.jit
+def component_argmax(x, pi, mu, chol, active):
+    """Index of the active component with the highest density at each point (no weights)."""
+    comp = _log_gauss(x, mu, chol)
+    return jnp.argmax(jnp.where(active[None, :], comp, -jnp.inf), axis=1)
+
+
+@jax.jit
 def batch_logpdf(x, pi, mu, chol, active):
     """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures ``(b, k)``.
 

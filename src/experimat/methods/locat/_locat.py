@@ -428,7 +428,7 @@ def locat(
     bic_cost = d * (d + 3) / 2
     n_scan_inits = min(3, n_bootstrap_inits)
     s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_jit(_agg(bw[None, :]), centres_j))
-    bw_norm = jnp.asarray(bw / bw.sum(), dtype)
+    bw_norm = bw / bw.sum()
 
     def _fit_rows(ks_rows: np.ndarray, k_slots: int, n_rows: int, salt: int):
         """Fit background mixtures with ks_rows[i] components, padded to a fixed batch shape
@@ -442,8 +442,9 @@ def locat(
             u = jnp.asarray(np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots)), dtype)
             pi, mu, chol = _gmm.fit_grouped_batch(u, s_bg, mean_bg, scat_bg, act, dtype(reg), max_iter=150, tol=1e-5)
             lp = _gmm.batch_logpdf(emb_j, pi, mu, chol, act)  # (rows, n)
-            lls.append(np.asarray(lp @ bw_norm, np.float64)[: chunk.size])
-            lps.append(np.asarray(lp, np.float64)[: chunk.size])
+            lp = np.asarray(lp, np.float64)[: chunk.size]
+            lls.append(lp @ bw_norm)
+            lps.append(lp)
             params.append((pi, mu, chol, act))
         return np.concatenate(lls), np.concatenate(lps, axis=0), params
 
@@ -467,9 +468,7 @@ def locat(
     ll_k, lp, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_cap, _BG_ROWS, 7)  # lp: (inits, n)
     ibest = int(np.argmax(ll_k))
     pi, mu, chol, act_j = (p_[ibest % _BG_ROWS] for p_ in params_k[ibest // _BG_ROWS])
-    comps = _gmm.mixture_logpdf(emb_j, pi, mu, chol, act_j)[1]
-    comps = jnp.where(act_j[None, :], comps, -jnp.inf)
-    bg_assign = np.asarray(jnp.argmax(comps, axis=1))
+    bg_assign = np.asarray(_gmm.component_argmax(emb_j, pi, mu, chol, act_j))
     m_ = lp.max(axis=0)
     logf0 = m_ + np.log(np.mean(np.exp(lp - m_[None, :]), axis=0))
     logger.info(f"LOCAT: background uses {k_best} components ({n_at} atoms)", time=t_bg)
