@@ -3,22 +3,49 @@
 Usage: python locat_ref.py IN.h5ad OUT.csv [n_dims]
 Reads X (expression used as weights) and obsm['X_pca']; writes one row per tested gene plus a
 JSON line with timings on stdout. Runs in the reference's own environment (jax<0.7, tfp).
+
+``EXPERIMAT_REF_SEED`` (default 0 = the package's own fixed seeds) reseeds the reference: its
+``init_rng`` (NumPy generator and global seed) and the seeds of its background (``wgmm`` ->
+``train_em``) and per-gene (``softbootstrap_gmm``) mixture fits, which 0.1.6 hard-codes to 1; used
+to measure the reference's own run-to-run agreement.
 """
 
 import json
+import os
 import sys
 import time
 
 import anndata as ad
+import locat.locat as locat_module
 import numpy as np
 import pandas as pd
 from locat.locat import LOCAT
 from locat.postprocessing import build_locat_df
 
 
+def _with_seed(fun, seed: int):
+    def wrapped(*args, **kwargs):
+        kwargs["seed"] = seed
+        return fun(*args, **kwargs)
+
+    return wrapped
+
+
+def _reseed(seed: int) -> None:
+    if not seed:
+        return
+    import locat.wgmms as wgmms
+
+    wgmms.train_em = _with_seed(wgmms.train_em, 1 + seed)  # wgmm() passes seed=1 to train_em
+    locat_module.softbootstrap_gmm = _with_seed(locat_module.softbootstrap_gmm, 1 + seed)
+    init_rng = LOCAT.init_rng
+    LOCAT.init_rng = lambda self, seed_=seed, global_seed=13 + seed: init_rng(self, seed_, global_seed)
+
+
 def main() -> None:
     path_in, path_out = sys.argv[1], sys.argv[2]
     n_dims = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    _reseed(int(os.environ.get("EXPERIMAT_REF_SEED", "0")))
     adata = ad.read_h5ad(path_in)
     emb = np.asarray(adata.obsm["X_pca"], dtype=np.float64)[:, :n_dims]
     t0 = time.perf_counter()

@@ -94,6 +94,34 @@ def test_planted_concentrated_and_depleted_genes(synth_result):
     assert set(df.index[:12]) >= set(conc.index[conc["pval"] < 1e-6])
 
 
+def test_atoms_agree_with_exact_em(synth_result):
+    """EM on k-means atoms (the default) finds what EM on every cell finds."""
+    from scipy.stats import spearmanr
+
+    a, df = synth_result
+    assert a.uns["locat"]["params"]["n_atoms"] == 256 and a.n_obs > 256  # the atoms path ran
+    exact = locat(a.copy(), n_dims=8, seed=0, n_bootstrap_inits=3, n_null_genes=120, n_atoms=None)
+    z_atoms = df["zscore"].reindex(a.var_names).to_numpy(float)
+    z_exact = exact["zscore"].reindex(a.var_names).to_numpy(float)
+    ok = np.isfinite(z_atoms) & np.isfinite(z_exact)
+    assert ok.sum() == 60
+    # the planted concentrated genes lead both rankings; the random genes' z are noise in both
+    conc = a.var_names.str.startswith("conc_")
+    assert spearmanr(z_atoms[ok], z_exact[ok]).statistic > 0.4
+    assert np.min(z_atoms[conc]) > np.median(z_exact[~conc & ok])
+    assert len(set(df.index[:12]) & set(exact.index[:12])) >= 10
+    for res in (exact, df):
+        assert res["is_conc_sig"].reindex(a.var_names).to_numpy()[conc].mean() >= 0.9
+
+
+def test_background_weights_checked(synth_result):
+    a, _ = synth_result
+    with pytest.raises(InvalidInputError, match="background_weights"):
+        locat(a.copy(), background_weights=np.ones(3))
+    with pytest.raises(InvalidInputError, match="background_weights"):
+        locat(a.copy(), background_weights="no_such_column")
+
+
 def test_edge_genes_are_nan_rows_with_reason(synth_result):
     a, df = synth_result
     for g, why in [("all_zero", "not expressed"), ("one_cell", "fewer than"), ("all_cells", "more than")]:

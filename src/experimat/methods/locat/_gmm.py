@@ -1,6 +1,7 @@
 """Weighted Gaussian mixtures fitted by EM in JAX, with a static maximum number of components.
 
-Every fit has ``k_max`` component slots; ``active`` (bool, ``(k_max,)``) switches slots on, so
+Fits run on grouped points ("atoms": weight sum, weighted mean and within-group scatter per
+group), which is exact EM when every group is one point. Every fit has ``k_max`` component slots; ``active`` (bool, ``(k_max,)``) switches slots on, so
 mixtures with different numbers of components share one compiled kernel and can be ``vmap``-ed
 over genes (or over initialisations and candidate component counts for the background).
 Points carry non-negative weights; padded points have weight 0 and do not influence the fit.
@@ -14,9 +15,16 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
-#: XLA's CPU backend spends most of its compile time optimising these small linear-algebra loops
-#: (~5x longer compiles for no faster runs); level 0 keeps compiles short. Ignored on GPU.
-CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+#: XLA CPU compiler options of kernels whose run time does not matter (the background fits on a few
+#: hundred atoms): level 0 compiles several times faster. The per-gene kernel keeps XLA's default
+#: optimisation, which runs its batched EM ~2.5x faster (it is compiled once per call).
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def jit_for(fun, static_argnames=(), *, fast_compile=False):
+    """``jax.jit``; ``fast_compile`` uses :data:`FAST_COMPILE_OPTIONS` on CPU (ignored on GPU)."""
+    opts = FAST_COMPILE_OPTIONS if fast_compile and jax.default_backend() == "cpu" else None
+    return jax.jit(fun, static_argnames=static_argnames, compiler_options=opts)
 
 
 def _log_gauss(x, mu, chol):
@@ -38,22 +46,28 @@ def mixture_logpdf(x, pi, mu, chol, active):
     return jax.scipy.special.logsumexp(comp + logpi[None, :], axis=1), comp
 
 
-def _kmeanspp(key, x, w, active):
-    """Weighted k-means++ seeding (one candidate per step); inactive slots get any centre."""
-    _m, _ = x.shape
+def _kmeanspp(u, x, w, active):
+    """Weighted k-means++ seeding (one candidate per step) from uniforms ``u`` ``(k_max,)`` in [0, 1).
+
+    Each centre is drawn by inverse-CDF sampling of ``w * d2`` (the first from ``w``); taking the
+    uniforms as input keeps random-number generation out of the compiled loop (cheap compiles).
+    Inactive slots get some centre; they are never used.
+    """
+    m, _ = x.shape
     k_max = active.shape[0]
-    logw = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)), _NEG)
-    keys = jax.random.split(key, k_max)
-    first = jax.random.categorical(keys[0], logw)
-    c0 = x[first]
+
+    def draw(p, ui):
+        c = jnp.cumsum(p)
+        return jnp.minimum(jnp.searchsorted(c, ui * c[-1], side="right"), m - 1)
+
+    w = jnp.maximum(w, 0.0)
+    c0 = x[draw(w, u[0])]
     d2 = jnp.sum((x - c0) ** 2, axis=1)
     centers = jnp.zeros((k_max, x.shape[1]), x.dtype).at[0].set(c0)
 
     def body(i, carry):
         centers, d2 = carry
-        logits = jnp.where(w > 0, logw + jnp.log(jnp.maximum(d2, 1e-30)), _NEG)
-        idx = jax.random.categorical(keys[i], logits)
-        c = x[idx]
+        c = x[draw(w * d2, u[i])]
         centers = centers.at[i].set(c)
         d2 = jnp.minimum(d2, jnp.sum((x - c) ** 2, axis=1))
         return centers, d2
@@ -62,94 +76,214 @@ def _kmeanspp(key, x, w, active):
     return centers
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
-def fit_gmm(key, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
-    """Fit one weighted GMM.
+_fit_grouped_batch = None
+_group_stats = None
+
+
+def _fit_grouped_batch_impl(u, s, mean, scat, active, reg_covar, *, max_iter, tol):
+    f = partial(fit_gmm_grouped, max_iter=max_iter, tol=tol)
+    return jax.vmap(f, in_axes=(0, None, None, None, 0, None))(u, s, mean, scat, active, reg_covar)
+
+
+def fit_grouped_batch(u, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
+    """:func:`fit_gmm_grouped` of one grouped data set, vmapped over ``u`` and ``active`` (rows)."""
+    global _fit_grouped_batch
+    if _fit_grouped_batch is None:
+        _fit_grouped_batch = jit_for(_fit_grouped_batch_impl, static_argnames=("max_iter", "tol"), fast_compile=True)
+    return _fit_grouped_batch(u, s, mean, scat, active, reg_covar, max_iter=max_iter, tol=tol)
+
+
+def group_stats_jit(agg, centres):
+    """Jitted :func:`group_stats`."""
+    global _group_stats
+    if _group_stats is None:
+        _group_stats = jit_for(group_stats, fast_compile=True)
+    return _group_stats(agg, centres)
+
+
+@jax.jit
+def component_argmax(x, pi, mu, chol, active):
+    """Index of the active component with the highest density at each point (no weights)."""
+    comp = _log_gauss(x, mu, chol)
+    return jnp.argmax(jnp.where(active[None, :], comp, -jnp.inf), axis=1)
+
+
+@jax.jit
+def batch_logpdf(x, pi, mu, chol, active):
+    """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures ``(b, k)``.
+
+    ``L_k^{-1} x`` for every component of every mixture is one matrix product ``(n, d) @ (d, b k d)``.
+    """
+    b, k, d = mu.shape
+    eye = jnp.eye(d, dtype=x.dtype)
+    linv = jax.vmap(jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, eye, lower=True)))(chol)  # (b,k,d,d)
+    z = (x @ linv.reshape(b * k * d, d).T).reshape(x.shape[0], b, k, d)
+    z = z - jnp.einsum("bked,bkd->bke", linv, mu)[None]
+    maha = jnp.sum(z * z, axis=-1)  # (n, b, k)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # (b, k)
+    logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
+    lp = -0.5 * (maha + logdet[None] + d * jnp.log(2.0 * jnp.pi)) + logpi[None]
+    return jax.scipy.special.logsumexp(lp, axis=-1).T  # (b, n)
+
+
+def _tri(d):
+    """Indices of the upper triangle (with diagonal) of a ``d x d`` matrix, and the weight (1 on the
+    diagonal, 2 off it) that makes ``sum_ij A_ij B_ij`` of symmetric matrices a dot product."""
+    iu, ju = jnp.triu_indices(d)
+    return iu, ju, jnp.where(iu == ju, 1.0, 2.0)
+
+
+def _vech_index(d):
+    """``(d, d)`` positions in the upper-triangle vector of :func:`_tri` (symmetric gather)."""
+    import numpy as np
+
+    pos = np.zeros((d, d), dtype=np.int32)
+    iu, ju = np.triu_indices(d)
+    pos[iu, ju] = np.arange(iu.size)
+    pos[ju, iu] = np.arange(iu.size)
+    return pos
+
+
+def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
+    """Fit one weighted GMM to grouped points (EM on atoms).
+
+    Every group ``a`` is summarised by its total weight ``s_a``, weighted mean ``m_a`` and mean
+    within-group scatter ``S_a``; all points of a group share one responsibility vector. EM then
+    maximises a lower bound of the weighted log-likelihood (exact when every group is one point,
+    ``S_a = 0``): the E-step uses the expected log density over the group,
+    ``log N(m_a | mu_k, Sigma_k) - tr(Sigma_k^{-1} S_a) / 2``, and the M-step adds the within-group
+    scatter to each component's covariance. Both steps are matrix products of the groups' features
+    ``(vech(T_a), m_a, 1)`` (``T_a = S_a + m_a m_a^T`` about the weighted centre) with the
+    components' natural parameters, so a step costs ``O(a k d^2)`` in two GEMMs.
 
     Parameters
     ----------
-    key : PRNG key for the k-means++ initialisation.
-    x : ``(m, d)`` points; w : ``(m,)`` non-negative weights (need not be normalised).
+    u : ``(k_max,)`` uniforms in [0, 1) for the weighted k-means++ initialisation on the group means.
+    s : ``(a,)`` non-negative group weights; mean : ``(a, d)``; scat : ``(a, d, d)``.
     active : ``(k_max,)`` bool, which component slots are used.
     reg_covar : added to every covariance diagonal.
+    max_iter, tol : at most ``max_iter`` EM steps; stop when the bound per unit weight changes by
+        less than ``tol``.
 
     Returns
     -------
-    ``(pi, mu, chol, mean_loglik)`` where ``mean_loglik`` is the weighted mean log density.
+    ``(pi, mu, chol)``.
     """
-    _m, d = x.shape
+    _a, d = mean.shape
+    dt = mean.dtype
     k_max = active.shape[0]
-    wsum = jnp.sum(w)
-    wn = w / jnp.where(wsum > 0, wsum, 1.0)
-    eye = jnp.eye(d, dtype=x.dtype)
-    mu0 = _kmeanspp(key, x, wn, active)
-    n_active = jnp.maximum(jnp.sum(active), 1)
-    pi0 = jnp.where(active, 1.0 / n_active, 0.0).astype(x.dtype)
-    chol0 = jnp.broadcast_to(eye, (k_max, d, d))
+    ssum = jnp.sum(s)
+    wn = s / jnp.where(ssum > 0, ssum, 1.0)
+    eye = jnp.eye(d, dtype=dt)
+    iu, ju, tw = _tri(d)
+    full = _vech_index(d)
+    g = wn @ mean  # work about the weighted centre (smaller numbers in float32)
+    c = mean - g
+    sec = scat + c[:, :, None] * c[:, None, :]  # (a, d, d)
+    phi = jnp.concatenate([sec[:, iu, ju], c, jnp.ones((c.shape[0], 1), dt)], axis=1)  # (a, f)
+    phi_w = phi * wn[:, None]
+    mu0 = _kmeanspp(u, c, wn, active)
+    pooled = phi_w[:, : iu.size].sum(0)[full] + reg_covar * eye
+    floor = 1e-3 * jnp.trace(pooled) / d  # keeps initial components from starting degenerate
 
-    def step(state):
-        i, pi, mu, chol, ll_old, _ = state
-        logp, comp = mixture_logpdf(x, pi, mu, chol, active)
+    def estep(pi, mu, chol):
+        linv = jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, eye, lower=True))(chol)
+        prec = jnp.einsum("kei,kej->kij", linv, linv)  # (k, d, d)
+        pm = jnp.einsum("kij,kj->ki", prec, mu)
+        theta = jnp.concatenate(
+            [prec[:, iu, ju] * tw[None, :], -2.0 * pm, jnp.sum(pm * mu, axis=1, keepdims=True)], axis=1
+        )  # (k, f)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
-        resp = jnp.exp(comp + logpi[None, :] - logp[:, None])  # (m, k)
-        ll = jnp.sum(wn * logp)
-        r = resp * wn[:, None]
-        nk = jnp.sum(r, axis=0)  # (k,)
+        lp = -0.5 * (phi @ theta.T + logdet[None, :] + d * jnp.log(2.0 * jnp.pi)) + logpi[None, :]
+        logp = jax.scipy.special.logsumexp(lp, axis=1)
+        return jnp.exp(lp - logp[:, None]), jnp.sum(wn * logp)
+
+    def mstep(resp, mu, chol, extra):
+        mom = resp.T @ phi_w  # (k, f): weighted sums of (vech T, m, 1)
+        nk = mom[:, -1]
         nk_safe = jnp.where(nk > 1e-12, nk, 1.0)
-        mu_new = (r.T @ x) / nk_safe[:, None]
-        diff = x[:, None, :] - mu_new[None, :, :]
-        cov = jnp.einsum("mk,mki,mkj->kij", r, diff, diff) / nk_safe[:, None, None]
-        cov = cov + reg_covar * eye[None]
+        mu_new = mom[:, iu.size : iu.size + d] / nk_safe[:, None]
+        second = (mom[:, : iu.size] / nk_safe[:, None])[:, full]
+        cov = second - mu_new[:, :, None] * mu_new[:, None, :] + (reg_covar + extra) * eye[None]
         ok = (nk > 1e-12) & active
         cov = jnp.where(ok[:, None, None], cov, eye[None])
         mu_new = jnp.where(ok[:, None], mu_new, mu)
         chol_new = jnp.linalg.cholesky(cov)
-        # a numerically failed Cholesky (NaN) falls back to the previous factor
-        bad = ~jnp.all(jnp.isfinite(chol_new), axis=(1, 2))
+        bad = ~jnp.all(jnp.isfinite(chol_new), axis=(1, 2))  # failed factorisation: keep the old one
         chol_new = jnp.where(bad[:, None, None], chol, chol_new)
         pi_new = jnp.where(ok, nk, 0.0)
-        pi_new = pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38)
-        delta = jnp.abs(ll - ll_old)
-        return i + 1, pi_new, mu_new, chol_new, ll, delta
+        return pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38), mu_new, chol_new
+
+    # initialisation: hard assignment of the groups to the nearest k-means++ centre, then one M-step
+    mu0 = _kmeanspp(u, c, wn, active)
+    d2 = jnp.sum((c[:, None, :] - mu0[None, :, :]) ** 2, axis=-1)
+    resp0 = jax.nn.one_hot(jnp.argmin(jnp.where(active[None, :], d2, jnp.inf), axis=1), k_max, dtype=dt)
+    c0 = jnp.linalg.cholesky(pooled)
+    c0 = jnp.where(jnp.all(jnp.isfinite(c0)), c0, eye)
+    pi0, mu0, chol0 = mstep(resp0, mu0, jnp.broadcast_to(c0, (k_max, d, d)), floor)
+
+    def step(state):
+        i, pi, mu, chol, ll_old, _ = state
+        resp, ll = estep(pi, mu, chol)
+        pi_new, mu_new, chol_new = mstep(resp, mu, chol, 0.0)
+        return i + 1, pi_new, mu_new, chol_new, ll, jnp.abs(ll - ll_old)
 
     def cond(state):
         i, *_, delta = state
         return (i < max_iter) & (delta > tol)
 
-    init = (0, pi0, mu0, chol0, jnp.asarray(-jnp.inf, x.dtype), jnp.asarray(jnp.inf, x.dtype))
+    init = (0, pi0, mu0, chol0, jnp.asarray(-jnp.inf, dt), jnp.asarray(jnp.inf, dt))
     _, pi, mu, chol, _, _ = jax.lax.while_loop(cond, step, init)
-    logp, _ = mixture_logpdf(x, pi, mu, chol, active)
-    ll = jnp.sum(wn * logp)
-    return pi, mu, chol, ll
+    return pi, mu + g[None, :], chol
 
 
-def fit_gmm_batch(keys, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
-    """``fit_gmm`` vmapped over a leading batch axis of ``keys``, ``x``, ``w`` and ``active``."""
-    return _get_fit_batch()(keys, x, w, active, reg_covar, max_iter=max_iter, tol=tol)
+class AtomSums:
+    """Per-atom weighted sums of point features, computed on the host (NumPy).
+
+    Each point's features are ``(1, l, vech(l l^T))`` with ``l`` its offset from its atom's centre
+    (which keeps the float32 scatter accurate). The points are laid out atom by atom, padded to the
+    largest atom, so the sums for a batch of genes are one batched matrix product
+    ``(a, genes, cap) @ (a, cap, f)``.
+    """
+
+    def __init__(self, x, atom, centres):
+        import numpy as np
+
+        n, d = x.shape
+        self.n, self.n_atoms = n, centres.shape[0]
+        order = np.argsort(atom, kind="stable")
+        counts = np.bincount(atom, minlength=self.n_atoms)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(n) - np.repeat(starts, counts)
+        self.idx = np.full((self.n_atoms, int(counts.max())), n, dtype=np.int64)
+        self.idx[atom[order], slot] = order
+        loc = x - centres[atom]
+        iu, ju = np.triu_indices(d)
+        f = np.concatenate([np.ones((n, 1)), loc, loc[:, iu] * loc[:, ju]], axis=1)
+        f = np.concatenate([f, np.zeros((1, f.shape[1]))], axis=0)  # row n: padding
+        self.feats = f[self.idx].astype(np.float32)  # (a, cap, f)
+
+    def __call__(self, w):
+        """``w``: ``(b, n)`` weights -> ``(b, a, f)`` per-atom weighted feature sums."""
+        import numpy as np
+
+        wp = np.concatenate([w, np.zeros((w.shape[0], 1), w.dtype)], axis=1)[:, self.idx]  # (b, a, cap)
+        return np.matmul(wp.transpose(1, 0, 2).astype(np.float32), self.feats).transpose(1, 0, 2)
 
 
-def _fit_batch_impl(keys, x, w, active, reg_covar, *, max_iter=200, tol=1e-5):
-    f = partial(fit_gmm, max_iter=max_iter, tol=tol)
-    return jax.vmap(f, in_axes=(0, 0, 0, 0, None))(keys, x, w, active, reg_covar)
+def group_stats(agg, centres):
+    """Per-atom weight sums, weighted means and mean within-atom scatter from the per-atom sums.
 
-
-def jit_for(fun, static_argnames=()):
-    """``jax.jit`` with short CPU compiles (see :data:`CPU_COMPILER_OPTIONS`)."""
-    opts = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    return jax.jit(fun, static_argnames=static_argnames, compiler_options=opts)
-
-
-_fit_batch = None
-
-
-def _get_fit_batch():
-    global _fit_batch
-    if _fit_batch is None:
-        _fit_batch = jit_for(_fit_batch_impl, static_argnames=("max_iter",))
-    return _fit_batch
-
-
-@jax.jit
-def batch_logpdf(x, pi, mu, chol, active):
-    """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures."""
-    return jax.vmap(lambda p, m_, c, a: mixture_logpdf(x, p, m_, c, a)[0])(pi, mu, chol, active)
+    ``agg``: ``(b, a, f)`` per-atom weighted sums of the :class:`AtomSums` features of ``b`` genes;
+    ``centres``: ``(a, d)`` atom centres. Returns ``s`` ``(b, a)``, ``mean`` ``(b, a, d)``,
+    ``scat`` ``(b, a, d, d)``.
+    """
+    d = centres.shape[1]
+    s = agg[..., 0]
+    s_safe = jnp.where(s > 0, s, 1.0)[..., None]
+    m_loc = agg[..., 1 : 1 + d] / s_safe
+    sec = (agg[..., 1 + d :] / s_safe)[..., _vech_index(d)]
+    scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
+    mean = centres[None] + m_loc
+    return s, mean, jnp.where((s > 0)[..., None, None], scat, 0.0)

@@ -69,7 +69,7 @@ class _NullModel:
     """Null of the raw concentration score as a smooth function of log10(expressing fraction).
 
     Centre and scale come from kernel-weighted quantiles of the permuted pseudo-genes' scores:
-    ``centre = q50``, ``scale = (q90 - q50) / 1.2816``. The test is one-sided, so the scale is
+    ``centre = q50``, ``scale = (q95 - q50) / 1.645``. The test is one-sided, so the scale is
     read from the upper half of the null, which the lower tail (pseudo-genes that happened to get
     fewer mixture components) does not inflate.
     """
@@ -97,8 +97,8 @@ class _NullModel:
         return out
 
     def center_scale(self, log_frac):
-        q50, q90 = self._quantiles(log_frac, (0.5, 0.9))
-        return q50, np.maximum((q90 - q50) / 1.2815516, 1e-12)
+        q50, q95 = self._quantiles(log_frac, (0.5, 0.95))
+        return q50, np.maximum((q95 - q50) / 1.6448536, 1e-12)
 
 
 def _resolve_embedding(adata: AnnData, embedding: str, n_dims: int | None) -> tuple[np.ndarray, str]:
@@ -127,6 +127,46 @@ def _resolve_embedding(adata: AnnData, embedding: str, n_dims: int | None) -> tu
     return emb, key
 
 
+def _single_thread_eigen() -> None:
+    """Add ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS`` when JAX is not imported yet.
+
+    XLA's CPU backend runs the many small matrix products of the batched EM through a multi-threaded
+    Eigen pool besides its own per-op parallelism; on few cores the two pools oversubscribe them (runs
+    several times slower, and hangs were seen on 2 cores). The flag is read when JAX starts its CPU
+    backend, so it only takes effect when LOCAT is the first user of JAX in the process; a user's own
+    ``XLA_FLAGS`` setting of it is never overridden (set ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=true``
+    to keep Eigen's pool).
+    """
+    import os
+    import sys
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" in sys.modules or "xla_cpu_multi_thread_eigen" in flags:
+        return
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
+def _background_weights(adata: AnnData, background_weights) -> np.ndarray:
+    n = adata.n_obs
+    if background_weights is None:
+        return np.ones(n)
+    if isinstance(background_weights, str):
+        if background_weights not in adata.obs.columns:
+            raise InvalidInputError(
+                f"background_weights={background_weights!r} is not an obs column; pass an obs column name or an "
+                f"array of {n} non-negative weights."
+            )
+        w = pd.to_numeric(adata.obs[background_weights], errors="coerce").to_numpy(np.float64)
+    else:
+        w = np.asarray(background_weights, dtype=np.float64).ravel()
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise InvalidInputError(
+            f"background_weights must be {n} finite non-negative numbers (one per cell, not all 0); got shape "
+            f"{w.shape}."
+        )
+    return w / w.mean()
+
+
 def _gene_names(adata: AnnData) -> np.ndarray:
     if "gene" in adata.var.columns:
         sym = adata.var["gene"].astype(object)
@@ -153,6 +193,8 @@ def locat(
     seed: int | None = None,
     use_gpu: bool = True,
     batch_size: int | None = None,
+    n_atoms: int | None = 256,
+    background_weights: str | np.ndarray | None = None,
     key_added: str = "locat",
 ) -> pd.DataFrame:
     """Find genes concentrated in one region of a cell landscape and depleted elsewhere (LOCAT).
@@ -172,7 +214,8 @@ def locat(
        ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is turned into a
        z-score against ``n_null_genes`` permuted pseudo-genes (real genes with their values permuted
        across cells, so their weights look like real genes' weights); the null centre (median) and
-       scale (from the 90th percentile) are kernel-weighted quantiles in log10 ``p``. ``concentration_pval`` is the normal upper tail.
+       scale ((q95 - q50) / 1.645, robust to the lower tail) are kernel-weighted quantiles in
+       log10 ``p``. ``concentration_pval`` is the normal upper tail.
     4. **Depletion.** The expressing cells are split at random in two halves; ``f1`` refitted on
        half A defines, for each ``lambda`` in ``rc_lambda_values``, the region ``f0 > lambda f1``.
        The number of half-B cells in that region (among cells not in A) is compared with its
@@ -187,6 +230,19 @@ def locat(
 
     The reference's ``knn_mode`` does not change its scan (its neighbour graph is unused there);
     here it chooses the cell weights as documented below.
+
+    **Speed.** Every mixture is fitted by EM on ``n_atoms`` k-means atoms of the embedding rather than
+    on the cells: each gene's weights are summed per atom into weighted sufficient statistics (weight,
+    mean, within-atom scatter; one batched matrix product on the host) and EM runs on those (exact
+    EM for grouped data: the E-step uses the expected log density over the atom, the M-step adds the
+    within-atom scatter), so a fit costs ``n_atoms`` points whatever the number of cells. EM starts
+    from one M-step on the hard assignment to weighted k-means++ centres and stops after at most 25
+    steps (change of the mean log-likelihood bound < 1e-4); densities, scores and the depletion scan
+    are evaluated at every cell. Genes run in batches of one fixed size (the last one padded) and the
+    background fits in blocks of one fixed shape, so JAX compiles each kernel once per call. On CPU,
+    JAX is started with ``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` when LOCAT is
+    the first to import JAX and the flag is not already set (on few cores Eigen's thread pool and
+    XLA's own oversubscribe them); set the flag yourself to override.
 
     Parameters
     ----------
@@ -226,7 +282,19 @@ def locat(
     use_gpu
         Use a GPU through JAX when one is present.
     batch_size
-        Genes per batch; ``None`` sizes batches to about 256 MB of working memory.
+        Genes per batch (every batch is padded to it, so JAX compiles once); ``None`` sizes batches
+        to about 256 MB of working memory (at most 256 genes).
+    n_atoms
+        Cells are grouped once into this many k-means "atoms" of the embedding; every mixture (the
+        background and each gene's) is fitted by EM on the atoms' weighted sufficient statistics
+        (weight sum, weighted mean and within-atom scatter, which is added to the M-step
+        covariances), so a fit costs ``n_atoms`` instead of ``n_cells`` points. Densities,
+        scores and the depletion scan are still evaluated at every cell. ``None`` (or at least as
+        many atoms as cells) fits on the cells themselves (exact EM, slower).
+    background_weights
+        Optional non-negative weight per cell (an ``obs`` column name or an array of length
+        ``n_obs``) for the background mixture ``f0``, e.g. to down-weight over-sampled regions;
+        ``None`` weights all cells equally.
     key_added
         Prefix of the ``var`` columns and the ``uns`` key.
 
@@ -269,6 +337,7 @@ def locat(
     """
     import scipy.sparse as sp
 
+    _single_thread_eigen()
     jax = import_optional("jax", purpose="LOCAT")
     jnp = jax.numpy
     from . import _gmm
@@ -281,6 +350,8 @@ def locat(
         max_components = check_positive_int("max_components", max_components)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
+    if n_atoms is not None:
+        n_atoms = check_positive_int("n_atoms", n_atoms, minimum=2)
     if reg_covar is not None and not (np.isfinite(reg_covar) and reg_covar >= 0):
         raise InvalidInputError(f"reg_covar must be a non-negative number or None; got {reg_covar!r}.")
     lambdas = np.asarray(rc_lambda_values, dtype=np.float64).ravel()
@@ -294,6 +365,8 @@ def locat(
         "knn_mode": knn_mode, "n_neighbors": n_neighbors, "reg_covar": reg_covar,
         "rc_lambda_values": lambdas, "max_components": max_components, "max_freq": max_freq,
         "n_null_genes": n_null_genes, "alpha": alpha, "seed": seed, "batch_size": batch_size,
+        "n_atoms": n_atoms, "background_weights": None if background_weights is None else (
+            background_weights if isinstance(background_weights, str) else "array"),
     }  # fmt: skip
 
     start = logger.info(f"LOCAT on {adata.n_obs} cells x {adata.n_vars} genes")
@@ -302,6 +375,7 @@ def locat(
     if n < 20:
         raise InvalidInputError(f"LOCAT needs at least 20 cells; got {n}.")
     emb = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
+    bw = _background_weights(adata, background_weights)
 
     X = get_matrix(adata, layer)
     X = sp.csc_matrix(X) if sp.issparse(X) else sp.csc_matrix(np.asarray(X))
@@ -337,66 +411,67 @@ def locat(
     dev = jax.devices(device)[0]
     dtype = np.float32
     emb_j = jax.device_put(jnp.asarray(emb, dtype), dev)
-    key = jax.random.PRNGKey(seed)
     rng = np.random.default_rng(seed)
 
-    # ------------------------------------------------------------------ background mixture
+    # ------------------------------------------------------------------ atoms
     t_bg = logger.info("LOCAT: background mixture (BIC over components)")
-    bic_cost = d * (d + 3) / 2
+    atom, centres = _atoms(emb, n_atoms, seed)
+    n_at = centres.shape[0]
+    atom_sums = _gmm.AtomSums(emb, atom, centres)
+    centres_j = jax.device_put(jnp.asarray(centres, dtype), dev)
 
+    def _agg(w_rows):
+        """Per-atom weighted feature sums of the rows of a (genes x cells) weight matrix."""
+        return jax.device_put(jnp.asarray(atom_sums(np.asarray(w_rows, dtype))), dev)
+
+    # ------------------------------------------------------------------ background mixture
+    bic_cost = d * (d + 3) / 2
     n_scan_inits = min(3, n_bootstrap_inits)
+    s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_jit(_agg(bw[None, :]), centres_j))
+    bw_norm = bw / bw.sum()
 
     def _fit_rows(ks_rows: np.ndarray, k_slots: int, n_rows: int, salt: int):
         """Fit background mixtures with ks_rows[i] components, padded to a fixed batch shape
-        ``(n_rows, k_slots)`` so that every call reuses one compiled kernel."""
-        lls, params = [], []
+        ``(n_rows, k_slots)`` so that every call reuses one compiled kernel; returns the weighted mean
+        log density of the cells under each fit."""
+        lls, lps, params = [], [], []
         for s0 in range(0, ks_rows.size, n_rows):
             chunk = ks_rows[s0 : s0 + n_rows]
             kk = np.concatenate([chunk, np.ones(n_rows - chunk.size, dtype=int)])
-            act = np.arange(k_slots)[None, :] < kk[:, None]
-            keys = jax.random.split(jax.random.fold_in(key, salt + s0), n_rows)
-            xb = jnp.broadcast_to(emb_j, (n_rows, n, d))
-            wb = jnp.ones((n_rows, n), dtype)
-            pi, mu, chol, ll = _gmm.fit_gmm_batch(keys, xb, wb, jnp.asarray(act), dtype(reg), max_iter=150, tol=1e-4)
-            lls.append(np.asarray(ll, np.float64)[: chunk.size])
-            params.append((pi[: chunk.size], mu[: chunk.size], chol[: chunk.size], jnp.asarray(act[: chunk.size])))
-        return np.concatenate(lls), params
+            act = jnp.asarray(np.arange(k_slots)[None, :] < kk[:, None])
+            u = jnp.asarray(np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots)), dtype)
+            pi, mu, chol = _gmm.fit_grouped_batch(u, s_bg, mean_bg, scat_bg, act, dtype(reg), max_iter=150, tol=1e-5)
+            lp = _gmm.batch_logpdf(emb_j, pi, mu, chol, act)  # (rows, n)
+            lp = np.asarray(lp, np.float64)[: chunk.size]
+            lls.append(lp @ bw_norm)
+            lps.append(lp)
+            params.append((pi, mu, chol, act))
+        return np.concatenate(lls), np.concatenate(lps, axis=0), params
 
-    lo, hi = 1, (max_components if max_components is not None else min(10, max(1, n // 10)))
+    # every background fit has k_cap component slots and _BG_ROWS rows: one compiled kernel
+    k_cap = max_components if max_components is not None else min(30, max(1, n // 10))
+    lo, hi = 1, (k_cap if max_components is not None else min(10, k_cap))
     all_k, all_ll = [], []
     while True:
         ks = np.repeat(np.arange(lo, hi + 1), n_scan_inits)
-        ll, _ = _fit_rows(ks, hi, n_scan_inits * (hi - lo + 1), 1000 * hi)
+        ll, _, _ = _fit_rows(ks, k_cap, _BG_ROWS, 1000 * hi)
         all_k.extend(np.arange(lo, hi + 1).tolist())
         all_ll.append(ll.reshape(-1, n_scan_inits))
         best_ll = np.concatenate(all_ll, axis=0).max(axis=1)
         bic = bic_cost * np.asarray(all_k) * np.log(n) - 2.0 * n * best_ll
         k_best = int(np.asarray(all_k)[int(np.argmin(bic))])
-        if max_components is not None or k_best < hi - 1 or hi >= 30 or hi >= n // 10:
+        if max_components is not None or k_best < hi - 1 or hi >= k_cap:
             break
-        lo, hi = hi + 1, min(hi + 5, 30)
-    # the chosen size, refitted from n_bootstrap_inits initialisations (same compiled shape as the
-    # first scan): f0 averages their densities, background component labels come from the best one
-    first_hi = max_components if max_components is not None else min(10, max(1, n // 10))
-    if k_best <= first_hi:
-        ll_k, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), first_hi, n_scan_inits * first_hi, 7)
-    else:
-        ll_k, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_best, n_bootstrap_inits, 7)
-    lp_list, comps = [], None
+        lo, hi = hi + 1, min(hi + 5, k_cap)
+    # the chosen size, refitted from n_bootstrap_inits initialisations: f0 averages their densities,
+    # background component labels come from the best one
+    ll_k, lp, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_cap, _BG_ROWS, 7)  # lp: (inits, n)
     ibest = int(np.argmax(ll_k))
-    row = 0
-    for pi, mu, chol, act_j in params_k:
-        lp_list.append(np.asarray(_gmm.batch_logpdf(emb_j, pi, mu, chol, act_j), np.float64))
-        if row <= ibest < row + pi.shape[0]:
-            r = ibest - row
-            comps = _gmm.mixture_logpdf(emb_j, pi[r], mu[r], chol[r], act_j[r])[1]
-            comps = jnp.where(act_j[r][None, :], comps, -jnp.inf)
-        row += pi.shape[0]
-    lp = np.concatenate(lp_list, axis=0)  # (inits, n)
-    bg_assign = np.asarray(jnp.argmax(comps, axis=1))
+    pi, mu, chol, act_j = (p_[ibest % _BG_ROWS] for p_ in params_k[ibest // _BG_ROWS])
+    bg_assign = np.asarray(_gmm.component_argmax(emb_j, pi, mu, chol, act_j))
     m_ = lp.max(axis=0)
     logf0 = m_ + np.log(np.mean(np.exp(lp - m_[None, :]), axis=0))
-    logger.info(f"LOCAT: background uses {k_best} components", time=t_bg)
+    logger.info(f"LOCAT: background uses {k_best} components ({n_at} atoms)", time=t_bg)
 
     # ------------------------------------------------------------------ gene eligibility
     n_expr = np.diff(X.indptr)
@@ -424,45 +499,39 @@ def locat(
     W.sort_indices()
 
     # ------------------------------------------------------------------ null pseudo-genes
+    # items: the eligible genes, then n_null_genes permuted pseudo-genes (columns of one CSC matrix)
     raise_all = eligible.size == 0
-    items_cells: list[np.ndarray] = []
-    items_w: list[np.ndarray] = []
-    items_gene: list[int] = []  # gene index, or -1 for a null pseudo-gene
-    for g in eligible:
-        a, b = W.indptr[g], W.indptr[g + 1]
-        items_cells.append(W.indices[a:b])
-        items_w.append(W.data[a:b])
-        items_gene.append(int(g))
-    n_null = 0
+    items_gene = eligible.astype(int).tolist()  # gene index, or -1 for a null pseudo-gene
+    Wi = W[:, eligible]
     if not raise_all:
         order = eligible[np.argsort(n_expr[eligible], kind="stable")]
         picks = order[
             np.minimum((np.arange(n_null_genes) + 0.5) / n_null_genes * order.size, order.size - 1).astype(int)
         ]
-        for g in picks:
-            a, b = X.indptr[g], X.indptr[g + 1]
-            perm = rng.permutation(n)
-            xg = np.zeros(n)
-            xg[X.indices[a:b]] = X.data[a:b]
-            xg = xg[perm]
-            cells = np.flatnonzero(xg > 0)
-            if knn_mode == "connectivity":
-                wv = 0.5 * xg[cells] + 0.5 * (C @ xg)[cells]
-            else:
-                wv = np.ones(cells.size)
-            items_cells.append(cells)
-            items_w.append(wv)
-            items_gene.append(-1)
-            n_null += 1
+        Xp = X[:, picks].tocoo()
+        perms = np.argsort(rng.random((picks.size, n)), axis=1)  # one permutation of the cells per pseudo-gene
+        # cell i of the pseudo-gene takes the value of cell perm[i]: the value at cell c moves to inv[c]
+        inv = np.argsort(perms, axis=1)
+        Xn = sp.csc_matrix((Xp.data, (inv[Xp.col, Xp.row], Xp.col)), shape=(n, picks.size))
+        if knn_mode == "connectivity":
+            pat = Xn.copy()
+            pat.data = np.ones_like(pat.data)
+            Wn = sp.csc_matrix(0.5 * Xn + 0.5 * sp.csc_matrix(C @ Xn).multiply(pat))
+        else:
+            Wn = Xn.copy()
+            Wn.data = np.ones_like(Wn.data)
+        Wn.eliminate_zeros()
+        Wi = sp.hstack([Wi, Wn], format="csc")
+        items_gene += [-1] * picks.size
+    Wi.sort_indices()
 
     n_items = len(items_gene)
     results = {k: np.full(n_items, np.nan) for k in ("raw", "sens", "bic", "ncomp", "m", "pdep", "maxdef")}
     if n_items:
         # ---------------------------------------------------------- per-item number of components
-        m_arr = np.array([c.size for c in items_cells])
-        rows = np.concatenate(items_cells)
-        cols = np.repeat(np.arange(n_items), m_arr)
-        E = sp.csc_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n_items))
+        m_arr = np.diff(Wi.indptr)
+        E = Wi.copy()
+        E.data = np.ones_like(E.data)
         near = (close @ E).tocsc()
         near.data = (near.data > 0).astype(np.float64)
         incl = E.multiply(near).tocsc()
@@ -484,64 +553,43 @@ def locat(
             ncomp[i] = int(max(1, min(k_best, n_counts / 5, est)))
         k_slots = int(ncomp.max())
 
-        # ---------------------------------------------------------- batched fits
-        order = np.argsort(m_arr, kind="stable")
-        budget = 256 * 2**20 / 4  # float32 elements of working memory per batch
+        # ---------------------------------------------------------- batched fits (one compiled shape)
         n_lam = lambdas.size
-        log_lam = np.log(lambdas)
+        log_lam = jnp.asarray(np.log(lambdas), dtype)
         logf0_j = jax.device_put(jnp.asarray(logf0, dtype), dev)
-        item_keys = jax.random.split(jax.random.fold_in(key, 7), n_items)
-        batches = []
-        i0 = 0
-        while i0 < n_items:
-            if n <= 2048:  # one compiled shape: padding costs less than recompiling
-                m_pad = int(64 * math.ceil(m_arr.max() / 64))
-            else:  # buckets growing 4x
-                m_pad = max(64, 4 ** math.ceil(math.log(max(m_arr[order[i0]], 1), 4)))
-            if batch_size is not None:
-                gb = batch_size
-            else:
-                per_item = m_pad * k_slots * (d * d + 4 * d) * 2 + n * (k_slots * d + 2 * n_lam + 4)
-                gb = int(max(1, min(1024, budget // per_item)))
-                gb = 1 << math.floor(math.log2(gb))
-            sel = []
-            while i0 < n_items and len(sel) < gb and m_arr[order[i0]] <= m_pad:
-                sel.append(order[i0])
-                i0 += 1
-            batches.append((m_pad, gb, np.asarray(sel)))
-
+        item_u = np.random.default_rng([seed, 7]).random((n_items, 2, k_slots))  # k-means++ draws, per item
+        if batch_size is not None:
+            gb = batch_size
+        else:
+            budget = 256 * 2**20 / 4  # float32 elements of working memory per batch
+            per_item = n * (2 * (1 + d + d * d) + 2 * n_lam + 4 * k_slots + 8) + 2 * n_at * k_slots * d * d * 4
+            gb = int(max(1, min(256, budget // per_item, n_items)))
+            gb = 1 << math.floor(math.log2(gb))
+        batches = [np.arange(i0, min(i0 + gb, n_items)) for i0 in range(0, n_items, gb)]
         fold_rng = np.random.default_rng(seed + 1)
         with ProgressBar(len(batches), description="LOCAT genes") as bar:
-            for m_pad, gb, sel in batches:
+            for sel in batches:
                 nb = sel.size
-                idx = np.zeros((gb, m_pad), dtype=np.int32)
-                wts = np.zeros((gb, m_pad), dtype=dtype)
-                ina = np.zeros((gb, m_pad), dtype=bool)
+                wts = np.zeros((gb, n), dtype=dtype)
+                wts[:nb] = Wi[:, sel].toarray().T
+                wts[nb:, :3] = 1.0  # padding rows: any valid gene
+                valid = wts > 0
+                ina = valid & (fold_rng.random((gb, n)) < 0.5)  # random half A of the expressing cells
+                na = ina.sum(axis=1)
                 act = np.zeros((gb, k_slots), dtype=bool)
                 act_a = np.zeros((gb, k_slots), dtype=bool)
-                na = np.zeros(gb)
-                for r, it in enumerate(sel):
-                    c = items_cells[it]
-                    mm = c.size
-                    idx[r, :mm] = c
-                    wts[r, :mm] = items_w[it]
-                    half = fold_rng.permutation(mm)[: (mm + 1) // 2]
-                    ina[r, half] = True
-                    na[r] = half.size
-                    act[r, : ncomp[it]] = True
-                    act_a[r, : max(1, min(ncomp[it], half.size // 5))] = True
-                act[nb:, 0] = True
-                act_a[nb:, 0] = True
-                wts[nb:, 0] = 1.0
-                ina[nb:, 0] = True
-                kidx = np.zeros(gb, dtype=np.int32)
-                kidx[:nb] = sel
-                keys = item_keys[jnp.asarray(kidx)]
-                keys_a = jax.vmap(lambda k_: jax.random.fold_in(k_, 1))(keys)
+                kk = np.ones(gb, dtype=int)
+                kk[:nb] = ncomp[sel]
+                act[np.arange(k_slots)[None, :] < kk[:, None]] = True
+                ka = np.maximum(1, np.minimum(kk, na // 5))
+                act_a[np.arange(k_slots)[None, :] < ka[:, None]] = True
+                u = np.full((2, gb, k_slots), 0.5)
+                u[:, :nb] = item_u[sel].transpose(1, 0, 2)
+                agg = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
                 out = _batch_scores(
-                    emb_j, logf0_j, jnp.asarray(idx), jnp.asarray(wts), jnp.asarray(ina),
-                    jnp.asarray(act), jnp.asarray(act_a), keys, keys_a, dtype(reg),
-                    jnp.asarray(log_lam, dtype), float(n),
+                    emb_j, logf0_j, agg, centres_j, jnp.asarray(wts),
+                    jnp.asarray(ina),
+                    jnp.asarray(act), jnp.asarray(act_a), jnp.asarray(u.reshape(2 * gb, k_slots), dtype), dtype(reg), log_lam,
                 )  # fmt: skip
                 raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64)[:nb] for o in out)
                 mm = m_arr[sel].astype(np.float64)
@@ -653,32 +701,29 @@ def _make_batch_scores():
 
     from . import _gmm
 
-    def batch_scores(emb, logf0, idx, wts, ina, act, act_a, keys, keys_a, reg, log_lam, n_cells):
-        x = emb[idx]  # (G, M, d)
+    def batch_scores(emb, logf0, agg, centres, wts, ina, act, act_a, u, reg, log_lam):
         valid = wts > 0
-        fit = partial(_gmm.fit_gmm, max_iter=100, tol=3e-5)
-        pi, mu, chol, _ = jax.vmap(fit, in_axes=(0, 0, 0, 0, None))(keys, x, wts, act, reg)
-        wa = jnp.where(ina, wts, 0.0)
-        pia, mua, chola, _ = jax.vmap(fit, in_axes=(0, 0, 0, 0, None))(keys_a, x, wa, act_a, reg)
-        logf1 = jax.vmap(lambda xx, p, m_, c, a: _gmm.mixture_logpdf(xx, p, m_, c, a)[0])(x, pi, mu, chol, act)
-        lf0 = logf0[idx]
+        # per-atom sufficient statistics of the gene's weights (all expressing cells, then half A)
+        s, mean, scat = _gmm.group_stats(agg, centres)
+        fit = partial(_gmm.fit_gmm_grouped, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL)
+        pi, mu, chol = jax.vmap(fit, in_axes=(0, 0, 0, 0, 0, None))(
+            u, s, mean, scat, jnp.concatenate([act, act_a]), reg
+        )
+        logf = _gmm.batch_logpdf(emb, pi, mu, chol, jnp.concatenate([act, act_a]))  # (2G, n)
+        b = wts.shape[0]
+        logf1, logf1a = logf[:b], logf[b:]
+        n_cells = emb.shape[0]
         m = jnp.sum(valid, axis=1)
-        p = m / n_cells
-        q = jnp.sqrt(p)
-        ratio = jnp.tanh(0.5 * (logf1 - lf0))  # (f1 - f0) / (f1 + f0)
-        score = (q * (1 - q))[:, None] * ratio
+        q = jnp.sqrt(m / n_cells)
+        ratio = jnp.tanh(0.5 * (logf1 - logf0[None, :]))  # (f1 - f0) / (f1 + f0)
         wsum = jnp.sum(wts, axis=1)
-        raw = jnp.sum(wts * score, axis=1) / jnp.maximum(wsum, 1e-30)
-        sens = jnp.sum(valid & (logf1 > lf0), axis=1) / jnp.maximum(m, 1)
+        raw = (q * (1 - q)) * jnp.sum(wts * ratio, axis=1) / jnp.maximum(wsum, 1e-30)
+        sens = jnp.sum(valid & (logf1 > logf0[None, :]), axis=1) / jnp.maximum(m, 1)
         llsum = jnp.sum(jnp.where(valid, logf1, 0.0), axis=1)
-        # depletion: half-A fit evaluated at all cells
-        logf1a = _gmm.batch_logpdf(emb, pia, mua, chola, act_a)  # (G, n)
+        # depletion: the half-A fit evaluated at all cells
         in_r = logf0[None, None, :] > (log_lam[None, :, None] + logf1a[:, None, :])  # (G, L, n)
-        n = emb.shape[0]
-        a_mask = jnp.zeros((idx.shape[0], n), bool)
-        a_mask = jax.vmap(lambda am, ii, s: am.at[ii].max(s))(a_mask, idx, ina & valid)
-        b_mask = jnp.zeros((idx.shape[0], n), bool)
-        b_mask = jax.vmap(lambda bm, ii, s: bm.at[ii].max(s))(b_mask, idx, (~ina) & valid)
+        a_mask = ina & valid
+        b_mask = (~ina) & valid
         k_r = jnp.sum(in_r & ~a_mask[:, None, :], axis=2)
         k_b = jnp.sum(in_r & b_mask[:, None, :], axis=2)
         return raw, sens, llsum, k_r, k_b
@@ -686,11 +731,33 @@ def _make_batch_scores():
     return _gmm.jit_for(batch_scores)
 
 
+#: EM steps and tolerance (change of the mean log-likelihood bound) of the per-gene fits
+_GENE_MAX_ITER = 25
+_GENE_TOL = 1e-4
 _BATCH_SCORES: Any = None
+#: rows (fits) per background call
+_BG_ROWS = 15
 
 
-def _batch_scores(*args):
+def _batch_scores(*args, **kwargs):
     global _BATCH_SCORES
     if _BATCH_SCORES is None:
         _BATCH_SCORES = _make_batch_scores()
-    return _BATCH_SCORES(*args)
+    return _BATCH_SCORES(*args, **kwargs)
+
+
+def _atoms(emb: np.ndarray, n_atoms: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group cells into ``n_atoms`` k-means atoms of the embedding (empty clusters dropped); every cell
+    is its own atom when ``n_atoms`` is None or not smaller than the number of cells. Returns the atom
+    of each cell and the atom centres."""
+    n = emb.shape[0]
+    if n_atoms is None or n_atoms >= n:
+        return np.arange(n), emb.copy()
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=n_atoms, n_init=1, max_iter=100, random_state=seed).fit(emb)
+    used, lab = np.unique(km.labels_, return_inverse=True)
+    centres = np.zeros((used.size, emb.shape[1]))
+    np.add.at(centres, lab, emb)
+    centres /= np.bincount(lab, minlength=used.size)[:, None]
+    return lab.astype(np.int64), centres
