@@ -515,3 +515,18 @@ def test_lowrank_kernels_nystrom_close_to_exact():
     U, lam = lowrank_factor(xy, "SE", 600.0, use_cache=False, device="cpu", max_exact=100, n_landmarks=150)
     np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8)
     assert np.abs(U @ np.diag(lam) @ U.T - K).max() < 0.05  # eigenvalues < 1e-3 x max are dropped
+
+
+def test_synthetic_absolute_mode_keeps_null_genes_null():
+    """``compositional=False``: 100 strongly spatial genes do not leak into the other genes, so the
+    score test with the true size factors finds the spatial genes and (almost) no null gene."""
+    a = em.datasets.synthetic_svg(400, 200, n_spatial=100, effect=2.0, seed=7, compositional=False)
+    null = ~a.var["spatial"].to_numpy()
+    mu = a.obs["size_factor"].to_numpy()[:, None] * a.var["base_mean"].to_numpy()[None, null]
+    big = mu.sum(0) > 500
+    ratio = np.asarray(a.X[:, null].sum(0)).ravel()[big] / mu.sum(0)[big]
+    np.testing.assert_allclose(ratio, 1.0, atol=0.15)
+    spatial_svg_spatialde(a, layer="counts", sizefactors="size_factor", seed=0, key_added="s")
+    padj = a.var["s.padj"].to_numpy()
+    assert (padj[~null] < 0.05).sum() >= 80
+    assert (padj[null] < 0.05).sum() <= 2

@@ -136,11 +136,18 @@ def synthetic_svg(
     dispersion: float = 5.0,
     seed: int = 0,
     sample: str = "synthetic",
+    compositional: bool = True,
 ):
     """Visium-like spots where the first ``n_spatial`` genes follow a spatial pattern.
 
     Patterns cycle through ``patterns``: a Gaussian bump, a linear gradient, a periodic wave.
     ``effect`` is the log-scale amplitude. Truth: ``var['spatial']`` (bool) and ``var['pattern']``.
+
+    With ``compositional=True`` (sequencing-like) each spot's expected counts are rescaled to its
+    library size, so strong patterns in many genes shift the other genes' shares a little. With
+    ``compositional=False`` expression is absolute: gene ``g`` at spot ``i`` has mean
+    ``size_factor_i * base_mean_g * exp(pattern)`` (``obs['size_factor']``, ``var['base_mean']``), so
+    non-spatial genes are exactly null given the size factors — what calibration tests need.
     """
     import anndata as ad
 
@@ -173,13 +180,19 @@ def synthetic_svg(
     base /= base.sum()
     mean = base[None, :] * np.exp(log_mean)
     size = rng.lognormal(0.0, 0.2, size=n_spots) * depth
-    mean = mean / mean.sum(1, keepdims=True) * size[:, None]
+    if compositional:
+        mean = mean / mean.sum(1, keepdims=True) * size[:, None]
+    else:
+        mean = mean * size[:, None]
     p = dispersion / (dispersion + mean)
     counts = rng.negative_binomial(dispersion, p).astype(np.float32)
     obs = pd.DataFrame({"array_row": rc[:, 0], "array_col": rc[:, 1]}, index=[f"spot{i}" for i in range(n_spots)])
     var = pd.DataFrame(
         {"spatial": np.arange(n_genes) < n_spatial, "pattern": pattern}, index=[f"gene{i}" for i in range(n_genes)]
     )
+    if not compositional:
+        obs["size_factor"] = size / depth
+        var["base_mean"] = base * depth
     adata = ad.AnnData(counts, obs=obs, var=var)
     adata.layers["counts"] = counts.copy()
     adata.obsm["spatial"] = xy
