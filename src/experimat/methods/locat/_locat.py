@@ -427,28 +427,30 @@ def locat(
     # ------------------------------------------------------------------ background mixture
     bic_cost = d * (d + 3) / 2
     n_scan_inits = min(3, n_bootstrap_inits)
-    s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_jit(_agg(bw[None, :]), centres_j))
+    agg_bg = atom_sums(bw[None, :].astype(dtype)).astype(np.float64)
+    s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_np(agg_bg, centres))
     bw_norm = bw / bw.sum()
 
     def _fit_rows(ks_rows: np.ndarray, k_slots: int, n_rows: int, salt: int):
-        """Fit background mixtures with ks_rows[i] components, padded to a fixed batch shape
-        ``(n_rows, k_slots)`` so that every call reuses one compiled kernel; returns the weighted mean
-        log density of the cells under each fit."""
-        lls, lps, params = [], [], []
-        for s0 in range(0, ks_rows.size, n_rows):
-            chunk = ks_rows[s0 : s0 + n_rows]
-            kk = np.concatenate([chunk, np.ones(n_rows - chunk.size, dtype=int)])
-            act = jnp.asarray(np.arange(k_slots)[None, :] < kk[:, None])
-            u = jnp.asarray(np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots)), dtype)
-            pi, mu, chol = _gmm.fit_grouped_batch(u, s_bg, mean_bg, scat_bg, act, dtype(reg), max_iter=150, tol=1e-5)
-            lp = _gmm.batch_logpdf(emb_j, pi, mu, chol, act)  # (rows, n)
-            lp = np.asarray(lp, np.float64)[: chunk.size]
-            lls.append(lp @ bw_norm)
-            lps.append(lp)
-            params.append((pi, mu, chol, act))
-        return np.concatenate(lls), np.concatenate(lps, axis=0), params
+        """Fit background mixtures with ks_rows[i] components (NumPy, on the host: these few fits on
+        the atoms are cheaper than compiling them); the k-means++ uniforms are drawn per block of
+        ``n_rows`` rows with ``k_slots`` columns. Returns the weighted mean log density of the cells
+        under each fit, the log densities ``(rows, n)`` and the parameters."""
+        u = np.concatenate(
+            [
+                np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots))[: min(n_rows, ks_rows.size - s0)]
+                for s0 in range(0, ks_rows.size, n_rows)
+            ]
+        )
+        k_used = int(ks_rows.max())
+        act = np.arange(k_used)[None, :] < ks_rows[:, None]
+        pi, mu, chol = _gmm.fit_grouped_batch_np(
+            u[:, :k_used], s_bg, mean_bg, scat_bg, act, float(dtype(reg)), max_iter=150, tol=1e-5
+        )
+        lp = _gmm.batch_logpdf_np(emb, pi, mu, chol, act)  # (rows, n)
+        return lp @ bw_norm, lp, (pi, mu, chol, act)
 
-    # every background fit has k_cap component slots and _BG_ROWS rows: one compiled kernel
+    # background fits: uniforms drawn in blocks of _BG_ROWS rows x k_cap slots (reproducible draws)
     k_cap = max_components if max_components is not None else min(30, max(1, n // 10))
     lo, hi = 1, (k_cap if max_components is not None else min(10, k_cap))
     all_k, all_ll = [], []
@@ -467,8 +469,8 @@ def locat(
     # background component labels come from the best one
     ll_k, lp, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_cap, _BG_ROWS, 7)  # lp: (inits, n)
     ibest = int(np.argmax(ll_k))
-    pi, mu, chol, act_j = (p_[ibest % _BG_ROWS] for p_ in params_k[ibest // _BG_ROWS])
-    bg_assign = np.asarray(_gmm.component_argmax(emb_j, pi, mu, chol, act_j))
+    _pi, mu, chol, act_b = (p_[ibest] for p_ in params_k)
+    bg_assign = _gmm.component_argmax_np(emb, mu, chol, act_b)
     m_ = lp.max(axis=0)
     logf0 = m_ + np.log(np.mean(np.exp(lp - m_[None, :]), axis=0))
     logger.info(f"LOCAT: background uses {k_best} components ({n_at} atoms)", time=t_bg)
@@ -735,7 +737,7 @@ def _make_batch_scores():
 _GENE_MAX_ITER = 25
 _GENE_TOL = 1e-4
 _BATCH_SCORES: Any = None
-#: rows (fits) per background call
+#: rows per block of k-means++ uniforms of the background fits
 _BG_ROWS = 15
 
 
