@@ -3,28 +3,43 @@
 Fits run on grouped points ("atoms": weight sum, weighted mean and within-group scatter per
 group), which is exact EM when every group is one point. Every fit has ``k_max`` component slots; ``active`` (bool, ``(k_max,)``) switches slots on, so
 mixtures with different numbers of components share one compiled kernel and can be ``vmap``-ed
-over genes (or over initialisations and candidate component counts for the background).
-Points carry non-negative weights; padded points have weight 0 and do not influence the fit.
+over genes. Points carry non-negative weights; padded points have weight 0 and do not influence the fit.
+The background mixture (a few fits on the atoms of all cells) runs the same algorithm in NumPy
+(:func:`fit_grouped_batch_np`): cheaper than compiling it on every first call.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
-#: XLA CPU compiler options of kernels whose run time does not matter (the background fits on a few
-#: hundred atoms): level 0 compiles several times faster. The per-gene kernel keeps XLA's default
-#: optimisation, which runs its batched EM ~2.5x faster (it is compiled once per call).
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+#: XLA CPU compiler options of the per-gene kernel: XLA's newer (MLIR) fusion emitters compile it ~1.4x
+#: slower than the classic ones and run it no faster (measured on 2 cores), and a first call is mostly
+#: compiling on small data sets.
+CPU_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def jit_for(fun, static_argnames=(), *, fast_compile=False):
-    """``jax.jit``; ``fast_compile`` uses :data:`FAST_COMPILE_OPTIONS` on CPU (ignored on GPU)."""
-    opts = FAST_COMPILE_OPTIONS if fast_compile and jax.default_backend() == "cpu" else None
-    return jax.jit(fun, static_argnames=static_argnames, compiler_options=opts)
+def jit_for(fun, static_argnames=()):
+    """``jax.jit`` with :data:`CPU_COMPILE_OPTIONS` on CPU; falls back to plain ``jax.jit`` when this
+    jaxlib does not know the options."""
+    if jax.default_backend() != "cpu":
+        return jax.jit(fun, static_argnames=static_argnames)
+    tuned = jax.jit(fun, static_argnames=static_argnames, compiler_options=CPU_COMPILE_OPTIONS)
+    plain = jax.jit(fun, static_argnames=static_argnames)
+    state = {"ok": True}
+
+    def call(*args, **kwargs):
+        if state["ok"]:
+            try:
+                return tuned(*args, **kwargs)
+            except jax.errors.JaxRuntimeError as err:
+                if "compile option" not in str(err):
+                    raise
+                state["ok"] = False
+        return plain(*args, **kwargs)
+
+    return call
 
 
 def _log_gauss(x, mu, chol):
@@ -76,39 +91,6 @@ def _kmeanspp(u, x, w, active):
     return centers
 
 
-_fit_grouped_batch = None
-_group_stats = None
-
-
-def _fit_grouped_batch_impl(u, s, mean, scat, active, reg_covar, *, max_iter, tol):
-    f = partial(fit_gmm_grouped, max_iter=max_iter, tol=tol)
-    return jax.vmap(f, in_axes=(0, None, None, None, 0, None))(u, s, mean, scat, active, reg_covar)
-
-
-def fit_grouped_batch(u, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
-    """:func:`fit_gmm_grouped` of one grouped data set, vmapped over ``u`` and ``active`` (rows)."""
-    global _fit_grouped_batch
-    if _fit_grouped_batch is None:
-        _fit_grouped_batch = jit_for(_fit_grouped_batch_impl, static_argnames=("max_iter", "tol"), fast_compile=True)
-    return _fit_grouped_batch(u, s, mean, scat, active, reg_covar, max_iter=max_iter, tol=tol)
-
-
-def group_stats_jit(agg, centres):
-    """Jitted :func:`group_stats`."""
-    global _group_stats
-    if _group_stats is None:
-        _group_stats = jit_for(group_stats, fast_compile=True)
-    return _group_stats(agg, centres)
-
-
-@jax.jit
-def component_argmax(x, pi, mu, chol, active):
-    """Index of the active component with the highest density at each point (no weights)."""
-    comp = _log_gauss(x, mu, chol)
-    return jnp.argmax(jnp.where(active[None, :], comp, -jnp.inf), axis=1)
-
-
-@jax.jit
 def batch_logpdf(x, pi, mu, chol, active):
     """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures ``(b, k)``.
 
