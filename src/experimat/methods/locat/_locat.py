@@ -238,8 +238,10 @@ def locat(
     within-atom scatter), so a fit costs ``n_atoms`` points whatever the number of cells. EM starts
     from one M-step on the hard assignment to weighted k-means++ centres and stops after at most 25
     steps (change of the mean log-likelihood bound < 1e-4); densities, scores and the depletion scan
-    are evaluated at every cell. Genes run in batches of one fixed size (the last one padded) and the
-    background fits in blocks of one fixed shape, so JAX compiles each kernel once per call. On CPU,
+    are evaluated at every cell. Genes run in batches of one fixed size (the last one padded), so JAX
+    compiles one kernel per call (on CPU without XLA's MLIR fusion emitters, which compile it more
+    slowly and run it no faster); the background fits (a few dozen, on the atoms of all cells) run in
+    NumPy on the host, which is cheaper than compiling them. On CPU,
     JAX is started with ``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` when LOCAT is
     the first to import JAX and the flag is not already set (on few cores Eigen's thread pool and
     XLA's own oversubscribe them); set the flag yourself to override.
