@@ -14,19 +14,20 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
-#: XLA CPU compiler options of the per-gene kernel: XLA's newer (MLIR) fusion emitters compile it ~1.4x
-#: slower than the classic ones and run it no faster (measured on 2 cores), and a first call is mostly
-#: compiling on small data sets.
-CPU_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#: XLA CPU compiler options for a kernel whose compile time matters more than its run time (small
+#: data sets, where a first call is mostly compiling): XLA's newer (MLIR) fusion emitters compile the
+#: per-gene kernel ~1.4x slower than the classic ones, which run it as fast on small arrays but ~25 %
+#: slower on large ones (measured on 2 cores).
+FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def jit_for(fun, static_argnames=()):
-    """``jax.jit`` with :data:`CPU_COMPILE_OPTIONS` on CPU; falls back to plain ``jax.jit`` when this
-    jaxlib does not know the options."""
-    if jax.default_backend() != "cpu":
-        return jax.jit(fun, static_argnames=static_argnames)
-    tuned = jax.jit(fun, static_argnames=static_argnames, compiler_options=CPU_COMPILE_OPTIONS)
+def jit_for(fun, static_argnames=(), *, fast_compile=False):
+    """``jax.jit``; ``fast_compile`` uses :data:`FAST_COMPILE_OPTIONS` on CPU (plain ``jax.jit`` on
+    other backends, or when this jaxlib does not know the options)."""
     plain = jax.jit(fun, static_argnames=static_argnames)
+    if not fast_compile or jax.default_backend() != "cpu":
+        return plain
+    tuned = jax.jit(fun, static_argnames=static_argnames, compiler_options=FAST_COMPILE_OPTIONS)
     state = {"ok": True}
 
     def call(*args, **kwargs):

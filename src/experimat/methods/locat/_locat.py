@@ -239,8 +239,8 @@ def locat(
     from one M-step on the hard assignment to weighted k-means++ centres and stops after at most 25
     steps (change of the mean log-likelihood bound < 1e-4); densities, scores and the depletion scan
     are evaluated at every cell. Genes run in batches of one fixed size (the last one padded), so JAX
-    compiles one kernel per call (on CPU without XLA's MLIR fusion emitters, which compile it more
-    slowly and run it no faster); the background fits (a few dozen, on the atoms of all cells) run in
+    compiles one kernel per call (on CPU, for small problems, without XLA's MLIR fusion emitters,
+    which compile it more slowly and run it no faster on small arrays); the background fits (a few dozen, on the atoms of all cells) run in
     NumPy on the host, which is cheaper than compiling them. On CPU,
     JAX is started with ``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` when LOCAT is
     the first to import JAX and the flag is not already set (on few cores Eigen's thread pool and
@@ -571,6 +571,7 @@ def locat(
             gb = 1 << math.floor(math.log2(gb))
         batches = [np.arange(i0, min(i0 + gb, n_items)) for i0 in range(0, n_items, gb)]
         fold_rng = np.random.default_rng(seed + 1)
+        fast_compile = n * n_items <= _FAST_COMPILE_MAX_WORK
         with ProgressBar(len(batches), description="LOCAT genes") as bar:
             for sel in batches:
                 nb = sel.size
@@ -591,6 +592,7 @@ def locat(
                 u[:, :nb] = item_u[sel].transpose(1, 0, 2)
                 agg = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
                 out = _batch_scores(
+                    fast_compile,
                     emb_j, logf0_j, agg, centres_j, jnp.asarray(wts),
                     jnp.asarray(ina),
                     jnp.asarray(act), jnp.asarray(act_a), jnp.asarray(u.reshape(2 * gb, k_slots), dtype), dtype(reg), log_lam,
@@ -697,7 +699,7 @@ def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, 
     return np.clip(psid, 1e-300, 1.0), maxdef
 
 
-def _make_batch_scores():
+def _make_batch_scores(fast_compile: bool):
     from functools import partial
 
     import jax
@@ -732,22 +734,25 @@ def _make_batch_scores():
         k_b = jnp.sum(in_r & b_mask[:, None, :], axis=2)
         return raw, sens, llsum, k_r, k_b
 
-    return _gmm.jit_for(batch_scores)
+    return _gmm.jit_for(batch_scores, fast_compile=fast_compile)
 
 
 #: EM steps and tolerance (change of the mean log-likelihood bound) of the per-gene fits
 _GENE_MAX_ITER = 25
 _GENE_TOL = 1e-4
-_BATCH_SCORES: Any = None
+#: compiled per-gene kernels, by ``fast_compile``
+_BATCH_SCORES: dict[bool, Any] = {}
+#: cells x (genes + null pseudo-genes) up to which the per-gene kernel is compiled for compile speed
+#: (a short run, where compiling dominates a first call) rather than for run speed
+_FAST_COMPILE_MAX_WORK = 4_000_000
 #: rows per block of k-means++ uniforms of the background fits
 _BG_ROWS = 15
 
 
-def _batch_scores(*args, **kwargs):
-    global _BATCH_SCORES
-    if _BATCH_SCORES is None:
-        _BATCH_SCORES = _make_batch_scores()
-    return _BATCH_SCORES(*args, **kwargs)
+def _batch_scores(fast_compile: bool, *args):
+    if fast_compile not in _BATCH_SCORES:
+        _BATCH_SCORES[fast_compile] = _make_batch_scores(fast_compile)
+    return _BATCH_SCORES[fast_compile](*args)
 
 
 def _atoms(emb: np.ndarray, n_atoms: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
