@@ -19,18 +19,23 @@ run-to-run agreement, the bound for any agreement with it.
 
 Measured 2026-11-30 on the shared 2-core machine (load averages given; other jobs running):
 
-- 2,600 cells x 9,000 genes (:func:`zeisel_9000`), ours, load ~3: cold (first call in the process,
-  JIT compiles and background fit included) 46.8 s, warm 35.7 s (target <= 90 s); 50/50 top-z
-  genes are class markers (base rate 0.05). Under load ~7: cold 126.5 s, warm 33.0 s.
-- pbmc68k_reduced, all 765 genes, nothing else of ours running: load ~3.4, ours 13.8 s cold vs
-  reference 63.3 s -> 4.6x genes/s; load ~2.4, ours 11.9 s vs reference 43.3 s -> 3.6x. About 8 s
-  of our cold time is JIT compiling (a warm call takes ~4 s, ~10x the reference), so the 5x goal is
-  met warm but not by a cold first call on a data set this small.
-  (Another run, with the reference slowed by other jobs for its whole run, gave ours 21.4 s vs
+- 2,600 cells x 9,000 genes (:func:`zeisel_9000`), ours, load ~1.5 (after the pbmc part, in the same
+  process): cold (first call with these shapes, JIT compiles and background fit included) 43.0 s,
+  warm 32.7 s (target <= 90 s); 50/50 top-z genes are class markers (base
+  rate 0.05). Before the background moved to NumPy: load ~3, cold 46.8 s, warm 35.7 s; under load
+  ~7: cold 126.5 s, warm 33.0 s.
+- pbmc68k_reduced, all 765 genes, first call of ours in the process (JAX import and compiles
+  included): load 1.1-2.1, ours 7.4 s vs reference 49.3 s -> 6.6x genes/s; load 1.2-1.6, ours 6.1 s
+  vs reference 39.1 s -> 6.4x. A warm call takes ~3.2-3.8 s; what remains of the cold overhead is
+  mostly compiling the per-gene kernel (~2 s) and importing JAX (~1 s). The background mixture
+  (a few dozen EM fits on the atoms) runs in NumPy (~0.5 s), and small problems compile the per-gene
+  kernel without XLA's MLIR fusion emitters (~1.4x faster compile). Before those changes: load ~3.4,
+  ours 13.8 s vs reference 63.3 s -> 4.6x; load ~2.4, ours 11.9 s vs 43.3 s -> 3.6x.
+  (An earlier run, with the reference slowed by other jobs for its whole run, gave ours 21.4 s vs
   reference 799 s, 37x: long single-threaded runs suffer most from load.) Spearman rho of z-scores
   0.62, Jaccard of concentration-significant genes 0.50; class markers among the top-50 z: ours
   45/50, reference 34/50 (base rate 0.24).
-- pbmc68k_reduced, 200 evenly spaced genes (``--pbmc-genes 200``), load ~5: ours 36.3 s cold
+- pbmc68k_reduced, 200 evenly spaced genes (``--pbmc-genes 200``), before the changes above, load ~5: ours 36.3 s cold
   (mostly compiling) vs reference 172.2 s -> 4.75x; ours vs reference rho 0.58 / Jaccard 0.42;
   reference seed 1 vs seed 0: rho 0.75 / Jaccard 0.65; ours seed 1 vs seed 0: rho 0.59 /
   Jaccard 0.52. Permuted genes significant at 0.05 (conc / depl / joint): ours 0.041 / 0.010 /

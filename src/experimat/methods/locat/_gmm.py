@@ -3,28 +3,44 @@
 Fits run on grouped points ("atoms": weight sum, weighted mean and within-group scatter per
 group), which is exact EM when every group is one point. Every fit has ``k_max`` component slots; ``active`` (bool, ``(k_max,)``) switches slots on, so
 mixtures with different numbers of components share one compiled kernel and can be ``vmap``-ed
-over genes (or over initialisations and candidate component counts for the background).
-Points carry non-negative weights; padded points have weight 0 and do not influence the fit.
+over genes. Points carry non-negative weights; padded points have weight 0 and do not influence the fit.
+The background mixture (a few fits on the atoms of all cells) runs the same algorithm in NumPy
+(:func:`fit_grouped_batch_np`): cheaper than compiling it on every first call.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
-#: XLA CPU compiler options of kernels whose run time does not matter (the background fits on a few
-#: hundred atoms): level 0 compiles several times faster. The per-gene kernel keeps XLA's default
-#: optimisation, which runs its batched EM ~2.5x faster (it is compiled once per call).
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+#: XLA CPU compiler options for a kernel whose compile time matters more than its run time (small
+#: data sets, where a first call is mostly compiling): XLA's newer (MLIR) fusion emitters compile the
+#: per-gene kernel ~1.4x slower than the classic ones, which run it as fast on small arrays but ~25 %
+#: slower on large ones (measured on 2 cores).
+FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 def jit_for(fun, static_argnames=(), *, fast_compile=False):
-    """``jax.jit``; ``fast_compile`` uses :data:`FAST_COMPILE_OPTIONS` on CPU (ignored on GPU)."""
-    opts = FAST_COMPILE_OPTIONS if fast_compile and jax.default_backend() == "cpu" else None
-    return jax.jit(fun, static_argnames=static_argnames, compiler_options=opts)
+    """``jax.jit``; ``fast_compile`` uses :data:`FAST_COMPILE_OPTIONS` on CPU (plain ``jax.jit`` on
+    other backends, or when this jaxlib does not know the options)."""
+    plain = jax.jit(fun, static_argnames=static_argnames)
+    if not fast_compile or jax.default_backend() != "cpu":
+        return plain
+    tuned = jax.jit(fun, static_argnames=static_argnames, compiler_options=FAST_COMPILE_OPTIONS)
+    state = {"ok": True}
+
+    def call(*args, **kwargs):
+        if state["ok"]:
+            try:
+                return tuned(*args, **kwargs)
+            except jax.errors.JaxRuntimeError as err:
+                if "compile option" not in str(err):
+                    raise
+                state["ok"] = False
+        return plain(*args, **kwargs)
+
+    return call
 
 
 def _log_gauss(x, mu, chol):
@@ -76,39 +92,6 @@ def _kmeanspp(u, x, w, active):
     return centers
 
 
-_fit_grouped_batch = None
-_group_stats = None
-
-
-def _fit_grouped_batch_impl(u, s, mean, scat, active, reg_covar, *, max_iter, tol):
-    f = partial(fit_gmm_grouped, max_iter=max_iter, tol=tol)
-    return jax.vmap(f, in_axes=(0, None, None, None, 0, None))(u, s, mean, scat, active, reg_covar)
-
-
-def fit_grouped_batch(u, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
-    """:func:`fit_gmm_grouped` of one grouped data set, vmapped over ``u`` and ``active`` (rows)."""
-    global _fit_grouped_batch
-    if _fit_grouped_batch is None:
-        _fit_grouped_batch = jit_for(_fit_grouped_batch_impl, static_argnames=("max_iter", "tol"), fast_compile=True)
-    return _fit_grouped_batch(u, s, mean, scat, active, reg_covar, max_iter=max_iter, tol=tol)
-
-
-def group_stats_jit(agg, centres):
-    """Jitted :func:`group_stats`."""
-    global _group_stats
-    if _group_stats is None:
-        _group_stats = jit_for(group_stats, fast_compile=True)
-    return _group_stats(agg, centres)
-
-
-@jax.jit
-def component_argmax(x, pi, mu, chol, active):
-    """Index of the active component with the highest density at each point (no weights)."""
-    comp = _log_gauss(x, mu, chol)
-    return jnp.argmax(jnp.where(active[None, :], comp, -jnp.inf), axis=1)
-
-
-@jax.jit
 def batch_logpdf(x, pi, mu, chol, active):
     """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures ``(b, k)``.
 
@@ -287,3 +270,172 @@ def group_stats(agg, centres):
     scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
     mean = centres[None] + m_loc
     return s, mean, jnp.where((s > 0)[..., None, None], scat, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# NumPy (host) versions, float64, for the background mixture: a few fits on a few hundred atoms run in
+# well under a second in NumPy, which saves compiling them (several seconds on CPU) on every first call.
+
+
+def _chol_np(cov, old):
+    """Batched Cholesky factors of ``cov`` (``(..., d, d)``); where a factorisation fails, ``old``."""
+    import numpy as np
+
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        flat, prev = cov.reshape(-1, *cov.shape[-2:]), old.reshape(-1, *cov.shape[-2:])
+        out = np.empty_like(flat)
+        for i in range(flat.shape[0]):
+            try:
+                out[i] = np.linalg.cholesky(flat[i])
+            except np.linalg.LinAlgError:
+                out[i] = prev[i]
+        return out.reshape(cov.shape)
+
+
+def _linv_np(chol):
+    """``L^{-1}`` of a batch of lower-triangular factors."""
+    import numpy as np
+
+    return np.linalg.inv(chol)
+
+
+def fit_grouped_batch_np(u, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
+    """NumPy version of :func:`fit_grouped_batch` (float64), one fit per row of ``u`` and ``active``.
+
+    The grouped data ``s`` ``(a,)``, ``mean`` ``(a, d)``, ``scat`` ``(a, d, d)`` are shared by all rows,
+    or given per row (``(r, a)``, ``(r, a, d)``, ``(r, a, d, d)``). The same algorithm as
+    :func:`fit_gmm_grouped` (weighted k-means++ seeding from the uniforms ``u``, one M-step on the hard
+    assignment, EM on the atoms until the bound changes by less than ``tol``, each row stopping on its
+    own). Returns ``(pi, mu, chol)`` with a leading row axis.
+    """
+    import numpy as np
+
+    u = np.asarray(u, np.float64)
+    active = np.asarray(active, bool)
+    r, k = active.shape
+    s = np.broadcast_to(np.asarray(s, np.float64), (r, *np.shape(s)[-1:]))
+    mean = np.broadcast_to(np.asarray(mean, np.float64), (r, *np.shape(mean)[-2:]))
+    scat = np.broadcast_to(np.asarray(scat, np.float64), (r, *np.shape(scat)[-3:]))
+    _, a, d = mean.shape
+    ssum = s.sum(1, keepdims=True)
+    wn = s / np.where(ssum > 0, ssum, 1.0)  # (r, a)
+    eye = np.eye(d)
+    iu, ju = np.triu_indices(d)
+    tw = np.where(iu == ju, 1.0, 2.0)
+    full = _vech_index(d)
+    nt = iu.size
+    g = np.einsum("ra,rad->rd", wn, mean)
+    c = mean - g[:, None, :]  # (r, a, d)
+    sec = scat + c[..., :, None] * c[..., None, :]
+    phi = np.concatenate([sec[..., iu, ju], c, np.ones((r, a, 1))], axis=-1)  # (r, a, f)
+    phi_w = phi * wn[..., None]
+    pooled = phi_w[..., :nt].sum(1)[:, full] + reg_covar * eye  # (r, d, d)
+    floor = 1e-3 * np.trace(pooled, axis1=-2, axis2=-1) / d  # (r,)
+
+    # weighted k-means++ seeding, all rows at once (inverse-CDF draws as in _kmeanspp)
+    rows = np.arange(r)
+
+    def draw(p, ui):
+        cs = np.cumsum(p, axis=1)
+        return np.minimum(np.sum(cs <= (ui * cs[:, -1])[:, None], axis=1), a - 1)
+
+    wpos = np.maximum(wn, 0.0)
+    centres = np.zeros((r, k, d))
+    centres[:, 0] = c[rows, draw(wpos, u[:, 0])]
+    d2 = np.sum((c - centres[:, 0, None, :]) ** 2, axis=-1)  # (r, a)
+    for i in range(1, k):
+        ci = c[rows, draw(wpos * d2, u[:, i])]
+        centres[:, i] = ci
+        d2 = np.minimum(d2, np.sum((c - ci[:, None, :]) ** 2, axis=-1))
+
+    def mstep(sel, resp, mu, chol, extra):
+        mom = np.matmul(resp.transpose(0, 2, 1), phi_w[sel])  # (r, k, f)
+        nk = mom[..., -1]
+        nk_safe = np.where(nk > 1e-12, nk, 1.0)
+        mu_new = mom[..., nt : nt + d] / nk_safe[..., None]
+        second = (mom[..., :nt] / nk_safe[..., None])[..., full]
+        cov = second - mu_new[..., :, None] * mu_new[..., None, :] + (reg_covar + extra) * eye
+        ok = (nk > 1e-12) & active[sel]
+        cov = np.where(ok[..., None, None], cov, eye)
+        mu_new = np.where(ok[..., None], mu_new, mu)
+        chol_new = _chol_np(cov, chol)
+        pi_new = np.where(ok, nk, 0.0)
+        return pi_new / np.maximum(pi_new.sum(-1, keepdims=True), 1e-38), mu_new, chol_new
+
+    def estep(sel, pi, mu, chol):
+        linv = _linv_np(chol)
+        prec = np.matmul(linv.transpose(0, 1, 3, 2), linv)
+        pm = np.matmul(prec, mu[..., None])[..., 0]
+        theta = np.concatenate([prec[..., iu, ju] * tw, -2.0 * pm, np.sum(pm * mu, -1, keepdims=True)], axis=-1)
+        logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        logpi = np.where(active[sel] & (pi > 0), np.log(np.maximum(pi, 1e-38)), _NEG)
+        lp = -0.5 * (np.matmul(phi[sel], theta.transpose(0, 2, 1)) + logdet[:, None, :] + d * np.log(2 * np.pi))
+        lp = lp + logpi[:, None, :]
+        m = lp.max(-1, keepdims=True)
+        logp = m[..., 0] + np.log(np.sum(np.exp(lp - m), axis=-1))
+        return np.exp(lp - logp[..., None]), np.sum(logp * wn[sel], axis=1)
+
+    d2c = np.sum((c[:, :, None, :] - centres[:, None, :, :]) ** 2, axis=-1)  # (r, a, k)
+    lab = np.argmin(np.where(active[:, None, :], d2c, np.inf), axis=-1)
+    resp0 = (lab[..., None] == np.arange(k)).astype(np.float64)
+    c0 = _chol_np(pooled, np.broadcast_to(eye, pooled.shape))
+    c0 = np.broadcast_to(c0[:, None], (r, k, d, d)).copy()
+    pi, mu, chol = mstep(rows, resp0, centres, c0, floor[:, None, None, None])
+    ll_old = np.full(r, -np.inf)
+    delta = np.full(r, np.inf)
+    it = np.zeros(r, int)
+    run = rows
+    while run.size:
+        resp, ll = estep(run, pi[run], mu[run], chol[run])
+        pi[run], mu[run], chol[run] = mstep(run, resp, mu[run], chol[run], 0.0)
+        delta[run] = np.abs(ll - ll_old[run])
+        ll_old[run] = ll
+        it[run] += 1
+        run = rows[(it < max_iter) & (delta > tol)]
+    return pi, mu + g[:, None, :], chol
+
+
+def batch_logpdf_np(x, pi, mu, chol, active):
+    """NumPy version of :func:`batch_logpdf` (float64): ``(b, n)`` mixture log densities."""
+    return _batch_comp_np(x, mu, chol, pi, active)[1]
+
+
+def _batch_comp_np(x, mu, chol, pi, active):
+    import numpy as np
+
+    b, k, d = mu.shape
+    linv = _linv_np(chol)  # (b, k, d, d)
+    z = (x @ linv.reshape(b * k * d, d).T).reshape(x.shape[0], b, k, d)
+    z = z - np.einsum("bked,bkd->bke", linv, mu)[None]
+    maha = np.sum(z * z, axis=-1)  # (n, b, k)
+    logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    comp = -0.5 * (maha + logdet[None] + d * np.log(2.0 * np.pi))  # (n, b, k)
+    with np.errstate(divide="ignore"):
+        logpi = np.where(active & (pi > 0), np.log(np.maximum(pi, 1e-38)), _NEG)
+    lp = comp + logpi[None]
+    m = lp.max(-1, keepdims=True)
+    return comp, (m[..., 0] + np.log(np.sum(np.exp(lp - m), axis=-1))).T
+
+
+def component_argmax_np(x, mu, chol, active):
+    """NumPy version of :func:`component_argmax` for one mixture."""
+    import numpy as np
+
+    comp, _ = _batch_comp_np(x, mu[None], chol[None], np.ones(active.shape)[None], active[None])
+    return np.argmax(np.where(active[None, :], comp[:, 0], -np.inf), axis=1)
+
+
+def group_stats_np(agg, centres):
+    """NumPy version of :func:`group_stats`."""
+    import numpy as np
+
+    d = centres.shape[1]
+    s = agg[..., 0]
+    s_safe = np.where(s > 0, s, 1.0)[..., None]
+    m_loc = agg[..., 1 : 1 + d] / s_safe
+    sec = (agg[..., 1 + d :] / s_safe)[..., _vech_index(d)]
+    scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
+    mean = centres[None] + m_loc
+    return s, mean, np.where((s > 0)[..., None, None], scat, 0.0)

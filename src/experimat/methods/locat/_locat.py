@@ -238,8 +238,10 @@ def locat(
     within-atom scatter), so a fit costs ``n_atoms`` points whatever the number of cells. EM starts
     from one M-step on the hard assignment to weighted k-means++ centres and stops after at most 25
     steps (change of the mean log-likelihood bound < 1e-4); densities, scores and the depletion scan
-    are evaluated at every cell. Genes run in batches of one fixed size (the last one padded) and the
-    background fits in blocks of one fixed shape, so JAX compiles each kernel once per call. On CPU,
+    are evaluated at every cell. Genes run in batches of one fixed size (the last one padded), so JAX
+    compiles one kernel per call (on CPU, for small problems, without XLA's MLIR fusion emitters,
+    which compile it more slowly and run it no faster on small arrays); the background fits (a few dozen, on the atoms of all cells) run in
+    NumPy on the host, which is cheaper than compiling them. On CPU,
     JAX is started with ``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` when LOCAT is
     the first to import JAX and the flag is not already set (on few cores Eigen's thread pool and
     XLA's own oversubscribe them); set the flag yourself to override.
@@ -427,28 +429,30 @@ def locat(
     # ------------------------------------------------------------------ background mixture
     bic_cost = d * (d + 3) / 2
     n_scan_inits = min(3, n_bootstrap_inits)
-    s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_jit(_agg(bw[None, :]), centres_j))
+    agg_bg = atom_sums(bw[None, :].astype(dtype)).astype(np.float64)
+    s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_np(agg_bg, centres))
     bw_norm = bw / bw.sum()
 
     def _fit_rows(ks_rows: np.ndarray, k_slots: int, n_rows: int, salt: int):
-        """Fit background mixtures with ks_rows[i] components, padded to a fixed batch shape
-        ``(n_rows, k_slots)`` so that every call reuses one compiled kernel; returns the weighted mean
-        log density of the cells under each fit."""
-        lls, lps, params = [], [], []
-        for s0 in range(0, ks_rows.size, n_rows):
-            chunk = ks_rows[s0 : s0 + n_rows]
-            kk = np.concatenate([chunk, np.ones(n_rows - chunk.size, dtype=int)])
-            act = jnp.asarray(np.arange(k_slots)[None, :] < kk[:, None])
-            u = jnp.asarray(np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots)), dtype)
-            pi, mu, chol = _gmm.fit_grouped_batch(u, s_bg, mean_bg, scat_bg, act, dtype(reg), max_iter=150, tol=1e-5)
-            lp = _gmm.batch_logpdf(emb_j, pi, mu, chol, act)  # (rows, n)
-            lp = np.asarray(lp, np.float64)[: chunk.size]
-            lls.append(lp @ bw_norm)
-            lps.append(lp)
-            params.append((pi, mu, chol, act))
-        return np.concatenate(lls), np.concatenate(lps, axis=0), params
+        """Fit background mixtures with ks_rows[i] components (NumPy, on the host: these few fits on
+        the atoms are cheaper than compiling them); the k-means++ uniforms are drawn per block of
+        ``n_rows`` rows with ``k_slots`` columns. Returns the weighted mean log density of the cells
+        under each fit, the log densities ``(rows, n)`` and the parameters."""
+        u = np.concatenate(
+            [
+                np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots))[: min(n_rows, ks_rows.size - s0)]
+                for s0 in range(0, ks_rows.size, n_rows)
+            ]
+        )
+        k_used = int(ks_rows.max())
+        act = np.arange(k_used)[None, :] < ks_rows[:, None]
+        pi, mu, chol = _gmm.fit_grouped_batch_np(
+            u[:, :k_used], s_bg, mean_bg, scat_bg, act, float(dtype(reg)), max_iter=150, tol=1e-5
+        )
+        lp = _gmm.batch_logpdf_np(emb, pi, mu, chol, act)  # (rows, n)
+        return lp @ bw_norm, lp, (pi, mu, chol, act)
 
-    # every background fit has k_cap component slots and _BG_ROWS rows: one compiled kernel
+    # background fits: uniforms drawn in blocks of _BG_ROWS rows x k_cap slots (reproducible draws)
     k_cap = max_components if max_components is not None else min(30, max(1, n // 10))
     lo, hi = 1, (k_cap if max_components is not None else min(10, k_cap))
     all_k, all_ll = [], []
@@ -467,8 +471,8 @@ def locat(
     # background component labels come from the best one
     ll_k, lp, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_cap, _BG_ROWS, 7)  # lp: (inits, n)
     ibest = int(np.argmax(ll_k))
-    pi, mu, chol, act_j = (p_[ibest % _BG_ROWS] for p_ in params_k[ibest // _BG_ROWS])
-    bg_assign = np.asarray(_gmm.component_argmax(emb_j, pi, mu, chol, act_j))
+    _pi, mu, chol, act_b = (p_[ibest] for p_ in params_k)
+    bg_assign = _gmm.component_argmax_np(emb, mu, chol, act_b)
     m_ = lp.max(axis=0)
     logf0 = m_ + np.log(np.mean(np.exp(lp - m_[None, :]), axis=0))
     logger.info(f"LOCAT: background uses {k_best} components ({n_at} atoms)", time=t_bg)
@@ -567,6 +571,7 @@ def locat(
             gb = 1 << math.floor(math.log2(gb))
         batches = [np.arange(i0, min(i0 + gb, n_items)) for i0 in range(0, n_items, gb)]
         fold_rng = np.random.default_rng(seed + 1)
+        fast_compile = n * n_items <= _FAST_COMPILE_MAX_WORK
         with ProgressBar(len(batches), description="LOCAT genes") as bar:
             for sel in batches:
                 nb = sel.size
@@ -587,6 +592,7 @@ def locat(
                 u[:, :nb] = item_u[sel].transpose(1, 0, 2)
                 agg = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
                 out = _batch_scores(
+                    fast_compile,
                     emb_j, logf0_j, agg, centres_j, jnp.asarray(wts),
                     jnp.asarray(ina),
                     jnp.asarray(act), jnp.asarray(act_a), jnp.asarray(u.reshape(2 * gb, k_slots), dtype), dtype(reg), log_lam,
@@ -693,7 +699,7 @@ def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, 
     return np.clip(psid, 1e-300, 1.0), maxdef
 
 
-def _make_batch_scores():
+def _make_batch_scores(fast_compile: bool):
     from functools import partial
 
     import jax
@@ -728,22 +734,25 @@ def _make_batch_scores():
         k_b = jnp.sum(in_r & b_mask[:, None, :], axis=2)
         return raw, sens, llsum, k_r, k_b
 
-    return _gmm.jit_for(batch_scores)
+    return _gmm.jit_for(batch_scores, fast_compile=fast_compile)
 
 
 #: EM steps and tolerance (change of the mean log-likelihood bound) of the per-gene fits
 _GENE_MAX_ITER = 25
 _GENE_TOL = 1e-4
-_BATCH_SCORES: Any = None
-#: rows (fits) per background call
+#: compiled per-gene kernels, by ``fast_compile``
+_BATCH_SCORES: dict[bool, Any] = {}
+#: cells x (genes + null pseudo-genes) up to which the per-gene kernel is compiled for compile speed
+#: (a short run, where compiling dominates a first call) rather than for run speed
+_FAST_COMPILE_MAX_WORK = 4_000_000
+#: rows per block of k-means++ uniforms of the background fits
 _BG_ROWS = 15
 
 
-def _batch_scores(*args, **kwargs):
-    global _BATCH_SCORES
-    if _BATCH_SCORES is None:
-        _BATCH_SCORES = _make_batch_scores()
-    return _BATCH_SCORES(*args, **kwargs)
+def _batch_scores(fast_compile: bool, *args):
+    if fast_compile not in _BATCH_SCORES:
+        _BATCH_SCORES[fast_compile] = _make_batch_scores(fast_compile)
+    return _BATCH_SCORES[fast_compile](*args)
 
 
 def _atoms(emb: np.ndarray, n_atoms: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
