@@ -255,21 +255,21 @@ class AtomSums:
         return np.matmul(wp.transpose(1, 0, 2).astype(np.float32), self.feats).transpose(1, 0, 2)
 
 
-def group_stats(agg, centres):
+def group_stats(agg, centres, xp=jnp):
     """Per-atom weight sums, weighted means and mean within-atom scatter from the per-atom sums.
 
     ``agg``: ``(b, a, f)`` per-atom weighted sums of the :class:`AtomSums` features of ``b`` genes;
     ``centres``: ``(a, d)`` atom centres. Returns ``s`` ``(b, a)``, ``mean`` ``(b, a, d)``,
-    ``scat`` ``(b, a, d, d)``.
+    ``scat`` ``(b, a, d, d)``. ``xp``: the array module (``jax.numpy`` in compiled code, NumPy on the host).
     """
     d = centres.shape[1]
     s = agg[..., 0]
-    s_safe = jnp.where(s > 0, s, 1.0)[..., None]
+    s_safe = xp.where(s > 0, s, 1.0)[..., None]
     m_loc = agg[..., 1 : 1 + d] / s_safe
     sec = (agg[..., 1 + d :] / s_safe)[..., _vech_index(d)]
     scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
     mean = centres[None] + m_loc
-    return s, mean, jnp.where((s > 0)[..., None, None], scat, 0.0)
+    return s, mean, xp.where((s > 0)[..., None, None], scat, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -431,11 +431,4 @@ def group_stats_np(agg, centres):
     """NumPy version of :func:`group_stats`."""
     import numpy as np
 
-    d = centres.shape[1]
-    s = agg[..., 0]
-    s_safe = np.where(s > 0, s, 1.0)[..., None]
-    m_loc = agg[..., 1 : 1 + d] / s_safe
-    sec = (agg[..., 1 + d :] / s_safe)[..., _vech_index(d)]
-    scat = sec - m_loc[..., :, None] * m_loc[..., None, :]
-    mean = centres[None] + m_loc
-    return s, mean, np.where((s > 0)[..., None, None], scat, 0.0)
+    return group_stats(agg, centres, xp=np)
