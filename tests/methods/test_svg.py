@@ -253,18 +253,25 @@ def test_gp_permutation_null_is_calibrated_and_keeps_power(mob, synth):
     assert (pw["qval"][~truth] < 0.05).sum() <= 2
 
 
+def _null_blocks(mob, n_blocks: int, *, seed: int):
+    """The MOB subset's non-significant genes in random blocks, each block with its own permutation
+    of the spot coordinates (so that p-values of different blocks are independent)."""
+    rng = np.random.default_rng(seed)
+    null_genes = np.flatnonzero(mob.var["ref_qval"].to_numpy() >= 0.05)
+    part = rng.permutation(null_genes.size) % n_blocks
+    for b in range(n_blocks):
+        sub = mob[:, null_genes[part == b]].copy()
+        sub.obsm["spatial"] = mob.obsm["spatial"][rng.permutation(mob.n_obs)]
+        yield sub
+
+
 def test_gp_permutation_null_calibrated_in_small_calls(mob):
     """The pooled permutation null holds equally many permuted LLRs of every tested gene, so it is
     calibrated however few genes a call tests: blocks of ~30 genes, each its own call with its own
     coordinate permutation and its own seed (a shared seed would repeat the boundary genes'
     randomised p-values in every block)."""
-    rng = np.random.default_rng(5)
-    null_genes = np.flatnonzero(mob.var["ref_qval"].to_numpy() >= 0.05)
-    part = rng.permutation(null_genes.size) % 8
     p = []
-    for b in range(8):
-        sub = mob[:, null_genes[part == b]].copy()
-        sub.obsm["spatial"] = mob.obsm["spatial"][rng.permutation(mob.n_obs)]
+    for b, sub in enumerate(_null_blocks(mob, 8, seed=5)):
         sub = sub[np.asarray(sub.layers["counts"].sum(1)).ravel() > 0].copy()
         res = spatial_svg_gp(sub, null="permutation", n_null=500, model_search=False, seed=b, progress=False)
         p.append(res["pval"].dropna().to_numpy())
@@ -312,13 +319,8 @@ def test_score_calibrated_on_permuted_mob(mob):
 def test_score_calibrated_with_independent_blocks(mob):
     """Each block of genes gets its own coordinate permutation, so the p-values of different blocks
     are independent and a KS test over genes is valid."""
-    rng = np.random.default_rng(11)
-    null_genes = np.flatnonzero(mob.var["ref_qval"].to_numpy() >= 0.05)
-    part = rng.permutation(null_genes.size) % 6
     p = []
-    for b in range(6):
-        sub = mob[:, null_genes[part == b]].copy()
-        sub.obsm["spatial"] = mob.obsm["spatial"][rng.permutation(mob.n_obs)]
+    for b, sub in enumerate(_null_blocks(mob, 6, seed=11)):
         res = spatial_svg_spatialde(sub, sizefactors=mob.obs["total_counts"].to_numpy(), n_null=1000, seed=b)
         p.append(res["pval"].dropna().to_numpy())
     p = np.concatenate(p)
