@@ -117,3 +117,33 @@ def test_lock_released_on_normal_exit(tmp_path):
     make_synthetic_experiment(n_samples=1, project=root).close()
     subprocess.run([sys.executable, "-c", f"import experimat as em; e = em.load_experiment({str(root)!r})"], check=True)
     assert not (root / ".lock").exists()
+
+
+def test_file_removed_between_check_and_read(tmp_path, monkeypatch):
+    """A writer commits (and removes the old sample file) after a reader checked the file but before
+    it opened it: a lazy read says the project changed; load_experiment retries with the new manifest."""
+    import experimat.core.experiment as core_experiment
+    from experimat._errors import ProjectChangedError
+
+    root = tmp_path / "p"
+    make_synthetic_experiment(n_samples=1, project=root).close()
+    read = core_experiment._read_sample
+    pending = [1, 2]
+
+    def racing_read(path):
+        if pending:
+            v = pending.pop(0)
+            monkeypatch.setattr(core_experiment, "_read_sample", read)
+            writer = em.load_experiment(root)
+            writer.spatial_bin["s0"].uns["version"] = v
+            writer.save()
+            writer.close()
+            monkeypatch.setattr(core_experiment, "_read_sample", racing_read)
+        return read(path)
+
+    reader = em.load_experiment(root, mode="r")
+    monkeypatch.setattr(core_experiment, "_read_sample", racing_read)
+    with pytest.raises(ProjectChangedError, match="reopen"):
+        reader.spatial_bin["s0"]
+    expm = em.load_experiment(root, mode="r", load_samples=True)
+    assert expm.spatial_bin["s0"].uns["version"] == 2

@@ -365,16 +365,23 @@ class Experiment:
         entry = self._entry(modality, sample)
         if entry is None or self._store is None:
             raise ProjectError(f"sample {sample!r} ({modality}) is neither in memory nor in the project folder.")
-        rel = entry["file"]
-        try:
-            path = self._store.check_file(rel, self._manifest["files"][rel], verify=self._verify)
-        except CorruptFileError:
-            self._raise_if_changed_on_disk()
-            raise
-        adata = _read_sample(path)
+        adata = self._read_file(entry["file"], _read_sample)
         loaded[sample] = adata
         self._fp[(modality, sample)] = fingerprint(adata)
         return adata
+
+    def _read_file(self, rel: str, read):
+        """Check a file named by the opened manifest and read it.
+
+        A writer may commit a new manifest and remove this file between the check and the read
+        (readers never lock): a missing or changed file then raises :class:`ProjectChangedError`
+        (``load_experiment`` retries with the new manifest) instead of a bare I/O error."""
+        try:
+            path = self._store.check_file(rel, self._manifest["files"][rel], verify=self._verify)
+            return read(path)
+        except (CorruptFileError, FileNotFoundError):
+            self._raise_if_changed_on_disk()
+            raise
 
     def _raise_if_changed_on_disk(self) -> None:
         try:
@@ -439,14 +446,12 @@ class Experiment:
             if entry and self._store is not None:
                 import mudata as md
 
-                try:
-                    path = self._store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=self._verify)
-                except CorruptFileError:
-                    self._raise_if_changed_on_disk()
-                    raise
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
-                    self._integrated = md.read_h5mu(path)
+                def read(path):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)
+                        return md.read_h5mu(path)
+
+                self._integrated = self._read_file(entry["file"], read)
                 self._integrated_fp = fingerprint(self._integrated)
             self._integrated_loaded = True
         return self._integrated
