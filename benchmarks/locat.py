@@ -47,6 +47,9 @@ Measured 2026-11-30 on the shared 2-core machine (load averages given; other job
   ``n_null_genes=1500`` (0.73 / 0.65) — as the reference's own 0.75 / 0.65. With both tools this
   noisy, a single-run agreement of rho >= 0.9 / Jaccard >= 0.8 is out of reach for any
   implementation; corrected for both tools' run-to-run noise, 0.62 corresponds to about 0.84.
+- Zeisel, 3,005 cells x 400 genes given to both (load ~2, CI running beside): ours 10.5 s vs
+  reference 356 s (34x); rho 0.52 / Jaccard 0.31 (ours 115, reference 305 concentration-significant
+  genes); ours on permuted genes 0.013 / 0.003 / 0.000.
 """
 
 from __future__ import annotations
