@@ -43,23 +43,9 @@ def jit_for(fun, static_argnames=(), *, fast_compile=False):
     return call
 
 
-def _log_gauss(x, mu, chol):
-    """log N(x | mu_k, L_k L_k^T) for points ``(m, d)`` and components ``(k, d)``, ``(k, d, d)``."""
-    d = x.shape[-1]
-    eye = jnp.eye(d, dtype=x.dtype)
-    linv = jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, eye, lower=True))(chol)  # (k, d, d)
-    # z_mk = L_k^{-1} (x_m - mu_k) = L_k^{-1} x_m - L_k^{-1} mu_k
-    z = jnp.einsum("md,ked->mke", x, linv) - jnp.einsum("kd,ked->ke", mu, linv)[None]
-    maha = jnp.sum(z * z, axis=-1)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # (k,)
-    return -0.5 * (maha + logdet[None, :] + d * jnp.log(2.0 * jnp.pi))
-
-
-def mixture_logpdf(x, pi, mu, chol, active):
-    """log of the mixture density at ``x`` (``(m,)``) and the per-component log densities."""
-    comp = _log_gauss(x, mu, chol)
-    logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
-    return jax.scipy.special.logsumexp(comp + logpi[None, :], axis=1), comp
+def _log_weights(pi, active, xp):
+    """log mixture weights, with inactive or empty component slots at ``_NEG``."""
+    return xp.where(active & (pi > 0), xp.log(xp.maximum(pi, 1e-38)), _NEG)
 
 
 def _kmeanspp(u, x, w, active):
@@ -104,7 +90,7 @@ def batch_logpdf(x, pi, mu, chol, active):
     z = z - jnp.einsum("bked,bkd->bke", linv, mu)[None]
     maha = jnp.sum(z * z, axis=-1)  # (n, b, k)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # (b, k)
-    logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
+    logpi = _log_weights(pi, active, jnp)
     lp = -0.5 * (maha + logdet[None] + d * jnp.log(2.0 * jnp.pi)) + logpi[None]
     return jax.scipy.special.logsumexp(lp, axis=-1).T  # (b, n)
 
@@ -177,7 +163,7 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
             [prec[:, iu, ju] * tw[None, :], -2.0 * pm, jnp.sum(pm * mu, axis=1, keepdims=True)], axis=1
         )  # (k, f)
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        logpi = jnp.where(active & (pi > 0), jnp.log(jnp.maximum(pi, 1e-38)), _NEG)
+        logpi = _log_weights(pi, active, jnp)
         lp = -0.5 * (phi @ theta.T + logdet[None, :] + d * jnp.log(2.0 * jnp.pi)) + logpi[None, :]
         logp = jax.scipy.special.logsumexp(lp, axis=1)
         return jnp.exp(lp - logp[:, None]), jnp.sum(wn * logp)
@@ -370,7 +356,7 @@ def fit_grouped_batch_np(u, s, mean, scat, active, reg_covar, *, max_iter=150, t
         pm = np.matmul(prec, mu[..., None])[..., 0]
         theta = np.concatenate([prec[..., iu, ju] * tw, -2.0 * pm, np.sum(pm * mu, -1, keepdims=True)], axis=-1)
         logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        logpi = np.where(active[sel] & (pi > 0), np.log(np.maximum(pi, 1e-38)), _NEG)
+        logpi = _log_weights(pi, active[sel], np)
         lp = -0.5 * (np.matmul(phi[sel], theta.transpose(0, 2, 1)) + logdet[:, None, :] + d * np.log(2 * np.pi))
         lp = lp + logpi[:, None, :]
         m = lp.max(-1, keepdims=True)
@@ -413,7 +399,7 @@ def _batch_comp_np(x, mu, chol, pi, active):
     logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
     comp = -0.5 * (maha + logdet[None] + d * np.log(2.0 * np.pi))  # (n, b, k)
     with np.errstate(divide="ignore"):
-        logpi = np.where(active & (pi > 0), np.log(np.maximum(pi, 1e-38)), _NEG)
+        logpi = _log_weights(pi, active, np)
     lp = comp + logpi[None]
     m = lp.max(-1, keepdims=True)
     return comp, (m[..., 0] + np.log(np.sum(np.exp(lp - m), axis=-1))).T
