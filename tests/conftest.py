@@ -12,7 +12,8 @@ os.environ.setdefault("EXPERIMAT_PROGRESS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 DATA = Path(__file__).parent / "data"
-MUSCLE = DATA / "visium_mouse_muscle"
+# the demo's muscle samples ship inside the package (one copy, used by the tests and by ``experimat demo``)
+MUSCLE = Path(__file__).parents[1] / "src" / "experimat" / "datasets" / "_data" / "visium_mouse_muscle"
 LAYOUTS = DATA / "visium_layouts"
 
 

@@ -1,7 +1,7 @@
 """Shipped real data sets and synthetic generators with known truth.
 
-Real data live in the repository's ``tests/data`` (small, shipped) or under
-``em.settings.data_dir`` (large; set ``EXPERIMAT_DATA_DIR``).
+Small real data ship inside the package (``experimat/datasets/_data``, each with its ``PROVENANCE.md``); large ones
+are found under ``em.settings.data_dir`` (set ``EXPERIMAT_DATA_DIR``).
 """
 
 from ._synthetic import pseudo_spots, synthetic_domains, synthetic_svg, visium_hex_grid

@@ -1,4 +1,4 @@
-"""Locate real data sets: shipped small ones (repository ``tests/data``) and large ones under
+"""Locate real data sets: small ones shipped inside the package (``experimat/datasets/_data``) and large ones under
 ``em.settings.data_dir`` (environment variable ``EXPERIMAT_DATA_DIR``)."""
 
 from __future__ import annotations
@@ -10,19 +10,30 @@ import pandas as pd
 from .._errors import InvalidInputError
 from .._settings import settings
 
-_REPO_DATA = Path(__file__).resolve().parents[3] / "tests" / "data"
+#: small real data shipped inside the package (each folder has a PROVENANCE.md); the tests use the same files
+SHIPPED_DIR = Path(__file__).resolve().parent / "_data"
 
 
 def data_path(name: str, *, shipped: str | None = None) -> Path:
-    """The folder of data set ``name`` under ``em.settings.data_dir``, else its shipped copy.
+    """The folder of data set ``name`` under ``em.settings.data_dir``, else its copy shipped with the package.
 
-    Raises an error naming the environment variable when neither exists.
+    Parameters
+    ----------
+    name
+        Folder name under ``em.settings.data_dir``.
+    shipped
+        Folder name under the package's shipped data (``experimat/datasets/_data``), used when ``name`` is absent.
+
+    Raises
+    ------
+    InvalidInputError
+        When neither exists; the message names the environment variable to set.
     """
     cand = settings.data_dir / name
     if cand.exists():
         return cand
-    if shipped is not None and (_REPO_DATA / shipped).exists():
-        return _REPO_DATA / shipped
+    if shipped is not None and (SHIPPED_DIR / shipped).exists():
+        return SHIPPED_DIR / shipped
     raise InvalidInputError(
         f"data set {name!r} not found under {settings.data_dir}; set EXPERIMAT_DATA_DIR (or em.settings.data_dir) to the "
         "folder holding it."
