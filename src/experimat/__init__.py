@@ -40,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 if TYPE_CHECKING:
     from . import database, io, methods, pl, pp  # noqa: F401
+    from ._saved_model import SavedModel, register_model, registered_models
     from .core.experiment import Experiment, load_experiment, migrate
     from .core.registry import register_method
     from .core.sample_table import SampleTable
@@ -51,6 +52,9 @@ _LAZY_ATTRS = {
     "migrate": "experimat.core.experiment",
     "SampleTable": "experimat.core.sample_table",
     "register_method": "experimat.core.registry",
+    "register_model": "experimat._saved_model",
+    "registered_models": "experimat._saved_model",
+    "SavedModel": "experimat._saved_model",
     "version": "experimat._version_info",
 }
 
@@ -100,10 +104,13 @@ __all__ = [
     "SampleNotFoundError",
     "SampleRunError",
     "SampleTable",
+    "SavedModel",
     "__version__",
     "load_experiment",
     "migrate",
     "register_method",
+    "register_model",
+    "registered_models",
     "settings",
     "setwd",
     "version",

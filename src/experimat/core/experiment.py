@@ -26,7 +26,9 @@ from .._errors import (
 )
 from .._keys import MODALITIES, SAMPLE_OBS_COLUMNS, SPATIAL_MODALITIES, FileName, Key, Modality
 from .._logging import logger
-from ..io.project import ProjectStore, now_iso, sha256_file
+from .._saved_model import SavedModel
+from ..io import models as model_store
+from ..io.project import ProjectStore, now_iso
 from ._fingerprint import fingerprint
 from .accessor import ModalityAccessor
 from .sample_table import SampleTable, validate_sample_name
@@ -38,8 +40,6 @@ if TYPE_CHECKING:
 SampleKey = tuple[str, str]
 #: compression of sample files (None: fastest; "lzf": ~1/3 smaller, ~2x slower to write; "gzip": smallest)
 H5_COMPRESSION: str | None = None
-#: model classes the project may name (nothing else is ever imported from a manifest)
-MODEL_MODULE_PREFIX = "experimat.methods."
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -639,13 +639,8 @@ class Experiment:
             self._pending_history = []
 
     def _collect_models_garbage(self) -> None:
-        store = self._store
-        if store is None or not store.models_dir.is_dir():
-            return
-        keep = {store.resolve(e["dir"]) for e in self._manifest.get("models", {}).values()}
-        for p in store.models_dir.iterdir():
-            if p.is_dir() and p.resolve() not in keep:
-                shutil.rmtree(p, ignore_errors=True)
+        if self._store is not None:
+            model_store.collect_garbage(self._store, self._manifest)
 
     def _save_as(self, path: Path, *, force: bool) -> Path:
         new = ProjectStore(path, mode="r+")
@@ -678,10 +673,7 @@ class Experiment:
                 manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
             if old_store is not None:
                 for name, entry in self._manifest.get("models", {}).items():
-                    src = old_store.resolve(entry["dir"])
-                    dst = new.root / entry["dir"]
-                    shutil.copytree(src, dst)
-                    manifest["models"][name] = entry
+                    manifest["models"][name] = model_store.copy_model(old_store, new, name, entry)
                 if old_store.history_path.exists():
                     shutil.copyfile(old_store.history_path, new.history_path)
             new.commit(manifest)
@@ -706,52 +698,35 @@ class Experiment:
         return new.root
 
     # -- models -------------------------------------------------------------------------------
-    def save_model(self, name: str, model: Any) -> Path:
-        """Store a fitted model under ``models/<name>/`` (its ``save(dir)`` writes weights + JSON)."""
+    def save_model(self, name: str, model: SavedModel) -> Path:
+        """Store a fitted model under ``models/<name>.<token>/`` and commit it to the manifest.
+
+        ``model`` is an instance of a registered :class:`~experimat.SavedModel` class (see
+        :func:`~experimat.register_model`); an existing model of that name is replaced.
+        """
         store = self._require_writable()
         validate_sample_name(name)
-        cls = type(model)
-        if not cls.__module__.startswith(MODEL_MODULE_PREFIX) or not hasattr(cls, "load") or not hasattr(model, "save"):
-            raise InvalidInputError(f"{cls.__name__} is not an experimat model (needs save(dir) and load(dir)).")
-        rel = f"{FileName.MODELS_DIR}/{name}.{os.urandom(6).hex()}"
-        final = store.root / rel
-        tmp = final.with_name(f".{final.name}.tmp")
-        tmp.mkdir(parents=True)
-        try:
-            model.save(tmp)
-            for p in tmp.rglob("*"):
-                if p.suffix in (".pkl", ".pickle"):
-                    raise InvalidInputError(f"model files must not be pickles ({p.name}).")
-            files = {str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in tmp.rglob("*") if p.is_file()}
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        entry = model_store.write_model(store, name, model)
         manifest = self._base_manifest()
-        manifest["models"][name] = {"dir": rel, "class": f"{cls.__module__}:{cls.__qualname__}", "files": files, "saved": now_iso()}
+        manifest["models"][name] = entry
         self._commit(manifest)
-        return final
+        return store.root / entry["dir"]
 
-    def load_model(self, name: str) -> Any:
-        """Load a model stored with :meth:`save_model` (checksums verified; never unpickles)."""
-        import importlib
+    def load_model(self, name: str) -> SavedModel:
+        """Load a model stored with :meth:`save_model`.
+
+        The class comes only from the registry of model classes; every file is checked against its
+        sha256; nothing is unpickled (older projects' models are read through the upgrade path).
+        """
+        from .registry import load_plugins
 
         models = self._manifest.get("models", {})
         if name not in models:
             raise KeyNotFoundError("model", name, list(models))
-        entry = models[name]
-        module, _, qual = entry["class"].partition(":")
-        if not module.startswith(MODEL_MODULE_PREFIX) or "." in qual:
-            raise CorruptFileError(f"model {name!r} names a class outside experimat ({entry['class']!r}); refusing to load it.")
-        folder = self._store.resolve(entry["dir"])
-        for rel, fe in entry["files"].items():
-            p = (folder / rel).resolve()
-            if not p.is_relative_to(folder):
-                raise CorruptFileError(f"model {name!r} lists a file outside its folder: {rel!r}.")
-            if not p.is_file() or (self._verify and sha256_file(p) != fe["sha256"]):
-                raise CorruptFileError(f"model file {entry['dir']}/{rel} is missing or corrupt.")
-        cls = getattr(importlib.import_module(module), qual)
-        return cls.load(folder)
+        if self._store is None:
+            raise ProjectError(f"model {name!r} has no project folder to load from.")
+        load_plugins()  # built-in and plugin modules register their model classes
+        return model_store.read_model(self._store, name, models[name])
 
     @property
     def models(self) -> list[str]:

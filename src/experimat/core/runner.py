@@ -323,8 +323,9 @@ def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save
 
 
 def _is_model(obj: Any) -> bool:
-    cls = type(obj)
-    return cls.__module__.startswith("experimat.methods.") and hasattr(cls, "load") and hasattr(obj, "save")
+    from .._saved_model import SavedModel
+
+    return isinstance(obj, SavedModel)
 
 
 def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
+from experimat._errors import ExperimatWarning, InvalidInputError
 from experimat._logging import logger
+from experimat._saved_model import SavedModel, register_model
 from experimat._settings import settings
 from experimat.methods._checks import (
     check_choice,
@@ -39,10 +38,6 @@ from ._svi import (
 if TYPE_CHECKING:
     from anndata import AnnData
 
-#: format version of a saved :class:`ReferenceSignatures` folder
-SIGNATURES_FORMAT_VERSION = 1
-_CONFIG_FILE = "config.json"
-_WEIGHTS_FILE = "signatures.npz"
 SIGNATURE_METHODS = ("nb_regression", "cluster_mean")
 
 
@@ -167,7 +162,7 @@ def gene_filter_histogram(
 
 
 @dataclass
-class ReferenceSignatures:
+class ReferenceSignatures(SavedModel):
     """Reference expression signatures of cell types: expected counts per gene per type.
 
     Attributes
@@ -181,6 +176,9 @@ class ReferenceSignatures:
 
     signatures: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
+
+    format_version: ClassVar[int] = 2
+    legacy_names: ClassVar[tuple[str, ...]] = ("experimat.methods.deconv.cell2location._reference:ReferenceSignatures",)
 
     @property
     def genes(self) -> list[str]:
@@ -196,15 +194,8 @@ class ReferenceSignatures:
             f"n_types={self.signatures.shape[1]}, labels={self.labels[:8]}{'...' if len(self.labels) > 8 else ''})"
         )
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the signatures to the folder ``path``: ``signatures.npz`` (arrays) + ``config.json``.
-
-        Nothing is pickled. An existing non-empty folder is refused unless ``overwrite``.
-        """
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise InvalidInputError(f"folder {str(path)!r} exists and is not empty; pass overwrite=True to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
+    # -- persistence (experimat.SavedModel: config.json + arrays.npz, nothing pickled)
+    def get_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         arrays = {
             "signatures": self.signatures.to_numpy(dtype=np.float64),
             "genes": np.asarray(self.genes, dtype=str),
@@ -213,38 +204,30 @@ class ReferenceSignatures:
         for k, v in (self.config.get("_arrays") or {}).items():
             arrays[f"extra.{k}"] = np.asarray(v)
         cfg = {k: v for k, v in self.config.items() if k != "_arrays"}
-        cfg["format_version"] = SIGNATURES_FORMAT_VERSION
-        tmp_w = path / (_WEIGHTS_FILE + ".tmp")
-        with open(tmp_w, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        tmp_w.replace(path / _WEIGHTS_FILE)
-        tmp_c = path / (_CONFIG_FILE + ".tmp")
-        tmp_c.write_text(json.dumps(to_json_safe(cfg), indent=1))
-        tmp_c.replace(path / _CONFIG_FILE)
-        return path
+        return to_json_safe(cfg), arrays
 
     @classmethod
-    def load(cls, path: str | Path) -> ReferenceSignatures:
-        """Restore signatures written by :meth:`save` (no retraining, no unpickling)."""
-        path = Path(path)
-        cfg_file, w_file = path / _CONFIG_FILE, path / _WEIGHTS_FILE
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise MissingSlotError(
-                    f"{str(f)!r} not found; is {str(path)!r} a folder written by ReferenceSignatures.save?"
-                )
-        cfg = json.loads(cfg_file.read_text())
-        version = cfg.get("format_version")
-        if version != SIGNATURES_FORMAT_VERSION:
-            raise InvalidInputError(
-                f"signature folder has format version {version!r}; this experimat reads version {SIGNATURES_FORMAT_VERSION}."
-            )
-        with np.load(w_file, allow_pickle=False) as z:
-            sig = pd.DataFrame(z["signatures"], index=z["genes"].astype(str), columns=z["labels"].astype(str))
-            extra = {k[len("extra.") :]: z[k] for k in z.files if k.startswith("extra.")}
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, Any]) -> ReferenceSignatures:
+        sig = pd.DataFrame(
+            np.asarray(arrays["signatures"], dtype=np.float64),
+            index=np.asarray(arrays["genes"]).astype(str),
+            columns=np.asarray(arrays["labels"]).astype(str),
+        )
+        cfg = dict(config)
+        extra = {k[len("extra.") :]: v for k, v in arrays.items() if k.startswith("extra.")}
         if extra:
             cfg["_arrays"] = extra
         return cls(signatures=sig, config=cfg)
+
+
+def _upgrade_signatures_v1(config: dict[str, Any], arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Version 1 (experimat <= 0.1: ``config.json`` with ``format_version`` + ``signatures.npz``) -> 2."""
+    config.pop("format_version", None)
+    return config, arrays
+
+
+ReferenceSignatures.upgrades = {1: _upgrade_signatures_v1}
+register_model("cell2location.ReferenceSignatures")(ReferenceSignatures)
 
 
 def _concat(adatas: Mapping[str, AnnData] | AnnData, layer: str | None) -> AnnData:

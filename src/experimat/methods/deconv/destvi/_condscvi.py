@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from experimat._errors import InvalidInputError
 from experimat._logging import ProgressBar, logger
 from experimat._optional import import_optional, torch_device
+from experimat._saved_model import SavedModel, register_model
 from experimat._settings import settings
 from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
-FORMAT_VERSION = 1
 
 
 @contextmanager
@@ -96,13 +93,13 @@ def select_genes_vst(X, n_top_genes: int, *, span: float = 0.3) -> np.ndarray:
     return np.sort(top)
 
 
-class CondSCVIModel:
+class CondSCVIModel(SavedModel):
     """A trained DestVI single-cell reference (conditional VAE of counts given the cell type).
 
     Holds the torch weights, the reference genes and cell types, and the reference cells' latent
     posterior (means, variances, labels) from which :func:`deconvolve_destvi` builds the VampPrior.
-    Save with :meth:`save` (``model.pt`` state dict + ``config.json``; no pickle) and reload with
-    :meth:`load` without retraining.
+    Save with :meth:`save` (``config.json`` + ``arrays.npz``; no pickle) or ``expm.save_model`` and
+    reload with :meth:`load` / ``expm.load_model`` without retraining.
 
     Attributes
     ----------
@@ -113,6 +110,9 @@ class CondSCVIModel:
     config
         JSON-safe configuration (architecture, training parameters, training history).
     """
+
+    format_version: ClassVar[int] = 2
+    legacy_names: ClassVar[tuple[str, ...]] = ("experimat.methods.deconv.destvi._condscvi:CondSCVIModel",)
 
     def __init__(self, config: dict[str, Any], state: Mapping[str, Any]) -> None:
         self.config = config
@@ -221,43 +221,32 @@ class CondSCVIModel:
                 out.append(mod.encode(xb, yb)[0].numpy())
         return np.vstack(out) if out else np.zeros((0, self.n_latent), dtype=np.float32)
 
-    # -- persistence
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write ``model.pt`` (torch state dict of tensors) and ``config.json`` into folder ``path``.
-
-        Refuses an existing non-empty folder unless ``overwrite=True``. Reload with :meth:`load`.
-        """
-        torch = import_optional("torch", purpose="DestVI")
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise InvalidInputError(f"{str(path)!r} exists and is not empty; pass overwrite=True to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
-        for name, write in (
-            (WEIGHTS_FILE, lambda f: torch.save(state, f)),
-            (CONFIG_FILE, lambda f: f.write_text(json.dumps(self.config, indent=1))),
-        ):
-            tmp = path / f".{name}.tmp"
-            write(tmp)
-            tmp.replace(path / name)
-        return path
+    # -- persistence (experimat.SavedModel: config.json + arrays.npz; tensors stored as numpy arrays)
+    def get_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return dict(self.config), {k: _numpy(v) for k, v in self.state.items()}
 
     @classmethod
-    def load(cls, path: str | Path) -> CondSCVIModel:
-        """Load a model written by :meth:`save` (``torch.load(..., weights_only=True)``, no pickle)."""
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, Any]) -> CondSCVIModel:
         torch = import_optional("torch", purpose="DestVI")
-        path = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise InvalidInputError(f"{str(path / name)!r} not found; is {str(path)!r} a saved CondSCVIModel?")
-        config = json.loads((path / CONFIG_FILE).read_text())
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise InvalidInputError(
-                f"model format version {config.get('format_version')} is newer than this experimat knows "
-                f"({FORMAT_VERSION}); upgrade experimat."
-            )
-        state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        return cls(config, state)
+        return cls(dict(config), {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+
+def _upgrade_condscvi_v1(config: dict[str, Any], arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Version 1 (experimat <= 0.1: ``config.json`` with ``format_version`` + a torch ``model.pt``) -> 2.
+
+    The state dict's tensors arrive as numpy arrays (read with ``weights_only=True``); the config
+    loses its ``format_version`` key (the version is kept by the saved-model layout).
+    """
+    config.pop("format_version", None)
+    return config, arrays
+
+
+CondSCVIModel.upgrades = {1: _upgrade_condscvi_v1}
+register_model("destvi.CondSCVIModel")(CondSCVIModel)
 
 
 def _reference_arrays(adata, genes, cell_types, *, layer, labels_key):
@@ -482,7 +471,6 @@ def fit_condscvi(
     state["labels"] = torch.as_tensor(y)
     state["mean_library"] = torch.as_tensor(mean_library)
     config = {
-        "format_version": FORMAT_VERSION,
         "model": "CondSCVI",
         "genes": genes_used,
         "cell_types": cell_types,
