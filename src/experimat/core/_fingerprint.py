@@ -37,6 +37,14 @@ def _update_array(h, arr: Any) -> None:
         h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
 
 
+def _is_missing(v: Any) -> bool:
+    """None, NaN, pd.NA or NaT (a scalar test that never raises, unlike ``v != v`` on pd.NA)."""
+    try:
+        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
+    except (TypeError, ValueError):
+        return False
+
+
 def _update_values(h, values: Any) -> None:
     if isinstance(values, pd.Categorical) or isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
         cat = pd.Categorical(values)
@@ -46,7 +54,7 @@ def _update_values(h, values: Any) -> None:
     arr = np.asarray(values)
     if arr.dtype == object or arr.dtype.kind in "USO":
         h.update("\x1f".join(map(str, arr.tolist())).encode("utf-8", "surrogatepass"))
-        h.update(bytes(np.array([v is None or v != v if not isinstance(v, str) else False for v in arr.tolist()], dtype=bool)))
+        h.update(bytes(np.array([not isinstance(v, str) and _is_missing(v) for v in arr.tolist()], dtype=bool)))
     else:
         h.update(arr.dtype.str.encode())
         h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .._errors import (
     CorruptFileError,
+    ExperimatWarning,
     InvalidInputError,
     KeyNotFoundError,
     NotCountsError,
@@ -113,8 +114,9 @@ def prepare_sample(
     - spatial coordinates are checked for NaN;
     - genes are harmonised through the gene database (``harmonize_genes``).
     """
-    from ..methods._checks import is_integer_matrix
+    from ..methods._checks import is_integer_matrix, make_columns_writable
 
+    check_new_sample(adata, sample=sample, taxa=taxa)
     if Key.COUNTS in adata.layers:
         if not is_integer_matrix(adata.layers[Key.COUNTS]):
             raise NotCountsError(
@@ -149,7 +151,7 @@ def prepare_sample(
         adata.obs[col] = pd.Categorical([values[col]] * adata.n_obs)
     if extra:
         adata.uns.setdefault("experimat", {})["sample_info"] = {str(k): str(v) for k, v in extra.items()}
-    if harmonize_genes:
+    if harmonize_genes and has_gene_table(taxa):
         from ..database import harmonize_var
 
         harmonize_var(adata, taxa)
@@ -159,7 +161,108 @@ def prepare_sample(
         n = int(adata.var_names.duplicated().sum())
         adata.var_names_make_unique()
         logger.info(f"sample {sample!r}: {n} duplicated gene names made unique (original names in var['gene'])")
+    make_columns_writable(adata, sample=sample)
     return adata
+
+
+def check_new_sample(adata: Any, *, sample: str, taxa: Any) -> None:
+    """Refuse what cannot become a sample: not an AnnData, no observation or no variable, no taxa."""
+    from anndata import AnnData
+
+    validate_sample_name(sample)
+    if not isinstance(adata, AnnData):
+        raise InvalidInputError(f"sample {sample!r} must be an AnnData, not {type(adata).__name__}; read it with em.io.read(path).")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InvalidInputError(
+            f"sample {sample!r} has {adata.n_obs} observations and {adata.n_vars} genes; a sample needs at least one of "
+            "each. Check its filtering (or leave it out of the experiment)."
+        )
+    if not isinstance(taxa, str) or not taxa.strip():
+        raise InvalidInputError(f"sample {sample!r}: taxa must be a non-empty string such as 'mmu', 'hsa' or 'dre', not {taxa!r}.")
+
+
+def has_gene_table(taxa: str) -> bool:
+    """Whether the gene database has a table for ``taxa`` (code or alias)."""
+    from ..database import resolve_taxa
+
+    try:
+        resolve_taxa(taxa)
+    except KeyNotFoundError:
+        return False
+    return True
+
+
+def warn_unharmonized(taxa_of: Mapping[str, str], harmonize_genes: bool) -> None:
+    """One warning naming the taxa without a gene table and their samples (their genes keep their names)."""
+    if not harmonize_genes:
+        return
+    from ..database import available_taxa
+
+    missing: dict[str, list[str]] = {}
+    for sample, taxa in taxa_of.items():
+        if isinstance(taxa, str) and taxa.strip() and not has_gene_table(taxa):
+            missing.setdefault(taxa, []).append(sample)
+    if missing:
+        which = "; ".join(f"{t!r} (samples {', '.join(map(repr, s))})" for t, s in missing.items())
+        warnings.warn(
+            f"no gene table for taxa {which}: their gene names are kept as they are and not harmonised to Ensembl ids "
+            f"(gene tables exist for {available_taxa()}). Samples of different taxa share genes only where their names "
+            "match; pass harmonize_genes=False to silence this.",
+            ExperimatWarning,
+            stacklevel=3,
+        )
+
+
+def _result_columns(adata: AnnData) -> set[str]:
+    """var columns written by methods (``<key_added>`` or ``<key_added>.*`` of a ``uns`` entry with params)."""
+    keys = [str(k) for k, v in adata.uns.items() if isinstance(v, Mapping) and Key.PARAMS in v]
+    return {str(c) for c in adata.var.columns if any(str(c) == k or str(c).startswith(k + ".") for k in keys)}
+
+
+def _merged_var(parts: Mapping[str, AnnData], names: pd.Index) -> tuple[pd.DataFrame, list[str]]:
+    """The gene annotation shared by the samples, and the names of the per-sample var columns left out.
+
+    A column is experiment-wide when every gene has one value in every sample that has the gene
+    (gene annotation); method results (``var['<key_added>.*']``) and columns whose values differ
+    between samples are per-sample and stay in each sample."""
+    results = set().union(*(_result_columns(a) for a in parts.values()))
+    columns = list(dict.fromkeys(str(c) for a in parts.values() for c in a.var.columns))
+    out = pd.DataFrame(index=names)
+    per_sample = []
+    for col in columns:
+        if col in results:
+            per_sample.append(col)
+            continue
+        values = [a.var[col].reindex(names) for a in parts.values() if col in a.var.columns]
+        stacked = pd.concat([v.astype(object) for v in values], axis=1, ignore_index=True)
+        first = stacked.bfill(axis=1).iloc[:, 0]
+        agree = stacked.isna() | stacked.eq(first, axis=0)
+        if not bool(agree.to_numpy().all()):
+            per_sample.append(col)
+            continue
+        dtype = values[0].dtype
+        if all(v.dtype == dtype for v in values) and not first.isna().any():
+            out[col] = first.astype(dtype) if not isinstance(dtype, pd.CategoricalDtype) else pd.Categorical(first)
+        elif isinstance(dtype, pd.CategoricalDtype):
+            out[col] = pd.Categorical(first)
+        else:
+            out[col] = first.infer_objects()
+    return out, per_sample
+
+
+def _merged_obsm_frames(parts: Mapping[str, AnnData], names: pd.Index) -> dict[str, pd.DataFrame]:
+    """obsm DataFrames (named columns, e.g. cell-type abundances) stacked over the samples.
+
+    Observations of samples without the key (or a column) get NaN. Unnamed arrays such as
+    per-sample PCA spaces are not comparable across samples and are not merged."""
+    keys = list(dict.fromkeys(str(k) for a in parts.values() for k, v in a.obsm.items() if isinstance(v, pd.DataFrame)))
+    out = {}
+    for key in keys:
+        frames = [a.obsm[key] for a in parts.values() if isinstance(a.obsm.get(key), pd.DataFrame)]
+        frame = pd.concat(frames, axis=0, join="outer").reindex(names)
+        frame.columns = [str(c) for c in frame.columns]
+        out[key] = frame
+    return out
 
 
 def _read_sample(path: Path) -> AnnData:
@@ -222,6 +325,7 @@ class Experiment:
         from ..io import read
 
         st = table if isinstance(table, SampleTable) else SampleTable(table)
+        warn_unharmonized({r["sample"]: r["taxa"] for r in st.to_records()}, harmonize_genes)
         adatas: dict[SampleKey, AnnData] = {}
         errors = []
         for row in st.to_records():
@@ -267,6 +371,9 @@ class Experiment:
         def pick(v, s):
             return v.get(s, "") if isinstance(v, Mapping) else (v or "")
 
+        for s, a in adatas.items():
+            check_new_sample(a, sample=s, taxa=taxa)
+        warn_unharmonized(dict.fromkeys(adatas, taxa), harmonize_genes)
         rows = [{"sample": s, "modality": modality, "taxa": taxa, "batch": pick(batch, s), "group": pick(group, s), "path": ""}
                 for s in adatas]
         st = SampleTable(pd.DataFrame(rows))
@@ -409,6 +516,8 @@ class Experiment:
         validate_sample_name(sample)
         if sample in self._table.samples(modality):
             raise InvalidInputError(f"sample {sample!r} already exists in {modality}; choose another name.")
+        check_new_sample(adata, sample=sample, taxa=taxa)
+        warn_unharmonized({sample: taxa}, harmonize_genes)
         prepare_sample(adata, sample=sample, modality=modality, taxa=taxa, batch=batch, group=group, harmonize_genes=harmonize_genes)
         self._table = self._table.add([{"sample": sample, "modality": modality, "taxa": taxa, "batch": batch or "",
                                         "group": group or "", "path": ""}])
@@ -487,7 +596,7 @@ class Experiment:
         import anndata as ad
         import mudata as md
 
-        from ..methods._checks import check_choice
+        from ..methods._checks import check_choice, make_columns_writable
 
         join = check_choice("join", join, ("inner", "outer"))
         mods = self.modalities if modality is None else [Modality(m).value for m in ([modality] if isinstance(modality, str) else modality)]
@@ -509,7 +618,7 @@ class Experiment:
             slim = {}
             offset = 0.0
             for s, a in parts.items():
-                b = ad.AnnData(X=a.X, obs=a.obs.copy(), var=a.var.copy(),
+                b = ad.AnnData(X=a.X, obs=a.obs.copy(), var=pd.DataFrame(index=a.var_names.copy()),
                                layers={Key.COUNTS: a.layers[Key.COUNTS]} if Key.COUNTS in a.layers else None)
                 if Key.SPATIAL in a.obsm:
                     xy = np.asarray(a.obsm[Key.SPATIAL], dtype=float)
@@ -519,7 +628,10 @@ class Experiment:
                     b.obsm["spatial.tiled"] = tiled
                     offset = tiled[:, 0].max() + 0.1 * (np.ptp(xy[:, 0]) + 1.0)
                 slim[s] = b
-            merged = ad.concat(slim, join=join, merge="first", label=None, index_unique=None, fill_value=0)
+            merged = ad.concat(slim, join=join, merge=None, label=None, index_unique=None, fill_value=0)
+            merged.var, per_sample_var = _merged_var(parts, merged.var_names)
+            for key, frame in _merged_obsm_frames(parts, merged.obs_names).items():
+                merged.obsm[key] = frame
             for col in SAMPLE_OBS_COLUMNS:
                 if col in merged.obs:
                     merged.obs[col] = pd.Categorical(merged.obs[col].astype(str), categories=list(dict.fromkeys(
@@ -529,7 +641,11 @@ class Experiment:
                 for s, a in parts.items() if Key.SPATIAL in a.uns
             }
             merged.uns["merge"] = {"samples": list(parts), "join": join, "n_shared_genes": len(shared), "n_union_genes": int(union),
-                                   "n_only_in": {k: int(v) for k, v in report["n_only_in"].items()}}
+                                   "n_only_in": {k: int(v) for k, v in report["n_only_in"].items()},
+                                   "per_sample_var_columns": per_sample_var}
+            if per_sample_var:
+                logger.info(f"merge {mod}: per-sample var columns {per_sample_var[:8]} stay in each sample, not in the merged var")
+            make_columns_writable(merged, sample=None)
             out[mod] = merged
         existing = dict(self.integrated.mod) if self.integrated is not None else {}
         existing.update(out)
@@ -644,6 +760,7 @@ class Experiment:
 
     def _save_as(self, path: Path, *, force: bool) -> Path:
         new = ProjectStore(path, mode="r+")
+        existed = new.root.exists()
         new.create(force=force)
         try:
             manifest = self._base_manifest()
@@ -678,7 +795,14 @@ class Experiment:
                     shutil.copyfile(old_store.history_path, new.history_path)
             new.commit(manifest)
         except BaseException:
+            if not new.manifest_path.exists():  # a failed creation leaves nothing behind
+                new.remove_contents()
             new.lock.release()
+            if not existed:
+                try:
+                    new.root.rmdir()  # only when empty
+                except OSError:
+                    pass
             raise
         if self._store is not None:
             self._store.lock.release()

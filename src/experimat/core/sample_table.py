@@ -16,11 +16,23 @@ from .._keys import MODALITIES, SAMPLE_TABLE_COLUMNS, Modality
 _RESERVED = {"integrated", "con", "prn", "aux", "nul"}
 
 
+#: longest sample / model name in UTF-8 bytes: file systems allow 255 bytes per file name, and a
+#: sample file is named ``.<name>.<12-hex token>.h5ad.tmp`` while it is written (23 bytes more)
+MAX_NAME_BYTES = 200
+
+
+def _utf8_length(name: str) -> int | None:
+    try:
+        return len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
 def validate_sample_name(name: object, *, row: int | None = None) -> str:
     """Check that ``name`` is safe as a file name; return it as ``str``.
 
     Forbids ``/``, ``\\``, ``..``, a leading dot, control characters, empty names, names longer
-    than 200 characters and reserved names.
+    than 200 bytes in UTF-8 (the file name limit is in bytes, not characters) and reserved names.
     """
     where = f" (row {row})" if row is not None else ""
     if not isinstance(name, str):
@@ -42,8 +54,13 @@ def validate_sample_name(name: object, *, row: int | None = None) -> str:
         problem = "contains control characters"
     elif name.lower() in _RESERVED:
         problem = "is reserved"
-    elif len(name) > 200:
-        problem = "is longer than 200 characters"
+    elif _utf8_length(name) is None:
+        problem = "is not valid Unicode (it holds lone surrogate characters)"
+    elif _utf8_length(name) > MAX_NAME_BYTES:
+        problem = (
+            f"takes {_utf8_length(name)} bytes in UTF-8, more than the {MAX_NAME_BYTES} a file name allows here "
+            "(non-ASCII characters take 2-4 bytes each); choose a shorter name"
+        )
     elif re.search(r'[<>:"|?*]', name):
         problem = 'contains one of <>:"|?*'
     if problem:

@@ -162,6 +162,19 @@ class WriterLock:
         self.held = False
 
 
+def _is_creation_leftover(path: Path) -> bool:
+    """Whether ``path`` (in a folder without a manifest) is something only a project creation writes."""
+    name = path.name
+    if path.is_symlink():
+        return False
+    if name in (FileName.SAMPLES_DIR, FileName.MODELS_DIR):
+        return path.is_dir()
+    if name == FileName.HISTORY:
+        return path.is_file()
+    stems = (f"{FileName.INTEGRATED_STEM}.", f".{FileName.INTEGRATED_STEM}.", f".{FileName.MANIFEST}.")
+    return path.is_file() and name.startswith(stems) and name.endswith((".h5mu", ".tmp"))
+
+
 class ProjectStore:
     """Low-level access to a project folder (no AnnData semantics beyond read/write)."""
 
@@ -186,13 +199,45 @@ class ProjectStore:
             raise ReadOnlyError(f"the project {self.root} was opened with mode='r'; reopen with mode='r+' to write.")
 
     def create(self, *, force: bool = False) -> None:
-        """Make a new, empty project folder and take its lock."""
+        """Make a new, empty project folder and take its lock.
+
+        With ``force``, a folder without a manifest that holds only what an interrupted creation
+        left behind (``samples/``, ``models/``, ``integrated.*``, ``history.jsonl``, temporary
+        files) is emptied and reused; anything else in it is never touched."""
         if self.manifest_path.exists():
             raise ProjectError(f"{self.root} already holds a project; open it with em.load_experiment({str(self.root)!r}).")
-        if self.root.exists() and any(p for p in self.root.iterdir() if p.name != FileName.LOCK):
-            raise ProjectError(f"{self.root} exists and is not empty; choose a new folder for the project.")
+        if self.root.exists() and not self.root.is_dir():
+            raise ProjectError(f"{self.root} is a file; choose a new folder for the project.")
+        leftovers = [p for p in self.root.iterdir() if p.name != FileName.LOCK] if self.root.exists() else []
+        if leftovers and not (force and all(_is_creation_leftover(p) for p in leftovers)):
+            foreign = [p.name for p in leftovers if not _is_creation_leftover(p)]
+            hint = (
+                f" It holds files experimat did not write ({foreign[:5]})."
+                if foreign
+                else " It holds only what an interrupted creation left behind: pass force=True to reuse it."
+            )
+            raise ProjectError(f"{self.root} exists and is not empty; choose a new folder for the project.{hint}")
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock.acquire(force=force)
+        if leftovers:
+            try:
+                self.remove_contents()
+            except BaseException:
+                self.lock.release()
+                raise
+            logger.warning(f"reused {self.root}: removed what an interrupted creation left there (force=True)")
+
+    def remove_contents(self) -> None:
+        """Remove everything in the folder but the lock (a creation that failed, while holding the lock)."""
+        import shutil
+
+        for p in self.root.iterdir():
+            if p.name == FileName.LOCK:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
 
     def open(self, *, force: bool = False) -> dict[str, Any]:
         if not self.root.is_dir():

@@ -200,3 +200,54 @@ def resolve_genes(adata: AnnData, genes: str | Sequence[str], *, gene_symbols: s
         close = difflib.get_close_matches(g_str, candidates, n=5)
         raise KeyNotFoundError("gene", g, close, hint="(close matches shown; genes may be given as symbols or ids)")
     return out
+
+
+def _column_problem(values: Any) -> tuple[str, Any] | None:
+    """How to store an object column that h5ad cannot write as it is (None when it can)."""
+    import pandas as pd
+
+    arr = np.asarray(values, dtype=object)
+    present = [v for v in arr if not (v is None or v is pd.NA or (isinstance(v, float) and v != v))]
+    if not present:
+        return "string", pd.array([pd.NA] * len(arr), dtype="string")
+    if all(isinstance(v, (str, bytes)) for v in present):
+        return None
+    if all(isinstance(v, (bool, np.bool_)) for v in present):
+        return "boolean", pd.array([None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else bool(v) for v in arr],
+                                   dtype="boolean")
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return "float", pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(dtype=np.float64)
+    return "mixed", None
+
+
+def make_columns_writable(adata: AnnData, *, sample: str | None = None) -> None:
+    """Give ``obs`` / ``var`` object columns a dtype that h5ad files can hold (in place).
+
+    An all-missing column becomes a nullable string column, booleans with gaps a nullable boolean
+    column, numbers with gaps float (NaN). A column mixing strings with other objects cannot be
+    stored and raises :class:`InvalidInputError` naming the column and the fix, before anything is
+    written.
+    """
+    where_sample = f"sample {sample!r}: " if sample is not None else ""
+    for where in ("obs", "var"):
+        df = getattr(adata, where)
+        changed = {}
+        for col in df.columns:
+            if df[col].dtype != object:
+                continue
+            fix = _column_problem(df[col].to_numpy())
+            if fix is None:
+                continue
+            kind, converted = fix
+            if kind == "mixed":
+                types = sorted({type(v).__name__ for v in df[col] if v is not None})
+                raise InvalidInputError(
+                    f"{where_sample}{where} column {col!r} mixes values of types {types}, which a project file cannot "
+                    f"store; convert it first, e.g. adata.{where}[{str(col)!r}] = adata.{where}[{str(col)!r}].astype(str)."
+                )
+            changed[col] = converted
+        if changed:
+            df = df.copy()
+            for col, converted in changed.items():
+                df[col] = converted
+            setattr(adata, where, df)
