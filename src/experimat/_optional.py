@@ -24,6 +24,9 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "igraph": ("igraph", "leiden"),
     "nbclient": ("nbclient", "test"),
     "sklearn": ("scikit-learn", "leiden"),
+    "pyarrow": ("pyarrow", "platforms"),
+    "tifffile": ("tifffile", "platforms"),
+    "spatialdata": ("spatialdata", "spatialdata"),
 }
 
 

@@ -318,11 +318,15 @@ class Experiment:
     ) -> Experiment:
         """Read every sample of a sample sheet (``sample, modality, taxa, batch, group, path``).
 
-        Each ``path`` is read with :func:`experimat.io.read` (Space Ranger folder, 10x h5/mtx,
-        h5ad, count table; a ``coordinates`` column names a coordinates table for count tables).
+        Each ``path`` is read with :func:`experimat.io.read`, which detects the layout (Space Ranger,
+        Visium HD, Xenium, CosMx, MERSCOPE, 10x h5/mtx, h5ad, count table); a ``coordinates`` column
+        names a coordinates table for count tables, ``image``/``image_scale`` an image for them,
+        ``bin_size`` the Visium HD bin size (µm). A Visium HD run is read as bins for
+        ``spatial-bin`` and as its segmented cells for ``spatial-cell``.
         With ``project``, a new project folder is created and saved.
         """
         from ..io import read
+        from ..io.readers import READER_OPTION_COLUMNS
 
         st = table if isinstance(table, SampleTable) else SampleTable(table)
         warn_unharmonized({r["sample"]: r["taxa"] for r in st.to_records()}, harmonize_genes)
@@ -337,7 +341,10 @@ class Experiment:
                 coords = row.get("coordinates") or None
                 if coords and not Path(coords).is_absolute() and st.base_dir is not None:
                     coords = str(st.base_dir / coords)
-                adata = read(path, library_id=s, coordinates=coords, load_images=load_images)
+                options = {k: row[k] for k in READER_OPTION_COLUMNS if row.get(k)}
+                if options.get("image") and not Path(options["image"]).is_absolute() and st.base_dir is not None:
+                    options["image"] = str(st.base_dir / options["image"])
+                adata = read(path, library_id=s, coordinates=coords, load_images=load_images, modality=mod, **options)
                 extra = {k: v for k, v in row.items() if k not in ("sample", "modality", "taxa", "batch", "group", "path")}
                 adatas[(mod, s)] = prepare_sample(
                     adata, sample=s, modality=mod, taxa=row["taxa"], batch=row["batch"] or None, group=row["group"] or None,

@@ -1,5 +1,21 @@
 """Readers and the project-folder format."""
 
-from .readers import read, read_10x_h5, read_10x_mtx, read_count_table, read_h5ad, read_spaceranger
+from .readers import (
+    detect_format,
+    read,
+    read_10x_h5,
+    read_10x_mtx,
+    read_cosmx,
+    read_count_table,
+    read_h5ad,
+    read_merscope,
+    read_spaceranger,
+    read_visium_hd,
+    read_visium_hd_cells,
+    read_xenium,
+)
 
-__all__ = ["read", "read_10x_h5", "read_10x_mtx", "read_count_table", "read_h5ad", "read_spaceranger"]
+__all__ = [
+    "detect_format", "read", "read_10x_h5", "read_10x_mtx", "read_cosmx", "read_count_table", "read_h5ad",
+    "read_merscope", "read_spaceranger", "read_visium_hd", "read_visium_hd_cells", "read_xenium",
+]
