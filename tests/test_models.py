@@ -373,3 +373,40 @@ def test_symlinked_models_folder_is_refused(project, tmp_path):
     with pytest.raises(em.ProjectError, match="symbolic link"):
         project.save_model("c", Centroids(np.eye(2), ["a", "b"]))
     assert not any(outside.iterdir())
+
+
+# -- DeepST keeps its weights inside the project ----------------------------------------------------
+def test_deepst_model_is_stored_in_the_project_and_nothing_outside(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("leidenalg")
+    from experimat.datasets import synthetic_domains
+    from experimat.methods.domains.deepst import DeepSTModel
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    adatas = {f"s{i}": synthetic_domains(120, 3, 40, n_markers_per_domain=8, seed=i) for i in range(2)}
+    expm = em.Experiment.from_anndata(adatas, modality="spatial-bin", taxa="mmu", project=tmp_path / "p", harmonize_genes=False)
+    before = _tree(expm.project_path)
+    with pytest.raises(em.InvalidInputError, match="outside the project"):
+        expm.spatial_bin.spatial_detect_domains_deepst(run_on_samples=["s0"], n_domains=3, save_path=tmp_path / "out",
+                                                       pre_epochs=5, epochs=3, use_gpu=False)
+    with pytest.raises(em.InvalidInputError, match="outside the project"):
+        expm.spatial_bin.detect_domains(method="deepst", run_on_samples=["s0"], n_domains=3, save_path=tmp_path / "out")
+    assert _tree(expm.project_path) == before and not (tmp_path / "out").exists()
+    res = expm.spatial_bin.spatial_detect_domains_deepst(run_on_samples=True, n_domains=3, pre_epochs=5, epochs=3, use_gpu=False)
+    expm.spatial_bin.integrate_domains_deepst(run_on_samples=True, n_domains=3, pre_epochs=5, epochs=3, use_gpu=False)
+    assert {"deepst.s0", "deepst.s1", "deepst.integrated"} <= set(expm.models)
+    expm.close()
+    again = em.load_experiment(tmp_path / "p", mode="r")
+    m0 = again.load_model("deepst.s0")
+    assert isinstance(m0, DeepSTModel) and m0.config["method"] == "deepst"
+    for k, v in res["s0"].attrs["model"].state.items():
+        np.testing.assert_array_equal(m0.state[k], v)
+    integrated = again.load_model("deepst.integrated")
+    assert integrated.config["samples"] == ["s0", "s1"]
+    m0.network()  # the saved weights rebuild the network (strict state-dict load) ...
+    assert integrated.network().domain_head is not None  # ... with the batch head of the integrated fit
+    assert not any(work.iterdir())  # nothing written outside the project (no save_path, no temp left)
+    files = [p for p in (tmp_path / "p" / "models").rglob("*") if p.is_file()]
+    assert files and {p.name for p in files} == set(sm.MODEL_FILES)

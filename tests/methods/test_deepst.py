@@ -18,6 +18,7 @@ pytest.importorskip("leidenalg")
 pytest.importorskip("sklearn")
 
 from experimat.methods.domains.deepst import (  # noqa: E402
+    DeepSTModel,
     _cluster,
     _graph,
     _image,
@@ -119,9 +120,13 @@ def test_use_image_with_saved_tiles_and_model(tmp_path):
         assert z["tiles"].dtype == np.uint8 and z["tiles"].shape[1:] == (18, 18, 3)
         assert z["obs_names"][0] == adata.obs_names[0]
     assert sum(np.load(s)["tiles"].shape[0] for s in shards) == 300
-    state = torch.load(tmp_path / "deepst_model.pt", weights_only=True)
-    assert "cluster_layer" in state
-    assert (tmp_path / "deepst_config.json").is_file()
+    model = DeepSTModel.load(tmp_path / "deepst_model")  # an em.SavedModel folder: config.json + arrays.npz
+    assert sorted(p.name for p in (tmp_path / "deepst_model").iterdir()) == ["arrays.npz", "config.json"]
+    assert "cluster_layer" in model.state and model.config["method"] == "deepst"
+    for k, v in df.attrs["model"].state.items():
+        np.testing.assert_array_equal(model.state[k], v)
+    net = model.network()  # the trained network is rebuilt from the saved weights (strict state-dict load)
+    assert net.cluster_layer.shape[0] == model.config["n_dec_clusters"]
 
 
 def test_tile_storage_is_bounded_and_replaced(tmp_path):

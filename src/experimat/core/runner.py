@@ -172,6 +172,7 @@ def run_method(
             expm.mark_modified(modality, sample)
             if save:
                 expm.save_samples([(modality, sample)])
+                _store_model(expm, spec, opts, result, sample)
             logger.info(f"  {sample}: done ({end - start:.2f} s)")
         else:
             errors[sample] = error
@@ -314,18 +315,26 @@ def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save
         expm.mark_modified(modality, s)
     if save:
         expm.save_samples([(modality, s) for s in samples])
-        if _is_model(result):  # a fitted reference is stored once in the project and reused
-            name = str(opts.get("key_added") or spec.name)
-            expm.save_model(name, result)
-            logger.info(f"{spec.name}: model stored as models/{name} (expm.load_model({name!r}))")
+        _store_model(expm, spec, opts, result, None)  # a fitted reference is stored once in the project and reused
     expm.add_history([recorder.record(s, opts, t0, time.time(), None) for s in samples])
     return result
 
 
-def _is_model(obj: Any) -> bool:
+def _store_model(expm, spec: MethodSpec, opts: dict[str, Any], result: Any, sample: str | None) -> None:
+    """Store a model the method returned (the result itself, or ``result.attrs["model"]``) in ``models/``.
+
+    Named ``<key_added>`` for a joint call and ``<key_added>.<sample>`` for a per-sample one.
+    """
     from .._saved_model import SavedModel
 
-    return isinstance(obj, SavedModel)
+    attrs = getattr(result, "attrs", None)
+    model = result if isinstance(result, SavedModel) else (attrs.get("model") if isinstance(attrs, dict) else None)
+    if not isinstance(model, SavedModel):
+        return
+    key = str(opts.get("key_added") or opts.get("result_key") or spec.name)
+    name = key if sample is None else f"{key}.{sample}"
+    expm.save_model(name, model)
+    logger.info(f"{spec.name}: model stored as models/{name} (expm.load_model({name!r}))")
 
 
 def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:

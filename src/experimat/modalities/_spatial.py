@@ -5,6 +5,7 @@ from ..core.registry import register_method
 from ..methods import domains, svg
 from ..methods import preprocess as pp
 from ..methods.domains import spagcn
+from ._common import models_in_project
 
 SPATIAL = ("spatial-bin", "spatial-cell")
 _SVG_IO = {"reads": ("layers/{layer}", "obsm/{spatial_key}"), "writes": ("var/{key_added}.*", "uns/{key_added}")}
@@ -19,7 +20,7 @@ register_method(svg.spatial_svg_moran, modalities=SPATIAL, **_SVG_IO)
 register_method(svg.spatial_patterns, modalities=SPATIAL, reads=("layers/{layer}", "obsm/{spatial_key}"), writes=("obsm/{key_added}", "var/{key_added}.*", "uns/{key_added}"))
 
 # spatial domains: SpaGCN (DeepST is bound in spatial_bin)
-register_method(domains.detect_domains, modalities=SPATIAL)
+register_method(domains.detect_domains, modalities=SPATIAL, setup=models_in_project)
 register_method(spagcn.spatial_detect_domains_spagcn, modalities=SPATIAL, reads=("layers/{layer}", "obsm/{spatial_key}"), writes=("obs/{key_added}", "obs/{refined_key_added}", "uns/{key_added}"))
 register_method(spagcn.integrate_domains_spagcn, modalities=SPATIAL, kind="joint", reads=("layers/{layer}",), writes=("obs/{result_key}", "uns/{result_key}"))
 register_method(spagcn.spatial_markers_spagcn, modalities=SPATIAL, reads=("obs/{domain_key}",), writes=("uns/{key_added}",))

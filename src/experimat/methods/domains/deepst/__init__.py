@@ -8,8 +8,10 @@ come from a built-in, download-free extractor or from a local CNN state dict.
 
 from ._api import integrate_domains_deepst, spatial_detect_domains_deepst, spot_image_features
 from ._image import builtin_feature_names, tile_cnn
+from ._saved import DeepSTModel
 
 __all__ = [
+    "DeepSTModel",
     "builtin_feature_names",
     "integrate_domains_deepst",
     "spatial_detect_domains_deepst",

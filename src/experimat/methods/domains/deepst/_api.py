@@ -22,6 +22,7 @@ from experimat.methods._checks import check_counts, check_positive_int, get_coor
 from . import _graph, _image
 from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
 from ._model import TrainConfig, train_deepst
+from ._saved import DeepSTModel
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -291,14 +292,16 @@ def _categorical(labels: np.ndarray, n: int) -> pd.Categorical:
     return pd.Categorical(labels.astype(str), categories=cats)
 
 
-def _save_model(save_path: Path, name: str, net, config: dict) -> None:
-    import torch
+def _save_model(save_path: Path | None, name: str, net, config: dict) -> DeepSTModel:
+    """The trained network as a :class:`DeepSTModel`; written to ``<save_path>/<name>_model/`` when given.
 
-    save_path.mkdir(parents=True, exist_ok=True)
-    tmp = save_path / f".{name}_model.pt.tmp"
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, save_path / f"{name}_model.pt")
-    (save_path / f"{name}_config.json").write_text(json.dumps(config, indent=1, default=str))
+    Inside an experiment ``save_path`` is refused and the runner stores the model (returned in the
+    result's ``attrs["model"]``) in the project's ``models/``.
+    """
+    model = DeepSTModel.from_network(net, json.loads(json.dumps(config, default=str)))
+    if save_path is not None:
+        model.save(save_path / f"{name}_model", overwrite=True)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,10 +367,12 @@ def spatial_detect_domains_deepst(
     use_image
         Include morphological similarity of the spots' tiles in the spot weights.
     save_path
-        Folder for the outputs worth keeping: the trained network (``<key_added>_model.pt``, a
-        state dict, plus ``<key_added>_config.json``) and, with ``use_image=True``, the spot tiles
+        Folder for the outputs worth keeping, in standalone use: the trained network
+        (``<key_added>_model/``, an :class:`experimat.SavedModel` folder: ``config.json`` +
+        ``arrays.npz``, reload with ``DeepSTModel.load``) and, with ``use_image=True``, the spot tiles
         (``<key_added>_tiles/``, uint8 ``.npz`` shards, at most ``max_tile_mb``; tiles of an earlier
-        run are replaced, and removed if the run fails). ``None`` (default) writes nothing.
+        run are replaced, and removed if the run fails). ``None`` (default) writes nothing. Refused
+        inside an experiment, which stores the model in the project's ``models/`` instead.
     pre_epochs
         Epochs of joint autoencoder pre-training.
     epochs
@@ -409,7 +414,9 @@ def spatial_detect_domains_deepst(
     DataFrame indexed by ``obs_names`` with columns ``domain`` and ``refined``. Also writes
     ``obs['<key_added>.domain']`` and ``obs['<key_added>.refined']`` (categorical),
     ``obsm['<key_added>.embedding']`` and ``uns[key_added]`` (``params``, ``resolution``,
-    ``n_domains_found``, ``timings``).
+    ``n_domains_found``, ``timings``). ``df.attrs["model"]`` holds the trained
+    :class:`~experimat.methods.domains.deepst.DeepSTModel` (inside an experiment it is stored as
+    ``models/<key_added>.<sample>``).
 
     Examples
     --------
@@ -470,18 +477,19 @@ def spatial_detect_domains_deepst(
     store_params(
         adata, key_added, params, resolution=float(res["resolution"]), n_domains_found=n_found, timings=timings
     )
-    if out_dir is not None:
-        config = {
-            "params": params,
-            "n_inputs": res["n_inputs"],
-            "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
-            "n_batches": len(res["offsets"]) - 1,
-            "train": asdict(TrainConfig()),
-            "method": "deepst",
-        }
-        _save_model(out_dir, key_added, res["net"], config)
+    config = {
+        "params": params,
+        "n_inputs": res["n_inputs"],
+        "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
+        "n_batches": len(res["offsets"]) - 1,
+        "train": asdict(TrainConfig()),
+        "method": "deepst",
+    }
+    model = _save_model(out_dir, key_added, res["net"], config)
     logger.info(f"DeepST: wrote obs['{key_added}.domain'], obs['{key_added}.refined']", time=start)
-    return pd.DataFrame({"domain": domain, "refined": refined}, index=adata.obs_names.copy())
+    out = pd.DataFrame({"domain": domain, "refined": refined}, index=adata.obs_names.copy())
+    out.attrs["model"] = model
+    return out
 
 
 def integrate_domains_deepst(
@@ -533,9 +541,10 @@ def integrate_domains_deepst(
     batch_correction
         Train with the domain-adversarial sample classifier.
     save_path
-        Folder for the trained network (``<result_key>_model.pt`` + JSON config) and, with
-        ``use_image``, the tiles (``<result_key>_tiles/<sample>/``, bounded by ``max_tile_mb``
-        each); ``None`` writes nothing.
+        Folder for the trained network (``<result_key>_model/``, an :class:`experimat.SavedModel`
+        folder) and, with ``use_image``, the tiles (``<result_key>_tiles/<sample>/``, bounded by
+        ``max_tile_mb`` each), in standalone use; ``None`` writes nothing. Refused inside an
+        experiment, which stores the model in the project's ``models/`` instead.
     pre_epochs, epochs
         Pre-training and DEC epochs.
     use_gpu
@@ -554,6 +563,8 @@ def integrate_domains_deepst(
     DataFrame indexed by ``(sample, obs_name)`` with columns ``domain`` and ``refined``. Writes into
     each sample ``obs['<result_key>.domain']``, ``obs['<result_key>.refined']`` (categorical, same
     categories in all samples), ``obsm['<result_key>.embedding']`` and ``uns[result_key]``.
+    ``df.attrs["model"]`` holds the trained :class:`~experimat.methods.domains.deepst.DeepSTModel`
+    (inside an experiment it is stored as ``models/<result_key>``).
 
     Examples
     --------
@@ -641,16 +652,17 @@ def integrate_domains_deepst(
         )
         idx = pd.MultiIndex.from_arrays([[name] * ad_.n_obs, ad_.obs_names], names=["sample", "obs_name"])
         frames.append(pd.DataFrame({"domain": domain, "refined": refined}, index=idx))
-    if out_dir is not None:
-        config = {
-            "params": params,
-            "samples": names,
-            "n_inputs": res["n_inputs"],
-            "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
-            "n_batches": len(res["offsets"]) - 1,
-            "train": asdict(TrainConfig()),
-            "method": "deepst-integrated",
-        }
-        _save_model(out_dir, result_key, res["net"], config)
+    config = {
+        "params": params,
+        "samples": names,
+        "n_inputs": res["n_inputs"],
+        "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
+        "n_batches": len(res["offsets"]) - 1,
+        "train": asdict(TrainConfig()),
+        "method": "deepst-integrated",
+    }
+    model = _save_model(out_dir, result_key, res["net"], config)
     logger.info(f"DeepST: wrote obs['{result_key}.domain'] into {len(names)} samples", time=start)
-    return pd.concat(frames)
+    out = pd.concat(frames)
+    out.attrs["model"] = model
+    return out
