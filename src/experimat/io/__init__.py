@@ -1,5 +1,6 @@
-"""Readers and the project-folder format."""
+"""Readers, SpatialData conversion and the project-folder format."""
 
+from ._spatialdata import from_spatialdata, to_spatialdata
 from .readers import (
     detect_format,
     read,
@@ -16,6 +17,18 @@ from .readers import (
 )
 
 __all__ = [
-    "detect_format", "read", "read_10x_h5", "read_10x_mtx", "read_cosmx", "read_count_table", "read_h5ad",
-    "read_merscope", "read_spaceranger", "read_visium_hd", "read_visium_hd_cells", "read_xenium",
+    "detect_format",
+    "from_spatialdata",
+    "read",
+    "read_10x_h5",
+    "read_10x_mtx",
+    "read_cosmx",
+    "read_count_table",
+    "read_h5ad",
+    "read_merscope",
+    "read_spaceranger",
+    "read_visium_hd",
+    "read_visium_hd_cells",
+    "read_xenium",
+    "to_spatialdata",
 ]

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: sample-sheet columns that :meth:`Experiment.from_table` passes to :func:`read` (numbers as text are converted)
-READER_OPTION_COLUMNS = ("bin_size", "image", "image_scale")
+READER_OPTION_COLUMNS = ("bin_size", "image", "image_scale", "table")
 
 _TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 
@@ -46,7 +46,7 @@ def _has(p: Path, *patterns: str) -> bool:
 
 def detect_format(path: PathLike, *, modality: str | None = None) -> str:
     """The layout of ``path``: ``visium_hd``, ``visium_hd_cells``, ``xenium``, ``cosmx``, ``merscope``,
-    ``spaceranger``, ``10x_mtx``, ``10x_h5``, ``h5ad``, or ``count_table``.
+    ``spaceranger``, ``10x_mtx``, ``10x_h5``, ``h5ad``, ``count_table`` or ``spatialdata`` (a ``.zarr`` store).
 
     A Visium HD ``outs/`` folder holding both bins and segmented cells is read as cells when
     ``modality='spatial-cell'`` and as bins otherwise.
@@ -56,6 +56,8 @@ def detect_format(path: PathLike, *, modality: str | None = None) -> str:
         raise InvalidInputError(f"input path does not exist: {p}")
     name = p.name.lower()
     if p.is_dir():
+        if name.endswith(".zarr"):
+            return "spatialdata"
         hd_bins = (p / "binned_outputs").is_dir() or p.name == "binned_outputs" or (p / "spatial" / "tissue_positions.parquet").exists()
         hd_cells = (p / "segmented_outputs" / "filtered_feature_cell_matrix.h5").exists() or (p / "filtered_feature_cell_matrix.h5").exists()
         if hd_cells and (modality == "spatial-cell" or not hd_bins):
@@ -87,7 +89,7 @@ def detect_format(path: PathLike, *, modality: str | None = None) -> str:
         return "count_table"
     raise InvalidInputError(
         f"unsupported input {p}; supported: Space Ranger / Visium HD / Xenium / CosMx / MERSCOPE folders, "
-        "10x h5/mtx, h5ad, csv/tsv count table."
+        "SpatialData .zarr, 10x h5/mtx, h5ad, csv/tsv count table."
     )
 
 
@@ -103,7 +105,8 @@ def read(
     """Read any supported input, detecting the layout (see :func:`detect_format`).
 
     ``options`` go to the reader of the detected layout: ``bin_size`` (Visium HD, default 8 µm),
-    ``image`` / ``image_scale`` (count tables), file names of CosMx /
+    ``image`` / ``image_scale`` (count tables), ``table`` /
+    ``coordinate_system`` (SpatialData ``.zarr``), file names of CosMx /
     MERSCOPE exports, ``in_tissue_only``. ``modality`` only chooses between the bins and the
     segmented cells of a Visium HD run.
 
@@ -152,4 +155,10 @@ def read(
         return read_10x_h5(target, **options)
     if fmt == "h5ad":
         return read_h5ad(p)
+    if fmt == "spatialdata":
+        from .._spatialdata import from_spatialdata
+
+        if "table" not in options:
+            raise InvalidInputError(f"{p.name} is a SpatialData store: pass table= (the name of the table to read).")
+        return from_spatialdata(p, library_id=library_id, **options)
     return read_count_table(p, coordinates=coordinates, library_id=library_id, **options)
