@@ -410,3 +410,23 @@ def test_deepst_model_is_stored_in_the_project_and_nothing_outside(tmp_path, mon
     assert not any(work.iterdir())  # nothing written outside the project (no save_path, no temp left)
     files = [p for p in (tmp_path / "p" / "models").rglob("*") if p.is_file()]
     assert files and {p.name for p in files} == set(sm.MODEL_FILES)
+
+
+def test_failed_model_write_changes_nothing(project, monkeypatch):
+    from experimat.io.project import ProjectStore
+
+    project.save_model("c", Centroids(np.eye(2), ["a", "b"]))
+    before = _tree(project.project_path)
+    real = ProjectStore.writing
+
+    def failing(self, final):
+        if final.name == sm.ARRAYS_FILE:
+            raise OSError(28, "No space left on device")
+        return real(self, final)
+
+    monkeypatch.setattr(ProjectStore, "writing", failing)
+    with pytest.raises(OSError):
+        project.save_model("c", Centroids(np.eye(3), ["a", "b", "c"]))
+    monkeypatch.undo()
+    assert _tree(project.project_path) == before  # no half-written folder, the manifest untouched
+    assert project.load_model("c").names == ["a", "b"]
