@@ -19,7 +19,7 @@ import experimat  # noqa: E402
 
 project = "experimat"
 author = "experimat developers"
-copyright = "experimat developers"  # noqa: A001
+copyright = "experimat developers"
 release = version = experimat.__version__
 
 extensions = [

@@ -79,3 +79,13 @@ def synth_project(tmp_path):
     expm = make_synthetic_experiment(project=tmp_path / "synth")
     yield expm
     expm.close()
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of the larger public data sets: ``EXPERIMAT_DATA_DIR`` when set, else the ``shared/data`` folder
+    beside the repository (as CI lays it out); None when neither exists."""
+    env = os.environ.get("EXPERIMAT_DATA_DIR")
+    for cand in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None

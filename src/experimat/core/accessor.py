@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import TYPE_CHECKING, Any
 
 from .._keys import Modality
@@ -33,6 +34,67 @@ save
 resume
     Skip samples whose history records a finished run with the same parameters.
 """
+
+
+_VIEW_DOC = """
+Runner options (added by experimat)
+-----------------------------------
+run_on_samples
+    ``True`` or ``"all"``: every sample of the modality; a name or a list of names: exactly
+    those; ``None``: the integrated data (after ``expm.merge``).
+save
+    A file name (``"fig.png"``, ``"fig.pdf"``, ...): the figure is also written there, the
+    format taken from the extension (matplotlib's ``savefig``, ``bbox_inches="tight"``). Nothing
+    is written into the project: plots never change it.
+"""
+
+_QUERY_DOC = """
+Runner options (added by experimat)
+-----------------------------------
+run_on_samples
+    ``True`` or ``"all"``: every sample of the modality (returns ``{sample: result}``); a name
+    or a list of names: exactly those; ``None``: the integrated data. Read-only: nothing is
+    saved or recorded.
+"""
+
+
+def _bind_readonly(expm: Experiment, modality: str, spec: MethodSpec):
+    """Views (figures) and queries read the samples and change nothing, so the runner's
+    execution options (``n_jobs``, ``executor``, ``resume``, the project ``save``) do not apply;
+    a view's ``save`` is the figure's file name, as in scanpy."""
+    from .runner import run_method
+
+    view = spec.kind == "view"
+
+    @functools.wraps(spec.func)
+    def method(*args: Any, run_on_samples: Any = True, save: Any = None, **kwargs: Any) -> Any:
+        from .._errors import InvalidInputError
+
+        if args:
+            raise InvalidInputError(f"{spec.name}() takes keyword arguments only (got {len(args)} positional).")
+        if not view and save is not None:
+            raise InvalidInputError(f"{spec.name}() reads the samples and saves nothing; drop save=.")
+        if view and save is not None and not isinstance(save, str | os.PathLike):
+            raise InvalidInputError(f"save= is the file name of the figure (e.g. save='fig.png'), not {save!r}.")
+        result = run_method(expm, modality, spec, kwargs, run_on_samples=run_on_samples, n_jobs=None,
+                            executor=None, save=False, resume=False)
+        if save is not None:
+            if not hasattr(result, "savefig"):
+                raise InvalidInputError(f"{spec.name}() returns {type(result).__name__}, not a figure; save= writes figures.")
+            result.savefig(os.fspath(save), bbox_inches="tight")
+        return result
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [p for p in spec.options if p.kind == p.KEYWORD_ONLY]
+    params.append(inspect.Parameter("run_on_samples", kw, default=True, annotation="bool | str | list[str] | None"))
+    if view:
+        params.append(inspect.Parameter("save", kw, default=None, annotation="str | os.PathLike | None"))
+    var_kw = [p for p in spec.options if p.kind == p.VAR_KEYWORD]
+    method.__signature__ = inspect.Signature(params + var_kw, return_annotation=spec.signature.return_annotation)
+    method.__doc__ = inspect.cleandoc(spec.func.__doc__ or "") + "\n" + (_VIEW_DOC if view else _QUERY_DOC)
+    method.__name__ = spec.name
+    del method.__wrapped__
+    return method
 
 
 def _runner_parameters() -> list[inspect.Parameter]:
@@ -125,10 +187,12 @@ class ModalityAccessor:
             return run_method(expm, modality, spec, kwargs, run_on_samples=run_on_samples, n_jobs=n_jobs,
                               executor=executor, save=save, resume=resume)
 
+        if spec.kind in ("view", "query"):
+            return _bind_readonly(expm, modality, spec)
         params = [p for p in spec.options if p.kind == p.KEYWORD_ONLY] + _runner_parameters()
         var_kw = [p for p in spec.options if p.kind == p.VAR_KEYWORD]
         method.__signature__ = inspect.Signature(params + var_kw, return_annotation="dict[str, Any]")
-        method.__doc__ = (spec.func.__doc__ or "") + _RUNNER_DOC
+        method.__doc__ = inspect.cleandoc(spec.func.__doc__ or "") + "\n" + _RUNNER_DOC
         method.__name__ = spec.name
         del method.__wrapped__  # inspect.signature must show the synthesised signature
         return method
