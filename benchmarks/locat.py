@@ -179,6 +179,14 @@ def run_ref(adata, label: str, seed: int = 0):
         return None, None
     import anndata as ad
 
+    cache = _ref_cache_path(adata, seed)
+    if cache is not None and cache.with_suffix(".json").exists():
+        info = json.loads(cache.with_suffix(".json").read_text())
+        df = pd.read_csv(cache, index_col=0)
+        dt = info["wall_seconds"]
+        print(f"[ref ] {label}: {adata.n_vars} genes in {dt:.1f} s wall (cached run, load then "
+              f"{info.get('load', '?')}; {adata.n_vars / dt:.1f} genes/s)")  # fmt: skip
+        return df, dt
     with tempfile.TemporaryDirectory() as tmp:
         p_in, p_out = Path(tmp) / "in.h5ad", Path(tmp) / "out.csv"
         slim = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
@@ -198,9 +206,36 @@ def run_ref(adata, label: str, seed: int = 0):
             return None, None
         info = json.loads(r.stdout.strip().splitlines()[-1])
         df = pd.read_csv(p_out, index_col=0)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(cache)
+        cache.with_suffix(".json").write_text(json.dumps({**info, "wall_seconds": dt, "load": load()}))
     print(f"[ref ] {label}: {adata.n_vars} genes in {dt:.1f} s wall ({info['seconds']:.1f} s in locat; "
           f"{adata.n_vars / dt:.1f} genes/s)")  # fmt: skip
     return df, dt
+
+
+def _ref_cache_path(adata, seed: int) -> Path | None:
+    """Where a reference run on these data and this seed is cached (``EXPERIMAT_REF_CACHE``: a folder;
+    unset: no cache). The key hashes the expression values, the embedding and the gene names."""
+    import hashlib
+
+    import scipy.sparse as sp
+
+    root = os.environ.get("EXPERIMAT_REF_CACHE")
+    if not root:
+        return None
+    h = hashlib.sha256()
+    X = sp.csr_matrix(adata.X)
+    for arr in (X.data, X.indices, X.indptr, np.asarray(adata.obsm["X_pca"])[:, :8]):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update("\n".join(map(str, adata.var_names)).encode())
+    return Path(root) / f"locat_ref_{h.hexdigest()[:16]}_seed{seed}.csv"
+
+
+def _by_id(df: pd.DataFrame) -> pd.DataFrame:
+    """A LOCAT table indexed by var names (ours shows symbols with the ids in ``gene_id`` when var has them)."""
+    return df.set_index("gene_id") if "gene_id" in df.columns else df
 
 
 def _sig(df: pd.DataFrame, col: str) -> pd.Series:
@@ -212,6 +247,7 @@ def compare(ours: pd.DataFrame | None, ref: pd.DataFrame | None, label: str):
 
     if ours is None or ref is None:
         return {}
+    ours, ref = _by_id(ours), _by_id(ref)
     common = ours.index.intersection(ref.index)
     o, r = ours.loc[common], ref.loc[common]
     ok = np.isfinite(o["zscore"].astype(float)) & np.isfinite(r["zscore"].astype(float))
@@ -249,7 +285,7 @@ def markers(df: pd.DataFrame, adata, label: str, top: int = 50):
         out = X[lab != c].mean(0)
         best = np.maximum(best, (inn + 1e-3) / (out + 1e-3))
     is_marker = pd.Series(best >= 4, index=adata.var_names)
-    topg = df.sort_values("zscore", ascending=False).index[:top]
+    topg = _by_id(df).sort_values("zscore", ascending=False).index[:top]
     print(f"[mark] {label}: {int(is_marker[topg].sum())}/{top} top-z genes are class markers "
           f"(base rate {is_marker.mean():.2f})")  # fmt: skip
 

@@ -48,36 +48,6 @@ def _log_weights(pi, active, xp):
     return xp.where(active & (pi > 0), xp.log(xp.maximum(pi, 1e-38)), _NEG)
 
 
-def _kmeanspp(u, x, w, active):
-    """Weighted k-means++ seeding (one candidate per step) from uniforms ``u`` ``(k_max,)`` in [0, 1).
-
-    Each centre is drawn by inverse-CDF sampling of ``w * d2`` (the first from ``w``); taking the
-    uniforms as input keeps random-number generation out of the compiled loop (cheap compiles).
-    Inactive slots get some centre; they are never used.
-    """
-    m, _ = x.shape
-    k_max = active.shape[0]
-
-    def draw(p, ui):
-        c = jnp.cumsum(p)
-        return jnp.minimum(jnp.searchsorted(c, ui * c[-1], side="right"), m - 1)
-
-    w = jnp.maximum(w, 0.0)
-    c0 = x[draw(w, u[0])]
-    d2 = jnp.sum((x - c0) ** 2, axis=1)
-    centers = jnp.zeros((k_max, x.shape[1]), x.dtype).at[0].set(c0)
-
-    def body(i, carry):
-        centers, d2 = carry
-        c = x[draw(w * d2, u[i])]
-        centers = centers.at[i].set(c)
-        d2 = jnp.minimum(d2, jnp.sum((x - c) ** 2, axis=1))
-        return centers, d2
-
-    centers, _ = jax.lax.fori_loop(1, k_max, body, (centers, d2))
-    return centers
-
-
 def batch_logpdf(x, pi, mu, chol, active):
     """Mixture log densities of shared points ``x`` ``(n, d)`` under a batch of mixtures ``(b, k)``.
 
@@ -113,7 +83,7 @@ def _vech_index(d):
     return pos
 
 
-def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
+def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
     """Fit one weighted GMM to grouped points (EM on atoms).
 
     Every group ``a`` is summarised by its total weight ``s_a``, weighted mean ``m_a`` and mean
@@ -127,7 +97,8 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
 
     Parameters
     ----------
-    u : ``(k_max,)`` uniforms in [0, 1) for the weighted k-means++ initialisation on the group means.
+    mu0 : ``(k_max, d)`` initial centres (e.g. from :func:`initial_centres`); EM starts from one M-step
+        on the hard assignment of every group to its nearest active centre.
     s : ``(a,)`` non-negative group weights; mean : ``(a, d)``; scat : ``(a, d, d)``.
     active : ``(k_max,)`` bool, which component slots are used.
     reg_covar : added to every covariance diagonal.
@@ -151,7 +122,6 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
     sec = scat + c[:, :, None] * c[:, None, :]  # (a, d, d)
     phi = jnp.concatenate([sec[:, iu, ju], c, jnp.ones((c.shape[0], 1), dt)], axis=1)  # (a, f)
     phi_w = phi * wn[:, None]
-    mu0 = _kmeanspp(u, c, wn, active)
     pooled = phi_w[:, : iu.size].sum(0)[full] + reg_covar * eye
     floor = 1e-3 * jnp.trace(pooled) / d  # keeps initial components from starting degenerate
 
@@ -184,8 +154,8 @@ def fit_gmm_grouped(u, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-
         pi_new = jnp.where(ok, nk, 0.0)
         return pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38), mu_new, chol_new
 
-    # initialisation: hard assignment of the groups to the nearest k-means++ centre, then one M-step
-    mu0 = _kmeanspp(u, c, wn, active)
+    # initialisation: hard assignment of the groups to the nearest initial centre, then one M-step
+    mu0 = mu0 - g[None, :]
     d2 = jnp.sum((c[:, None, :] - mu0[None, :, :]) ** 2, axis=-1)
     resp0 = jax.nn.one_hot(jnp.argmin(jnp.where(active[None, :], d2, jnp.inf), axis=1), k_max, dtype=dt)
     c0 = jnp.linalg.cholesky(pooled)
@@ -287,18 +257,17 @@ def _linv_np(chol):
     return np.linalg.inv(chol)
 
 
-def fit_grouped_batch_np(u, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
-    """NumPy version of :func:`fit_grouped_batch` (float64), one fit per row of ``u`` and ``active``.
+def fit_grouped_batch_np(mu0, s, mean, scat, active, reg_covar, *, max_iter=150, tol=1e-5):
+    """NumPy version of :func:`fit_gmm_grouped` (float64), one fit per row of ``mu0`` and ``active``.
 
     The grouped data ``s`` ``(a,)``, ``mean`` ``(a, d)``, ``scat`` ``(a, d, d)`` are shared by all rows,
     or given per row (``(r, a)``, ``(r, a, d)``, ``(r, a, d, d)``). The same algorithm as
-    :func:`fit_gmm_grouped` (weighted k-means++ seeding from the uniforms ``u``, one M-step on the hard
-    assignment, EM on the atoms until the bound changes by less than ``tol``, each row stopping on its
+    :func:`fit_gmm_grouped` (initial centres ``mu0`` ``(r, k, d)``, one M-step on the hard
+    assignment to the nearest centre, EM on the atoms until the bound changes by less than ``tol``, each row stopping on its
     own). Returns ``(pi, mu, chol)`` with a leading row axis.
     """
     import numpy as np
 
-    u = np.asarray(u, np.float64)
     active = np.asarray(active, bool)
     r, k = active.shape
     s = np.broadcast_to(np.asarray(s, np.float64), (r, *np.shape(s)[-1:]))
@@ -320,21 +289,8 @@ def fit_grouped_batch_np(u, s, mean, scat, active, reg_covar, *, max_iter=150, t
     pooled = phi_w[..., :nt].sum(1)[:, full] + reg_covar * eye  # (r, d, d)
     floor = 1e-3 * np.trace(pooled, axis1=-2, axis2=-1) / d  # (r,)
 
-    # weighted k-means++ seeding, all rows at once (inverse-CDF draws as in _kmeanspp)
     rows = np.arange(r)
-
-    def draw(p, ui):
-        cs = np.cumsum(p, axis=1)
-        return np.minimum(np.sum(cs <= (ui * cs[:, -1])[:, None], axis=1), a - 1)
-
-    wpos = np.maximum(wn, 0.0)
-    centres = np.zeros((r, k, d))
-    centres[:, 0] = c[rows, draw(wpos, u[:, 0])]
-    d2 = np.sum((c - centres[:, 0, None, :]) ** 2, axis=-1)  # (r, a)
-    for i in range(1, k):
-        ci = c[rows, draw(wpos * d2, u[:, i])]
-        centres[:, i] = ci
-        d2 = np.minimum(d2, np.sum((c - ci[:, None, :]) ** 2, axis=-1))
+    centres = np.asarray(mu0, np.float64) - g[:, None, :]
 
     def mstep(sel, resp, mu, chol, extra):
         mom = np.matmul(resp.transpose(0, 2, 1), phi_w[sel])  # (r, k, f)

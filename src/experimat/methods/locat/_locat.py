@@ -1,20 +1,76 @@
 """LOCAT: genes concentrated in one region of a cell landscape and depleted elsewhere (JAX).
 
 A re-implementation of the method of the ``locat`` package (Kluger lab), written from its
-description and source; see :func:`locat` for the algorithm and where it deliberately differs
-(calibrated nulls).
+description and source; it differs where noted (calibrated nulls, cross-fitted depletion,
+deterministic starts). The landscape is an embedding (PCA, UMAP, or spatial coordinates)
+standardised per axis. Steps (each a function of its own module):
+
+1. **Atoms** (:func:`._prep.atoms`): cells are grouped into ``n_atoms`` k-means atoms, started from a
+   deterministic principal-direction partition.
+2. **Background** (:func:`._background.fit_background`): the density of all cells, ``f0``, is a Gaussian
+   mixture whose number of components is chosen by BIC over 1..``max_components``; every candidate is
+   fitted by EM from the principal-direction partition of the atoms into that many clusters.
+3. **Per gene** (:func:`._genes.score_items`, in memory-sized batches, ``jax.vmap`` over genes): a
+   weighted mixture ``f1`` over the expressing cells (weights from expression, see ``knn_mode``); its
+   number of components follows the reference rule (:func:`._prep.n_components`: how many background
+   components hold 95 % of the expressing cells that have an expressing neighbour within 3x the mean
+   nearest-neighbour distance, ``floor(sqrt(k + 1)) + 1``, capped by the background size and
+   cells/5). EM starts from the gene's weighted mean position in each of the background components
+   that hold most of its weight (:func:`._genes.initial_centres`).
+4. **Concentration** (:mod:`._null`): the weighted mean over expressing cells of the likelihood-ratio
+   score ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is turned into a
+   z-score against ``n_null_genes`` permuted pseudo-genes (real genes with their values permuted across
+   cells, so their weights look like real genes' weights); the null centre (median) and scale ((q95 -
+   q50) / 1.645, robust to the lower tail) are kernel-weighted quantiles in log10 ``p``.
+   ``concentration_pval`` is the normal upper tail.
+5. **Depletion**: the expressing cells are split at random in two halves; ``f1`` refitted on half A
+   defines, for each ``lambda`` in ``rc_lambda_values``, the region ``f0 > lambda f1``. The number of
+   half-B cells in that region (among cells not in A) is compared with its hypergeometric expectation
+   under random placement (lower tail); regions holding < 10 % of the cells or < 3 expected B cells are
+   skipped, the smallest p over the scan is Sidak corrected. This is repeated for ``n_splits``
+   independent halvings and the p-values are Cauchy-combined (valid under their dependence), which
+   removes most of the run-to-run variation of one random split. Cross-fitting makes this test valid
+   under permutation (the reference tests the same cells it fitted, which makes almost every gene
+   significant).
+6. **Combination** as the reference: Cauchy combination of the two p-values, then
+   ``pval = 1 - (1 - p_cauchy)(1 - 0.05 h_size)(1 - 0.12 h_sens)`` squashed above 0.99. The sensitivity
+   penalty bounds ``pval`` below by ``0.12 (1 - sens_score)``, so broadly expressed genes
+   (``sens_score`` < 0.6) are rarely jointly significant at 0.05 even when both tests are.
+
+**Run-to-run stability.** The atoms, the background and every gene's EM start are deterministic
+functions of the data (no seed); only the permuted null pseudo-genes and the depletion halvings are
+random. The reference seeds k-means++ and its bootstrap fits at random, and two of its runs agree at
+Spearman rho ~0.7 on z-scores; see ``benchmarks/locat.py`` for the measured variance of each source.
+
+**Speed.** Every mixture is fitted by EM on ``n_atoms`` k-means atoms of the embedding rather than on
+the cells: each gene's weights are summed per atom into weighted sufficient statistics (weight, mean,
+within-atom scatter; one batched matrix product on the host) and EM runs on those (exact EM for grouped
+data: the E-step uses the expected log density over the atom, the M-step adds the within-atom
+scatter), so a fit costs ``n_atoms`` points whatever the number of cells. EM starts from one M-step on
+the hard assignment to the initial centres and stops after at most 25 steps (change of the mean
+log-likelihood bound < 1e-4); densities, scores and the depletion scan are evaluated at every cell.
+Genes run in batches of one fixed size (the last one padded), so JAX compiles one kernel per call (on
+CPU, for small problems, without XLA's MLIR fusion emitters, which compile it more slowly and run it no
+faster on small arrays); the background fits (a few dozen, on the atoms of all cells) run in NumPy on
+the host, which is cheaper than compiling them. On CPU, JAX is started with
+``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` when LOCAT is the first to import JAX
+and the flag is not already set (on few cores Eigen's thread pool and XLA's own oversubscribe them);
+set the flag yourself to override.
+
+The reference's ``knn_mode`` does not change its scan (its neighbour graph is unused there); here it
+chooses the cell weights as documented in :func:`locat`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from experimat._errors import InvalidInputError
-from experimat._logging import ProgressBar, logger
+from experimat._logging import logger
 from experimat._optional import import_optional, jax_device
 from experimat._settings import settings
 from experimat.methods._checks import check_choice, check_positive_int, get_matrix, get_obsm, store_params
@@ -45,60 +101,8 @@ COLUMNS: tuple[str, ...] = (
 
 _EMBEDDING_ALIASES = {"pca": "X_pca", "umap": "X_umap", "tsne": "X_tsne", "spatial": "spatial"}
 _MIN_CELLS = 3
-_EPS_P = 1e-15
-
-
-def _safe_p(p):
-    p = np.asarray(p, dtype=np.float64)
-    return np.clip(np.where(np.isfinite(p), p, 1.0 - _EPS_P), _EPS_P, 1.0 - _EPS_P)
-
-
-def cauchy_combine(p1, p2):
-    """Cauchy combination (Liu & Xie 2020) of two p-values with equal weights, elementwise."""
-    p1, p2 = _safe_p(p1), _safe_p(p2)
-    t = 0.5 * (np.tan((0.5 - p1) * np.pi) + np.tan((0.5 - p2) * np.pi))
-    return _safe_p(0.5 - np.arctan(t) / np.pi)
-
-
-def _smooth_q(x):
-    """The reference's smooth squashing of p-values above 0.99 (keeps the order, stays < 1)."""
-    return np.where(x <= 0.99, x, 1 - 0.01 / (1 + 100 * (x - 0.99) + 10000 * (x - 0.99) ** 2))
-
-
-class _NullModel:
-    """Null of the raw concentration score as a smooth function of log10(expressing fraction).
-
-    Centre and scale come from kernel-weighted quantiles of the permuted pseudo-genes' scores:
-    ``centre = q50``, ``scale = (q95 - q50) / 1.645``. The test is one-sided, so the scale is
-    read from the upper half of the null, which the lower tail (pseudo-genes that happened to get
-    fewer mixture components) does not inflate.
-    """
-
-    def __init__(self, log_frac: np.ndarray, raw: np.ndarray, bandwidth: float = 0.15):
-        ok = np.isfinite(raw) & np.isfinite(log_frac)
-        if int(ok.sum()) < 5:
-            raise InvalidInputError("too few null pseudo-genes could be scored to calibrate LOCAT.")
-        o = np.argsort(raw[ok])
-        self.x = log_frac[ok][o]
-        self.y = raw[ok][o]
-        self.h = bandwidth
-
-    def _quantiles(self, log_frac, qs):
-        e = np.asarray(log_frac, float)
-        out = np.empty((len(qs), e.size))
-        for s0 in range(0, e.size, 2048):
-            ee = e[s0 : s0 + 2048]
-            k = np.exp(-0.5 * ((ee[:, None] - self.x[None, :]) / self.h) ** 2) + 1e-12
-            c = np.cumsum(k, axis=1)
-            c /= c[:, -1:]
-            for i, q in enumerate(qs):
-                j = np.argmax(c >= q, axis=1)
-                out[i, s0 : s0 + 2048] = self.y[j]
-        return out
-
-    def center_scale(self, log_frac):
-        q50, q95 = self._quantiles(log_frac, (0.5, 0.95))
-        return q50, np.maximum((q95 - q50) / 1.6448536, 1e-12)
+#: var columns that may hold gene symbols, in order of preference
+_SYMBOL_COLUMNS = ("gene", "gene_symbol", "gene_symbols", "symbol", "gene_name", "feature_name")
 
 
 def _resolve_embedding(adata: AnnData, embedding: str, n_dims: int | None) -> tuple[np.ndarray, str]:
@@ -167,12 +171,21 @@ def _background_weights(adata: AnnData, background_weights) -> np.ndarray:
     return w / w.mean()
 
 
-def _gene_names(adata: AnnData) -> np.ndarray:
-    if "gene" in adata.var.columns:
-        sym = adata.var["gene"].astype(object)
-        names = np.where(pd.isna(sym), adata.var_names.astype(str), sym.astype(str))
-        return np.asarray(names, dtype=object)
-    return np.asarray(adata.var_names.astype(str), dtype=object)
+def _gene_table_index(adata: AnnData) -> tuple[np.ndarray, pd.Index | None]:
+    """Gene symbols for the ``gene_name`` column, and the table index when ``var`` holds symbols
+    other than the var names (None: index by ``var_names``)."""
+    ids = adata.var_names.astype(str)
+    col = next((c for c in _SYMBOL_COLUMNS if c in adata.var.columns), None)
+    if col is None:
+        return np.asarray(ids, dtype=object), None
+    sym = adata.var[col].astype(object)
+    names = np.where(pd.isna(sym) | (sym.astype(str).str.strip() == ""), ids, sym.astype(str))
+    names = np.asarray(names, dtype=object)
+    if np.array_equal(names.astype(str), np.asarray(ids)):
+        return names, None
+    from anndata.utils import make_index_unique
+
+    return names, make_index_unique(pd.Index(names, name="gene"))
 
 
 def locat(
@@ -181,7 +194,7 @@ def locat(
     embedding: str = "pca",
     n_dims: int | None = 8,
     layer: str | None = None,
-    n_bootstrap_inits: int = 10,
+    n_bootstrap_inits: int | None = None,
     knn_mode: str = "connectivity",
     n_neighbors: int = 15,
     reg_covar: float | None = 1e-6,
@@ -195,56 +208,13 @@ def locat(
     batch_size: int | None = None,
     n_atoms: int | None = 256,
     background_weights: str | np.ndarray | None = None,
+    n_splits: int = 4,
     key_added: str = "locat",
 ) -> pd.DataFrame:
     """Find genes concentrated in one region of a cell landscape and depleted elsewhere (LOCAT).
 
-    The landscape is an embedding (PCA, UMAP, or spatial coordinates) standardised per axis.
-
-    1. **Background.** The density of all cells, ``f0``, is a Gaussian mixture whose number of
-       components is chosen by BIC over 1..``max_components``; every candidate is fitted by EM from
-       ``n_bootstrap_inits`` random weighted k-means++ initialisations (the best likelihood is kept,
-       and ``f0`` averages the densities of all initialisations of the chosen size).
-    2. **Per gene** (in memory-sized batches, ``jax.vmap`` over genes): a weighted mixture ``f1`` over
-       the expressing cells (weights from expression, see ``knn_mode``); its number of components
-       follows the reference rule (how many background components hold 95 % of the expressing
-       cells that have an expressing neighbour within 3x the mean nearest-neighbour distance,
-       ``floor(sqrt(k + 1)) + 1``, capped by the background size and cells/5).
-    3. **Concentration.** The weighted mean over expressing cells of the likelihood-ratio score
-       ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is turned into a
-       z-score against ``n_null_genes`` permuted pseudo-genes (real genes with their values permuted
-       across cells, so their weights look like real genes' weights); the null centre (median) and
-       scale ((q95 - q50) / 1.645, robust to the lower tail) are kernel-weighted quantiles in
-       log10 ``p``. ``concentration_pval`` is the normal upper tail.
-    4. **Depletion.** The expressing cells are split at random in two halves; ``f1`` refitted on
-       half A defines, for each ``lambda`` in ``rc_lambda_values``, the region ``f0 > lambda f1``.
-       The number of half-B cells in that region (among cells not in A) is compared with its
-       hypergeometric expectation under random placement (lower tail); regions holding < 10 % of
-       the cells or < 3 expected B cells are skipped, the smallest p over the scan is Sidak
-       corrected. Cross-fitting makes this test valid under permutation (the reference tests the
-       same cells it fitted, which makes almost every gene significant).
-    5. **Combination** as the reference: Cauchy combination of the two p-values, then
-       ``pval = 1 - (1 - p_cauchy)(1 - 0.05 h_size)(1 - 0.12 h_sens)`` squashed above 0.99. The
-       sensitivity penalty bounds ``pval`` below by ``0.12 (1 - sens_score)``, so broadly expressed
-       genes (``sens_score`` < 0.6) are rarely jointly significant at 0.05 even when both tests are.
-
-    The reference's ``knn_mode`` does not change its scan (its neighbour graph is unused there);
-    here it chooses the cell weights as documented below.
-
-    **Speed.** Every mixture is fitted by EM on ``n_atoms`` k-means atoms of the embedding rather than
-    on the cells: each gene's weights are summed per atom into weighted sufficient statistics (weight,
-    mean, within-atom scatter; one batched matrix product on the host) and EM runs on those (exact
-    EM for grouped data: the E-step uses the expected log density over the atom, the M-step adds the
-    within-atom scatter), so a fit costs ``n_atoms`` points whatever the number of cells. EM starts
-    from one M-step on the hard assignment to weighted k-means++ centres and stops after at most 25
-    steps (change of the mean log-likelihood bound < 1e-4); densities, scores and the depletion scan
-    are evaluated at every cell. Genes run in batches of one fixed size (the last one padded), so JAX
-    compiles one kernel per call (on CPU, for small problems, without XLA's MLIR fusion emitters,
-    which compile it more slowly and run it no faster on small arrays); the background fits (a few dozen, on the atoms of all cells) run in
-    NumPy on the host, which is cheaper than compiling them. On CPU,
-    JAX is started with ``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` when LOCAT is
-    the first to import JAX and the flag is not already set (on few cores Eigen's thread pool and
-    XLA's own oversubscribe them); set the flag yourself to override.
+    The algorithm, its differences from the reference ``locat`` package and its speed and run-to-run
+    stability are described in :mod:`experimat.methods.locat._locat`.
 
     Parameters
     ----------
@@ -258,7 +228,9 @@ def locat(
     layer
         Layer with the expression values; ``None`` uses ``adata.X``.
     n_bootstrap_inits
-        Random initialisations per candidate background mixture.
+        Deprecated, without effect: the background mixture now starts from a deterministic partition
+        (stable across seeds) instead of random initialisations. Kept so that calls written for the
+        reference's tutorial run; passing it warns.
     knn_mode
         ``"connectivity"``: an expressing cell's weight is the mean of its value and the
         neighbour-graph-weighted mean of its ``n_neighbors`` neighbours' values; ``"binary"``: every
@@ -277,10 +249,15 @@ def locat(
         Genes expressed in more than this fraction of cells are not tested (NaN row).
     n_null_genes
         Permuted pseudo-genes used to calibrate the concentration z-score.
+    n_splits
+        Random halvings of each gene's expressing cells for the cross-fitted depletion test; their
+        p-values are Cauchy-combined (more halvings: a depletion p-value that varies less from run to
+        run, at one extra mixture fit per gene each).
     alpha
         Threshold for the ``is_*_sig`` columns.
     seed
-        Random seed (``None``: ``em.settings.seed``); seeded runs on the same device are reproducible.
+        Random seed (``None``: ``em.settings.seed``) of the null pseudo-genes' permutations and the
+        depletion halvings, the only random steps; seeded runs on the same device are reproducible.
     use_gpu
         Use a GPU through JAX when one is present.
     batch_size
@@ -303,10 +280,13 @@ def locat(
     Returns
     -------
     pandas.DataFrame
-        One row per gene (index: ``var_names``), sorted by ``pval``, ``concentration_pval``,
-        ``depletion_pval`` (untested genes last), with columns
+        One row per gene, sorted by ``pval``, ``concentration_pval``, ``depletion_pval`` (untested genes
+        last). The index is the gene symbol when ``var`` has a symbol column (the first of ``gene``,
+        ``gene_symbol``, ``gene_symbols``, ``symbol``, ``gene_name``, ``feature_name`` present; repeated
+        symbols made unique with ``-1``, ``-2``, ...; missing ones replaced by the var name), with the
+        var names alongside in a last column ``gene_id``; otherwise the index is ``var_names``. Columns:
 
-        - ``gene_name``: symbol from ``var['gene']`` when present, else the var name;
+        - ``gene_name``: the gene's symbol (the var name when there is none);
         - ``bic``: BIC of the gene's mixture on its expressing cells, per cell
           ((d(d+3)/2 K log m - 2 sum log f1) / m; the reference sums densities instead of log
           densities here, so the two are not comparable);
@@ -337,47 +317,106 @@ def locat(
     >>> df = em.methods.locat.locat(adata, embedding="pca", n_dims=8)  # doctest: +SKIP
     >>> df.loc[df.is_joint_sig, ["gene_name", "zscore", "pval"]].head()  # doctest: +SKIP
     """
-    import scipy.sparse as sp
-
+    params = _check_params(
+        embedding=embedding, n_dims=n_dims, layer=layer, n_bootstrap_inits=n_bootstrap_inits, knn_mode=knn_mode,
+        n_neighbors=n_neighbors, reg_covar=reg_covar, rc_lambda_values=rc_lambda_values,
+        max_components=max_components, max_freq=max_freq, n_null_genes=n_null_genes, alpha=alpha, seed=seed,
+        batch_size=batch_size, n_atoms=n_atoms, background_weights=background_weights, n_splits=n_splits,
+    )  # fmt: skip
+    p = params
     _single_thread_eigen()
     jax = import_optional("jax", purpose="LOCAT")
-    jnp = jax.numpy
     from . import _gmm
-
-    knn_mode = check_choice("knn_mode", knn_mode, ("connectivity", "binary"))
-    n_bootstrap_inits = check_positive_int("n_bootstrap_inits", n_bootstrap_inits)
-    n_neighbors = check_positive_int("n_neighbors", n_neighbors)
-    n_null_genes = check_positive_int("n_null_genes", n_null_genes, minimum=20)
-    if max_components is not None:
-        max_components = check_positive_int("max_components", max_components)
-    if batch_size is not None:
-        batch_size = check_positive_int("batch_size", batch_size)
-    if n_atoms is not None:
-        n_atoms = check_positive_int("n_atoms", n_atoms, minimum=2)
-    if reg_covar is not None and not (np.isfinite(reg_covar) and reg_covar >= 0):
-        raise InvalidInputError(f"reg_covar must be a non-negative number or None; got {reg_covar!r}.")
-    lambdas = np.asarray(rc_lambda_values, dtype=np.float64).ravel()
-    if lambdas.size == 0 or not np.all(np.isfinite(lambdas)) or np.any(lambdas <= 0):
-        raise InvalidInputError(f"rc_lambda_values must be positive finite numbers; got {rc_lambda_values!r}.")
-    if not (0 < float(max_freq) <= 1):
-        raise InvalidInputError(f"max_freq must be in (0, 1]; got {max_freq!r}.")
-    seed = settings.seed if seed is None else int(seed)
-    params = {
-        "embedding": embedding, "n_dims": n_dims, "layer": layer, "n_bootstrap_inits": n_bootstrap_inits,
-        "knn_mode": knn_mode, "n_neighbors": n_neighbors, "reg_covar": reg_covar,
-        "rc_lambda_values": lambdas, "max_components": max_components, "max_freq": max_freq,
-        "n_null_genes": n_null_genes, "alpha": alpha, "seed": seed, "batch_size": batch_size,
-        "n_atoms": n_atoms, "background_weights": None if background_weights is None else (
-            background_weights if isinstance(background_weights, str) else "array"),
-    }  # fmt: skip
+    from ._background import fit_background
+    from ._genes import Landscape, score_items
+    from ._prep import atoms, geometry, item_weights, n_components, neighbour_operator
 
     start = logger.info(f"LOCAT on {adata.n_obs} cells x {adata.n_vars} genes")
     emb, emb_key = _resolve_embedding(adata, embedding, n_dims)
-    n, d = emb.shape
+    n = emb.shape[0]
     if n < 20:
         raise InvalidInputError(f"LOCAT needs at least 20 cells; got {n}.")
     emb = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
     bw = _background_weights(adata, background_weights)
+    X = _expression(adata, layer)
+    reason = _untested_reason(X, p["max_freq"])
+    eligible = np.flatnonzero(reason == "")
+    geo = geometry(emb, p["n_neighbors"], reg_covar)
+    device = jax_device(use_gpu)
+
+    t_bg = logger.info("LOCAT: background mixture (BIC over components)")
+    atom, centres = atoms(emb, p["n_atoms"])
+    atom_sums = _gmm.AtomSums(emb, atom, centres)
+    bg = fit_background(emb, centres, atom_sums, bw, geo.reg, p["max_components"])
+    logger.info(f"LOCAT: background uses {bg.k} components ({centres.shape[0]} atoms)", time=t_bg)
+
+    C = neighbour_operator(geo, p["knn_mode"], p["n_neighbors"])
+    Wi, items_gene = item_weights(X, eligible, C, p["n_null_genes"], np.random.default_rng(p["seed"]))
+    results = {}
+    if Wi.shape[1]:
+        ncomp = n_components(Wi, geo.close, bg.cell_labels, bg.k)
+        ls = Landscape(
+            emb=emb, centres=centres, atom_sums=atom_sums, atom_labels=bg.atom_labels, bg_mu=bg.mu,
+            logf0=bg.logf0, reg=geo.reg, lambdas=p["rc_lambda_values"], device=jax.devices(device)[0],
+        )  # fmt: skip
+        results = score_items(Wi, ncomp, ls, n_splits=p["n_splits"], seed=p["seed"], batch_size=p["batch_size"])
+        m = np.diff(Wi.indptr).astype(np.float64)
+        d = emb.shape[1]
+        results["bic"] = (d * (d + 3) / 2 * ncomp * np.log(m) - 2.0 * results.pop("llsum")) / m
+        results["ncomp"], results["m"] = ncomp, m
+
+    out_df, null_summary = _table(adata, results, items_gene, n, p["alpha"])
+    for col in COLUMNS:
+        adata.var[f"{key_added}.{col}"] = _in_var_order(out_df, adata)[col].to_numpy()
+    adata.var[f"{key_added}.reason"] = reason.astype(str)
+    n_tested = int((items_gene >= 0).sum())
+    store_params(
+        adata, key_added, params,
+        embedding_key=emb_key, n_background_components=bg.k, reg_covar_used=geo.reg,
+        n_tested=n_tested, n_untested=int(adata.n_vars - n_tested), device=device, **null_summary,
+    )  # fmt: skip
+    logger.info(
+        f"LOCAT: {n_tested} genes tested ({int(out_df['is_joint_sig'].sum())} joint-significant at {p['alpha']:g})",
+        time=start,
+    )
+    return out_df
+
+
+def _check_params(**p) -> dict:
+    """Validate LOCAT's parameters; returns the record stored in ``uns`` (validated values, resolved seed)."""
+    p["knn_mode"] = check_choice("knn_mode", p["knn_mode"], ("connectivity", "binary"))
+    if p["n_bootstrap_inits"] is not None:
+        check_positive_int("n_bootstrap_inits", p["n_bootstrap_inits"])
+        warnings.warn(
+            "locat(n_bootstrap_inits=...) has no effect any more: the background mixture starts from a "
+            "deterministic partition, so its result does not depend on random initialisations; drop the argument.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    p["n_neighbors"] = check_positive_int("n_neighbors", p["n_neighbors"])
+    p["n_null_genes"] = check_positive_int("n_null_genes", p["n_null_genes"], minimum=20)
+    p["n_splits"] = check_positive_int("n_splits", p["n_splits"])
+    for key, minimum in (("max_components", 1), ("batch_size", 1), ("n_atoms", 2)):
+        if p[key] is not None:
+            p[key] = check_positive_int(key, p[key], minimum=minimum)
+    reg_covar = p["reg_covar"]
+    if reg_covar is not None and not (np.isfinite(reg_covar) and reg_covar >= 0):
+        raise InvalidInputError(f"reg_covar must be a non-negative number or None; got {reg_covar!r}.")
+    lambdas = np.asarray(p["rc_lambda_values"], dtype=np.float64).ravel()
+    if lambdas.size == 0 or not np.all(np.isfinite(lambdas)) or np.any(lambdas <= 0):
+        raise InvalidInputError(f"rc_lambda_values must be positive finite numbers; got {p['rc_lambda_values']!r}.")
+    p["rc_lambda_values"] = lambdas
+    if not (0 < float(p["max_freq"]) <= 1):
+        raise InvalidInputError(f"max_freq must be in (0, 1]; got {p['max_freq']!r}.")
+    p["seed"] = settings.seed if p["seed"] is None else int(p["seed"])
+    bw = p["background_weights"]
+    p["background_weights"] = None if bw is None else (bw if isinstance(bw, str) else "array")
+    return p
+
+
+def _expression(adata: AnnData, layer: str | None):
+    """The expression matrix as float64 CSC with negative values clipped to 0."""
+    import scipy.sparse as sp
 
     X = get_matrix(adata, layer)
     X = sp.csc_matrix(X) if sp.issparse(X) else sp.csc_matrix(np.asarray(X))
@@ -386,387 +425,59 @@ def locat(
         raise InvalidInputError("the expression matrix has NaN/inf values; fix or remove them first.")
     X.data = np.clip(X.data, 0.0, None)
     X.eliminate_zeros()
-    G = X.shape[1]
+    return X
 
-    # ------------------------------------------------------------------ geometry
-    from sklearn.neighbors import NearestNeighbors
 
-    k_geo = min(max(n_neighbors, 50) + 1, n)
-    nn = NearestNeighbors(n_neighbors=k_geo).fit(emb)
-    dist, ind = nn.kneighbors(emb)
-    dist, ind = dist[:, 1:], ind[:, 1:]
-    pos = np.where(dist > 0, dist, np.inf)
-    min_dist = float(np.mean(np.min(pos, axis=1)[np.isfinite(np.min(pos, axis=1))])) if np.isfinite(pos).any() else 1.0
-    if reg_covar is None:
-        reg = max((min_dist ** (2 / d)) / 6, 1e-4)
-    else:
-        reg = float(reg_covar)
-    reg = max(reg, 1e-6)  # float32 EM needs a floor
-    radius = 3.0 * min_dist
-    close = sp.csr_matrix(
-        ((dist < radius).ravel().astype(np.float64), (np.repeat(np.arange(n), ind.shape[1]), ind.ravel())),
-        shape=(n, n),
-    )
-    close.eliminate_zeros()
-
-    device = jax_device(use_gpu)
-    dev = jax.devices(device)[0]
-    dtype = np.float32
-    emb_j = jax.device_put(jnp.asarray(emb, dtype), dev)
-    rng = np.random.default_rng(seed)
-
-    # ------------------------------------------------------------------ atoms
-    t_bg = logger.info("LOCAT: background mixture (BIC over components)")
-    atom, centres = _atoms(emb, n_atoms, seed)
-    n_at = centres.shape[0]
-    atom_sums = _gmm.AtomSums(emb, atom, centres)
-    centres_j = jax.device_put(jnp.asarray(centres, dtype), dev)
-
-    def _agg(w_rows):
-        """Per-atom weighted feature sums of the rows of a (genes x cells) weight matrix."""
-        return jax.device_put(jnp.asarray(atom_sums(np.asarray(w_rows, dtype))), dev)
-
-    # ------------------------------------------------------------------ background mixture
-    bic_cost = d * (d + 3) / 2
-    n_scan_inits = min(3, n_bootstrap_inits)
-    agg_bg = atom_sums(bw[None, :].astype(dtype)).astype(np.float64)
-    s_bg, mean_bg, scat_bg = (o[0] for o in _gmm.group_stats_np(agg_bg, centres))
-    bw_norm = bw / bw.sum()
-
-    def _fit_rows(ks_rows: np.ndarray, k_slots: int, n_rows: int, salt: int):
-        """Fit background mixtures with ks_rows[i] components (NumPy, on the host: these few fits on
-        the atoms are cheaper than compiling them); the k-means++ uniforms are drawn per block of
-        ``n_rows`` rows with ``k_slots`` columns. Returns the weighted mean log density of the cells
-        under each fit, the log densities ``(rows, n)`` and the parameters."""
-        u = np.concatenate(
-            [
-                np.random.default_rng([seed, salt + s0]).random((n_rows, k_slots))[: min(n_rows, ks_rows.size - s0)]
-                for s0 in range(0, ks_rows.size, n_rows)
-            ]
-        )
-        k_used = int(ks_rows.max())
-        act = np.arange(k_used)[None, :] < ks_rows[:, None]
-        pi, mu, chol = _gmm.fit_grouped_batch_np(
-            u[:, :k_used], s_bg, mean_bg, scat_bg, act, float(dtype(reg)), max_iter=150, tol=1e-5
-        )
-        lp = _gmm.batch_logpdf_np(emb, pi, mu, chol, act)  # (rows, n)
-        return lp @ bw_norm, lp, (pi, mu, chol, act)
-
-    # background fits: uniforms drawn in blocks of _BG_ROWS rows x k_cap slots (reproducible draws)
-    k_cap = max_components if max_components is not None else min(30, max(1, n // 10))
-    lo, hi = 1, (k_cap if max_components is not None else min(10, k_cap))
-    all_k, all_ll = [], []
-    while True:
-        ks = np.repeat(np.arange(lo, hi + 1), n_scan_inits)
-        ll, _, _ = _fit_rows(ks, k_cap, _BG_ROWS, 1000 * hi)
-        all_k.extend(np.arange(lo, hi + 1).tolist())
-        all_ll.append(ll.reshape(-1, n_scan_inits))
-        best_ll = np.concatenate(all_ll, axis=0).max(axis=1)
-        bic = bic_cost * np.asarray(all_k) * np.log(n) - 2.0 * n * best_ll
-        k_best = int(np.asarray(all_k)[int(np.argmin(bic))])
-        if max_components is not None or k_best < hi - 1 or hi >= k_cap:
-            break
-        lo, hi = hi + 1, min(hi + 5, k_cap)
-    # the chosen size, refitted from n_bootstrap_inits initialisations: f0 averages their densities,
-    # background component labels come from the best one
-    ll_k, lp, params_k = _fit_rows(np.full(n_bootstrap_inits, k_best), k_cap, _BG_ROWS, 7)  # lp: (inits, n)
-    ibest = int(np.argmax(ll_k))
-    _pi, mu, chol, act_b = (p_[ibest] for p_ in params_k)
-    bg_assign = _gmm.component_argmax_np(emb, mu, chol, act_b)
-    m_ = lp.max(axis=0)
-    logf0 = m_ + np.log(np.mean(np.exp(lp - m_[None, :]), axis=0))
-    logger.info(f"LOCAT: background uses {k_best} components ({n_at} atoms)", time=t_bg)
-
-    # ------------------------------------------------------------------ gene eligibility
+def _untested_reason(X, max_freq: float) -> np.ndarray:
+    """Why each gene is not tested ("" for the genes that are)."""
+    n = X.shape[0]
     n_expr = np.diff(X.indptr)
-    reason = np.full(G, "", dtype=object)
+    reason = np.full(X.shape[1], "", dtype=object)
     reason[n_expr == 0] = "not expressed"
     reason[(n_expr > 0) & (n_expr < _MIN_CELLS)] = f"expressed in fewer than {_MIN_CELLS} cells"
     reason[(n_expr >= _MIN_CELLS) & (n_expr > float(max_freq) * n)] = f"expressed in more than {max_freq:g} of cells"
-    eligible = np.flatnonzero(reason == "")
+    return reason
 
-    # weights per gene (columns of a CSC matrix, values on expressing cells only)
-    if knn_mode == "connectivity":
-        kk = min(n_neighbors, ind.shape[1])
-        di, ii = dist[:, :kk], ind[:, :kk]
-        sig = np.maximum(di[:, -1:], 1e-12)
-        cw = np.exp(-((di / sig) ** 2))
-        cw = cw / np.maximum(cw.sum(axis=1, keepdims=True), 1e-12)
-        C = sp.csr_matrix((cw.ravel(), (np.repeat(np.arange(n), kk), ii.ravel())), shape=(n, n))
-        pattern = X.copy()
-        pattern.data = np.ones_like(pattern.data)
-        W = sp.csc_matrix(0.5 * X + 0.5 * sp.csc_matrix(C @ X).multiply(pattern))
-        W.eliminate_zeros()
-    else:
-        W = X.copy()
-        W.data = np.ones_like(W.data)
-    W.sort_indices()
 
-    # ------------------------------------------------------------------ null pseudo-genes
-    # items: the eligible genes, then n_null_genes permuted pseudo-genes (columns of one CSC matrix)
-    raise_all = eligible.size == 0
-    items_gene = eligible.astype(int).tolist()  # gene index, or -1 for a null pseudo-gene
-    Wi = W[:, eligible]
-    if not raise_all:
-        order = eligible[np.argsort(n_expr[eligible], kind="stable")]
-        picks = order[
-            np.minimum((np.arange(n_null_genes) + 0.5) / n_null_genes * order.size, order.size - 1).astype(int)
-        ]
-        Xp = X[:, picks].tocoo()
-        perms = np.argsort(rng.random((picks.size, n)), axis=1)  # one permutation of the cells per pseudo-gene
-        # cell i of the pseudo-gene takes the value of cell perm[i]: the value at cell c moves to inv[c]
-        inv = np.argsort(perms, axis=1)
-        Xn = sp.csc_matrix((Xp.data, (inv[Xp.col, Xp.row], Xp.col)), shape=(n, picks.size))
-        if knn_mode == "connectivity":
-            pat = Xn.copy()
-            pat.data = np.ones_like(pat.data)
-            Wn = sp.csc_matrix(0.5 * Xn + 0.5 * sp.csc_matrix(C @ Xn).multiply(pat))
-        else:
-            Wn = Xn.copy()
-            Wn.data = np.ones_like(Wn.data)
-        Wn.eliminate_zeros()
-        Wi = sp.hstack([Wi, Wn], format="csc")
-        items_gene += [-1] * picks.size
-    Wi.sort_indices()
+def _table(adata: AnnData, results: dict, items_gene: np.ndarray, n: int, alpha: float) -> tuple[pd.DataFrame, dict]:
+    """The result table (15 columns, sorted) from the items' scores: null model, z-scores, combination."""
+    from ._null import NullModel, combine
 
-    n_items = len(items_gene)
-    results = {k: np.full(n_items, np.nan) for k in ("raw", "sens", "bic", "ncomp", "m", "pdep", "maxdef")}
-    if n_items:
-        # ---------------------------------------------------------- per-item number of components
-        m_arr = np.diff(Wi.indptr)
-        E = Wi.copy()
-        E.data = np.ones_like(E.data)
-        near = (close @ E).tocsc()
-        near.data = (near.data > 0).astype(np.float64)
-        incl = E.multiply(near).tocsc()
-        incl.eliminate_zeros()
-        onehot = sp.csr_matrix((np.ones(n), (bg_assign, np.arange(n))), shape=(k_best, n))
-        counts = np.asarray((onehot @ incl).todense())  # (k_bg, items)
-        ncomp = np.ones(n_items, dtype=int)
-        for i in range(n_items):
-            if m_arr[i] <= 5:
-                continue
-            c = counts[:, i].copy()
-            n_counts = c.sum()
-            c[c < 5] = 0
-            if c.sum() < 10:
-                continue
-            frac = np.sort(c / c.sum())[::-1]
-            k95 = int(np.min(np.flatnonzero(np.cumsum(frac) > 0.95))) + 1
-            est = int(np.floor(np.sqrt(k95 + 1)) + 1)
-            ncomp[i] = int(max(1, min(k_best, n_counts / 5, est)))
-        k_slots = int(ncomp.max())
-
-        # ---------------------------------------------------------- batched fits (one compiled shape)
-        n_lam = lambdas.size
-        log_lam = jnp.asarray(np.log(lambdas), dtype)
-        logf0_j = jax.device_put(jnp.asarray(logf0, dtype), dev)
-        item_u = np.random.default_rng([seed, 7]).random((n_items, 2, k_slots))  # k-means++ draws, per item
-        if batch_size is not None:
-            gb = batch_size
-        else:
-            budget = 256 * 2**20 / 4  # float32 elements of working memory per batch
-            per_item = n * (2 * (1 + d + d * d) + 2 * n_lam + 4 * k_slots + 8) + 2 * n_at * k_slots * d * d * 4
-            gb = int(max(1, min(256, budget // per_item, n_items)))
-            gb = 1 << math.floor(math.log2(gb))
-        batches = [np.arange(i0, min(i0 + gb, n_items)) for i0 in range(0, n_items, gb)]
-        fold_rng = np.random.default_rng(seed + 1)
-        fast_compile = n * n_items <= _FAST_COMPILE_MAX_WORK
-        with ProgressBar(len(batches), description="LOCAT genes") as bar:
-            for sel in batches:
-                nb = sel.size
-                wts = np.zeros((gb, n), dtype=dtype)
-                wts[:nb] = Wi[:, sel].toarray().T
-                wts[nb:, :3] = 1.0  # padding rows: any valid gene
-                valid = wts > 0
-                ina = valid & (fold_rng.random((gb, n)) < 0.5)  # random half A of the expressing cells
-                na = ina.sum(axis=1)
-                act = np.zeros((gb, k_slots), dtype=bool)
-                act_a = np.zeros((gb, k_slots), dtype=bool)
-                kk = np.ones(gb, dtype=int)
-                kk[:nb] = ncomp[sel]
-                act[np.arange(k_slots)[None, :] < kk[:, None]] = True
-                ka = np.maximum(1, np.minimum(kk, na // 5))
-                act_a[np.arange(k_slots)[None, :] < ka[:, None]] = True
-                u = np.full((2, gb, k_slots), 0.5)
-                u[:, :nb] = item_u[sel].transpose(1, 0, 2)
-                agg = _agg(np.concatenate([wts, np.where(ina, wts, 0)]))
-                out = _batch_scores(
-                    fast_compile,
-                    emb_j, logf0_j, agg, centres_j, jnp.asarray(wts),
-                    jnp.asarray(ina),
-                    jnp.asarray(act), jnp.asarray(act_a), jnp.asarray(u.reshape(2 * gb, k_slots), dtype), dtype(reg), log_lam,
-                )  # fmt: skip
-                raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64)[:nb] for o in out)
-                mm = m_arr[sel].astype(np.float64)
-                results["raw"][sel] = raw
-                results["sens"][sel] = sens
-                results["bic"][sel] = (bic_cost * ncomp[sel] * np.log(mm) - 2.0 * llsum) / mm
-                results["ncomp"][sel] = ncomp[sel]
-                results["m"][sel] = mm
-                # depletion scan (cross-fitted, hypergeometric lower tail)
-                pdep, maxdef = _depletion_pvalues(k_r, k_b, mm - na[:nb], n - na[:nb])
-                results["pdep"][sel] = pdep
-                results["maxdef"][sel] = maxdef
-                bar.update()
-
-    # ------------------------------------------------------------------ null model, z-scores, combination
-    items_gene = np.asarray(items_gene, dtype=int)
+    names, index = _gene_table_index(adata)
+    out = pd.DataFrame(index=adata.var_names.copy())
+    out["gene_name"] = names
+    for col in COLUMNS[1:12]:
+        out[col] = np.nan
     is_null = items_gene < 0
     real = ~is_null
-    out_df = pd.DataFrame(index=adata.var_names.copy())
-    out_df["gene_name"] = _gene_names(adata)
-    for col in COLUMNS[1:12]:
-        out_df[col] = np.nan
+    null_summary: dict = {"n_null_genes": 0}
     if real.any():
         lf = np.log10(results["m"] / n)
-        null = _NullModel(lf[is_null], results["raw"][is_null])
-        centre, scale = null.center_scale(lf[real])
-        z = (results["raw"][real] - centre) / scale
-        from scipy.stats import norm
-
-        p_conc = _safe_p(norm.sf(z))
-        p_dep = _safe_p(results["pdep"][real])
-        p_c = cauchy_combine(p_dep, p_conc)
-        m_real = results["m"][real]
-        sens = results["sens"][real]
-        h_size = _safe_p(1.0 - np.exp(-1.0 / (m_real + 1.0)))
-        h_sens = _safe_p(1.0 - (sens + 1e-9))
-        p_final = 1.0 - (1.0 - p_c) * (1.0 - 0.05 * h_size) * (1.0 - 0.12 * h_sens)
-        p_final = _smooth_q(_safe_p(p_final))
+        null = NullModel(lf[is_null], results["raw"][is_null])
+        vals = combine(results["raw"][real], results["m"][real], results["sens"][real], results["pdep"][real], null, n)
+        vals.update(
+            bic=results["bic"][real], K_components=results["ncomp"][real], sample_size=results["m"][real],
+            max_deficit=results["maxdef"][real],
+        )  # fmt: skip
         gi = items_gene[real]
-        vals = {
-            "bic": results["bic"][real], "zscore": z, "sens_score": sens, "depletion_pval": p_dep,
-            "concentration_pval": p_conc, "h_size": h_size, "h_sens": h_sens, "pval": p_final,
-            "K_components": results["ncomp"][real], "sample_size": m_real,
-            "max_deficit": results["maxdef"][real],
-        }  # fmt: skip
         for col, v in vals.items():
-            arr = out_df[col].to_numpy(dtype=np.float64, copy=True)
+            arr = out[col].to_numpy(dtype=np.float64, copy=True)
             arr[gi] = v
-            out_df[col] = arr
+            out[col] = arr
         null_summary = {"n_null_genes": int(is_null.sum()), "bandwidth_log10": null.h}
-    else:
-        null_summary = {"n_null_genes": 0}
-    out_df["is_conc_sig"] = (out_df["concentration_pval"] < alpha).to_numpy()
-    out_df["is_depl_sig"] = (out_df["depletion_pval"] < alpha).to_numpy()
-    out_df["is_joint_sig"] = (out_df["pval"] < alpha).to_numpy()
-    out_df = out_df[list(COLUMNS)]
-    out_df = out_df.sort_values(["pval", "concentration_pval", "depletion_pval"], na_position="last", kind="stable")
-
-    for col in COLUMNS:
-        adata.var[f"{key_added}.{col}"] = out_df[col].reindex(adata.var_names).to_numpy()
-    adata.var[f"{key_added}.reason"] = reason.astype(str)
-    n_tested = int(real.sum())
-    store_params(
-        adata, key_added, params,
-        embedding_key=emb_key, n_background_components=k_best, reg_covar_used=reg,
-        n_tested=n_tested, n_untested=int(G - n_tested), device=device, **null_summary,
-    )  # fmt: skip
-    logger.info(
-        f"LOCAT: {n_tested} genes tested ({int(out_df['is_joint_sig'].sum())} joint-significant at {alpha:g})",
-        time=start,
-    )
-    return out_df
+    out["is_conc_sig"] = (out["concentration_pval"] < alpha).to_numpy()
+    out["is_depl_sig"] = (out["depletion_pval"] < alpha).to_numpy()
+    out["is_joint_sig"] = (out["pval"] < alpha).to_numpy()
+    out = out[list(COLUMNS)]
+    if index is not None:
+        out["gene_id"] = out.index.astype(str)
+        out.index = index
+    out = out.sort_values(["pval", "concentration_pval", "depletion_pval"], na_position="last", kind="stable")
+    return out, null_summary
 
 
-def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, min_deficit=0.04):
-    """Sidak-corrected minimum hypergeometric lower-tail p over the lambda scan, and the max deficit.
-
-    ``k_r[g, l]``: cells of the region among the ``n_pool`` cells outside half A;
-    ``k_b[g, l]``: half-B cells in the region; ``n_b``: half-B size.
-    """
-    from scipy.stats import hypergeom
-
-    k_r = np.asarray(k_r, np.float64)
-    k_b = np.asarray(k_b, np.float64)
-    n_pool = np.asarray(n_pool, np.float64)[:, None]
-    n_b = np.asarray(n_b, np.float64)[:, None]
-    p0 = k_r / np.maximum(n_pool, 1)
-    obs = k_b / np.maximum(n_b, 1)
-    deficit = p0 - obs
-    maxdef = np.max(deficit, axis=1)
-    testable = (p0 >= min_p0) & (n_b * p0 >= min_expected) & (p0 < 1.0)
-    passes = testable & (deficit >= min_deficit)
-    p = np.ones_like(p0)
-    if passes.any():
-        gi, li = np.nonzero(passes)
-        p[gi, li] = hypergeom.cdf(k_b[gi, li], n_pool[gi, 0], k_r[gi, li], n_b[gi, 0])
-    m_eff = np.maximum(testable.sum(axis=1), 1)
-    pmin = np.min(p, axis=1)
-    psid = -np.expm1(m_eff * np.log1p(-np.minimum(pmin, 1 - 1e-16)))
-    psid = np.where(passes.any(axis=1), psid, 1.0)
-    return np.clip(psid, 1e-300, 1.0), maxdef
-
-
-def _make_batch_scores(fast_compile: bool):
-    from functools import partial
-
-    import jax
-    import jax.numpy as jnp
-
-    from . import _gmm
-
-    def batch_scores(emb, logf0, agg, centres, wts, ina, act, act_a, u, reg, log_lam):
-        valid = wts > 0
-        # per-atom sufficient statistics of the gene's weights (all expressing cells, then half A)
-        s, mean, scat = _gmm.group_stats(agg, centres)
-        fit = partial(_gmm.fit_gmm_grouped, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL)
-        pi, mu, chol = jax.vmap(fit, in_axes=(0, 0, 0, 0, 0, None))(
-            u, s, mean, scat, jnp.concatenate([act, act_a]), reg
-        )
-        logf = _gmm.batch_logpdf(emb, pi, mu, chol, jnp.concatenate([act, act_a]))  # (2G, n)
-        b = wts.shape[0]
-        logf1, logf1a = logf[:b], logf[b:]
-        n_cells = emb.shape[0]
-        m = jnp.sum(valid, axis=1)
-        q = jnp.sqrt(m / n_cells)
-        ratio = jnp.tanh(0.5 * (logf1 - logf0[None, :]))  # (f1 - f0) / (f1 + f0)
-        wsum = jnp.sum(wts, axis=1)
-        raw = (q * (1 - q)) * jnp.sum(wts * ratio, axis=1) / jnp.maximum(wsum, 1e-30)
-        sens = jnp.sum(valid & (logf1 > logf0[None, :]), axis=1) / jnp.maximum(m, 1)
-        llsum = jnp.sum(jnp.where(valid, logf1, 0.0), axis=1)
-        # depletion: the half-A fit evaluated at all cells
-        in_r = logf0[None, None, :] > (log_lam[None, :, None] + logf1a[:, None, :])  # (G, L, n)
-        a_mask = ina & valid
-        b_mask = (~ina) & valid
-        k_r = jnp.sum(in_r & ~a_mask[:, None, :], axis=2)
-        k_b = jnp.sum(in_r & b_mask[:, None, :], axis=2)
-        return raw, sens, llsum, k_r, k_b
-
-    return _gmm.jit_for(batch_scores, fast_compile=fast_compile)
-
-
-#: EM steps and tolerance (change of the mean log-likelihood bound) of the per-gene fits
-_GENE_MAX_ITER = 25
-_GENE_TOL = 1e-4
-#: compiled per-gene kernels, by ``fast_compile``
-_BATCH_SCORES: dict[bool, Any] = {}
-#: cells x (genes + null pseudo-genes) up to which the per-gene kernel is compiled for compile speed
-#: (a short run, where compiling dominates a first call) rather than for run speed
-_FAST_COMPILE_MAX_WORK = 4_000_000
-#: rows per block of k-means++ uniforms of the background fits
-_BG_ROWS = 15
-
-
-def _batch_scores(fast_compile: bool, *args):
-    if fast_compile not in _BATCH_SCORES:
-        _BATCH_SCORES[fast_compile] = _make_batch_scores(fast_compile)
-    return _BATCH_SCORES[fast_compile](*args)
-
-
-def _atoms(emb: np.ndarray, n_atoms: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Group cells into ``n_atoms`` k-means atoms of the embedding (empty clusters dropped); every cell
-    is its own atom when ``n_atoms`` is None or not smaller than the number of cells. Returns the atom
-    of each cell and the atom centres."""
-    n = emb.shape[0]
-    if n_atoms is None or n_atoms >= n:
-        return np.arange(n), emb.copy()
-    from sklearn.cluster import KMeans
-
-    km = KMeans(n_clusters=n_atoms, n_init=1, max_iter=100, random_state=seed).fit(emb)
-    used, lab = np.unique(km.labels_, return_inverse=True)
-    centres = np.zeros((used.size, emb.shape[1]))
-    np.add.at(centres, lab, emb)
-    centres /= np.bincount(lab, minlength=used.size)[:, None]
-    return lab.astype(np.int64), centres
+def _in_var_order(table: pd.DataFrame, adata: AnnData) -> pd.DataFrame:
+    """The result table in ``var`` order (whichever index it shows)."""
+    if "gene_id" in table.columns:
+        return table.set_index("gene_id").reindex(adata.var_names.astype(str))
+    return table.reindex(adata.var_names)

@@ -1,0 +1,217 @@
+"""LOCAT's inputs: the cell landscape's geometry, k-means atoms, per-gene cell weights and the
+permuted null pseudo-genes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass
+class Geometry:
+    """Neighbours of every cell in the standardised embedding and what LOCAT derives from them."""
+
+    dist: np.ndarray  # (n, k) distances to the nearest other cells
+    ind: np.ndarray  # (n, k) their indices
+    reg: float  # covariance regularisation used
+    close: sp.csr_matrix  # cells within 3x the mean nearest-neighbour distance of each other
+
+
+def geometry(emb: np.ndarray, n_neighbors: int, reg_covar: float | None) -> Geometry:
+    from sklearn.neighbors import NearestNeighbors
+
+    n, d = emb.shape
+    k_geo = min(max(n_neighbors, 50) + 1, n)
+    dist, ind = NearestNeighbors(n_neighbors=k_geo).fit(emb).kneighbors(emb)
+    dist, ind = dist[:, 1:], ind[:, 1:]
+    pos = np.where(dist > 0, dist, np.inf)
+    nearest = np.min(pos, axis=1)
+    min_dist = float(np.mean(nearest[np.isfinite(nearest)])) if np.isfinite(pos).any() else 1.0
+    reg = max((min_dist ** (2 / d)) / 6, 1e-4) if reg_covar is None else float(reg_covar)
+    reg = max(reg, 1e-6)  # float32 EM needs a floor
+    close = sp.csr_matrix(
+        ((dist < 3.0 * min_dist).ravel().astype(np.float64), (np.repeat(np.arange(n), ind.shape[1]), ind.ravel())),
+        shape=(n, n),
+    )
+    close.eliminate_zeros()
+    return Geometry(dist, ind, reg, close)
+
+
+def atoms(emb: np.ndarray, n_atoms: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Group cells into ``n_atoms`` k-means atoms of the embedding; every cell is its own atom when
+    ``n_atoms`` is None or not smaller than the number of cells. Returns the atom of each cell and
+    the atom centres.
+
+    k-means starts from the deterministic principal-direction partition (:func:`principal_splits`)
+    instead of random k-means++ seeds, so the atoms, and every fit on them, do not change with the
+    seed (random seeding changed the atoms, and through them the genes' mixture fits, from run to run).
+    """
+    n = emb.shape[0]
+    if n_atoms is None or n_atoms >= n:
+        return np.arange(n), emb.copy()
+    from sklearn.cluster import KMeans
+
+    lab0 = principal_splits(emb, np.ones(n), n_atoms)
+    k0 = int(lab0.max()) + 1
+    init = cluster_means(emb, np.ones(n), lab0, k0)
+    km = KMeans(n_clusters=k0, init=init, n_init=1, max_iter=100).fit(emb)
+    used, lab = np.unique(km.labels_, return_inverse=True)
+    centres = np.zeros((used.size, emb.shape[1]))
+    np.add.at(centres, lab, emb)
+    centres /= np.bincount(lab, minlength=used.size)[:, None]
+    return lab.astype(np.int64), centres
+
+
+def principal_splits(x, w, k, *, levels=False):
+    """Deterministic divisive partition of weighted points into ``k`` clusters.
+
+    Principal direction divisive partitioning (Boley 1998): starting from one cluster, the cluster
+    with the largest weighted sum of squares about its weighted mean is split at that mean along its
+    first principal axis, until there are ``k`` clusters (or none can be split: fewer than two
+    points of positive weight, or all at one place). No random numbers are involved, so the
+    partition depends on the points and weights only; it serves as the start of k-means (atoms) and
+    of EM (background mixtures) in place of randomly seeded k-means++.
+
+    Parameters
+    ----------
+    x : ``(n, d)`` points; w : ``(n,)`` non-negative weights; k : number of clusters.
+    levels : also return the partitions into 1..k clusters.
+
+    Returns
+    -------
+    ``(n,)`` cluster labels in ``0..k'-1`` (``k' <= k``), or with ``levels`` a ``(k', n)`` array whose row
+    ``j`` is the partition into ``j + 1`` clusters.
+    """
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n = x.shape[0]
+    lab = np.zeros(n, np.int64)
+    rows = [lab.copy()] if levels else None
+
+    def candidate(idx):
+        """Weighted sum of squares of a cluster and the mask of its points on the far side of the split."""
+        ww = w[idx]
+        tot = ww.sum()
+        if idx.size < 2 or np.count_nonzero(ww > 0) < 2:
+            return -np.inf, None
+        c = x[idx] - (ww @ x[idx]) / tot
+        cov = (c * ww[:, None]).T @ c
+        sse = float(np.trace(cov))
+        if not sse > 0:
+            return -np.inf, None
+        _, vec = np.linalg.eigh(cov)
+        side = c @ vec[:, -1] > 0
+        if not (ww[side].sum() > 0 and ww[~side].sum() > 0):
+            return -np.inf, None
+        return sse, side
+
+    members = [np.arange(n)]
+    cands = [candidate(members[0])]
+    while len(members) < k:
+        j = int(np.argmax([c[0] for c in cands]))
+        sse, side = cands[j]
+        if not np.isfinite(sse):
+            break
+        idx = members[j]
+        members[j], new = idx[~side], idx[side]
+        members.append(new)
+        lab[new] = len(members) - 1
+        cands[j] = candidate(members[j])
+        cands.append(candidate(new))
+        if levels:
+            rows.append(lab.copy())
+    return np.stack(rows) if levels else lab
+
+
+def cluster_means(x, w, labels, k):
+    """``(k, d)`` weighted means of the clusters ``labels`` (0 for an empty or weightless cluster)."""
+    tot = np.bincount(labels, weights=w, minlength=k)
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, w[:, None] * x)
+    return sums / np.where(tot > 0, tot, 1.0)[:, None]
+
+
+def _smoothed(X: sp.csc_matrix, C: sp.csr_matrix | None) -> sp.csc_matrix:
+    """Cell weights of the columns of ``X`` on their expressing cells: with the neighbour operator ``C``
+    the mean of a cell's value and its neighbours' weighted mean value, else 1."""
+    if C is None:
+        W = X.copy()
+        W.data = np.ones_like(W.data)
+    else:
+        pattern = X.copy()
+        pattern.data = np.ones_like(pattern.data)
+        W = sp.csc_matrix(0.5 * X + 0.5 * sp.csc_matrix(C @ X).multiply(pattern))
+    W.eliminate_zeros()
+    return W
+
+
+def neighbour_operator(geo: Geometry, knn_mode: str, n_neighbors: int) -> sp.csr_matrix | None:
+    """Row-normalised Gaussian weights of each cell's ``n_neighbors`` neighbours (``knn_mode="connectivity"``)."""
+    if knn_mode != "connectivity":
+        return None
+    n = geo.ind.shape[0]
+    kk = min(n_neighbors, geo.ind.shape[1])
+    di, ii = geo.dist[:, :kk], geo.ind[:, :kk]
+    sig = np.maximum(di[:, -1:], 1e-12)
+    cw = np.exp(-((di / sig) ** 2))
+    cw = cw / np.maximum(cw.sum(axis=1, keepdims=True), 1e-12)
+    return sp.csr_matrix((cw.ravel(), (np.repeat(np.arange(n), kk), ii.ravel())), shape=(n, n))
+
+
+def item_weights(
+    X: sp.csc_matrix, eligible: np.ndarray, C: sp.csr_matrix | None, n_null: int, rng: np.random.Generator
+) -> tuple[sp.csc_matrix, np.ndarray]:
+    """Cell weights of the items LOCAT scores: the eligible genes, then ``n_null`` permuted pseudo-genes.
+
+    Pseudo-genes copy real eligible genes at evenly spaced quantiles of the number of expressing cells,
+    each with its values permuted across cells (so their weights look like real genes' weights).
+    Returns the ``cells x items`` weights (CSC) and each item's gene index (-1: pseudo-gene).
+    """
+    n = X.shape[0]
+    Wi = _smoothed(X, C)[:, eligible]
+    items_gene = eligible.astype(int)
+    if eligible.size:
+        n_expr = np.diff(X.indptr)
+        order = eligible[np.argsort(n_expr[eligible], kind="stable")]
+        picks = order[np.minimum((np.arange(n_null) + 0.5) / n_null * order.size, order.size - 1).astype(int)]
+        Xp = X[:, picks].tocoo()
+        perms = np.argsort(rng.random((picks.size, n)), axis=1)  # one permutation of the cells per pseudo-gene
+        # cell i of the pseudo-gene takes the value of cell perm[i]: the value at cell c moves to inv[c]
+        inv = np.argsort(perms, axis=1)
+        Xn = sp.csc_matrix((Xp.data, (inv[Xp.col, Xp.row], Xp.col)), shape=(n, picks.size))
+        Wi = sp.hstack([Wi, _smoothed(Xn, C)], format="csc")
+        items_gene = np.concatenate([items_gene, np.full(picks.size, -1)])
+    Wi.sort_indices()
+    return Wi, items_gene
+
+
+def n_components(Wi: sp.csc_matrix, close: sp.csr_matrix, bg_labels: np.ndarray, k_bg: int) -> np.ndarray:
+    """Components of each item's mixture by the reference's rule: how many background components hold 95 %
+    of the expressing cells that have an expressing neighbour nearby (components holding < 5 such cells
+    ignored), ``floor(sqrt(k + 1)) + 1``, capped by the background size and cells/5."""
+    n, n_items = Wi.shape
+    m_arr = np.diff(Wi.indptr)
+    E = Wi.copy()
+    E.data = np.ones_like(E.data)
+    near = (close @ E).tocsc()
+    near.data = (near.data > 0).astype(np.float64)
+    incl = E.multiply(near).tocsc()
+    incl.eliminate_zeros()
+    onehot = sp.csr_matrix((np.ones(n), (bg_labels, np.arange(n))), shape=(k_bg, n))
+    counts = np.asarray((onehot @ incl).todense())  # (k_bg, items)
+    ncomp = np.ones(n_items, dtype=int)
+    for i in range(n_items):
+        if m_arr[i] <= 5:
+            continue
+        c = counts[:, i].copy()
+        n_counts = c.sum()
+        c[c < 5] = 0
+        if c.sum() < 10:
+            continue
+        frac = np.sort(c / c.sum())[::-1]
+        k95 = int(np.min(np.flatnonzero(np.cumsum(frac) > 0.95))) + 1
+        est = int(np.floor(np.sqrt(k95 + 1)) + 1)
+        ncomp[i] = int(max(1, min(k_bg, n_counts / 5, est)))
+    return ncomp
