@@ -236,6 +236,22 @@ def test_legacy_project_models_load_through_the_upgrade_path(legacy, monkeypatch
     expm.close()
 
 
+def test_legacy_reference_is_used_by_name(legacy):
+    from experimat.datasets import pseudo_spots
+
+    expm = em.load_experiment(legacy)
+    ref = expm.rna["ref"]
+    spots = pseudo_spots(ref, "class", n_spots=30, cells_per_spot=(2, 4), n_regions=2, types_per_region=2, depth=None, layer="counts")
+    expm.add_sample(spots, sample="v1", modality="spatial-bin", taxa="mmu", harmonize_genes=False)
+    expm.spatial_bin.deconvolve(method="destvi", reference="condscvi", run_on_samples=True, max_epochs=3, key_added="old.destvi")
+    expm.spatial_bin.deconvolve(method="cell2location", reference="reference_signatures", run_on_samples=True, max_epochs=3,
+                                min_shared_genes=20, key_added="old.cell2location")
+    a = expm.spatial_bin["v1"]
+    assert "old.destvi.proportions" in a.obsm and "old.cell2location.means" in a.obsm
+    assert list(a.obsm["old.destvi.proportions"].columns) == ["interneurons", "pyramidal SS"]
+    expm.close()
+
+
 def test_save_as_copies_verified_models(legacy, tmp_path):
     expm = em.load_experiment(legacy)
     expm.save_model("centres", Centroids(np.eye(2), ["a", "b"]))
@@ -410,6 +426,20 @@ def test_deepst_model_is_stored_in_the_project_and_nothing_outside(tmp_path, mon
     assert not any(work.iterdir())  # nothing written outside the project (no save_path, no temp left)
     files = [p for p in (tmp_path / "p" / "models").rglob("*") if p.is_file()]
     assert files and {p.name for p in files} == set(sm.MODEL_FILES)
+
+
+@pytest.mark.slow
+def test_deepst_models_stored_from_worker_processes(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("leidenalg")
+    from experimat.datasets import synthetic_domains
+
+    adatas = {f"s{i}": synthetic_domains(120, 3, 40, n_markers_per_domain=8, seed=i) for i in range(2)}
+    expm = em.Experiment.from_anndata(adatas, modality="spatial-bin", taxa="mmu", project=tmp_path / "p", harmonize_genes=False)
+    expm.spatial_bin.spatial_detect_domains_deepst(run_on_samples=True, n_domains=3, pre_epochs=5, epochs=3, use_gpu=False, n_jobs=2)
+    assert {"deepst.s0", "deepst.s1"} <= set(expm.models)
+    assert expm.load_model("deepst.s1").config["method"] == "deepst"
+    expm.close()
 
 
 def test_failed_model_write_changes_nothing(project, monkeypatch):
