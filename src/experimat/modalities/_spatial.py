@@ -31,6 +31,7 @@ register_method(spagcn.spatial_metagene, modalities=SPATIAL, reads=("obs/{domain
 register_method(pl.get_image, modalities=SPATIAL, kind="view")
 register_method(pl.plot_spatial, modalities=SPATIAL, kind="view")
 register_method(pl.plot_patterns, modalities=SPATIAL, kind="view")
+register_method(pl.plot_fsv_q, modalities=SPATIAL, kind="view")
 register_method(pl.plot_domains, modalities=SPATIAL, kind="view")
 register_method(pl.plot_abundance, modalities=SPATIAL, kind="view")
 register_method(pl.plot_abundance_blend, modalities=SPATIAL, kind="view")

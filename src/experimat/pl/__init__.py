@@ -23,6 +23,7 @@ from ._methods import (
 )
 from ._qc import plot_reconstruction, plot_totals_per_batch, plot_training_history
 from ._spatial import plot_spatial
+from ._svg import plot_fsv_q, plot_pvalue_qq
 
 __all__ = [
     "BLEND_COLORS",
@@ -33,8 +34,10 @@ __all__ = [
     "plot_abundance_blend",
     "plot_domains",
     "plot_embedding",
+    "plot_fsv_q",
     "plot_locat",
     "plot_patterns",
+    "plot_pvalue_qq",
     "plot_reconstruction",
     "plot_spatial",
     "plot_totals_per_batch",

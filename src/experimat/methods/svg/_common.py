@@ -66,6 +66,14 @@ def row_sums(X) -> np.ndarray:
     return np.asarray(X.sum(1)).ravel().astype(np.float64)
 
 
+def with_gene_symbols(res, adata, *, gene_symbols: str = "gene"):
+    """Put the gene symbols (``var[gene_symbols]``, e.g. after gene-id harmonisation) in a first column ``gene`` of a
+    result table indexed by ``var_names`` (the ids stay as the index)."""
+    if gene_symbols in adata.var.columns and "gene" not in res.columns:
+        res.insert(0, "gene", adata.var[gene_symbols].astype("string").to_numpy())
+    return res
+
+
 def pick_device(use_gpu: bool) -> str:
     from experimat._optional import import_optional, jax_device
 

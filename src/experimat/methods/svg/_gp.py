@@ -221,12 +221,16 @@ def permutation_null_pvalues(
 # ---------------------------------------------------------------------------------------------- public
 
 
-def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None):
+def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None, candidates: np.ndarray | None = None):
     """Tested gene indices and a function mapping a gene chunk to model-ready expression.
 
     ``normalize="anscombe"``: NaiveDE's variance stabilisation ``log(y + 1 / (2 φ))`` followed by
     regressing out log total counts (limma's ``removeBatchEffect``, the intercept kept), as the
     SpatialDE README does. ``normalize="none"``: the values are used as they are.
+
+    ``candidates`` (column indices; default all genes) restricts the tested genes; the overdispersion ``φ`` is
+    estimated on the tested genes (as ``NaiveDE.stabilize`` on them), the total counts always come from all genes
+    (as SpatialDE's ``sample_info['total_counts']``), so a gene's model does not depend on which others are tested.
     """
     from experimat._errors import InvalidInputError
     from experimat.methods._checks import check_counts
@@ -235,17 +239,17 @@ def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None
 
     n = X.shape[0]
     s, sq = column_sums(X)
+    cand = np.arange(X.shape[1]) if candidates is None else np.asarray(candidates, dtype=np.int64)
     if normalize == "none":
-        idx = np.arange(X.shape[1])
-        return idx, (lambda cols: dense_chunk(X, cols)), {}
+        return cand, (lambda cols: dense_chunk(X, cols)), {}
     check_counts(X, layer=layer)
-    idx = np.flatnonzero(s >= min_counts)
+    idx = cand[s[cand] >= min_counts]
     if idx.size == 0:
-        raise InvalidInputError(f"no gene has >= min_counts={min_counts} counts; lower min_counts.")
-    total = row_sums(X[:, idx])
+        raise InvalidInputError(f"no tested gene has >= min_counts={min_counts} counts; lower min_counts.")
+    total = row_sums(X)
     if (total <= 0).any():
         raise InvalidInputError(
-            f"{int((total <= 0).sum())} spots have no counts in the tested genes; remove empty spots first "
+            f"{int((total <= 0).sum())} spots have no counts; remove empty spots first "
             "(e.g. sc.pp.filter_cells(adata, min_counts=1))."
         )
     mean = s[idx] / n
@@ -271,6 +275,7 @@ def spatial_svg_gp(
     *,
     layer: str | None = "counts",
     spatial_key: str = "spatial",
+    genes: str | list[str] | None = None,
     normalize: str = "anscombe",
     kernel_space: dict | None = None,
     min_counts: int = 3,
@@ -307,6 +312,12 @@ def spatial_svg_gp(
         already normalised values.
     spatial_key
         ``obsm`` key of the spot coordinates.
+    genes
+        Test only these genes (``var_names``, Ensembl ids or symbols; default: all). The total
+        counts regressed out still come from all genes, as in SpatialDE's pipeline, so a gene's
+        statistics do not depend on which other genes are tested (only the overdispersion ``φ``
+        of the stabilisation, estimated on the tested genes as ``NaiveDE.stabilize`` does, and
+        the q-values, computed over the tested genes). Other genes get NaN.
     normalize
         ``"anscombe"`` (counts; stabilise + regress out log total counts, as SpatialDE's README) or
         ``"none"`` (use the values as they are).
@@ -355,7 +366,8 @@ def spatial_svg_gp(
 
     Returns
     -------
-    DataFrame indexed by ``var_names`` with columns ``pval``, ``qval`` (Storey, as SpatialDE),
+    DataFrame indexed by ``var_names`` with columns ``gene`` (the symbol, when ``var['gene']``
+    exists, e.g. after gene-id harmonisation), ``pval``, ``qval`` (Storey, as SpatialDE),
     ``padj`` (Benjamini–Hochberg), ``svg``, ``rank`` (1 = most significant), ``l`` (lengthscale
     of the best SE kernel), ``fsv`` (fraction of spatial variance), ``llr``, ``bic`` and ``model``.
     The same columns are written to ``adata.var`` as ``{key_added}.<column>`` and the parameters
@@ -375,13 +387,14 @@ def spatial_svg_gp(
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, get_matrix, store_params
 
-    from ._common import as_csc_or_dense, chunk_size_for, coordinates, gene_chunks, pick_device
+    from ._common import as_csc_or_dense, chunk_size_for, coordinates, gene_chunks, pick_device, with_gene_symbols
     from ._kernels import cached_factor, l_limits
     from ._stats import bh_adjust, chi2_sf, storey_qvalue
 
     params = dict(
         layer=layer,
         spatial_key=spatial_key,
+        genes="<list>" if genes is not None else None,
         normalize=normalize,
         kernel_space=kernel_space,
         min_counts=min_counts,
@@ -398,7 +411,14 @@ def spatial_svg_gp(
     X = as_csc_or_dense(get_matrix(adata, layer))
     device = pick_device(use_gpu)
     start = logger.info(f"SpatialDE GP test on {X.shape[0]} spots x {X.shape[1]} genes ({device})")
-    idx, transform, prep = _prepare_expression(X, normalize=normalize, min_counts=min_counts, layer=layer)
+    candidates = None
+    if genes is not None:
+        from experimat.methods._checks import resolve_genes
+
+        candidates = np.unique(adata.var_names.get_indexer(resolve_genes(adata, genes)))
+    idx, transform, prep = _prepare_expression(
+        X, normalize=normalize, min_counts=min_counts, layer=layer, candidates=candidates
+    )
     n = xy.shape[0]
     l_min, l_max = l_limits(xy)
     if kernel_space is None:
@@ -479,7 +499,7 @@ def spatial_svg_gp(
     write_var(adata, res, key_added)
     store_params(adata, key_added, params, phi=prep.get("phi"), n_tested=int(ok.sum()))
     logger.info(f"SpatialDE GP test: {int(res['svg'].sum())} SVGs at q < {alpha}", time=start)
-    return res
+    return with_gene_symbols(res, adata)
 
 
 def _permutation_pvalues(tested, llr, log_delta, idx, transform, xy, lengthscales, *, n_null, seed, use_cache, device):

@@ -183,7 +183,7 @@ def spatial_svg_moran(
 
     Returns
     -------
-    DataFrame indexed by ``var_names`` with ``I``, ``expected_I``, ``var_I_norm``, ``var_I_rand``,
+    DataFrame indexed by ``var_names`` with ``gene`` (the symbol, when ``var['gene']`` exists), ``I``, ``expected_I``, ``var_I_norm``, ``var_I_rand``,
     ``skew_I`` (permutation skewness), ``pval_p3``, ``pval_norm``, ``pval_rand`` (``pval_sim`` with
     permutations), ``pval``, ``padj``, ``svg``, ``rank``, ``n_spots``; written to ``adata.var`` as
     ``{key_added}.<column>``. Constant genes get NaN; genes below ``min_spots`` get NaN p-values.
@@ -203,7 +203,7 @@ def spatial_svg_moran(
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, get_matrix, store_params
 
-    from ._common import as_csc_or_dense, chunk_size_for, coordinates, dense_chunk, gene_chunks
+    from ._common import as_csc_or_dense, chunk_size_for, coordinates, dense_chunk, gene_chunks, with_gene_symbols
     from ._gp import _finish_ranking, write_var
     from ._perm import kernel_invariants_sparse, moment_weights, pearson3_logsf, permutation_moments, power_sums
     from ._stats import bh_adjust
@@ -323,4 +323,4 @@ def spatial_svg_moran(
         ),
     )
     logger.info(f"Moran's I: {int(res['svg'].sum())} genes at padj < {alpha}", time=start)
-    return res
+    return with_gene_symbols(res, adata)

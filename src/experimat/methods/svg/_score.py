@@ -257,7 +257,8 @@ def spatial_svg_spatialde(
 
     Returns
     -------
-    DataFrame indexed by ``var_names`` with columns ``pval`` (Cauchy-combined), ``padj``
+    DataFrame indexed by ``var_names`` with columns ``gene`` (the symbol, when ``var['gene']``
+    exists), ``pval`` (Cauchy-combined), ``padj``
     (Benjamini–Hochberg), ``svg``, ``rank`` (1 = largest combined statistic), ``stat`` (Cauchy
     statistic), ``kernel`` (the kernel with the smallest p-value), ``pval_min_kernel`` (per-kernel Pearson III), ``dispersion`` (negative binomial only) and
     ``n_spots``. Written to ``adata.var`` as ``{key_added}.<column>``;
@@ -280,7 +281,15 @@ def spatial_svg_spatialde(
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, check_counts, get_matrix, store_params
 
-    from ._common import as_csc_or_dense, chunk_size_for, coordinates, dense_chunk, gene_chunks, pick_device
+    from ._common import (
+        as_csc_or_dense,
+        chunk_size_for,
+        coordinates,
+        dense_chunk,
+        gene_chunks,
+        pick_device,
+        with_gene_symbols,
+    )
     from ._gp import _bucket, write_var
     from ._kernels import lowrank_factor
     from ._perm import moment_weights, pearson3_logp, permutation_moments
@@ -404,7 +413,7 @@ def spatial_svg_spatialde(
     adata.varm[f"{key_added}.kernel_pvals"] = np.exp(logp)
     store_params(adata, key_added, params, kernels=[str(x) for x in names], n_tested=int((~all_nan).sum()))
     logger.info(f"SpatialDE2 score tests: {int(res['svg'].sum())} SVGs at padj < {alpha}", time=start)
-    return res
+    return with_gene_symbols(res, adata)
 
 
 def _finish_ranking_by_score(res, *, score: np.ndarray, n_svg: int | None, alpha: float) -> None:

@@ -211,7 +211,8 @@ def spatial_markers_spagcn(
     Returns
     -------
     DataFrame of the kept markers of all target domains (column ``domain`` first), each domain's
-    genes ordered by in-group fraction (then ``q``). ``log10.q`` is ``log10(q)``.
+    genes ordered by in-group fraction (then ``q``). ``log10.q`` is ``-log10(q)`` (positive; larger is more
+    significant), as in the exprmat tables and volcano plots.
 
     Examples
     --------
@@ -281,7 +282,7 @@ def spatial_markers_spagcn(
                     "pct.out": f_out[ok],
                     "fc": fc[ok],
                     "q": q[ok],
-                    "log10.q": np.log10(np.clip(q[ok], 1e-300, None)),
+                    "log10.q": -np.log10(np.clip(q[ok], 1e-300, None)),
                 }
             )
             table = table.sort_values(["pct.in", "q"], ascending=[False, True], kind="stable").reset_index(drop=True)
