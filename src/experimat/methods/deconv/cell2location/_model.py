@@ -12,19 +12,18 @@ from experimat._errors import ExperimatWarning, InvalidInputError
 from experimat._logging import logger
 from experimat._settings import settings
 from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
 from ._reference import ReferenceSignatures
 from ._svi import (
     MeanFieldLogNormal,
     count_histogram,
-    cpu_threads,
     exponential_logpdf,
     gamma_logpdf,
     histogram_to_torch,
     make_generator,
     nb_loglik,
     nb_loglik_dense,
-    run_epochs,
     still_decreasing,
 )
 
@@ -284,7 +283,7 @@ def _fit_location_model(
 ) -> dict[str, Any]:
     from scipy.special import gammaln
 
-    from experimat._optional import import_optional, torch_device
+    from experimat._optional import import_optional
 
     torch = import_optional("torch", purpose="cell2location")
     device = torch_device(use_gpu)
@@ -302,7 +301,7 @@ def _fit_location_model(
 
     x_t = torch.tensor(x, device=device)
     cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
-    with cpu_threads(torch, device, deterministic):
+    with torch_threads(1 if deterministic else None, device):
         w0 = _nmf_init(torch, x_t, cs_t * detection_mean)
     w0 = np.maximum(w0, 1e-2 * N / n_fact)
     f32 = np.float32
@@ -358,8 +357,7 @@ def _fit_location_model(
     one = T(1.0)
     w_ratio = T(5.0)
 
-    def step(idx: np.ndarray | None) -> float:
-        opt.zero_grad()
+    def step(idx: np.ndarray | None, epoch: int):
         it = None if idx is None else torch.tensor(idx, device=device)
         sites, glob, loc_terms = g.draw(torch, gen, it)
         lp_glob, lp_loc = [], []
@@ -403,21 +401,18 @@ def _fit_location_model(
             nz = tuple(xb.nonzero(as_tuple=True))
             x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
             ll = nb_loglik(torch, nz, x_nz, mu, alpha[bb], lg1)
-        loss = -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
 
-    history = run_epochs(
-        torch,
+    history = train(
         step,
-        n_obs=n_obs,
-        batch_size=batch_size,
+        opt,
+        minibatches(n_obs, batch_size, perm_rng, sort=True),
         max_epochs=max_epochs,
-        perm_rng=perm_rng,
-        device=device,
-        deterministic=deterministic,
+        n_obs=n_obs,
         name="cell2location",
+        epoch_loss="batch_mean",
+        threads=1 if deterministic else None,
+        device=device,
     )
     posterior = {
         "m_g": g.summary(torch, "m_g")["means"].ravel(),

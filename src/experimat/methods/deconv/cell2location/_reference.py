@@ -22,6 +22,7 @@ from experimat.methods._checks import (
     get_obs_column,
     to_json_safe,
 )
+from experimat.methods._torch import minibatches, torch_device, train
 
 from ._svi import (
     MeanFieldLogNormal,
@@ -31,7 +32,6 @@ from ._svi import (
     histogram_to_torch,
     make_generator,
     nb_loglik_suffstats,
-    run_epochs,
     still_decreasing,
 )
 
@@ -465,7 +465,7 @@ def _fit_regression(
     deterministic: bool,
 ) -> tuple[np.ndarray, list[float]]:
     """SVI fit of the cell2location reference regression; returns (signatures G x F, loss history)."""
-    from experimat._optional import import_optional, torch_device
+    from experimat._optional import import_optional
 
     torch = import_optional("torch", purpose="cell2location reference signatures")
     device = torch_device(use_gpu)
@@ -509,8 +509,7 @@ def _fit_regression(
     def T(v):
         return torch.tensor(v, dtype=torch.float32, device=device)
 
-    def step(idx: np.ndarray | None) -> float:
-        opt.zero_grad()
+    def step(idx: np.ndarray | None, epoch: int):
         sites, glob, _ = g.draw(torch, gen)
         lp = []
 
@@ -541,21 +540,18 @@ def _fit_regression(
         else:
             stats, scale = _group_stats(torch, X[idx], grp[idx], n_grp, device), n_obs / len(idx)
         ll = nb_loglik_suffstats(torch, mu, alpha, stats["counts"], stats["sums"], stats["hist"])
-        loss = -(scale * ll + sum(lp) + glob)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return -(scale * ll + sum(lp) + glob)
 
-    history = run_epochs(
-        torch,
+    history = train(
         step,
-        n_obs=n_obs,
-        batch_size=batch_size,
+        opt,
+        minibatches(n_obs, batch_size, perm_rng, sort=True),
         max_epochs=max_epochs,
-        perm_rng=perm_rng,
-        device=device,
-        deterministic=deterministic,
+        n_obs=n_obs,
         name="reference regression",
+        epoch_loss="batch_mean",
+        threads=1 if deterministic else None,
+        device=device,
     )
     post = g.summary(torch, "per_cluster_mu_fg")["means"]
     y_e = g.summary(torch, "detection_mean_y_e")["means"].mean()

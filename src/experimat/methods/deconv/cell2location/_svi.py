@@ -15,7 +15,6 @@ by the caller and passed in as the ``torch`` module where needed.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -234,24 +233,6 @@ class MeanFieldLogNormal:
         return {"means": mean, "sd": sd, "q05": np.exp(mu - z * s), "q95": np.exp(mu + z * s)}
 
 
-@contextmanager
-def cpu_threads(torch: Any, device, deterministic: bool):
-    """Run a CPU fit single-threaded when ``deterministic`` (bit-for-bit reproducible with a seed).
-
-    Multi-threaded BLAS (MKL adapts its thread count to the machine's load) may change the
-    order of floating-point sums between runs; one thread removes that. GPU runs are unaffected.
-    """
-    if not deterministic or getattr(device, "type", str(device)) != "cpu":
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def make_generator(torch: Any, seed: int):
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
@@ -271,36 +252,3 @@ def still_decreasing(history: list[float], *, rel_tol: float = 1e-3) -> bool:
     h = np.asarray(history, dtype=np.float64)
     before, last = np.median(h[-2 * w : -w]), np.median(h[-w:])
     return bool((before - last) > rel_tol * max(abs(last), 1e-12))
-
-
-def run_epochs(
-    torch: Any,
-    step,
-    *,
-    n_obs: int,
-    batch_size: int | None,
-    max_epochs: int,
-    perm_rng,
-    device,
-    deterministic: bool,
-    name: str,
-) -> list[float]:
-    """Run ``step`` for ``max_epochs`` epochs: full batch (``step(None)``) or shuffled mini-batches of
-    sorted indices; returns the mean loss per epoch."""
-    import time
-
-    from experimat._logging import ProgressBar, logger
-
-    history: list[float] = []
-    t0 = time.perf_counter()
-    with cpu_threads(torch, device, deterministic), ProgressBar(max_epochs, name) as bar:
-        for _ in range(max_epochs):
-            if batch_size is None or batch_size >= n_obs:
-                history.append(step(None))
-            else:
-                order = perm_rng.permutation(n_obs)
-                n_b = int(np.ceil(n_obs / batch_size))
-                history.append(sum(step(np.sort(order[s : s + batch_size])) for s in range(0, n_obs, batch_size)) / n_b)
-            bar.update()
-    logger.debug(f"{name}: {max_epochs} epochs in {time.perf_counter() - t0:.1f} s")
-    return history

@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from experimat._errors import InvalidInputError
-from experimat._logging import ProgressBar, logger
-from experimat._optional import import_optional, torch_device
+from experimat._logging import logger
+from experimat._optional import import_optional
 from experimat._saved_model import SavedModel, register_model
 from experimat._settings import settings
 from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-
-
-@contextmanager
-def torch_threads(torch, n: int | None):
-    """Run with ``n`` torch CPU threads (``None``: ``em.settings.n_jobs``), restoring the previous value.
-
-    One thread per job by default: on a busy machine two spinning threads per process are many times
-    slower than one.
-    """
-    n = settings.n_jobs if n is None else int(n)
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _as_csr(X):
@@ -421,7 +405,8 @@ def fit_condscvi(
     from ._modules import CondVAE
 
     device = torch_device(use_gpu)
-    with torch.random.fork_rng(devices=[]), torch_threads(torch, n_threads):
+    threads = settings.n_jobs if n_threads is None else n_threads
+    with torch.random.fork_rng(devices=[]), torch_threads(threads, device):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         mod = CondVAE(
@@ -437,25 +422,16 @@ def fit_condscvi(
         yt = torch.as_tensor(y, device=device)
         wt = torch.as_tensor(ct_weight, dtype=torch.float32, device=device)[yt]
         opt = torch.optim.Adam(mod.parameters(), lr=lr, eps=0.01, weight_decay=1e-6)
-        history: list[float] = []
         n = X.shape[0]
+
+        def loss_fn(idx, epoch):
+            xb = Xt[idx.to(device)] if dense else torch.as_tensor(X[idx.numpy()].toarray(), device=device)
+            return mod.loss(xb, yt[idx.to(device)], wt[idx.to(device)], gen)
+
         mod.train()
-        with ProgressBar(max_epochs, description="CondSCVI") as bar:
-            for _ in range(max_epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for b in range(0, n, batch_size):
-                    idx = perm[b : b + batch_size]
-                    if idx.numel() < 3 and n > batch_size:  # as scvi-tools: drop a tiny last batch
-                        continue
-                    xb = Xt[idx.to(device)] if dense else torch.as_tensor(X[idx.numpy()].toarray(), device=device)
-                    loss = mod.loss(xb, yt[idx.to(device)], wt[idx.to(device)], gen)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * idx.numel()
-                history.append(total / n)
-                bar.update()
+        # every epoch shuffles (even a single batch); as scvi-tools, a last batch under 3 cells is dropped
+        batches = minibatches(n, batch_size, gen, full_batch=False, min_size=3)
+        history = train(loss_fn, opt, batches, max_epochs=max_epochs, n_obs=n, name="CondSCVI")
         mod.eval()
         means, variances = [], []
         with torch.no_grad():

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 
 from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
-from experimat._logging import ProgressBar, logger
-from experimat._optional import import_optional, torch_device
+from experimat._logging import logger
+from experimat._optional import import_optional
 from experimat._settings import settings
 from experimat.methods._checks import check_counts, check_positive_int, get_matrix, store_params
+from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
-from ._condscvi import CondSCVIModel, _as_csr, torch_threads
+from ._condscvi import CondSCVIModel, _as_csr
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -201,7 +202,8 @@ def deconvolve_destvi(
     pm, pv, pw = reference.vamp_prior(vamp_prior_p, seed=seed)
     ref_mod = reference.module()
     device = torch_device(use_gpu)
-    with torch.random.fork_rng(devices=[]), torch_threads(torch, n_threads):
+    threads = settings.n_jobs if n_threads is None else n_threads
+    with torch.random.fork_rng(devices=[]), torch_threads(threads, device):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         mod = SpatialDeconv(
@@ -217,27 +219,16 @@ def deconvolve_destvi(
         ).to(device)
         Xt = torch.as_tensor(X.toarray(), device=device)
         opt = torch.optim.Adam([p for p in mod.parameters() if p.requires_grad], lr=lr, eps=0.01, weight_decay=1e-6)
-        history: list[float] = []
+
+        def loss_fn(idx, epoch):
+            kl_w = 1.0 if warm <= 0 else min(1.0, epoch / warm)
+            xb = Xt if idx is None else Xt[idx]
+            return mod.loss(xb, kl_w, float(l1_sparsity), float(beta_weighting_prior))
+
         mod.train()
         mod.decoder.eval()
-        with ProgressBar(max_epochs, description="DestVI") as bar:
-            for epoch in range(max_epochs):
-                kl_w = 1.0 if warm <= 0 else min(1.0, epoch / warm)
-                if bs >= n_spots:
-                    batches = [None]
-                else:
-                    perm = torch.randperm(n_spots, generator=gen).to(device)
-                    batches = [perm[b : b + bs] for b in range(0, n_spots, bs)]
-                total = 0.0
-                for idx in batches:
-                    xb = Xt if idx is None else Xt[idx]
-                    loss = mod.loss(xb, kl_w, float(l1_sparsity), float(beta_weighting_prior))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * xb.shape[0]
-                history.append(total / n_spots)
-                bar.update()
+        batches = minibatches(n_spots, bs, gen, device=device)
+        history = train(loss_fn, opt, batches, max_epochs=max_epochs, n_obs=n_spots, name="DestVI")
         mod.eval()
         vs, gs = [], []
         with torch.no_grad():

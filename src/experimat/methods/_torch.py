@@ -1,0 +1,141 @@
+"""Torch device, CPU threads and the one training loop of the torch methods.
+
+Every torch method picks its device with :func:`torch_device`, limits its CPU threads with
+:func:`torch_threads` and trains through :func:`train`: epochs over :func:`minibatches`, an optimiser
+step per batch, a loss history, progress through :class:`experimat._logging.ProgressBar` and an
+optional early stop. ``torch`` is imported inside the functions (never at module import).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+
+from experimat._logging import ProgressBar, logger
+from experimat._optional import import_optional
+
+
+def torch_device(use_gpu: bool = True):
+    """The torch device to use: CUDA when present and ``use_gpu``, else CPU."""
+    torch = import_optional("torch", purpose="this method")
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _is_cpu(device) -> bool:
+    return device is None or getattr(device, "type", str(device)) == "cpu"
+
+
+@contextmanager
+def torch_threads(n: int | None, device=None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, restoring the previous count afterwards.
+
+    ``n=None`` leaves the count as it is; on a GPU ``device`` nothing changes. One thread makes a
+    seeded CPU fit bit-for-bit reproducible (multi-threaded BLAS may change the order of sums) and is
+    much faster than a spinning thread pool on small tensors or a busy machine.
+    """
+    if n is None or not _is_cpu(device):
+        yield
+        return
+    torch = import_optional("torch", purpose="this method")
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def minibatches(
+    n_obs: int,
+    batch_size: int | None,
+    rng: Any,
+    *,
+    full_batch: bool = True,
+    sort: bool = False,
+    min_size: int = 1,
+    device=None,
+) -> Callable[[int], Iterable[Any]]:
+    """The batches of each epoch, as a function of the epoch number for :func:`train`.
+
+    With ``full_batch`` and ``batch_size`` ``None`` or ``>= n_obs`` every epoch is one batch ``None``
+    (all observations, no random numbers drawn). Otherwise each epoch draws a permutation from
+    ``rng`` (a :class:`numpy.random.Generator` gives NumPy index arrays, a ``torch.Generator`` gives
+    CPU tensors moved to ``device``) and cuts it into consecutive batches of ``batch_size``
+    (``sort``: indices sorted within a batch). When there is more than one batch, a last batch
+    smaller than ``min_size`` is skipped (as scvi-tools drops a tiny last batch).
+    """
+    bs = n_obs if batch_size is None else int(batch_size)
+    if full_batch and bs >= n_obs:
+        return lambda epoch: [None]
+
+    def epoch_batches(epoch: int) -> Iterator[Any]:
+        if isinstance(rng, np.random.Generator):
+            order = rng.permutation(n_obs)
+        else:
+            import torch
+
+            order = torch.randperm(n_obs, generator=rng)
+            if device is not None:
+                order = order.to(device)
+        for s in range(0, n_obs, bs):
+            idx = order[s : s + bs]
+            if len(idx) < min_size and n_obs > bs:
+                continue
+            yield np.sort(idx) if sort else idx
+
+    return epoch_batches
+
+
+def train(
+    loss_fn: Callable[[Any, int], Any],
+    optimizer: Any,
+    batches: Callable[[int], Iterable[Any]],
+    *,
+    max_epochs: int,
+    n_obs: int,
+    name: str,
+    epoch_loss: Literal["batch_mean", "obs_mean"] = "obs_mean",
+    batch_len: Callable[[Any], int] | None = None,
+    threads: int | None = None,
+    device=None,
+    early_stop: Callable[[list[float]], bool] | None = None,
+) -> list[float]:
+    """Train for up to ``max_epochs`` epochs and return the loss per epoch.
+
+    Each epoch iterates ``batches(epoch)``; for each batch ``loss_fn(batch, epoch)`` returns a scalar
+    loss tensor, and the loop zeroes the gradients, back-propagates and steps ``optimizer``. The
+    epoch's loss is the mean of its batch losses (``"batch_mean"``, over ``ceil(n_obs / batch)``
+    batches) or their mean weighted by batch length per observation (``"obs_mean"``: the summed
+    ``loss * len(batch)`` divided by ``n_obs``; a ``None`` batch has ``n_obs`` rows). ``threads``
+    and ``device`` go to :func:`torch_threads`; ``early_stop(history)``, checked after every epoch,
+    ends training when it returns True.
+    """
+    history: list[float] = []
+    t0 = time.perf_counter()
+    size = batch_len or (lambda b: n_obs if b is None else len(b))
+    with torch_threads(threads, device), ProgressBar(max_epochs, name) as bar:
+        for epoch in range(max_epochs):
+            total, count = 0.0, 0
+            for batch in batches(epoch):
+                loss = loss_fn(batch, epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                if epoch_loss == "obs_mean":
+                    total += value * size(batch)
+                else:
+                    total += value
+                    count += 1
+            history.append(total / n_obs if epoch_loss == "obs_mean" else total / max(count, 1))
+            bar.update()
+            if early_stop is not None and early_stop(history):
+                break
+    logger.debug(f"{name}: {len(history)} epochs in {time.perf_counter() - t0:.1f} s")
+    return history

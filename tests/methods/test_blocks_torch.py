@@ -1,0 +1,85 @@
+"""The shared torch blocks (experimat.methods._torch): device, threads, mini-batches, the training loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from experimat.methods._torch import minibatches, torch_device, torch_threads, train  # noqa: E402
+
+
+def test_device_cpu_when_gpu_not_wanted():
+    assert torch_device(use_gpu=False).type == "cpu"
+    assert torch_device(use_gpu=True).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_threads_set_and_restored():
+    old = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == old
+    with torch_threads(None):
+        assert torch.get_num_threads() == old
+    with torch_threads(1, device="cuda"):  # GPU runs leave the CPU thread count alone
+        assert torch.get_num_threads() == old
+
+
+def test_minibatches_full_batch_draws_no_random_numbers():
+    rng = np.random.default_rng(0)
+    assert list(minibatches(10, None, rng)(0)) == [None]
+    assert list(minibatches(10, 10, rng)(3)) == [None]
+    assert rng.integers(1 << 30) == np.random.default_rng(0).integers(1 << 30)
+
+
+def test_minibatches_cover_every_observation_once_per_epoch():
+    for rng in (np.random.default_rng(1), torch.Generator().manual_seed(1)):
+        batches = minibatches(11, 4, rng, sort=True)
+        for epoch in range(3):
+            got = [np.asarray(b) for b in batches(epoch)]
+            assert [len(b) for b in got] == [4, 4, 3]
+            assert sorted(np.concatenate(got).tolist()) == list(range(11))
+            assert all((np.diff(b) > 0).all() for b in got)
+    # a tiny last batch is dropped only when there is more than one batch; full_batch=False shuffles
+    got = list(minibatches(9, 4, torch.Generator().manual_seed(0), min_size=3)(0))
+    assert [len(b) for b in got] == [4, 4]
+    got = list(minibatches(5, 8, torch.Generator().manual_seed(0), full_batch=False, min_size=3)(0))
+    assert len(got) == 1 and sorted(got[0].tolist()) == list(range(5))
+
+
+def test_train_least_squares_matches_closed_form_and_records_history():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    beta = torch.tensor([1.0, -2.0, 0.5])
+    y = x @ beta
+    w = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+
+    def loss_fn(idx, epoch):
+        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        return ((xb @ w - yb) ** 2).mean()
+
+    hist = train(loss_fn, opt, minibatches(64, 16, np.random.default_rng(0)), max_epochs=300, n_obs=64, name="ls")
+    assert len(hist) == 300 and hist[-1] < 1e-4 * hist[0]
+    np.testing.assert_allclose(w.detach().numpy(), beta.numpy(), atol=1e-2)
+
+
+def test_train_epoch_loss_reductions_and_early_stop():
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.0)  # no learning: every batch's loss is its constant
+    losses = {0: 1.0, 1: 3.0, 2: 8.0}
+
+    def loss_fn(b, epoch):
+        return w.sum() + losses[b]
+
+    def batches(epoch):
+        return [0, 1, 2]
+
+    lens = {0: 5, 1: 5, 2: 2}
+    obs = train(loss_fn, opt, batches, max_epochs=2, n_obs=12, name="t", batch_len=lens.get)
+    assert obs == pytest.approx([(5 * 1 + 5 * 3 + 2 * 8) / 12] * 2)
+    mean = train(loss_fn, opt, batches, max_epochs=2, n_obs=12, name="t", epoch_loss="batch_mean")
+    assert mean == pytest.approx([4.0, 4.0])
+    stopped = train(loss_fn, opt, batches, max_epochs=50, n_obs=12, name="t", batch_len=lens.get, early_stop=lambda h: len(h) >= 3)
+    assert len(stopped) == 3
