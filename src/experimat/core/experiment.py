@@ -484,6 +484,46 @@ class Experiment:
         self._fp[(modality, sample)] = fingerprint(adata)
         return adata
 
+    def get_sample_slots(self, modality: str, sample: str, slots: Iterable[str] = ("obs", "obsm")) -> AnnData:
+        """Only some slots of a sample (``obs``, ``var``, ``obsm``, ``obsp``, ``uns``), without ``X`` or layers.
+
+        Reads just those groups of the sample's file (the file is checked as for
+        :meth:`get_sample`), so the coordinates and annotations of a 500,000-bin sample open in
+        seconds. The result is an AnnData with ``X=None`` that is not attached to the experiment.
+
+        Examples
+        --------
+        >>> meta = expm.get_sample_slots("spatial-bin", "hd1")  # doctest: +SKIP
+        >>> meta.obsm["spatial"]  # doctest: +SKIP
+        """
+        import anndata as ad
+
+        modality = Modality(modality).value
+        slots = list(slots)
+        allowed = ("obs", "var", "obsm", "obsp", "uns")
+        bad = [x for x in slots if x not in allowed]
+        if bad:
+            raise InvalidInputError(f"slots {bad} cannot be read alone; choose from {list(allowed)} (X and layers: get_sample).")
+        if sample in self._data[modality]:
+            a = self._data[modality][sample]
+            parts = {k: getattr(a, k) for k in slots}
+            return ad.AnnData(obs=a.obs, var=a.var, **{k: v for k, v in parts.items() if k not in ("obs", "var")})
+        if sample not in self._table.samples(modality):
+            raise SampleNotFoundError(sample, self._table.samples(modality), modality)
+        entry = self._entry(modality, sample)
+        if entry is None or self._store is None:
+            raise ProjectError(f"sample {sample!r} ({modality}) is neither in memory nor in the project folder.")
+
+        def read_parts(path: Path) -> AnnData:
+            import h5py
+            from anndata.io import read_elem
+
+            with h5py.File(path, "r") as f:
+                parts = {k: read_elem(f[k]) for k in {*slots, "obs", "var"} if k in f}
+            return ad.AnnData(**parts)
+
+        return self._read_file(entry["file"], read_parts)
+
     def _read_file(self, rel: str, read):
         """Check a file named by the opened manifest and read it.
 

@@ -5,6 +5,7 @@ are found under ``em.settings.data_dir`` (set ``EXPERIMAT_DATA_DIR``), described
 public sources and checksums (:func:`fetch`).
 """
 
+from ._hd import synthetic_visium_hd, write_visium_hd
 from ._real import data_path, visium_mouse_muscle, visium_mouse_muscle_sheet
 from ._registry import REGISTRY, fetch, registry, spatialde_published, spatialde_sheet
 from ._synthetic import pseudo_spots, synthetic_domains, synthetic_svg, visium_hex_grid
@@ -19,7 +20,9 @@ __all__ = [
     "spatialde_sheet",
     "synthetic_domains",
     "synthetic_svg",
+    "synthetic_visium_hd",
     "visium_hex_grid",
     "visium_mouse_muscle",
     "visium_mouse_muscle_sheet",
+    "write_visium_hd",
 ]

@@ -343,7 +343,20 @@ def _check_spots_in_range(xy: np.ndarray, xr: tuple | None, yr: tuple | None, sa
         )
 
 
+#: spot layers with more spots are rasterised (vector PDFs of 500,000 Visium HD bins stay small and fast)
+RASTERIZE_ABOVE = 20_000
+
+
 def _draw_spots(
+    ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, Any], *, diameter, palette, cmap, norm, to_rgba
+):
+    artist = _draw_spots_artist(ax, xy, cv, opts, diameter=diameter, palette=palette, cmap=cmap, norm=norm, to_rgba=to_rgba)
+    if len(xy) > RASTERIZE_ABOVE:
+        artist.set_rasterized(True)
+    return artist
+
+
+def _draw_spots_artist(
     ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, Any], *, diameter, palette, cmap, norm, to_rgba
 ):
     from matplotlib.collections import EllipseCollection

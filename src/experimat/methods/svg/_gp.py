@@ -154,6 +154,9 @@ def scan_kernels(get_chunk, chunks, xy, lengthscales, *, use_cache, device, show
 #: genes whose best noise ratio sits at the upper bound have no spatial variance at all
 _AT_BOUNDARY = LOG_DELTA_BOUNDS[1] - 1e-6
 N_NULL = 60_000
+#: largest number of spots the GP test accepts by default: it eigendecomposes one dense spots x spots
+#: kernel per lengthscale (O(n³) time, 8 n² bytes each; 10,000 spots: 0.8 GB and about a minute per kernel)
+MAX_SPOTS = 10_000
 N_KURTOSIS_BINS = 12
 MIN_PER_BIN = 2_000
 MIN_TAIL = 10
@@ -288,6 +291,7 @@ def spatial_svg_gp(
     use_gpu: bool = True,
     progress: bool = True,
     seed: int | None = None,
+    max_spots: int | None = MAX_SPOTS,
     key_added: str = "spatialde_gp",
 ):
     """The original SpatialDE Gaussian-process test for spatially variable genes.
@@ -361,6 +365,10 @@ def spatial_svg_gp(
         same random numbers whatever their genes, so separate calls whose p-values are to be
         independent (e.g. blocks of genes, samples) need different seeds; the multi-sample
         accessors derive one per sample.
+    max_spots
+        Refuse samples with more spots (default :data:`MAX_SPOTS` = 10,000): the test is cubic in
+        spots and holds dense spots x spots kernels. Above it use the scalable tests
+        (``spatial_svg_moran``, ``spatial_svg_spatialde``). ``None`` lifts the limit.
     key_added
         Prefix of the result columns and the ``uns`` key.
 
@@ -407,6 +415,15 @@ def spatial_svg_gp(
     )
     check_choice("normalize", normalize, ("anscombe", "none"))
     check_choice("null", null, ("chi2", "permutation"))
+    if max_spots is not None and adata.n_obs > max_spots:
+        from experimat._errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"the SpatialDE GP test is cubic in spots and holds dense spots x spots kernels: {adata.n_obs:,} spots "
+            f"exceed max_spots={max_spots:,} (about {8 * adata.n_obs**2 / 1e9:.0f} GB per kernel). Use the scalable "
+            "tests spatial_svg_moran (Moran's I) or spatial_svg_spatialde (score test), or subsample the spots; "
+            "max_spots=None lifts the limit."
+        )
     xy = coordinates(adata, spatial_key)
     X = as_csc_or_dense(get_matrix(adata, layer))
     device = pick_device(use_gpu)

@@ -9,8 +9,16 @@ from scipy import sparse, special
 from experimat._errors import InvalidInputError
 
 
-def hex_neighbors(array_row: np.ndarray, array_col: np.ndarray) -> sparse.csr_matrix:
-    """Binary adjacency of a Visium hexagonal array: ``(r, c ± 2)`` and ``(r ± 1, c ± 1)``."""
+def is_hex_array(array_row: np.ndarray, array_col: np.ndarray) -> bool:
+    """Whether array coordinates are a Visium hexagonal lattice (``row + col`` even everywhere);
+    Visium HD square bins (every ``(row, col)``) are not."""
+    return bool(((np.asarray(array_row, dtype=np.int64) + np.asarray(array_col, dtype=np.int64)) % 2 == 0).all())
+
+
+def hex_neighbors(array_row: np.ndarray, array_col: np.ndarray, *,
+                  steps: tuple = ((0, 2), (0, -2), (1, 1), (1, -1), (-1, 1), (-1, -1))) -> sparse.csr_matrix:
+    """Binary adjacency of a Visium hexagonal array: ``(r, c ± 2)`` and ``(r ± 1, c ± 1)``
+    (other lattices through ``steps``, e.g. the square grid of Visium HD bins)."""
     r = np.asarray(array_row, dtype=np.int64)
     c = np.asarray(array_col, dtype=np.int64)
     n = r.size
@@ -19,7 +27,7 @@ def hex_neighbors(array_row: np.ndarray, array_col: np.ndarray) -> sparse.csr_ma
     order = np.argsort(key)
     skey = key[order]
     rows, cols = [], []
-    for dr, dc in ((0, 2), (0, -2), (1, 1), (1, -1), (-1, 1), (-1, -1)):
+    for dr, dc in steps:
         q = key + dr * span + dc
         pos = np.clip(np.searchsorted(skey, q), 0, n - 1)
         hit = skey[pos] == q
@@ -49,8 +57,17 @@ def knn_neighbors(xy: np.ndarray, k: int) -> sparse.csr_matrix:
 def spatial_weights(adata, xy: np.ndarray, *, neighbors: str, n_neighbors: int, transformation: str):
     """Spatial weights matrix and a label of how it was built."""
     if neighbors == "auto":
-        neighbors = "hex" if {"array_row", "array_col"} <= set(adata.obs.columns) else "knn"
-    if neighbors == "hex":
+        has_array = {"array_row", "array_col"} <= set(adata.obs.columns)
+        if has_array:
+            neighbors = "hex" if is_hex_array(adata.obs["array_row"], adata.obs["array_col"]) else "grid"
+        else:
+            neighbors = "knn"
+    if neighbors == "grid":  # square bins (Visium HD): the 8 bins around each (queen contiguity)
+        if not {"array_row", "array_col"} <= set(adata.obs.columns):
+            raise InvalidInputError("neighbors='grid' needs obs['array_row'] and obs['array_col'] (bin grid coordinates).")
+        W = hex_neighbors(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(),
+                          steps=((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)))
+    elif neighbors == "hex":
         if not {"array_row", "array_col"} <= set(adata.obs.columns):
             raise InvalidInputError(
                 "neighbors='hex' needs obs['array_row'] and obs['array_col'] (Visium array coordinates); "
@@ -125,7 +142,8 @@ def spatial_svg_moran(
     """Moran's I spatial autocorrelation of every gene.
 
     ``I = (n / S0) Σ_ij w_ij z_i z_j / Σ_i z_i²`` with ``z`` the centred expression. Weights come
-    from the Visium hexagonal neighbours (``obs['array_row']``, ``obs['array_col']``) or from
+    from the Visium hexagonal neighbours (``obs['array_row']``, ``obs['array_col']``), the 8
+    surrounding bins of a square grid (Visium HD) or from
     the ``n_neighbors`` nearest spots, row-standardised by default (as squidpy). p-values are
     analytic under normality or randomisation (Cliff & Ord), optionally also from permutations of
     the spots, and Benjamini–Hochberg adjusted. The default p-value (``null="pearson3"``) is the
@@ -145,8 +163,9 @@ def spatial_svg_moran(
     spatial_key
         ``obsm`` key of the coordinates (used for the kNN graph).
     neighbors
-        ``"auto"`` (hexagonal when Visium array coordinates are present, else kNN), ``"hex"`` or
-        ``"knn"``.
+        ``"auto"`` (hexagonal when Visium array coordinates are present, the square grid when
+        the array coordinates are not a hexagonal lattice — Visium HD bins — else kNN),
+        ``"hex"``, ``"grid"`` or ``"knn"``.
     n_neighbors
         Neighbours per spot for the kNN graph (symmetrised).
     transformation
@@ -208,7 +227,7 @@ def spatial_svg_moran(
     from ._perm import kernel_invariants_sparse, moment_weights, pearson3_logsf, permutation_moments, power_sums
     from ._stats import bh_adjust
 
-    check_choice("neighbors", neighbors, ("auto", "hex", "knn"))
+    check_choice("neighbors", neighbors, ("auto", "hex", "grid", "knn"))
     check_choice("transformation", transformation, ("r", "b"))
     check_choice("alternative", alternative, ("greater", "two-sided", "less"))
     check_choice("null", null, ("pearson3", "normality", "randomisation"))
