@@ -16,8 +16,8 @@ import pandas as pd
 
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat.methods._checks import get_coordinates, get_obsm
+from experimat.methods._image import parse_channels, resolve_image, select_channels, spatial_library
 
-from ._image import find_image, image_scalefactor, parse_channels, select_channels, spatial_library
 from ._utils import (
     NA_COLOR,
     ColorValues,
@@ -139,10 +139,8 @@ class _Image:
 def _load_image(
     adata: AnnData, sample: str, channels: Any, library_id: str | None, xr: tuple | None, yr: tuple | None
 ) -> _Image:
-    key, idx = parse_channels(channels)
-    lib, entry = spatial_library(adata, library_id, sample=sample)
-    used, img = find_image(entry, key, lib)
-    s = image_scalefactor(entry, used, lib)
+    res = resolve_image(adata, channels, library_id=library_id, sample=sample)
+    used, img, s = res.key, res.image, res.scalefactor
     h, w = img.shape[:2]
     # pixel (i, j) of the image is centred on full-resolution point (j / s, i / s), as in scanpy
     full = (-0.5 / s, (w - 0.5) / s, (h - 0.5) / s, -0.5 / s)
@@ -159,7 +157,7 @@ def _load_image(
     if yr is not None:
         r0 = max(0, math.floor(yr[0] * s)) if yr[0] > 0 else 0
         r1 = min(h, math.ceil(yr[1] * s) + 1)
-    crop = select_channels(img[r0:r1, c0:c1], idx, key)
+    crop = select_channels(img[r0:r1, c0:c1], res.channels, used)
     extent = ((c0 - 0.5) / s, (c1 - 0.5) / s, (r1 - 0.5) / s, (r0 - 0.5) / s)
     return _Image(crop, extent, full, used)
 
