@@ -128,15 +128,16 @@ def test_file_removed_between_check_and_read(tmp_path, monkeypatch):
     root = tmp_path / "p"
     make_synthetic_experiment(n_samples=1, project=root).close()
     read = core_experiment._read_sample
-    pending = [1, 2]
+    pending = [1]
 
     def racing_read(path):
         if pending:
             v = pending.pop(0)
             monkeypatch.setattr(core_experiment, "_read_sample", read)
             writer = em.load_experiment(root)
-            writer.spatial_bin["s0"].uns["version"] = v
-            writer.save()
+            for version in (v, v + 1):  # two commits: the files of the opened generation are gone after the second
+                writer.spatial_bin["s0"].uns["version"] = version
+                writer.save()
             writer.close()
             monkeypatch.setattr(core_experiment, "_read_sample", racing_read)
         return read(path)

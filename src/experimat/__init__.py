@@ -44,12 +44,14 @@ if TYPE_CHECKING:
     from .core.experiment import Experiment, load_experiment, migrate
     from .core.registry import register_method
     from .core.sample_table import SampleTable
+    from .io.lock import break_lock
 
 _LAZY_MODULES = {"io", "pl", "pp", "database", "methods", "core", "cli", "datasets"}
 _LAZY_ATTRS = {
     "Experiment": "experimat.core.experiment",
     "load_experiment": "experimat.core.experiment",
     "migrate": "experimat.core.experiment",
+    "break_lock": "experimat.io.lock",
     "SampleTable": "experimat.core.sample_table",
     "register_method": "experimat.core.registry",
     "register_model": "experimat._saved_model",
@@ -106,6 +108,7 @@ __all__ = [
     "SampleTable",
     "SavedModel",
     "__version__",
+    "break_lock",
     "load_experiment",
     "migrate",
     "register_method",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 import warnings
 import weakref
@@ -302,6 +303,8 @@ class Experiment:
         self._integrated_fp: str | None = None
         self._integrated_modified = False
         self._pending_history: list[dict[str, Any]] = []
+        self._unsaved_runs: set[SampleKey] = set()  # samples with run records written as saved=false
+        self._session_runs: set[tuple] = set()  # ok runs of this object (their results are in memory)
         self._accessors = {m: ModalityAccessor(self, m) for m in MODALITIES}
         self._finalizer = weakref.finalize(self, _release, _store) if _store is not None else None
 
@@ -533,9 +536,12 @@ class Experiment:
         try:
             path = self._store.check_file(rel, self._manifest["files"][rel], verify=self._verify)
             return read(path)
-        except (CorruptFileError, FileNotFoundError):
+        except (CorruptFileError, OSError) as e:  # h5py raises a bare OSError when GC removed the file mid-open
             self._raise_if_changed_on_disk()
-            raise
+            if isinstance(e, CorruptFileError):
+                raise
+            raise CorruptFileError(f"{rel} in {self.project_path} could not be read ({type(e).__name__}: {e}); it is "
+                                   "damaged although its size matches (open with verify=True to check its checksum).") from e
 
     def _raise_if_changed_on_disk(self) -> None:
         try:
@@ -708,6 +714,7 @@ class Experiment:
         if self._store is None:
             raise ProjectError("this experiment has no project folder; save it with expm.save('path/to/project').")
         self._store.require_writable()
+        self._store.check_can_commit()  # closed, lock lost, or changed behind our back: refuse before writing
         return self._store
 
     def save(self, path: str | os.PathLike | None = None, *, force: bool = False) -> Path:
@@ -748,26 +755,31 @@ class Experiment:
         t0 = time.perf_counter()
         manifest = self._base_manifest()
         files = manifest["files"]
-        for mod, s in keys:
-            if s not in self._data[mod]:
-                continue  # nothing in memory: the saved copy is current
-            old = self._entry(mod, s)
-            rel, entry = self._write_sample(store, mod, s)
-            files[rel] = store.file_entry(rel)
-            if old is not None:
-                files.pop(old["file"], None)
-            manifest["samples"].setdefault(mod, {})[s] = entry
-        if integrated and self._integrated is not None:
-            old = manifest.get("integrated")
-            rel, final = store.new_file("", FileName.INTEGRATED_STEM, ".h5mu")
-            with store.writing(final) as tmp, warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                self._integrated.write(str(tmp))
-            files[rel] = store.file_entry(rel)
-            if old:
-                files.pop(old["file"], None)
-            manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
-        self._commit(manifest)
+        try:
+            for mod, s in keys:
+                if s not in self._data[mod]:
+                    continue  # nothing in memory: the saved copy is current
+                old = self._entry(mod, s)
+                rel, entry = self._write_sample(store, mod, s)
+                files[rel] = store.file_entry(rel)
+                if old is not None:
+                    files.pop(old["file"], None)
+                manifest["samples"].setdefault(mod, {})[s] = entry
+            if integrated and self._integrated is not None:
+                old = manifest.get("integrated")
+                rel, final = store.new_file("", FileName.INTEGRATED_STEM, ".h5mu")
+                with store.writing(final) as tmp, warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self._integrated.write(str(tmp))
+                files[rel] = store.file_entry(rel)
+                if old:
+                    files.pop(old["file"], None)
+                manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
+            self._commit(manifest, saved=[(mod, s) for mod, s in keys if s in self._data[mod]]
+                         + ([(m, "integrated") for m in self._integrated.mod] if integrated and self._integrated is not None else []))
+        except BaseException:
+            store.discard_uncommitted()  # a refused or failed save leaves no file behind
+            raise
         for mod, s in keys:
             if s in self._data[mod]:
                 checked = self._checked_fp.pop((mod, s), None)
@@ -791,15 +803,20 @@ class Experiment:
         m["sample_table"] = self._table.to_records()
         return m
 
-    def _commit(self, manifest: dict[str, Any]) -> None:
+    def _commit(self, manifest: dict[str, Any], saved: Iterable[SampleKey] = ()) -> None:
         store = self._require_writable()
         generation = store.commit(manifest)
         manifest["generation"] = generation
-        self._manifest = store.read_manifest()
+        self._manifest = store.read_manifest(adopt=True)
         self._collect_models_garbage()
         if self._pending_history:
             store.append_history(self._pending_history)
             self._pending_history = []
+        now_saved = sorted(k for k in saved if k in self._unsaved_runs)
+        if now_saved:  # runs recorded with saved=false are now committed: say so in the history
+            store.append_history([{"event": "commit", "generation": generation, "time": now_iso(),
+                                   "samples": [list(k) for k in now_saved]}])
+            self._unsaved_runs.difference_update(now_saved)
 
     def _collect_models_garbage(self) -> None:
         if self._store is not None:
@@ -863,8 +880,9 @@ class Experiment:
         self._integrated_fp = fingerprint(self._integrated) if self._integrated is not None else None
         self._integrated_modified = False
         if self._pending_history:
-            new.append_history(self._pending_history)
+            new.append_history([{**r, "saved": True} if "method" in r else r for r in self._pending_history])
             self._pending_history = []
+        self._unsaved_runs.clear()
         logger.info(f"project written to {new.root}")
         return new.root
 
@@ -904,34 +922,73 @@ class Experiment:
         return list(self._manifest.get("models", {}))
 
     # -- history ------------------------------------------------------------------------------
-    def add_history(self, records: list[dict[str, Any]]) -> None:
-        if self.is_writable_backed:
-            self._store.append_history(records)
-        else:
-            self._pending_history.extend(records)
+    def _result_saved(self, modality: Any, sample: Any) -> bool:
+        if sample == "integrated":
+            return self._store is not None and not self._integrated_modified
+        return self._store is not None and (modality, sample) not in self._modified and (modality, sample) in {
+            (m, s) for m, e in self._manifest.get("samples", {}).items() for s in e}
 
-    def _history_records(self) -> list[dict[str, Any]]:
+    def add_history(self, records: list[dict[str, Any]]) -> None:
+        """Record method runs. Each record says whether its sample's result was already committed
+        (``saved``); a run counts as finished for ``resume=True`` only once it is."""
+        marked = []
+        for r in records:
+            r = dict(r)
+            if "method" in r:
+                r["saved"] = bool(self.is_writable_backed and self._result_saved(r.get("modality"), r.get("sample")))
+                if r.get("outcome") == "ok":
+                    self._session_runs.add(_run_key(r))
+                    if not r["saved"]:
+                        self._unsaved_runs.add((r.get("modality"), r.get("sample")))
+            marked.append(r)
+        if self.is_writable_backed:
+            self._store.append_history(marked)
+        else:
+            self._pending_history.extend(marked)
+
+    def _history_lines(self) -> list[dict[str, Any]]:
         saved = self._store.read_history() if self._store is not None else []
         return saved + list(self._pending_history)
 
+    def _history_records(self) -> list[dict[str, Any]]:
+        return [r for r in self._history_lines() if "method" in r]
+
     def history(self) -> pd.DataFrame:
-        """Every recorded method call per sample (method, params, outcome, times, versions, host)."""
+        """Every recorded method call per sample (method, params, outcome, times, versions, host).
+
+        ``saved`` says whether the run's result was committed when it was recorded (a later
+        save commits it too). Damaged lines of ``history.jsonl`` are skipped with a warning."""
         recs = self._history_records()
         cols = ["method", "modality", "sample", "outcome", "start", "end", "duration_s", "params", "error", "host", "pid",
-                "executor", "params_hash", "versions"]
+                "executor", "params_hash", "versions", "saved"]
         return pd.DataFrame(recs, columns=cols) if recs else pd.DataFrame(columns=cols)
 
     def finished_samples(self, method: str, modality: str) -> dict[str, str]:
-        """``{sample: params_hash}`` of samples whose last run of ``method`` finished."""
-        last: dict[str, dict[str, Any]] = {}
-        for r in self._history_records():
-            if r.get("method") == method and r.get("modality") == modality:
-                last[r.get("sample")] = r
-        return {s: r["params_hash"] for s, r in last.items() if r.get("outcome") == "ok"}
+        """``{sample: params_hash}`` of samples whose last run of ``method`` finished and whose result is kept.
+
+        A run counts once its result is committed to the project (recorded ``saved``, or a later
+        commit of that sample), or when it ran in this session (its result is in memory). A run
+        whose result was never saved (``save=False``, then a crash or a new session) does not count."""
+        last: dict[str, tuple[dict[str, Any], bool]] = {}
+        for r in self._history_lines():
+            if r.get("event") == "commit":
+                for mod, s in r["samples"]:
+                    if mod == modality and s in last:
+                        last[s] = (last[s][0], True)
+                continue
+            if r.get("method") != method or r.get("modality") != modality or not isinstance(r.get("sample"), str):
+                continue
+            kept = r.get("saved", True) is not False or _run_key(r) in self._session_runs
+            last[r["sample"]] = (r, kept)
+        return {s: r["params_hash"] for s, (r, kept) in last.items()
+                if kept and r.get("outcome") == "ok" and isinstance(r.get("params_hash"), str)}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the writer lock (unsaved changes stay in memory only)."""
+        """Release the writer lock (unsaved changes stay in memory only).
+
+        A closed experiment can still be read; ``save()`` then raises (reopen it to write), and
+        ``save(new_path)`` writes a new project."""
         if self._store is not None:
             self._store.lock.release()
 
@@ -974,6 +1031,10 @@ def _release(store: ProjectStore) -> None:
     store.lock.release()
 
 
+def _run_key(r: dict[str, Any]) -> tuple:
+    return (r.get("method"), r.get("modality"), r.get("sample"), r.get("start"), r.get("params_hash"), r.get("pid"))
+
+
 def load_experiment(
     path: str | os.PathLike,
     *,
@@ -996,40 +1057,61 @@ def load_experiment(
     verify
         Verify sha256 checksums of files as they are read (``False`` checks sizes only).
     force
-        Break a stale writer lock (its process is dead).
+        Break a stale writer lock: one whose holder is known to be dead on this machine (its
+        pid is gone or now belongs to another process, or the machine rebooted), or a malformed
+        lock file. A live lock, and any lock taken on another machine, is never broken; for a
+        machine known to be gone use :func:`experimat.break_lock`.
 
     Examples
     --------
     >>> expm = em.load_experiment("projects/muscle", mode="r")  # doctest: +SKIP
     """
     store = ProjectStore(path, mode=mode)
+    manifest = store.open(force=force)  # releases the lock itself if the manifest is refused
+    try:
+        return _open_experiment(store, manifest, load_samples=load_samples, verify=verify)
+    except BaseException:
+        store.lock.release()  # a failed open never keeps the lock
+        raise
+
+
+def _table_of(store: ProjectStore, manifest: dict[str, Any]) -> SampleTable:
+    try:
+        return SampleTable.from_records(manifest.get("sample_table", []))
+    except (InvalidInputError, KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{store.manifest_path} is damaged: its sample_table is invalid ({e}). Restore "
+                               "manifest.json from a backup or a copy of the project.") from e
+
+
+def _open_experiment(store: ProjectStore, manifest: dict[str, Any], *, load_samples, verify: bool) -> Experiment:
     for attempt in range(5):
-        manifest = store.open(force=force) if attempt == 0 else store.read_manifest()
-        table = SampleTable.from_records(manifest.get("sample_table", []))
-        expm = Experiment(table, _store=store, _manifest=manifest, verify=verify)
-        for rel, entry in manifest.get("files", {}).items():  # cheap existence + size check of every file
+        if attempt > 0:
+            manifest = store.read_manifest(adopt=True)
+        expm = Experiment(_table_of(store, manifest), _store=store, _manifest=manifest, verify=verify)
+        expm._finalizer.detach()  # until the open succeeds, the caller releases the lock
+        for rel, entry in manifest["files"].items():  # cheap existence + size check of every file
             p = store.resolve(rel)
-            if not p.is_file() or p.stat().st_size != entry.get("size"):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
                 break
         else:
             try:
                 _load_requested(expm, load_samples)
             except (CorruptFileError, ProjectChangedError):
                 if attempt < 4 and store.read_manifest().get("generation") != manifest.get("generation"):
-                    expm._finalizer.detach()
                     continue
-                store.lock.release()
                 raise
+            expm._finalizer = weakref.finalize(expm, _release, store)
             return expm
-        expm._finalizer.detach()
         current = store.read_manifest()
         if current.get("generation") == manifest.get("generation"):
-            store.lock.release()
-            for rel, entry in manifest.get("files", {}).items():
+            for rel, entry in manifest["files"].items():
                 store.check_file(rel, entry, verify=False)  # raises CorruptFileError naming the file
         # a writer committed in between: read the new manifest
-    store.lock.release()
-    raise ProjectError(f"{path} kept changing while it was being opened; try again.")
+    raise ProjectError(f"{store.root} kept changing while it was being opened; try again.")
 
 
 def _load_requested(expm: Experiment, load_samples: bool | Iterable[str]) -> None:

@@ -8,14 +8,26 @@
       integrated.<token>.h5mu        optional
       models/<name>/                 weights (.npz / .pt) + config.json, never pickle
       history.jsonl                  one JSON line per method call and sample
-      .lock                          writer lock (host, pid, start time)
+      .lock                          writer lock (see :mod:`experimat.io.lock`)
 
 Crash safety: every data file is written under a temporary name in its final folder,
 flushed and fsynced, then renamed to a *new* unique name (``<sample>.<token>.h5ad``); the
 manifest, which names the current file of every sample, is replaced last (write, fsync,
 ``os.replace``, fsync of the folder). A crash at any moment therefore leaves the folder with
 either the old or the new manifest, each of which names complete files with matching
-checksums. Files that no manifest names any more are removed after the commit.
+checksums.
+
+One writer: a commit first checks that ``.lock`` still holds this writer's token.
+
+Garbage collection after a commit deletes only data files that neither the manifest it
+replaced nor the new one names, and never one the manifest now on disk names: the files of the
+previous generation stay until the next commit, so a reader that opened it a moment ago can
+still read them. Leftover temporary files of crashed writes are removed too.
+
+Hostile folders: nothing follows a symbolic link inside the folder (a link on any path that
+is read, written or deleted is refused with an error naming it), manifest paths must stay
+inside the folder, and HDF5 files with external links, external storage or virtual datasets
+are refused before they are read.
 
 (DESIGN.md sketched ``samples/<modality>/<sample>.h5ad``; a fixed name cannot be swapped
 atomically together with the manifest, hence the per-write token.)
@@ -27,9 +39,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import socket
+import stat
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,19 +51,26 @@ from .._errors import (
     CorruptFileError,
     FormatVersionError,
     InvalidInputError,
+    ProjectChangedError,
     ProjectError,
-    ProjectLockedError,
     ReadOnlyError,
 )
 from .._keys import FORMAT_NAME, FORMAT_VERSION, FileName
 from .._logging import logger
+from . import history as _history
+from .lock import WriterLock
+from .manifest import named_files, validate_manifest
 
 _CHUNK = 1 << 22
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+#: leftovers of crashed writers older than this are removed by a writer's garbage collection
+_STALE_AFTER_S = 600.0
 
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -70,21 +90,31 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
+def atomic_write_bytes(path: Path, data: bytes, *, before_replace: Callable[[], None] | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace).
+
+    ``before_replace`` runs after the data are durable and just before the replace (the writer
+    lock check of a commit); if it raises, the temporary file is removed and ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -92,74 +122,50 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _pid_alive(pid: int) -> bool:
+def check_hdf5_self_contained(path: Path, rel: str, root: Path) -> None:
+    """Refuse an HDF5 file (``.h5ad`` / ``.h5mu``) that would read data from outside itself.
+
+    External links, datasets with external raw storage and virtual datasets all make HDF5 read
+    other files when the sample is loaded; the project's checksum covers only this file."""
+    import h5py
+
+    def refuse(what: str) -> None:
+        raise CorruptFileError(
+            f"{rel} in {root} contains {what}: reading it would read data from outside the file (and the project "
+            "folder). experimat refuses such files. Rewrite the sample from a self-contained copy (read the data "
+            "elsewhere, then expm.set_sample(...) and expm.save()), or remove the file's entry by restoring an older "
+            "manifest."
+        )
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class WriterLock:
-    """A lock file (``.lock``) with host, pid and start time; one writer at a time."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / FileName.LOCK
-        self.held = False
-        self._token = uuid.uuid4().hex
-
-    def info(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, OSError):
-            return {"host": "?", "pid": -1, "started": "?", "token": "?"}
-
-    def _describe(self, info: dict[str, Any]) -> str:
-        return f"host {info.get('host')!r}, pid {info.get('pid')}, since {info.get('started')}"
-
-    def is_stale(self, info: dict[str, Any]) -> bool:
-        return info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
-
-    def acquire(self, *, force: bool = False) -> None:
-        payload = {"host": socket.gethostname(), "pid": os.getpid(), "started": now_iso(), "token": self._token}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                info = self.info()
-                if info is None:
-                    continue  # released in between: try again
-                stale = self.is_stale(info)
-                same_host = info.get("host") == socket.gethostname()
-                if force and (stale or not same_host):
-                    logger.warning(f"breaking the writer lock of {self._describe(info)} (force=True)")
-                    self.path.unlink(missing_ok=True)
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CorruptFileError(f"{rel} in {root} is not a readable HDF5 file ({e}).") from e
+    with f:
+        seen: set[int] = set()
+        stack = [f]
+        while stack:
+            group = stack.pop()
+            for name in group:
+                link = group.get(name, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    refuse(f"an HDF5 external link ({group.name.rstrip('/')}/{name} -> {link.filename}:{link.path})")
+                if isinstance(link, h5py.SoftLink):
+                    continue  # points inside this file; its target is visited under its own name
+                obj = group.get(name)
+                if obj is None:
                     continue
-                hint = (
-                    "The holder is not running any more: reopen with force=True to break the stale lock."
-                    if stale
-                    else "Wait for it to finish or close it (expm.close()), or open read-only with mode='r'."
-                )
-                raise ProjectLockedError(f"the project {self.path.parent} is locked by a writer ({self._describe(info)}). {hint}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            self.held = True
-            return
-        raise ProjectLockedError(f"could not take the writer lock {self.path}.")
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        info = self.info()
-        if info is not None and info.get("token") == self._token:
-            self.path.unlink(missing_ok=True)
-        self.held = False
+                addr = h5py.h5o.get_info(obj.id).addr
+                if addr in seen:
+                    continue
+                seen.add(addr)
+                if isinstance(obj, h5py.Group):
+                    stack.append(obj)
+                elif isinstance(obj, h5py.Dataset):
+                    if obj.external:
+                        refuse(f"a dataset with external storage ({obj.name} -> {obj.external[0][0]!r})")
+                    if obj.is_virtual:
+                        refuse(f"a virtual dataset ({obj.name}, mapped from other files)")
 
 
 def _is_creation_leftover(path: Path) -> bool:
@@ -184,6 +190,9 @@ class ProjectStore:
         self.root = Path(root).resolve()
         self.mode = mode
         self.lock = WriterLock(self.root)
+        self._last_manifest: dict[str, Any] | None = None
+        self._last_digest: str | None = None  # sha256 of the manifest bytes this store last read or wrote
+        self._written: list[Path] = []  # data files written since the last commit
 
     # -- opening --------------------------------------------------------------------------------
     @property
@@ -196,7 +205,7 @@ class ProjectStore:
 
     def require_writable(self) -> None:
         if not self.writable:
-            raise ReadOnlyError(f"the project {self.root} was opened with mode='r'; reopen with mode='r+' to write.")
+            raise ReadOnlyError(f"the project {self.root} was opened with mode='r'; reopen it with mode='r+' to write.")
 
     def create(self, *, force: bool = False) -> None:
         """Make a new, empty project folder and take its lock.
@@ -204,7 +213,7 @@ class ProjectStore:
         With ``force``, a folder without a manifest that holds only what an interrupted creation
         left behind (``samples/``, ``models/``, ``integrated.*``, ``history.jsonl``, temporary
         files) is emptied and reused; anything else in it is never touched."""
-        if self.manifest_path.exists():
+        if os.path.lexists(self.manifest_path):
             raise ProjectError(f"{self.root} already holds a project; open it with em.load_experiment({str(self.root)!r}).")
         if self.root.exists() and not self.root.is_dir():
             raise ProjectError(f"{self.root} is a file; choose a new folder for the project.")
@@ -245,24 +254,34 @@ class ProjectStore:
                 f"no project folder at {self.root}. Create one with em.Experiment.from_table(sheet, project=path) "
                 "or em.Experiment.from_anndata({...}, project=path)."
             )
-        if not self.manifest_path.exists():
+        if not os.path.lexists(self.manifest_path):
             raise ProjectError(
                 f"{self.root} has no {FileName.MANIFEST}: it is not an experimat project. Create one with "
                 "em.Experiment.from_table(sheet, project=path)."
             )
+        self.check_links()
         if self.writable:
             self.lock.acquire(force=force)
         try:
-            return self.read_manifest()
+            return self.read_manifest(adopt=True)
         except BaseException:
             self.lock.release()
             raise
 
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self, *, adopt: bool = False) -> dict[str, Any]:
+        """Read and validate the manifest. ``adopt``: it becomes the base of this writer's next commit
+        (which refuses if the manifest on disk is then another one)."""
+        self.check_links([FileName.MANIFEST])
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CorruptFileError(f"{self.manifest_path} is not valid JSON ({e}).") from e
+            fd = os.open(self.manifest_path, os.O_RDONLY | _NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError as e:
+            raise CorruptFileError(f"{self.manifest_path} is missing; restore it from a backup.") from e
+        try:
+            manifest = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CorruptFileError(f"{self.manifest_path} is not valid JSON ({e}); restore it from a backup.") from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise CorruptFileError(f"{self.manifest_path} is not an experimat manifest.")
         version = manifest.get("format_version")
@@ -277,20 +296,67 @@ class ProjectStore:
             raise FormatVersionError(
                 f"{self.root} uses the older project format {version}; migrate it with em.migrate(path) (a backup is kept)."
             )
-        for rel in manifest.get("files", {}):
-            self.resolve(rel)  # refuse paths escaping the folder before anything is read
+        validate_manifest(manifest, self.manifest_path)
+        for rel in manifest["files"]:
+            self.resolve(rel)  # refuse paths escaping the folder (or through links) before anything is read
+        for entry in manifest.get("models", {}).values():
+            self.resolve(entry["dir"])
+        if adopt:
+            self._last_manifest = manifest
+            self._last_digest = hashlib.sha256(raw).hexdigest()
         return manifest
+
+    # -- links ----------------------------------------------------------------------------------
+    def _refuse_link(self, rel: str, path: Path) -> None:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise ProjectError(
+            f"refusing to use the project {self.root}: {rel} is a symbolic link (-> {target}). experimat never follows "
+            "links inside a project folder, because a save could then write or delete files outside it. Replace the "
+            f"link by the real {'folder' if Path(path).is_dir() else 'file'} (move what it points to into the "
+            "project), or keep the whole project folder on the other disk and open it there."
+        )
+
+    def check_links(self, rels: list[str] | tuple[str, ...] = ()) -> None:
+        """Refuse symbolic links on the folder's fixed paths, its sample and model folders, and ``rels``."""
+        fixed = [FileName.MANIFEST, FileName.HISTORY, FileName.SAMPLES_DIR, FileName.MODELS_DIR] if not rels else []
+        for rel in [*fixed, *rels]:
+            self._check_components(rel)
+        if not rels:
+            for sub in (FileName.SAMPLES_DIR, FileName.MODELS_DIR):
+                try:
+                    entries = list(os.scandir(self.root / sub))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for e in entries:
+                    if e.is_symlink():
+                        self._refuse_link(f"{sub}/{e.name}", Path(e.path))
+
+    def _check_components(self, rel: str) -> None:
+        path = self.root
+        parts = rel.split("/")
+        for i, part in enumerate(parts):
+            path = path / part
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if stat.S_ISLNK(st.st_mode):
+                self._refuse_link("/".join(parts[: i + 1]), path)
 
     # -- paths ----------------------------------------------------------------------------------
     def resolve(self, rel: str) -> Path:
-        """The absolute path of a manifest entry; refuses anything outside the project folder."""
+        """The absolute path of a manifest entry; refuses anything outside the folder or through a link."""
         if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "\\" in rel or "\x00" in rel:
             raise CorruptFileError(f"manifest entry {rel!r} is not a relative path inside the project.")
         parts = Path(rel).parts
         if any(p in ("..", "") for p in parts) or Path(rel).is_absolute():
             raise CorruptFileError(f"manifest entry {rel!r} points outside the project folder; refusing to read it.")
-        path = (self.root / rel).resolve()
-        if not path.is_relative_to(self.root):
+        self._check_components(rel)
+        path = self.root / rel
+        if not path.resolve().is_relative_to(self.root):
             raise CorruptFileError(f"manifest entry {rel!r} resolves outside the project folder; refusing to read it.")
         return path
 
@@ -305,12 +371,16 @@ class ProjectStore:
     def writing(self, final: Path) -> Iterator[Path]:
         """Yield a temporary path next to ``final``; on success fsync and rename it to ``final``."""
         self.require_writable()
+        rel = final.relative_to(self.root).as_posix()
+        self._check_components(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
+        self._check_components(rel)
         tmp = final.with_name(f".{final.name}.tmp")
         try:
             yield tmp
             _fsync_file(tmp)
             os.replace(tmp, final)
+            self._written.append(final)
             _fsync_dir(final.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -318,41 +388,146 @@ class ProjectStore:
 
     def file_entry(self, rel: str) -> dict[str, Any]:
         path = self.root / rel
-        return {"sha256": sha256_file(path), "size": path.stat().st_size}
+        return {"sha256": sha256_file(path), "size": os.lstat(path).st_size}
 
     def check_file(self, rel: str, entry: dict[str, Any], *, verify: bool = True) -> Path:
         path = self.resolve(rel)
-        if not path.is_file():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise CorruptFileError(f"{rel} is listed in the manifest of {self.root} but missing on disk.")
-        size = path.stat().st_size
-        if size != entry.get("size"):
-            raise CorruptFileError(f"{rel} in {self.root} has {size} bytes; the manifest records {entry.get('size')} (corrupt or truncated).")
+        if st.st_size != entry.get("size"):
+            raise CorruptFileError(f"{rel} in {self.root} has {st.st_size} bytes; the manifest records {entry.get('size')} (corrupt or truncated).")
         if verify and sha256_file(path) != entry.get("sha256"):
             raise CorruptFileError(f"{rel} in {self.root} does not match its sha256 checksum (corrupt file).")
+        if path.suffix in (".h5ad", ".h5mu"):
+            check_hdf5_self_contained(path, rel, self.root)
         return path
 
+    def check_can_commit(self) -> None:
+        """Raise unless this writer still holds the lock and the manifest on disk is the one it is based on."""
+        self.lock.verify()
+        if self._last_digest is not None and self._manifest_digest() != self._last_digest:
+            raise ProjectChangedError(
+                f"the manifest of {self.root} was replaced by another process since this experiment read it (a "
+                "program that ignored the writer lock?); nothing was committed and no file was removed. Reopen the "
+                "project with em.load_experiment() and redo the change."
+            )
+
+    def discard_uncommitted(self) -> None:
+        """Remove the data files written since the last commit (a save that failed before its commit)."""
+        for path in self._written:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._written.clear()
+
     def commit(self, manifest: dict[str, Any]) -> int:
-        """Replace the manifest atomically, then remove files no manifest names."""
+        """Replace the manifest atomically (if this writer still holds the lock), then collect garbage."""
         self.require_writable()
+        try:
+            self.check_can_commit()
+            self.check_links()
+        except BaseException:
+            self.discard_uncommitted()
+            raise
         manifest = dict(manifest)
         manifest["format"] = FORMAT_NAME
         manifest["format_version"] = FORMAT_VERSION
         manifest["modified"] = now_iso()
         manifest["generation"] = int(manifest.get("generation", 0)) + 1
+        validate_manifest(manifest, f"the manifest being written to {self.root}")
         data = json.dumps(manifest, indent=1, sort_keys=False).encode()
-        atomic_write_bytes(self.manifest_path, data)
-        self.collect_garbage(manifest)
+        replaced: list[Any] = []
+
+        def last_check() -> None:
+            self.check_can_commit()
+            replaced.append(self._peek_manifest())
+
+        try:
+            atomic_write_bytes(self.manifest_path, data, before_replace=last_check)
+        except BaseException:
+            self.discard_uncommitted()
+            raise
+        self._written.clear()
+        self._last_digest = hashlib.sha256(data).hexdigest()
+        previous = replaced[0]
+        keep = named_files(manifest) | named_files(self._last_manifest)
+        if previous is None:
+            logger.warning(f"the manifest replaced in {self.root} was unreadable; no files were removed")
+        else:
+            keep |= named_files(previous)
+            self.collect_garbage(keep)
+        self._last_manifest = manifest
         return manifest["generation"]
 
-    def collect_garbage(self, manifest: dict[str, Any]) -> None:
-        keep = {(self.root / rel).resolve() for rel in manifest.get("files", {})}
-        candidates = list((self.root / FileName.SAMPLES_DIR).glob("*/*")) + list(self.root.glob(f"{FileName.INTEGRATED_STEM}.*"))
-        candidates += list(self.root.glob(f".{FileName.INTEGRATED_STEM}.*"))
-        for p in candidates:
-            if not p.is_file() or p.resolve() in keep:
+    def _manifest_digest(self) -> str | None:
+        try:
+            fd = os.open(self.manifest_path, os.O_RDONLY | _NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            return None
+
+    def _peek_manifest(self) -> dict[str, Any] | None:
+        """The manifest now on disk ({} when there is none), or None when it cannot be read (never raises)."""
+        try:
+            fd = os.open(self.manifest_path, os.O_RDONLY | _NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                m = json.loads(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            return {}  # a new project: there is no manifest yet
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        return m if isinstance(m, dict) else None
+
+    def collect_garbage(self, keep: set[str]) -> None:
+        """Remove data files and leftovers of crashed writes that no manifest in ``keep`` (nor the one on disk) names.
+
+        Only regular files are removed, never through a link, never outside ``samples/<modality>/``
+        and the top level, and never a file the manifest now on disk names."""
+        on_disk = self._peek_manifest()
+        if on_disk is None:
+            return
+        keep = keep | named_files(on_disk)
+        now = time.time()
+        folders = [("", self.root)]
+        try:
+            for e in os.scandir(self.root / FileName.SAMPLES_DIR):
+                if e.is_dir(follow_symlinks=False):
+                    folders.append((f"{FileName.SAMPLES_DIR}/{e.name}/", Path(e.path)))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        for prefix, folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            if p.suffix in (".h5ad", ".h5mu", ".tmp"):
-                p.unlink(missing_ok=True)
+            for e in entries:
+                if not e.is_file(follow_symlinks=False) or f"{prefix}{e.name}" in keep:
+                    continue
+                name = e.name
+                if prefix:
+                    garbage = name.endswith(".h5ad") or (name.startswith(".") and name.endswith(".tmp"))
+                else:
+                    garbage = (
+                        (name.startswith(f"{FileName.INTEGRATED_STEM}.") and name.endswith(".h5mu"))
+                        or (name.startswith(f".{FileName.INTEGRATED_STEM}.") and name.endswith(".tmp"))
+                        or (name.startswith(f".{FileName.MANIFEST}.") and name.endswith(".tmp"))
+                    )
+                    if not garbage and name.startswith((".lock.new.", ".lock.breaking.")):
+                        try:
+                            garbage = now - e.stat(follow_symlinks=False).st_mtime > _STALE_AFTER_S
+                        except FileNotFoundError:
+                            continue
+                if garbage:
+                    try:
+                        os.unlink(e.path)
+                    except FileNotFoundError:
+                        pass
 
     # -- history --------------------------------------------------------------------------------
     @property
@@ -363,26 +538,13 @@ class ProjectStore:
         self.require_writable()
         if not records:
             return
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        with open(self.history_path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        self.lock.verify()
+        self.check_links([FileName.HISTORY])
+        _history.append_history(self.history_path, records)
 
-    def read_history(self) -> list[dict[str, Any]]:
-        if not self.history_path.exists():
-            return []
-        out = []
-        with open(self.history_path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a crash: skip it
-                    continue
-        return out
+    def read_history(self, *, warn: bool = True) -> list[dict[str, Any]]:
+        self.check_links([FileName.HISTORY])
+        return _history.read_history(self.history_path, warn=warn)
 
     @property
     def models_dir(self) -> Path:
