@@ -315,8 +315,8 @@ def _bad_modality(m):
     m["samples"]["visium"] = m["samples"].pop("spatial-bin")
 
 
-def _model_outside(m):
-    m["models"] = {"ref": {"dir": "../../etc", "class": "x", "files": {}}}
+def _models_not_object(m):
+    m["models"] = [1]
 
 
 def _files_not_object(m):
@@ -331,7 +331,7 @@ def _bad_table(m):
     ("damage", "where"),
     [(_drop_files_entry, r"samples\['spatial-bin'\]\['s1'\]\.file"), (_bad_sha, r"\.sha256"), (_negative_size, r"\.size"),
      (_no_sample_file, r"\['s1'\]\.file is missing"), (_bad_modality, r"samples\['visium'\]"),
-     (_model_outside, r"models\['ref'\]\.dir"), (_files_not_object, "files is missing or not an object"),
+     (_models_not_object, "models must be an object"), (_files_not_object, "files is missing or not an object"),
      (_bad_table, r"sample_table\[0\]")],
 )
 def test_damaged_manifest_is_refused_before_anything_is_touched(tmp_path, damage, where):

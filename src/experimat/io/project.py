@@ -299,8 +299,6 @@ class ProjectStore:
         validate_manifest(manifest, self.manifest_path)
         for rel in manifest["files"]:
             self.resolve(rel)  # refuse paths escaping the folder (or through links) before anything is read
-        for entry in manifest.get("models", {}).values():
-            self.resolve(entry["dir"])
         if adopt:
             self._last_manifest = manifest
             self._last_digest = hashlib.sha256(raw).hexdigest()
@@ -320,19 +318,18 @@ class ProjectStore:
         )
 
     def check_links(self, rels: list[str] | tuple[str, ...] = ()) -> None:
-        """Refuse symbolic links on the folder's fixed paths, its sample and model folders, and ``rels``."""
+        """Refuse symbolic links on the folder's fixed paths, its sample folders, and ``rels``."""
         fixed = [FileName.MANIFEST, FileName.HISTORY, FileName.SAMPLES_DIR, FileName.MODELS_DIR] if not rels else []
         for rel in [*fixed, *rels]:
             self._check_components(rel)
-        if not rels:
-            for sub in (FileName.SAMPLES_DIR, FileName.MODELS_DIR):
-                try:
-                    entries = list(os.scandir(self.root / sub))
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                for e in entries:
-                    if e.is_symlink():
-                        self._refuse_link(f"{sub}/{e.name}", Path(e.path))
+        if not rels:  # (links inside models/ are io.models' business: refused when named, unlinked by its GC)
+            try:
+                entries = list(os.scandir(self.root / FileName.SAMPLES_DIR))
+            except (FileNotFoundError, NotADirectoryError):
+                entries = []
+            for e in entries:
+                if e.is_symlink():
+                    self._refuse_link(f"{FileName.SAMPLES_DIR}/{e.name}", Path(e.path))
 
     def _check_components(self, rel: str) -> None:
         path = self.root
