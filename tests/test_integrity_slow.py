@@ -48,26 +48,48 @@ def _stat_tree(root: Path) -> dict:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in root.rglob("*")}
 
 
-def _kill_tree(proc: subprocess.Popen) -> int:
-    """SIGKILL ``proc``; then end the worker processes it left behind (returns how many there were)."""
-    import psutil
+def _descendants(pid: int) -> list[int]:
+    """Pids of all processes below ``pid`` (from /proc)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                raw = (d / "stat").read_bytes()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(raw[raw.rfind(b")") + 2 :].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
 
+
+def _running(pid: int) -> bool:
     try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
+        return b") Z" not in Path(f"/proc/{pid}/stat").read_bytes()  # a zombie has exited
+    except OSError:
+        return False
+
+
+def _kill_tree(proc: subprocess.Popen) -> int:
+    """SIGKILL ``proc``; then end the worker processes it left behind (returns how many outlived it by 5 s)."""
+    children = _descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    orphans = 0
-    for c in children:
+    deadline = time.time() + 5  # workers are to exit by themselves once their parent is gone
+    alive = list(children)
+    while alive and time.time() < deadline:
+        alive = [c for c in alive if _running(c)]
+        time.sleep(0.1)
+    for c in alive:
         try:
-            c.wait(timeout=5)  # workers are to exit by themselves once their parent is gone
-        except psutil.TimeoutExpired:
-            orphans += 1
-            c.kill()
-        except psutil.NoSuchProcess:
+            os.kill(c, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-    return orphans
+    return len(alive)
 
 
 def _history_lines(root: Path) -> list[str]:
