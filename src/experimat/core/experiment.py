@@ -330,7 +330,12 @@ class Experiment:
         """
         from ..io import read
         from ..io.readers import READER_OPTION_COLUMNS
+        from ..methods._checks import check_bool, check_path
 
+        check_bool("force", force)
+        check_bool("harmonize_genes", harmonize_genes)
+        if project is not None:
+            check_path("project", project)
         st = table if isinstance(table, SampleTable) else SampleTable(table)
         warn_unharmonized({r["sample"]: r["taxa"] for r in st.to_records()}, harmonize_genes)
         adatas: dict[SampleKey, AnnData] = {}
@@ -374,9 +379,20 @@ class Experiment:
         force: bool = False,
     ) -> Experiment:
         """Build an experiment from AnnData objects already in memory (``{sample: adata}``)."""
+        from ..methods._checks import check_bool, check_path
+
         modality = Modality(modality).value
         if not isinstance(adatas, Mapping) or not adatas:
             raise InvalidInputError("adatas must be a non-empty dict {sample_name: AnnData}.")
+        for name, value in (("force", force), ("harmonize_genes", harmonize_genes), ("copy", copy)):
+            check_bool(name, value)
+        if project is not None:
+            check_path("project", project)
+        for name, value in (("batch", batch), ("group", group)):
+            if value is not None and not isinstance(value, (str, Mapping)):
+                raise InvalidInputError(
+                    f"{name} must be one name for every sample or a dict {{sample: {name}}}, not {value!r} ({type(value).__name__})."
+                )
 
         def pick(v, s):
             return v.get(s, "") if isinstance(v, Mapping) else (v or "")
@@ -556,9 +572,13 @@ class Experiment:
 
     def set_sample(self, modality: str, sample: str, adata: AnnData) -> None:
         """Replace the AnnData of an existing sample (marked modified)."""
+        from ..methods._checks import make_columns_writable
+
         modality = Modality(modality).value
         if sample not in self._table.samples(modality):
             raise SampleNotFoundError(sample, self._table.samples(modality), modality)
+        check_new_sample(adata, sample=sample, taxa=self._table.row(modality, sample)["taxa"])
+        make_columns_writable(adata, sample=sample)
         self._data[modality][sample] = adata
         self._modified.add((modality, sample))
 
@@ -652,6 +672,8 @@ class Experiment:
         from ..methods._checks import check_choice, make_columns_writable
 
         join = check_choice("join", join, ("inner", "outer"))
+        if modality is not None and not isinstance(modality, (str, list, tuple)):
+            raise InvalidInputError(f"modality must be a modality name, a list of them or None, not {modality!r}; valid: {list(MODALITIES)}.")
         mods = self.modalities if modality is None else [Modality(m).value for m in ([modality] if isinstance(modality, str) else modality)]
         out: dict[str, AnnData] = {}
         for mod in mods:
@@ -723,6 +745,11 @@ class Experiment:
         With ``path`` naming another folder, the whole project is written there (save-as) and
         the experiment continues in the new folder.
         """
+        from ..methods._checks import check_bool, check_path
+
+        check_bool("force", force)
+        if path is not None:
+            check_path("path", path)
         if path is not None and (self._store is None or Path(path).resolve() != self._store.root):
             return self._save_as(Path(path), force=force)
         self._require_writable()
@@ -1066,6 +1093,14 @@ def load_experiment(
     --------
     >>> expm = em.load_experiment("projects/muscle", mode="r")  # doctest: +SKIP
     """
+    from ..methods._checks import check_bool, check_path
+
+    check_path("path", path)
+    check_bool("verify", verify)
+    check_bool("force", force)
+    if not (isinstance(load_samples, (bool, str)) or load_samples is None or
+            (isinstance(load_samples, Iterable) and all(isinstance(s, str) for s in load_samples))):
+        raise InvalidInputError(f"load_samples must be True, False, a sample name or a list of names, not {load_samples!r}.")
     store = ProjectStore(path, mode=mode)
     manifest = store.open(force=force)  # releases the lock itself if the manifest is refused
     try:

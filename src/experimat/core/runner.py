@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import InvalidInputError, ProjectError, ReadOnlyError, SampleRunError
 from .._logging import ProgressBar, logger
 from .._settings import settings
-from ..methods._checks import to_json_safe
+from ..methods._checks import preflight, to_json_safe
 from . import _worker
 from .registry import MethodSpec, check_slots
 
@@ -126,10 +126,14 @@ def run_method(
             raise ReadOnlyError(f"save=True, but {expm.project_path} was opened with mode='r'; reopen it with mode='r+'.")
         raise ProjectError("save=True needs a project folder: create the experiment with project=..., or call expm.save(path) first.")
 
+    writes = spec.kind in ("per_sample", "joint")
     if run_on_samples is None:
+        preflight(spec, expm.integrated_modality(modality), options, sample="integrated", writes=writes)
         return _run_integrated(expm, modality, spec, options, kwargs, save=save)
 
     samples = expm.resolve_samples(modality, run_on_samples)
+    for s in samples:  # cheap input checks of every chosen sample, before any work or write
+        preflight(spec, expm.get_sample(modality, s), options, sample=s, writes=writes)
     if spec.setup is not None:
         options = spec.setup(expm, modality, options)
 

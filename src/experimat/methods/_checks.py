@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
@@ -251,3 +252,154 @@ def make_columns_writable(adata: AnnData, *, sample: str | None = None) -> None:
             for col, converted in changed.items():
                 df[col] = converted
             setattr(adata, where, df)
+
+
+# -- checks every registered method gets before any work (the runner calls :func:`preflight`) ------
+def counts_input(layer_option: str = "layer", *, when: Any = None):
+    """Declare that a method models raw counts read from the layer named by ``layer_option``.
+
+    The runner then refuses negative, fractional or non-finite values before any sample is run
+    (and before anything is written). ``when(options) -> bool`` limits the requirement to some
+    settings (e.g. a count likelihood but not a Gaussian one).
+    """
+
+    def mark(func):
+        func.__experimat_counts__ = (layer_option, when)
+        return func
+
+    return mark
+
+
+#: annotation names :func:`check_option_types` understands, with what they accept
+_SIMPLE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int, np.integer), "an integer"),
+    "float": ((int, float, np.integer, np.floating), "a number"),
+    "bool": ((bool, np.bool_), "True or False"),
+    "str": ((str,), "a string"),
+    "None": ((type(None),), "None"),
+    "os.PathLike": ((str, Path), "a path"),
+    "Path": ((str, Path), "a path"),
+}
+
+#: options that name a slot a method writes (checked by :func:`check_key`)
+KEY_OPTIONS = ("key_added", "result_key", "refined_key_added")
+
+
+def _accepts(annotation: str, value: Any) -> tuple[bool, str] | None:
+    """Whether ``value`` fits a simple annotation such as ``'int | None'`` (None: not decidable)."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    if not parts or any(p not in _SIMPLE_TYPES for p in parts):
+        return None
+    ok = False
+    for p in parts:
+        types, _ = _SIMPLE_TYPES[p]
+        if p in ("int", "float") and isinstance(value, (bool, np.bool_)):
+            continue  # True is not a number of epochs
+        if isinstance(value, types):
+            ok = True
+    return ok, " or ".join(_SIMPLE_TYPES[p][1] for p in parts)
+
+
+def check_option_types(name: str, func: Any, options: Mapping[str, Any]) -> None:
+    """Refuse option values whose type contradicts the method's annotation (``int``, ``float | None``, ...)."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    for opt, value in options.items():
+        p = params.get(opt)
+        if p is None or p.annotation is p.empty or (value is None and p.default is None):
+            continue
+        verdict = _accepts(p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", ""), value)
+        if verdict is None or verdict[0]:
+            continue
+        example = f" (the default is {p.default!r})" if p.default is not p.empty else ""
+        raise InvalidInputError(f"{name}(): {opt} must be {verdict[1]}, not {value!r} ({type(value).__name__}){example}.")
+
+
+def check_key(option: str, value: Any) -> None:
+    """A slot name a method writes: a non-empty string without ``/`` that does not start with ``.``."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{option} must be a string naming the result, not {value!r} ({type(value).__name__}).")
+    problem = None
+    if not value.strip():
+        problem = "is empty"
+    elif "/" in value:
+        problem = "contains '/' (a project file cannot hold such a key)"
+    elif value.startswith("."):
+        problem = "starts with '.'"
+    elif value != value.strip():
+        problem = "has leading or trailing spaces"
+    elif re.search(r"[\x00-\x1f\x7f]", value):
+        problem = "contains control characters"
+    if problem:
+        raise InvalidInputError(f"{option}={value!r} {problem}; choose a name such as 'svg' or 'svg_run2'.")
+
+
+def check_not_empty(adata: Any, *, sample: str) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InvalidInputError(
+            f"sample {sample!r} has {adata.n_obs} observations and {adata.n_vars} genes; methods need at least one of each. "
+            "Run the method on the other samples (run_on_samples=[...]) or replace this sample."
+        )
+
+
+def preflight(spec: Any, adata: Any, options: Mapping[str, Any], *, sample: str, writes: bool = True) -> None:
+    """Checks of one sample before a method runs: option types, result keys, non-empty data, finite
+    coordinates (options named ``spatial_key``) and raw counts (methods marked :func:`counts_input`).
+
+    Everything here raises an experimat error that names the fix, before anything is written."""
+    check_option_types(spec.name, spec.func, options)
+    if writes:
+        for opt in KEY_OPTIONS:
+            if opt in options:
+                check_key(opt, options[opt])
+    check_not_empty(adata, sample=sample)
+    layer = options.get("layer")
+    if isinstance(layer, str) and layer != "X" and layer not in adata.layers and "layers/{layer}" not in spec.reads:
+        raise MissingSlotError(
+            f"{spec.name}: sample {sample!r} has no layer {layer!r}; available layers: {list(adata.layers.keys())} "
+            "(or layer=None for adata.X)."
+        )
+    key = options.get("spatial_key")
+    if isinstance(key, str) and key not in adata.obsm:
+        raise MissingSlotError(
+            f"{spec.name}: sample {sample!r} has no coordinates in obsm[{key!r}]; available obsm keys: "
+            f"{list(adata.obsm.keys())}. Pass spatial_key= one of them (em.io readers store spot coordinates in 'spatial')."
+        )
+    if isinstance(key, str):
+        try:
+            get_coordinates(adata, key)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{spec.name}: sample {sample!r}: {e}") from None
+    counts = getattr(spec.func, "__experimat_counts__", None)
+    if counts is not None:
+        layer_option, when = counts
+        if when is None or when(options):
+            layer = options.get(layer_option)
+            if layer is None or layer == "X" or layer in adata.layers:
+                X = get_matrix(adata, layer)
+                if not is_integer_matrix(X):
+                    where = f"layer {layer!r}" if layer not in (None, "X") else "adata.X"
+                    raise NotCountsError(
+                        f"{spec.name}: sample {sample!r}: {where} must hold raw counts (non-negative integers) but has "
+                        "negative, fractional or non-finite values. Pass the layer with the raw counts (layer='counts'); "
+                        "do not normalise or log-transform them first."
+                    )
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` must be True or False (a string such as ``"no"`` would count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be True or False, not {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
+def check_path(name: str, value: Any) -> Path:
+    """``value`` must be a path (``str`` or ``os.PathLike``)."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value.strip()):
+        raise InvalidInputError(f"{name} must be a path (a string or pathlib.Path), not {value!r} ({type(value).__name__}).")
+    return Path(value)

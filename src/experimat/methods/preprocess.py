@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InvalidInputError
-from ._checks import check_counts, check_positive_int, get_coordinates, get_matrix, store_params
+from ._checks import check_counts, check_positive_int, counts_input, get_coordinates, get_matrix, store_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,6 +18,7 @@ def _gene_symbols(adata: AnnData) -> pd.Index:
     return pd.Index(adata.var["gene"].astype(str)) if "gene" in adata.var else adata.var_names.astype(str)
 
 
+@counts_input("layer")
 def qc_metrics(adata: AnnData, *, layer: str | None = "counts", mito_prefix: str = "mt-", key_added: str = "qc") -> pd.DataFrame:
     """Per-observation quality metrics from raw counts.
 
@@ -65,6 +66,7 @@ def qc_metrics(adata: AnnData, *, layer: str | None = "counts", mito_prefix: str
     return df
 
 
+@counts_input("layer")
 def normalize(
     adata: AnnData, *, layer: str | None = "counts", target_sum: float | None = 1e4, log1p: bool = True, key_added: str = "lognorm"
 ) -> None:

@@ -114,8 +114,16 @@ def read(
     --------
     >>> a = em.io.read("run1/outs", bin_size=16)  # doctest: +SKIP
     """
+    from ...methods._checks import check_path
+
+    check_path("path", path)
     fmt = detect_format(path, modality=modality)
     p = Path(path)
+    if fmt in ("10x_h5", "h5ad") and p.is_file():
+        import h5py
+
+        if not h5py.is_hdf5(p):
+            raise InvalidInputError(f"{p.name} is not an HDF5 file (truncated or another format); check the path or export it again.")
     for key in ("bin_size", "image_scale"):
         if isinstance(options.get(key), str):
             try:

@@ -15,6 +15,7 @@ from functools import cache
 import numpy as np
 
 from experimat._errors import InvalidInputError, MissingSlotError
+from experimat.methods._checks import counts_input
 
 _DEFAULT_KEYS = ("spatialde", "spatialde_gp", "moran")
 
@@ -84,6 +85,7 @@ def _select_genes(adata, genes) -> tuple[list[str], str | None]:
     return resolve_genes(adata, list(genes)), None
 
 
+@counts_input("layer", when=lambda o: o.get("normalize") != "none")
 def spatial_patterns(
     adata,
     *,

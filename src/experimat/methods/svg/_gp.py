@@ -13,6 +13,8 @@ from functools import cache
 
 import numpy as np
 
+from experimat.methods._checks import counts_input
+
 LOG_DELTA_BOUNDS = (-10.0, 20.0)
 N_GRID = 121
 _LOG2PI = float(np.log(2.0 * np.pi))
@@ -273,6 +275,7 @@ def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None
     return idx, transform, {"phi": phi, "offset": offset}
 
 
+@counts_input("layer", when=lambda o: o.get("normalize") != "none")
 def spatial_svg_gp(
     adata,
     *,

@@ -24,6 +24,7 @@ from functools import cache
 import numpy as np
 
 from experimat._errors import InvalidInputError
+from experimat.methods._checks import counts_input
 
 _NB_ITER = 4
 
@@ -180,6 +181,7 @@ def _kernel_name(name: str, v: float | None) -> str:
     return name if v is None else f"{name}({v:.4g})"
 
 
+@counts_input("layer", when=lambda o: o.get("obs_dist") == "negative_binomial")
 def spatial_svg_spatialde(
     adata,
     *,

@@ -11,7 +11,14 @@ import pandas as pd
 from experimat._errors import ExperimatWarning, InvalidInputError
 from experimat._logging import logger
 from experimat._settings import settings
-from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+from experimat.methods._checks import (
+    check_counts,
+    check_positive_int,
+    counts_input,
+    get_matrix,
+    get_obs_column,
+    store_params,
+)
 from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
 from ._reference import ReferenceSignatures
@@ -75,6 +82,7 @@ def _nmf_init(torch: Any, x, h, n_iter: int = 50) -> np.ndarray:
     return w.double().cpu().numpy()
 
 
+@counts_input("layer")
 def deconvolve_cell2location(
     adata: AnnData,
     *,

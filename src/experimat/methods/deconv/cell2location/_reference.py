@@ -18,6 +18,7 @@ from experimat.methods._checks import (
     check_choice,
     check_counts,
     check_positive_int,
+    counts_input,
     get_matrix,
     get_obs_column,
     to_json_safe,
@@ -257,6 +258,7 @@ def _codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     return np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories]
 
 
+@counts_input("layer")
 def reference_signatures(
     adatas: Mapping[str, AnnData] | AnnData,
     *,

@@ -13,7 +13,14 @@ from experimat._logging import logger
 from experimat._optional import import_optional
 from experimat._saved_model import SavedModel, register_model
 from experimat._settings import settings
-from experimat.methods._checks import check_counts, check_positive_int, get_matrix, get_obs_column, store_params
+from experimat.methods._checks import (
+    check_counts,
+    check_positive_int,
+    counts_input,
+    get_matrix,
+    get_obs_column,
+    store_params,
+)
 from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
 if TYPE_CHECKING:
@@ -254,6 +261,7 @@ def _reference_arrays(adata, genes, cell_types, *, layer, labels_key):
     return X, np.array([code[v] for v in lab], dtype=np.int64)
 
 
+@counts_input("layer")
 def fit_condscvi(
     adatas: dict[str, AnnData] | AnnData,
     *,

@@ -13,7 +13,7 @@ from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundEr
 from experimat._logging import logger
 from experimat._optional import import_optional
 from experimat._settings import settings
-from experimat.methods._checks import check_counts, check_positive_int, get_matrix, store_params
+from experimat.methods._checks import check_counts, check_positive_int, counts_input, get_matrix, store_params
 from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
 from ._condscvi import CondSCVIModel, _as_csr
@@ -69,6 +69,7 @@ def _default_batch(n_spots: int, n_types: int, n_genes: int) -> int:
     return int(max(16, min(n_spots, 128, 50_000_000 // max(n_types * n_genes, 1))))
 
 
+@counts_input("layer")
 def deconvolve_destvi(
     adata: AnnData,
     *,

@@ -17,7 +17,14 @@ from experimat._errors import InvalidInputError
 from experimat._logging import logger
 from experimat._optional import import_optional, torch_device
 from experimat._settings import settings
-from experimat.methods._checks import check_counts, check_positive_int, get_coordinates, get_matrix, store_params
+from experimat.methods._checks import (
+    check_counts,
+    check_positive_int,
+    counts_input,
+    get_coordinates,
+    get_matrix,
+    store_params,
+)
 
 from . import _graph, _image
 from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
@@ -307,6 +314,7 @@ def _save_model(save_path: Path | None, name: str, net, config: dict) -> DeepSTM
 # ------------------------------------------------------------------------------------------------
 # public functions
 # ------------------------------------------------------------------------------------------------
+@counts_input("layer")
 def spatial_detect_domains_deepst(
     adata: AnnData,
     *,
@@ -492,6 +500,7 @@ def spatial_detect_domains_deepst(
     return out
 
 
+@counts_input("layer")
 def integrate_domains_deepst(
     adatas: dict[str, AnnData],
     *,
