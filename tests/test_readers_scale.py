@@ -70,7 +70,8 @@ def test_get_sample_slots_reads_no_matrix(hd, tmp_path):
 
 
 def test_moran_uses_the_square_grid_for_hd_bins(hd):
-    from experimat.methods.svg._moran import hex_neighbors, is_hex_array, spatial_weights
+    from experimat.methods._graph import is_hex_array, lattice_graph
+    from experimat.methods.svg._moran import spatial_weights
 
     small = hd[hd.obs["array_row"].to_numpy() < 5].copy()  # complete rows: a rectangle of bins
     W, how = spatial_weights(small, small.obsm["spatial"], neighbors="auto", n_neighbors=6, transformation="b")
@@ -83,7 +84,7 @@ def test_moran_uses_the_square_grid_for_hd_bins(hd):
     # a Visium hex array stays hexagonal
     vr, vc = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 3])
     assert is_hex_array(vr, vc) and not is_hex_array(r, c)
-    assert hex_neighbors(vr, vc).nnz == 10
+    assert lattice_graph(vr, vc, kind="hex").nnz == 10
 
 
 def test_gp_test_refuses_above_max_spots(hd):

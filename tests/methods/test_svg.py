@@ -126,8 +126,8 @@ def test_cauchy_combination():
 def test_permutation_moments_exact_and_monte_carlo():
     from itertools import permutations
 
+    from experimat.methods._graph import knn_graph
     from experimat.methods.svg import _perm
-    from experimat.methods.svg._moran import knn_neighbors
 
     rng = np.random.default_rng(0)
     # exhaustive: all 5040 permutations of 7 entries, a general symmetric matrix
@@ -145,7 +145,7 @@ def test_permutation_moments_exact_and_monte_carlo():
     xy = rng.uniform(size=(40, 2))
     lam, U = np.linalg.eigh(np.exp(-((xy[:, None] - xy[None]) ** 2).sum(-1) / 0.1))
     U, lam = U[:, -12:], lam[-12:]
-    W = knn_neighbors(xy, 4)
+    W = knn_graph(xy, 4, symmetric=True)
     W = sparse.diags(1.0 / np.asarray(W.sum(1)).ravel()) @ W
     for got, dense in (
         (_perm.kernel_invariants_lowrank(U, lam, block_elems=100), U @ np.diag(lam) @ U.T),
@@ -414,9 +414,9 @@ def test_moran_matches_direct_formula_and_hex_graph():
     a = em.datasets.synthetic_svg(200, 30, n_spatial=10, seed=5)
     a.X = np.log1p(a.X)
     res = spatial_svg_moran(a, layer=None)
-    from experimat.methods.svg._moran import hex_neighbors
+    from experimat.methods._graph import lattice_graph
 
-    W = hex_neighbors(a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy()).toarray()
+    W = lattice_graph(a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy(), kind="hex").toarray()
     assert W.sum(1).max() == 6 and np.allclose(W, W.T)
     Wr = W / W.sum(1, keepdims=True)
     Z = np.asarray(a.X, float) - np.asarray(a.X, float).mean(0)

@@ -221,16 +221,15 @@ def spatial_smooth(
     >>> expm.spatial_bin.spatial_smooth(run_on_samples=True, n_iter=2)  # doctest: +SKIP
     """
     import scipy.sparse as sp
-    from scipy.spatial import cKDTree
+
+    from ._graph import knn_graph
 
     if not 0.0 <= alpha <= 1.0:
         raise InvalidInputError(f"alpha must be in [0, 1]; got {alpha}.")
     check_positive_int("n_iter", n_iter)
     xy = get_coordinates(adata, spatial_key, min_obs=2)
     k = min(check_positive_int("n_neighbors", n_neighbors), adata.n_obs - 1)
-    _, idx = cKDTree(xy).query(xy, k=k + 1)
-    rows = np.repeat(np.arange(adata.n_obs), k)
-    W = sp.csr_matrix((np.full(rows.size, 1.0 / k), (rows, idx[:, 1:].ravel())), shape=(adata.n_obs, adata.n_obs))
+    W = knn_graph(xy, k, weights="mean")  # W @ x: the mean of the k nearest spots
     X = get_matrix(adata, layer)
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     out = X.astype(np.float64)

@@ -157,10 +157,11 @@ def spatial_patterns(
     from experimat._logging import logger
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, check_positive_int, get_matrix, store_params
+    from experimat.methods._graph import nn_distance
 
     from ._common import as_csc_or_dense, coordinates, pick_device
     from ._gp import _prepare_expression
-    from ._kernels import factor, nn_distance, se_kernel
+    from ._kernels import factor, se_kernel
 
     check_positive_int("n_patterns", n_patterns)
     check_choice("normalize", normalize, ("anscombe", "none"))

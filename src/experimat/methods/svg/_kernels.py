@@ -141,16 +141,6 @@ def cached_factor(
 # ---------------------------------------------------------------- low-rank kernels (score test)
 
 
-def nn_distance(X: np.ndarray) -> float:
-    """Median distance from each spot to its nearest neighbour."""
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(X).query(X, k=2)
-    d = d[:, 1]
-    d = d[d > 0]
-    return float(np.median(d)) if d.size else 1.0
-
-
 def lowrank_factor(
     X: np.ndarray,
     model: str,

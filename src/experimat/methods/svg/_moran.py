@@ -7,80 +7,16 @@ import numpy as np
 from scipy import sparse, special
 
 from experimat._errors import InvalidInputError
-
-
-def is_hex_array(array_row: np.ndarray, array_col: np.ndarray) -> bool:
-    """Whether array coordinates are a Visium hexagonal lattice (``row + col`` even everywhere);
-    Visium HD square bins (every ``(row, col)``) are not."""
-    return bool(((np.asarray(array_row, dtype=np.int64) + np.asarray(array_col, dtype=np.int64)) % 2 == 0).all())
-
-
-def hex_neighbors(array_row: np.ndarray, array_col: np.ndarray, *,
-                  steps: tuple = ((0, 2), (0, -2), (1, 1), (1, -1), (-1, 1), (-1, -1))) -> sparse.csr_matrix:
-    """Binary adjacency of a Visium hexagonal array: ``(r, c ± 2)`` and ``(r ± 1, c ± 1)``
-    (other lattices through ``steps``, e.g. the square grid of Visium HD bins)."""
-    r = np.asarray(array_row, dtype=np.int64)
-    c = np.asarray(array_col, dtype=np.int64)
-    n = r.size
-    span = int(c.max() - c.min() + 10)
-    key = (r - r.min() + 2) * span + (c - c.min() + 4)
-    order = np.argsort(key)
-    skey = key[order]
-    rows, cols = [], []
-    for dr, dc in steps:
-        q = key + dr * span + dc
-        pos = np.clip(np.searchsorted(skey, q), 0, n - 1)
-        hit = skey[pos] == q
-        rows.append(np.flatnonzero(hit))
-        cols.append(order[pos[hit]])
-    rows = np.concatenate(rows)
-    cols = np.concatenate(cols)
-    W = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
-    W.data[:] = 1.0
-    return W
-
-
-def knn_neighbors(xy: np.ndarray, k: int) -> sparse.csr_matrix:
-    """Symmetrised binary k-nearest-neighbour adjacency."""
-    from scipy.spatial import cKDTree
-
-    n = xy.shape[0]
-    k = min(k, n - 1)
-    _, idx = cKDTree(xy).query(xy, k=k + 1)
-    rows = np.repeat(np.arange(n), k)
-    cols = idx[:, 1:].ravel()
-    W = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
-    W = ((W + W.T) > 0).astype(np.float64)
-    return sparse.csr_matrix(W)
+from experimat.methods._graph import row_normalize, spatial_graph
 
 
 def spatial_weights(adata, xy: np.ndarray, *, neighbors: str, n_neighbors: int, transformation: str):
-    """Spatial weights matrix and a label of how it was built."""
-    if neighbors == "auto":
-        has_array = {"array_row", "array_col"} <= set(adata.obs.columns)
-        if has_array:
-            neighbors = "hex" if is_hex_array(adata.obs["array_row"], adata.obs["array_col"]) else "grid"
-        else:
-            neighbors = "knn"
-    if neighbors == "grid":  # square bins (Visium HD): the 8 bins around each (queen contiguity)
-        if not {"array_row", "array_col"} <= set(adata.obs.columns):
-            raise InvalidInputError("neighbors='grid' needs obs['array_row'] and obs['array_col'] (bin grid coordinates).")
-        W = hex_neighbors(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(),
-                          steps=((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)))
-    elif neighbors == "hex":
-        if not {"array_row", "array_col"} <= set(adata.obs.columns):
-            raise InvalidInputError(
-                "neighbors='hex' needs obs['array_row'] and obs['array_col'] (Visium array coordinates); "
-                "use neighbors='knn' for other layouts."
-            )
-        W = hex_neighbors(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy())
-    else:
-        W = knn_neighbors(xy, n_neighbors)
+    """Spatial weights matrix (the shared graph of :mod:`experimat.methods._graph`, row-standardised for
+    ``transformation='r'``) and the kind of graph used."""
+    W, used = spatial_graph(adata, xy, kind=neighbors, n_neighbors=n_neighbors)
     if transformation == "r":
-        deg = np.asarray(W.sum(1)).ravel()
-        inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
-        W = sparse.diags(inv) @ W
-    return sparse.csr_matrix(W), neighbors
+        W = row_normalize(W)
+    return sparse.csr_matrix(W), used
 
 
 def moran_moments(W: sparse.csr_matrix) -> dict[str, float]:

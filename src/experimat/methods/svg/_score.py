@@ -141,7 +141,7 @@ def cauchy_combine_log(logp: np.ndarray, *, truncate: bool = False) -> tuple[np.
 
 def default_kernel_space(xy: np.ndarray) -> dict[str, list[float] | bool]:
     """SE lengthscales and periods from the spot spacing and the tissue extent."""
-    from ._kernels import nn_distance
+    from experimat.methods._graph import nn_distance
 
     d = nn_distance(xy)
     span = float(np.ptp(xy, axis=0).max())

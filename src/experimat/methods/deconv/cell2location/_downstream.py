@@ -254,7 +254,7 @@ def region_cluster(
 ) -> pd.Series:
     """Tissue regions: Leiden clustering of spots on their cell abundances (q05 by default).
 
-    As in the cell2location tutorial: a k-nearest-neighbour graph on the abundances (scikit-learn,
+    As in the cell2location tutorial: a k-nearest-neighbour graph on the abundances (exact,
     Euclidean, symmetrised, unweighted), then Leiden (leidenalg, RB configuration model) at
     ``resolution``.
 
@@ -291,28 +291,15 @@ def region_cluster(
         raise InvalidInputError(
             f"n_neighbors ({n_neighbors}) must be smaller than the number of spots ({adata.n_obs})."
         )
-    igraph = import_optional("igraph", purpose="region_cluster")
-    import_optional("sklearn", purpose="region_cluster")
-    leidenalg = import_optional("leidenalg", purpose="region_cluster")
-    from sklearn.neighbors import kneighbors_graph
+    from experimat.methods._cluster import leiden, relabel_by_size
+    from experimat.methods._graph import knn_graph
 
-    knn = kneighbors_graph(ab, n_neighbors=n_neighbors, mode="connectivity", include_self=False)
-    conn = knn.maximum(knn.T).tocoo()  # symmetrised kNN graph
-    upper = conn.row < conn.col
-    graph = igraph.Graph(n=adata.n_obs, edges=list(zip(conn.row[upper].tolist(), conn.col[upper].tolist())))
-    part = leidenalg.find_partition(
-        graph,
-        leidenalg.RBConfigurationVertexPartition,
-        weights=conn.data[upper].tolist(),
-        resolution_parameter=float(resolution),
-        seed=int(seed),
-    )
-    labels = np.asarray(part.membership)
+    import_optional("igraph", purpose="region_cluster")
+    import_optional("leidenalg", purpose="region_cluster")
+    graph = knn_graph(ab, n_neighbors, symmetric=True)  # symmetrised, unweighted kNN graph of the abundances
     # relabel by size (0 = largest region) for stable names
-    order = np.argsort(-np.bincount(labels), kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    labels = rank[labels]
+    labels = relabel_by_size(leiden(graph, resolution=resolution, seed=seed, purpose="region_cluster"))
+    order = np.unique(labels)
     cats = [str(i) for i in range(order.size)]
     result = pd.Series(pd.Categorical([str(v) for v in labels], categories=cats), index=adata.obs_names.copy())
     adata.obs[key_added] = result

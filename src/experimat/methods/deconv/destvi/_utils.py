@@ -12,6 +12,7 @@ import pandas as pd
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._settings import settings
 from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, get_matrix
+from experimat.methods._graph import knn_graph
 
 from ._condscvi import CondSCVIModel, _as_csr
 from ._destvi import _decode_scale, _destvi_slots, _resolve_reference
@@ -42,22 +43,6 @@ def _check_types(ct_list, valid) -> list[str]:
         if ct not in valid:
             raise KeyNotFoundError("cell type", ct, valid)
     return ct_list
-
-
-def _knn_weights(xy: np.ndarray, n_neighbors: int):
-    """Row-normalised Gaussian kNN weights as Hotspot builds them (sigma: distance to the k/3-th neighbour)."""
-    import scipy.sparse as sp
-    from scipy.spatial import cKDTree
-
-    n = xy.shape[0]
-    k = min(n_neighbors, n - 1)
-    dist, ind = cKDTree(xy).query(xy, k=k + 1)
-    dist, ind = dist[:, 1:], ind[:, 1:]
-    sigma = dist[:, max(k // 3, 1) - 1]
-    sigma = np.where(sigma > 0, sigma, np.maximum(dist.max(1), 1e-12))
-    w = np.exp(-(dist**2) / sigma[:, None] ** 2)
-    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
-    return sp.csr_matrix((w.ravel(), ind.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
 
 
 def _autocorrelation_z(W, values: np.ndarray) -> np.ndarray:
@@ -124,7 +109,7 @@ def automatic_proportion_threshold(
     props = _proportions(adata, key)
     ct_list = _check_types(ct_list, props.columns)
     xy = get_coordinates(adata, spatial_key, min_obs=3)
-    W = _knn_weights(xy, n_neighbors)
+    W = knn_graph(xy, n_neighbors, weights="gaussian")  # Hotspot's row-normalised Gaussian kNN weights
     out: dict[str, float] = {}
     for ct in ct_list:
         p = props[ct].to_numpy(dtype=np.float64)

@@ -1,0 +1,183 @@
+"""The one graph clustering of the methods: Leiden on a sparse adjacency, and the search for the
+resolution that gives a requested number of clusters.
+
+As scanpy's ``tl.leiden``, :func:`leiden` clusters whatever graph it is given (a kNN graph from
+:mod:`experimat.methods._graph`, an embedding's connectivities); the graph is never rebuilt here.
+:func:`search_resolution` adds what scanpy lacks: it hits an exact cluster count, by bisection
+(``"bisect"``) or by SpaGCN's stepping rule (``"step"``, for parity with the reference), and warns
+with the closest count when none matches. ``igraph`` / ``leidenalg`` are imported inside.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+from scipy import sparse
+
+from experimat._errors import ExperimatWarning, InvalidInputError
+from experimat._logging import logger
+from experimat._optional import import_optional
+
+
+def to_igraph(adjacency: sparse.spmatrix, *, weighted: bool = True, purpose: str = "Leiden clustering") -> Any:
+    """An undirected :class:`igraph.Graph` of a symmetric sparse adjacency (upper triangle, zero
+    weights and self-loops dropped); edge weights in ``es['weight']`` when ``weighted``."""
+    ig = import_optional("igraph", purpose=purpose)
+    A = sparse.triu(sparse.csr_matrix(adjacency), k=1).tocoo()
+    keep = A.data != 0
+    graph = ig.Graph(n=A.shape[0], edges=list(zip(A.row[keep].tolist(), A.col[keep].tolist())), directed=False)
+    if weighted:
+        graph.es["weight"] = A.data[keep].astype(np.float64).tolist()
+    return graph
+
+
+def leiden(
+    graph: Any,
+    *,
+    resolution: float = 1.0,
+    seed: int = 0,
+    n_iterations: int = 2,
+    weighted: bool = True,
+    purpose: str = "Leiden clustering",
+) -> np.ndarray:
+    """Leiden memberships (RB configuration model, as scanpy) of a sparse adjacency or an igraph graph.
+
+    ``weighted`` uses the edge weights (``es['weight']`` of an igraph graph) when there are any.
+    """
+    la = import_optional("leidenalg", purpose=purpose)
+    if sparse.issparse(graph):
+        graph = to_igraph(graph, weighted=weighted, purpose=purpose)
+    weights = "weight" if weighted and "weight" in graph.es.attributes() else None
+    part = la.find_partition(
+        graph,
+        la.RBConfigurationVertexPartition,
+        weights=weights,
+        resolution_parameter=float(resolution),
+        seed=int(seed),
+        n_iterations=n_iterations,
+    )
+    return np.asarray(part.membership, dtype=np.int64)
+
+
+def relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Cluster labels renumbered 0..k-1 by decreasing size (ties: the smaller old label first)."""
+    _, inv = np.unique(np.asarray(labels), return_inverse=True)
+    order = np.argsort(-np.bincount(inv), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inv]
+
+
+def _n(labels: np.ndarray) -> int:
+    return len(np.unique(labels))
+
+
+def _bisect(run, n_clusters: int, max_steps: int) -> float | None:
+    lo, hi = 0.01, 1.0
+    steps = 0
+    while run(hi) < n_clusters and hi < 64:
+        lo, hi = hi, hi * 2
+        steps += 1
+    found = None
+    for res in (lo, hi):
+        if run(res) == n_clusters:
+            found = res
+    while found is None and steps < max_steps:
+        mid = (lo + hi) / 2
+        c = run(mid)
+        steps += 1
+        if c == n_clusters:
+            found = mid
+        elif c < n_clusters:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-4:
+            break
+    if found is None:  # non-monotone region: scan the bracket
+        for res in np.linspace(max(lo - 0.1, 0.005), hi + 0.1, 21):
+            if run(res) == n_clusters:
+                return float(res)
+    return found
+
+
+def _step(run, n_clusters: int, start: float, step: float, max_steps: int) -> float | None:
+    """SpaGCN's search_res: step towards ``n_clusters``, halving the step whenever the count overshoots."""
+    res = start
+    old = run(res)
+    steps = 0
+    while old != n_clusters:
+        sign = 1 if old < n_clusters else -1
+        trial = res + step * sign
+        steps += 1
+        if trial <= 1e-6:
+            step /= 2
+        else:
+            new = run(trial)
+            if new == n_clusters:
+                return trial
+            if (1 if new < n_clusters else -1) == sign:
+                res, old = trial, new
+            else:
+                step /= 2
+        if steps > max_steps:
+            return None
+    return res
+
+
+def search_resolution(
+    graph: Any,
+    n_clusters: int,
+    *,
+    seed: int = 0,
+    strategy: Literal["bisect", "step"] = "bisect",
+    start: float = 0.4,
+    step: float = 0.1,
+    max_steps: int = 30,
+    n_iterations: int = 2,
+    weighted: bool = True,
+    warn: bool = True,
+    what: str = "clusters",
+) -> tuple[np.ndarray, float, bool]:
+    """Leiden with the resolution searched to give exactly ``n_clusters`` clusters.
+
+    ``strategy="bisect"``: bracket and bisect the resolution (the count grows with it), then scan the
+    bracket where the count is not monotone. ``"step"``: SpaGCN's rule, from ``start`` by ``step``,
+    halving the step on overshoot. Each resolution is clustered once (rounded to 6 decimals).
+
+    Returns ``(labels, resolution, exact)``; when no resolution tried gives ``n_clusters``, the closest
+    count is returned with ``exact=False`` and (``warn``) an :class:`ExperimatWarning`.
+    """
+    if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise InvalidInputError(f"n_clusters must be a positive integer; got {n_clusters!r}.")
+    if sparse.issparse(graph):
+        graph = to_igraph(graph, weighted=weighted)
+    tried: dict[float, np.ndarray] = {}
+
+    def run(res: float) -> int:
+        res = round(float(res), 6)
+        if res not in tried:
+            tried[res] = leiden(graph, resolution=res, seed=seed, n_iterations=n_iterations, weighted=weighted)
+            logger.debug(f"    resolution {res:.4g}: {_n(tried[res])} {what}")
+        return _n(tried[res])
+
+    if strategy == "bisect":
+        found = _bisect(run, int(n_clusters), max_steps)
+    elif strategy == "step":
+        found = _step(run, int(n_clusters), start, step, max_steps)
+    else:
+        raise InvalidInputError(f"strategy must be 'bisect' or 'step'; got {strategy!r}.")
+    if found is not None:
+        res = round(float(found), 6)
+        return tried[res], res, True
+    best = min(tried, key=lambda r: (abs(_n(tried[r]) - n_clusters), r))
+    if warn:
+        warnings.warn(
+            f"no Leiden resolution gave exactly {n_clusters} {what}; using resolution {best:.4g} with "
+            f"{_n(tried[best])} {what} (the closest found).",
+            ExperimatWarning,
+            stacklevel=2,
+        )
+    return tried[best], best, False

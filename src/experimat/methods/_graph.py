@@ -1,0 +1,189 @@
+"""The one neighbour search and spatial graph of the methods: lattices (Visium hex, square bins), kNN
+and radius graphs, as sparse matrices with the weightings the methods need.
+
+Built once per call and handed to the method that uses it (as squidpy's ``gr.spatial_neighbors``
+builds the graph that ``gr.spatial_autocorr`` reads). Every graph is an ``n x n``
+:class:`scipy.sparse.csr_matrix` without self-loops; row ``i`` holds the neighbours of observation ``i``.
+
+- :func:`knn` — the exact k-nearest-neighbour search (self excluded, also with duplicate points).
+- :func:`knn_graph` — kNN weights: ``"binary"``, ``"mean"`` (``1/k``, a row average), ``"distance"``
+  or ``"gaussian"`` (Hotspot's kernel, width the distance to the ``k/3``-th neighbour, rows summing
+  to 1); directed, or symmetrised by union.
+- :func:`radius_graph` — pairs closer than a radius, with their distances.
+- :func:`lattice_graph` — the binary adjacency of array coordinates: the Visium hexagon or the 8
+  touching bins of a square grid.
+- :func:`spatial_graph` — picks the lattice from ``obs['array_row'/'array_col']`` or a kNN graph.
+- :func:`row_normalize` — row-stochastic weights (``transformation='r'`` of the SVG tests).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from scipy import sparse
+
+from experimat._errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: neighbour steps ``(d_row, d_col)`` of the supported lattices
+LATTICE_STEPS: dict[str, tuple[tuple[int, int], ...]] = {
+    "hex": ((0, 2), (0, -2), (1, 1), (1, -1), (-1, 1), (-1, -1)),  # Visium: (r, c ± 2), (r ± 1, c ± 1)
+    "grid": ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)),  # square bins (queen)
+}
+
+
+def knn(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices ``(n, k')`` of each point's ``k' = min(k, n - 1)`` nearest other points,
+    nearest first (exact, KD-tree). A point is never its own neighbour, even where points coincide."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, dtype=np.float64)
+    n = pts.shape[0]
+    k = min(int(k), n - 1)
+    if k < 1:
+        raise InvalidInputError(f"a neighbour graph needs at least 2 points and k >= 1; got {n} points, k={k}.")
+    dist, idx = cKDTree(pts).query(pts, k=k + 1)
+    dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
+    is_self = idx == np.arange(n)[:, None]
+    # drop the point itself where the search returned it, else the farthest of the k + 1
+    drop = np.where(is_self.any(1), is_self.argmax(1), k)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), drop] = False
+    return dist[keep].reshape(n, k), idx[keep].reshape(n, k)
+
+
+def _from_knn(dist: np.ndarray, idx: np.ndarray, values: np.ndarray) -> sparse.csr_matrix:
+    n, k = idx.shape
+    W = sparse.csr_matrix((values.ravel(), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    W.sort_indices()  # canonical column order: products sum in the same order however the graph was built
+    return W
+
+
+def knn_graph(
+    points: np.ndarray,
+    k: int,
+    *,
+    weights: Literal["binary", "mean", "distance", "gaussian"] = "binary",
+    symmetric: bool = False,
+) -> sparse.csr_matrix:
+    """k-nearest-neighbour graph of ``points`` (``k`` capped at ``n - 1``).
+
+    ``weights``: ``"binary"`` (1), ``"mean"`` (``1/k``: ``W @ x`` is the neighbours' mean),
+    ``"distance"`` (Euclidean distance), ``"gaussian"`` (``exp(-d^2 / sigma_i^2)`` with ``sigma_i`` the
+    distance to the ``max(k // 3, 1)``-th neighbour, rows normalised to sum 1, as Hotspot).
+    ``symmetric``: union with the transpose (an edge in either direction; binary weights only).
+    """
+    dist, idx = knn(points, k)
+    k = idx.shape[1]
+    if weights == "binary":
+        w = np.ones_like(dist)
+    elif weights == "mean":
+        w = np.full_like(dist, 1.0 / k)
+    elif weights == "distance":
+        w = dist
+    elif weights == "gaussian":
+        sigma = dist[:, max(k // 3, 1) - 1]
+        sigma = np.where(sigma > 0, sigma, np.maximum(dist.max(1), 1e-12))
+        w = np.exp(-(dist**2) / sigma[:, None] ** 2)
+        w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+    else:
+        raise InvalidInputError(f"weights must be 'binary', 'mean', 'distance' or 'gaussian'; got {weights!r}.")
+    W = _from_knn(dist, idx, w)
+    if symmetric:
+        if weights != "binary":
+            raise InvalidInputError("symmetric=True is defined for binary weights only.")
+        W = sparse.csr_matrix(((W + W.T) > 0).astype(np.float64))
+    return W
+
+
+def radius_graph(points: np.ndarray, radius: float) -> sparse.csr_matrix:
+    """Symmetric graph of the pairs closer than ``radius`` (``<=``), weighted by their distance."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, dtype=np.float64)
+    n = pts.shape[0]
+    pairs = cKDTree(pts).query_pairs(float(radius), output_type="ndarray")
+    d = np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1)
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    return sparse.csr_matrix((np.concatenate([d, d]), (rows, cols)), shape=(n, n))
+
+
+def is_hex_array(array_row: np.ndarray, array_col: np.ndarray) -> bool:
+    """Whether array coordinates are a Visium hexagonal lattice (``row + col`` even everywhere);
+    Visium HD square bins (every ``(row, col)``) are not."""
+    return bool(((np.asarray(array_row, dtype=np.int64) + np.asarray(array_col, dtype=np.int64)) % 2 == 0).all())
+
+
+def lattice_graph(
+    array_row: np.ndarray, array_col: np.ndarray, *, kind: Literal["hex", "grid"] = "hex"
+) -> sparse.csr_matrix:
+    """Binary adjacency of array coordinates: ``kind="hex"`` the 6 neighbours of a Visium spot,
+    ``"grid"`` the 8 touching bins of a square grid (Visium HD). Missing positions have no edge."""
+    if kind not in LATTICE_STEPS:
+        raise InvalidInputError(f"kind must be one of {sorted(LATTICE_STEPS)}; got {kind!r}.")
+    r = np.asarray(array_row, dtype=np.int64)
+    c = np.asarray(array_col, dtype=np.int64)
+    n = r.size
+    span = int(c.max() - c.min() + 10)
+    key = (r - r.min() + 2) * span + (c - c.min() + 4)
+    order = np.argsort(key)
+    skey = key[order]
+    rows, cols = [], []
+    for dr, dc in LATTICE_STEPS[kind]:
+        q = key + dr * span + dc
+        pos = np.clip(np.searchsorted(skey, q), 0, n - 1)
+        hit = skey[pos] == q
+        rows.append(np.flatnonzero(hit))
+        cols.append(order[pos[hit]])
+    rows = np.concatenate(rows)
+    cols = np.concatenate(cols)
+    W = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    W.data[:] = 1.0
+    return W
+
+
+def spatial_graph(
+    adata: AnnData,
+    xy: np.ndarray,
+    *,
+    kind: Literal["auto", "hex", "grid", "knn"] = "auto",
+    n_neighbors: int = 6,
+) -> tuple[sparse.csr_matrix, str]:
+    """Binary spatial adjacency of the observations and the kind used.
+
+    ``"auto"``: the hexagon (Visium) or the square grid (Visium HD) when ``obs['array_row']`` and
+    ``obs['array_col']`` exist, else the symmetrised kNN graph of ``xy`` with ``n_neighbors``.
+    """
+    has_array = {"array_row", "array_col"} <= set(adata.obs.columns)
+    if kind == "auto":
+        kind = ("hex" if is_hex_array(adata.obs["array_row"], adata.obs["array_col"]) else "grid") if has_array else "knn"
+    if kind in LATTICE_STEPS:
+        if not has_array:
+            raise InvalidInputError(
+                f"neighbors={kind!r} needs obs['array_row'] and obs['array_col'] (array / bin grid coordinates); "
+                "use neighbors='knn' for other layouts."
+            )
+        return lattice_graph(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), kind=kind), kind
+    if kind != "knn":
+        raise InvalidInputError(f"neighbors must be 'auto', 'hex', 'grid' or 'knn'; got {kind!r}.")
+    return knn_graph(xy, n_neighbors, symmetric=True), kind
+
+
+def row_normalize(W: sparse.spmatrix) -> sparse.csr_matrix:
+    """Rows scaled to sum 1 (rows without neighbours stay zero)."""
+    deg = np.asarray(W.sum(1)).ravel()
+    inv = np.divide(1.0, deg, out=np.zeros_like(deg, dtype=np.float64), where=deg > 0)
+    return sparse.csr_matrix(sparse.diags(inv) @ W)
+
+
+def nn_distance(points: np.ndarray) -> float:
+    """Median distance from each point to its nearest other point (coincident points ignored; 1.0 when
+    all coincide)."""
+    d, _ = knn(points, 1)
+    d = d[:, 0]
+    d = d[d > 0]
+    return float(np.median(d)) if d.size else 1.0
