@@ -113,6 +113,17 @@ def _key_option(spec):
     return next((k for k in _READ_KEYS if k in names), None)
 
 
+def _ruled_option(spec):
+    """An option with a conventional meaning (seed, lr, n_neighbors, ...) and a minimum."""
+    from experimat.methods._checks import OPTION_RULES
+
+    return next((p.name for p in spec.options if p.name in OPTION_RULES), None)
+
+
+def _float_option(spec):
+    return next((p.name for p in spec.options if "float" in str(p.annotation).split(" | ")), None)
+
+
 def _cases():
     out = []
     for name, (modality, spec) in _specs():
@@ -127,6 +138,10 @@ def _cases():
         out.append(pytest.param(name, modality, "empty_var", id=f"{name}-empty_var"))
         if _simple_option(spec):
             out.append(pytest.param(name, modality, "wrong_type", id=f"{name}-wrong_type"))
+        if _ruled_option(spec):
+            out.append(pytest.param(name, modality, "nonsense_value", id=f"{name}-nonsense_value"))
+        if _float_option(spec):
+            out.append(pytest.param(name, modality, "nan_option", id=f"{name}-nan_option"))
         if "layer" in opts:
             out.append(pytest.param(name, modality, "missing_layer", id=f"{name}-missing_layer"))
         if _key_option(spec):
@@ -171,6 +186,14 @@ def test_method_refuses_bad_input(project, name, modality, case):
         elif case == "wrong_type":
             opt = _simple_option(spec)
             kwargs[opt], expect = [1, 2], opt
+        elif case == "nonsense_value":
+            from experimat.methods._checks import OPTION_RULES
+
+            opt = _ruled_option(spec)
+            kwargs[opt], expect = OPTION_RULES[opt][0] - 1, opt
+        elif case == "nan_option":
+            opt = _float_option(spec)
+            kwargs[opt], expect = float("nan"), opt
         elif case == "missing_key":
             opt = _key_option(spec)
             kwargs[opt], expect = "no_such_key", "no_such_key"

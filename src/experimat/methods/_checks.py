@@ -316,6 +316,34 @@ def check_option_types(name: str, func: Any, options: Mapping[str, Any]) -> None
         raise InvalidInputError(f"{name}(): {opt} must be {verdict[1]}, not {value!r} ({type(value).__name__}){example}.")
 
 
+#: options that mean the same in every method, with the values that make sense: (minimum, strict, what)
+OPTION_RULES: dict[str, tuple[float, bool, str]] = {
+    "seed": (0, False, "a non-negative integer or None"),
+    "lr": (0, True, "a positive number (e.g. 1e-3)"),
+    "n_top_genes": (1, False, "an integer >= 1 or None"),
+    "n_comps": (1, False, "an integer >= 1"),
+    "n_pcs": (1, False, "an integer >= 1 or None"),
+    "n_neighbors": (1, False, "an integer >= 1"),
+    "bins": (1, False, "an integer >= 1"),
+    "batch_size": (1, False, "an integer >= 1 or None"),
+    "max_epochs": (0, False, "an integer >= 0"),
+    "n_clusters": (1, False, "an integer >= 1"),
+}
+
+
+def check_option_values(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse NaN numbers and values outside the sense of the options in :data:`OPTION_RULES`."""
+    for opt, value in options.items():
+        if isinstance(value, (float, np.floating)) and math.isnan(value):
+            raise InvalidInputError(f"{name}(): {opt} is NaN; pass a number (or leave the default).")
+        rule = OPTION_RULES.get(opt)
+        if rule is None or value is None or isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            continue
+        minimum, strict, what = rule
+        if value < minimum or (strict and value == minimum):
+            raise InvalidInputError(f"{name}(): {opt} must be {what}, not {value!r}.")
+
+
 def check_key(option: str, value: Any) -> None:
     """A slot name a method writes: a non-empty string without ``/`` that does not start with ``.``."""
     if value is None:
@@ -351,6 +379,7 @@ def preflight(spec: Any, adata: Any, options: Mapping[str, Any], *, sample: str,
 
     Everything here raises an experimat error that names the fix, before anything is written."""
     check_option_types(spec.name, spec.func, options)
+    check_option_values(spec.name, options)
     if writes:
         for opt in KEY_OPTIONS:
             if opt in options:
