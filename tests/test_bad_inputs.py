@@ -338,3 +338,12 @@ def test_api_refuses_bad_input(project, tmp_path, case):
         call(project, tmp_path)
     assert expect in str(info.value), f"{type(info.value).__name__}: {info.value}"
     assert not outside.exists(), "a refused creation left a folder behind"
+
+
+@pytest.mark.parametrize("key", ["a/b", "", ".hidden"])
+def test_cli_refuses_bad_key_added(project, capsys, key):
+    from experimat.cli import main
+
+    code = main(["run", str(project), "qc_metrics", "--modality", "spatial-bin", "--param", f"key_added={key}"])
+    assert code == 1
+    assert "key_added" in capsys.readouterr().err
