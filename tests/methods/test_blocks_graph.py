@@ -62,8 +62,15 @@ def test_knn_graph_weightings():
     d, _ = _brute_knn(xy, 6)
     w = np.exp(-(d**2) / d[:, [1]] ** 2)  # sigma: the distance to the 6 // 3 = 2nd neighbour
     np.testing.assert_allclose(np.sort(G.toarray(), 1)[:, ::-1][:, :6], w / w.sum(1, keepdims=True))
+    U = knn_graph(xy, 5, weights="umap")
+    row = U.toarray()
+    assert (row.max(1) == pytest.approx(1.0)) and np.allclose(row.sum(1), np.log2(6), rtol=1e-6)
+    F = knn_graph(xy, 5, weights="umap", symmetric=True).toarray()
+    np.testing.assert_allclose(F, row + row.T - row * row.T)
     with pytest.raises(InvalidInputError, match="weights"):
         knn_graph(xy, 4, weights="cosine")
+    with pytest.raises(InvalidInputError, match="symmetric"):
+        knn_graph(xy, 4, weights="mean", symmetric=True)
 
 
 def test_radius_graph_matches_brute_force():

@@ -6,9 +6,10 @@ builds the graph that ``gr.spatial_autocorr`` reads). Every graph is an ``n x n`
 :class:`scipy.sparse.csr_matrix` without self-loops; row ``i`` holds the neighbours of observation ``i``.
 
 - :func:`knn` — the exact k-nearest-neighbour search (self excluded, also with duplicate points).
-- :func:`knn_graph` — kNN weights: ``"binary"``, ``"mean"`` (``1/k``, a row average), ``"distance"``
-  or ``"gaussian"`` (Hotspot's kernel, width the distance to the ``k/3``-th neighbour, rows summing
-  to 1); directed, or symmetrised by union.
+- :func:`knn_graph` — kNN weights: ``"binary"``, ``"mean"`` (``1/k``, a row average), ``"distance"``,
+  ``"gaussian"`` (Hotspot's kernel, width the distance to the ``k/3``-th neighbour, rows summing
+  to 1) or ``"umap"`` (UMAP's fuzzy connectivities, as ``scanpy.pp.neighbors``); directed, or
+  symmetrised (union for binary weights, fuzzy union for UMAP's).
 - :func:`radius_graph` — pairs closer than a radius, with their distances.
 - :func:`lattice_graph` — the binary adjacency of array coordinates: the Visium hexagon or the 8
   touching bins of a square grid.
@@ -66,15 +67,17 @@ def knn_graph(
     points: np.ndarray,
     k: int,
     *,
-    weights: Literal["binary", "mean", "distance", "gaussian"] = "binary",
+    weights: Literal["binary", "mean", "distance", "gaussian", "umap"] = "binary",
     symmetric: bool = False,
 ) -> sparse.csr_matrix:
     """k-nearest-neighbour graph of ``points`` (``k`` capped at ``n - 1``).
 
     ``weights``: ``"binary"`` (1), ``"mean"`` (``1/k``: ``W @ x`` is the neighbours' mean),
     ``"distance"`` (Euclidean distance), ``"gaussian"`` (``exp(-d^2 / sigma_i^2)`` with ``sigma_i`` the
-    distance to the ``max(k // 3, 1)``-th neighbour, rows normalised to sum 1, as Hotspot).
-    ``symmetric``: union with the transpose (an edge in either direction; binary weights only).
+    distance to the ``max(k // 3, 1)``-th neighbour, rows normalised to sum 1, as Hotspot), ``"umap"``
+    (:func:`umap_weights`, the neighbourhood of ``k + 1`` points counting the point itself).
+    ``symmetric``: union with the transpose (an edge in either direction) for binary weights, the
+    fuzzy union ``A + A.T - A * A.T`` for UMAP's.
     """
     dist, idx = knn(points, k)
     k = idx.shape[1]
@@ -89,14 +92,43 @@ def knn_graph(
         sigma = np.where(sigma > 0, sigma, np.maximum(dist.max(1), 1e-12))
         w = np.exp(-(dist**2) / sigma[:, None] ** 2)
         w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+    elif weights == "umap":
+        w = umap_weights(dist)
     else:
-        raise InvalidInputError(f"weights must be 'binary', 'mean', 'distance' or 'gaussian'; got {weights!r}.")
+        raise InvalidInputError(
+            f"weights must be 'binary', 'mean', 'distance', 'gaussian' or 'umap'; got {weights!r}."
+        )
     W = _from_knn(dist, idx, w)
     if symmetric:
-        if weights != "binary":
-            raise InvalidInputError("symmetric=True is defined for binary weights only.")
-        W = sparse.csr_matrix(((W + W.T) > 0).astype(np.float64))
+        if weights == "binary":
+            W = sparse.csr_matrix(((W + W.T) > 0).astype(np.float64))
+        elif weights == "umap":
+            W = sparse.csr_matrix(W + W.T - W.multiply(W.T))
+            W.eliminate_zeros()
+        else:
+            raise InvalidInputError("symmetric=True is defined for binary and UMAP weights only.")
     return W
+
+
+def umap_weights(dist: np.ndarray, *, n_iter: int = 64) -> np.ndarray:
+    """UMAP's smooth kNN weights ``exp(-(d_ij - rho_i) / sigma_i)`` of sorted neighbour distances
+    ``dist`` (``n x k``, self excluded): ``rho_i`` is the distance to the nearest neighbour and
+    ``sigma_i`` is found by bisection so that a row's weights sum to ``log2(k + 1)``; ``sigma_i`` is at
+    least ``1e-3`` times the row's mean distance (the mean of all distances where ``rho_i = 0``)."""
+    dist = np.asarray(dist, dtype=np.float64)
+    target = np.log2(dist.shape[1] + 1)
+    rho = dist[:, :1]
+    excess = np.maximum(dist - rho, 0.0)
+    lo = np.zeros(len(dist))
+    hi = np.full(len(dist), np.inf)
+    mid = np.ones(len(dist))
+    for _ in range(n_iter):
+        high = np.exp(-excess / mid[:, None]).sum(1) > target
+        hi = np.where(high, mid, hi)
+        lo = np.where(high, lo, mid)
+        mid = np.where(np.isinf(hi), mid * 2.0, (lo + hi) / 2.0)
+    floor = 1e-3 * np.where(rho[:, 0] > 0, dist.mean(1), dist.mean())
+    return np.exp(-excess / np.maximum(mid, floor)[:, None])
 
 
 def radius_graph(points: np.ndarray, radius: float) -> sparse.csr_matrix:
