@@ -107,3 +107,31 @@ def test_large_spot_layers_are_rasterised(hd, monkeypatch):
     fig = em.pl.plot_spatial({"hd": hd}, plot_embeddings={"color": "domain"})
     assert not any(c.get_rasterized() for ax in fig.axes for c in ax.collections)
     pd.testing.assert_index_equal(hd.obs_names, hd.obs_names)
+
+
+def test_sparse_pca_matches_dense_pca():
+    from sklearn.decomposition import PCA
+
+    from experimat.methods.preprocess import _sparse_centered_pca
+
+    rng = np.random.default_rng(0)
+    n, p = 3_000, 600
+    low = rng.normal(size=(n, 4)) @ (rng.normal(size=(4, p)) * np.array([6, 4, 2.5, 1.5])[:, None])
+    X = sp.random(n, p, density=0.05, random_state=1, format="csr") * 3 + sp.csr_matrix(np.where(np.abs(low) > 4, low, 0))
+    scores, ratio = _sparse_centered_pca(X, 10, np.random.default_rng(2))
+    ref = PCA(10, svd_solver="full").fit(X.toarray())
+    ref_scores = ref.transform(X.toarray())
+    np.testing.assert_allclose(ratio, ref.explained_variance_ratio_, rtol=1e-4)
+    for j in range(4):  # components with clear eigen-gaps agree up to sign
+        assert abs(np.corrcoef(scores[:, j], ref_scores[:, j])[0, 1]) > 0.9999
+    assert (np.abs(scores.mean(0)) < 1e-8 * np.abs(scores).max()).all()  # centred
+
+
+def test_pca_accessor_on_sparse_stays_sparse(hd):
+    from experimat.methods.preprocess import normalize, pca
+
+    a = hd.copy()
+    normalize(a)
+    pca(a, n_comps=5, n_top_genes=None)
+    ratio = a.uns["X_pca"]["variance_ratio"]
+    assert a.obsm["X_pca"].shape == (3_000, 5) and (np.diff(ratio) <= 1e-12).all() and ratio.sum() < 1

@@ -156,13 +156,53 @@ def pca(
     if n_top_genes is not None and n_top_genes < adata.n_vars:
         genes = np.sort(np.argsort(-var)[:n_top_genes])
     sub = X[:, genes]
-    dense = sub.toarray() if sp.issparse(sub) else sub
-    dense = dense - dense.mean(0)
     rs = settings.seed if seed is None else seed
-    model = PCA(n_components=n_comps, svd_solver="randomized" if min(dense.shape) > 500 else "full", random_state=rs)
-    adata.obsm[key_added] = model.fit_transform(dense).astype(np.float32)
+    if sp.issparse(sub) and min(sub.shape) > 500:
+        # sparse: randomized SVD of the implicitly centred matrix (no dense observations x genes copy)
+        scores, ratio = _sparse_centered_pca(sp.csr_matrix(sub), n_comps, np.random.default_rng(rs))
+    else:
+        dense = sub.toarray() if sp.issparse(sub) else sub
+        dense = dense - dense.mean(0)
+        model = PCA(n_components=n_comps, svd_solver="randomized" if min(dense.shape) > 500 else "full", random_state=rs)
+        scores, ratio = model.fit_transform(dense), model.explained_variance_ratio_
+    adata.obsm[key_added] = np.asarray(scores, dtype=np.float32)
     store_params(adata, key_added, {"layer": layer, "n_comps": n_comps, "n_top_genes": n_top_genes, "seed": rs},
-                 variance_ratio=model.explained_variance_ratio_.astype(np.float64), genes=np.asarray(adata.var_names[genes]).astype(str))
+                 variance_ratio=np.asarray(ratio, dtype=np.float64), genes=np.asarray(adata.var_names[genes]).astype(str))
+
+
+def _sparse_centered_pca(X, k: int, rng: np.random.Generator, *, n_oversamples: int = 20, n_iter: int = 7):
+    """PCA scores and explained-variance ratios of a sparse matrix without densifying it.
+
+    Randomized SVD (Halko, Martinsson & Tropp 2011, algorithm 4.4 with QR-normalised power
+    iterations) of ``X - 1 μᵀ``, whose products are formed as ``X v - 1 (μᵀ v)``: memory is
+    O(n (k + oversamples)) besides ``X``. Signs: the largest loading of each component is positive.
+    """
+    n, p = X.shape
+    mu = np.asarray(X.mean(0), dtype=np.float64).ravel()
+    ell = min(k + n_oversamples, min(n, p))
+    Xt = X.T.tocsr()
+
+    def right(V):  # (X - 1 mu^T) V
+        return X @ V - (mu @ V)[None, :]
+
+    def left(U):  # (X - 1 mu^T)^T U
+        return Xt @ U - np.outer(mu, U.sum(0))
+
+    Q, _ = np.linalg.qr(right(rng.standard_normal((p, ell))))
+    for _ in range(n_iter):
+        Z, _ = np.linalg.qr(left(Q))
+        Q, _ = np.linalg.qr(right(Z))
+    B = left(Q).T  # ell x p
+    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
+    U = Q @ Ub[:, :k]
+    s, Vt = s[:k], Vt[:k]
+    flip = np.sign(Vt[np.arange(k), np.argmax(np.abs(Vt), axis=1)])
+    flip[flip == 0] = 1.0
+    scores = U * (s * flip)[None, :]
+    sq = np.asarray(X.multiply(X).sum(0), dtype=np.float64).ravel()
+    total = float((sq - n * mu**2).sum()) / max(n - 1, 1)
+    ratio = (s**2 / max(n - 1, 1)) / total if total > 0 else np.zeros(k)
+    return scores, ratio
 
 
 def neighbors_umap(
