@@ -205,8 +205,8 @@ def spatialde_sheet() -> pd.DataFrame:
 
     Both are Spatial Transcriptomics count tables (spots x genes) read through :func:`experimat.io.read`; the
     olfactory bulb keeps SpatialDE's 260 spots with more than 10 counts (its ``MOB_sample_info.csv``), the breast
-    cancer all 251 spots (SpatialDE keeps spots with more than 5 counts: all of them). The files are located with
-    :func:`fetch` (``em.settings.data_dir``) and verified.
+    cancer has all 251 spots (SpatialDE's pipeline keeps the 250 with more than 5 counts; filter them as tutorial 02
+    does). The files are located with :func:`fetch` (``em.settings.data_dir``) and verified.
 
     Returns
     -------

@@ -235,7 +235,8 @@ def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None
 
     ``candidates`` (column indices; default all genes) restricts the tested genes; the overdispersion ``φ`` is
     estimated on the tested genes (as ``NaiveDE.stabilize`` on them), the total counts always come from all genes
-    (as SpatialDE's ``sample_info['total_counts']``), so a gene's model does not depend on which others are tested.
+    with at least ``min_counts`` counts (SpatialDE's ``sample_info['total_counts']``: the sums of its gene-filtered
+    count table), so a gene's model does not depend on which others are tested.
     """
     from experimat._errors import InvalidInputError
     from experimat.methods._checks import check_counts
@@ -251,7 +252,7 @@ def _prepare_expression(X, *, normalize: str, min_counts: int, layer: str | None
     idx = cand[s[cand] >= min_counts]
     if idx.size == 0:
         raise InvalidInputError(f"no tested gene has >= min_counts={min_counts} counts; lower min_counts.")
-    total = row_sums(X)
+    total = row_sums(X[:, np.flatnonzero(s >= min_counts)])
     if (total <= 0).any():
         raise InvalidInputError(
             f"{int((total <= 0).sum())} spots have no counts; remove empty spots first "
@@ -321,7 +322,8 @@ def spatial_svg_gp(
         ``obsm`` key of the spot coordinates.
     genes
         Test only these genes (``var_names``, Ensembl ids or symbols; default: all). The total
-        counts regressed out still come from all genes, as in SpatialDE's pipeline, so a gene's
+        counts regressed out still come from all genes with at least ``min_counts`` counts, as in
+        SpatialDE's pipeline, so a gene's
         statistics do not depend on which other genes are tested (only the overdispersion ``φ``
         of the stabilisation, estimated on the tested genes as ``NaiveDE.stabilize`` does, and
         the q-values, computed over the tested genes). Other genes get NaN.
