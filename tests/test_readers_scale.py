@@ -112,19 +112,19 @@ def test_large_spot_layers_are_rasterised(hd, monkeypatch):
 def test_sparse_pca_matches_dense_pca():
     from sklearn.decomposition import PCA
 
-    from experimat.methods.preprocess import _sparse_centered_pca
+    from experimat.methods._expression import pca
 
     rng = np.random.default_rng(0)
     n, p = 3_000, 600
     low = rng.normal(size=(n, 4)) @ (rng.normal(size=(4, p)) * np.array([6, 4, 2.5, 1.5])[:, None])
     X = sp.random(n, p, density=0.05, random_state=1, format="csr") * 3 + sp.csr_matrix(np.where(np.abs(low) > 4, low, 0))
-    scores, ratio = _sparse_centered_pca(X, 10, np.random.default_rng(2))
+    scores, ratio = pca(X, 10, seed=2)
     ref = PCA(10, svd_solver="full").fit(X.toarray())
     ref_scores = ref.transform(X.toarray())
     np.testing.assert_allclose(ratio, ref.explained_variance_ratio_, rtol=1e-4)
     for j in range(4):  # components with clear eigen-gaps agree up to sign
         assert abs(np.corrcoef(scores[:, j], ref_scores[:, j])[0, 1]) > 0.9999
-    assert (np.abs(scores.mean(0)) < 1e-8 * np.abs(scores).max()).all()  # centred
+    assert (np.abs(scores.mean(0)) < 1e-5 * np.abs(scores).max()).all()  # centred (float32 scores)
 
 
 def test_pca_accessor_on_sparse_stays_sparse(hd):

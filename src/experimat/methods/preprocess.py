@@ -89,23 +89,11 @@ def normalize(
     --------
     >>> expm.spatial_bin.normalize(run_on_samples=True)  # doctest: +SKIP
     """
-    import scipy.sparse as sp
+    from ._expression import normalize_total
 
     X = get_matrix(adata, layer)
     check_counts(X, layer=layer)
-    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    total = np.asarray(X.sum(1)).ravel()
-    target = float(np.median(total[total > 0])) if target_sum is None else float(target_sum)
-    scale = np.divide(target, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0).astype(np.float32)
-    if sp.issparse(X):
-        out = sp.diags(scale) @ X
-        out = sp.csr_matrix(out, dtype=np.float32)
-        if log1p:
-            out.data = np.log1p(out.data)
-    else:
-        out = X * scale[:, None]
-        if log1p:
-            out = np.log1p(out)
+    out, target = normalize_total(X, target_sum=target_sum, log1p=log1p)
     adata.layers[key_added] = out
     store_params(adata, key_added, {"layer": layer, "target_sum": target, "log1p": log1p})
 
@@ -127,82 +115,30 @@ def pca(
     n_top_genes
         Use the genes with the largest variance of ``layer`` (``None``: all genes).
     seed
-        Random seed of the randomized solver.
+        Random seed of the solver (randomised SVD, or ARPACK's start vector for sparse layers).
     key_added
-        Output obsm key; loadings go to ``varm[key_added.replace('X_', '') + 's']`` style
-        ``uns[key_added]['variance_ratio']``.
+        Output obsm key; the explained variance ratio and the genes used go to ``uns[key_added]``.
+
+    A sparse layer is never densified: it is centred implicitly (scanpy's sparse PCA).
 
     Examples
     --------
     >>> expm.rna.pca(run_on_samples=True, n_comps=30)  # doctest: +SKIP
     """
-    import scipy.sparse as sp
-    from sklearn.decomposition import PCA, TruncatedSVD  # noqa: F401
-
     from .._settings import settings
+    from ._expression import pca as pca_scores
+    from ._expression import top_variance_genes
 
     X = get_matrix(adata, layer)
     check_positive_int("n_comps", n_comps)
     n_comps = min(n_comps, min(adata.shape) - 1)
     if n_comps < 1:
         raise InvalidInputError(f"PCA needs at least 2 observations and 2 genes; got {adata.shape}.")
-    if sp.issparse(X):
-        mean = np.asarray(X.mean(0)).ravel()
-        var = np.asarray(X.multiply(X).mean(0)).ravel() - mean**2
-    else:
-        X = np.asarray(X)
-        mean, var = X.mean(0), X.var(0)
-    genes = np.arange(adata.n_vars)
-    if n_top_genes is not None and n_top_genes < adata.n_vars:
-        genes = np.sort(np.argsort(-var)[:n_top_genes])
-    sub = X[:, genes]
+    genes = top_variance_genes(X, n_top_genes)
     rs = settings.seed if seed is None else seed
-    if sp.issparse(sub) and min(sub.shape) > 500:
-        # sparse: randomized SVD of the implicitly centred matrix (no dense observations x genes copy)
-        scores, ratio = _sparse_centered_pca(sp.csr_matrix(sub), n_comps, np.random.default_rng(rs))
-    else:
-        dense = sub.toarray() if sp.issparse(sub) else sub
-        dense = dense - dense.mean(0)
-        model = PCA(n_components=n_comps, svd_solver="randomized" if min(dense.shape) > 500 else "full", random_state=rs)
-        scores, ratio = model.fit_transform(dense), model.explained_variance_ratio_
-    adata.obsm[key_added] = np.asarray(scores, dtype=np.float32)
+    adata.obsm[key_added], ratio = pca_scores(X[:, genes], n_comps, seed=rs)  # sparse stays sparse
     store_params(adata, key_added, {"layer": layer, "n_comps": n_comps, "n_top_genes": n_top_genes, "seed": rs},
-                 variance_ratio=np.asarray(ratio, dtype=np.float64), genes=np.asarray(adata.var_names[genes]).astype(str))
-
-
-def _sparse_centered_pca(X, k: int, rng: np.random.Generator, *, n_oversamples: int = 20, n_iter: int = 7):
-    """PCA scores and explained-variance ratios of a sparse matrix without densifying it.
-
-    Randomized SVD (Halko, Martinsson & Tropp 2011, algorithm 4.4 with QR-normalised power
-    iterations) of ``X - 1 μᵀ``, whose products are formed as ``X v - 1 (μᵀ v)``: memory is
-    O(n (k + oversamples)) besides ``X``. Signs: the largest loading of each component is positive.
-    """
-    n, p = X.shape
-    mu = np.asarray(X.mean(0), dtype=np.float64).ravel()
-    ell = min(k + n_oversamples, min(n, p))
-    Xt = X.T.tocsr()
-
-    def right(V):  # (X - 1 mu^T) V
-        return X @ V - (mu @ V)[None, :]
-
-    def left(U):  # (X - 1 mu^T)^T U
-        return Xt @ U - np.outer(mu, U.sum(0))
-
-    Q, _ = np.linalg.qr(right(rng.standard_normal((p, ell))))
-    for _ in range(n_iter):
-        Z, _ = np.linalg.qr(left(Q))
-        Q, _ = np.linalg.qr(right(Z))
-    B = left(Q).T  # ell x p
-    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
-    U = Q @ Ub[:, :k]
-    s, Vt = s[:k], Vt[:k]
-    flip = np.sign(Vt[np.arange(k), np.argmax(np.abs(Vt), axis=1)])
-    flip[flip == 0] = 1.0
-    scores = U * (s * flip)[None, :]
-    sq = np.asarray(X.multiply(X).sum(0), dtype=np.float64).ravel()
-    total = float((sq - n * mu**2).sum()) / max(n - 1, 1)
-    ratio = (s**2 / max(n - 1, 1)) / total if total > 0 else np.zeros(k)
-    return scores, ratio
+                 variance_ratio=ratio, genes=np.asarray(adata.var_names[genes]).astype(str))
 
 
 def neighbors_umap(

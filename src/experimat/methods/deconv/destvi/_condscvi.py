@@ -21,6 +21,7 @@ from experimat.methods._checks import (
     get_obs_column,
     store_params,
 )
+from experimat.methods._expression import hvg_seurat_v3 as select_genes_vst
 from experimat.methods._torch import minibatches, torch_device, torch_threads, train
 
 if TYPE_CHECKING:
@@ -32,56 +33,6 @@ def _as_csr(X):
     import scipy.sparse as sp
 
     return sp.csr_matrix(X, dtype=np.float32)
-
-
-def select_genes_vst(X, n_top_genes: int, *, span: float = 0.3) -> np.ndarray:
-    """Indices of the ``n_top_genes`` most variable genes of raw counts ``X`` (cells x genes).
-
-    Variance-stabilised selection in the manner of Seurat v3 (Stuart et al. 2019), without scikit-misc:
-    ``log10(variance)`` is regressed on ``log10(mean)`` by a local quadratic fit with tricube weights
-    (``span`` of the genes, evaluated on a grid and interpolated), the counts are standardised by the
-    fitted standard deviation and clipped at ``sqrt(n_cells)``, and genes are ranked by the variance of
-    the standardised values. Genes with zero variance are never selected.
-    """
-    X = _as_csr(X)
-    n, g = X.shape
-    mean = np.asarray(X.mean(0)).ravel().astype(np.float64)
-    sq = np.asarray(X.multiply(X).mean(0)).ravel().astype(np.float64)
-    var = (sq - mean**2) * n / max(n - 1, 1)
-    ok = var > 0
-    if n_top_genes >= int(ok.sum()):
-        return np.flatnonzero(ok)
-    lm, lv = np.log10(mean[ok]), np.log10(var[ok])
-    grid = np.quantile(lm, np.linspace(0, 1, 101))
-    k = max(int(np.ceil(span * lm.size)), 3)
-    fit_grid = np.empty_like(grid)
-    for i, x0 in enumerate(grid):
-        d = np.abs(lm - x0)
-        idx = np.argpartition(d, k - 1)[:k]
-        h = max(d[idx].max(), 1e-12)
-        w = (1 - (d[idx] / h) ** 3) ** 3
-        A = np.vstack([np.ones(k), lm[idx] - x0, (lm[idx] - x0) ** 2]).T * np.sqrt(w)[:, None]
-        coef = np.linalg.lstsq(A, lv[idx] * np.sqrt(w), rcond=None)[0]
-        fit_grid[i] = coef[0]
-    grid_u, first = np.unique(grid, return_index=True)
-    expected_sd = np.zeros(g)
-    expected_sd[ok] = np.sqrt(10 ** np.interp(lm, grid_u, fit_grid[first]))
-    clip = np.sqrt(n)
-    # variance of clip((x - mean) / sd, max=sqrt(n)), computed on the sparse matrix
-    Xc = X.tocsc()
-    stdvar = np.zeros(g)
-    for j in np.flatnonzero(ok):
-        vals = Xc.data[Xc.indptr[j] : Xc.indptr[j + 1]].astype(np.float64)
-        sd = expected_sd[j]
-        zs = np.minimum((vals - mean[j]) / sd, clip)
-        zero = min(-mean[j] / sd, clip)
-        n_zero = n - vals.size
-        s1 = zs.sum() + n_zero * zero
-        s2 = (zs**2).sum() + n_zero * zero**2
-        stdvar[j] = (s2 - s1**2 / n) / max(n - 1, 1)
-    stdvar[~ok] = -np.inf
-    top = np.argsort(-stdvar, kind="stable")[:n_top_genes]
-    return np.sort(top)
 
 
 class CondSCVIModel(SavedModel):
