@@ -32,12 +32,15 @@ def test_channels_resolve_to_indices_and_scale(adata):
     assert res.spot_diameter_fullres is not None
     np.testing.assert_array_equal(res.pixels(), adata.uns["spatial"]["s1"]["images"]["hires"])
     assert parse_channels(["hires/blue", "hires/0", "hires/G"]) == ("hires", [2, 0, 1])
+    whole = resolve_image(adata, "hires")  # a bare key: the whole image
+    assert whole.key == "hires" and whole.channels == [0, 1, 2] and whole.image is res.image
 
 
 def test_missing_hires_falls_back_to_lowres_everywhere(adata):
     hires = _lowres_only(adata)
     res = resolve_image(adata, RGB)
     assert res.key == "lowres" and res.scalefactor == pytest.approx(0.1)
+    assert resolve_image(adata, "hires").key == "lowres"  # the same rule for whole images
     np.testing.assert_array_equal(res.pixels(), hires[::2, ::2])
     # the plots use the same rule
     np.testing.assert_array_equal(em.pl.get_image(adata, channels=RGB), hires[::2, ::2])

@@ -178,13 +178,17 @@ def resolve_image(
     library_id: str | None = None,
     sample: str | None = None,
 ) -> ResolvedImage:
-    """Find the image that ``channels`` (``'<image key>/<channel>'``, one or three) address.
+    """Find the image that ``channels`` (``'<image key>/<channel>'``, one or three) address; a bare
+    image key (``"hires"``) addresses the whole image, with every channel it has.
 
     The library is ``library_id``, else ``sample`` when stored under that name, else the only one; the
     image key falls back ``hires -> lowres`` when ``hires`` is not stored (logged). Errors name the
     stored libraries / image keys / scale factors.
     """
-    key, idx = parse_channels(channels)
+    whole = isinstance(channels, str) and "/" not in channels and channels.strip() != ""
+    key, idx = (channels.strip(), []) if whole else parse_channels(channels)
     lib, entry = spatial_library(adata, library_id, sample=sample)
     used, img = find_image(entry, key, lib)
+    if whole:
+        idx = list(range(1 if img.ndim == 2 else img.shape[2]))
     return ResolvedImage(lib, used, img, idx, image_scalefactor(entry, used, lib), entry)
