@@ -242,7 +242,8 @@ def _sig(df: pd.DataFrame, col: str) -> pd.Series:
     return df[col].astype(str).isin(["True", "1", "true", "1.0"])
 
 
-def compare(ours: pd.DataFrame | None, ref: pd.DataFrame | None, label: str):
+def compare(ours: pd.DataFrame | None, ref: pd.DataFrame | None, label: str, quiet: bool = False):
+    """Spearman rho of z-scores (genes tested by both) and Jaccard of concentration-significant genes."""
     from scipy.stats import spearmanr
 
     if ours is None or ref is None:
@@ -252,12 +253,82 @@ def compare(ours: pd.DataFrame | None, ref: pd.DataFrame | None, label: str):
     o, r = ours.loc[common], ref.loc[common]
     ok = np.isfinite(o["zscore"].astype(float)) & np.isfinite(r["zscore"].astype(float))
     rho = spearmanr(o.loc[ok, "zscore"].astype(float), r.loc[ok, "zscore"].astype(float)).statistic
-    so = set(common[_sig(o, "is_conc_sig").to_numpy()])
-    sr = set(common[_sig(r, "is_conc_sig").to_numpy()])
-    jac = len(so & sr) / max(len(so | sr), 1)
-    print(f"[cmp ] {label}: {len(common)} genes in both; Spearman rho(zscore) = {rho:.3f}; "
-          f"Jaccard(conc. significant) = {jac:.3f} ({len(so)} vs {len(sr)} significant)")  # fmt: skip
-    return {"rho": rho, "jaccard": jac}
+    out = {"rho": rho}
+    for col in ("is_conc_sig", "is_depl_sig", "is_joint_sig"):
+        so = set(common[_sig(o, col).to_numpy()])
+        sr = set(common[_sig(r, col).to_numpy()])
+        out[col] = len(so & sr) / max(len(so | sr), 1)
+        out[f"n_{col}"] = (len(so), len(sr))
+    if not quiet:
+        print(f"[cmp ] {label}: {int(ok.sum())} genes in both; rho(zscore) {rho:.3f}; Jaccard conc {out['is_conc_sig']:.3f} "
+              f"({out['n_is_conc_sig'][0]} vs {out['n_is_conc_sig'][1]}), depl {out['is_depl_sig']:.3f}, "
+              f"joint {out['is_joint_sig']:.3f}")  # fmt: skip
+    return out
+
+
+def stability_table(name: str, ours: list, refs: list) -> None:
+    """Seed-to-seed agreement of ours and of the reference, and ours (seed 0) against each reference seed."""
+    print(f"[stab] {name}: Spearman rho of z-scores / Jaccard of concentration-significant genes (p < 0.05) "
+          "[/ depletion / joint]")  # fmt: skip
+    rows = []
+    for tool, runs in (("ours", ours), ("ref ", refs)):
+        for i in range(len(runs)):
+            for j in range(i + 1, len(runs)):
+                c = compare(runs[i], runs[j], "", quiet=True)
+                if c:
+                    rows.append((f"{tool} seed {i} vs seed {j}", c))
+    for j, r in enumerate(refs):
+        c = compare(ours[0] if ours else None, r, "", quiet=True)
+        if c:
+            rows.append((f"ours seed 0 vs ref seed {j}", c))
+    for label, c in rows:
+        print(f"[stab] {name}: {label:26s} rho {c['rho']:.3f}  Jconc {c['is_conc_sig']:.3f}  "
+              f"Jdepl {c['is_depl_sig']:.3f}  Jjoint {c['is_joint_sig']:.3f}")  # fmt: skip
+
+
+def run_ours_cold(adata, label: str, **kwargs):
+    """Ours in a fresh Python process: the time of the first call (JAX import and compiles included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        p_in, p_out = Path(tmp) / "in.h5ad", Path(tmp) / "out.csv"
+        adata.write_h5ad(p_in)
+        code = (
+            "import sys, time, json, anndata as ad, experimat as em\n"
+            "from experimat.methods.locat import locat\n"
+            "em.settings.progress = False\n"
+            "a = ad.read_h5ad(sys.argv[1])\n"
+            "t = time.perf_counter(); df = locat(a, embedding='pca', n_dims=8, seed=0, **json.loads(sys.argv[3]))\n"
+            "dt = time.perf_counter() - t\n"
+            "df.to_csv(sys.argv[2]); print(dt)\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code, str(p_in), str(p_out), json.dumps(kwargs)],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+        dt = float(r.stdout.strip().splitlines()[-1])
+        df = pd.read_csv(p_out, index_col=0)
+    for col in ("is_conc_sig", "is_depl_sig", "is_joint_sig"):
+        df[col] = df[col].astype(bool)
+    print(f"[ours] {label}: first call in a fresh process {dt:.1f} s ({adata.n_vars / dt:.1f} genes/s; {load()})")
+    return df, dt
+
+
+def sources(a, name: str) -> None:
+    """Run-to-run variance of each remaining random step, the others held fixed: the null pseudo-genes'
+    permutations and the depletion halvings (atoms, background and EM starts are deterministic)."""
+    from experimat.methods.locat import _genes, _prep
+
+    base = locat(a.copy(), seed=0)
+    item_weights, score_items = _prep.item_weights, _genes.score_items
+    try:
+        _prep.item_weights = lambda *args: item_weights(*args[:-1], np.random.default_rng(0))
+        split_only = locat(a.copy(), seed=1)
+        _prep.item_weights = item_weights
+        _genes.score_items = lambda *args, **kw: score_items(*args, **{**kw, "seed": 0})
+        null_only = locat(a.copy(), seed=1)
+    finally:
+        _prep.item_weights, _genes.score_items = item_weights, score_items
+    for label, r in (("null pseudo-genes only", null_only), ("depletion halvings only", split_only)):
+        c = compare(r, base, "", quiet=True)
+        print(f"[src ] {name}: seed 1 vs 0, {label:24s} rho {c['rho']:.3f}  Jconc {c['is_conc_sig']:.3f}  "
+              f"Jdepl {c['is_depl_sig']:.3f}  Jjoint {c['is_joint_sig']:.3f}")  # fmt: skip
 
 
 def fractions(df: pd.DataFrame | None, label: str):
@@ -299,50 +370,56 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="pbmc68k_reduced only")
     ap.add_argument("--zeisel-only", action="store_true", help="skip pbmc68k_reduced")
     ap.add_argument("--no-9k", action="store_true", help="skip the 2,600 x 9,000 timing")
-    ap.add_argument("--no-ref-seed", action="store_true", help="skip the reference-vs-reference run")
+    ap.add_argument("--ref-seeds", type=int, default=3, help="reference runs (seeds 0..N-1) per data set")
     ap.add_argument("--no-permuted", action="store_true", help="skip the calibration runs on permuted genes")
+    ap.add_argument("--sources", action="store_true", help="variance of each remaining random step (pbmc)")
     ap.add_argument("--pbmc-genes", type=int, default=None, help="evenly spaced subset of pbmc68k_reduced genes")
     ap.add_argument("--zeisel-ref-genes", type=int, default=400, help="Zeisel genes given to the reference")
-    ap.add_argument("--no-zeisel-ref", action="store_true", help="skip the Zeisel side-by-side comparison")
     args = ap.parse_args()
     em.settings.progress = False
-    print("machine: shared, loaded 2-core box; times are wall-clock of one run each, ours and the reference "
-          "back to back", file=sys.stderr)  # fmt: skip
-
+    print("machine: shared, loaded 2-core box; times are wall-clock of one run each", file=sys.stderr)
     if not args.zeisel_only:
-        run_pbmc(args.pbmc_genes, ref_seed=not args.no_ref_seed, calibration=not args.no_permuted)
+        a = pbmc(args.pbmc_genes)
+        side_by_side("pbmc68k_reduced", a, args.ref_seeds, calibration=not args.no_permuted)
+        if args.sources:
+            sources(a, "pbmc68k_reduced")
     if args.quick:
         return
     if not args.no_9k:
         run_9k()
-    if not args.no_zeisel_ref:
-        run_zeisel(args.zeisel_ref_genes)
+    z = zeisel(None)
+    dfz, _ = run_ours(z, f"Zeisel, all {z.n_vars} genes after filter_genes_locat")
+    dfz1 = locat(z.copy(), embedding="pca", n_dims=8, seed=1)
+    stability_table(f"Zeisel {z.n_vars} genes", [dfz, dfz1], [])
+    markers(dfz, z, f"Zeisel {z.n_vars} genes (ours)")
+    side_by_side(f"Zeisel {args.zeisel_ref_genes} genes", zeisel(args.zeisel_ref_genes), args.ref_seeds,
+                 calibration=not args.no_permuted)  # fmt: skip
 
 
-def run_pbmc(n_genes: int | None, ref_seed: bool = True, calibration: bool = True) -> None:
-    a = pbmc(n_genes)
-    print(f"[load] before pbmc68k_reduced: {load()}")
-    o, to = run_ours(a, "pbmc68k_reduced")
-    r, tr = run_ref(a, "pbmc68k_reduced")
-    print(f"[load] after: {load()}")
+def side_by_side(name: str, a, n_ref_seeds: int, calibration: bool = True) -> None:
+    """Ours (first call in a fresh process, then seeds 1 and 2) and the reference (seeds 0..n-1) on the
+    same data: speed, seed-to-seed stability of both, agreement, markers and calibration."""
+    print(f"[load] before {name}: {load()}")
+    o0, to = run_ours_cold(a, f"{name} seed 0")
+    ours = [o0] + [locat(a.copy(), embedding="pca", n_dims=8, seed=s) for s in (1, 2)]
+    refs, tr = [], None
+    for s in range(n_ref_seeds):
+        r, t = run_ref(a, f"{name}, reference seed {s}", seed=s)
+        if r is not None:
+            refs.append(r)
+            tr = tr or t
     if tr:
-        print(
-            f"[spd ] pbmc68k_reduced: ours {a.n_vars / to:.1f} vs ref {a.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x"
-        )
-    compare(o, r, "pbmc68k_reduced ours vs ref")
-    if ref_seed and r is not None:
-        r2, _ = run_ref(a, "pbmc68k_reduced, reference seed 1", seed=1)
-        compare(r2, r, "pbmc68k_reduced ref (seed 1) vs ref (seed 0)")
-        o2, _ = locat(a, embedding="pca", n_dims=8, seed=1), None
-        compare(o2, o, "pbmc68k_reduced ours (seed 1) vs ours (seed 0)")
-    markers(o, a, "pbmc68k_reduced (ours)")
-    if r is not None:
-        markers(r.assign(zscore=r["zscore"].astype(float)), a[:, r.index].copy(), "pbmc68k_reduced (ref)")
-    if not calibration:
-        return
-    ap_ = permuted(a)
-    fractions(run_ours(ap_, "pbmc68k_reduced permuted")[0], "pbmc68k_reduced ours")
-    fractions(run_ref(ap_, "pbmc68k_reduced permuted")[0], "pbmc68k_reduced ref")
+        print(f"[spd ] {name}: ours {a.n_vars / to:.1f} vs ref {a.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x "
+              "(first calls; see the load lines)")  # fmt: skip
+    stability_table(name, ours, refs)
+    markers(o0, a, f"{name} (ours)")
+    if refs:
+        r = refs[0]
+        markers(r.assign(zscore=r["zscore"].astype(float)), a[:, r.index].copy(), f"{name} (ref)")
+    if calibration:
+        ap_ = permuted(a)
+        fractions(run_ours(ap_, f"{name} permuted")[0], f"{name} ours")
+        fractions(run_ref(ap_, f"{name} permuted")[0], f"{name} ref")
 
 
 def run_9k() -> None:
@@ -356,22 +433,6 @@ def run_9k() -> None:
     print(f"[load] after warm: {load()}")
     print(f"[9k  ] {label}: cold {t_cold:.1f} s, warm {t_warm:.1f} s (target <= 90 s)")
     markers(df, a, label + " (ours)")
-
-
-def run_zeisel(n_ref_genes: int) -> None:
-    z = zeisel(None)
-    sub = z[np.random.default_rng(0).choice(z.n_obs, 2600, replace=False)].copy()
-    dfz, _ = run_ours(sub, f"Zeisel 2,600 cells x {sub.n_vars} genes")
-    markers(dfz, sub, "Zeisel 2,600 cells (ours)")
-    z = zeisel(n_ref_genes)
-    o, to = run_ours(z, f"Zeisel ({z.n_vars} genes)")
-    r, tr = run_ref(z, f"Zeisel ({z.n_vars} genes)")
-    if tr:
-        print(f"[spd ] Zeisel: ours {z.n_vars / to:.1f} vs ref {z.n_vars / tr:.1f} genes/s -> ratio {tr / to:.2f}x")
-    compare(o, r, "Zeisel ours vs ref")
-    zp = permuted(z)
-    fractions(run_ours(zp, "Zeisel permuted")[0], "Zeisel ours")
-    fractions(run_ref(zp, "Zeisel permuted")[0], "Zeisel ref")
 
 
 if __name__ == "__main__":
