@@ -285,19 +285,64 @@ _SIMPLE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 KEY_OPTIONS = ("key_added", "result_key", "refined_key_added")
 
 
+def _split_union(annotation: str) -> list[str]:
+    """``'str | Sequence[str] | None'`` -> its members (a ``|`` inside brackets does not split)."""
+    parts, depth, cur = [], 0, ""
+    for ch in str(annotation):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return [p for p in parts if p]
+
+
+_SEQUENCE_TYPES = ("Sequence", "list", "Iterable", "Collection")
+
+
+def _member_accepts(member: str, value: Any) -> tuple[bool, str] | None:
+    """Whether ``value`` fits one member of a union (None: this annotation is not understood)."""
+    import pandas as pd
+
+    if member in _SIMPLE_TYPES:
+        types, what = _SIMPLE_TYPES[member]
+        if member in ("int", "float") and isinstance(value, (bool, np.bool_)):
+            return False, what  # True is not a number of epochs
+        return isinstance(value, types), what
+    if member in ("dict", "Mapping") or member.startswith(("dict[", "Mapping[")):
+        return isinstance(value, Mapping), "a dict"
+    if member in ("np.ndarray", "numpy.ndarray"):
+        return isinstance(value, np.ndarray), "an array"
+    head, _, inner = member.partition("[")
+    inner = inner[:-1] if inner.endswith("]") else inner
+    if head in _SEQUENCE_TYPES and inner in _SIMPLE_TYPES:
+        what = f"a list of {_SIMPLE_TYPES[inner][1].removeprefix('an ').removeprefix('a ')}s"
+        seq = isinstance(value, (list, tuple, np.ndarray, pd.Index, pd.Series)) or (head == "Iterable" and isinstance(value, range))
+        if not seq or isinstance(value, str):
+            return False, what
+        items = list(value) if len(value) <= 10_000 else list(value[:10_000])
+        return all(bool(_member_accepts(inner, v) and _member_accepts(inner, v)[0]) for v in items), what
+    if head == "tuple" and inner:
+        members = [m.strip() for m in inner.split(",")]
+        if not all(m in _SIMPLE_TYPES for m in members):
+            return None
+        what = f"a pair ({', '.join(members)})" if len(members) == 2 else f"a tuple ({', '.join(members)})"
+        if not isinstance(value, (list, tuple)) or len(value) != len(members):
+            return False, what
+        return all(_member_accepts(m, v)[0] for m, v in zip(members, value, strict=True)), what
+    return None
+
+
 def _accepts(annotation: str, value: Any) -> tuple[bool, str] | None:
-    """Whether ``value`` fits a simple annotation such as ``'int | None'`` (None: not decidable)."""
-    parts = [p.strip() for p in str(annotation).split("|")]
-    if not parts or any(p not in _SIMPLE_TYPES for p in parts):
+    """Whether ``value`` fits an annotation such as ``'int | None'`` or ``'str | Sequence[str] | None'``
+    (None: the annotation names a type this check does not know, so nothing is decided)."""
+    verdicts = [_member_accepts(m, value) for m in _split_union(annotation)]
+    if not verdicts or any(v is None for v in verdicts):
         return None
-    ok = False
-    for p in parts:
-        types, _ = _SIMPLE_TYPES[p]
-        if p in ("int", "float") and isinstance(value, (bool, np.bool_)):
-            continue  # True is not a number of epochs
-        if isinstance(value, types):
-            ok = True
-    return ok, " or ".join(_SIMPLE_TYPES[p][1] for p in parts)
+    return any(v[0] for v in verdicts), " or ".join(v[1] for v in verdicts)
 
 
 def check_option_types(name: str, func: Any, options: Mapping[str, Any]) -> None:
