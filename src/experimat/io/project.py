@@ -168,6 +168,10 @@ def check_hdf5_self_contained(path: Path, rel: str, root: Path) -> None:
                         refuse(f"a virtual dataset ({obj.name}, mapped from other files)")
 
 
+def _is_lock_file(name: str) -> bool:
+    return name == FileName.LOCK or name.startswith(f"{FileName.LOCK}.")
+
+
 def _is_creation_leftover(path: Path) -> bool:
     """Whether ``path`` (in a folder without a manifest) is something only a project creation writes."""
     name = path.name
@@ -217,7 +221,7 @@ class ProjectStore:
             raise ProjectError(f"{self.root} already holds a project; open it with em.load_experiment({str(self.root)!r}).")
         if self.root.exists() and not self.root.is_dir():
             raise ProjectError(f"{self.root} is a file; choose a new folder for the project.")
-        leftovers = [p for p in self.root.iterdir() if p.name != FileName.LOCK] if self.root.exists() else []
+        leftovers = [p for p in self.root.iterdir() if not _is_lock_file(p.name)] if self.root.exists() else []
         if leftovers and not (force and all(_is_creation_leftover(p) for p in leftovers)):
             foreign = [p.name for p in leftovers if not _is_creation_leftover(p)]
             hint = (
@@ -241,7 +245,7 @@ class ProjectStore:
         import shutil
 
         for p in self.root.iterdir():
-            if p.name == FileName.LOCK:
+            if _is_lock_file(p.name):  # the lock, and the lock's own temporary files (io.lock)
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
