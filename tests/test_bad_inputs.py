@@ -347,3 +347,13 @@ def test_cli_refuses_bad_key_added(project, capsys, key):
     code = main(["run", str(project), "qc_metrics", "--modality", "spatial-bin", "--param", f"key_added={key}"])
     assert code == 1
     assert "key_added" in capsys.readouterr().err
+
+
+def test_every_default_passes_the_shared_option_checks():
+    """The rules for options with one meaning (seed, lr, n_neighbors, ...) hold for every method's defaults."""
+    from experimat.methods._checks import check_option_types, check_option_values
+
+    for name, (_, spec) in _specs():
+        defaults = {p.name: p.default for p in spec.options if p.kind == p.KEYWORD_ONLY and p.default is not p.empty}
+        check_option_values(name, defaults)
+        check_option_types(name, spec.func, defaults)
