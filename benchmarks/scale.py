@@ -71,9 +71,11 @@ class PeakRSS:
 
 
 def step(name: str, fn, n: int):
+    cpu0 = time.process_time()
     with PeakRSS() as m:
         out = fn()
-    print(f"{n:>8,} | {name:<22} | {m.seconds:9.2f} s | peak RSS {m.peak / 1e9:6.2f} GB", flush=True)
+    cpu = time.process_time() - cpu0  # CPU seconds of this process (all threads): wall >> cpu means a loaded machine
+    print(f"{n:>8,} | {name:<22} | {m.seconds:9.2f} s | cpu {cpu:8.1f} s | peak RSS {m.peak / 1e9:6.2f} GB", flush=True)
     return out
 
 
@@ -180,7 +182,7 @@ def main() -> None:
         run_one(args.one, args.genes, Path(args.workdir))
         return
     print(f"load at start: {Path('/proc/loadavg').read_text().strip()}; {os.cpu_count()} CPUs")
-    print(f"{'bins':>8} | {'step':<22} | {'time':>11} | memory")
+    print(f"{'bins':>8} | {'step':<22} | {'wall':>11} | {'cpu':>14} | memory")
     for n in [int(s) for s in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             try:
