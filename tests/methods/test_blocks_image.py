@@ -7,7 +7,7 @@ import pytest
 
 import experimat as em
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
-from experimat.methods._image import parse_channels, resolve_image
+from experimat.methods._image import parse_channels, resolve_image, resolve_image_key
 
 RGB = ["hires/r", "hires/g", "hires/b"]
 
@@ -32,7 +32,7 @@ def test_channels_resolve_to_indices_and_scale(adata):
     assert res.spot_diameter_fullres is not None
     np.testing.assert_array_equal(res.pixels(), adata.uns["spatial"]["s1"]["images"]["hires"])
     assert parse_channels(["hires/blue", "hires/0", "hires/G"]) == ("hires", [2, 0, 1])
-    whole = resolve_image(adata, "hires")  # a bare key: the whole image
+    whole = resolve_image_key(adata, "hires")  # the whole image
     assert whole.key == "hires" and whole.channels == [0, 1, 2] and whole.image is res.image
 
 
@@ -40,7 +40,7 @@ def test_missing_hires_falls_back_to_lowres_everywhere(adata):
     hires = _lowres_only(adata)
     res = resolve_image(adata, RGB)
     assert res.key == "lowres" and res.scalefactor == pytest.approx(0.1)
-    assert resolve_image(adata, "hires").key == "lowres"  # the same rule for whole images
+    assert resolve_image_key(adata, "hires").key == "lowres"  # the same rule for whole images
     np.testing.assert_array_equal(res.pixels(), hires[::2, ::2])
     # the plots use the same rule
     np.testing.assert_array_equal(em.pl.get_image(adata, channels=RGB), hires[::2, ::2])
@@ -51,6 +51,10 @@ def test_errors_name_what_is_stored(adata):
         resolve_image(adata, ["lowres/r"])  # no fallback from lowres
     with pytest.raises(KeyNotFoundError, match="s1"):
         resolve_image(adata, RGB, library_id="other")
+    with pytest.raises(InvalidInputError, match="<image key>/<channel>"):
+        resolve_image(adata, "hires")  # channels name their channel
+    with pytest.raises(InvalidInputError, match="image_key"):
+        resolve_image_key(adata, "hires/r")
     with pytest.raises(InvalidInputError, match="one image"):
         resolve_image(adata, ["hires/r", "lowres/g", "hires/b"])
     with pytest.raises(InvalidInputError, match="channel index"):

@@ -95,10 +95,11 @@ def find_image(entry: Mapping, key: str, library_id: str) -> tuple[str, np.ndarr
             key = alt
         else:
             raise KeyNotFoundError(
-                f"image key (library {library_id!r})",
+                "image",
                 key,
                 images.keys(),
-                hint="Channels are given as '<image key>/<channel>', e.g. 'hires/r'.",
+                hint=f"(the images of uns['spatial'][{library_id!r}]; channels are given as "
+                "'<image key>/<channel>', e.g. 'hires/r')",
             )
     img = np.asarray(images[key])
     if img.ndim not in (2, 3):
@@ -178,17 +179,29 @@ def resolve_image(
     library_id: str | None = None,
     sample: str | None = None,
 ) -> ResolvedImage:
-    """Find the image that ``channels`` (``'<image key>/<channel>'``, one or three) address; a bare
-    image key (``"hires"``) addresses the whole image, with every channel it has.
+    """Find the image that ``channels`` (``'<image key>/<channel>'``, one or three) address.
 
     The library is ``library_id``, else ``sample`` when stored under that name, else the only one; the
     image key falls back ``hires -> lowres`` when ``hires`` is not stored (logged). Errors name the
     stored libraries / image keys / scale factors.
     """
-    whole = isinstance(channels, str) and "/" not in channels and channels.strip() != ""
-    key, idx = (channels.strip(), []) if whole else parse_channels(channels)
+    key, idx = parse_channels(channels)
+    return _resolve(adata, key, idx, library_id, sample)
+
+
+def resolve_image_key(
+    adata: AnnData, image_key: str = "hires", *, library_id: str | None = None, sample: str | None = None
+) -> ResolvedImage:
+    """The whole image stored under ``image_key`` (every channel), by the same rule as
+    :func:`resolve_image` (``hires`` falls back to ``lowres``)."""
+    if not isinstance(image_key, str) or not image_key or "/" in image_key:
+        raise InvalidInputError(f"image_key must be an image key such as 'hires' or 'lowres'; got {image_key!r}.")
+    return _resolve(adata, image_key, None, library_id, sample)
+
+
+def _resolve(adata, key: str, idx: list[int] | None, library_id: str | None, sample: str | None) -> ResolvedImage:
     lib, entry = spatial_library(adata, library_id, sample=sample)
     used, img = find_image(entry, key, lib)
-    if whole:
+    if idx is None:
         idx = list(range(1 if img.ndim == 2 else img.shape[2]))
     return ResolvedImage(lib, used, img, idx, image_scalefactor(entry, used, lib), entry)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
 from experimat._logging import logger
 
 #: side (pixels) tiles are resampled to for the built-in extractor
@@ -45,53 +45,19 @@ TILE_DIR_MARKER = "experimat_tiles.json"
 def find_image(adata, image_key: str, library_id: str | None = None) -> tuple[ImageView, float, float]:
     """The image, its scale factor (image px per full-resolution px) and the spot diameter (full-res px).
 
-    Follows the scanpy/squidpy convention ``uns['spatial'][library_id]['images'][image_key]`` with
-    ``uns['spatial'][library_id]['scalefactors'][f'tissue_{image_key}_scalef']``.
+    Found by the one image rule of plots and methods (:func:`experimat.methods._image.resolve_image_key`:
+    ``uns['spatial'][library_id]['images'][image_key]``, ``hires`` falling back to ``lowres``).
     """
-    spatial = adata.uns.get("spatial")
-    if not isinstance(spatial, dict) or not spatial:
-        raise MissingSlotError(
-            f"use_image=True needs a tissue image in adata.uns['spatial'][library_id]['images'][{image_key!r}], "
-            "but adata.uns['spatial'] is missing or empty; stored image keys: []. Read the sample with its "
-            "image (e.g. em.io readers or scanpy.read_visium) or pass use_image=False."
-        )
-    if library_id is None:
-        if len(spatial) > 1:
-            raise InvalidInputError(
-                f"adata.uns['spatial'] holds several libraries {list(spatial)}; pass library_id= one of them."
-            )
-        library_id = next(iter(spatial))
-    elif library_id not in spatial:
-        raise KeyNotFoundError("library_id", library_id, list(spatial))
-    lib = spatial[library_id]
-    images = lib.get("images", {}) or {}
-    if image_key not in images:
-        raise KeyNotFoundError(
-            "image",
-            image_key,
-            list(images),
-            hint=f"(stored in adata.uns['spatial'][{library_id!r}]['images']; pass image_key= one of them "
-            "or use_image=False)",
-        )
-    img = np.asarray(images[image_key])
-    sf = lib.get("scalefactors", {}) or {}
-    scale_key = f"tissue_{image_key}_scalef"
-    if scale_key in sf:
-        scale = float(sf[scale_key])
-    elif image_key in ("hires", "lowres"):
-        raise MissingSlotError(
-            f"scale factor {scale_key!r} missing in adata.uns['spatial'][{library_id!r}]['scalefactors'] "
-            f"(found {list(sf)}); it maps obsm['spatial'] (full-resolution pixels) onto the image."
-        )
-    else:
-        scale = 1.0  # any other image is taken to be at full resolution
-    diameter = sf.get("spot_diameter_fullres")
+    from experimat.methods._image import resolve_image_key
+
+    res = resolve_image_key(adata, image_key, library_id=library_id)
+    diameter = res.spot_diameter_fullres
     if diameter is None:
         raise MissingSlotError(
-            f"'spot_diameter_fullres' missing in adata.uns['spatial'][{library_id!r}]['scalefactors'] "
-            f"(found {list(sf)}); tiles are cut at the spot diameter."
+            f"'spot_diameter_fullres' missing in adata.uns['spatial'][{res.library_id!r}]['scalefactors'] "
+            f"(found {list(res.entry.get('scalefactors') or {})}); tiles are cut at the spot diameter."
         )
-    return ImageView(img), scale, float(diameter)
+    return ImageView(res.image), res.scalefactor, float(diameter)
 
 
 class ImageView:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._errors import InvalidInputError
 from experimat._logging import logger
 
 if TYPE_CHECKING:
@@ -24,77 +24,11 @@ _SPARSE_EPS = 1e-6
 #: p(l) on local pairs: radius in median spot spacings, and the cut-off in widths (weight < 1e-8)
 _LOCAL_SPACINGS = 12.0
 _TRUNCATE = float(np.sqrt(2.0 * np.log(1e8)))
-_CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2, "red": 0, "green": 1, "blue": 2}
 #: spots per neighbour-domain side of refinement
 REFINE_NEIGHBOURS = {"hexagon": 6, "square": 4}
 
 
 # --------------------------------------------------------------------------- histology
-def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict]:
-    spatial = adata.uns.get("spatial")
-    if not isinstance(spatial, dict) or not spatial:
-        raise MissingSlotError(
-            "histology=True needs an image in adata.uns['spatial'][library_id]['images'], but adata.uns has no "
-            "'spatial' entry; stored image keys: (none). Read the sample with its image (em.io readers or "
-            "sc.read_visium) or run with histology=False."
-        )
-    if library_id is None:
-        if len(spatial) > 1:
-            raise InvalidInputError(
-                f"adata.uns['spatial'] holds several libraries {list(spatial)}; pass library_id= one of them."
-            )
-        library_id = next(iter(spatial))
-    if library_id not in spatial:
-        raise KeyNotFoundError("library_id", library_id, list(spatial))
-    return library_id, spatial[library_id]
-
-
-def _image_scale(scalefactors: dict, image_key: str) -> float:
-    for name in (f"tissue_{image_key}_scalef", f"{image_key}_scalef"):
-        if name in scalefactors:
-            return float(scalefactors[name])
-    logger.info(f"no scale factor 'tissue_{image_key}_scalef' for image {image_key!r}; assuming full resolution")
-    return 1.0
-
-
-def parse_channels(channels: list[str] | tuple[str, ...] | None, images: dict) -> list[tuple[str, int]]:
-    """``["hires/r", "hires/g", "hires/b"]`` -> ``[("hires", 0), ("hires", 1), ("hires", 2)]``."""
-    keys = list(images)
-    if channels is None:
-        preferred = [k for k in ("hires", "lowres") if k in images] + [k for k in keys if k not in ("hires", "lowres")]
-        if not preferred:
-            raise MissingSlotError(
-                "histology=True but no image is stored in adata.uns['spatial'][library_id]['images']; "
-                "stored image keys: (none). Read the sample with its image or run with histology=False."
-            )
-        key = preferred[0]
-        n_ch = np.asarray(images[key]).shape[2] if np.asarray(images[key]).ndim == 3 else 1
-        return [(key, c) for c in range(min(3, n_ch))]
-    if isinstance(channels, str):
-        channels = [channels]
-    out = []
-    for ch in channels:
-        key, sep, name = str(ch).rpartition("/")
-        if not sep:
-            raise InvalidInputError(f"channel {ch!r} must be '<image key>/<channel>' (e.g. 'hires/r').")
-        if key not in images:
-            raise KeyNotFoundError(
-                "image", key, keys, hint="(stored image keys of adata.uns['spatial'][library_id]['images'])"
-            )
-        if name.lower() in _CHANNEL_INDEX:
-            idx = _CHANNEL_INDEX[name.lower()]
-        elif name.isdigit():
-            idx = int(name)
-        else:
-            raise InvalidInputError(f"channel {name!r} of {ch!r} must be r, g, b or a channel number.")
-        img = np.asarray(images[key])
-        n_ch = img.shape[2] if img.ndim == 3 else 1
-        if idx >= n_ch:
-            raise InvalidInputError(f"image {key!r} has {n_ch} channel(s); channel {name!r} does not exist.")
-        out.append((key, idx))
-    return out
-
-
 def _patch_means(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int) -> np.ndarray:
     """Mean of ``img`` over the square patch of half-width ``half`` around each (row, col), clipped."""
     h, w = img.shape
@@ -129,36 +63,25 @@ def histology_feature(
     Each channel's patch mean is weighted by its variance across spots, summed, then standardised.
     ``xy`` are full-resolution pixel coordinates (x = image column, y = image row).
     """
-    _, lib = _library(adata, library_id)
-    images = lib.get("images") or {}
-    if not images:
-        raise MissingSlotError(
-            "histology=True but no image is stored in adata.uns['spatial'][library_id]['images']; stored image "
-            "keys: (none). Read the sample with its image or run with histology=False."
-        )
-    scalefactors = lib.get("scalefactors") or {}
-    chans = parse_channels(channels, images)
-    values = []
-    for key, idx in chans:
-        img = np.asarray(images[key])
-        plane = img[..., idx] if img.ndim == 3 else img
-        plane = plane.astype(np.float32)
-        if np.issubdtype(img.dtype, np.integer):
-            plane = plane / 255.0
-        s = _image_scale(scalefactors, key)
-        if patch_diameter is not None:
-            diam = float(patch_diameter) * s
-        elif "spot_diameter_fullres" in scalefactors:
-            diam = float(scalefactors["spot_diameter_fullres"]) * s
-        else:
-            from scipy.spatial import cKDTree
+    from experimat.methods._image import resolve_image
 
-            d, _ = cKDTree(xy).query(xy, k=2)
-            diam = 0.5 * float(np.median(d[:, 1])) * s
-        half = max(round(diam / 2), 0)
-        rows = np.round(xy[:, 1] * s).astype(np.int64)
-        cols = np.round(xy[:, 0] * s).astype(np.int64)
-        values.append(_patch_means(plane, rows, cols, half))
+    # the one image rule of plots and methods: '<image key>/<channel>', hires falls back to lowres
+    res = resolve_image(adata, channels or ("hires/r", "hires/g", "hires/b"), library_id=library_id)
+    pixels = res.pixels()  # float in [0, 1]; one channel: H x W
+    planes = [pixels] if pixels.ndim == 2 else [pixels[..., i] for i in range(pixels.shape[2])]
+    s = res.scalefactor
+    if patch_diameter is not None:
+        diam = float(patch_diameter) * s
+    elif res.spot_diameter_fullres is not None:
+        diam = res.spot_diameter_fullres * s
+    else:
+        from experimat.methods._graph import knn
+
+        diam = 0.5 * float(np.median(knn(xy, 1)[0][:, 0])) * s
+    half = max(round(diam / 2), 0)
+    rows = np.round(xy[:, 1] * s).astype(np.int64)
+    cols = np.round(xy[:, 0] * s).astype(np.int64)
+    values = [_patch_means(plane, rows, cols, half) for plane in planes]
     c = np.column_stack(values)
     var = c.var(axis=0)
     if var.sum() <= 0:
