@@ -237,3 +237,15 @@ def test_from_table_bin_size_column(tmp_path):
     sheet = pd.DataFrame({"sample": ["hd16"], "modality": ["spatial-bin"], "taxa": ["hsa"], "path": [str(HD)], "bin_size": ["16"]})
     expm = em.Experiment.from_table(sheet, harmonize_genes=False)
     assert expm.spatial_bin["hd16"].n_obs == 25
+
+
+def test_cosmx_export_with_string_cell_column(tmp_path):
+    d = tmp_path / "cosmx"
+    shutil.copytree(P / "cosmx", d)
+    expr = pd.read_csv(d / "Run5642_S3_exprMat_file.csv.gz")
+    expr.insert(2, "cell", "c_1_" + expr["fov"].astype(str) + "_" + expr["cell_ID"].astype(str))
+    with gzip.open(d / "Run5642_S3_exprMat_file.csv.gz", "wt") as fh:
+        expr.to_csv(fh, index=False)
+    a = em.io.read_cosmx(d)
+    ref = em.io.read_cosmx(P / "cosmx")
+    assert list(a.var_names) == list(ref.var_names) and (a.layers["counts"] != ref.layers["counts"]).nnz == 0

@@ -143,11 +143,12 @@ def attach_image(adata: AnnData, library_id: str, image: PathLike | np.ndarray |
         )
 
 
-def csv_to_sparse(path: Path, id_columns: list[str], *, chunksize: int = 50_000, index_col: int | None = None):
+def csv_to_sparse(path: Path, id_columns: list[str], *, chunksize: int = 50_000, index_col: int | None = None,
+                  optional_id_columns: tuple[str, ...] = ()):
     """Read a cells x features count CSV in chunks into CSR without a dense matrix of the whole file.
 
     Returns ``(ids, feature_names, X)``: ``ids`` a DataFrame of the ``id_columns`` (or the index
-    column), ``X`` int64 CSR.
+    column) and of those ``optional_id_columns`` present, ``X`` int64 CSR.
     """
     import scipy.sparse as sp
 
@@ -161,8 +162,9 @@ def csv_to_sparse(path: Path, id_columns: list[str], *, chunksize: int = 50_000,
             missing = [c for c in id_columns if c not in chunk.columns]
             if missing:
                 raise InvalidInputError(f"{path.name} lacks the column(s) {missing}; found {list(chunk.columns[:8])}...")
-            idf = chunk[id_columns].reset_index(drop=True)
-            values = chunk.drop(columns=id_columns)
+            cols = [*id_columns, *(c for c in optional_id_columns if c in chunk.columns)]
+            idf = chunk[cols].reset_index(drop=True)
+            values = chunk.drop(columns=cols)
         if features is None:
             features = values.columns.astype(str)
         arr = values.to_numpy()

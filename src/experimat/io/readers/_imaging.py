@@ -189,11 +189,8 @@ def read_cosmx(
     ffile = Path(fov_file) if fov_file else find_one(path, ("*fov_positions_file.csv", "*fov_positions_file.csv.gz"),
                                                       "fov_positions", required=False)
     library_id = library_id or re.sub(r"_?exprMat_file\.csv(\.gz)?$", "", cfile.name) or path.name
-    ids, features, X = csv_to_sparse(cfile, ["fov", "cell_ID"])
-    extra_id = [c for c in ("cell", "cell_id") if c in features]  # newer exports add a string cell id column
-    if extra_id:
-        keep = ~features.isin(extra_id)
-        X, features = X[:, np.flatnonzero(keep)], features[keep]
+    # newer AtoMx exports add a string cell id column ("cell", e.g. c_1_3_12): an id, not a target
+    ids, features, X = csv_to_sparse(cfile, ["fov", "cell_ID"], optional_id_columns=("cell", "cell_id"))
     names = ids["fov"].astype(str) + "_" + ids["cell_ID"].astype(str)
     inside = ids["cell_ID"].to_numpy() != 0
     X, names = X[np.flatnonzero(inside)], names[inside]
