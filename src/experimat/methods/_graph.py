@@ -10,7 +10,7 @@ builds the graph that ``gr.spatial_autocorr`` reads). Every graph is an ``n x n`
   ``"gaussian"`` (Hotspot's kernel, width the distance to the ``k/3``-th neighbour, rows summing
   to 1) or ``"umap"`` (UMAP's fuzzy connectivities, as ``scanpy.pp.neighbors``); directed, or
   symmetrised (union for binary weights, fuzzy union for UMAP's).
-- :func:`radius_graph` — pairs closer than a radius, with their distances.
+- :func:`radius_pairs` / :func:`radius_graph` — pairs closer than a radius, with their distances.
 - :func:`lattice_graph` — the binary adjacency of array coordinates: the Visium hexagon or the 8
   touching bins of a square grid.
 - :func:`spatial_graph` — picks the lattice from ``obs['array_row'/'array_col']`` or a kNN graph.
@@ -131,14 +131,21 @@ def umap_weights(dist: np.ndarray, *, n_iter: int = 64) -> np.ndarray:
     return np.exp(-excess / np.maximum(mid, floor)[:, None])
 
 
-def radius_graph(points: np.ndarray, radius: float) -> sparse.csr_matrix:
-    """Symmetric graph of the pairs closer than ``radius`` (``<=``), weighted by their distance."""
+def radius_pairs(points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ``i < j`` of points at most ``radius`` apart (``(m, 2)`` indices) and their squared
+    distances."""
     from scipy.spatial import cKDTree
 
     pts = np.asarray(points, dtype=np.float64)
-    n = pts.shape[0]
     pairs = cKDTree(pts).query_pairs(float(radius), output_type="ndarray")
-    d = np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1)
+    return pairs, ((pts[pairs[:, 0]] - pts[pairs[:, 1]]) ** 2).sum(1)
+
+
+def radius_graph(points: np.ndarray, radius: float) -> sparse.csr_matrix:
+    """Symmetric graph of the pairs closer than ``radius`` (``<=``), weighted by their distance."""
+    n = np.asarray(points).shape[0]
+    pairs, d2 = radius_pairs(points, radius)
+    d = np.sqrt(d2)
     rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
     cols = np.concatenate([pairs[:, 1], pairs[:, 0]])
     return sparse.csr_matrix((np.concatenate([d, d]), (rows, cols)), shape=(n, n))

@@ -110,16 +110,15 @@ class _MeanWeight:
 
     def __init__(self, coords: np.ndarray, device) -> None:
         import torch
-        from scipy.spatial import cKDTree
+
+        from experimat.methods._graph import knn, radius_pairs
 
         self.torch = torch
         self.n = coords.shape[0]
         self.c = torch.as_tensor(coords, dtype=torch.float64, device=device)
-        tree = cKDTree(coords)
-        spacing = float(np.median(tree.query(coords, k=2)[0][:, 1])) if self.n > 1 else 0.0
+        spacing = float(np.median(knn(coords, 1)[0][:, 0])) if self.n > 1 else 0.0
         self.local_radius = _LOCAL_SPACINGS * spacing
-        pairs = tree.query_pairs(self.local_radius, output_type="ndarray") if spacing > 0 else np.zeros((0, 2), int)
-        d2 = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1)
+        d2 = radius_pairs(coords, self.local_radius)[1] if spacing > 0 else np.zeros(0)
         self.local_d2 = torch.as_tensor(d2, dtype=torch.float32, device=device)
         self.d2 = None  # all pairs, computed on first need (n <= DENSE_MAX_SPOTS)
 
@@ -210,11 +209,10 @@ def propagate(coords: np.ndarray, width: float, features: np.ndarray, device):
         adj = torch.exp(torch.cdist(c, c).pow_(2) * (-1.0 / (2.0 * width * width))).to(torch.float32)
         return adj @ feats
     from scipy import sparse
-    from scipy.spatial import cKDTree
 
-    radius = width * np.sqrt(2.0 * np.log(1.0 / _SPARSE_EPS))
-    pairs = cKDTree(coords).query_pairs(radius, output_type="ndarray")  # i < j
-    d2 = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1)
+    from experimat.methods._graph import radius_pairs
+
+    pairs, d2 = radius_pairs(coords, width * np.sqrt(2.0 * np.log(1.0 / _SPARSE_EPS)))  # i < j
     w = np.exp(-d2 / (2.0 * width * width))
     rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
     cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
@@ -230,13 +228,13 @@ def refine_labels(xy: np.ndarray, labels: np.ndarray, shape: str) -> np.ndarray:
     A spot takes the most frequent label of itself and its neighbours when fewer than half of the
     neighbours share its label and more than half share that label.
     """
-    from scipy.spatial import cKDTree
+    from experimat.methods._graph import knn
 
     k = REFINE_NEIGHBOURS[shape]
     n = len(labels)
     if n <= k:
         return labels.copy()
-    _, idx = cKDTree(xy).query(xy, k=k + 1)
+    idx = np.column_stack([np.arange(n), knn(xy, k)[1]])  # the spot itself and its k nearest
     codes, inv = np.unique(labels, return_inverse=True)
     counts = np.zeros((n, len(codes)), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(n), k + 1), inv[idx].ravel()), 1)
