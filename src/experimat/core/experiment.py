@@ -631,6 +631,7 @@ class Experiment:
                 def read(path):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", FutureWarning)
+                        warnings.filterwarnings("ignore", message="Cannot join columns with the same name", category=UserWarning)
                         return md.read_h5mu(path)
 
                 self._integrated = self._read_file(entry["file"], read)
@@ -726,6 +727,8 @@ class Experiment:
         existing.update(out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # rna and spatial mods share gene names by design; MuData's global var keeps them apart
+            warnings.filterwarnings("ignore", message="Cannot join columns with the same name", category=UserWarning)
             self._integrated = md.MuData(existing)
         self._integrated_loaded = True
         self._integrated_modified = True
