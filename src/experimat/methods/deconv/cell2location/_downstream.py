@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from experimat._errors import InvalidInputError, MissingSlotError
 from experimat._logging import logger
 from experimat._optional import import_optional
 from experimat._settings import settings
-from experimat.methods._checks import check_choice, check_positive_int, get_matrix, get_obsm, store_params
+from experimat.methods._checks import check_positive_int, get_matrix, get_obsm, store_params
 
 from ._reference import ReferenceSignatures
 
@@ -191,7 +192,8 @@ def expected_expression_per_type(
     key_added
         The fit's ``key_added``.
     summary
-        Posterior summary of the abundances: ``"q05"``, ``"means"``, ``"q95"``.
+        Posterior summary of the abundances: ``"means"`` or a quantile the fit wrote (``"q05"``, ``"q95"``,
+        ``"q50"`` with ``quantiles=(0.05, 0.5, 0.95)``, ...).
     genes
         Genes to return (default: all mapped genes).
     cell_types
@@ -206,7 +208,10 @@ def expected_expression_per_type(
     >>> per_type = expected_expression_per_type(adata_vis, genes=["Gfap", "Snap25"])  # doctest: +SKIP
     >>> per_type["Astro"]["Gfap"]  # doctest: +SKIP
     """
-    summary = check_choice("summary", summary, ("q05", "means", "q95"))
+    if not isinstance(summary, str) or not (summary == "means" or re.fullmatch(r"q\d+(\.\d+)?", summary)):
+        raise InvalidInputError(
+            f"summary must be 'means' or a posterior quantile such as 'q05' / 'q50' / 'q95'; got {summary!r}."
+        )
     entry = _fit_entry(adata, key_added)
     post = entry["posterior"]
     mapped = [str(g) for g in entry["genes"]]

@@ -24,6 +24,7 @@ from experimat.methods._torch import minibatches, torch_device, torch_threads, t
 from ._reference import ReferenceSignatures
 from ._svi import (
     MeanFieldLogNormal,
+    check_quantiles,
     count_histogram,
     exponential_logpdf,
     gamma_logpdf,
@@ -31,6 +32,7 @@ from ._svi import (
     make_generator,
     nb_loglik,
     nb_loglik_dense,
+    quantile_key,
     still_decreasing,
 )
 
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 
 #: obsm key of the mitochondrial counts kept aside (as in the cell2location tutorial)
 MT_KEY = "MT"
-SUMMARIES = ("means", "sd", "q05", "q95")
 
 
 def mitochondrial_mask(adata: AnnData, *, gene_symbols: str = "gene") -> np.ndarray:
@@ -102,6 +103,7 @@ def deconvolve_cell2location(
     use_gpu: bool = True,
     deterministic: bool = True,
     seed: int | None = None,
+    quantiles: tuple[float, ...] = (0.05, 0.95),
     key_added: str = "cell2location",
 ) -> pd.DataFrame:
     """Map cell types onto spatial spots with the cell2location model (step 2).
@@ -154,13 +156,17 @@ def deconvolve_cell2location(
         (multi-threaded BLAS can reorder sums); ``False`` uses torch's thread setting.
     seed
         Random seed (``None``: ``em.settings.seed``).
+    quantiles
+        Posterior quantiles of the abundances to write, each in (0, 1): 0.05 -> ``obsm['{key_added}.q05']``,
+        0.5 -> ``'.q50'``, 0.025 -> ``'.q2.5'``; as cell2location's ``export_posterior(add_to_obsm=[...])``.
     key_added
         Prefix of the result slots.
 
     Returns
     -------
     DataFrame spots x cell types of posterior mean abundances (cells per spot). Also written:
-    ``obsm['{key_added}.means' | '.sd' | '.q05' | '.q95']`` (DataFrames, cell-type columns),
+    ``obsm['{key_added}.means' | '.sd']`` and one ``obsm['{key_added}.q<NN>']`` per quantile (default
+    ``.q05`` and ``.q95``; DataFrames, cell-type columns),
     ``obsm['MT']`` (mitochondrial counts, when any), ``uns[key_added]`` with ``params``,
     ``training_history`` (loss per epoch), ``genes`` (mapped genes), ``factor_names`` and
     ``posterior`` (means of ``m_g``, ``detection_y_s``, ``s_g_gene_add``, ``alpha_g`` for QC).
@@ -180,6 +186,7 @@ def deconvolve_cell2location(
     for name, v in (("n_cells_per_location", n_cells_per_location), ("detection_alpha", detection_alpha), ("lr", lr)):
         if not np.isfinite(v) or v <= 0:
             raise InvalidInputError(f"{name} must be a positive number; got {v!r}.")
+    quantiles = check_quantiles(quantiles)
     seed = settings.seed if seed is None else seed
     params = {k: v for k, v in locals().items() if k not in ("adata", "reference")}
     sig = _as_signatures(reference)
@@ -241,10 +248,11 @@ def deconvolve_cell2location(
         use_gpu=use_gpu,
         seed=seed,
         deterministic=deterministic,
+        quantiles=quantiles,
     )
     names = [str(c) for c in sig.columns]
     out = {}
-    for k in SUMMARIES:
+    for k in ("means", "sd", *(quantile_key(q) for q in quantiles)):
         df = pd.DataFrame(fit["w_sf"][k], index=adata.obs_names.copy(), columns=names)
         adata.obsm[f"{key_added}.{k}"] = df
         out[k] = df
@@ -288,6 +296,7 @@ def _fit_location_model(
     use_gpu: bool,
     seed: int,
     deterministic: bool,
+    quantiles: tuple[float, ...] = (0.05, 0.95),
 ) -> dict[str, Any]:
     from scipy.special import gammaln
 
@@ -354,7 +363,6 @@ def _fit_location_model(
     if full_batch:
         # lgamma(x + alpha) summed once per distinct (batch, gene, count value), not per spot
         hist_all = histogram_to_torch(torch, count_histogram(x, batch_codes, n_batch), device)
-        n_per_batch = torch.tensor(np.bincount(batch_codes, minlength=n_batch), dtype=torch.float32, device=device)
     else:
         lgx1_rows = gammaln(x.astype(np.float64) + 1.0).sum(1)
     bat_t = torch.tensor(batch_codes, device=device)
@@ -403,7 +411,7 @@ def _fit_location_model(
         alpha = 1.0 / a_inv.pow(2)
         if it is None:
             alpha_rows = alpha if n_batch == 1 else alpha[bb]
-            ll, scale = nb_loglik_dense(torch, x_t, mu, alpha, alpha_rows, n_per_batch, hist_all), 1.0
+            ll, scale = nb_loglik_dense(torch, x_t, mu, alpha, alpha_rows, hist_all), 1.0
         else:
             xb = x_t[it]
             nz = tuple(xb.nonzero(as_tuple=True))
@@ -430,4 +438,4 @@ def _fit_location_model(
         "detection_mean": np.asarray([detection_mean]),
         "cell_state": np.asarray(cell_state, dtype=np.float64),
     }
-    return {"w_sf": g.summary(torch, "w_sf"), "history": history, "posterior": posterior}
+    return {"w_sf": g.summary(torch, "w_sf", quantiles), "history": history, "posterior": posterior}

@@ -35,14 +35,18 @@ def exponential_logpdf(torch: Any, z, rate):
 def nb_loglik(torch: Any, nz, x_nz, mu, alpha, lgamma_x1):
     """Negative-binomial (Gamma-Poisson, mean ``mu``, shape ``alpha``) log likelihood, summed.
 
-    Uses the sparsity of counts: the terms ``alpha log(alpha / (alpha + mu))`` are dense, the
-    terms that involve ``x`` are evaluated only at the non-zero entries ``nz = (rows, cols)``
-    with values ``x_nz``. ``alpha`` broadcasts against ``mu``; ``lgamma_x1`` is ``sum lgamma(x + 1)``.
+    Uses the sparsity of counts: the terms ``alpha log(alpha / (alpha + mu)) = -alpha log1p(mu / alpha)``
+    are dense, the terms that involve ``x`` are evaluated only at the non-zero entries
+    ``nz = (rows, cols)`` with values ``x_nz``. ``alpha`` broadcasts against ``mu``; ``lgamma_x1`` is
+    ``sum lgamma(x + 1)``. Every term is formed per entry without differences of large numbers (see
+    :func:`nb_loglik_dense`), so near-Poisson genes (very large ``alpha``) stay exact in float32.
     """
     alpha = alpha.expand_as(mu)
-    dense = (alpha * (torch.log(alpha) - torch.log(alpha + mu))).sum()
+    dense = -(alpha * torch.log1p(mu / alpha)).sum()
     m, a = mu[nz], alpha[nz]
-    sparse = (torch.lgamma(x_nz + a) - torch.lgamma(a) + x_nz * (torch.log(m) - torch.log(a + m))).sum()
+    a64, x64 = a.double(), x_nz.double()
+    lg = (torch.lgamma(x64 + a64) - torch.lgamma(a64)).sum().to(mu.dtype)
+    sparse = lg - (x_nz * torch.log1p(a / m)).sum()
     return dense + sparse - lgamma_x1
 
 
@@ -107,6 +111,9 @@ def histogram_to_torch(torch: Any, hist: dict, device, dtype=None) -> dict:
         "kg": torch.tensor(hist["key"] * n_genes + hist["gene"], device=device),
         "value": torch.tensor(hist["value"], dtype=dtype, device=device),
         "mult": torch.tensor(hist["mult"], dtype=dtype, device=device),
+        # float64 copies for lgamma_histogram_term (differences of lgamma at large alpha)
+        "value64": torch.tensor(hist["value"], dtype=torch.float64, device=device),
+        "mult64": torch.tensor(hist["mult"], dtype=torch.float64, device=device),
         "nnz": torch.tensor(hist["nnz"], dtype=dtype, device=device),
         "lgamma_x1": float(hist["lgamma_x1"]),
     }
@@ -115,12 +122,14 @@ def histogram_to_torch(torch: Any, hist: dict, device, dtype=None) -> dict:
 def lgamma_histogram_term(torch: Any, alpha, hist: dict):
     """``sum_rows sum_genes [lgamma(x + alpha) - lgamma(alpha)]`` from a histogram (:func:`histogram_to_torch`).
 
-    ``alpha`` is n_keys x genes (the NB shape per key and gene). Zero counts contribute nothing.
+    ``alpha`` is n_keys x genes (the NB shape per key and gene). Zero counts contribute nothing. Each
+    difference ``lgamma(v + alpha) - lgamma(alpha)`` is taken per histogram entry in float64 before it
+    is weighted and summed: for a near-Poisson gene ``alpha`` reaches 1e4-1e8, where ``lgamma(alpha)``
+    is 1e5-1e9 and a float32 difference (or ``sum mult lgamma(v + alpha) - nnz lgamma(alpha)``,
+    two sums of that size) loses the whole term, which made the training loss jump by orders of magnitude.
     """
-    a_flat = alpha.reshape(-1)
-    return (hist["mult"] * torch.lgamma(hist["value"] + a_flat[hist["kg"]])).sum() - (
-        hist["nnz"] * torch.lgamma(alpha)
-    ).sum()
+    a = alpha.double().reshape(-1)[hist["kg"]]
+    return (hist["mult64"] * (torch.lgamma(hist["value64"] + a) - torch.lgamma(a))).sum().to(alpha.dtype)
 
 
 def nb_loglik_suffstats(torch: Any, mu_k, alpha, counts_k, sums_kg, hist: dict):
@@ -136,23 +145,24 @@ def nb_loglik_suffstats(torch: Any, mu_k, alpha, counts_k, sums_kg, hist: dict):
 
     Its cost does not depend on the number of observations.
     """
-    log_am = torch.log(alpha + mu_k)
-    dense = (counts_k[:, None] * (alpha * (torch.log(alpha) - log_am))).sum()
-    data = (sums_kg * (torch.log(mu_k) - log_am)).sum()
+    dense = -(counts_k[:, None] * (alpha * torch.log1p(mu_k / alpha))).sum()
+    data = -(sums_kg * torch.log1p(alpha / mu_k)).sum()
     return dense + data + lgamma_histogram_term(torch, alpha, hist) - hist["lgamma_x1"]
 
 
-def nb_loglik_dense(torch: Any, x, mu, alpha, alpha_rows, n_per_key, hist: dict):
+def nb_loglik_dense(torch: Any, x, mu, alpha, alpha_rows, hist: dict):
     """NB log likelihood of a dense count matrix ``x`` with per-row means ``mu`` (exact).
 
     ``alpha`` is the shape per key and gene (n_keys x G), ``alpha_rows`` the same broadcast to the
-    rows of ``x`` (or ``alpha`` itself when there is one key), ``n_per_key`` the number of rows
-    per key and ``hist`` the value histogram of ``x`` (:func:`count_histogram` with the same keys):
-    the ``lgamma`` terms are summed over the histogram instead of over the entries of ``x``.
+    rows of ``x`` (or ``alpha`` itself when there is one key) and ``hist`` the value histogram of ``x``
+    (:func:`count_histogram` with the same keys): the ``lgamma`` terms are summed over the histogram
+    instead of over the entries of ``x``. The other terms are per entry,
+    ``-alpha log1p(mu / alpha) - x log1p(alpha / mu)``: the algebraically equal
+    ``n alpha log(alpha) - (alpha + x) log(alpha + mu)`` is a difference of two sums of order
+    ``n alpha log(alpha)``, which float32 cannot resolve once a gene is near Poisson (large ``alpha``).
     """
-    dense = (n_per_key[:, None] * alpha * torch.log(alpha)).sum()
-    data = (x * torch.log(mu) - (alpha_rows + x) * torch.log(alpha_rows + mu)).sum()
-    return dense + data + lgamma_histogram_term(torch, alpha, hist) - hist["lgamma_x1"]
+    data = -(alpha_rows * torch.log1p(mu / alpha_rows) + x * torch.log1p(alpha_rows / mu)).sum()
+    return data + lgamma_histogram_term(torch, alpha, hist) - hist["lgamma_x1"]
 
 
 class MeanFieldLogNormal:
@@ -222,15 +232,44 @@ class MeanFieldLogNormal:
             sites[name] = (uv, zv)
         return sites, glob, loc_terms
 
-    def summary(self, torch: Any, name: str) -> dict[str, np.ndarray]:
-        """Posterior mean, sd, 5 % and 95 % quantiles of ``z`` (log-normal, analytic)."""
+    def summary(self, torch: Any, name: str, quantiles: tuple[float, ...] = (0.05, 0.95)) -> dict[str, np.ndarray]:
+        """Posterior mean, sd and ``quantiles`` of ``z`` (log-normal, analytic; keys from :func:`quantile_key`)."""
+        from scipy.stats import norm
+
         with torch.no_grad():
             mu = self._view(self.loc, name).detach().cpu().double().numpy()
             s = (torch.nn.functional.softplus(self._view(self.raw_scale, name)) + 1e-5).detach().cpu().double().numpy()
         mean = np.exp(mu + s**2 / 2)
-        sd = mean * np.sqrt(np.expm1(s**2))
-        z = 1.6448536269514722
-        return {"means": mean, "sd": sd, "q05": np.exp(mu - z * s), "q95": np.exp(mu + z * s)}
+        out = {"means": mean, "sd": mean * np.sqrt(np.expm1(s**2))}
+        for q in quantiles:
+            out[quantile_key(q)] = np.exp(mu + float(norm.ppf(q)) * s)
+        return out
+
+
+def quantile_key(q: float) -> str:
+    """Name of a posterior quantile as cell2location writes it: 0.05 -> ``"q05"``, 0.5 -> ``"q50"``, 0.025 -> ``"q2.5"``."""
+    pct = round(float(q) * 100, 6)
+    return f"q{int(pct):02d}" if pct == int(pct) else f"q{pct:g}"
+
+
+def check_quantiles(quantiles: Any) -> tuple[float, ...]:
+    """Validate posterior quantile levels (each strictly between 0 and 1, no duplicates) and return them sorted."""
+    from experimat._errors import InvalidInputError
+
+    try:
+        qs = tuple(float(q) for q in quantiles)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"quantiles must be a sequence of numbers in (0, 1), e.g. (0.05, 0.5, 0.95); got {quantiles!r}."
+        ) from None
+    if not qs or any(not (0.0 < q < 1.0) for q in qs):
+        raise InvalidInputError(
+            f"quantiles must be numbers strictly between 0 and 1, e.g. (0.05, 0.5, 0.95); got {quantiles!r}."
+        )
+    keys = [quantile_key(q) for q in qs]
+    if len(set(keys)) != len(keys):
+        raise InvalidInputError(f"quantiles {quantiles!r} contain duplicates (keys {keys}).")
+    return tuple(sorted(qs))
 
 
 def make_generator(torch: Any, seed: int):
