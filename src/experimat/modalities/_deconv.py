@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import pl
 from .._errors import InvalidInputError
 from ..core.accessor import ModalityAccessor
 from ..core.registry import register_method
@@ -57,3 +58,11 @@ register_method(c2l.reconstruction_qc, modalities=BIN, kind="query")
 register_method(c2l.totals_qc, modalities=BIN, kind="query")
 register_method(c2l.training_history, modalities=BIN, kind="query")
 register_method(destvi.automatic_proportion_threshold, modalities=BIN, kind="query", reads=("obsm/{key}.proportions",))
+
+# figures of the deconvolution tutorials (views: {sample: AnnData} in, a Figure out)
+register_method(pl.plot_gene_filter, modalities=("rna",), kind="view")
+register_method(pl.plot_reference_qc, modalities=("rna",), kind="view")
+register_method(pl.plot_colocation_loadings, modalities=BIN, kind="view")
+register_method(pl.plot_proportion_thresholds, modalities=BIN, kind="view")
+register_method(pl.plot_gamma_space, modalities=BIN, kind="view")
+register_method(pl.plot_volcano, modalities=BIN, kind="view")

@@ -9,6 +9,14 @@ fonts in PDF/PS (``pdf.fonttype`` 42) whatever the user's rcParams.
 ...                          plot_embeddings={"color": "CSTB", "ptsize": 15})
 """
 
+from ._deconv import (
+    plot_colocation_loadings,
+    plot_gamma_space,
+    plot_gene_filter,
+    plot_proportion_thresholds,
+    plot_reference_qc,
+    plot_volcano,
+)
 from ._image import get_image
 from ._methods import (
     BLEND_COLORS,
@@ -32,14 +40,20 @@ __all__ = [
     "locat_top_genes",
     "plot_abundance",
     "plot_abundance_blend",
+    "plot_colocation_loadings",
     "plot_domains",
     "plot_embedding",
     "plot_fsv_q",
+    "plot_gamma_space",
+    "plot_gene_filter",
     "plot_locat",
     "plot_patterns",
+    "plot_proportion_thresholds",
     "plot_pvalue_qq",
     "plot_reconstruction",
+    "plot_reference_qc",
     "plot_spatial",
     "plot_totals_per_batch",
     "plot_training_history",
+    "plot_volcano",
 ]

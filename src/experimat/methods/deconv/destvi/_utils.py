@@ -95,7 +95,9 @@ def automatic_proportion_threshold(
 
     Returns
     -------
-    ``{cell type: threshold}``; also stored in ``uns[key]['thresholds'][kind]``.
+    ``{cell type: threshold}``; also stored in ``uns[key]['thresholds'][kind]``, and the diagnostic curve of
+    each type (candidate thresholds, scaled Z scores, spline, primary and secondary thresholds) in
+    ``uns[key]['threshold_curves']`` for :func:`experimat.pl.plot_proportion_thresholds`.
 
     Examples
     --------
@@ -111,6 +113,7 @@ def automatic_proportion_threshold(
     xy = get_coordinates(adata, spatial_key, min_obs=3)
     W = knn_graph(xy, n_neighbors, weights="gaussian")  # Hotspot's row-normalised Gaussian kNN weights
     out: dict[str, float] = {}
+    curves: dict[str, dict[str, Any]] = {}
     for ct in ct_list:
         p = props[ct].to_numpy(dtype=np.float64)
         qs = np.unique(np.quantile(p, np.linspace(0, 1, n_quantiles, endpoint=False)))
@@ -129,11 +132,19 @@ def automatic_proportion_threshold(
         flips = np.flatnonzero(sign2[:-1] != sign2[1:])
         secondary = float(qs[flips[0]]) if flips.size else primary
         out[ct] = {"primary": primary, "secondary": secondary, "min_value": min(primary, secondary)}[kind]
+        curves[ct] = {
+            "threshold": qs.astype(np.float64),
+            "z": zs.astype(np.float64),
+            "spline": np.asarray(spline(qs), dtype=np.float64),
+            "primary": primary,
+            "secondary": secondary,
+        }
     entry = adata.uns.get(key)
     if isinstance(entry, dict):
         thresholds = dict(entry.get("thresholds", {}))
         thresholds[kind] = {**dict(thresholds.get(kind, {})), **out}
         entry["thresholds"] = thresholds
+        entry["threshold_curves"] = {**dict(entry.get("threshold_curves", {})), **curves}
         adata.uns[key] = entry
     return out
 
