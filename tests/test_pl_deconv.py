@@ -80,7 +80,7 @@ def test_plot_gene_filter_counts_genes_and_draws_cutoffs(sc):
 
 def test_plot_reference_qc(sc, mapped):
     _, sig = mapped
-    fig = pl.plot_reference_qc(sc, sig, labels_key="class")
+    fig = pl.plot_reference_qc(sc, reference=sig, labels_key="class")
     rec, scat = fig.axes[0], next(a for a in fig.axes if a.get_xlabel() == "mean normalised count per cell type")
     assert rec.get_xlabel() == "expected count, log10(1 + x)" and rec.get_title() == "reconstruction accuracy"
     pts = _collections(scat)[0].get_offsets()
@@ -89,7 +89,7 @@ def test_plot_reference_qc(sc, mapped):
     assert np.allclose(pts[:, 0], pts[:, 1], rtol=1e-6)
     assert "r = 1.000" in scat.get_title()
     with pytest.raises(InvalidInputError, match="shares 0 cell types"):
-        pl.plot_reference_qc(sc, sig, labels_key="subclass")
+        pl.plot_reference_qc(sc, reference=sig, labels_key="subclass")
 
 
 def test_plot_colocation_loadings(mapped):
@@ -154,14 +154,14 @@ def test_destvi_threshold_and_gamma_space_figures(sc, spots):
         assert ax.get_xlabel() == "proportion threshold"
     ct = max(thr, key=lambda t: (st.obsm["destvi.proportions"][t] > thr[t]).sum())
     destvi.explore_gamma_space(st, ref, ct, threshold=thr, n_components=2)
-    fig = pl.plot_gamma_space(st, ct)
+    fig = pl.plot_gamma_space(st, ct=ct)
     panels = [a for a in fig.axes if a.get_title()]
     assert len(panels) == 2
     n_kept = int((st.obsm["destvi.proportions"][ct] > thr[ct]).sum())
     assert len(_collections(panels[0])[1].get_offsets()) == n_kept
     assert "SpatialPC1" in panels[0].get_title() and "% of variance" in panels[0].get_title()
     with pytest.raises(MissingSlotError, match="explore_gamma_space"):
-        pl.plot_gamma_space(st, "no-such-type")
+        pl.plot_gamma_space(st, ct="no-such-type")
 
 
 def test_threshold_plot_needs_curves(spots):

@@ -106,8 +106,8 @@ def plot_gene_filter(
 # ------------------------------------------------------------------------------------ reference QC
 def plot_reference_qc(
     adatas: Any,
-    reference: Any,
     *,
+    reference: Any,
     labels_key: str = "cell_type",
     layer: str | None = "counts",
     bins: int = 80,
@@ -142,7 +142,7 @@ def plot_reference_qc(
 
     Examples
     --------
-    >>> fig = em.pl.plot_reference_qc(adata_ref, sig, labels_key="cell_type")  # doctest: +SKIP
+    >>> fig = em.pl.plot_reference_qc(adata_ref, reference=sig, labels_key="cell_type")  # doctest: +SKIP
     """
     import scipy.sparse as sp
     from matplotlib.colors import LogNorm
@@ -367,8 +367,8 @@ def plot_proportion_thresholds(
 
 def plot_gamma_space(
     adatas: Any,
-    ct: str,
     *,
+    ct: str,
     key: str = "destvi",
     spatial_key: str = "spatial",
     size: float = 12.0,
@@ -405,7 +405,7 @@ def plot_gamma_space(
     Examples
     --------
     >>> res = explore_gamma_space(spots, ref, "Astro", threshold=0.1)  # doctest: +SKIP
-    >>> fig = em.pl.plot_gamma_space(spots, "Astro")  # doctest: +SKIP
+    >>> fig = em.pl.plot_gamma_space(spots, ct="Astro")  # doctest: +SKIP
     """
     from matplotlib.colors import TwoSlopeNorm
 
