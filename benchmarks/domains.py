@@ -3,7 +3,12 @@
 Run (each method has its own ``bench_<method>`` function)::
 
     EXPERIMAT_DATA_DIR=<data> EXPERIMAT_REF_PYTHON_SPAGCN=<refenv>/bin/python \\
-        python benchmarks/domains.py [--methods spagcn] [--hippo] [--seeds 0 1]
+        python benchmarks/domains.py [--methods spagcn stability integration] [--hippo] [--seeds 0 1]
+
+``stability`` (issue 19): mean pairwise ARI between seeds (``--seeds 0 1 2 3 4``) and mean ARI against
+the known layers, ours (seed-stable consensus, the default) beside ours with one seed and SpaGCN
+1.2.7; ``integration``: shared domains across sections (synthetic with section effects, 4 ST bulb
+and 8 ST hippocampus sections) beside multiSpaGCN 1.2.7.
 
 The reference runs in its own interpreter (a subprocess with a driver under ``benchmarks/_ref/``);
 without the interpreter variable its part is skipped with a message. Prints per dataset: domains
@@ -62,23 +67,75 @@ def mouse_olfactory_bulb():
     return _lognorm(a), "layer"
 
 
-def hippocampus_sections():
-    """The eight ST mouse brain (hippocampus) sections of STUtility, spots under tissue."""
+def _st_sections(folder: str, prefix: str, n: int) -> dict:
     import anndata as ad
 
     import experimat as em
 
-    root = Path(em.settings.data_dir) / "st_mouse_brain_and_olfactory_bulb_stutility" / "hippo"
+    root = Path(em.settings.data_dir) / "st_mouse_brain_and_olfactory_bulb_stutility" / folder
     out = {}
-    for i in range(1, 9):
-        c = pd.read_csv(root / f"Hippo{i}.tsv.gz", sep="\t", index_col=0)
-        al = pd.read_csv(root / f"alignment_table_Hippo{i}.tsv.gz", sep="\t")
+    for i in range(1, n + 1):
+        c = pd.read_csv(root / f"{prefix}{i}.tsv.gz", sep="\t", index_col=0)
+        al = pd.read_csv(root / f"alignment_table_{prefix}{i}.tsv.gz", sep="\t")
         al.index = al.x.astype(str) + "x" + al.y.astype(str)
         keep = al.index[al.selected == 1].intersection(c.index)
         a = ad.AnnData(c.loc[keep].to_numpy(np.float32))
-        a.obs_names, a.var_names = [f"H{i}_{k}" for k in keep], list(c.columns)
+        a.obs_names, a.var_names = [f"{prefix[0]}{i}_{k}" for k in keep], list(c.columns)
         a.obsm["spatial"] = al.loc[keep, ["pixel_x", "pixel_y"]].to_numpy(np.float64)
-        out[f"Hippo{i}"] = _lognorm(a)
+        out[f"{prefix}{i}"] = _lognorm(a)
+    return out
+
+
+def hippocampus_sections():
+    """The eight ST mouse brain (hippocampus) sections of STUtility, spots under tissue."""
+    return _st_sections("hippo", "Hippo", 8)
+
+
+def bulb_sections():
+    """The four ST mouse olfactory bulb sections of STUtility, spots under tissue."""
+    return _st_sections("mob", "MOB", 4)
+
+
+def muscle_sample(name: str):
+    """A Visium mouse muscle sample (McKellar et al. 2021), no annotation; spots under tissue."""
+    import warnings
+
+    import scanpy as sc
+
+    import experimat as em
+
+    root = Path(em.settings.data_dir) / "visium_mouse_muscle_mckellar2021" / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = sc.read_10x_h5(root / "filtered_feature_bc_matrix.h5")
+    a.var_names_make_unique()
+    pos = pd.read_csv(root / "spatial" / "tissue_positions_list.csv", header=None, index_col=0).loc[a.obs_names]
+    a.obsm["spatial"] = pos[[5, 4]].to_numpy(dtype=float)  # (x, y) = (pxl_col, pxl_row), full resolution
+    a = _lognorm(a, min_cells=10)
+    a.obs["none"] = "0"
+    return a, "none"
+
+
+def synthetic_sections(n_sections=3, n_spots=3000, n_domains=5, effect=0.5, seed=0):
+    """Serial sections (horizontal bands) of one synthetic tissue (Voronoi domains, known truth), each
+    with its own section effect: counts times a per-gene log-normal factor (sd ``effect``) and a depth
+    factor in [0.5, 2], redrawn as Poisson."""
+    import experimat as em
+
+    whole = em.datasets.synthetic_domains(n_spots, n_domains, layout="voronoi", seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    y = whole.obsm["spatial"][:, 1]
+    edges = np.quantile(y, np.linspace(0, 1, n_sections + 1))
+    edges[-1] += 1
+    out = {}
+    for i in range(n_sections):
+        a = whole[(y >= edges[i]) & (y < edges[i + 1])].copy()
+        factor = rng.lognormal(0.0, effect, size=a.n_vars) * rng.uniform(0.5, 2.0)
+        X = np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X)
+        a.X = rng.poisson(X * factor).astype(np.float32)
+        a.obsm["spatial"] = a.obsm["spatial"] - a.obsm["spatial"].min(0)
+        a.obs_names = [f"s{i}_{o}" for o in a.obs_names]
+        out[f"s{i}"] = _lognorm(a, min_cells=0)
     return out
 
 
@@ -253,21 +310,210 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
     return [row]
 
 
+# --------------------------------------------------------------------------- seed stability (issue 19)
+def _pairwise(labels: list) -> float:
+    return float(np.mean([_ari(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]))
+
+
+def _stability_cases():
+    return [
+        ("MOB rep11 (ST, 5 layers)", mouse_olfactory_bulb, 5, "square"),
+        ("muscle Vis5A_2dpi (8 domains)", lambda: muscle_sample("Vis5A_2dpi"), 8, "hexagon"),
+        ("muscle Vis7B_5dpi (8 domains)", lambda: muscle_sample("Vis7B_5dpi"), 8, "hexagon"),
+        (
+            "synthetic 1500 spots, 6 voronoi, 2-fold markers",
+            lambda: (
+                _lognorm(
+                    __import__("experimat").datasets.synthetic_domains(
+                        1500, 6, layout="voronoi", fold_change=2.0, n_markers_per_domain=10, depth=2000, seed=2
+                    )
+                ),
+                "domain",
+            ),
+            6,
+            "hexagon",
+        ),
+    ]
+
+
+def bench_stability(seeds=(0, 1, 2, 3, 4), **_) -> list[dict]:
+    """Seed stability and accuracy of SpaGCN: ours (stable consensus, default), ours with one seed
+    (stable=False, the reference's algorithm) and SpaGCN 1.2.7, the same seeds on the same input.
+
+    stability = mean pairwise ARI of the refined domains between the seeds; accuracy = mean ARI of
+    the refined domains against the known layers/domains (not for the unannotated muscle samples).
+    """
+    import experimat as em
+    from experimat.methods.domains.spagcn import spatial_detect_domains_spagcn
+
+    em.settings.progress = False
+    rows = []
+    for name, load, k, shape in _stability_cases():
+        try:
+            adata, truth_key = load()
+        except FileNotFoundError as e:
+            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
+            continue
+        truth = adata.obs[truth_key].astype(str).to_numpy()
+        found = {"ours": [], "ours_single": [], "ref": []}
+        times = {"ours": [], "ours_single": [], "ref": []}
+        for seed in seeds:
+            for label, stable in (("ours", True), ("ours_single", False)):
+                t = time.perf_counter()
+                df = spatial_detect_domains_spagcn(
+                    adata, n_clusters=k, seed=seed, refine_shape=shape, stable=stable, use_gpu=False
+                )
+                times[label].append(time.perf_counter() - t)
+                found[label].append(df.iloc[:, 1].astype(str).to_numpy())
+            ref = _run_reference(
+                "EXPERIMAT_REF_PYTHON_SPAGCN",
+                "spagcn_driver.py",
+                [adata],
+                {
+                    "mode": "single",
+                    "n_clusters": k,
+                    "seed": seed,
+                    "histology": False,
+                    "refine_shape": shape,
+                    "res": None,
+                },
+            )
+            if ref is not None:
+                rdf, t_ref, _ = ref
+                found["ref"].append(rdf.loc[adata.obs_names, "refined"].astype(str).to_numpy())
+                times["ref"].append(t_ref)
+        row = {"method": "spagcn-stability", "case": name, "n_spots": adata.n_obs, "seeds": len(seeds)}
+        for label in found:
+            if not found[label]:
+                continue
+            row[f"{label}_stability"] = _pairwise(found[label])
+            if truth_key != "none":
+                row[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found[label]]))
+            row[f"{label}_s"] = float(np.mean(times[label]))
+        if found["ref"]:
+            row["stability_ratio"] = row["ours_stability"] / max(row["ref_stability"], 1e-9)
+            row["time_ratio"] = row["ref_s"] / row["ours_s"]
+            row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- integration (issue 19)
+def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Mean fraction of each spot's ``k`` nearest spots that share its label."""
+    from scipy.spatial import cKDTree
+
+    _, idx = cKDTree(xy).query(xy, k=k + 1)
+    labels = np.asarray(labels).astype(str)
+    return float((labels[idx[:, 1:]] == labels[:, None]).mean())
+
+
+def bench_integration(seeds=(0,), **_) -> list[dict]:
+    """Shared domains across sections: synthetic sections with section effects and known shared
+    domains (pooled ARI), the 4 ST olfactory bulb and 8 ST hippocampus sections (domains present in
+    every section; neighbour agreement of the integrated domains against single-section runs).
+    Ours (default: stable consensus, per-section centering) vs ours as the reference
+    (stable=False, batch_correction="none") vs multiSpaGCN 1.2.7."""
+    import experimat as em
+    from experimat.methods.domains.spagcn import integrate_domains_spagcn, spatial_detect_domains_spagcn
+
+    em.settings.progress = False
+    seed = seeds[0]
+    cases = [
+        ("synthetic 3 sections, 5 shared domains, section effects", synthetic_sections, 5, "hexagon", 6),
+        ("4 ST olfactory bulb sections", bulb_sections, 7, "square", 4),
+        ("8 ST hippocampus sections", hippocampus_sections, 10, "square", 4),
+    ]
+    rows = []
+    for name, load, k, shape, nn in cases:
+        try:
+            samples = load()
+        except FileNotFoundError as e:
+            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
+            continue
+        truth = {s: a.obs["domain"].astype(str) for s, a in samples.items() if "domain" in a.obs}
+        row = {"method": "spagcn-integration", "case": name, "n_spots": int(sum(a.n_obs for a in samples.values()))}
+        variants = (("ours", {}), ("ours_as_ref", {"stable": False, "batch_correction": "none"}))
+        for label, kw in variants:
+            t = time.perf_counter()
+            integrate_domains_spagcn(
+                samples, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False, key_added=label, **kw
+            )
+            row[f"{label}_s"] = time.perf_counter() - t
+            labs = {s: a.obs[label].astype(str) for s, a in samples.items()}
+            all_domains = set(pd.concat(labs.values()))
+            row[f"{label}_domains"] = len(all_domains)
+            row[f"{label}_in_every_section"] = int(sum(all(d in set(v) for v in labs.values()) for d in all_domains))
+            row[f"{label}_neighbour_agreement"] = float(
+                np.mean([_neighbour_agreement(a.obsm["spatial"], labs[s], nn) for s, a in samples.items()])
+            )
+            if truth:
+                row[f"{label}_ari_pooled"] = _ari(pd.concat(truth.values()), pd.concat(labs.values()))
+                row[f"{label}_ari_pooled_refined"] = _ari(
+                    pd.concat(truth.values()),
+                    pd.concat(a.obs[f"{label}.refined"].astype(str) for a in samples.values()),
+                )
+        single = []
+        t = time.perf_counter()
+        for a in samples.values():
+            df = spatial_detect_domains_spagcn(a, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False)
+            single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
+        row["single_section_s"] = time.perf_counter() - t
+        row["single_neighbour_agreement"] = float(np.mean(single))
+        genes = None
+        for a in samples.values():
+            genes = a.var_names if genes is None else genes.intersection(a.var_names)
+        ref = _run_reference(
+            "EXPERIMAT_REF_PYTHON_SPAGCN",
+            "spagcn_driver.py",
+            [a[:, genes] for a in samples.values()],
+            {
+                "mode": "multi",
+                "n_clusters": k,
+                "seed": seed,
+                "histology": False,
+                "refine_shape": "none",
+                "res": 0.4,
+                "max_epochs": 500,
+            },
+        )
+        if ref is not None:
+            rdf, t_ref, _ = ref
+            rlabs = {s: rdf.loc[a.obs_names, "pred"].astype(str) for s, a in samples.items()}
+            all_domains = set(pd.concat(rlabs.values()))
+            row["ref_s"] = t_ref
+            row["ref_domains"] = len(all_domains)
+            row["ref_in_every_section"] = int(sum(all(d in set(v) for v in rlabs.values()) for d in all_domains))
+            row["ref_neighbour_agreement"] = float(
+                np.mean([_neighbour_agreement(a.obsm["spatial"], rlabs[s].to_numpy(), nn) for s, a in samples.items()])
+            )
+            if truth:
+                row["ref_ari_pooled"] = _ari(pd.concat(truth.values()), pd.concat(rlabs.values()))
+            row["time_ratio"] = t_ref / row["ours_s"]
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
 def _print_row(row: dict) -> None:
     parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
     print("  " + "  ".join(parts), flush=True)
 
 
-BENCHMARKS = {"spagcn": bench_spagcn}
+BENCHMARKS = {"spagcn": bench_spagcn, "stability": bench_stability, "integration": bench_integration}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("--methods", nargs="+", default=["spagcn"], choices=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--hippo", action="store_true", help="also integrate the 8 ST hippocampus sections")
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; timings are wall-clock on this (shared) machine")
+    print(
+        f"load average: {' '.join(Path('/proc/loadavg').read_text().split()[:3]) if Path('/proc/loadavg').exists() else 'n/a'}"
+    )
     rows = []
     for m in args.methods:
         print(f"== {m}")

@@ -50,7 +50,7 @@ def test_spagcn_calls(tmp_path):
 
     a = expm.spatial_bin[sample]
     assert adjusted_rand_score(a.obs["domain"], a.obs["spagcn.refined"]) > 0.6
-    expm.spatial_bin.integrate_domains_spagcn(n_clusters=4, run_on_samples=True, result_key="integrated",
+    expm.spatial_bin.integrate_domains_spagcn(n_clusters=4, run_on_samples=True, key_added="integrated",
         histology=False, max_epochs=100, seed=100)
     assert all("integrated" in expm.spatial_bin[s].obs for s in expm.spatial_bin.samples)
     group = str(expm.spatial_bin[sample].obs["integrated"].value_counts().index[0])

@@ -280,6 +280,60 @@ def test_integration_two_samples():
     assert ari(truth, df["refined"]) >= 0.5
 
 
+def test_integration_key_added_and_result_key_alias():
+    a = synthetic_domains(120, 2, 40, seed=3, sample="a")
+    b = synthetic_domains(120, 2, 40, seed=3, sample="b")
+    b.obs_names = [f"b{i}" for i in range(b.n_obs)]
+    kw = dict(n_domains=2, pre_epochs=5, epochs=2, seed=0, use_gpu=False, stable=False)
+    integrate_domains_deepst({"a": a, "b": b}, key_added="joint", **kw)
+    assert "joint.domain" in a.obs and "joint.refined" in b.obs and "joint" in a.uns
+    with pytest.warns(FutureWarning, match="key_added"):
+        integrate_domains_deepst({"a": a, "b": b}, result_key="old", **kw)
+    assert "old.domain" in a.obs
+    with pytest.raises(InvalidInputError, match="not both"):
+        integrate_domains_deepst({"a": a, "b": b}, result_key="old", key_added="new", **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# seed-stable consensus
+# ------------------------------------------------------------------------------------------------
+def test_consensus_relabels_and_votes():
+    from experimat.methods.domains._consensus import consensus_labels, run_seeds
+
+    truth = np.repeat([0, 1, 2], 20)
+    runs = [truth, (truth + 1) % 3, np.where(np.arange(60) < 5, 0, (truth + 2) % 3)]  # permuted labels, 5 spots off
+    labels, info = consensus_labels(runs)
+    assert ari(truth, labels) == 1.0  # the permutations are undone and the odd run is outvoted
+    assert info["medoid"] in (0, 1) and info["support"].min() == pytest.approx(2 / 3)
+    assert run_seeds(7, 3)[0] == 7 and len(set(run_seeds(7, 3))) == 3 and run_seeds(7, 3) == run_seeds(7, 3)
+
+
+def test_stable_mode_records_runs_and_single_seed_stays_available():
+    adata = synthetic_domains(200, 3, 60, seed=5)
+    spatial_detect_domains_deepst(adata, n_domains=3, pre_epochs=20, epochs=5, seed=1, use_gpu=False, n_runs=2)
+    entry = adata.uns["deepst"]
+    assert entry["run_seeds"][0] == 1 and len(entry["run_seeds"]) == 2
+    assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
+    assert adata.obs["deepst.domain"].nunique() <= 3
+    spatial_detect_domains_deepst(
+        adata, n_domains=3, pre_epochs=20, epochs=5, seed=1, use_gpu=False, stable=False, key_added="one"
+    )
+    assert "run_seeds" not in adata.uns["one"]
+    with pytest.raises(InvalidInputError, match="stable"):
+        spatial_detect_domains_deepst(adata, n_domains=3, stable="yes")
+
+
+@pytest.mark.slow
+def test_stable_mode_agrees_across_seeds():
+    adata = synthetic_domains(400, 4, 80, fold_change=2.0, seed=6)
+    runs = []
+    for seed in range(3):
+        df = spatial_detect_domains_deepst(adata, n_domains=4, pre_epochs=60, epochs=20, seed=seed, use_gpu=False)
+        runs.append(df["refined"].to_numpy())
+    pairs = [ari(runs[i], runs[j]) for i in range(3) for j in range(i + 1, 3)]
+    assert np.mean(pairs) >= 0.8
+
+
 # ------------------------------------------------------------------------------------------------
 # bad inputs
 # ------------------------------------------------------------------------------------------------

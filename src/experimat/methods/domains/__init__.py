@@ -16,7 +16,9 @@ def detect_domains(adata, *, method: str = "spagcn", **kwargs: Any):
         ``"spagcn"`` (:func:`~experimat.methods.domains.spagcn.spatial_detect_domains_spagcn`,
         default) or ``"deepst"`` (:func:`~experimat.methods.domains.deepst.spatial_detect_domains_deepst`).
     **kwargs
-        Options of the chosen method (see its documentation).
+        Options of the chosen method (see its documentation). Both methods give seed-stable
+        domains by default (``stable=True``: a consensus of ``n_runs`` seeded runs);
+        ``stable=False`` runs one seed, as the reference packages.
 
     Returns
     -------

@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from experimat._errors import InvalidInputError
-from experimat._logging import logger
+from experimat._logging import logger, progress
 from experimat._optional import import_optional, torch_device
 from experimat._settings import settings
 from experimat.methods._checks import (
@@ -26,6 +26,8 @@ from experimat.methods._checks import (
     store_params,
 )
 
+from .. import _consensus
+from .._common import check_stable, deprecated_alias
 from . import _graph, _image
 from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
 from ._model import TrainConfig, train_deepst
@@ -230,6 +232,8 @@ def _fit(
     graph_k: int,
     refine_neighbors: int,
     adversarial: bool,
+    stable: bool = False,
+    n_runs: int = 1,
 ) -> dict[str, Any]:
     sizes = [s.coords.shape[0] for s in samples]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -262,19 +266,35 @@ def _fit(
         return leiden(knn_igraph(z, TrainConfig.dec_neighbors), TrainConfig.dec_resolution, s)
 
     batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
-    emb, net, timings = train_deepst(
-        data,
-        adj_norm,
-        adj_label,
-        pre_epochs=pre_epochs,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-        batches=batches,
-        cluster_init=init_clusters,
-    )
-    start = logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
-    labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=seed)
+    seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
+    runs, fits = [], []
+    for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:
+        emb, net, timings = train_deepst(
+            data,
+            adj_norm,
+            adj_label,
+            pre_epochs=pre_epochs,
+            epochs=epochs,
+            seed=run_seed,
+            device=device,
+            batches=batches,
+            cluster_init=init_clusters,
+        )
+        start = logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
+        run_labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=run_seed)
+        runs.append(run_labels)
+        fits.append((emb, net, timings, resolution, exact))
+    consensus = {}
+    if len(runs) > 1:
+        labels, info = _consensus.consensus_labels(runs)
+        emb, net, timings, resolution, exact = fits[info["medoid"]]
+        timings = {k: float(sum(f[2][k] for f in fits)) for k in timings}
+        exact = exact and int(labels.max()) + 1 == n_domains
+        consensus = {"run_seeds": seeds, "run_agreement": info["run_agreement"], "support": info["support"]}
+        logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {info['run_agreement']:.3f}")
+    else:
+        labels = runs[0]
+        emb, net, timings, resolution, exact = fits[0]
     refined = np.concatenate(
         [refine_labels(s.coords, labels[offsets[i] : offsets[i + 1]], refine_neighbors) for i, s in enumerate(samples)]
     )
@@ -291,6 +311,17 @@ def _fit(
         "timings": timings,
         "net": net,
         "n_inputs": data.shape[1],
+        "consensus": consensus,
+    }
+
+
+def _consensus_extra(consensus: dict) -> dict:
+    if not consensus:
+        return {}
+    return {
+        "run_seeds": [int(s) for s in consensus["run_seeds"]],
+        "run_agreement": float(consensus["run_agreement"]),
+        "mean_support": float(np.mean(consensus["support"])),
     }
 
 
@@ -339,6 +370,8 @@ def spatial_detect_domains_deepst(
     graph_k: int = 12,
     refine_neighbors: int = 6,
     max_tile_mb: float = 512.0,
+    stable: bool = True,
+    n_runs: int = 3,
 ) -> pd.DataFrame:
     """Spatial domains with DeepST (Xu et al., Nucleic Acids Research 50:e131, 2022).
 
@@ -416,6 +449,13 @@ def spatial_detect_domains_deepst(
         Neighbours of the majority vote (6 for hexagonal Visium arrays, 4 for square ST arrays).
     max_tile_mb
         Bound on the tiles stored under ``save_path``.
+    stable
+        Seed-stable domains (default): the network is trained ``n_runs`` times with seeds derived
+        from ``seed``, each run's Leiden domains are relabelled onto the medoid run and every spot
+        takes its majority label (the embedding and saved network are the medoid run's).
+        ``False``: one seeded run, as the reference DeepST.
+    n_runs
+        Runs of the consensus (``stable=True``); the cost grows linearly with it.
 
     Returns
     -------
@@ -438,6 +478,7 @@ def spatial_detect_domains_deepst(
     params = dict(locals())
     params.pop("adata")
     _check_common(n_domains, pre_epochs, epochs, use_image, weights_path)
+    check_stable(stable, n_runs)
     seed = _resolve_seed(seed)
     import_optional("torch", purpose="DeepST")
     sample = _read_sample(adata, layer, spatial_key)
@@ -474,6 +515,8 @@ def spatial_detect_domains_deepst(
         graph_k=graph_k,
         refine_neighbors=refine_neighbors,
         adversarial=False,
+        stable=stable,
+        n_runs=n_runs,
     )
     n_found = res["n_found"]
     domain = _categorical(res["labels"], n_found)
@@ -483,7 +526,13 @@ def spatial_detect_domains_deepst(
     adata.obsm[f"{key_added}.embedding"] = res["embedding"].astype(np.float32)
     timings = {k: float(v) for k, v in res["timings"].items()}
     store_params(
-        adata, key_added, params, resolution=float(res["resolution"]), n_domains_found=n_found, timings=timings
+        adata,
+        key_added,
+        params,
+        resolution=float(res["resolution"]),
+        n_domains_found=n_found,
+        timings=timings,
+        **_consensus_extra(res["consensus"]),
     )
     config = {
         "params": params,
@@ -515,7 +564,7 @@ def integrate_domains_deepst(
     use_gpu: bool = True,
     seed: int | None = None,
     weights_path: str | os.PathLike | None = None,
-    result_key: str = "deepst.integrated",
+    key_added: str = "deepst.integrated",
     spatial_key: str = "spatial",
     n_top_genes: int | None = 3000,
     n_pcs: int = 200,
@@ -525,6 +574,9 @@ def integrate_domains_deepst(
     graph_k: int = 12,
     refine_neighbors: int = 6,
     max_tile_mb: float = 512.0,
+    stable: bool = True,
+    n_runs: int = 3,
+    result_key: str | None = None,
 ) -> pd.DataFrame:
     """Domains shared by several samples with DeepST.
 
@@ -550,8 +602,8 @@ def integrate_domains_deepst(
     batch_correction
         Train with the domain-adversarial sample classifier.
     save_path
-        Folder for the trained network (``<result_key>_model/``, an :class:`experimat.SavedModel`
-        folder) and, with ``use_image``, the tiles (``<result_key>_tiles/<sample>/``, bounded by
+        Folder for the trained network (``<key_added>_model/``, an :class:`experimat.SavedModel`
+        folder) and, with ``use_image``, the tiles (``<key_added>_tiles/<sample>/``, bounded by
         ``max_tile_mb`` each), in standalone use; ``None`` writes nothing. Refused inside an
         experiment, which stores the model in the project's ``models/`` instead.
     pre_epochs, epochs
@@ -562,18 +614,27 @@ def integrate_domains_deepst(
         Random seed (``None``: ``em.settings.seed``).
     weights_path
         Local tile-CNN state dict (see :func:`spatial_detect_domains_deepst`).
-    result_key
+    key_added
         Prefix of the result slots written into every sample.
     spatial_key, n_top_genes, n_pcs, spatial_k, n_augment_neighbors, adjacent_weight, graph_k, refine_neighbors, max_tile_mb
         As in :func:`spatial_detect_domains_deepst`.
+    stable
+        Seed-stable domains (default): the network is trained ``n_runs`` times with seeds derived
+        from ``seed``, each run's Leiden domains are relabelled onto the medoid run and every spot
+        takes its majority label (the embedding and saved network are the medoid run's).
+        ``False``: one seeded run, as the reference DeepST.
+    n_runs
+        Runs of the consensus (``stable=True``); the cost grows linearly with it.
+    result_key
+        Deprecated alias of ``key_added``.
 
     Returns
     -------
     DataFrame indexed by ``(sample, obs_name)`` with columns ``domain`` and ``refined``. Writes into
-    each sample ``obs['<result_key>.domain']``, ``obs['<result_key>.refined']`` (categorical, same
-    categories in all samples), ``obsm['<result_key>.embedding']`` and ``uns[result_key]``.
+    each sample ``obs['<key_added>.domain']``, ``obs['<key_added>.refined']`` (categorical, same
+    categories in all samples), ``obsm['<key_added>.embedding']`` and ``uns[key_added]``.
     ``df.attrs["model"]`` holds the trained :class:`~experimat.methods.domains.deepst.DeepSTModel`
-    (inside an experiment it is stored as ``models/<result_key>``).
+    (inside an experiment it is stored as ``models/<key_added>``).
 
     Examples
     --------
@@ -585,11 +646,14 @@ def integrate_domains_deepst(
     >>> sorted(df.columns)
     ['domain', 'refined']
     """
+    key_added = deprecated_alias(result_key, key_added, "deepst.integrated")
     params = dict(locals())
     params.pop("adatas")
+    params.pop("result_key")
     if not isinstance(adatas, dict) or len(adatas) < 1:
         raise InvalidInputError("adatas must be a non-empty dict {sample: AnnData}.")
     _check_common(n_domains, pre_epochs, epochs, use_image, weights_path)
+    check_stable(stable, n_runs)
     seed = _resolve_seed(seed)
     import_optional("torch", purpose="DeepST")
     names = list(adatas)
@@ -614,7 +678,7 @@ def integrate_domains_deepst(
                 library_id=None,
                 net=net,
                 device=device,
-                tile_dir=out_dir / f"{result_key}_tiles" / name if out_dir is not None else None,
+                tile_dir=out_dir / f"{key_added}_tiles" / name if out_dir is not None else None,
                 max_tile_mb=max_tile_mb,
                 spatial_key=spatial_key,
             )
@@ -638,6 +702,8 @@ def integrate_domains_deepst(
         graph_k=graph_k,
         refine_neighbors=refine_neighbors,
         adversarial=batch_correction,
+        stable=stable,
+        n_runs=n_runs,
     )
     n_found, off = res["n_found"], res["offsets"]
     timings = {k: float(v) for k, v in res["timings"].items()}
@@ -647,17 +713,18 @@ def integrate_domains_deepst(
         lo, hi = off[i], off[i + 1]
         domain = _categorical(res["labels"][lo:hi], n_found)
         refined = _categorical(res["refined"][lo:hi], n_found)
-        ad_.obs[f"{result_key}.domain"] = domain
-        ad_.obs[f"{result_key}.refined"] = refined
-        ad_.obsm[f"{result_key}.embedding"] = res["embedding"][lo:hi].astype(np.float32)
+        ad_.obs[f"{key_added}.domain"] = domain
+        ad_.obs[f"{key_added}.refined"] = refined
+        ad_.obsm[f"{key_added}.embedding"] = res["embedding"][lo:hi].astype(np.float32)
         store_params(
             ad_,
-            result_key,
+            key_added,
             params,
             samples=names,
             resolution=float(res["resolution"]),
             n_domains_found=n_found,
             timings=timings,
+            **_consensus_extra(res["consensus"]),
         )
         idx = pd.MultiIndex.from_arrays([[name] * ad_.n_obs, ad_.obs_names], names=["sample", "obs_name"])
         frames.append(pd.DataFrame({"domain": domain, "refined": refined}, index=idx))
@@ -670,8 +737,8 @@ def integrate_domains_deepst(
         "train": asdict(TrainConfig()),
         "method": "deepst-integrated",
     }
-    model = _save_model(out_dir, result_key, res["net"], config)
-    logger.info(f"DeepST: wrote obs['{result_key}.domain'] into {len(names)} samples", time=start)
+    model = _save_model(out_dir, key_added, res["net"], config)
+    logger.info(f"DeepST: wrote obs['{key_added}.domain'] into {len(names)} samples", time=start)
     out = pd.concat(frames)
     out.attrs["model"] = model
     return out

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
-from experimat._logging import logger
+from experimat._logging import logger, progress
 from experimat._optional import import_optional, torch_device
 from experimat._settings import settings
 from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, is_integer_matrix, store_params
 
+from .. import _consensus
+from .._common import check_stable, deprecated_alias
 from . import _graph, _model
 
 if TYPE_CHECKING:
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 
 INIT_METHODS = ("leiden", "kmeans")
 REFINE_SHAPES = ("hexagon", "square", "none")
+BATCH_CORRECTIONS = ("center", "none")
 
 
 def _expression(adata: AnnData, layer: str | None):
@@ -74,6 +78,100 @@ def _as_categorical(labels: np.ndarray, categories: Sequence[str] | None = None)
     return pd.Categorical(text, categories=list(categories))
 
 
+@dataclass
+class _Section:
+    """One section's inputs: expression (spots x genes), plane coordinates, graph coordinates, width l."""
+
+    X: Any
+    xy: np.ndarray
+    coords: np.ndarray
+    width: float
+
+
+def _prepare(adata, *, layer, spatial_key, histology, channels, library_id, alpha, p, device, genes=None) -> _Section:
+    X = _expression(adata, layer)
+    if genes is not None:
+        X = X[:, adata.var_names.get_indexer(genes)]
+    xy = get_coordinates(adata, spatial_key, min_obs=3)[:, :2]
+    coords = _graph_coords(adata, xy, histology, channels, library_id, alpha)
+    return _Section(X=X, xy=xy, coords=coords, width=_graph.search_l(coords, p, device=device))
+
+
+def _convolved_features(sections: list[_Section], *, n_pcs, seed, device, batch_correction):
+    """``A X`` of every section, stacked: one PCA over all sections' spots, each section's own graph.
+
+    ``batch_correction="center"`` subtracts each section's mean expression of every gene before the
+    PCA, which removes additive section effects of log-expression (per gene, per section) — the
+    location part of ComBat (Johnson et al., Biostatistics 8:118, 2007) — so that the same domain
+    lands at the same place in the joint embedding.
+    """
+    import torch
+    from scipy import sparse
+
+    blocks = []
+    for sec in sections:
+        X = sec.X.toarray() if sparse.issparse(sec.X) else np.asarray(sec.X)
+        X = np.asarray(X, dtype=np.float32)
+        if batch_correction == "center" and len(sections) > 1:
+            X = X - X.mean(0, keepdims=True)
+        blocks.append(X)
+    embed = _model.pca_embedding(blocks[0] if len(blocks) == 1 else np.vstack(blocks), n_pcs, seed, device)
+    offsets = np.cumsum([0] + [sec.xy.shape[0] for sec in sections])
+    parts = [
+        _graph.propagate(sec.coords, sec.width, embed[offsets[i] : offsets[i + 1]], device)
+        for i, sec in enumerate(sections)
+    ]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), offsets
+
+
+def _cluster(ax, *, n_clusters, init, seed, stable, n_runs, lr, max_epochs, tol, n_neighbors, resolution, device):
+    """SpaGCN's clustering of ``A X``: one seeded fit (``stable=False``, the reference's behaviour), or the
+    consensus of ``n_runs`` fits started from the identity layer (see :mod:`.._consensus`)."""
+    import torch
+
+    kwargs = dict(
+        n_clusters=n_clusters, init=init, lr=lr, max_epochs=max_epochs, tol=tol, n_neighbors=n_neighbors, device=device
+    )
+    if not stable:
+        with torch.random.fork_rng(devices=[]):
+            fit = _model.fit_gcdec(ax, seed=seed, resolution=resolution, **kwargs)
+        return fit.labels, {"resolution": fit.resolution, "init_used": fit.init, "n_epochs": [int(fit.n_epochs)]}
+    runs, fits = [], []
+    res_start = 0.4
+    seeds = _consensus.run_seeds(seed, n_runs)
+    for s in progress(seeds, description="SpaGCN consensus runs"):
+        with torch.random.fork_rng(devices=[]):
+            fit = _model.fit_gcdec(ax, seed=s, resolution=resolution, identity_init=True, res_start=res_start, **kwargs)
+        if fit.resolution is not None and fit.init == "leiden":
+            res_start = float(fit.resolution)  # later runs start their search where the first one ended
+        runs.append(fit.labels)
+        fits.append(fit)
+    labels, info = _consensus.consensus_labels(runs)
+    if n_runs > 1:
+        logger.info(f"    {n_runs} runs agree at mean ARI {info['run_agreement']:.3f}")
+    return labels, {
+        "resolution": fits[info["medoid"]].resolution,
+        "init_used": fits[info["medoid"]].init,
+        "n_epochs": [int(f.n_epochs) for f in fits],
+        "run_seeds": seeds,
+        "run_agreement": info["run_agreement"],
+        "support": info["support"],
+    }
+
+
+def _store_extra(info: dict) -> dict:
+    extra = {
+        "resolution": float(info["resolution"]) if info["resolution"] is not None else "none",
+        "init_used": info["init_used"],
+        "n_epochs": info["n_epochs"] if len(info["n_epochs"]) > 1 else info["n_epochs"][0],
+    }
+    if "run_seeds" in info:
+        extra["run_seeds"] = [int(s) for s in info["run_seeds"]]
+        extra["run_agreement"] = float(info["run_agreement"])
+        extra["mean_support"] = float(np.mean(info["support"]))
+    return extra
+
+
 def spatial_detect_domains_spagcn(
     adata: AnnData,
     *,
@@ -91,6 +189,8 @@ def spatial_detect_domains_spagcn(
     lr: float = 0.05,
     max_epochs: int = 200,
     tol: float = 5e-3,
+    stable: bool = True,
+    n_runs: int = 3,
     spatial_key: str = "spatial",
     library_id: str | None = None,
     seed: int | None = None,
@@ -104,7 +204,8 @@ def spatial_detect_domains_spagcn(
     the standardised colour of each spot's image patch (``histology=True``); the width ``l`` makes the
     mean neighbour weight equal ``p``. One graph convolution of the PCA of ``layer`` is clustered
     DEC-style, initialised by Leiden with the resolution searched to give ``n_clusters`` domains
-    (or by k-means). Domains are then refined by a majority vote over the nearest spots.
+    (or by k-means). With ``stable=True`` (default) several such fits are combined into seed-stable
+    domains. Domains are then refined by a majority vote over the nearest spots.
 
     Parameters
     ----------
@@ -140,6 +241,14 @@ def spatial_detect_domains_spagcn(
         Maximum training epochs.
     tol
         Stop when fewer than this fraction of the labels change between target updates.
+    stable
+        Seed-stable domains (default): ``n_runs`` fits with seeds derived from ``seed``, each started
+        from the identity graph-convolution layer (so the initial clustering sees ``A X`` itself), are
+        combined by relabelling onto the medoid run and a per-spot majority vote. ``False``: one fit
+        with SpaGCN's random layer initialisation, the reference package's behaviour (for exact
+        comparisons).
+    n_runs
+        Runs of the consensus (``stable=True``); the cost grows about linearly with it.
     spatial_key
         ``obsm`` key of the coordinates.
     library_id
@@ -149,7 +258,8 @@ def spatial_detect_domains_spagcn(
     use_gpu
         Use a CUDA GPU through torch when present.
     key_added
-        ``obs`` column of the domains; parameters go to ``uns[key_added]['params']``.
+        ``obs`` column of the domains; parameters go to ``uns[key_added]['params']`` (with
+        ``run_agreement``, the mean ARI between the consensus runs, when ``stable``).
     refined_key_added
         ``obs`` column of the refined domains.
 
@@ -168,55 +278,57 @@ def spatial_detect_domains_spagcn(
     >>> adata.obs["spagcn.refined"].nunique()
     5
     """
-    torch = import_optional("torch", purpose="SpaGCN")
+    import_optional("torch", purpose="SpaGCN")
     params = dict(locals())
     params.pop("adata")
-    params.pop("torch")
     check_choice("init", init, INIT_METHODS)
     check_choice("refine_shape", refine_shape, REFINE_SHAPES)
     _check_common(adata.n_obs, n_clusters, p, lr, tol)
     check_positive_int("n_pcs", n_pcs)
     check_positive_int("max_epochs", max_epochs)
-    X = _expression(adata, layer)
-    xy = get_coordinates(adata, spatial_key, min_obs=3)[:, :2]
-    coords = _graph_coords(adata, xy, histology, channels, library_id, alpha)
+    check_stable(stable, n_runs)
     seed = int(settings.seed if seed is None else seed)
     device = torch_device(use_gpu)
-    start = logger.info(f"SpaGCN: {adata.n_obs} spots, {n_clusters} domains{' with histology' if histology else ''}")
-    width = _graph.search_l(coords, p, device=device)
-    logger.info(f"    Gaussian width l = {width:.4g} (p = {p})")
-    embed = _model.pca_embedding(X, n_pcs, seed, device)
-    ax = _graph.propagate(coords, width, embed, device)
-    with torch.random.fork_rng(devices=[]):
-        fit = _model.fit_gcdec(
-            ax,
-            n_clusters=n_clusters,
-            init=init,
-            seed=seed,
-            lr=lr,
-            max_epochs=max_epochs,
-            tol=tol,
-            n_neighbors=n_neighbors,
-            resolution=resolution,
-            device=device,
-        )
-    labels = _as_categorical(fit.labels)
+    start = logger.info(
+        f"SpaGCN: {adata.n_obs} spots, {n_clusters} domains{' with histology' if histology else ''}"
+        f"{f', consensus of {n_runs} runs' if stable else ''}"
+    )
+    sec = _prepare(
+        adata,
+        layer=layer,
+        spatial_key=spatial_key,
+        histology=histology,
+        channels=channels,
+        library_id=library_id,
+        alpha=alpha,
+        p=p,
+        device=device,
+    )
+    logger.info(f"    Gaussian width l = {sec.width:.4g} (p = {p})")
+    ax, _ = _convolved_features([sec], n_pcs=n_pcs, seed=seed, device=device, batch_correction="none")
+    labels, info = _cluster(
+        ax,
+        n_clusters=n_clusters,
+        init=init,
+        seed=seed,
+        stable=stable,
+        n_runs=n_runs,
+        lr=lr,
+        max_epochs=max_epochs,
+        tol=tol,
+        n_neighbors=n_neighbors,
+        resolution=resolution,
+        device=device,
+    )
+    labels = _as_categorical(labels)
     adata.obs[key_added] = pd.Categorical(labels, categories=[c for c in labels.categories if (labels == c).any()])
     columns = [key_added]
     if refine_shape != "none":
-        refined = _graph.refine_labels(xy, np.asarray(labels.astype(str)), refine_shape)
+        refined = _graph.refine_labels(sec.xy, np.asarray(labels.astype(str)), refine_shape)
         adata.obs[refined_key_added] = _as_categorical(refined)
         columns.append(refined_key_added)
-    store_params(
-        adata,
-        key_added,
-        params,
-        l=float(width),
-        resolution=float(fit.resolution) if fit.resolution is not None else "none",
-        init_used=fit.init,
-        n_epochs=int(fit.n_epochs),
-    )
-    logger.info(f"SpaGCN: {adata.obs[key_added].nunique()} domains after {fit.n_epochs} epochs", time=start)
+    store_params(adata, key_added, params, l=float(sec.width), **_store_extra(info))
+    logger.info(f"SpaGCN: {adata.obs[key_added].nunique()} domains", time=start)
     return adata.obs[columns].copy()
 
 
@@ -225,7 +337,10 @@ def integrate_domains_spagcn(
     *,
     n_clusters: int = 15,
     layer: str | None = "lognorm",
-    result_key: str = "integrated",
+    key_added: str = "integrated",
+    refined_key_added: str | None = None,
+    refine_shape: str = "hexagon",
+    batch_correction: str = "center",
     histology: bool = False,
     channels: Sequence[str] | None = None,
     p: float = 0.5,
@@ -237,26 +352,39 @@ def integrate_domains_spagcn(
     lr: float = 0.05,
     max_epochs: int = 500,
     tol: float = 5e-3,
+    stable: bool = True,
+    n_runs: int = 3,
     spatial_key: str = "spatial",
     seed: int | None = 100,
     use_gpu: bool = True,
+    result_key: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Domains shared across samples: one SpaGCN model over several samples (multiSpaGCN).
 
     Each sample gets its own spot graph (own width ``l``, optional histology); the graphs form a
-    block-diagonal adjacency, the expression of the genes common to all samples is reduced by one
-    PCA, and one model clusters all spots, so domain labels are comparable across samples.
+    block-diagonal adjacency, the expression of the genes common to all samples is corrected for
+    section effects (``batch_correction``) and reduced by one PCA, and one model clusters all spots
+    into ``n_clusters`` shared domains, so a domain has the same label in every sample. The
+    majority-vote refinement runs within each sample.
 
     Parameters
     ----------
     adatas
         ``{sample: AnnData}``; each has ``obsm[spatial_key]`` and ``layer``.
     n_clusters
-        Number of domains over all samples.
+        Number of shared domains over all samples.
     layer
         Log-normalised expression (``None``: ``adata.X``).
-    result_key
-        ``obs`` column written in every sample; parameters go to each sample's ``uns[result_key]['params']``.
+    key_added
+        ``obs`` column of the domains written in every sample; parameters go to each sample's
+        ``uns[key_added]['params']``.
+    refined_key_added
+        ``obs`` column of the refined domains (``None``: ``"<key_added>.refined"``).
+    refine_shape
+        ``"hexagon"`` (Visium), ``"square"`` (ST) or ``"none"`` (no refined column).
+    batch_correction
+        ``"center"`` (default): subtract each sample's mean log-expression per gene before the joint
+        PCA (removes additive section effects); ``"none"``: the reference's pooled PCA.
     histology
         Add each sample's image colour as a third graph coordinate.
     channels
@@ -279,17 +407,27 @@ def integrate_domains_spagcn(
         Maximum training epochs.
     tol
         Stopping tolerance on the fraction of changed labels.
+    stable
+        Seed-stable domains (default): ``n_runs`` fits with seeds derived from ``seed``, each started
+        from the identity graph-convolution layer (so the initial clustering sees ``A X`` itself), are
+        combined by relabelling onto the medoid run and a per-spot majority vote. ``False``: one fit
+        with SpaGCN's random layer initialisation, the reference package's behaviour (for exact
+        comparisons).
+    n_runs
+        Runs of the consensus (``stable=True``); the cost grows about linearly with it.
     spatial_key
         ``obsm`` key of the coordinates.
     seed
         Random seed (``None``: ``em.settings.seed``).
     use_gpu
         Use a CUDA GPU through torch when present.
+    result_key
+        Deprecated alias of ``key_added``.
 
     Returns
     -------
-    ``{sample: DataFrame}`` of each sample's domain labels (column ``result_key``), also written to
-    ``adata.obs[result_key]`` of every sample with the same categories.
+    ``{sample: DataFrame}`` of each sample's domain labels (columns ``key_added`` and
+    ``refined_key_added``), also written to ``adata.obs`` of every sample with the same categories.
 
     Examples
     --------
@@ -300,16 +438,21 @@ def integrate_domains_spagcn(
     ...     a.layers["lognorm"] = sc.pp.log1p(sc.pp.normalize_total(a, inplace=False)["X"])
     >>> out = integrate_domains_spagcn(samples, n_clusters=4, max_epochs=100)
     """
-    torch = import_optional("torch", purpose="SpaGCN")
+    import_optional("torch", purpose="SpaGCN")
+    key_added = deprecated_alias(result_key, key_added, "integrated")
+    refined_key_added = f"{key_added}.refined" if refined_key_added is None else refined_key_added
     params = dict(locals())
     params.pop("adatas")
-    params.pop("torch")
+    params.pop("result_key")
     if not isinstance(adatas, Mapping) or len(adatas) == 0:
         raise InvalidInputError("adatas must be a non-empty dict {sample: AnnData}.")
     check_choice("init", init, INIT_METHODS)
+    check_choice("refine_shape", refine_shape, REFINE_SHAPES)
+    check_choice("batch_correction", batch_correction, BATCH_CORRECTIONS)
     total = sum(a.n_obs for a in adatas.values())
     _check_common(total, n_clusters, p, lr, tol)
     check_positive_int("max_epochs", max_epochs)
+    check_stable(stable, n_runs)
     names = list(adatas)
     genes = pd.Index(adatas[names[0]].var_names)
     for name in names[1:]:
@@ -319,57 +462,53 @@ def integrate_domains_spagcn(
     seed = int(settings.seed if seed is None else seed)
     device = torch_device(use_gpu)
     start = logger.info(f"SpaGCN integration: {len(names)} samples, {total} spots, {len(genes)} shared genes")
-    from scipy import sparse
-
-    blocks, coords, ls = [], [], {}
-    for name in names:
-        a = adatas[name]
-        X = _expression(a, layer)
-        idx = a.var_names.get_indexer(genes)
-        X = X[:, idx]
-        blocks.append(X.toarray() if sparse.issparse(X) else np.asarray(X))
-        xy = get_coordinates(a, spatial_key, min_obs=3)[:, :2]
-        c = _graph_coords(a, xy, histology, channels, None, alpha)
-        coords.append(c)
-        ls[name] = _graph.search_l(c, p, device=device)
-        logger.info(f"    {name}: {a.n_obs} spots, l = {ls[name]:.4g}")
-    embed = _model.pca_embedding(np.vstack(blocks), n_pcs, seed, device)
-    offsets = np.cumsum([0] + [a.n_obs for a in adatas.values()])
-    ax = torch.cat(
-        [
-            _graph.propagate(coords[i], ls[name], embed[offsets[i] : offsets[i + 1]], device)
-            for i, name in enumerate(names)
-        ]
-    )
-    with torch.random.fork_rng(devices=[]):
-        fit = _model.fit_gcdec(
-            ax,
-            n_clusters=n_clusters,
-            init=init,
-            seed=seed,
-            lr=lr,
-            max_epochs=max_epochs,
-            tol=tol,
-            n_neighbors=n_neighbors,
-            resolution=resolution,
+    sections = []
+    for name in progress(names, description="SpaGCN sample graphs"):
+        sec = _prepare(
+            adatas[name],
+            layer=layer,
+            spatial_key=spatial_key,
+            histology=histology,
+            channels=channels,
+            library_id=None,
+            alpha=alpha,
+            p=p,
             device=device,
+            genes=genes,
         )
-    all_labels = _as_categorical(fit.labels)
+        logger.info(f"    {name}: {adatas[name].n_obs} spots, l = {sec.width:.4g}")
+        sections.append(sec)
+    ax, offsets = _convolved_features(
+        sections, n_pcs=n_pcs, seed=seed, device=device, batch_correction=batch_correction
+    )
+    labels, info = _cluster(
+        ax,
+        n_clusters=n_clusters,
+        init=init,
+        seed=seed,
+        stable=stable,
+        n_runs=n_runs,
+        lr=lr,
+        max_epochs=max_epochs,
+        tol=tol,
+        n_neighbors=n_neighbors,
+        resolution=resolution,
+        device=device,
+    )
+    all_labels = _as_categorical(labels)
     used = [c for c in all_labels.categories if (all_labels == c).any()]
     out = {}
     for i, name in enumerate(names):
-        a = adatas[name]
-        a.obs[result_key] = pd.Categorical(np.asarray(all_labels[offsets[i] : offsets[i + 1]]), categories=used)
-        store_params(
-            a,
-            result_key,
-            params,
-            samples=list(names),
-            l=float(ls[name]),
-            resolution=float(fit.resolution) if fit.resolution is not None else "none",
-            init_used=fit.init,
-            n_epochs=int(fit.n_epochs),
-        )
-        out[name] = a.obs[[result_key]].copy()
-    logger.info(f"SpaGCN integration: {len(used)} domains after {fit.n_epochs} epochs", time=start)
+        a, sec = adatas[name], sections[i]
+        mine = np.asarray(all_labels[offsets[i] : offsets[i + 1]])
+        a.obs[key_added] = pd.Categorical(mine, categories=used)
+        columns = [key_added]
+        if refine_shape != "none":
+            a.obs[refined_key_added] = pd.Categorical(
+                _graph.refine_labels(sec.xy, mine.astype(str), refine_shape), categories=used
+            )
+            columns.append(refined_key_added)
+        store_params(a, key_added, params, samples=list(names), l=float(sec.width), **_store_extra(info))
+        out[name] = a.obs[columns].copy()
+    logger.info(f"SpaGCN integration: {len(used)} shared domains", time=start)
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from experimat._errors import InvalidInputError
-from experimat._logging import logger
+from experimat._logging import ProgressBar, logger
 
 #: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
 T_ALPHA = 0.2
@@ -199,15 +199,27 @@ def fit_gcdec(
     n_neighbors: int,
     resolution: float | None,
     device,
+    identity_init: bool = False,
+    res_start: float = 0.4,
 ) -> FitResult:
-    """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs)."""
+    """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs).
+
+    ``identity_init``: start the layer's weights at the identity and its bias at zero instead of
+    SpaGCN's uniform random draw, so that the initial clustering sees ``A X`` itself, not a random
+    linear map of it (the main source of seed-to-seed differences). ``res_start``: first resolution
+    of the Leiden search.
+    """
     import torch
 
     d = ax.shape[1]
     gen = torch.Generator().manual_seed(int(seed))
     stdv = 1.0 / math.sqrt(d)
-    weight = ((torch.rand(d, d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
-    bias = ((torch.rand(d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
+    if identity_init:
+        weight = torch.eye(d).to(device).requires_grad_(True)
+        bias = torch.zeros(d).to(device).requires_grad_(True)
+    else:
+        weight = ((torch.rand(d, d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
+        bias = ((torch.rand(d, generator=gen) * 2 - 1) * stdv).to(device).requires_grad_(True)
     with torch.no_grad():
         feats = (ax @ weight + bias).cpu().numpy().astype(np.float64)
 
@@ -220,7 +232,7 @@ def fit_gcdec(
             labels0 = leiden_labels(graph, used_res, seed)
             logger.info(f"    resolution {used_res:.4g}: {len(np.unique(labels0))} domains")
         else:
-            used_res, labels0 = search_resolution(graph, n_clusters, seed=seed)
+            used_res, labels0 = search_resolution(graph, n_clusters, seed=seed, start=res_start)
             if labels0 is None:
                 logger.warning("falling back to k-means initialisation with the requested n_clusters")
                 init = "kmeans"
@@ -264,23 +276,25 @@ def _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol):
     last = labels0
     epoch = 0
     target = None
-    for epoch in range(max_epochs):
-        if epoch % UPDATE_INTERVAL == 0:
-            with torch.no_grad():
-                q = soft_assign()
-                target = q**2 / q.sum(0)
-                target = target / target.sum(1, keepdim=True)
-        opt.zero_grad()
-        q = soft_assign()
-        loss = torch.mean(torch.sum(target * torch.log(target / (q + 1e-6)), dim=1))
-        loss.backward()
-        opt.step()
-        pred = q.argmax(1).cpu().numpy()
-        delta = float(np.mean(pred != last))
-        last = pred
-        if epoch > 0 and (epoch - 1) % UPDATE_INTERVAL == 0 and delta < tol:
-            logger.info(f"    label change {delta:.4g} < tol {tol:g}; stopped at epoch {epoch}")
-            break
+    with ProgressBar(max_epochs, "SpaGCN epochs") as bar:
+        for epoch in range(max_epochs):
+            bar.update()
+            if epoch % UPDATE_INTERVAL == 0:
+                with torch.no_grad():
+                    q = soft_assign()
+                    target = q**2 / q.sum(0)
+                    target = target / target.sum(1, keepdim=True)
+            opt.zero_grad()
+            q = soft_assign()
+            loss = torch.mean(torch.sum(target * torch.log(target / (q + 1e-6)), dim=1))
+            loss.backward()
+            opt.step()
+            pred = q.argmax(1).cpu().numpy()
+            delta = float(np.mean(pred != last))
+            last = pred
+            if epoch > 0 and (epoch - 1) % UPDATE_INTERVAL == 0 and delta < tol:
+                logger.info(f"    label change {delta:.4g} < tol {tol:g}; stopped at epoch {epoch}")
+                break
     with torch.no_grad():
         q = soft_assign()
     return epoch, q.cpu().numpy()
