@@ -336,7 +336,7 @@ def _stability_cases():
     ]
 
 
-def bench_stability(seeds=(0, 1, 2, 3, 4), **_) -> list[dict]:
+def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
     """Seed stability and accuracy of SpaGCN: ours (stable consensus, default), ours with one seed
     (stable=False, the reference's algorithm) and SpaGCN 1.2.7, the same seeds on the same input.
 
@@ -349,6 +349,8 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), **_) -> list[dict]:
     em.settings.progress = False
     rows = []
     for name, load, k, shape in _stability_cases():
+        if cases and not any(c.lower() in name.lower() for c in cases):
+            continue
         try:
             adata, truth_key = load()
         except FileNotFoundError as e:
@@ -409,7 +411,7 @@ def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((labels[idx[:, 1:]] == labels[:, None]).mean())
 
 
-def bench_integration(seeds=(0,), **_) -> list[dict]:
+def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
     """Shared domains across sections: synthetic sections with section effects and known shared
     domains (pooled ARI), the 4 ST olfactory bulb and 8 ST hippocampus sections (domains present in
     every section; neighbour agreement of the integrated domains against single-section runs).
@@ -420,13 +422,15 @@ def bench_integration(seeds=(0,), **_) -> list[dict]:
 
     em.settings.progress = False
     seed = seeds[0]
-    cases = [
+    all_cases = [
         ("synthetic 3 sections, 5 shared domains, section effects", synthetic_sections, 5, "hexagon", 6),
         ("4 ST olfactory bulb sections", bulb_sections, 7, "square", 4),
         ("8 ST hippocampus sections", hippocampus_sections, 10, "square", 4),
     ]
     rows = []
-    for name, load, k, shape, nn in cases:
+    for name, load, k, shape, nn in all_cases:
+        if cases and not any(c.lower() in name.lower() for c in cases):
+            continue
         try:
             samples = load()
         except FileNotFoundError as e:
@@ -434,6 +438,9 @@ def bench_integration(seeds=(0,), **_) -> list[dict]:
             continue
         truth = {s: a.obs["domain"].astype(str) for s, a in samples.items() if "domain" in a.obs}
         row = {"method": "spagcn-integration", "case": name, "n_spots": int(sum(a.n_obs for a in samples.values()))}
+        if truth:
+            domains = set(pd.concat(truth.values()))
+            row["truth_in_every_section"] = int(sum(all(d in set(v) for v in truth.values()) for d in domains))
         variants = (("ours", {}), ("ours_as_ref", {"stable": False, "batch_correction": "none"}))
         for label, kw in variants:
             t = time.perf_counter()
@@ -509,6 +516,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=["spagcn"], choices=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--hippo", action="store_true", help="also integrate the 8 ST hippocampus sections")
+    parser.add_argument("--cases", nargs="+", help="stability/integration: only cases whose name contains one of these")
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; timings are wall-clock on this (shared) machine")
     print(
@@ -520,6 +528,8 @@ def main(argv=None) -> None:
         kwargs = {"seeds": tuple(args.seeds)}
         if m == "spagcn":
             kwargs["hippo"] = args.hippo
+        else:
+            kwargs["cases"] = args.cases
         rows.extend(BENCHMARKS[m](**kwargs))
     if rows:
         table = pd.DataFrame(rows)
