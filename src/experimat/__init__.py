@@ -41,16 +41,18 @@ except PackageNotFoundError:  # running from a source tree without installation
 if TYPE_CHECKING:
     from . import database, io, methods, pl, pp  # noqa: F401
     from ._saved_model import SavedModel, register_model, registered_models
-    from .core.experiment import Experiment, load_experiment, migrate
+    from .core.experiment import Experiment
+    from .core.load import load_experiment
     from .core.registry import register_method
     from .core.sample_table import SampleTable
     from .io.lock import break_lock
+    from .io.project import migrate
 
 _LAZY_MODULES = {"io", "pl", "pp", "database", "methods", "core", "cli", "datasets"}
 _LAZY_ATTRS = {
     "Experiment": "experimat.core.experiment",
-    "load_experiment": "experimat.core.experiment",
-    "migrate": "experimat.core.experiment",
+    "load_experiment": "experimat.core.load",
+    "migrate": "experimat.io.project",
     "break_lock": "experimat.io.lock",
     "SampleTable": "experimat.core.sample_table",
     "register_method": "experimat.core.registry",

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import stat
 import time
 import warnings
 import weakref
@@ -13,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from .._errors import (
@@ -24,10 +21,14 @@ from .._errors import (
     ProjectError,
     SampleNotFoundError,
 )
-from .._keys import MODALITIES, SAMPLE_OBS_COLUMNS, FileName, Key, Modality
+from .._keys import MODALITIES, Modality
 from .._logging import logger
 from .._saved_model import SavedModel
+from ..io import files as project_files
 from ..io import models as model_store
+from ..io.history import finished_samples as finished_in_history
+from ..io.history import run_key
+from ..io.manifest import base_manifest
 from ..io.project import ProjectStore, now_iso
 from ._fingerprint import fingerprint
 from .accessor import ModalityAccessor
@@ -40,6 +41,7 @@ from .ingest import (  # noqa: F401  (prepare_sample, has_gene_table: re-exporte
     read_sheet_samples,
     warn_unharmonized,
 )
+from .merge import merge_samples
 from .sample_table import SampleTable, validate_sample_name
 
 if TYPE_CHECKING:
@@ -52,69 +54,6 @@ H5_COMPRESSION: str | None = None
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _slot_summary(adata: AnnData) -> dict[str, list[str]]:
-    return {
-        "obs": [str(c) for c in adata.obs.columns],
-        "var": [str(c) for c in adata.var.columns],
-        "layers": list(adata.layers.keys()),
-        "obsm": list(adata.obsm.keys()),
-        "obsp": list(adata.obsp.keys()),
-        "uns": [str(k) for k in adata.uns.keys()],
-    }
-
-
-def _result_columns(adata: AnnData) -> set[str]:
-    """var columns written by methods (``<key_added>`` or ``<key_added>.*`` of a ``uns`` entry with params)."""
-    keys = [str(k) for k, v in adata.uns.items() if isinstance(v, Mapping) and Key.PARAMS in v]
-    return {str(c) for c in adata.var.columns if any(str(c) == k or str(c).startswith(k + ".") for k in keys)}
-
-
-def _merged_var(parts: Mapping[str, AnnData], names: pd.Index) -> tuple[pd.DataFrame, list[str]]:
-    """The gene annotation shared by the samples, and the names of the per-sample var columns left out.
-
-    A column is experiment-wide when every gene has one value in every sample that has the gene
-    (gene annotation); method results (``var['<key_added>.*']``) and columns whose values differ
-    between samples are per-sample and stay in each sample."""
-    results = set().union(*(_result_columns(a) for a in parts.values()))
-    columns = list(dict.fromkeys(str(c) for a in parts.values() for c in a.var.columns))
-    out = pd.DataFrame(index=names)
-    per_sample = []
-    for col in columns:
-        if col in results:
-            per_sample.append(col)
-            continue
-        values = [a.var[col].reindex(names) for a in parts.values() if col in a.var.columns]
-        stacked = pd.concat([v.astype(object) for v in values], axis=1, ignore_index=True)
-        first = stacked.bfill(axis=1).iloc[:, 0]
-        agree = stacked.isna() | stacked.eq(first, axis=0)
-        if not bool(agree.to_numpy().all()):
-            per_sample.append(col)
-            continue
-        dtype = values[0].dtype
-        if all(v.dtype == dtype for v in values) and not first.isna().any():
-            out[col] = first.astype(dtype) if not isinstance(dtype, pd.CategoricalDtype) else pd.Categorical(first)
-        elif isinstance(dtype, pd.CategoricalDtype):
-            out[col] = pd.Categorical(first)
-        else:
-            out[col] = first.infer_objects()
-    return out, per_sample
-
-
-def _merged_obsm_frames(parts: Mapping[str, AnnData], names: pd.Index) -> dict[str, pd.DataFrame]:
-    """obsm DataFrames (named columns, e.g. cell-type abundances) stacked over the samples.
-
-    Observations of samples without the key (or a column) get NaN. Unnamed arrays such as
-    per-sample PCA spaces are not comparable across samples and are not merged."""
-    keys = list(dict.fromkeys(str(k) for a in parts.values() for k, v in a.obsm.items() if isinstance(v, pd.DataFrame)))
-    out = {}
-    for key in keys:
-        frames = [a.obsm[key] for a in parts.values() if isinstance(a.obsm.get(key), pd.DataFrame)]
-        frame = pd.concat(frames, axis=0, join="outer").reindex(names)
-        frame.columns = [str(c) for c in frame.columns]
-        out[key] = frame
-    return out
-
-
 def _read_sample(path: Path) -> AnnData:
     import anndata as ad
 
@@ -479,10 +418,9 @@ class Experiment:
         join
             ``"inner"`` (genes shared by all samples) or ``"outer"`` (union, missing = 0).
         """
-        import anndata as ad
         import mudata as md
 
-        from ..methods._checks import check_choice, make_columns_writable
+        from ..methods._checks import check_choice
 
         join = check_choice("join", join, ("inner", "outer"))
         if modality is not None and not isinstance(modality, (str, list, tuple)):
@@ -494,47 +432,7 @@ class Experiment:
             if not names:
                 raise InvalidInputError(f"modality {mod!r} has no samples; the experiment holds: {self.modalities}.")
             parts = {s: self.get_sample(mod, s) for s in names}
-            from ..database import gene_overlap_report
-
-            report = gene_overlap_report(parts)
-            shared, union = report["shared"], report["n_union"]
-            logger.debug(f"merge {mod}: {len(parts)} samples, {join} join")  # the gene overlap is logged by the report
-            if join == "inner" and not shared:
-                raise InvalidInputError(
-                    f"the samples of {mod} share no gene; check their taxa and gene ids, or use join='outer'."
-                )
-            slim = {}
-            offset = 0.0
-            for s, a in parts.items():
-                b = ad.AnnData(X=a.X, obs=a.obs.copy(), var=pd.DataFrame(index=a.var_names.copy()),
-                               layers={Key.COUNTS: a.layers[Key.COUNTS]} if Key.COUNTS in a.layers else None)
-                if Key.SPATIAL in a.obsm:
-                    xy = np.asarray(a.obsm[Key.SPATIAL], dtype=float)
-                    b.obsm[Key.SPATIAL] = xy
-                    tiled = xy.copy()
-                    tiled[:, 0] = tiled[:, 0] - xy[:, 0].min() + offset
-                    b.obsm["spatial.tiled"] = tiled
-                    offset = tiled[:, 0].max() + 0.1 * (np.ptp(xy[:, 0]) + 1.0)
-                slim[s] = b
-            merged = ad.concat(slim, join=join, merge=None, label=None, index_unique=None, fill_value=0)
-            merged.var, per_sample_var = _merged_var(parts, merged.var_names)
-            for key, frame in _merged_obsm_frames(parts, merged.obs_names).items():
-                merged.obsm[key] = frame
-            for col in SAMPLE_OBS_COLUMNS:
-                if col in merged.obs:
-                    merged.obs[col] = pd.Categorical(merged.obs[col].astype(str), categories=list(dict.fromkeys(
-                        str(v) for a in parts.values() for v in a.obs[col].cat.categories)))
-            merged.uns[Key.SPATIAL] = {
-                s: {"scalefactors": dict(a.uns.get(Key.SPATIAL, {}).get(s, {}).get("scalefactors", {}))}
-                for s, a in parts.items() if Key.SPATIAL in a.uns
-            }
-            merged.uns["merge"] = {"samples": list(parts), "join": join, "n_shared_genes": len(shared), "n_union_genes": int(union),
-                                   "n_only_in": {k: int(v) for k, v in report["n_only_in"].items()},
-                                   "per_sample_var_columns": per_sample_var}
-            if per_sample_var:
-                logger.info(f"merge {mod}: per-sample var columns {per_sample_var[:8]} stay in each sample, not in the merged var")
-            make_columns_writable(merged, sample=None)
-            out[mod] = merged
+            out[mod] = merge_samples(parts, mod=mod, join=join)
         existing = dict(self.integrated.mod) if self.integrated is not None else {}
         existing.update(out)
         with warnings.catch_warnings():
@@ -585,12 +483,7 @@ class Experiment:
         return fingerprint(self._integrated) != self._integrated_fp
 
     def _write_sample(self, store: ProjectStore, modality: str, sample: str) -> tuple[str, dict[str, Any]]:
-        adata = self._data[modality][sample]
-        rel, final = store.new_file(f"{FileName.SAMPLES_DIR}/{modality}", sample, ".h5ad")
-        with store.writing(final) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            adata.write_h5ad(tmp, compression=H5_COMPRESSION)
-        return rel, {"file": rel, "n_obs": int(adata.n_obs), "n_vars": int(adata.n_vars), "slots": _slot_summary(adata)}
+        return project_files.write_sample(store, modality, sample, self._data[modality][sample], compression=H5_COMPRESSION)
 
     def _save(self, keys: list[SampleKey], *, integrated: bool) -> None:
         store = self._require_writable()
@@ -609,14 +502,11 @@ class Experiment:
                 manifest["samples"].setdefault(mod, {})[s] = entry
             if integrated and self._integrated is not None:
                 old = manifest.get("integrated")
-                rel, final = store.new_file("", FileName.INTEGRATED_STEM, ".h5mu")
-                with store.writing(final) as tmp, warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
-                    self._integrated.write(str(tmp))
+                rel, integrated_entry = project_files.write_integrated(store, self._integrated)
                 files[rel] = store.file_entry(rel)
                 if old:
                     files.pop(old["file"], None)
-                manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
+                manifest["integrated"] = integrated_entry
             self._commit(manifest, saved=[(mod, s) for mod, s in keys if s in self._data[mod]]
                          + ([(m, "integrated") for m in self._integrated.mod] if integrated and self._integrated is not None else []))
         except BaseException:
@@ -635,15 +525,7 @@ class Experiment:
     def _base_manifest(self) -> dict[str, Any]:
         from .. import __version__
 
-        m = json.loads(json.dumps(self._manifest)) if self._manifest else {}
-        m.setdefault("created", now_iso())
-        m.setdefault("files", {})
-        m.setdefault("samples", {})
-        m.setdefault("integrated", None)
-        m.setdefault("models", {})
-        m["experimat_version"] = __version__
-        m["sample_table"] = self._table.to_records()
-        return m
+        return base_manifest(self._manifest, self._table.to_records(), __version__, now_iso())
 
     def _commit(self, manifest: dict[str, Any], saved: Iterable[SampleKey] = ()) -> None:
         store = self._require_writable()
@@ -665,10 +547,7 @@ class Experiment:
             model_store.collect_garbage(self._store, self._manifest)
 
     def _save_as(self, path: Path, *, force: bool) -> Path:
-        new = ProjectStore(path, mode="r+")
-        existed = new.root.exists()
-        new.create(force=force)
-        try:
+        with project_files.creating_project(path, force=force) as new:
             manifest = self._base_manifest()
             manifest.pop("generation", None)
             manifest["created"] = now_iso()
@@ -678,38 +557,22 @@ class Experiment:
                 for s in self._table.samples(mod):
                     entry = self._entry(mod, s)
                     if s not in self._data[mod] and entry is not None and old_store is not None:
-                        src = old_store.check_file(entry["file"], self._manifest["files"][entry["file"]], verify=self._verify)
-                        rel, final = new.new_file(f"{FileName.SAMPLES_DIR}/{mod}", s, ".h5ad")
-                        with new.writing(final) as tmp:
-                            shutil.copyfile(src, tmp)
-                        e = dict(entry, file=rel)
+                        rel, e = project_files.copy_sample_file(old_store, new, mod, s, entry, self._manifest["files"][entry["file"]],
+                                                                verify=self._verify)
                     else:
                         self.get_sample(mod, s)
                         rel, e = self._write_sample(new, mod, s)
                     manifest["files"][rel] = new.file_entry(rel)
                     manifest["samples"].setdefault(mod, {})[s] = e
             if self.integrated is not None:
-                rel, final = new.new_file("", FileName.INTEGRATED_STEM, ".h5mu")
-                with new.writing(final) as tmp:
-                    self._integrated.write(str(tmp))
+                rel, manifest["integrated"] = project_files.write_integrated(new, self._integrated, quiet=False)
                 manifest["files"][rel] = new.file_entry(rel)
-                manifest["integrated"] = {"file": rel, "mods": {m: list(map(int, a.shape)) for m, a in self._integrated.mod.items()}}
             if old_store is not None:
                 for name, entry in self._manifest.get("models", {}).items():
                     manifest["models"][name] = model_store.copy_model(old_store, new, name, entry)
                 if old_store.history_path.exists():
                     shutil.copyfile(old_store.history_path, new.history_path)
             new.commit(manifest)
-        except BaseException:
-            if not new.manifest_path.exists():  # a failed creation leaves nothing behind
-                new.remove_contents()
-            new.lock.release()
-            if not existed:
-                try:
-                    new.root.rmdir()  # only when empty
-                except OSError:
-                    pass
-            raise
         if self._store is not None:
             self._store.lock.release()
             if self._finalizer is not None:
@@ -779,7 +642,7 @@ class Experiment:
             if "method" in r:
                 r["saved"] = bool(self.is_writable_backed and self._result_saved(r.get("modality"), r.get("sample")))
                 if r.get("outcome") == "ok":
-                    self._session_runs.add(_run_key(r))
+                    self._session_runs.add(run_key(r))
                     if not r["saved"]:
                         self._unsaved_runs.add((r.get("modality"), r.get("sample")))
             marked.append(r)
@@ -811,19 +674,7 @@ class Experiment:
         A run counts once its result is committed to the project (recorded ``saved``, or a later
         commit of that sample), or when it ran in this session (its result is in memory). A run
         whose result was never saved (``save=False``, then a crash or a new session) does not count."""
-        last: dict[str, tuple[dict[str, Any], bool]] = {}
-        for r in self._history_lines():
-            if r.get("event") == "commit":
-                for mod, s in r["samples"]:
-                    if mod == modality and s in last:
-                        last[s] = (last[s][0], True)
-                continue
-            if r.get("method") != method or r.get("modality") != modality or not isinstance(r.get("sample"), str):
-                continue
-            kept = r.get("saved", True) is not False or _run_key(r) in self._session_runs
-            last[r["sample"]] = (r, kept)
-        return {s: r["params_hash"] for s, (r, kept) in last.items()
-                if kept and r.get("outcome") == "ok" and isinstance(r.get("params_hash"), str)}
+        return finished_in_history(self._history_lines(), method, modality, self._session_runs)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -871,129 +722,3 @@ class Experiment:
 
 def _release(store: ProjectStore) -> None:
     store.lock.release()
-
-
-def _run_key(r: dict[str, Any]) -> tuple:
-    return (r.get("method"), r.get("modality"), r.get("sample"), r.get("start"), r.get("params_hash"), r.get("pid"))
-
-
-def load_experiment(
-    path: str | os.PathLike,
-    *,
-    mode: str = "r+",
-    load_samples: bool | Iterable[str] = False,
-    verify: bool = True,
-    force: bool = False,
-) -> Experiment:
-    """Open a project folder.
-
-    Parameters
-    ----------
-    path
-        The project folder.
-    mode
-        ``"r+"`` (default) takes the writer lock; ``"r"`` never locks and never writes.
-    load_samples
-        ``False``: read samples lazily on first access; ``True``: read all now; a list of names:
-        read those now.
-    verify
-        Verify sha256 checksums of files as they are read (``False`` checks sizes only).
-    force
-        Break a stale writer lock: one whose holder is known to be dead on this machine (its
-        pid is gone or now belongs to another process, or the machine rebooted), or a malformed
-        lock file. A live lock, and any lock taken on another machine, is never broken; for a
-        machine known to be gone use :func:`experimat.break_lock`.
-
-    Examples
-    --------
-    >>> expm = em.load_experiment("projects/muscle", mode="r")  # doctest: +SKIP
-    """
-    from ..methods._checks import check_bool, check_path
-
-    check_path("path", path)
-    check_bool("verify", verify)
-    check_bool("force", force)
-    if not (isinstance(load_samples, (bool, str)) or load_samples is None or
-            (isinstance(load_samples, Iterable) and all(isinstance(s, str) for s in load_samples))):
-        raise InvalidInputError(f"load_samples must be True, False, a sample name or a list of names, not {load_samples!r}.")
-    store = ProjectStore(path, mode=mode)
-    manifest = store.open(force=force)  # releases the lock itself if the manifest is refused
-    try:
-        return _open_experiment(store, manifest, load_samples=load_samples, verify=verify)
-    except BaseException:
-        store.lock.release()  # a failed open never keeps the lock
-        raise
-
-
-def _table_of(store: ProjectStore, manifest: dict[str, Any]) -> SampleTable:
-    try:
-        return SampleTable.from_records(manifest.get("sample_table", []))
-    except (InvalidInputError, KeyError, TypeError, ValueError) as e:
-        raise CorruptFileError(f"{store.manifest_path} is damaged: its sample_table is invalid ({e}). Restore "
-                               "manifest.json from a backup or a copy of the project.") from e
-
-
-def _open_experiment(store: ProjectStore, manifest: dict[str, Any], *, load_samples, verify: bool) -> Experiment:
-    for attempt in range(5):
-        if attempt > 0:
-            manifest = store.read_manifest(adopt=True)
-        expm = Experiment(_table_of(store, manifest), _store=store, _manifest=manifest, verify=verify)
-        expm._finalizer.detach()  # until the open succeeds, the caller releases the lock
-        for rel, entry in manifest["files"].items():  # cheap existence + size check of every file
-            p = store.resolve(rel)
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                break
-            if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
-                break
-        else:
-            try:
-                _load_requested(expm, load_samples)
-            except (CorruptFileError, ProjectChangedError):
-                if attempt < 4 and store.read_manifest().get("generation") != manifest.get("generation"):
-                    continue
-                raise
-            expm._finalizer = weakref.finalize(expm, _release, store)
-            return expm
-        current = store.read_manifest()
-        if current.get("generation") == manifest.get("generation"):
-            for rel, entry in manifest["files"].items():
-                store.check_file(rel, entry, verify=False)  # raises CorruptFileError naming the file
-        # a writer committed in between: read the new manifest
-    raise ProjectError(f"{store.root} kept changing while it was being opened; try again.")
-
-
-def _load_requested(expm: Experiment, load_samples: bool | Iterable[str]) -> None:
-    if load_samples is False or load_samples is None:
-        return
-    names = None if load_samples is True else ([load_samples] if isinstance(load_samples, str) else list(load_samples))
-    for mod in expm.modalities:
-        for s in expm.table.samples(mod):
-            if names is None or s in names:
-                expm.get_sample(mod, s)
-    if names is None:
-        expm.integrated  # noqa: B018  (reads the integrated data too)
-    else:
-        all_names = {s for m in expm.modalities for s in expm.table.samples(m)}
-        for n in names:
-            if n not in all_names:
-                raise SampleNotFoundError(n, sorted(all_names))
-
-
-def migrate(path: str | os.PathLike) -> Path:
-    """Upgrade a project folder of an older format to the current one, keeping a backup.
-
-    Format 1 is the first format; there is nothing to migrate from yet, so this checks the
-    folder and reports when it is already current.
-    """
-    store = ProjectStore(path, mode="r")
-    manifest = json.loads(store.manifest_path.read_text())
-    version = manifest.get("format_version")
-    from .._keys import FORMAT_VERSION
-
-    if version == FORMAT_VERSION:
-        logger.info(f"{path} is already at format {FORMAT_VERSION}; nothing to migrate.")
-        return store.root
-    raise ProjectError(f"no migration from format {version!r} to {FORMAT_VERSION} exists.")
-

@@ -151,3 +151,28 @@ def append_history(path: Path, records: list[dict[str, Any]]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def run_key(r: dict[str, Any]) -> tuple:
+    """What identifies one run record (method, sample, start, parameters, process)."""
+    return (r.get("method"), r.get("modality"), r.get("sample"), r.get("start"), r.get("params_hash"), r.get("pid"))
+
+
+def finished_samples(lines: list[dict[str, Any]], method: str, modality: str, session_runs: set[tuple]) -> dict[str, str]:
+    """``{sample: params_hash}`` of samples whose last run of ``method`` finished and whose result is kept.
+
+    A run counts once its result is committed (recorded ``saved``, or a later commit event naming
+    the sample), or when its key is in ``session_runs`` (its result is in memory)."""
+    last: dict[str, tuple[dict[str, Any], bool]] = {}
+    for r in lines:
+        if r.get("event") == "commit":
+            for mod, s in r["samples"]:
+                if mod == modality and s in last:
+                    last[s] = (last[s][0], True)
+            continue
+        if r.get("method") != method or r.get("modality") != modality or not isinstance(r.get("sample"), str):
+            continue
+        kept = r.get("saved", True) is not False or run_key(r) in session_runs
+        last[r["sample"]] = (r, kept)
+    return {s: r["params_hash"] for s, (r, kept) in last.items()
+            if kept and r.get("outcome") == "ok" and isinstance(r.get("params_hash"), str)}

@@ -7,6 +7,7 @@ a manifest it does not fully understand.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -127,3 +128,17 @@ def named_files(m: Any) -> set[str]:
     if isinstance(integ, dict) and isinstance(integ.get("file"), str):
         out.add(integ["file"])
     return out
+
+
+def base_manifest(manifest: dict[str, Any], sample_table: list[dict[str, Any]], version: str, created: str) -> dict[str, Any]:
+    """A deep copy of ``manifest`` to edit for the next commit, with every section present and the
+    package version and sample table of now (``created`` is kept when the manifest has one)."""
+    m = json.loads(json.dumps(manifest)) if manifest else {}
+    m.setdefault("created", created)
+    m.setdefault("files", {})
+    m.setdefault("samples", {})
+    m.setdefault("integrated", None)
+    m.setdefault("models", {})
+    m["experimat_version"] = version
+    m["sample_table"] = sample_table
+    return m

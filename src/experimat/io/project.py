@@ -550,3 +550,19 @@ class ProjectStore:
     @property
     def models_dir(self) -> Path:
         return self.root / FileName.MODELS_DIR
+
+
+def migrate(path: str | os.PathLike) -> Path:
+    """Upgrade a project folder of an older format to the current one, keeping a backup.
+
+    Format 1 is the first format; there is nothing to migrate from yet, so this checks the
+    folder and reports when it is already current.
+    """
+    store = ProjectStore(path, mode="r")
+    manifest = json.loads(store.manifest_path.read_text())
+    version = manifest.get("format_version")
+    if version == FORMAT_VERSION:
+        logger.info(f"{path} is already at format {FORMAT_VERSION}; nothing to migrate.")
+        return store.root
+    raise ProjectError(f"no migration from format {version!r} to {FORMAT_VERSION} exists.")
+
