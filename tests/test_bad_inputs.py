@@ -81,6 +81,8 @@ def _base_options(name: str, var_names) -> dict:
         "spatial_markers_spagcn": {"domain_key": "domain"},
         "spatial_metagene": {"domain_key": "domain", "target_cluster": "0"},
         "get_markers": {"group_name": "0"},
+        "filter_cells": {"min_counts": 1},
+        "filter_genes": {"min_cells": 1},
     }.get(name, {})
 
 

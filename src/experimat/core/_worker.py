@@ -72,10 +72,23 @@ def snapshot(adata) -> dict[str, Any]:
     }
 
 
-def diff(adata, before: dict[str, Any]) -> dict[str, Any]:
-    """The slots added, changed or removed since ``before`` (a :func:`snapshot`)."""
+def diff(adata, before: dict[str, Any], *, subsets: bool = False) -> dict[str, Any]:
+    """The slots added, changed or removed since ``before`` (a :func:`snapshot`).
+
+    ``subsets``: the method declares that it removes observations or genes
+    (:func:`~experimat.methods._checks.subsets_sample`); a change of shape then travels as the
+    kept ``obs_names``/``var_names`` (applied to the parent's copy by :func:`apply_delta`) plus
+    the ``uns`` entries it set.
+    """
     from .._errors import ExperimatError
 
+    if subsets and adata.shape != before["shape"]:
+        after_uns = snapshot(adata)["uns"]
+        return {
+            "subset": {"obs": adata.obs_names.to_numpy(), "var": adata.var_names.to_numpy()},
+            "set": {"uns": {k: adata.uns[k] for k, h in after_uns.items() if before["uns"].get(k) != h}},
+            "drop": {},
+        }
     if adata.shape != before["shape"]:
         raise ExperimatError(
             f"the method changed the shape of the data {before['shape']} -> {adata.shape}; methods run per sample must not "
@@ -106,6 +119,20 @@ def diff(adata, before: dict[str, Any]) -> dict[str, Any]:
 
 def apply_delta(adata, delta: dict[str, Any]) -> None:
     """Apply a :func:`diff` result to the parent's copy of the sample."""
+    if "subset" in delta:
+        from .._errors import ExperimatError
+
+        for axis, names in delta["subset"].items():
+            index = adata.obs_names if axis == "obs" else adata.var_names
+            if len(names) == len(index) and (index == names).all():
+                continue
+            pos = index.get_indexer(names)
+            if (pos < 0).any() or not index.is_unique:
+                raise ExperimatError(f"cannot apply the worker's subset of {axis}_names: names are missing or not unique.")
+            if axis == "obs":
+                adata._inplace_subset_obs(pos)
+            else:
+                adata._inplace_subset_var(pos)
     for where, items in delta.get("set", {}).items():
         if where == "X":
             adata.X = items
@@ -154,7 +181,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         adata = ad.read_h5ad(task["path"])
         before = snapshot(adata)
         result = task["func"](adata, **task["options"])
-        delta = diff(adata, before)
+        delta = diff(adata, before, subsets=bool(task.get("subsets")))
     except Exception as e:  # noqa: BLE001 - isolated per sample and reported to the parent
         return {"sample": task["sample"], "error": _picklable(e), "start": start, "end": time.time()}
     return {"sample": task["sample"], "result": result, "delta": delta, "start": start, "end": time.time()}

@@ -231,7 +231,8 @@ def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, execut
         tasks = {}
         for s in samples:
             opts = _sample_options(spec, options, kwargs, s)
-            tasks[s] = ({"func": spec.func, "sample": s, "path": paths[s], "options": opts}, opts)
+            subsets = getattr(spec.func, "__experimat_subsets__", None) is not None  # a declared whole-sample replacement
+            tasks[s] = ({"func": spec.func, "sample": s, "path": paths[s], "options": opts, "subsets": subsets}, opts)
 
         def handle(out: dict[str, Any]) -> None:
             s = out["sample"]

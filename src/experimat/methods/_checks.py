@@ -479,6 +479,25 @@ def preflight(spec: Any, adata: Any, options: Mapping[str, Any], *, sample: str,
                         "negative, fractional or non-finite values. Pass the layer with the raw counts (layer='counts'); "
                         "do not normalise or log-transform them first."
                     )
+    subsets = getattr(spec.func, "__experimat_subsets__", None)
+    if subsets is not None:
+        subsets(adata, dict(options), sample=sample)
+
+
+def subsets_sample(check: Any):
+    """Declare that a method removes observations or genes of its sample (a whole-sample replacement).
+
+    The runner then accepts the change of shape: serially the sample is subset in place; a worker
+    process sends back the kept ``obs_names``/``var_names`` and the parent subsets its copy the same
+    way. ``check(adata, options, sample=...)`` runs on every chosen sample before any work (it must
+    refuse, e.g., a filter that would leave no observations), so a refused call changes nothing.
+    """
+
+    def mark(func):
+        func.__experimat_subsets__ = check
+        return func
+
+    return mark
 
 
 def check_bool(name: str, value: Any) -> bool:

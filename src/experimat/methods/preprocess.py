@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InvalidInputError
-from ._checks import check_counts, check_positive_int, counts_input, get_coordinates, get_matrix, store_params
+from ._checks import (
+    check_counts,
+    check_positive_int,
+    counts_input,
+    get_coordinates,
+    get_matrix,
+    store_params,
+    subsets_sample,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -214,3 +222,210 @@ def spatial_smooth(
     adata.layers[key_added] = out.astype(np.float32)
     store_params(adata, key_added, {"layer": layer, "spatial_key": spatial_key, "n_neighbors": k, "alpha": alpha, "n_iter": n_iter})
     return float(np.abs(out - X).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# filtering (scanpy's sc.pp.filter_cells / sc.pp.filter_genes, several thresholds at once)
+
+
+def _check_threshold(name: str, value: Any, *, percent: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not np.isfinite(value) or value < 0:
+        raise InvalidInputError(f"{name} must be a number >= 0 or None; got {value!r}.")
+    if percent and value > 100:
+        raise InvalidInputError(f"{name} is a percentage (0-100); got {value!r}.")
+
+
+def _cell_mask(adata: AnnData, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, int]]:
+    names = ("min_counts", "min_genes", "max_counts", "max_genes", "max_pct_mt")
+    for n in names:
+        _check_threshold(n, options.get(n), percent=n == "max_pct_mt")
+    if all(options.get(n) is None for n in names):
+        raise InvalidInputError(f"filter_cells needs at least one threshold: {', '.join(names)}.")
+    X = get_matrix(adata, options.get("layer", "counts"))
+    total = np.asarray(X.sum(1), dtype=np.float64).ravel()
+    n_genes = np.asarray((X > 0).sum(1)).ravel()
+    keep = np.ones(adata.n_obs, dtype=bool)
+    removed: dict[str, int] = {}
+
+    def apply(name: str, ok: np.ndarray) -> None:
+        nonlocal keep
+        removed[name] = int((~ok).sum())
+        keep &= ok
+
+    if options.get("min_counts") is not None:
+        apply("min_counts", total >= options["min_counts"])
+    if options.get("max_counts") is not None:
+        apply("max_counts", total <= options["max_counts"])
+    if options.get("min_genes") is not None:
+        apply("min_genes", n_genes >= options["min_genes"])
+    if options.get("max_genes") is not None:
+        apply("max_genes", n_genes <= options["max_genes"])
+    if options.get("max_pct_mt") is not None:
+        prefix = str(options.get("mito_prefix", "mt-")).lower()
+        mito = np.asarray(_gene_symbols(adata).str.lower().str.startswith(prefix), dtype=bool)
+        mt = np.asarray(X[:, mito].sum(1), dtype=np.float64).ravel() if mito.any() else np.zeros_like(total)
+        pct = np.where(total > 0, 100.0 * mt / np.maximum(total, 1e-300), 0.0)
+        apply("max_pct_mt", pct <= options["max_pct_mt"])
+    return keep, removed
+
+
+def _gene_mask(adata: AnnData, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, int]]:
+    names = ("min_cells", "min_counts", "max_cells", "max_counts")
+    for n in names:
+        _check_threshold(n, options.get(n))
+    if all(options.get(n) is None for n in names):
+        raise InvalidInputError(f"filter_genes needs at least one threshold: {', '.join(names)}.")
+    import scipy.sparse as sp
+
+    X = get_matrix(adata, options.get("layer", "counts"))
+    Xc = X.tocsc() if sp.issparse(X) else X
+    total = np.asarray(Xc.sum(0), dtype=np.float64).ravel()
+    n_cells = np.asarray((Xc > 0).sum(0)).ravel()
+    keep = np.ones(adata.n_vars, dtype=bool)
+    removed: dict[str, int] = {}
+    for name, ok in (
+        ("min_cells", None if options.get("min_cells") is None else n_cells >= options["min_cells"]),
+        ("max_cells", None if options.get("max_cells") is None else n_cells <= options["max_cells"]),
+        ("min_counts", None if options.get("min_counts") is None else total >= options["min_counts"]),
+        ("max_counts", None if options.get("max_counts") is None else total <= options["max_counts"]),
+    ):
+        if ok is not None:
+            removed[name] = int((~ok).sum())
+            keep &= ok
+    return keep, removed
+
+
+def _refuse_empty(kind: str, what: str, keep: np.ndarray, removed: dict[str, int], sample: str | None) -> None:
+    if not keep.any():
+        detail = ", ".join(f"{k} removes {v}" for k, v in removed.items())
+        where = "the data" if sample is None else f"sample {sample!r}"
+        raise InvalidInputError(
+            f"{kind} would remove all {keep.size} {what} of {where} ({detail}); nothing was changed. "
+            "Loosen the thresholds (look at expm.<modality>.qc_metrics() first), or leave this sample out with "
+            "run_on_samples=[...]."
+        )
+
+
+def _check_integrated(kind: str, sample: str) -> None:
+    if sample == "integrated":
+        raise InvalidInputError(
+            f"{kind} removes observations or genes of a sample; run it per sample (run_on_samples=True or a list), "
+            "not on the integrated data (run_on_samples=None)."
+        )
+
+
+def _precheck_cells(adata: AnnData, options: dict[str, Any], *, sample: str) -> None:
+    _check_integrated("filter_cells", sample)
+    _refuse_empty("filter_cells", "observations", *_cell_mask(adata, options), sample)
+
+
+def _precheck_genes(adata: AnnData, options: dict[str, Any], *, sample: str) -> None:
+    _check_integrated("filter_genes", sample)
+    _refuse_empty("filter_genes", "genes", *_gene_mask(adata, options), sample)
+
+
+@subsets_sample(_precheck_cells)
+@counts_input("layer")
+def filter_cells(
+    adata: AnnData, *, layer: str | None = "counts", min_counts: float | None = None, min_genes: int | None = None,
+    max_counts: float | None = None, max_genes: int | None = None, max_pct_mt: float | None = None, mito_prefix: str = "mt-",
+    key_added: str = "filter_cells",
+) -> pd.Series:
+    """Remove observations (cells, spots, bins) that fail quality thresholds; the sample is subset in place.
+
+    Same rules as scanpy's ``sc.pp.filter_cells`` (an observation is kept when its total counts is
+    ``>= min_counts`` and ``<= max_counts`` and its number of detected genes is ``>= min_genes``
+    and ``<= max_genes``), here several at once, plus ``max_pct_mt``: the percentage of counts in
+    genes whose symbol (``var['gene']``, else the name) starts with ``mito_prefix``
+    (case-insensitive), kept when ``<=`` the threshold. All are computed from the raw counts of
+    ``layer``. Every layer, ``obsm``/``obsp`` entry and column is subset with the observations.
+
+    A filter that would remove every observation of a chosen sample is refused before any sample
+    is changed. ``uns[key_added]`` records the parameters, the number kept and removed, and the
+    number removed by each threshold.
+
+    Parameters
+    ----------
+    adata
+        Observations x genes.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    min_counts, max_counts
+        Bounds on the total counts of an observation.
+    min_genes, max_genes
+        Bounds on the number of genes with a count > 0.
+    max_pct_mt
+        Largest percentage (0-100) of mitochondrial counts.
+    mito_prefix
+        Prefix of mitochondrial gene symbols (``"mt-"`` mouse, ``"MT-"`` human; case-insensitive).
+    key_added
+        ``uns`` key of the record.
+
+    Returns
+    -------
+    Boolean Series over the observations before filtering: ``True`` for the kept ones.
+
+    Examples
+    --------
+    >>> expm.spatial_bin.filter_cells(min_counts=500, min_genes=200, max_pct_mt=20, run_on_samples=True)  # doctest: +SKIP
+    """
+    options = {"layer": layer, "min_counts": min_counts, "min_genes": min_genes, "max_counts": max_counts,
+               "max_genes": max_genes, "max_pct_mt": max_pct_mt, "mito_prefix": mito_prefix}
+    check_counts(get_matrix(adata, layer), layer=layer)
+    keep, removed = _cell_mask(adata, options)
+    _refuse_empty("filter_cells", "observations", keep, removed, None)
+    out = pd.Series(keep, index=adata.obs_names.copy(), name="kept")
+    if not keep.all():
+        adata._inplace_subset_obs(keep)
+    store_params(adata, key_added, options, n_kept=int(keep.sum()), n_removed=int((~keep).sum()), removed_by=removed)
+    return out
+
+
+@subsets_sample(_precheck_genes)
+@counts_input("layer")
+def filter_genes(
+    adata: AnnData, *, layer: str | None = "counts", min_cells: int | None = None, min_counts: float | None = None,
+    max_cells: int | None = None, max_counts: float | None = None, key_added: str = "filter_genes",
+) -> pd.Series:
+    """Remove genes that fail detection thresholds; the sample is subset in place.
+
+    Same rules as scanpy's ``sc.pp.filter_genes`` (a gene is kept when it has a count > 0 in
+    ``>= min_cells`` and ``<= max_cells`` observations and its total counts is ``>= min_counts``
+    and ``<= max_counts``), several at once, computed from the raw counts of ``layer``, per
+    sample. Every layer, ``varm`` entry and ``var`` column is subset with the genes.
+
+    A filter that would remove every gene of a chosen sample is refused before any sample is
+    changed. ``uns[key_added]`` records the parameters and the numbers kept and removed.
+
+    Parameters
+    ----------
+    adata
+        Observations x genes.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    min_cells, max_cells
+        Bounds on the number of observations in which the gene is detected.
+    min_counts, max_counts
+        Bounds on the gene's total counts.
+    key_added
+        ``uns`` key of the record.
+
+    Returns
+    -------
+    Boolean Series over the genes before filtering: ``True`` for the kept ones.
+
+    Examples
+    --------
+    >>> expm.spatial_bin.filter_genes(min_cells=10, run_on_samples=True)  # doctest: +SKIP
+    """
+    options = {"layer": layer, "min_cells": min_cells, "min_counts": min_counts, "max_cells": max_cells, "max_counts": max_counts}
+    check_counts(get_matrix(adata, layer), layer=layer)
+    keep, removed = _gene_mask(adata, options)
+    _refuse_empty("filter_genes", "genes", keep, removed, None)
+    out = pd.Series(keep, index=adata.var_names.copy(), name="kept")
+    if not keep.all():
+        adata._inplace_subset_var(keep)
+    store_params(adata, key_added, options, n_kept=int(keep.sum()), n_removed=int((~keep).sum()), removed_by=removed)
+    return out

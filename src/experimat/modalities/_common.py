@@ -29,6 +29,10 @@ def models_in_project(expm, modality: str, options: dict) -> dict:
 register_method(pp.qc_metrics, modalities=ALL, reads=("layers/{layer}",), writes=("obs/{key_added}.*", "var/{key_added}.*", "uns/{key_added}"))
 register_method(pp.normalize, modalities=ALL, reads=("layers/{layer}",), writes=("layers/{key_added}", "uns/{key_added}"))
 register_method(pp.pca, modalities=ALL, reads=("layers/{layer}",), writes=("obsm/{key_added}", "uns/{key_added}"))
+#: filters replace the whole sample (observations or genes removed from every slot)
+WHOLE_SAMPLE = ("X", "obs/*", "var/*", "obsm/*", "varm/*", "obsp/*", "layers/*")
+register_method(pp.filter_cells, modalities=ALL, reads=("layers/{layer}",), writes=(*WHOLE_SAMPLE, "uns/{key_added}"))
+register_method(pp.filter_genes, modalities=ALL, reads=("layers/{layer}",), writes=(*WHOLE_SAMPLE, "uns/{key_added}"))
 register_method(pp.neighbors_umap, modalities=ALL, reads=("obsm/{use_rep}",), writes=("obsm/{key_added}", "obsp/connectivities", "obsp/distances", "uns/{key_added}"))
 
 # figures (read-only)
