@@ -291,12 +291,27 @@ def test_same_genes_on_every_run():
     assert len(s0) >= 20 and len(s0 & s1) / len(s0 | s1) >= 0.8
 
 
-def test_n_bootstrap_inits_is_deprecated(synth_table):
+def test_more_checks(synth_table):
     a, _ = synth_table
-    with pytest.warns(FutureWarning, match="n_bootstrap_inits"):
-        locat(a.copy(), n_dims=8, n_bootstrap_inits=3, n_null_genes=40, n_atoms=64)
     with pytest.raises(InvalidInputError, match="n_splits"):
         locat(a.copy(), n_splits=0)
+    with pytest.raises(InvalidInputError, match="n_bootstrap_inits"):
+        locat(a.copy(), n_bootstrap_inits=0)
+
+
+def test_farthest_first_starts():
+    from experimat.methods.locat._background import farthest_first_starts
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(c, 0.2, (30, 2)) for c in ([0, 0], [4, 0], [0, 4])])
+    w = np.ones(x.shape[0])
+    starts = farthest_first_starts(x, w, 3, 4)
+    assert starts.shape == (4, 3, 2)
+    blob = lambda c: np.argmin(np.sum((np.array([[0, 0], [4, 0], [0, 4]]) - c) ** 2, axis=1))  # noqa: E731
+    for st in starts:  # every start puts one centre in each blob
+        assert sorted(blob(c) for c in st) == [0, 1, 2]
+    assert len({tuple(np.round(st[0], 6)) for st in starts}) > 1  # different first centres
+    np.testing.assert_array_equal(starts, farthest_first_starts(x, w, 3, 4))
 
 
 def test_principal_splits_are_deterministic_and_order_free():

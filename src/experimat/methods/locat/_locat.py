@@ -9,7 +9,8 @@ standardised per axis. Steps (each a function of its own module):
    deterministic principal-direction partition.
 2. **Background** (:func:`._background.fit_background`): the density of all cells, ``f0``, is a Gaussian
    mixture whose number of components is chosen by BIC over 1..``max_components``; every candidate is
-   fitted by EM from the principal-direction partition of the atoms into that many clusters.
+   fitted by EM from the principal-direction partition of the atoms into that many clusters; the chosen
+   size is refitted from ``n_bootstrap_inits`` deterministic starts and ``f0`` averages their densities.
 3. **Per gene** (:func:`._genes.score_items`, in memory-sized batches, ``jax.vmap`` over genes): a
    weighted mixture ``f1`` over the expressing cells (weights from expression, see ``knn_mode``); its
    number of components follows the reference rule (:func:`._prep.n_components`: how many background
@@ -63,7 +64,6 @@ chooses the cell weights as documented in :func:`locat`.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -194,7 +194,7 @@ def locat(
     embedding: str = "pca",
     n_dims: int | None = 8,
     layer: str | None = None,
-    n_bootstrap_inits: int | None = None,
+    n_bootstrap_inits: int = 10,
     knn_mode: str = "connectivity",
     n_neighbors: int = 15,
     reg_covar: float | None = 1e-6,
@@ -228,9 +228,10 @@ def locat(
     layer
         Layer with the expression values; ``None`` uses ``adata.X``.
     n_bootstrap_inits
-        Deprecated, without effect: the background mixture now starts from a deterministic partition
-        (stable across seeds) instead of random initialisations. Kept so that calls written for the
-        reference's tutorial run; passing it warns.
+        Starts of the background mixture of the chosen size; ``f0`` averages their densities (smoother
+        than one fit, as the reference's average over random starts). The starts are deterministic: the
+        principal-direction partition of the atoms, then weighted farthest-first seeds (the
+        deterministic counterpart of k-means++) from different first atoms.
     knn_mode
         ``"connectivity"``: an expressing cell's weight is the mean of its value and the
         neighbour-graph-weighted mean of its ``n_neighbors`` neighbours' values; ``"binary"``: every
@@ -348,7 +349,7 @@ def locat(
     t_bg = logger.info("LOCAT: background mixture (BIC over components)")
     atom, centres = atoms(emb, p["n_atoms"])
     atom_sums = _gmm.AtomSums(emb, atom, centres)
-    bg = fit_background(emb, centres, atom_sums, bw, geo.reg, p["max_components"])
+    bg = fit_background(emb, centres, atom_sums, bw, geo.reg, p["max_components"], p["n_bootstrap_inits"])
     logger.info(f"LOCAT: background uses {bg.k} components ({centres.shape[0]} atoms)", time=t_bg)
 
     C = neighbour_operator(geo, p["knn_mode"], p["n_neighbors"])
@@ -386,14 +387,7 @@ def locat(
 def _check_params(**p) -> dict:
     """Validate LOCAT's parameters; returns the record stored in ``uns`` (validated values, resolved seed)."""
     p["knn_mode"] = check_choice("knn_mode", p["knn_mode"], ("connectivity", "binary"))
-    if p["n_bootstrap_inits"] is not None:
-        check_positive_int("n_bootstrap_inits", p["n_bootstrap_inits"])
-        warnings.warn(
-            "locat(n_bootstrap_inits=...) has no effect any more: the background mixture starts from a "
-            "deterministic partition, so its result does not depend on random initialisations; drop the argument.",
-            FutureWarning,
-            stacklevel=3,
-        )
+    p["n_bootstrap_inits"] = check_positive_int("n_bootstrap_inits", p["n_bootstrap_inits"])
     p["n_neighbors"] = check_positive_int("n_neighbors", p["n_neighbors"])
     p["n_null_genes"] = check_positive_int("n_null_genes", p["n_null_genes"], minimum=20)
     p["n_splits"] = check_positive_int("n_splits", p["n_splits"])
