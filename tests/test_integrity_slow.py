@@ -99,27 +99,42 @@ def _history_lines(root: Path) -> list[str]:
 
 SAVER = textwrap.dedent(
     """
-    import sys, experimat as em
-    root, version, n_jobs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    expm = em.load_experiment(root, force=True)
-    for s in expm.spatial_bin.samples:
-        a = expm.spatial_bin[s]
-        a.obs["version"] = version
-        a.uns["version"] = version
-    expm.merge()
-    print("READY", flush=True)
-    if n_jobs > 1:
-        expm.spatial_bin.qc_metrics(run_on_samples=True, n_jobs=n_jobs, save=True)
-    else:
-        expm.spatial_bin.normalize(run_on_samples=True, save=True)
-    expm.save()
-    print("SAVED", flush=True)
+    import sys
+    import experimat as em
+
+    if __name__ == "__main__":  # (n_jobs=2 spawns workers that import this file)
+        root, version, n_jobs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        expm = em.load_experiment(root, force=True)
+        for s in expm.spatial_bin.samples:
+            a = expm.spatial_bin[s]
+            a.obs["version"] = version
+            a.uns["version"] = version
+        expm.merge()
+        print("READY", flush=True)
+        if n_jobs > 1:
+            expm.spatial_bin.qc_metrics(run_on_samples=True, n_jobs=n_jobs, save=True)
+        else:
+            expm.spatial_bin.normalize(run_on_samples=True, save=True)  # commits sample by sample
+        expm.save()  # the integrated data
+        print("SAVED", flush=True)
     """
 )
 
 
+def _versions(root: Path) -> tuple[dict[str, int], set[int]]:
+    """Load everything (checksums verified): each sample's version and the integrated data's versions."""
+    expm = em.load_experiment(root, mode="r", load_samples=True, verify=True)
+    samples = {s: int(expm.spatial_bin[s].uns.get("version", 0)) for s in expm.spatial_bin.samples}
+    integ = set()
+    if expm.integrated is not None:
+        integ = {int(x) for x in expm.integrated.mod["spatial-bin"].obs["version"].unique()}
+    return samples, integ
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_random_sigkills(tmp_path, n_jobs):
+    """Samples are committed one by one, so after a kill each sample (and the integrated data)
+    holds either its previous or the new version, complete and verified."""
     root = tmp_path / "p"
     make_synthetic_experiment(n_samples=3, n_spots=300, n_genes=40, project=root).close()
     outside, outside_before = _outside(tmp_path)
@@ -131,32 +146,33 @@ def test_random_sigkills(tmp_path, n_jobs):
     assert proc.stdout.readline().strip() == "SAVED"
     max_delay = 1.3 * (time.perf_counter() - t0)  # kill anywhere in a whole run (the machine's load varies)
     proc.wait()
-    rng = np.random.default_rng(16 + n_jobs)
-    current, counts = 0, {"old": 0, "new": 0, "unreadable": 0, "lost_records": 0, "orphan_workers": 0}
+    current, integ_now = _versions(root)
+    counts = {"old": 0, "partial": 0, "new": 0, "unreadable": 0, "lost_records": 0, "orphan_workers": 0}
     for trial in range(1, N_KILLS + 1):
         records_before = _history_lines(root)
         proc = subprocess.Popen([sys.executable, str(script), str(root), str(trial), str(n_jobs)],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "READY"
-        time.sleep(rng.uniform(0.0, max_delay))
+        time.sleep(rng_uniform(trial, max_delay))
         counts["orphan_workers"] += _kill_tree(proc)
         try:
-            versions = _state(root)
+            samples, integ = _versions(root)
         except em.ExperimatError as e:
             counts["unreadable"] += 1
             print(f"trial {trial}: unreadable: {e}")
             continue
-        assert len(versions) == 1, f"trial {trial}: mixed state {versions}"
-        (v,) = versions
-        assert v in (current, trial)
-        counts["new" if v == trial else "old"] += 1
-        current = v
+        for s, v in samples.items():
+            assert v in (current[s], trial), f"trial {trial}: sample {s} holds version {v}"
+        assert len(integ) == 1 and integ <= integ_now | {trial}, f"trial {trial}: integrated {integ}"
+        n_new = sum(v == trial for v in samples.values())
+        counts["new" if n_new == len(samples) and integ == {trial} else ("old" if n_new == 0 else "partial")] += 1
+        current, integ_now = samples, integ
         after = _history_lines(root)
         counts["lost_records"] += sum(1 for r in records_before if r not in set(after))
         assert after[: len(records_before)] == records_before, f"trial {trial}: history records lost or reordered"
     print(f"\nSIGKILL during {'n_jobs=2 runs' if n_jobs > 1 else 'saves'}: {N_KILLS} kills, {counts}, load {os.getloadavg()}")
     assert counts["unreadable"] == 0 and counts["lost_records"] == 0
-    assert counts["old"] > 0 and counts["new"] > 0, counts  # the kills landed both inside and after saves
+    assert counts["old"] + counts["partial"] > 0 and counts["new"] > 0, counts  # kills landed inside and after runs
     assert _stat_tree(outside) == outside_before  # 0 files touched outside the folder
     leftovers = [p for p in (root / "samples" / "spatial-bin").iterdir() if p.name.endswith(".tmp")]
     expm = em.load_experiment(root, force=True)
@@ -164,6 +180,10 @@ def test_random_sigkills(tmp_path, n_jobs):
     expm.save()
     expm.close()
     assert not [p for p in leftovers if p.exists()]  # the next writer removed crashed writers' temporary files
+
+
+def rng_uniform(trial: int, high: float) -> float:
+    return float(np.random.default_rng(1600 + trial).uniform(0.0, high))
 
 
 RACER = textwrap.dedent(
