@@ -532,3 +532,55 @@ def test_synthetic_absolute_mode_keeps_null_genes_null():
     padj = a.var["s.padj"].to_numpy()
     assert (padj[~null] < 0.05).sum() >= 80
     assert (padj[null] < 0.05).sum() <= 2
+
+
+def test_spatial_patterns_shows_progress_and_chunking_keeps_results(monkeypatch):
+    """AEH reports its variational iterations through the project's progress bar (issue 18); the
+    bar's chunked loop gives the same updates as one loop."""
+    import experimat._logging as logmod
+    from experimat.methods.svg import _aeh
+
+    bars = []
+
+    class Spy:
+        def __init__(self, total, description="", *, disable=None):
+            self.total, self.description, self.disable, self.advanced = total, description, disable, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def update(self, advance=1, description=None):
+            self.advanced += advance
+
+        def __exit__(self, *exc):
+            return None
+
+    rng = np.random.default_rng(1)
+    xy, _ = em.datasets.visium_hex_grid(200)
+    xy = xy / 138.0
+    p1 = np.exp(-((xy - xy[30]) ** 2).sum(1) / 20.0)
+    Y = np.hstack([p1[:, None] + 0.5 * rng.normal(size=(200, 10)), rng.normal(size=(200, 10))])
+    a = ad.AnnData(Y, var=pd.DataFrame(index=[f"g{i}" for i in range(20)]))
+    a.obsm["spatial"] = xy
+    kw = dict(genes=list(a.var_names), n_patterns=3, lengthscale=3.0, layer=None, normalize="none", seed=0)
+    monkeypatch.setattr(logmod, "ProgressBar", Spy)
+    with em.settings.override(progress=True):
+        out = spatial_patterns(a.copy(), n_iter=60, **kw)
+    aeh_bars = [b for b in bars if b.description == "AEH iterations"]
+    assert len(aeh_bars) == 1 and aeh_bars[0].total == 60 and not aeh_bars[0].disable
+    b = a.copy()
+    bars.clear()
+    with em.settings.override(progress=True):
+        spatial_patterns(b, n_iter=60, **kw)
+    (bar,) = [x for x in bars if x.description == "AEH iterations"]
+    assert 0 < bar.advanced == b.uns["aeh"]["iterations"] <= 60
+    # chunk size does not change the result (chunks of 1 vs 25 vs all at once)
+    ref = out["membership"].to_numpy()
+    for chunk in (1, 1000):
+        monkeypatch.setattr(_aeh, "_CHUNK", chunk)
+        again = spatial_patterns(a.copy(), n_iter=60, **kw)
+        np.testing.assert_allclose(again["membership"].to_numpy(), ref, rtol=1e-10, atol=1e-12)
+    bars.clear()
+    spatial_patterns(a.copy(), n_iter=60, **kw)  # em.settings.progress is False in the tests
+    assert bars and all(b.disable for b in bars if b.description == "AEH iterations")

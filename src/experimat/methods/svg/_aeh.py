@@ -20,43 +20,52 @@ from experimat.methods._checks import counts_input
 _DEFAULT_KEYS = ("spatialde", "spatialde_gp", "moran")
 
 
+#: variational iterations per compiled call; the progress bar advances between calls
+_CHUNK = 25
+
+
 @cache
-def _vb(n_iter: int, C: int):
+def _vb(C: int):
+    """Jitted ``(step_until, finish)``: ``step_until(state, stop, Yt, S, alpha0)`` iterates the
+    updates from ``state = (R, s2e, change, it)`` until ``it == stop`` or the memberships settle;
+    ``finish`` returns the final memberships, pattern means and noise variance. Iterating in
+    chunks gives exactly the updates of one loop to ``n_iter`` (the bar is shown between chunks)."""
     import jax
     import jax.numpy as jnp
     from jax.scipy.special import digamma
 
-    def run(Yt, S, R0, alpha0):
+    def stats(R, s2e, Yt, S, alpha0):
+        G = Yt.shape[0]
+        Sinv = 1.0 / jnp.maximum(S, 1e-8)
+        Nc = R.sum(0)  # (C,)
+        d = 1.0 / (Sinv[None, :] + Nc[:, None] / s2e)  # (C, n) posterior variances
+        m = d * (R.T @ Yt) / s2e  # (C, n) posterior means
+        sq = (Yt**2).sum(1)[:, None] - 2.0 * Yt @ m.T + (m**2).sum(1)[None, :] + d.sum(1)[None, :]
+        elog_pi = digamma(alpha0 + Nc) - digamma(C * alpha0 + G)
+        logits = elog_pi[None, :] - 0.5 * sq / s2e
+        return jax.nn.softmax(logits, axis=1), m, sq
+
+    def step_until(state, stop, Yt, S, alpha0):
         # Yt: (G, n) gene profiles in the kernel's eigenbasis; S: (n,) eigenvalues
         G, n = Yt.shape
-        Sinv = 1.0 / jnp.maximum(S, 1e-8)
 
         def step(state):
             R, s2e, _, it = state
-            Nc = R.sum(0)  # (C,)
-            d = 1.0 / (Sinv[None, :] + Nc[:, None] / s2e)  # (C, n) posterior variances
-            m = d * (R.T @ Yt) / s2e  # (C, n) posterior means
-            sq = (Yt**2).sum(1)[:, None] - 2.0 * Yt @ m.T + (m**2).sum(1)[None, :] + d.sum(1)[None, :]
-            elog_pi = digamma(alpha0 + Nc) - digamma(C * alpha0 + G)
-            logits = elog_pi[None, :] - 0.5 * sq / s2e
-            Rn = jax.nn.softmax(logits, axis=1)
+            Rn, _, sq = stats(R, s2e, Yt, S, alpha0)
             s2e_n = jnp.maximum((Rn * sq).sum() / (G * n), 1e-6)
             change = jnp.abs(Rn - R).max()
             return Rn, s2e_n, change, it + 1
 
         def cond(state):
-            return (state[3] < n_iter) & (state[2] > 1e-6)
+            return (state[3] < stop) & (state[2] > 1e-6)
 
-        R, s2e, _, it = jax.lax.while_loop(cond, step, (R0, jnp.asarray(1.0), jnp.asarray(1.0), 0))
-        Nc = R.sum(0)
-        d = 1.0 / (Sinv[None, :] + Nc[:, None] / s2e)
-        m = d * (R.T @ Yt) / s2e
-        sq = (Yt**2).sum(1)[:, None] - 2.0 * Yt @ m.T + (m**2).sum(1)[None, :] + d.sum(1)[None, :]
-        elog_pi = digamma(alpha0 + Nc) - digamma(C * alpha0 + G)
-        logits = elog_pi[None, :] - 0.5 * sq / s2e
-        return jax.nn.softmax(logits, axis=1), m, s2e, it
+        return jax.lax.while_loop(cond, step, state)
 
-    return jax.jit(run)
+    def finish(R, s2e, Yt, S, alpha0):
+        Rn, m, _ = stats(R, s2e, Yt, S, alpha0)
+        return Rn, m
+
+    return jax.jit(step_until), jax.jit(finish)
 
 
 def _select_genes(adata, genes) -> tuple[list[str], str | None]:
@@ -99,6 +108,7 @@ def spatial_patterns(
     alpha0: float = 1.0,
     seed: int | None = None,
     use_gpu: bool = True,
+    progress: bool = True,
     key_added: str = "aeh",
 ):
     """Group spatially variable genes into ``n_patterns`` spatial patterns (SpatialDE's AEH).
@@ -130,6 +140,8 @@ def spatial_patterns(
         Seed of the initial assignment (``None``: ``em.settings.seed``).
     use_gpu
         Use a GPU through JAX when present.
+    progress
+        Show a progress bar over the variational iterations (also off with ``em.settings.progress = False``).
     key_added
         Output key.
 
@@ -154,7 +166,7 @@ def spatial_patterns(
     import jax.numpy as jnp
     import pandas as pd
 
-    from experimat._logging import logger
+    from experimat._logging import ProgressBar, logger
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, check_positive_int, get_matrix, store_params
     from experimat.methods._graph import nn_distance
@@ -202,8 +214,18 @@ def spatial_patterns(
     with jax.enable_x64(True):
         dev = jax.devices(device)[0]
         put = lambda a: jax.device_put(jnp.asarray(a, dtype=jnp.float64), dev)  # noqa: E731
-        R, m, s2e, it = _vb(int(n_iter), int(n_patterns))(put(Yt), put(S), put(R0), put(alpha0))
-        R, m, s2e, it = np.asarray(R), np.asarray(m), float(s2e), int(it)
+        step_until, finish = _vb(int(n_patterns))
+        Yt_d, S_d, a0 = put(Yt), put(S), put(alpha0)
+        state = (put(R0), jnp.asarray(1.0, dtype=jnp.float64), jnp.asarray(1.0, dtype=jnp.float64), jnp.asarray(0))
+        with ProgressBar(int(n_iter), "AEH iterations", disable=not (progress and settings.progress)) as bar:
+            done = 0
+            while done < n_iter and float(state[2]) > 1e-6:
+                state = step_until(state, jnp.asarray(min(done + _CHUNK, int(n_iter))), Yt_d, S_d, a0)
+                now = int(state[3])
+                bar.update(now - done)
+                done = now
+        R, m = finish(state[0], state[1], Yt_d, S_d, a0)
+        R, m, s2e, it = np.asarray(R), np.asarray(m), float(state[1]), int(state[3])
     patterns = U @ m.T  # (n, C)
     pat_df = pd.DataFrame(patterns, index=adata.obs_names.copy(), columns=[str(c) for c in range(n_patterns)])
     memb = pd.DataFrame(R, index=kept_names, columns=[str(c) for c in range(n_patterns)])
