@@ -15,7 +15,7 @@ import pandas as pd
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat.methods._checks import check_positive_int
 
-from ._render import Panel, embedding_options, grid_layout, render
+from ._render import Panel, embedding_options, grid_layout, is_spatial_basis, render
 from ._utils import ColorValues, as_adata_dict, as_key_list, color_limit, make_palette, union_categories
 
 if TYPE_CHECKING:
@@ -53,6 +53,12 @@ def _obsm_frame(adata: AnnData, key: str, sample: str, fix: str) -> pd.DataFrame
     if arr.ndim != 2:
         raise InvalidInputError(f"obsm[{key!r}] must be 2-D; got shape {arr.shape}.")
     return pd.DataFrame(arr, index=adata.obs_names, columns=[str(i) for i in range(arr.shape[1])])
+
+
+def _split(basis: Any) -> bool:
+    """Integrated data are drawn one panel per sample on spatial coordinates (not on an embedding, nor on the
+    already tiled ``spatial.tiled``)."""
+    return isinstance(basis, str) and is_spatial_basis(basis) and basis != "spatial.tiled"
 
 
 def _prefix(sample: str, n_samples: int) -> str:
@@ -101,7 +107,7 @@ def plot_patterns(
     >>> adata.obsm["aeh"] = pd.DataFrame(np.random.rand(200, 3), index=adata.obs_names, columns=["0", "1", "2"])
     >>> fig = em.pl.plot_patterns(adata, key="aeh")
     """
-    samples = as_adata_dict(adata, what="adata")
+    samples = as_adata_dict(adata, what="adata", split_samples=_split(basis))
     per_sample = {}
     for name, ad in samples.items():
         frame = _obsm_frame(
@@ -172,7 +178,7 @@ def plot_domains(
     >>> adata = em.datasets.synthetic_domains(300, 3, 50, n_markers_per_domain=5)
     >>> fig = em.pl.plot_domains(adata, keys=["domain"])
     """
-    samples = as_adata_dict(adata, what="adata")
+    samples = as_adata_dict(adata, what="adata", split_samples=True)
     keys = [k for k in as_key_list(keys, "keys") if k is not None]
     cols = []
     for name, ad in samples.items():
@@ -279,7 +285,7 @@ def plot_locat(
     >>> fig = em.pl.plot_locat(adata, basis="X_umap", n_top=4)  # doctest: +SKIP
     """
     n_top = check_positive_int("n_top", n_top)
-    samples = as_adata_dict(adata, what="adata")
+    samples = as_adata_dict(adata, what="adata", split_samples=_split(basis))
     rows: list[list[Panel | None]] = []
     empty: list[tuple[int, str]] = []
     for name, ad in samples.items():
@@ -371,7 +377,7 @@ def plot_abundance(
     --------
     >>> fig = em.pl.plot_abundance(adata, "cell2location.q05", types=["astrocytes"])  # doctest: +SKIP
     """
-    samples = as_adata_dict(adata, what="adata")
+    samples = as_adata_dict(adata, what="adata", split_samples=True)
     type_list = _types_of(samples, key, types)
     rows = grid_layout(list(samples), [f"{key}:{t}" for t in type_list], ncols)
     for row in rows:
@@ -460,7 +466,7 @@ def plot_abundance_blend(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LinearSegmentedColormap, Normalize, to_rgba
 
-    samples = as_adata_dict(adata, what="adata")
+    samples = as_adata_dict(adata, what="adata", split_samples=True)
     type_list = _types_of(samples, key, types)
     if not 1 <= len(type_list) <= len(BLEND_COLORS):
         raise InvalidInputError(
@@ -554,7 +560,7 @@ def plot_embedding(
     --------
     >>> fig = em.pl.plot_embedding(adata, "X_umap", color="leiden")  # doctest: +SKIP
     """
-    samples = as_adata_dict(adata, what="adata")
+    samples = as_adata_dict(adata, what="adata", split_samples=_split(basis))
     opts = embedding_options(
         {
             "basis": basis,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._render import embedding_options, grid_layout, render
+from ._render import embedding_options, grid_layout, is_spatial_basis, render
 from ._utils import as_adata_dict, as_key_list
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ def plot_spatial(
 ) -> Figure:
     """Spots coloured by a gene, an obs column or an abundance, over the tissue image.
 
-    One panel per sample (and per colour key when ``color`` is a list). Coordinates are the
+    One panel per sample (and per colour key when ``color`` is a list); integrated data
+    (``run_on_samples=None``) are split into one panel per section, side by side. Coordinates are the
     full-resolution pixels of ``obsm[basis]`` whatever image is drawn, so ``xrange``/``yrange``
     mean the same for ``hires`` and ``lowres``.
 
@@ -80,11 +81,12 @@ def plot_spatial(
     ...                          plot_embeddings={"color": "domain", "ptsize": 15})
     >>> fig.savefig("domains.png")  # doctest: +SKIP
     """
-    samples = as_adata_dict(adatas)
     if plot_embeddings is None:
         opts = embedding_options(None, visible=channels is None)
     else:
         opts = embedding_options(plot_embeddings)
+    basis = opts["basis"]
+    samples = as_adata_dict(adatas, split_samples=isinstance(basis, str) and is_spatial_basis(basis) and basis != "spatial.tiled")
     colors = as_key_list(opts["color"], "plot_embeddings['color']")
     rows = grid_layout(list(samples), colors, ncols)
     return render(

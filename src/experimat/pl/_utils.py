@@ -70,8 +70,39 @@ def check_figsize(figsize: Any) -> tuple[float, float] | None:
     return w, h
 
 
-def as_adata_dict(adatas: Any, *, what: str = "adatas") -> dict[str, AnnData]:
-    """``{name: AnnData}`` from one AnnData or a mapping of them."""
+def split_integrated(samples: dict[str, AnnData]) -> dict[str, AnnData]:
+    """One panel per section for integrated data (``run_on_samples=None``, or a merged modality).
+
+    A single AnnData that holds several samples (``obs['sample']`` with more than one value,
+    written by :meth:`~experimat.Experiment.merge`) is split into ``{sample: view}`` in the
+    order of ``uns['merge']['samples']``, so spatial plots lay the sections out side by side,
+    one panel each with the sample name as title and the sample's own image from
+    ``uns['spatial'][sample]`` when present, instead of drawing all sections on top of each other.
+    """
+    if len(samples) != 1:
+        return samples
+    adata = next(iter(samples.values()))
+    if "sample" not in adata.obs.columns:
+        return samples
+    col = adata.obs["sample"].astype(str)
+    present = list(dict.fromkeys(col))
+    if len(present) < 2:
+        return samples
+    merge = adata.uns.get("merge")
+    order = [str(s) for s in merge.get("samples", [])] if isinstance(merge, Mapping) else []
+    names = [s for s in order if s in set(present)] + [s for s in present if s not in set(order)]
+    values = col.to_numpy()
+    return {s: adata[values == s] for s in names}
+
+
+def as_adata_dict(adatas: Any, *, what: str = "adatas", split_samples: bool = False) -> dict[str, AnnData]:
+    """``{name: AnnData}`` from one AnnData or a mapping of them.
+
+    ``split_samples``: integrated data (several samples in one AnnData) becomes one entry per
+    sample (:func:`split_integrated`); spatial plots set it, embeddings such as UMAP do not.
+    """
+    if split_samples:
+        return split_integrated(as_adata_dict(adatas, what=what))
     from anndata import AnnData
 
     if isinstance(adatas, AnnData):
