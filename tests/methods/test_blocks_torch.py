@@ -83,3 +83,15 @@ def test_train_epoch_loss_reductions_and_early_stop():
     assert mean == pytest.approx([4.0, 4.0])
     stopped = train(loss_fn, opt, batches, max_epochs=50, n_obs=12, name="t", batch_len=lens.get, early_stop=lambda h: len(h) >= 3)
     assert len(stopped) == 3
+
+
+def test_train_clips_the_gradient_norm():
+    w = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1.0)
+    target = torch.tensor([300.0, -400.0, 0.0, 0.0])  # gradient of 0.5 |w - t|^2 at 0: norm 500
+
+    def loss_fn(b, epoch):
+        return 0.5 * ((w - target) ** 2).sum()
+
+    train(loss_fn, opt, minibatches(1, None, None), max_epochs=1, n_obs=1, name="clip", clip_grad_norm=5.0)
+    np.testing.assert_allclose(w.detach().numpy(), [3.0, -4.0, 0.0, 0.0], rtol=1e-6)  # one step of norm 5

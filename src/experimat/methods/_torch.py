@@ -105,6 +105,7 @@ def train(
     threads: int | None = None,
     device=None,
     early_stop: Callable[[list[float]], bool] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> list[float]:
     """Train for up to ``max_epochs`` epochs and return the loss per epoch.
 
@@ -114,11 +115,20 @@ def train(
     batches) or their mean weighted by batch length per observation (``"obs_mean"``: the summed
     ``loss * len(batch)`` divided by ``n_obs``; a ``None`` batch has ``n_obs`` rows). ``threads``
     and ``device`` go to :func:`torch_threads`; ``early_stop(history)``, checked after every epoch,
-    ends training when it returns True.
+    ends training when it returns True; ``clip_grad_norm`` clips the gradients of the optimiser's
+    parameters to that total norm before each step.
     """
     history: list[float] = []
     t0 = time.perf_counter()
     size = batch_len or (lambda b: n_obs if b is None else len(b))
+    clip = None
+    if clip_grad_norm:
+        torch = import_optional("torch", purpose="training")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+
+        def clip() -> None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+
     with torch_threads(threads, device), ProgressBar(max_epochs, name) as bar:
         for epoch in range(max_epochs):
             total, count = 0.0, 0
@@ -126,6 +136,8 @@ def train(
                 loss = loss_fn(batch, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip is not None:
+                    clip()
                 optimizer.step()
                 value = float(loss.detach())
                 if epoch_loss == "obs_mean":

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from experimat._logging import ProgressBar, logger
+from experimat._logging import logger
+from experimat.methods._torch import minibatches, train
 
 
 @dataclass
@@ -162,6 +163,7 @@ def train_deepst(
         n_pos = pos.shape[1]
         dom_t = torch.from_numpy(batches.astype(np.int64)).to(device) if n_batches > 1 else None
         net = build_network(torch, x.shape[1], cfg, n_batches).to(device)
+        full_batch = minibatches(n, None, None)  # every epoch: one full-batch step
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         def loss_fn(recon, mu, logstd, z, dom):
@@ -176,12 +178,6 @@ def train_deepst(
                 loss = loss + cfg.domain_weight * F.cross_entropy(dom, dom_t)
             return loss
 
-        def step(loss):
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-
         @torch.no_grad()
         def evaluate():
             net.eval()
@@ -190,14 +186,16 @@ def train_deepst(
 
         start = logger.info(f"DeepST: pre-training on {n} spots x {x.shape[1]} inputs, {pre_epochs} epochs ({device})")
         t0 = time.perf_counter()
-        with ProgressBar(pre_epochs, "DeepST pre-training") as bar:
-            for _ in range(pre_epochs):
-                net.train()
-                xin = x.masked_fill(torch.rand(x.shape, device=device) < cfg.corrupt, 0.0)
-                # forward on the corrupted input, reconstruct the clean one
-                z, mu, logstd, recon, _, dom = net(xin, adj)
-                step(loss_fn(recon, mu, logstd, z, dom))
-                bar.update()
+
+        def pretrain_loss(_, epoch):
+            net.train()
+            xin = x.masked_fill(torch.rand(x.shape, device=device) < cfg.corrupt, 0.0)
+            # forward on the corrupted input, reconstruct the clean one
+            z, mu, logstd, recon, _, dom = net(xin, adj)
+            return loss_fn(recon, mu, logstd, z, dom)
+
+        train(pretrain_loss, opt, full_batch, max_epochs=pre_epochs, n_obs=n, name="DeepST pre-training",
+              clip_grad_norm=cfg.grad_clip)
         timings["pretrain_s"] = time.perf_counter() - t0
         logger.info(f"DeepST: pre-training done, peak memory {peak_rss_mb():.0f} MB", time=start)
 
@@ -211,18 +209,19 @@ def train_deepst(
         start = logger.info(f"DeepST: DEC refinement with {k} initial clusters, {epochs} epochs")
         t0 = time.perf_counter()
         target = None
-        with ProgressBar(epochs, "DeepST training") as bar:
-            for epoch in range(epochs):
-                if epoch % cfg.q_stride == 0:
-                    _, q_eval = evaluate()
-                    target = _target_distribution(q_eval).detach()
-                net.train()
-                z, mu, logstd, recon, q, dom = net(x, adj)
-                # KL(P || Q) averaged over spots and clusters (as F.kl_div's 'mean' in the reference)
-                kl = (target * (torch.log(target.clamp_min(1e-12)) - torch.log(q))).mean()
-                loss = loss_fn(recon, mu, logstd, z, dom) + cfg.kl_weight * kl
-                step(loss)
-                bar.update()
+
+        def dec_loss(_, epoch):
+            nonlocal target
+            if epoch % cfg.q_stride == 0:
+                _, q_eval = evaluate()
+                target = _target_distribution(q_eval).detach()
+            net.train()
+            z, mu, logstd, recon, q, dom = net(x, adj)
+            # KL(P || Q) averaged over spots and clusters (as F.kl_div's 'mean' in the reference)
+            kl = (target * (torch.log(target.clamp_min(1e-12)) - torch.log(q))).mean()
+            return loss_fn(recon, mu, logstd, z, dom) + cfg.kl_weight * kl
+
+        train(dec_loss, opt, full_batch, max_epochs=epochs, n_obs=n, name="DeepST training", clip_grad_norm=cfg.grad_clip)
         timings["train_s"] = time.perf_counter() - t0
         n_ep = max(pre_epochs + epochs, 1)
         timings["per_epoch_s"] = (timings["pretrain_s"] + timings["train_s"]) / n_ep
