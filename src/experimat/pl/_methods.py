@@ -243,12 +243,34 @@ def locat_top_genes(adata: AnnData, key: str = "locat", n_top: int = 4) -> tuple
     return top(conc & ~depl & ~joint), top(joint)
 
 
+def _locat_gene_rows(genes: Any) -> list[tuple[str, list[str]]] | None:
+    """``genes=`` of :func:`plot_locat` as ``[(row label, [gene, ...]), ...]``."""
+    if genes is None:
+        return None
+    def names(v: Any) -> list[Any]:
+        if isinstance(v, str):
+            return [v]
+        return list(v) if isinstance(v, (Sequence, pd.Index, np.ndarray)) else []
+
+    if isinstance(genes, Mapping):
+        rows = [(str(k), names(v)) for k, v in genes.items()]
+    else:
+        rows = [("", names(genes))]
+    if not rows or any(not g or any(not isinstance(x, str) for x in g) for _, g in rows):
+        raise InvalidInputError(
+            "genes must be a non-empty list of gene names, or {row label: [gene names]} with non-empty lists; "
+            f"got {genes!r}."
+        )
+    return rows
+
+
 def plot_locat(
     adata: AnnData | Mapping[str, AnnData],
     key: str = "locat",
     *,
     basis: str = "X_umap",
     n_top: int = 4,
+    genes: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     layer: str | None = None,
     cmap: str = "viridis",
     vmax: float | str | None = "p99",
@@ -258,7 +280,7 @@ def plot_locat(
     library_id: str | None = None,
 ) -> Figure:
     """LOCAT grid: expression of the top concentrated genes (first row) and top concentrated-and-
-    depleted genes (second row) on an embedding.
+    depleted genes (second row) on an embedding, or of the user's own gene lists (``genes=``).
 
     Parameters
     ----------
@@ -270,7 +292,12 @@ def plot_locat(
     basis
         ``"X_umap"`` (any obsm embedding) or ``"spatial"``.
     n_top
-        Genes per row, ranked by z-score (ties: smaller p-value first).
+        Genes per row, ranked by z-score (ties: smaller p-value first). Ignored with ``genes``.
+    genes
+        The genes to draw instead of the top ones: a list (one row) or ``{row label: [genes]}``
+        (one row per list, e.g. ``{"concentrated": [...], "conc. + depleted": [...]}``). Gene
+        symbols or ids (as :func:`plot_spatial`'s colour keys). Panel titles give the symbol and,
+        when LOCAT was run, its z-score; the LOCAT columns are then not required.
     layer
         Expression layer (None: ``X``).
     cmap, vmax, ptsize, channels, figsize, library_id
@@ -283,21 +310,32 @@ def plot_locat(
     Examples
     --------
     >>> fig = em.pl.plot_locat(adata, basis="X_umap", n_top=4)  # doctest: +SKIP
+    >>> fig = em.pl.plot_locat(adata, genes={"B cells": ["CD79A", "MS4A1"], "T cells": ["CD3E"]})  # doctest: +SKIP
     """
     n_top = check_positive_int("n_top", n_top)
+    chosen = _locat_gene_rows(genes)
     samples = as_adata_dict(adata, what="adata", split_samples=_split(basis))
+    if chosen is not None:
+        n_top = max(len(g) for _, g in chosen)
     rows: list[list[Panel | None]] = []
     empty: list[tuple[int, str]] = []
     for name, ad in samples.items():
-        conc, joint = locat_top_genes(ad, key, n_top)
-        z = ad.var[f"{key}.zscore"]
+        if chosen is None:
+            conc, joint = locat_top_genes(ad, key, n_top)
+            lists = [(conc, "concentrated"), (joint, "conc. + depleted")]
+        else:
+            from experimat.methods._checks import resolve_genes
+
+            lists = [(resolve_genes(ad, g), label) for label, g in chosen]
+        z = ad.var[f"{key}.zscore"] if f"{key}.zscore" in ad.var.columns else None
         sym = ad.var["gene"].astype(str) if "gene" in ad.var.columns else pd.Series(ad.var_names, index=ad.var_names)
-        for genes, label in ((conc, "concentrated"), (joint, "conc. + depleted")):
-            if not genes:
+        for names, label in lists:
+            if not names:
                 empty.append((len(rows), f"{_prefix(name, len(samples))}no significant {label} genes"))
-            row: list[Panel | None] = [
-                Panel(name, g, f"{_prefix(name, len(samples))}{sym[g]}\n{label}, z={float(z[g]):.1f}") for g in genes
-            ]
+            row: list[Panel | None] = []
+            for g in names:
+                detail = ", ".join(x for x in (label, "" if z is None else f"z={float(z[g]):.1f}") if x)
+                row.append(Panel(name, g, f"{_prefix(name, len(samples))}{sym[g]}" + (f"\n{detail}" if detail else "")))
             rows.append(row + [None] * (n_top - len(row)))
     opts = embedding_options({"basis": basis, "cmap": cmap, "vmax": vmax, "ptsize": ptsize, "layer": layer})
     fig = render(
