@@ -57,11 +57,3 @@ def jax_device(use_gpu: bool = True) -> str:
         except RuntimeError:
             pass
     return "cpu"
-
-
-def torch_device(use_gpu: bool = True):
-    """The torch device to use: CUDA when present and ``use_gpu``, else CPU."""
-    torch = import_optional("torch", purpose="this method")
-    if use_gpu and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")

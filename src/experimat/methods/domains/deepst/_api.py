@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from experimat._errors import InvalidInputError
 from experimat._logging import logger, progress
-from experimat._optional import import_optional, torch_device
+from experimat._optional import import_optional
 from experimat._settings import settings
 from experimat.methods._checks import (
     check_counts,
@@ -25,6 +25,7 @@ from experimat.methods._checks import (
     get_matrix,
     store_params,
 )
+from experimat.methods._torch import torch_device
 
 from .. import _consensus
 from .._common import check_stable, deprecated_alias

@@ -11,9 +11,10 @@ import pandas as pd
 
 from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
 from experimat._logging import logger, progress
-from experimat._optional import import_optional, torch_device
+from experimat._optional import import_optional
 from experimat._settings import settings
 from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, is_integer_matrix, store_params
+from experimat.methods._torch import torch_device
 
 from .. import _consensus
 from .._common import check_stable, deprecated_alias

@@ -17,6 +17,9 @@ import numpy as np
 
 from experimat._errors import InvalidInputError
 from experimat._logging import ProgressBar, logger
+from experimat.methods._cluster import leiden, to_igraph
+from experimat.methods._graph import umap_weights
+from experimat.methods._torch import torch_threads
 
 #: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
 T_ALPHA = 0.2
@@ -74,7 +77,6 @@ def knn_graph(features: np.ndarray, n_neighbors: int):
     import torch
     from scipy import sparse
 
-    ig = _import("igraph")
     n = features.shape[0]
     k = max(1, min(n_neighbors - 1, n - 1))
     f = torch.as_tensor(features, dtype=torch.float32)
@@ -87,51 +89,13 @@ def knn_graph(features: np.ndarray, n_neighbors: int):
         top = torch.topk(d, k, dim=1, largest=False)
         idx[s : s + step] = top.indices.numpy()
         dist[s : s + step] = top.values.double().numpy()
-    weights = _fuzzy_weights(dist, np.log2(k + 1))
+    weights = umap_weights(dist)  # UMAP's fuzzy connectivities, as scanpy.pp.neighbors
     a = sparse.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
-    a = a + a.T - a.multiply(a.T)
-    a = sparse.triu(a, k=1).tocoo()
-    keep = a.data > 0
-    graph = ig.Graph(n=n, edges=np.column_stack([a.row[keep], a.col[keep]]).tolist(), directed=False)
-    graph.es["weight"] = a.data[keep].tolist()
-    return graph
-
-
-def _fuzzy_weights(dist: np.ndarray, target: float, n_iter: int = 64) -> np.ndarray:
-    """UMAP's smooth k-NN weights ``exp(-(d - rho) / sigma)``, sigma by bisection per row."""
-    rho = dist[:, :1]
-    excess = np.maximum(dist - rho, 0.0)
-    lo = np.zeros(len(dist))
-    hi = np.full(len(dist), np.inf)
-    mid = np.ones(len(dist))
-    for _ in range(n_iter):
-        total = np.exp(-excess / mid[:, None]).sum(1)
-        high = total > target
-        hi = np.where(high, mid, hi)
-        lo = np.where(high, lo, mid)
-        mid = np.where(np.isinf(hi), mid * 2.0, (lo + hi) / 2.0)
-    mean_d = dist.mean()
-    sigma = np.maximum(mid, 1e-3 * np.where(rho[:, 0] > 0, dist.mean(1), mean_d))
-    return np.exp(-excess / sigma[:, None])
-
-
-def _import(name: str):
-    from experimat._optional import import_optional
-
-    return import_optional(name, purpose="SpaGCN's Leiden initialisation")
+    return to_igraph(a + a.T - a.multiply(a.T), purpose="SpaGCN's Leiden initialisation")
 
 
 def leiden_labels(graph, resolution: float, seed: int) -> np.ndarray:
-    la = _import("leidenalg")
-    part = la.find_partition(
-        graph,
-        la.RBConfigurationVertexPartition,
-        weights="weight" if "weight" in graph.es.attributes() else None,
-        resolution_parameter=resolution,
-        seed=seed,
-        n_iterations=2,
-    )
-    return np.asarray(part.membership, dtype=np.int64)
+    return leiden(graph, resolution=resolution, seed=seed, purpose="SpaGCN's Leiden initialisation")
 
 
 def search_resolution(
@@ -257,13 +221,8 @@ def fit_gcdec(
 
     # the per-epoch tensors are small (spots x domains): one CPU thread is faster than a thread pool,
     # and much faster on a busy machine
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1, device):
         epoch, prob = _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol)
-    finally:
-        torch.set_num_threads(threads)
     return FitResult(
         labels=prob.argmax(1), prob=prob, init_labels=labels0, resolution=used_res, n_epochs=epoch + 1, init=init
     )
