@@ -15,8 +15,6 @@ class Background:
     k: int  # components chosen by BIC
     logf0: np.ndarray  # (n,) log density at every cell
     cell_labels: np.ndarray  # (n,) most likely component of every cell
-    atom_labels: np.ndarray  # (a,) most likely component of every atom centre
-    mu: np.ndarray  # (k, d) component means
 
 
 def fit_background(
@@ -89,8 +87,6 @@ def fit_background(
         k=k_best,
         logf0=top + np.log(np.mean(np.exp(lp - top[None, :]), axis=0)),
         cell_labels=_gmm.component_argmax_np(emb, mu[best], chol[best], act[best]),
-        atom_labels=_gmm.component_argmax_np(centres, mu[best], chol[best], act[best]),
-        mu=mu[best],
     )
 
 

@@ -28,8 +28,6 @@ class Landscape:
     emb: np.ndarray  # (n, d) standardised embedding
     centres: np.ndarray  # (a, d) atom centres
     atom_sums: Any  # _gmm.AtomSums
-    atom_labels: np.ndarray  # (a,) background component of every atom
-    bg_mu: np.ndarray  # (k_bg, d) background component means
     logf0: np.ndarray  # (n,)
     reg: float
     lambdas: np.ndarray  # depletion scan factors
@@ -39,24 +37,26 @@ class Landscape:
 def initial_centres(agg: np.ndarray, ls: Landscape, k_slots: int) -> np.ndarray:
     """Deterministic EM start of each row's mixture from its per-atom weight sums ``agg`` ``(b, a, f)``.
 
-    The row's weight is summed per background component (through the atoms' components); the
-    ``k_slots`` components holding most weight, in that order, give the initial centres: the row's
-    weighted mean position within each (the component's mean where it holds no weight). A fit with
-    ``k`` active components starts from the first ``k``. The reference's rule for ``k`` counts the
-    background components holding the gene's cells, so these are the places the components go.
+    Weighted farthest-first seeding on the row's weighted atom means: the first centre is the atom
+    holding most of the row's weight, each next one the atom with the largest ``s_a D_a^2`` (``s_a``: the
+    row's weight in atom ``a``, ``D_a``: its distance to the nearest centre so far), the deterministic
+    counterpart of k-means++'s ``s D^2`` sampling. A fit with ``k`` active components uses the first
+    ``k`` centres. (Starting from the background components that hold most of the gene's weight was
+    as stable but recovered fewer marker genes: 36-37 against 43 of the top 50 on pbmc68k_reduced.)
     """
     d = ls.centres.shape[1]
-    k_bg = ls.bg_mu.shape[0]
     s = agg[..., 0].astype(np.float64)  # (b, a)
-    pos = agg[..., 1 : 1 + d].astype(np.float64) + s[..., None] * ls.centres[None]  # weighted position sums
-    onehot = np.zeros((ls.centres.shape[0], k_bg))
-    onehot[np.arange(ls.centres.shape[0]), ls.atom_labels] = 1.0
-    mass = s @ onehot  # (b, k_bg)
-    psum = np.einsum("bad,ak->bkd", pos, onehot)
-    order = np.argsort(-mass, axis=1, kind="stable")[:, :k_slots]
-    take = np.take_along_axis(mass, order, axis=1)
-    means = np.take_along_axis(psum, order[..., None], axis=1) / np.where(take > 0, take, 1.0)[..., None]
-    return np.where((take > 0)[..., None], means, ls.bg_mu[order])  # k_slots <= k_bg (n_components' cap)
+    mean = ls.centres[None] + agg[..., 1 : 1 + d].astype(np.float64) / np.where(s > 0, s, 1.0)[..., None]
+    rows = np.arange(s.shape[0])
+    out = np.zeros((s.shape[0], k_slots, d))
+    c = mean[rows, np.argmax(s, axis=1)]
+    out[:, 0] = c
+    d2 = np.sum((mean - c[:, None]) ** 2, axis=-1)
+    for i in range(1, k_slots):
+        c = mean[rows, np.argmax(s * d2, axis=1)]
+        out[:, i] = c
+        d2 = np.minimum(d2, np.sum((mean - c[:, None]) ** 2, axis=-1))
+    return out
 
 
 def _batch_size(n: int, d: int, n_lam: int, k_slots: int, n_at: int, n_items: int, n_fits: int) -> int:

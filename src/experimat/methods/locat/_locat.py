@@ -16,8 +16,8 @@ standardised per axis. Steps (each a function of its own module):
    number of components follows the reference rule (:func:`._prep.n_components`: how many background
    components hold 95 % of the expressing cells that have an expressing neighbour within 3x the mean
    nearest-neighbour distance, ``floor(sqrt(k + 1)) + 1``, capped by the background size and
-   cells/5). EM starts from the gene's weighted mean position in each of the background components
-   that hold most of its weight (:func:`._genes.initial_centres`).
+   cells/5). EM starts from weighted farthest-first centres on the gene's atoms
+   (:func:`._genes.initial_centres`, the deterministic counterpart of k-means++).
 4. **Concentration** (:mod:`._null`): the weighted mean over expressing cells of the likelihood-ratio
    score ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is turned into a
    z-score against ``n_null_genes`` permuted pseudo-genes (real genes with their values permuted across
@@ -358,7 +358,7 @@ def locat(
     if Wi.shape[1]:
         ncomp = n_components(Wi, geo.close, bg.cell_labels, bg.k)
         ls = Landscape(
-            emb=emb, centres=centres, atom_sums=atom_sums, atom_labels=bg.atom_labels, bg_mu=bg.mu,
+            emb=emb, centres=centres, atom_sums=atom_sums,
             logf0=bg.logf0, reg=geo.reg, lambdas=p["rc_lambda_values"], device=jax.devices(device)[0],
         )  # fmt: skip
         results = score_items(Wi, ncomp, ls, n_splits=p["n_splits"], seed=p["seed"], batch_size=p["batch_size"])
