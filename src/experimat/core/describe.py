@@ -11,6 +11,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from anndata import AnnData
 
+    from .experiment import Experiment
+
 
 def _slot_desc(value: Any) -> str:
     import scipy.sparse as sp
@@ -51,3 +53,35 @@ def describe_anndata(adata: AnnData, title: str = "AnnData") -> str:
             lines.append(f"    {k}: {_slot_desc(v)}")
     return "\n".join(lines)
 
+
+def describe_experiment(expm: Experiment) -> str:
+    """What ``repr(expm)`` prints: the samples per modality with their shapes and state, the
+    integrated data and the models."""
+    from .._keys import Modality
+
+    where = f"{expm.project_path} (mode {expm.mode!r})" if expm.project_path is not None else "in memory (not saved)"
+    lines = [f"Experiment: {len(expm.table)} samples, project {where}"]
+    for mod in expm.modalities:
+        lines.append(f"  {mod} ({expm.modality(mod).__class__.__name__} expm.{Modality(mod).attr}):")
+        for row in expm.table.to_records():
+            if row["modality"] != mod:
+                continue
+            s = row["sample"]
+            if s in expm._data[mod]:
+                shape = f"{expm._data[mod][s].n_obs} x {expm._data[mod][s].n_vars}"
+                state = "modified" if (mod, s) in expm._modified else "loaded"
+            else:
+                e = expm._entry(mod, s) or {}
+                shape = f"{e.get('n_obs', '?')} x {e.get('n_vars', '?')}"
+                state = "on disk"
+            lines.append(f"    {s:<20} taxa {row['taxa']:<4} batch {row['batch']!s:<12} {shape:>14}  [{state}]")
+    integ = expm._integrated if expm._integrated_loaded else None
+    if integ is not None:
+        lines.append("  integrated: " + ", ".join(f"{m} {a.n_obs} x {a.n_vars}" for m, a in integ.mod.items()))
+    elif expm._manifest.get("integrated"):
+        lines.append("  integrated: " + ", ".join(f"{m} {s[0]} x {s[1]}" for m, s in expm._manifest["integrated"]["mods"].items()) + " [on disk]")
+    else:
+        lines.append("  integrated: none (call expm.merge())")
+    if expm.models:
+        lines.append(f"  models: {', '.join(expm.models)}")
+    return "\n".join(lines)

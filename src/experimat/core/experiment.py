@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from .._errors import (
-    CorruptFileError,
     InvalidInputError,
     KeyNotFoundError,
-    ProjectChangedError,
     ProjectError,
     SampleNotFoundError,
 )
@@ -27,13 +25,14 @@ from .._saved_model import SavedModel
 from ..io import files as project_files
 from ..io import models as model_store
 from ..io.history import finished_samples as finished_in_history
-from ..io.history import run_key
+from ..io.history import history_frame, run_key
 from ..io.manifest import base_manifest
 from ..io.project import ProjectStore, now_iso
 from ._fingerprint import fingerprint
 from .accessor import ModalityAccessor
-from .describe import describe_anndata  # noqa: F401  (re-exported: accessor.view imports it from here)
+from .describe import describe_anndata, describe_experiment  # noqa: F401  (describe_anndata: accessor.view imports it from here)
 from .ingest import (  # noqa: F401  (prepare_sample, has_gene_table: re-exported)
+    check_new_anndatas,
     check_new_sample,
     has_gene_table,
     prepare_anndatas,
@@ -42,7 +41,7 @@ from .ingest import (  # noqa: F401  (prepare_sample, has_gene_table: re-exporte
     warn_unharmonized,
 )
 from .merge import merge_samples
-from .sample_table import SampleTable, validate_sample_name
+from .sample_table import SampleTable, resolve_run_on_samples, validate_sample_name
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -54,12 +53,8 @@ H5_COMPRESSION: str | None = None
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _read_sample(path: Path) -> AnnData:
-    import anndata as ad
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return ad.read_h5ad(path)
+#: reads a sample file (a module attribute so that tests can simulate a writer racing a read)
+_read_sample = project_files.read_sample
 
 
 # -- the experiment -----------------------------------------------------------------------------
@@ -151,13 +146,7 @@ class Experiment:
             check_bool(name, value)
         if project is not None:
             check_path("project", project)
-        for name, value in (("batch", batch), ("group", group)):
-            if value is not None and not isinstance(value, (str, Mapping)):
-                raise InvalidInputError(
-                    f"{name} must be one name for every sample or a dict {{sample: {name}}}, not {value!r} ({type(value).__name__})."
-                )
-        for s, a in adatas.items():
-            check_new_sample(a, sample=s, taxa=taxa)
+        check_new_anndatas(adatas, taxa=taxa, batch=batch, group=group)
         warn_unharmonized(dict.fromkeys(adatas, taxa), harmonize_genes)
         st, prepared = prepare_anndatas(adatas, modality=modality, taxa=taxa, batch=batch, group=group,
                                         harmonize_genes=harmonize_genes, copy=copy)
@@ -214,26 +203,7 @@ class Experiment:
     # -- samples ------------------------------------------------------------------------------
     def resolve_samples(self, modality: str, run_on_samples: Any) -> list[str]:
         """Map a ``run_on_samples`` value to the exact list of sample names (sheet order)."""
-        valid = self._table.samples(modality)
-        if run_on_samples is True or run_on_samples == "all":
-            if not valid:
-                raise InvalidInputError(f"modality {modality!r} has no samples; the experiment holds: {self.modalities}.")
-            return valid
-        if run_on_samples is False:
-            raise InvalidInputError("run_on_samples=False runs nothing; use True/'all', a name, a list of names, or None.")
-        names = [run_on_samples] if isinstance(run_on_samples, str) else run_on_samples
-        try:
-            names = list(names)
-        except TypeError as e:
-            raise InvalidInputError(f"run_on_samples must be True, 'all', a name, a list of names or None; got {run_on_samples!r}.") from e
-        if not names:
-            raise InvalidInputError(f"run_on_samples is empty; valid samples: {valid}.")
-        for n in names:
-            if n not in valid:
-                raise SampleNotFoundError(n, valid, modality)
-        if len(set(names)) != len(names):
-            raise InvalidInputError(f"run_on_samples names a sample twice: {names}.")
-        return [s for s in valid if s in set(names)]
+        return resolve_run_on_samples(self._table, modality, run_on_samples)
 
     def _entry(self, modality: str, sample: str) -> dict[str, Any] | None:
         return self._manifest.get("samples", {}).get(modality, {}).get(sample)
@@ -283,16 +253,7 @@ class Experiment:
         entry = self._entry(modality, sample)
         if entry is None or self._store is None:
             raise ProjectError(f"sample {sample!r} ({modality}) is neither in memory nor in the project folder.")
-
-        def read_parts(path: Path) -> AnnData:
-            import h5py
-            from anndata.io import read_elem
-
-            with h5py.File(path, "r") as f:
-                parts = {k: read_elem(f[k]) for k in {*slots, "obs", "var"} if k in f}
-            return ad.AnnData(**parts)
-
-        return self._read_file(entry["file"], read_parts)
+        return self._read_file(entry["file"], lambda path: project_files.read_sample_slots(path, slots))
 
     def _read_file(self, rel: str, read):
         """Check a file named by the opened manifest and read it.
@@ -300,26 +261,7 @@ class Experiment:
         A writer may commit a new manifest and remove this file between the check and the read
         (readers never lock): a missing or changed file then raises :class:`ProjectChangedError`
         (``load_experiment`` retries with the new manifest) instead of a bare I/O error."""
-        try:
-            path = self._store.check_file(rel, self._manifest["files"][rel], verify=self._verify)
-            return read(path)
-        except (CorruptFileError, OSError) as e:  # h5py raises a bare OSError when GC removed the file mid-open
-            self._raise_if_changed_on_disk()
-            if isinstance(e, CorruptFileError):
-                raise
-            raise CorruptFileError(f"{rel} in {self.project_path} could not be read ({type(e).__name__}: {e}); it is "
-                                   "damaged although its size matches (open with verify=True to check its checksum).") from e
-
-    def _raise_if_changed_on_disk(self) -> None:
-        try:
-            current = self._store.read_manifest() if self._store is not None else None
-        except ProjectError:
-            return
-        if current is not None and current.get("generation") != self._manifest.get("generation"):
-            raise ProjectChangedError(
-                f"the project {self.project_path} was saved by another writer since it was opened (generation "
-                f"{self._manifest.get('generation')} -> {current.get('generation')}); reopen it with em.load_experiment()."
-            )
+        return project_files.read_checked(self._store, self._manifest, rel, read, verify=self._verify)
 
     def set_sample(self, modality: str, sample: str, adata: AnnData) -> None:
         """Replace the AnnData of an existing sample (marked modified)."""
@@ -377,15 +319,7 @@ class Experiment:
         if not self._integrated_loaded:
             entry = self._manifest.get("integrated")
             if entry and self._store is not None:
-                import mudata as md
-
-                def read(path):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FutureWarning)
-                        warnings.filterwarnings("ignore", message="Cannot join columns with the same name", category=UserWarning)
-                        return md.read_h5mu(path)
-
-                self._integrated = self._read_file(entry["file"], read)
+                self._integrated = self._read_file(entry["file"], project_files.read_integrated)
                 self._integrated_fp = fingerprint(self._integrated)
             self._integrated_loaded = True
         return self._integrated
@@ -663,10 +597,7 @@ class Experiment:
 
         ``saved`` says whether the run's result was committed when it was recorded (a later
         save commits it too). Damaged lines of ``history.jsonl`` are skipped with a warning."""
-        recs = self._history_records()
-        cols = ["method", "modality", "sample", "outcome", "start", "end", "duration_s", "params", "error", "host", "pid",
-                "executor", "params_hash", "versions", "saved"]
-        return pd.DataFrame(recs, columns=cols) if recs else pd.DataFrame(columns=cols)
+        return history_frame(self._history_records())
 
     def finished_samples(self, method: str, modality: str) -> dict[str, str]:
         """``{sample: params_hash}`` of samples whose last run of ``method`` finished and whose result is kept.
@@ -692,33 +623,7 @@ class Experiment:
         self.close()
 
     def __repr__(self) -> str:
-        where = f"{self.project_path} (mode {self.mode!r})" if self._store is not None else "in memory (not saved)"
-        lines = [f"Experiment: {len(self._table)} samples, project {where}"]
-        for mod in self.modalities:
-            lines.append(f"  {mod} ({self._accessors[mod].__class__.__name__} expm.{Modality(mod).attr}):")
-            for row in self._table.to_records():
-                if row["modality"] != mod:
-                    continue
-                s = row["sample"]
-                if s in self._data[mod]:
-                    shape = f"{self._data[mod][s].n_obs} x {self._data[mod][s].n_vars}"
-                    state = "modified" if (mod, s) in self._modified else "loaded"
-                else:
-                    e = self._entry(mod, s) or {}
-                    shape = f"{e.get('n_obs', '?')} x {e.get('n_vars', '?')}"
-                    state = "on disk"
-                lines.append(f"    {s:<20} taxa {row['taxa']:<4} batch {row['batch']!s:<12} {shape:>14}  [{state}]")
-        integ = self._integrated if self._integrated_loaded else None
-        if integ is not None:
-            lines.append("  integrated: " + ", ".join(f"{m} {a.n_obs} x {a.n_vars}" for m, a in integ.mod.items()))
-        elif self._manifest.get("integrated"):
-            lines.append("  integrated: " + ", ".join(f"{m} {s[0]} x {s[1]}" for m, s in self._manifest["integrated"]["mods"].items()) + " [on disk]")
-        else:
-            lines.append("  integrated: none (call expm.merge())")
-        if self.models:
-            lines.append(f"  models: {', '.join(self.models)}")
-        return "\n".join(lines)
-
+        return describe_experiment(self)
 
 def _release(store: ProjectStore) -> None:
     store.lock.release()

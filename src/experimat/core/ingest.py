@@ -111,6 +111,17 @@ def check_new_sample(adata: Any, *, sample: str, taxa: Any) -> None:
         raise InvalidInputError(f"sample {sample!r}: taxa must be a non-empty string such as 'mmu', 'hsa' or 'dre', not {taxa!r}.")
 
 
+def check_new_anndatas(adatas: Mapping[str, Any], *, taxa: Any, batch: Any, group: Any) -> None:
+    """Check the input of :meth:`Experiment.from_anndata`: ``batch``/``group`` and every AnnData."""
+    for name, value in (("batch", batch), ("group", group)):
+        if value is not None and not isinstance(value, (str, Mapping)):
+            raise InvalidInputError(
+                f"{name} must be one name for every sample or a dict {{sample: {name}}}, not {value!r} ({type(value).__name__})."
+            )
+    for s, a in adatas.items():
+        check_new_sample(a, sample=s, taxa=taxa)
+
+
 def has_gene_table(taxa: str) -> bool:
     """Whether the gene database has a table for ``taxa`` (code or alias)."""
     from ..database import resolve_taxa

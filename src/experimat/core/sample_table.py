@@ -176,3 +176,27 @@ class SampleTable:
     @classmethod
     def from_records(cls, records: list[dict[str, Any]]) -> SampleTable:
         return cls(pd.DataFrame(records, columns=list(records[0]) if records else list(SAMPLE_TABLE_COLUMNS)))
+
+
+def resolve_run_on_samples(table: SampleTable, modality: str, run_on_samples: Any) -> list[str]:
+    """Map a ``run_on_samples`` value to the exact list of sample names of ``modality`` (sheet order)."""
+    valid = table.samples(modality)
+    if run_on_samples is True or run_on_samples == "all":
+        if not valid:
+            raise InvalidInputError(f"modality {modality!r} has no samples; the experiment holds: {table.modalities}.")
+        return valid
+    if run_on_samples is False:
+        raise InvalidInputError("run_on_samples=False runs nothing; use True/'all', a name, a list of names, or None.")
+    names = [run_on_samples] if isinstance(run_on_samples, str) else run_on_samples
+    try:
+        names = list(names)
+    except TypeError as e:
+        raise InvalidInputError(f"run_on_samples must be True, 'all', a name, a list of names or None; got {run_on_samples!r}.") from e
+    if not names:
+        raise InvalidInputError(f"run_on_samples is empty; valid samples: {valid}.")
+    for n in names:
+        if n not in valid:
+            raise SampleNotFoundError(n, valid, modality)
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"run_on_samples names a sample twice: {names}.")
+    return [s for s in valid if s in set(names)]

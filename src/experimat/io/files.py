@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._errors import CorruptFileError, ProjectChangedError, ProjectError
 from .._keys import FileName
 from .project import ProjectStore
 
@@ -85,3 +86,63 @@ def creating_project(path: Path, *, force: bool) -> Iterator[ProjectStore]:
             except OSError:
                 pass
         raise
+
+
+def read_sample(path: Path) -> AnnData:
+    """Read a sample file (checked by the caller)."""
+    import anndata as ad
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ad.read_h5ad(path)
+
+
+def read_sample_slots(path: Path, slots: list[str]) -> AnnData:
+    """Read only the groups ``slots`` (plus ``obs`` and ``var``) of a sample file: an AnnData with ``X=None``."""
+    import anndata as ad
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        parts = {k: read_elem(f[k]) for k in {*slots, "obs", "var"} if k in f}
+    return ad.AnnData(**parts)
+
+
+def read_integrated(path: Path) -> MuData:
+    """Read the integrated MuData file (checked by the caller)."""
+    import mudata as md
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        # rna and spatial mods share gene names by design; MuData's global var keeps them apart
+        warnings.filterwarnings("ignore", message="Cannot join columns with the same name", category=UserWarning)
+        return md.read_h5mu(path)
+
+
+def read_checked(store: ProjectStore, manifest: dict[str, Any], rel: str, read: Callable[[Path], Any], *, verify: bool) -> Any:
+    """Check a file named by the opened ``manifest`` and read it with ``read``.
+
+    A writer may commit a new manifest and remove this file between the check and the read
+    (readers never lock): a missing or changed file then raises :class:`ProjectChangedError`
+    (``load_experiment`` retries with the new manifest) instead of a bare I/O error."""
+    try:
+        path = store.check_file(rel, manifest["files"][rel], verify=verify)
+        return read(path)
+    except (CorruptFileError, OSError) as e:  # h5py raises a bare OSError when GC removed the file mid-open
+        _raise_if_changed_on_disk(store, manifest)
+        if isinstance(e, CorruptFileError):
+            raise
+        raise CorruptFileError(f"{rel} in {store.root} could not be read ({type(e).__name__}: {e}); it is "
+                               "damaged although its size matches (open with verify=True to check its checksum).") from e
+
+
+def _raise_if_changed_on_disk(store: ProjectStore, manifest: dict[str, Any]) -> None:
+    try:
+        current = store.read_manifest()
+    except ProjectError:
+        return
+    if current.get("generation") != manifest.get("generation"):
+        raise ProjectChangedError(
+            f"the project {store.root} was saved by another writer since it was opened (generation "
+            f"{manifest.get('generation')} -> {current.get('generation')}); reopen it with em.load_experiment()."
+        )

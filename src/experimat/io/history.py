@@ -176,3 +176,15 @@ def finished_samples(lines: list[dict[str, Any]], method: str, modality: str, se
         last[r["sample"]] = (r, kept)
     return {s: r["params_hash"] for s, (r, kept) in last.items()
             if kept and r.get("outcome") == "ok" and isinstance(r.get("params_hash"), str)}
+
+
+#: the columns of :meth:`Experiment.history`
+HISTORY_COLUMNS = ["method", "modality", "sample", "outcome", "start", "end", "duration_s", "params", "error", "host", "pid",
+                   "executor", "params_hash", "versions", "saved"]
+
+
+def history_frame(records: list[dict[str, Any]]):
+    """The run records as a DataFrame with :data:`HISTORY_COLUMNS` (empty when there is none)."""
+    import pandas as pd
+
+    return pd.DataFrame(records, columns=HISTORY_COLUMNS) if records else pd.DataFrame(columns=HISTORY_COLUMNS)
