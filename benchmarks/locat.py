@@ -28,8 +28,21 @@ Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core mac
   together 0.620 / 0.525 / 0.555. Now atoms, background and EM starts are deterministic (principal-
   direction partitions, weighted farthest-first seeds); only the null pseudo-genes and the depletion
   halvings are random (``--sources`` prints each).
-- Stability of ours now, pbmc68k_reduced all 751 tested genes, seed 1 vs 0: rho 0.996, Jaccard conc
-  0.936, depletion 0.682, joint 0.976. With the first deterministic version (EM started from the
+- pbmc68k_reduced, all genes (751 tested by ours), ours and the reference at three seeds each
+  (reference runs of 322-331 s wall at load ~25, one thread per pool):
+  ours vs ours rho 0.987 / 0.990 / 0.996, Jaccard conc 0.882 / 0.888 / 0.936, depletion 0.67-0.69,
+  joint 0.98-1.00; reference vs reference rho 0.669 / 0.698 / 0.719, Jaccard conc 0.565 / 0.639 /
+  0.618; ours (seed 0) vs reference seeds 0/1/2: rho 0.659 / 0.639 / 0.607, Jaccard conc 0.537 / 0.517
+  / 0.475 (target rho >= 0.64 and Jaccard >= 0.55: rho met against one reference seed, the Jaccard
+  against none; ours agrees with the reference about as well as the reference agrees with itself in
+  rho, somewhat less in Jaccard). Markers among the top-50 z: ours 43/50, reference 34/50 (base rate
+  0.24). These runs used 2 depletion halvings; the default is now 1 (z-scores and concentration calls
+  do not depend on it; depletion Jaccard across seeds ~0.63 instead of ~0.70).
+- Speed, first call in a fresh process, pbmc68k_reduced all genes, 2 halvings, at load ~10-12: ours
+  14.4 s and 20.1 s, reference 70.9 s (one thread per pool) -> 4.9x and 3.5x. Target >= 5x not shown
+  at this load; 1 halving (the default now) does the per-gene work of the earlier code (6.4-6.6x at
+  load 1-2).
+- With the first deterministic version (EM started from the
   background components, one background fit), seeds 0/1/2 pairwise: rho 0.991-0.995, Jaccard conc
   0.935-0.948, depletion 0.70-0.71 with 2 halvings (0.63 with 1, 0.75 with 4); Zeisel, all 4,000 genes
   x 3,005 cells, seed 1 vs 0: rho 1.000, Jaccard conc 0.984 (1,391 vs 1,371 significant), depletion
@@ -44,7 +57,7 @@ Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core mac
   before the change: rho 0.64, Jaccard 0.54 (fails its 0.9 / 0.8 thresholds).
 - Markers among the top-50 z (pbmc68k_reduced, all genes): ours 43/50 (the code before: 43-45/50 over
   seeds; a first deterministic EM start from the background components gave 36-37/50 and was replaced);
-  reference 34/50 (earlier run). pbmc 200 genes: ours 27/50, reference 28/50.
+  reference 34/50. pbmc 200 genes: ours 27/50, reference 28/50.
 - Calibration, permuted pbmc68k_reduced (all genes; 2 halvings, background-component EM start):
   conc 0.047, depl 0.003, joint 0.000 (reference, earlier run: 0.149 / 0.892 / 0.021).
 - Speed: first call in a fresh process, pbmc68k_reduced all genes, load ~20: 111 / 117 / 134 s for
