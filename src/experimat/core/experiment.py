@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import warnings
 import weakref
@@ -26,7 +25,7 @@ from ..io import files as project_files
 from ..io import models as model_store
 from ..io.history import finished_samples as finished_in_history
 from ..io.history import history_frame, run_key
-from ..io.manifest import base_manifest
+from ..io.manifest import base_manifest, replace_file
 from ..io.project import ProjectStore, now_iso
 from ._fingerprint import fingerprint
 from .accessor import ModalityAccessor
@@ -236,18 +235,10 @@ class Experiment:
         >>> meta = expm.get_sample_slots("spatial-bin", "hd1")  # doctest: +SKIP
         >>> meta.obsm["spatial"]  # doctest: +SKIP
         """
-        import anndata as ad
-
         modality = Modality(modality).value
-        slots = list(slots)
-        allowed = ("obs", "var", "obsm", "obsp", "uns")
-        bad = [x for x in slots if x not in allowed]
-        if bad:
-            raise InvalidInputError(f"slots {bad} cannot be read alone; choose from {list(allowed)} (X and layers: get_sample).")
+        slots = project_files.check_slot_names(slots)
         if sample in self._data[modality]:
-            a = self._data[modality][sample]
-            parts = {k: getattr(a, k) for k in slots}
-            return ad.AnnData(obs=a.obs, var=a.var, **{k: v for k, v in parts.items() if k not in ("obs", "var")})
+            return project_files.slots_of(self._data[modality][sample], slots)
         if sample not in self._table.samples(modality):
             raise SampleNotFoundError(sample, self._table.samples(modality), modality)
         entry = self._entry(modality, sample)
@@ -430,17 +421,12 @@ class Experiment:
                     continue  # nothing in memory: the saved copy is current
                 old = self._entry(mod, s)
                 rel, entry = self._write_sample(store, mod, s)
-                files[rel] = store.file_entry(rel)
-                if old is not None:
-                    files.pop(old["file"], None)
+                replace_file(files, rel, store.file_entry(rel), old)
                 manifest["samples"].setdefault(mod, {})[s] = entry
             if integrated and self._integrated is not None:
                 old = manifest.get("integrated")
-                rel, integrated_entry = project_files.write_integrated(store, self._integrated)
-                files[rel] = store.file_entry(rel)
-                if old:
-                    files.pop(old["file"], None)
-                manifest["integrated"] = integrated_entry
+                rel, manifest["integrated"] = project_files.write_integrated(store, self._integrated)
+                replace_file(files, rel, store.file_entry(rel), old)
             self._commit(manifest, saved=[(mod, s) for mod, s in keys if s in self._data[mod]]
                          + ([(m, "integrated") for m in self._integrated.mod] if integrated and self._integrated is not None else []))
         except BaseException:
@@ -502,10 +488,7 @@ class Experiment:
                 rel, manifest["integrated"] = project_files.write_integrated(new, self._integrated, quiet=False)
                 manifest["files"][rel] = new.file_entry(rel)
             if old_store is not None:
-                for name, entry in self._manifest.get("models", {}).items():
-                    manifest["models"][name] = model_store.copy_model(old_store, new, name, entry)
-                if old_store.history_path.exists():
-                    shutil.copyfile(old_store.history_path, new.history_path)
+                manifest["models"] = project_files.copy_models_and_history(old_store, new, self._manifest.get("models", {}))
             new.commit(manifest)
         if self._store is not None:
             self._store.lock.release()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import CorruptFileError, ProjectChangedError, ProjectError
+from .._errors import CorruptFileError, InvalidInputError, ProjectChangedError, ProjectError
 from .._keys import FileName
 from .project import ProjectStore
 
@@ -146,3 +146,34 @@ def _raise_if_changed_on_disk(store: ProjectStore, manifest: dict[str, Any]) -> 
             f"the project {store.root} was saved by another writer since it was opened (generation "
             f"{manifest.get('generation')} -> {current.get('generation')}); reopen it with em.load_experiment()."
         )
+
+
+#: the slots that :func:`read_sample_slots` can read without ``X`` and layers
+SLOTS_ALONE = ("obs", "var", "obsm", "obsp", "uns")
+
+
+def check_slot_names(slots: Iterable[str]) -> list[str]:
+    """The slot names as a list; refuses ``X``, layers and unknown names."""
+    slots = list(slots)
+    bad = [x for x in slots if x not in SLOTS_ALONE]
+    if bad:
+        raise InvalidInputError(f"slots {bad} cannot be read alone; choose from {list(SLOTS_ALONE)} (X and layers: get_sample).")
+    return slots
+
+
+def slots_of(adata: AnnData, slots: list[str]) -> AnnData:
+    """An AnnData with ``X=None`` sharing ``obs``, ``var`` and the given slots of ``adata``."""
+    import anndata as ad
+
+    parts = {k: getattr(adata, k) for k in slots}
+    return ad.AnnData(obs=adata.obs, var=adata.var, **{k: v for k, v in parts.items() if k not in ("obs", "var")})
+
+
+def copy_models_and_history(src: ProjectStore, dst: ProjectStore, models: dict[str, Any]) -> dict[str, Any]:
+    """Copy the models (verified) and ``history.jsonl`` of ``src`` into ``dst``; returns the new ``models`` entries."""
+    from . import models as model_store
+
+    out = {name: model_store.copy_model(src, dst, name, entry) for name, entry in models.items()}
+    if src.history_path.exists():
+        shutil.copyfile(src.history_path, dst.history_path)
+    return out

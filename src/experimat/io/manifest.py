@@ -142,3 +142,11 @@ def base_manifest(manifest: dict[str, Any], sample_table: list[dict[str, Any]], 
     m["experimat_version"] = version
     m["sample_table"] = sample_table
     return m
+
+
+def replace_file(files: dict[str, Any], rel: str, entry: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """Name the new file ``rel`` in a manifest's ``files`` and drop the file of ``old`` (a sample or
+    integrated entry, or None)."""
+    files[rel] = entry
+    if old:
+        files.pop(old["file"], None)
