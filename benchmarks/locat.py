@@ -41,7 +41,9 @@ Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core mac
 - Speed, first call in a fresh process, pbmc68k_reduced all genes, 2 halvings, at load ~10-12: ours
   14.4 s and 20.1 s, reference 70.9 s (one thread per pool) -> 4.9x and 3.5x. Target >= 5x not shown
   at this load; 1 halving (the default now) does the per-gene work of the earlier code (6.4-6.6x at
-  load 1-2).
+  load 1-2). Again with 1 halving at load ~12-13: ours 25.4 s and 13.7 s, reference 70.3 s -> 2.8x and
+  5.1x: at this load two identical first calls differ 2x, so the ratio is not resolved here; rerun on
+  a quiet machine.
 - With the first deterministic version (EM started from the
   background components, one background fit), seeds 0/1/2 pairwise: rho 0.991-0.995, Jaccard conc
   0.935-0.948, depletion 0.70-0.71 with 2 halvings (0.63 with 1, 0.75 with 4); Zeisel, all 4,000 genes
