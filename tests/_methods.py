@@ -32,3 +32,27 @@ def slow(adata, *, seconds=0.5, key_added="slow"):
     time.sleep(seconds)
     adata.uns[key_added] = {"slept": seconds}
     return seconds
+
+
+def scale_inplace(adata, *, layer="counts", factor=2.0):
+    """Edits a layer in place (the same array object): the edit must reach the saved sample."""
+    X = adata.layers[layer]
+    X *= factor
+    return float(factor)
+
+
+def columns(adata, *, n=3, seed=None, key_added="cols"):
+    """Writes ``n`` var columns ``<key_added>.c<i>`` and a ranking that depends on the seed."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        adata.var[f"{key_added}.c{i}"] = rng.normal(size=adata.n_vars)
+    adata.var[f"{key_added}.rank"] = rng.permutation(adata.n_vars) + 1
+    store_params(adata, key_added, {"n": n})
+    return n
+
+
+def undeclared(adata, *, key_added="declared"):
+    """Declares obs/{key_added} but also writes obs['sneaky']."""
+    adata.obs[key_added] = 1.0
+    adata.obs["sneaky"] = 2.0
+    return None

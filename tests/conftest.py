@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("EXPERIMAT_PROGRESS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# a registered method that changes a slot it does not declare in `writes` is an error in the tests
+os.environ.setdefault("EXPERIMAT_CHECK_CONTRACT", "1")
 
 DATA = Path(__file__).parent / "data"
 # the demo's muscle samples ship inside the package (one copy, used by the tests and by ``experimat demo``)

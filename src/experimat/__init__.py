@@ -15,6 +15,7 @@ from importlib.metadata import version as _pkg_version
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    ContractError,
     CorruptFileError,
     ExperimatError,
     ExperimatWarning,
@@ -91,6 +92,7 @@ def setwd(path: str | os.PathLike) -> None:
 
 
 __all__ = [
+    "ContractError",
     "CorruptFileError",
     "ExperimatError",
     "ExperimatWarning",

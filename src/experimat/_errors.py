@@ -124,5 +124,12 @@ class SampleRunError(ExperimatError):
         super().__init__("\n".join(lines))
 
 
+class ContractError(ExperimatError):
+    """A registered method broke its contract: it changed slots it does not declare in ``writes``.
+
+    Raised only when ``em.settings.check_contract`` is on (the test suite turns it on).
+    """
+
+
 class ExperimatWarning(UserWarning):
     """Base class of experimat warnings."""

@@ -72,6 +72,14 @@ def _set_level(level: str) -> None:
     logger.logger.setLevel(_LEVELS[level])
 
 
+#: whether progress bars are shown; set by ``em.settings.progress`` (settings push into logging, never the reverse)
+_PROGRESS = {"on": True}
+
+
+def _set_progress(on: bool) -> None:
+    _PROGRESS["on"] = bool(on)
+
+
 @contextmanager
 def timed(msg: str, level: str = "info"):
     """Log ``msg`` on entry and ``msg: done (x s)`` on exit."""
@@ -85,10 +93,8 @@ def progress(
     items: Iterable[T], *, description: str = "", total: int | None = None, disable: bool | None = None
 ) -> Iterator[T]:
     """Iterate with a rich progress bar unless ``em.settings.progress`` is False."""
-    from ._settings import settings
-
     if disable is None:
-        disable = not settings.progress
+        disable = not _PROGRESS["on"]
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     if disable or (not sys.stderr.isatty() and not _in_notebook()):
@@ -107,10 +113,8 @@ class ProgressBar:
     """A manually advanced progress bar (e.g. over epochs); a no-op when disabled."""
 
     def __init__(self, total: int, description: str = "", *, disable: bool | None = None) -> None:
-        from ._settings import settings
-
         if disable is None:
-            disable = not settings.progress or (not sys.stderr.isatty() and not _in_notebook())
+            disable = not _PROGRESS["on"] or (not sys.stderr.isatty() and not _in_notebook())
         self._bar = None
         if not disable:
             from rich.progress import Progress

@@ -10,6 +10,8 @@ Values are validated on assignment; environment variables give the defaults:
     ``error``, ``warning``, ``info`` (default) or ``debug``.
 ``EXPERIMAT_PROGRESS``
     ``0`` to silence progress bars.
+``EXPERIMAT_CHECK_CONTRACT``
+    ``1`` to make a method that changes slots it does not declare an error (the test suite).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class Settings:
         Default number of worker processes for per-sample runs (1: serial).
     seed
         Global random seed; each sample's task derives its own seed from it.
+    check_contract
+        Raise :class:`~experimat.ContractError` when a registered method changes a slot it does
+        not declare in ``writes`` (costs one digest of the sample per call; on in the test suite).
 
     Examples
     --------
@@ -61,7 +66,7 @@ class Settings:
     ...     pass
     """
 
-    _fields = ("verbosity", "progress", "data_dir", "database_dir", "n_jobs", "seed")
+    _fields = ("verbosity", "progress", "data_dir", "database_dir", "n_jobs", "seed", "check_contract")
 
     def __init__(self) -> None:
         self._verbosity = "info"
@@ -71,6 +76,7 @@ class Settings:
         self.database_dir = _default_database_dir()
         self.n_jobs = 1
         self.seed = 0
+        self.check_contract = os.environ.get("EXPERIMAT_CHECK_CONTRACT", "0") in ("1", "true", "True")
 
     # -- typed properties -------------------------------------------------------------
     @property
@@ -99,6 +105,9 @@ class Settings:
         if not isinstance(value, bool):
             raise InvalidInputError(f"progress must be True or False, not {value!r}.")
         self._progress = value
+        from ._logging import _set_progress
+
+        _set_progress(value)
 
     @property
     def data_dir(self) -> Path:
@@ -135,6 +144,16 @@ class Settings:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidInputError(f"seed must be a non-negative integer, not {value!r}.")
         self._seed = value
+
+    @property
+    def check_contract(self) -> bool:
+        return self._check_contract
+
+    @check_contract.setter
+    def check_contract(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"check_contract must be True or False, not {value!r}.")
+        self._check_contract = value
 
     # -- helpers ----------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._keys import Modality
 from .registry import MethodSpec, load_plugins, methods_for
@@ -108,6 +108,15 @@ def _runner_parameters() -> list[inspect.Parameter]:
     ]
 
 
+def _variants_doc(name: str, variants: dict[str, str], specs: dict[str, MethodSpec]) -> str:
+    lines = ["", "Variants (the options of each method=, checked before any work)", "-" * 62]
+    for choice, target in variants.items():
+        opts = [p for p in specs[target].options if p.kind == p.KEYWORD_ONLY]
+        sig = inspect.Signature(opts)
+        lines.append(f"{name}(method={choice!r}, ...) runs {target}{sig}")
+    return "\n".join(lines) + "\n"
+
+
 class ModalityAccessor:
     """The samples of one modality and the methods registered for it.
 
@@ -189,10 +198,20 @@ class ModalityAccessor:
 
         if spec.kind in ("view", "query"):
             return _bind_readonly(expm, modality, spec)
-        params = [p for p in spec.options if p.kind == p.KEYWORD_ONLY] + _runner_parameters()
+        params = [p for p in spec.options if p.kind == p.KEYWORD_ONLY]
         var_kw = [p for p in spec.options if p.kind == p.VAR_KEYWORD]
+        doc = inspect.cleandoc(spec.func.__doc__ or "")
+        if spec.variants:
+            variants = {m: n for m, n in spec.variants.items() if n in methods_for(modality)}
+            choice = Literal[tuple(variants)]  # type: ignore[valid-type]
+            params = [inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default=spec.default_variant,
+                                        annotation=choice)]
+            params += [p for p in spec.options if p.kind == p.KEYWORD_ONLY and p.name not in ("method", "seed")]
+            var_kw = [inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation="Any")]
+            doc += _variants_doc(spec.name, variants, methods_for(modality))
+        params += _runner_parameters()
         method.__signature__ = inspect.Signature(params + var_kw, return_annotation="dict[str, Any]")
-        method.__doc__ = inspect.cleandoc(spec.func.__doc__ or "") + "\n" + _RUNNER_DOC
+        method.__doc__ = doc + "\n" + _RUNNER_DOC
         method.__name__ = spec.name
         del method.__wrapped__  # inspect.signature must show the synthesised signature
         return method

@@ -23,7 +23,7 @@ from .._errors import InvalidInputError, MissingSlotError
 from .._keys import MODALITIES, Modality
 
 Kind = Literal["per_sample", "joint", "view", "query"]
-SLOTS = ("X", "obs", "var", "obsm", "varm", "obsp", "layers", "uns")
+SLOTS = ("X", "obs", "var", "obsm", "varm", "obsp", "varp", "layers", "uns")
 
 #: slots produced outside registered methods (readers, users)
 EXTERNAL_PRODUCERS = {
@@ -46,6 +46,12 @@ class MethodSpec:
     writes: tuple[str, ...] = ()
     kind: Kind = "per_sample"
     setup: Callable[..., dict[str, Any]] | None = None
+    #: options consumed by ``setup`` (shown in the signature, never passed to ``func``)
+    setup_options: tuple[inspect.Parameter, ...] = ()
+    #: a family dispatcher: ``{choice of method=: name of the registered variant}``
+    variants: dict[str, str] = field(default_factory=dict)
+    #: options whose ``None`` default the method derives from others: ``{"key_added": "metagene.{target_cluster}"}``
+    derived: dict[str, str] = field(default_factory=dict)
     signature: inspect.Signature = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +74,35 @@ class MethodSpec:
         out = []
         for p in list(self.signature.parameters.values())[1:]:
             out.append(p.replace(kind=p.KEYWORD_ONLY) if p.kind == p.POSITIONAL_OR_KEYWORD else p)
+        names = {p.name for p in out}
+        extra = [p for p in self.setup_options if p.name not in names]
+        if extra:
+            var_kw = [p for p in out if p.kind == p.VAR_KEYWORD]
+            out = [p for p in out if p.kind != p.VAR_KEYWORD] + extra + var_kw
         return out
+
+    @property
+    def default_variant(self) -> str:
+        p = self.signature.parameters.get("method")
+        if p is None or p.default is p.empty:
+            return next(iter(self.variants))
+        return p.default
+
+    def resolve(self, kwargs: dict[str, Any], modality: str) -> tuple[MethodSpec, dict[str, Any]]:
+        """For a family dispatcher: the chosen variant's spec and the options without ``method``.
+
+        An unknown ``method=`` (or one not registered for ``modality``) fails here, before any
+        work, listing the valid choices.
+        """
+        if not self.variants:
+            return self, kwargs
+        rest = dict(kwargs)
+        method = rest.pop("method", self.default_variant)
+        specs = _REGISTRY[modality]
+        valid = [m for m, n in self.variants.items() if n in specs]
+        if not isinstance(method, str) or method not in valid:
+            raise InvalidInputError(f"{self.name}(): method={method!r} is not valid for {modality!r}; valid: {valid}.")
+        return specs[self.variants[method]], rest
 
     @property
     def accepts_seed(self) -> bool:
@@ -89,6 +123,9 @@ class MethodSpec:
         missing = [p.name for p in self.options if p.kind == p.KEYWORD_ONLY and p.name not in out]
         if missing:
             raise InvalidInputError(f"{self.name}() is missing required options {missing}.")
+        for name, template in self.derived.items():
+            if out.get(name) is None:
+                out[name] = template.format(**out)
         return out
 
     def slots(self, templates: Iterable[str], options: dict[str, Any]) -> list[str]:
@@ -98,11 +135,40 @@ class MethodSpec:
                 slot = t.format(**options)
             except (KeyError, IndexError) as e:
                 raise InvalidInputError(f"{self.name}: slot template {t!r} names an unknown option ({e}).") from e
+            if slot == "X":
+                out.append(slot)
+                continue
             key = slot.split("/", 1)[-1]
             if key in ("None", "X") or key.startswith("None."):
                 continue  # an unset option (e.g. layer=None: use X) names no slot
             out.append(slot)
         return out
+
+    def output_keys(self) -> list[str]:
+        """Options that name output slots: those used in ``writes`` templates, plus ``key_added``."""
+        import string
+
+        names = {f for t in self.writes for _, f, _, _ in string.Formatter().parse(t) if f}
+        names |= {p.name for p in self.options if p.name == "key_added" or p.name.endswith("_key_added")}
+        return sorted(names)
+
+    def check_output_keys(self, options: dict[str, Any]) -> None:
+        """Refuse output keys that cannot be stored: empty, containing ``/``, or starting with ``.``."""
+        for name in self.output_keys():
+            value = options.get(name)
+            if value is None:
+                continue  # an unset optional output (e.g. refined_key_added=None) writes nothing
+            if not isinstance(value, str) or not value.strip() or "/" in value or value.startswith(".") or any(
+                ord(c) < 32 for c in value
+            ):
+                raise InvalidInputError(
+                    f"{self.name}(): {name}={value!r} cannot name a stored slot; use a non-empty string without '/', "
+                    f"control characters or a leading '.', e.g. {name}={self.name.split('_')[-1]!r}."
+                )
+
+    def write_slots(self, options: dict[str, Any]) -> list[str]:
+        """The concrete slot patterns this call writes (its ``writes`` formatted with ``options``)."""
+        return self.slots(self.writes, options)
 
 
 #: modality -> method name -> spec
@@ -118,6 +184,9 @@ def register_method(
     writes: Iterable[str] = (),
     kind: Kind = "per_sample",
     setup: Callable[..., dict[str, Any]] | None = None,
+    setup_options: Iterable[inspect.Parameter] = (),
+    variants: dict[str, str] | None = None,
+    derived: dict[str, str] | None = None,
 ) -> Callable[..., Any]:
     """Bind a pure method to modality accessors.
 
@@ -137,6 +206,16 @@ def register_method(
     setup
         Optional ``setup(experiment, modality, options) -> options`` run once before the
         per-sample calls: the cross-sample step (e.g. fitting a reference once and reusing it).
+    setup_options
+        Keyword-only parameters that only ``setup`` consumes (shown in the accessor's signature).
+    variants
+        Makes ``func`` a family dispatcher: ``{value of method=: name of a registered method}``.
+        The accessor checks ``method=`` and the chosen variant's options before any work and then
+        runs the variant (its reads, writes, seed and record); ``func`` itself is not called.
+    derived
+        Options whose ``None`` default the method derives from other options, as templates
+        (``{"key_added": "metagene.{target_cluster}"}``): the runner fills them in, so the declared
+        slots and the recorded parameters name the real key.
 
     Returns
     -------
@@ -155,7 +234,9 @@ def register_method(
         if t.split("/", 1)[0] not in SLOTS:
             raise InvalidInputError(f"slot {t!r} must start with one of {SLOTS} followed by '/'.")
     spec = MethodSpec(
-        func=func, name=name or func.__name__, modalities=mods, reads=tuple(reads), writes=tuple(writes), kind=kind, setup=setup
+        func=func, name=name or func.__name__, modalities=mods, reads=tuple(reads), writes=tuple(writes), kind=kind,
+        setup=setup, setup_options=tuple(setup_options), variants=dict(variants or {}),
+        derived=dict(derived or {}),
     )
     for m in mods:
         _REGISTRY[m][spec.name] = spec
@@ -207,7 +288,7 @@ def producers_of(slot: str, modality: str) -> list[str]:
 
 def has_slot(adata: Any, slot: str) -> bool:
     where, _, key = slot.partition("/")
-    if where == "X":
+    if slot == "X" or where == "X":
         return adata.X is not None
     if where in ("obs", "var"):
         cols = getattr(adata, where).columns

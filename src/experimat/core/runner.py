@@ -28,7 +28,7 @@ from .._errors import InvalidInputError, ProjectError, ReadOnlyError, SampleRunE
 from .._logging import ProgressBar, logger
 from .._settings import settings
 from ..methods._checks import preflight, to_json_safe
-from . import _worker
+from . import _slots, _worker
 from .registry import MethodSpec, check_slots
 
 if TYPE_CHECKING:
@@ -102,6 +102,28 @@ def _sample_options(spec: MethodSpec, options: dict[str, Any], user_kwargs: dict
     return opts
 
 
+def _check_runner_options(run_on_samples: Any, n_jobs: Any, executor: Any, save: Any, resume: Any) -> None:
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
+        raise InvalidInputError(f"n_jobs must be a positive integer, not {n_jobs!r}.")
+    if save is not None and not isinstance(save, bool):
+        raise InvalidInputError(f"save must be True, False or None (save when the project is writable), not {save!r}.")
+    if not isinstance(resume, bool):
+        raise InvalidInputError(f"resume must be True or False, not {resume!r}.")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise InvalidInputError(
+            f"executor must be a dask.distributed.Client (e.g. Client(LocalCluster())) or None, not {type(executor).__name__}."
+        )
+    ok = run_on_samples is None or isinstance(run_on_samples, (bool, str))
+    if not ok:
+        items = run_on_samples.tolist() if hasattr(run_on_samples, "tolist") else run_on_samples
+        ok = isinstance(items, (list, tuple, set, frozenset)) and all(isinstance(s, str) for s in items)
+    if not ok:
+        raise InvalidInputError(
+            f"run_on_samples must be True, 'all', a sample name, a list of names or None (the integrated data); "
+            f"got {run_on_samples!r}."
+        )
+
+
 def run_method(
     expm: Experiment,
     modality: str,
@@ -116,9 +138,25 @@ def run_method(
 ) -> Any:
     """Run ``spec`` on the chosen samples of ``modality`` (see :mod:`experimat.core.runner`)."""
     n_jobs = settings.n_jobs if n_jobs is None else n_jobs
-    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
-        raise InvalidInputError(f"n_jobs must be a positive integer, not {n_jobs!r}.")
+    _check_runner_options(run_on_samples, n_jobs, executor, save, resume)
+    spec, kwargs = spec.resolve(kwargs, modality)
     options = spec.bind(kwargs)
+    spec.check_output_keys(options)
+    if n_jobs > 1 and executor is None and run_on_samples is not None:
+        script = _main_script_unguarded()
+        if script is not None:
+            import warnings
+
+            from .._errors import ExperimatWarning
+
+            warnings.warn(
+                f"{spec.name}: n_jobs={n_jobs} runs serially because the script {os.path.basename(script)} has no "
+                "`if __name__ == \"__main__\":` guard (worker processes re-run a script's top level); put the code "
+                "under that guard to use worker processes.",
+                ExperimatWarning,
+                stacklevel=3,
+            )
+            n_jobs = 1
     if save is None:
         save = expm.is_writable_backed
     elif save and not expm.is_writable_backed:
@@ -137,11 +175,22 @@ def run_method(
     if spec.setup is not None:
         options = spec.setup(expm, modality, options)
 
-    if spec.kind == "view":
+    if spec.kind in ("view", "query"):
         adatas = {s: expm.get_sample(modality, s) for s in samples}
-        return spec.func(adatas, **options)
-    if spec.kind == "query":
-        return {s: spec.func(expm.get_sample(modality, s), **options) for s in samples}
+        before = {s: _slots.digests(a) for s, a in adatas.items()} if settings.check_contract else None
+        if spec.kind == "view":
+            out = spec.func(adatas, **options)
+        else:
+            out = {s: spec.func(a, **options) for s, a in adatas.items()}
+        if before is not None:
+            for s, a in adatas.items():
+                bad = _slots.undeclared_changes(before[s], _slots.digests(a), [])
+                if bad:
+                    from .._errors import ContractError
+
+                    raise ContractError(f"{spec.name} is registered as a read-only {spec.kind} but changed {bad[:10]} "
+                                        f"of sample {s!r}; register it as kind='per_sample' with writes=[...].")
+        return out
 
     for s in samples:  # fail before any work
         check_slots(spec, expm.get_sample(modality, s), options, sample=s, modality=modality)
@@ -190,7 +239,14 @@ def run_method(
                 adata = expm.get_sample(modality, s)
                 t0 = time.time()
                 try:
-                    res = spec.func(adata, **opts)
+                    # the same path as a worker's: run on a copy, then apply exactly the declared slots
+                    writes = spec.write_slots(opts)
+                    res, slots = _slots.run_declared(
+                        spec.func, adata, opts, writes, reads=spec.slots(spec.reads, opts), name=spec.name, copy=True,
+                        check=settings.check_contract,
+                    )
+                    _slots.record_params(slots, opts.get("key_added"), opts)
+                    _slots.apply(adata, writes, slots)
                 except Exception as e:  # noqa: BLE001 - isolate the failure to this sample
                     finish(s, opts, t0, time.time(), error=e)
                 else:
@@ -222,7 +278,9 @@ def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, execut
             else:
                 paths[s] = str(p)
         if need_copy:
-            base = str(expm.project_path) if expm.project_path is not None and executor is not None else None
+            # Dask workers may run on other hosts: a writer shares its copies through the project folder
+            # (the lab's shared file system); a reader (mode="r") never writes there and uses a temporary folder
+            base = str(expm.project_path) if executor is not None and expm.is_writable_backed else None
             scratch = tempfile.mkdtemp(prefix=".experimat-scratch-", dir=base)
             for s in need_copy:
                 p = os.path.join(scratch, f"{len(paths)}.h5ad")
@@ -231,17 +289,19 @@ def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, execut
         tasks = {}
         for s in samples:
             opts = _sample_options(spec, options, kwargs, s)
-            subsets = getattr(spec.func, "__experimat_subsets__", None) is not None  # a declared whole-sample replacement
-            tasks[s] = ({"func": spec.func, "sample": s, "path": paths[s], "options": opts, "subsets": subsets}, opts)
+            task = {"func": spec.func, "name": spec.name, "sample": s, "path": paths[s], "options": opts,
+                    "writes": spec.write_slots(opts), "reads": spec.slots(spec.reads, opts), "check": settings.check_contract}
+            tasks[s] = (task, opts)
 
         def handle(out: dict[str, Any]) -> None:
             s = out["sample"]
-            _, opts = tasks[s]
+            task, opts = tasks[s]
             if "error" in out:
                 finish(s, opts, out["start"], out["end"], error=out["error"])
                 return
             try:
-                _worker.apply_delta(expm.get_sample(modality, s), out["delta"])
+                _slots.record_params(out["slots"], opts.get("key_added"), opts)
+                _slots.apply(expm.get_sample(modality, s), task["writes"], out["slots"])
             except Exception as e:  # noqa: BLE001 - isolate
                 finish(s, opts, out["start"], out["end"], error=e)
                 return
@@ -257,29 +317,95 @@ def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, execut
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_processes(n_jobs: int, tasks: dict, handle, bar) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+def _worker_settings() -> dict[str, Any]:
+    return {"seed": settings.seed, "progress": False, "verbosity": settings.verbosity, "check_contract": settings.check_contract}
 
-    n_workers = min(n_jobs, len(tasks)) or 1
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
-    settings_state = {"seed": settings.seed, "progress": False, "verbosity": settings.verbosity}
+
+#: the local worker pool, kept between calls (spawning workers and importing the method
+#: modules costs seconds): ``(n_workers, threads) -> ProcessPoolExecutor``
+_POOL: dict[str, Any] = {}
+
+
+def _pool(n_workers: int, threads: int):
+    import atexit
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    key = (n_workers, threads)
+    if _POOL.get("key") == key and _POOL.get("pool") is not None:
+        return _POOL["pool"]
+    shutdown_pool()
     saved_env = {k: os.environ.get(k) for k in _worker.thread_env(threads)}
     os.environ.update(_worker.thread_env(threads))  # inherited by the spawned workers before numpy loads
     try:
-        with ProcessPoolExecutor(
-            max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_worker.init_worker, initargs=(threads, settings_state)
-        ) as pool:
-            futures = [pool.submit(_worker.run_task, task) for task, _ in tasks.values()]
-            for fut in as_completed(futures):
-                handle(fut.result())
-                bar.update()
+        pool = ProcessPoolExecutor(
+            max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_worker.init_worker,
+            initargs=(threads, _worker_settings(), os.getpid()),
+        )
+        # spawn the workers now, while the thread limits are in the environment
+        list(pool.map(_worker.ping, range(n_workers)))
     finally:
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if not _POOL.get("atexit"):
+        atexit.register(shutdown_pool)
+        _POOL["atexit"] = True
+    _POOL.update(key=key, pool=pool)
+    return pool
+
+
+def shutdown_pool() -> None:
+    """Stop the local worker processes kept between calls (they are also stopped at exit)."""
+    pool = _POOL.pop("pool", None)
+    _POOL.pop("key", None)
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _main_script_unguarded() -> str | None:
+    """The path of the running script when it has no ``if __name__ == "__main__":`` guard.
+
+    Worker processes are spawned: each re-runs the top level of the main script, so a script
+    without the guard would start the whole analysis again in every worker.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return None  # interactive sessions, notebooks, `python -m` of an installed module
+    try:
+        with open(path, encoding="utf-8") as fh:
+            src = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None if "__main__" in src else str(path)
+
+
+def _run_processes(n_jobs: int, tasks: dict, handle, bar) -> None:
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    n_workers = min(n_jobs, len(tasks)) or 1
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    try:
+        pool = _pool(n_workers, threads)
+        futures = [pool.submit(_worker.run_task, {**task, "settings": _worker_settings()}) for task, _ in tasks.values()]
+        for fut in as_completed(futures):
+            handle(fut.result())
+            bar.update()
+    except BrokenProcessPool as e:
+        shutdown_pool()
+        from .._errors import ExperimatError
+
+        raise ExperimatError(
+            "the worker processes of n_jobs>1 died. When running a script, put the code that calls experimat under "
+            "`if __name__ == \"__main__\":` (workers are spawned and re-run the script's top level); otherwise a "
+            "worker ran out of memory: use fewer n_jobs."
+        ) from e
 
 
 def _run_dask(client: Any, tasks: dict, handle, bar) -> None:
@@ -295,7 +421,7 @@ def _run_dask(client: Any, tasks: dict, handle, bar) -> None:
         threads = max(1, min(int(w.get("nthreads", 1)) for w in workers)) if workers else 1
     except (AttributeError, KeyError, TypeError, ValueError):
         threads = 1
-    settings_state = {"seed": settings.seed, "progress": False, "verbosity": settings.verbosity}
+    settings_state = _worker_settings()
     futures = []
     for task, _ in tasks.values():
         task = {**task, "threads": threads, "settings": settings_state}
@@ -311,12 +437,15 @@ def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save
     if spec.accepts_seed and kwargs.get("seed") is None:
         opts["seed"] = derive_seed(settings.seed, ",".join(samples))
     t0 = time.time()
+    writes = spec.write_slots(opts)
     try:
-        result = spec.func(adatas, **opts)
+        result, slots = _run_joint_declared(spec, adatas, opts, writes)
     except Exception as e:
         expm.add_history([recorder.record(s, opts, t0, time.time(), e) for s in samples])
         raise
     for s in samples:
+        _slots.record_params(slots[s], opts.get("key_added") or opts.get("result_key"), opts)
+        _slots.apply(adatas[s], writes, slots[s])
         expm.mark_modified(modality, s)
     if save:
         expm.save_samples([(modality, s) for s in samples])
@@ -342,6 +471,29 @@ def _store_model(expm, spec: MethodSpec, opts: dict[str, Any], result: Any, samp
     logger.info(f"{spec.name}: model stored as models/{name} (expm.load_model({name!r}))")
 
 
+def _run_joint_declared(spec: MethodSpec, adatas: dict, opts: dict[str, Any], writes: list[str]) -> tuple[Any, dict]:
+    """A joint method on copies of the samples; returns the result and each sample's declared slots."""
+    works = {s: a.copy() for s, a in adatas.items()}
+    for a in works.values():
+        _slots.clear_outputs(a, writes, spec.slots(spec.reads, opts))
+    check = settings.check_contract
+    before = {s: _slots.digests(a) for s, a in works.items()} if check else {}
+    shapes = {s: a.shape for s, a in works.items()}
+    result = spec.func(works, **opts)
+    for s, a in works.items():
+        _slots.check_shape(a, shapes[s])
+        if check:
+            bad = _slots.undeclared_changes(before[s], _slots.digests(a), writes)
+            if bad:
+                from .._errors import ContractError
+
+                raise ContractError(
+                    f"{spec.name} changed slots it does not declare in sample {s!r}: {bad[:10]}; declared writes: "
+                    f"{writes}. Add them to the method's writes= in register_method (or stop writing them)."
+                )
+    return result, {s: _slots.collect(a, writes) for s, a in works.items()}
+
+
 def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:
     adata = expm.integrated_modality(modality)
     check_slots(spec, adata, options, sample="integrated", modality=modality)
@@ -354,11 +506,21 @@ def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:
     if spec.kind == "query":
         return spec.func(adata, **opts)
     t0 = time.time()
+    writes = spec.write_slots(opts)
     try:
-        result = spec.func({"integrated": adata} if spec.kind == "joint" else adata, **opts)
+        if spec.kind == "joint":
+            result, slots = _run_joint_declared(spec, {"integrated": adata}, opts, writes)
+            slots = slots["integrated"]
+        else:
+            result, slots = _slots.run_declared(
+                spec.func, adata, opts, writes, reads=spec.slots(spec.reads, opts), name=spec.name, copy=True,
+                check=settings.check_contract,
+            )
     except Exception as e:
         expm.add_history([recorder.record("integrated", opts, t0, time.time(), e)])
         raise
+    _slots.record_params(slots, opts.get("key_added") or opts.get("result_key"), opts)
+    _slots.apply(adata, writes, slots)
     expm.mark_integrated_modified()
     if save:
         expm.save()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .. import pl
@@ -16,19 +17,27 @@ BIN = ("spatial-bin",)
 _FITTERS = {"cell2location": "reference_signatures", "destvi": "fit_condscvi"}
 
 
-def _resolve_reference(method: str | None):
+_KW = inspect.Parameter.KEYWORD_ONLY
+#: options of the reference fit when ``reference=`` is the ``rna`` accessor (consumed by the setup)
+_SETUP_OPTIONS = (
+    inspect.Parameter("labels_key", _KW, default=None, annotation="str | None"),
+    inspect.Parameter("reference_kwargs", _KW, default=None, annotation="dict | None"),
+)
+
+
+def _resolve_reference(method: str):
     """The cross-sample step of deconvolution: turn ``reference=`` into a fitted model, once."""
 
     def setup(expm, modality: str, options: dict[str, Any]) -> dict[str, Any]:
         opts = dict(options)
-        m = method or opts.get("method", "cell2location")
+        labels_key = opts.pop("labels_key", None)
+        fit_kwargs = dict(opts.pop("reference_kwargs", None) or {})
         ref = opts.get("reference")
         if isinstance(ref, ModalityAccessor):
-            if "labels_key" not in opts:
+            if labels_key is None:
                 raise InvalidInputError("reference=<accessor> needs labels_key= (the obs column with cell types).")
-            fit_kwargs = dict(opts.pop("reference_kwargs", None) or {})
-            fit_kwargs["labels_key"] = opts.pop("labels_key")
-            ref = getattr(ref, _FITTERS[m])(run_on_samples=True, **fit_kwargs)
+            fit_kwargs["labels_key"] = labels_key
+            ref = getattr(ref, _FITTERS[method])(run_on_samples=True, **fit_kwargs)
         elif isinstance(ref, str) and ref in expm.models:
             ref = expm.load_model(ref)
         opts["reference"] = ref
@@ -38,26 +47,32 @@ def _resolve_reference(method: str | None):
 
 
 # references: one model over all chosen scRNA samples, stored in the project's models/
-register_method(c2l.reference_signatures, modalities=("rna",), kind="joint", reads=("layers/{layer}", "obs/{labels_key}"))
-register_method(destvi.fit_condscvi, modalities=("rna",), kind="joint", reads=("layers/{layer}", "obs/{labels_key}"))
+register_method(c2l.reference_signatures, modalities=("rna",), kind="joint", reads=("layers/{layer}", "obs/{labels_key}"),
+                writes=("uns/{key_added}",))
+register_method(destvi.fit_condscvi, modalities=("rna",), kind="joint", reads=("layers/{layer}", "obs/{labels_key}"),
+                writes=("obsm/{key_added}.*", "uns/{key_added}"))
 register_method(c2l.gene_filter_histogram, modalities=("rna",), kind="query", reads=("layers/{layer}",))
 
 # mapping onto spots
 _MAP_READS = ("layers/{layer}",)
-register_method(deconv.deconvolve, modalities=BIN, setup=_resolve_reference(None))
+register_method(deconv.deconvolve, modalities=BIN, variants={"cell2location": "deconvolve_cell2location", "destvi": "deconvolve_destvi"})
 register_method(c2l.deconvolve_cell2location, modalities=BIN, setup=_resolve_reference("cell2location"), reads=_MAP_READS,
+                setup_options=_SETUP_OPTIONS,
                 writes=("obsm/{key_added}.*", "obsm/MT", "uns/{key_added}"))
 register_method(destvi.deconvolve_destvi, modalities=BIN, setup=_resolve_reference("destvi"), reads=_MAP_READS,
+                setup_options=_SETUP_OPTIONS,
                 writes=("obsm/{key_added}.*", "obs/{key_added}.noise", "var/{key_added}.*", "uns/{key_added}"))
 
 # downstream
 register_method(c2l.region_cluster, modalities=BIN, reads=("obsm/{key}",), writes=("obs/{key_added}", "uns/{key_added}"))
-register_method(c2l.colocation_nmf, modalities=BIN, reads=("obsm/{key}",), writes=("uns/{key_added}",))
+register_method(c2l.colocation_nmf, modalities=BIN, reads=("obsm/{key}",), writes=("obsm/{key_added}.*", "uns/{key_added}"))
 register_method(c2l.expected_expression_per_type, modalities=BIN, kind="query")
 register_method(c2l.reconstruction_qc, modalities=BIN, kind="query")
 register_method(c2l.totals_qc, modalities=BIN, kind="query")
 register_method(c2l.training_history, modalities=BIN, kind="query")
-register_method(destvi.automatic_proportion_threshold, modalities=BIN, kind="query", reads=("obsm/{key}.proportions",))
+# stores its thresholds in uns[key]["thresholds"] (next to DestVI's own record, which it keeps)
+register_method(destvi.automatic_proportion_threshold, modalities=BIN, reads=("obsm/{key}.proportions", "uns/{key}"),
+                writes=("uns/{key}",))
 
 # figures of the deconvolution tutorials (views: {sample: AnnData} in, a Figure out)
 register_method(pl.plot_gene_filter, modalities=("rna",), kind="view")

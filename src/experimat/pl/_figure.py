@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
-from experimat.pl._utils import STYLE
+from experimat.pl._style import STYLE
 
 
 class ExperimatFigure(Figure):

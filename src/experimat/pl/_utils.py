@@ -15,25 +15,11 @@ import pandas as pd
 
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat.methods._checks import get_matrix, resolve_genes
+from experimat.pl._style import STYLE
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
-
-#: rcParams applied while our figures are built and saved (independent of the user's rcParams)
-STYLE: dict[str, Any] = {
-    "pdf.fonttype": 42,
-    "ps.fonttype": 42,
-    "svg.fonttype": "path",
-    "font.size": 9.0,
-    "axes.titlesize": 10.0,
-    "axes.labelsize": 9.0,
-    "legend.fontsize": 8.0,
-    "xtick.labelsize": 8.0,
-    "ytick.labelsize": 8.0,
-    "figure.dpi": 100.0,
-    "image.interpolation": "antialiased",
-}
 
 #: grey of spots whose value is missing (NaN or a category without a colour)
 NA_COLOR = "#d3d3d3"
