@@ -33,6 +33,11 @@ def _resolve_reference(method: str):
         labels_key = opts.pop("labels_key", None)
         fit_kwargs = dict(opts.pop("reference_kwargs", None) or {})
         ref = opts.get("reference")
+        if not isinstance(ref, ModalityAccessor) and (labels_key is not None or fit_kwargs):
+            raise InvalidInputError(
+                f"labels_key={labels_key!r} / reference_kwargs={fit_kwargs or None!r} configure the reference fit when "
+                "reference= is the rna accessor (reference=expm.rna); with a fitted or stored reference, drop them."
+            )
         if isinstance(ref, ModalityAccessor):
             if labels_key is None:
                 raise InvalidInputError("reference=<accessor> needs labels_key= (the obs column with cell types).")
