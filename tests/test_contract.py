@@ -84,6 +84,12 @@ STEPS += [
     ("spatial-bin", "training_history", {}, {}),
     ("spatial-bin", "automatic_proportion_threshold", {}, {"n_quantiles": 20}),
 ]
+# filters last: they remove observations / genes from every slot (the runner subsets the parent's sample)
+for _mod in ("rna", "spatial-bin"):
+    STEPS += [
+        (_mod, "filter_genes", {"min_cells": 1}, {"min_cells": 3}),
+        (_mod, "filter_cells", {"min_genes": 1}, {"min_genes": 20}),
+    ]
 
 #: views are figures, tested in test_pl.py (they write nothing)
 SKIP_KINDS = ("view",)
@@ -143,8 +149,9 @@ def _run_all(root, **runner):
     out = {}
     for modality, name, a, b in STEPS:
         acc = expm.modality(modality)
+        readonly = registry.methods_for(modality)[name].kind in ("view", "query")  # runs in the parent
         for i, opts in enumerate((a, b)):
-            res = getattr(acc, name)(run_on_samples=True, **opts, **runner)
+            res = getattr(acc, name)(run_on_samples=True, **opts, **({} if readonly else runner))
             out[(modality, name, i)] = res
     expm.close()
     return out
