@@ -180,7 +180,6 @@ def dask_client():
         yield client
 
 
-@pytest.mark.slow  # several minutes on 2 loaded cores; not yet measured on an idle CI machine
 def test_serial_processes_and_dask_save_equal_samples(template, tmp_path, dask_client):
 
     roots = {k: tmp_path / k for k in ("serial", "processes", "dask")}
@@ -200,6 +199,12 @@ def test_serial_processes_and_dask_save_equal_samples(template, tmp_path, dask_c
     assert not problems, "saved samples differ:\n" + "\n".join(problems)
 
 
+#: DeepST's float32 torch embeddings vary by ~2e-4 between runs even in one process (multi-threaded reductions;
+#: measured: processes == Dask exactly, serial and the joint fit differ by <= 3e-4 of values up to 3.4); the domain
+#: labels derived from them are compared exactly
+FLOAT_TOLERANT = {"obsm/deepst.embedding", "obsm/deepst.integrated.embedding"}
+
+
 def _drop_timings(value):
     """Wall-clock timings and peak memory differ between any two runs: not part of the comparison."""
     if isinstance(value, dict):
@@ -209,6 +214,7 @@ def _drop_timings(value):
 
 def _differences(a, b) -> list[str]:
     """Every slot in which two AnnData differ (``assert_equal`` per slot, so all differences are listed)."""
+    import pandas as pd
     from anndata.tests.helpers import assert_equal
 
     def entries(ad):
@@ -229,7 +235,12 @@ def _differences(a, b) -> list[str]:
         if slot.startswith("uns/"):
             x, y = _drop_timings(x), _drop_timings(y)
         try:
-            assert_equal(x, y)
+            if slot in FLOAT_TOLERANT:
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-3)
+            elif slot.startswith(("obs/", "var/")):
+                pd.testing.assert_series_equal(x, y, check_exact=True)
+            else:
+                assert_equal(x, y)
         except AssertionError as e:
             out.append(f"{slot}: {str(e).splitlines()[0][:200]}")
     for attr in ("obs_names", "var_names"):
