@@ -83,6 +83,8 @@ def _base_options(name: str, var_names) -> dict:
         "get_markers": {"group_name": "0"},
         "filter_cells": {"min_counts": 1},
         "filter_genes": {"min_cells": 1},
+        "plot_reference_qc": {"reference": signatures},
+        "plot_gamma_space": {"ct": "A"},
     }.get(name, {})
 
 
