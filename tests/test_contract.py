@@ -203,6 +203,9 @@ def test_serial_processes_and_dask_save_equal_samples(template, tmp_path, dask_c
 #: measured: processes == Dask exactly, serial and the joint fit differ by <= 3e-4 of values up to 3.4); the domain
 #: labels derived from them are compared exactly
 FLOAT_TOLERANT = {"obsm/deepst.embedding", "obsm/deepst.integrated.embedding"}
+#: AEH's JAX posterior memberships: XLA's CPU reductions run multi-threaded in the parent and single-threaded in
+#: workers, so the last bits of these probabilities differ (seen in CI); compared to 1e-6
+FLOAT_CLOSE = {"var/aeh.membership"}
 
 
 def _drop_timings(value):
@@ -237,6 +240,8 @@ def _differences(a, b) -> list[str]:
         try:
             if slot in FLOAT_TOLERANT:
                 np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-3)
+            elif slot in FLOAT_CLOSE:
+                np.testing.assert_allclose(np.asarray(x, dtype=float), np.asarray(y, dtype=float), rtol=1e-6, atol=1e-6)
             elif slot.startswith(("obs/", "var/")):
                 pd.testing.assert_series_equal(x, y, check_exact=True)
             else:

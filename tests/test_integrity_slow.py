@@ -172,6 +172,7 @@ def test_random_sigkills(tmp_path, n_jobs):
         assert after[: len(records_before)] == records_before, f"trial {trial}: history records lost or reordered"
     print(f"\nSIGKILL during {'n_jobs=2 runs' if n_jobs > 1 else 'saves'}: {N_KILLS} kills, {counts}, load {os.getloadavg()}")
     assert counts["unreadable"] == 0 and counts["lost_records"] == 0
+    assert counts["orphan_workers"] == 0, counts  # workers exit by themselves once their parent is gone
     assert counts["old"] + counts["partial"] > 0 and counts["new"] > 0, counts  # kills landed inside and after runs
     assert _stat_tree(outside) == outside_before  # 0 files touched outside the folder
     leftovers = [p for p in (root / "samples" / "spatial-bin").iterdir() if p.name.endswith(".tmp")]
