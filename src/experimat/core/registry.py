@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._compat import renamed_of, translate_renamed
 from .._errors import InvalidInputError, MissingSlotError
 from .._keys import MODALITIES, Modality
 
@@ -109,7 +110,11 @@ class MethodSpec:
         return "seed" in self.signature.parameters
 
     def bind(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Validate options and return them with defaults applied (no adata)."""
+        """Validate options and return them with defaults applied (no adata).
+
+        Deprecated option names (:func:`experimat._compat.renamed_options`) are translated first.
+        """
+        kwargs = translate_renamed(self.name, renamed_of(self.func), kwargs, stacklevel=5)
         known = {p.name for p in self.options if p.kind == p.KEYWORD_ONLY}
         has_var_kw = any(p.kind == p.VAR_KEYWORD for p in self.options)
         unknown = set(kwargs) - known
