@@ -1,8 +1,7 @@
-"""Package-level contracts: light import, settings, version(), layer rules, no pickle."""
+"""Package-level contracts: light import, settings, version(), no pickle (layer rules: tests/test_imports.py)."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,7 @@ import experimat as em
 
 SRC = Path(em.__file__).parent
 
-# a layer may import only the layers listed for it (plus the base modules, always allowed)
-ALLOWED = {
-    "methods": {"methods", "datasets"},
-    "datasets": {"datasets"},
-    "database": {"database", "methods"},
-    "io": {"io", "methods", "database"},
-    "core": {"core", "io", "methods", "database"},
-    "modalities": {"modalities", "core", "methods", "pl", "database"},
-    "pl": {"pl", "methods", "datasets"},
-    "pp": {"pp", "methods"},
-}
+# the layer rules and the no-cycles rule are import contracts: pyproject.toml [tool.importlinter], tests/test_imports.py
 
 
 def test_import_is_light():
@@ -64,43 +53,6 @@ def test_setwd(tmp_path):
             em.setwd(tmp_path / "missing")
     finally:
         os.chdir(old)
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    layers = set()
-    pkg_parts = path.relative_to(SRC).parts[:-1]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(pkg_parts[: len(pkg_parts) - (node.level - 1)]) if node.level - 1 <= len(pkg_parts) else []
-                target = base + (node.module.split(".") if node.module else [])
-                names = [target] if node.module else [base + [a.name] for a in node.names]
-            elif node.module and node.module.startswith("experimat"):
-                names = [node.module.split(".")[1:]]
-            else:
-                continue
-            for t in names:
-                if t:
-                    layers.add(t[0])
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("experimat."):
-                    layers.add(a.name.split(".")[1])
-    return {name for name in layers if not name.startswith("_")}
-
-
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
-def test_layer_rules(layer):
-    folder = SRC / layer
-    if not folder.exists():
-        pytest.skip(f"{layer} not present")
-    bad = []
-    for py in folder.rglob("*.py"):
-        extra = _imports(py) - ALLOWED[layer]
-        if extra:
-            bad.append(f"{py.relative_to(SRC)} imports {sorted(extra)}")
-    assert not bad, "layer rule violated:\n" + "\n".join(bad)
 
 
 def test_no_unpickling_in_source():

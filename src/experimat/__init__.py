@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _pkg_version
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
@@ -33,11 +31,7 @@ from ._errors import (
     SampleRunError,
 )
 from ._settings import settings
-
-try:
-    __version__ = _pkg_version("experimat")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.1.0"
+from ._version import __version__
 
 if TYPE_CHECKING:
     from . import database, io, methods, pl, pp  # noqa: F401

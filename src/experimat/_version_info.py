@@ -29,8 +29,8 @@ def _rss_mib() -> float | None:
 
 
 def version_info(*, devices: bool = True) -> dict[str, object]:
-    from . import __version__
     from ._settings import settings
+    from ._version import __version__
 
     info: dict[str, object] = {"experimat": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in _PACKAGES:

@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._keys import Modality
+from .describe import describe_anndata
 from .registry import MethodSpec, load_plugins, methods_for
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ class ModalityAccessor:
 
     def view(self, sample: str) -> None:
         """Print the slots of one sample (obs/var/layers/obsm/varm/obsp/uns) with dtypes and shapes."""
-        from .experiment import describe_anndata
-
         print(describe_anndata(self[sample], title=f"{self.modality} sample {sample!r}"))
 
     # -- methods -------------------------------------------------------------------------------

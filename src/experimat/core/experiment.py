@@ -29,7 +29,7 @@ from ..io.manifest import base_manifest, replace_file
 from ..io.project import ProjectStore, now_iso
 from ._fingerprint import fingerprint
 from .accessor import ModalityAccessor
-from .describe import describe_anndata, describe_experiment  # noqa: F401  (describe_anndata: accessor.view imports it from here)
+from .describe import describe_experiment
 from .ingest import (  # noqa: F401  (prepare_sample, has_gene_table: re-exported)
     check_new_anndatas,
     check_new_sample,
@@ -443,7 +443,7 @@ class Experiment:
         logger.debug(f"saved {len(keys)} samples{' + integrated' if integrated else ''} to {store.root}", time=t0)
 
     def _base_manifest(self) -> dict[str, Any]:
-        from .. import __version__
+        from .._version import __version__
 
         return base_manifest(self._manifest, self._table.to_records(), __version__, now_iso())
 

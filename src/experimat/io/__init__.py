@@ -1,6 +1,5 @@
 """Readers, SpatialData conversion and the project-folder format."""
 
-from ._spatialdata import from_spatialdata, to_spatialdata
 from .readers import (
     detect_format,
     read,
@@ -15,6 +14,7 @@ from .readers import (
     read_visium_hd_cells,
     read_xenium,
 )
+from .readers._spatialdata import from_spatialdata, to_spatialdata
 
 __all__ = [
     "detect_format",

@@ -34,6 +34,7 @@ from typing import Any
 from .._errors import ProjectError, ProjectLockedError
 from .._keys import FileName
 from .._logging import logger
+from ._durable import fsync_dir
 
 _MAX_LOCK_BYTES = 4096
 
@@ -266,9 +267,7 @@ class WriterLock:
                 ) from e2
         finally:
             tmp.unlink(missing_ok=True)
-        from .project import _fsync_dir
-
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return True
 
     def _break(self, seen: LockInfo) -> bool:

@@ -35,14 +35,13 @@ atomically together with the manifest, hence the per-write token.)
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,68 +57,15 @@ from .._errors import (
 from .._keys import FORMAT_NAME, FORMAT_VERSION, FileName
 from .._logging import logger
 from . import history as _history
+from ._durable import NOFOLLOW as _NOFOLLOW
+from ._durable import atomic_write_bytes, now_iso, sha256_file
+from ._durable import fsync_dir as _fsync_dir
+from ._durable import fsync_file as _fsync_file
 from .lock import WriterLock
 from .manifest import named_files, validate_manifest
 
-_CHUNK = 1 << 22
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: leftovers of crashed writers older than this are removed by a writer's garbage collection
 _STALE_AFTER_S = 600.0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some file systems do not allow opening folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, before_replace: Callable[[], None] | None = None) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace).
-
-    ``before_replace`` runs after the data are durable and just before the replace (the writer
-    lock check of a commit); if it raises, the temporary file is removed and ``path`` is untouched."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def check_hdf5_self_contained(path: Path, rel: str, root: Path) -> None:

@@ -164,7 +164,7 @@ def read(
     if fmt == "h5ad":
         return read_h5ad(p)
     if fmt == "spatialdata":
-        from .._spatialdata import from_spatialdata
+        from ._spatialdata import from_spatialdata
 
         if "table" not in options:
             raise InvalidInputError(f"{p.name} is a SpatialData store: pass table= (the name of the table to read).")

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError, KeyNotFoundError
-from .._keys import Key
-from .._optional import import_optional
-from .readers._common import _set_counts, _to_uint8
+from ..._errors import InvalidInputError, KeyNotFoundError
+from ..._keys import Key
+from ..._optional import import_optional
+from ._common import _set_counts, _to_uint8
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -174,7 +174,7 @@ def from_spatialdata(
         )
     else:
         radius = np.array([])
-    from ..methods._checks import is_integer_matrix
+    from ...methods._checks import is_integer_matrix
 
     if Key.COUNTS in adata.layers:
         adata.X = adata.layers[Key.COUNTS]
@@ -192,7 +192,7 @@ def from_spatialdata(
     elif isinstance(scale, str):
         import warnings
 
-        from .._errors import ExperimatWarning
+        from ..._errors import ExperimatWarning
 
         warnings.warn(f"{scale}; reading without it.", ExperimatWarning)
     adata.uns[Key.SPATIAL] = {library_id: {"images": images, "scalefactors": sf,
@@ -227,7 +227,7 @@ def to_spatialdata(samples: Any, *, modality: str | None = None, images: bool = 
     elif isinstance(samples, Mapping):
         items = dict(samples)
     elif hasattr(samples, "modalities") and hasattr(samples, "get_sample"):
-        from .._keys import SPATIAL_MODALITIES
+        from ..._keys import SPATIAL_MODALITIES
 
         mods = [modality] if modality else [m for m in samples.modalities if m in SPATIAL_MODALITIES]
         items = {s: samples.get_sample(m, s) for m in mods for s in samples.table.samples(m)}
