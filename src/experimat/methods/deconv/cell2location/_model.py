@@ -71,16 +71,22 @@ def _as_signatures(reference: ReferenceSignatures | pd.DataFrame) -> pd.DataFram
     return sig
 
 
-def _nmf_init(torch: Any, x, h, n_iter: int = 50) -> np.ndarray:
+def _nmf_init(torch: Any, x, h, n_iter: int = 50, chunk: int = 20_000) -> np.ndarray:
     """Poisson (KL) NMF with fixed loadings ``h`` (F x G): a cheap starting point for the abundances.
 
     ``x`` (spots x genes) and ``h`` are float32 tensors (on the fitting device); returns a float64 array.
+    With ``h`` fixed the rows are independent, so spots are processed ``chunk`` at a time (the
+    spots x genes temporaries stay bounded on large samples).
     """
-    w = (x.sum(1, keepdim=True) / h.sum().clamp_min(1e-12) / h.shape[0]).expand(-1, h.shape[0]).clone()
     hs = h.sum(1)[None, :].clamp_min(1e-12)
-    for _ in range(n_iter):
-        w *= ((x / (w @ h).clamp_min(1e-10)) @ h.T) / hs
-    return w.double().cpu().numpy()
+    out = []
+    for s in range(0, x.shape[0], chunk):
+        xc = x[s : s + chunk]
+        w = (xc.sum(1, keepdim=True) / h.sum().clamp_min(1e-12) / h.shape[0]).expand(-1, h.shape[0]).clone()
+        for _ in range(n_iter):
+            w *= ((xc / (w @ h).clamp_min(1e-10)) @ h.T) / hs
+        out.append(w.double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, h.shape[0]))
 
 
 @counts_input("layer")
@@ -178,6 +184,7 @@ def deconvolve_cell2location(
     >>> ab = deconvolve_cell2location(adata_vis, reference=sig, n_cells_per_location=30)  # doctest: +SKIP
     >>> adata_vis.obsm["cell2location.q05"].head()  # doctest: +SKIP
     """
+    params = {k: v for k, v in locals().items() if k not in ("adata", "reference")}
     check_positive_int("max_epochs", max_epochs)
     check_positive_int("n_groups", n_groups)
     check_positive_int("min_shared_genes", min_shared_genes)
@@ -186,33 +193,13 @@ def deconvolve_cell2location(
     for name, v in (("n_cells_per_location", n_cells_per_location), ("detection_alpha", detection_alpha), ("lr", lr)):
         if not np.isfinite(v) or v <= 0:
             raise InvalidInputError(f"{name} must be a positive number; got {v!r}.")
-    quantiles = check_quantiles(quantiles)
-    seed = settings.seed if seed is None else seed
-    params = {k: v for k, v in locals().items() if k not in ("adata", "reference")}
+    quantiles = params["quantiles"] = check_quantiles(quantiles)
+    seed = params["seed"] = settings.seed if seed is None else seed
     sig = _as_signatures(reference)
     params["reference_labels"] = [str(c) for c in sig.columns]
     start = logger.info(f"cell2location: mapping {sig.shape[1]} cell types onto {adata.n_obs} spots")
 
-    X = get_matrix(adata, layer)
-    check_counts(X, layer=layer)
-    mt = mitochondrial_mask(adata, gene_symbols=gene_symbols)
-    if mt.any():
-        import scipy.sparse as sp
-
-        Xmt = X[:, np.flatnonzero(mt)]
-        Xmt = Xmt.toarray() if sp.issparse(Xmt) else np.asarray(Xmt)
-        adata.obsm[MT_KEY] = pd.DataFrame(Xmt, index=adata.obs_names.copy(), columns=list(adata.var_names[mt]))
-    usable = pd.Index(adata.var_names[~mt])
-    shared = [g for g in sig.index.astype(str) if g in usable]
-    if len(shared) < min_shared_genes:
-        raise InvalidInputError(
-            f"only {len(shared)} genes are shared between the reference ({sig.shape[0]} genes) and adata "
-            f"({adata.n_vars} genes, {int(mt.sum())} mitochondrial excluded); at least {min_shared_genes} are needed. "
-            "Use the same gene ids on both sides (e.g. Ensembl ids in var_names) or lower min_shared_genes."
-        )
-    col = adata.var_names.get_indexer(shared)
-    Xs = X[:, col]
-    Xs = np.asarray(Xs.toarray() if hasattr(Xs, "toarray") else Xs, dtype=np.float32)
+    Xs, shared = _mapped_counts(adata, sig, layer=layer, gene_symbols=gene_symbols, min_shared_genes=min_shared_genes)
     cell_state = sig.loc[shared].to_numpy(dtype=np.float64).T  # F x G
     if (cell_state.sum(1) <= 0).any():
         empty = list(sig.columns[cell_state.sum(1) <= 0])
@@ -253,9 +240,7 @@ def deconvolve_cell2location(
     names = [str(c) for c in sig.columns]
     out = {}
     for k in ("means", "sd", *(quantile_key(q) for q in quantiles)):
-        df = pd.DataFrame(fit["w_sf"][k], index=adata.obs_names.copy(), columns=names)
-        adata.obsm[f"{key_added}.{k}"] = df
-        out[k] = df
+        out[k] = adata.obsm[f"{key_added}.{k}"] = pd.DataFrame(fit["w_sf"][k], index=adata.obs_names.copy(), columns=names)
     history = fit["history"]
     store_params(
         adata,
@@ -279,87 +264,85 @@ def deconvolve_cell2location(
     return out["means"]
 
 
-def _fit_location_model(
-    x: np.ndarray,
-    cell_state: np.ndarray,
-    batch_codes: np.ndarray,
-    n_batch: int,
-    *,
-    n_cells_per_location: float,
-    detection_alpha: float,
-    n_groups: int,
-    factors_per_location: float,
-    groups_per_location: float,
-    max_epochs: int,
-    batch_size: int | None,
-    lr: float,
-    use_gpu: bool,
-    seed: int,
-    deterministic: bool,
-    quantiles: tuple[float, ...] = (0.05, 0.95),
-) -> dict[str, Any]:
-    from scipy.special import gammaln
+def _mapped_counts(adata: AnnData, sig: pd.DataFrame, *, layer, gene_symbols: str, min_shared_genes: int):
+    """Dense float32 counts (spots x genes) on the non-mitochondrial genes shared with the signatures, and
+    those genes. Mitochondrial counts are kept aside in ``obsm['MT']`` (as in the cell2location tutorial)."""
+    X = get_matrix(adata, layer)
+    check_counts(X, layer=layer)
+    mt = mitochondrial_mask(adata, gene_symbols=gene_symbols)
+    if mt.any():
+        import scipy.sparse as sp
 
-    from experimat._optional import import_optional
+        Xmt = X[:, np.flatnonzero(mt)]
+        Xmt = Xmt.toarray() if sp.issparse(Xmt) else np.asarray(Xmt)
+        adata.obsm[MT_KEY] = pd.DataFrame(Xmt, index=adata.obs_names.copy(), columns=list(adata.var_names[mt]))
+    usable = pd.Index(adata.var_names[~mt])
+    shared = [g for g in sig.index.astype(str) if g in usable]
+    if len(shared) < min_shared_genes:
+        raise InvalidInputError(
+            f"only {len(shared)} genes are shared between the reference ({sig.shape[0]} genes) and adata "
+            f"({adata.n_vars} genes, {int(mt.sum())} mitochondrial excluded); at least {min_shared_genes} are needed. "
+            "Use the same gene ids on both sides (e.g. Ensembl ids in var_names) or lower min_shared_genes."
+        )
+    Xs = X[:, adata.var_names.get_indexer(shared)]
+    return np.asarray(Xs.toarray() if hasattr(Xs, "toarray") else Xs, dtype=np.float32), shared
 
-    torch = import_optional("torch", purpose="cell2location")
-    device = torch_device(use_gpu)
-    n_obs, n_vars = x.shape
-    n_fact = cell_state.shape[0]
-    R = n_groups
-    N = n_cells_per_location
 
-    # detection efficiency calibrated from totals, as in cell2location
+def _detection_mean(x: np.ndarray, cell_state: np.ndarray, batch_codes: np.ndarray, n_batch: int, n_cells: float) -> float:
+    """Prior mean of the detection efficiency, calibrated from total counts as in cell2location."""
     sc_total = cell_state.sum(1).mean()
     sp_total = np.array(
         [x[batch_codes == b].sum(1).mean() if (batch_codes == b).any() else 0.0 for b in range(n_batch)]
     )
-    detection_mean = float(max((sp_total / N / sc_total).mean(), 1e-8))
+    return float(max((sp_total / n_cells / sc_total).mean(), 1e-8))
 
-    x_t = torch.tensor(x, device=device)
-    cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
-    with torch_threads(1 if deterministic else None, device):
-        w0 = _nmf_init(torch, x_t, cs_t * detection_mean)
-    w0 = np.maximum(w0, 1e-2 * N / n_fact)
+
+def _location_guide(torch: Any, w0: np.ndarray, n_vars: int, n_batch: int, *, n_groups: int,
+                    factors_per_location: float, groups_per_location: float, detection_mean: float,
+                    n_cells_per_location: float, device) -> MeanFieldLogNormal:
+    """The mean-field log-normal posterior of every site of the model, initialised (abundances at ``w0``)."""
+    n_obs, n_fact = w0.shape
+    R, N = n_groups, n_cells_per_location
     f32 = np.float32
+    init = {
+        "m_g_mean": (np.ones((1, 1), f32), False),
+        "m_g_alpha_e_inv": (np.full((1, 1), 1 / 3, f32), False),
+        "m_g": (np.ones((1, n_vars), f32), False),
+        "n_s_cells_per_location": (np.maximum(w0.sum(1, keepdims=True), 1.0), True),
+        "a_s_factors_per_location": (np.full((n_obs, 1), factors_per_location), True),
+        "z_sr_groups_factors": (np.full((n_obs, R), N / R), True),
+        "k_r_factors_per_groups": (np.full((R, 1), groups_per_location), False),
+        "x_fr_group2fact": (np.full((R, n_fact), 1.0 / n_fact), False),
+        "w_sf": (w0, True),
+        "detection_mean_y_e": (np.full((n_batch, 1), detection_mean), False),
+        "detection_y_s": (np.full((n_obs, 1), detection_mean), True),
+        "s_g_gene_add_alpha_hyp": (np.full((1, 1), 3.0), False),
+        "s_g_gene_add_mean": (np.full((n_batch, 1), 0.01), False),
+        "s_g_gene_add_alpha_e_inv": (np.full((n_batch, 1), 1 / 3), False),
+        "s_g_gene_add": (np.full((n_batch, n_vars), 0.01), False),
+        "alpha_g_phi_hyp": (np.full((1, 1), 3.0), False),
+        "alpha_g_inverse": (np.full((n_batch, n_vars), 1 / 3), False),
+    }
     g = MeanFieldLogNormal()
-    g.add(torch, "m_g_mean", np.ones((1, 1), f32), init_scale=0.05, device=device)
-    g.add(torch, "m_g_alpha_e_inv", np.full((1, 1), 1 / 3, f32), init_scale=0.05, device=device)
-    g.add(torch, "m_g", np.ones((1, n_vars), f32), init_scale=0.05, device=device)
-    g.add(
-        torch,
-        "n_s_cells_per_location",
-        np.maximum(w0.sum(1, keepdims=True), 1.0),
-        init_scale=0.05,
-        device=device,
-        local=True,
-    )
-    g.add(
-        torch,
-        "a_s_factors_per_location",
-        np.full((n_obs, 1), factors_per_location),
-        init_scale=0.05,
-        device=device,
-        local=True,
-    )
-    g.add(torch, "z_sr_groups_factors", np.full((n_obs, R), N / R), init_scale=0.05, device=device, local=True)
-    g.add(torch, "k_r_factors_per_groups", np.full((R, 1), groups_per_location), init_scale=0.05, device=device)
-    g.add(torch, "x_fr_group2fact", np.full((R, n_fact), 1.0 / n_fact), init_scale=0.05, device=device)
-    g.add(torch, "w_sf", w0, init_scale=0.05, device=device, local=True)
-    g.add(torch, "detection_mean_y_e", np.full((n_batch, 1), detection_mean), init_scale=0.05, device=device)
-    g.add(torch, "detection_y_s", np.full((n_obs, 1), detection_mean), init_scale=0.05, device=device, local=True)
-    g.add(torch, "s_g_gene_add_alpha_hyp", np.full((1, 1), 3.0), init_scale=0.05, device=device)
-    g.add(torch, "s_g_gene_add_mean", np.full((n_batch, 1), 0.01), init_scale=0.05, device=device)
-    g.add(torch, "s_g_gene_add_alpha_e_inv", np.full((n_batch, 1), 1 / 3), init_scale=0.05, device=device)
-    g.add(torch, "s_g_gene_add", np.full((n_batch, n_vars), 0.01), init_scale=0.05, device=device)
-    g.add(torch, "alpha_g_phi_hyp", np.full((1, 1), 3.0), init_scale=0.05, device=device)
-    g.add(torch, "alpha_g_inverse", np.full((n_batch, n_vars), 1 / 3), init_scale=0.05, device=device)
-
+    for name, (value, local) in init.items():
+        g.add(torch, name, value, init_scale=0.05, device=device, local=local)
     g.build(torch, device)
-    opt = torch.optim.Adam(g.parameters(), lr=lr)
-    gen = make_generator(torch, seed)
-    perm_rng = np.random.default_rng(seed)
-    full_batch = batch_size is None or batch_size >= n_obs
+    return g
+
+
+def _location_loss(torch: Any, g: MeanFieldLogNormal, x: np.ndarray, x_t, cs_t, batch_codes: np.ndarray, n_batch: int, *,
+                   n_groups: int, n_cells_per_location: float, factors_per_location: float,
+                   groups_per_location: float, detection_alpha: float, detection_mean: float, full_batch: bool,
+                   generator, device):
+    """``loss(idx, epoch)``: the negative ELBO of one draw of the cell2location model, for :func:`train`.
+
+    ``idx`` ``None`` is the full batch (likelihood evaluated densely with the count histogram);
+    otherwise the local sites and the likelihood are restricted to the spots ``idx`` and scaled up.
+    """
+    from scipy.special import gammaln
+
+    n_obs, n_fact = x_t.shape[0], cs_t.shape[0]
+    R, N = n_groups, n_cells_per_location
     if full_batch:
         # lgamma(x + alpha) summed once per distinct (batch, gene, count value), not per spot
         hist_all = histogram_to_torch(torch, count_histogram(x, batch_codes, n_batch), device)
@@ -370,12 +353,11 @@ def _fit_location_model(
     def T(v):
         return torch.tensor(float(v), dtype=torch.float32, device=device)
 
-    one = T(1.0)
-    w_ratio = T(5.0)
+    one, w_ratio = T(1.0), T(5.0)
 
     def step(idx: np.ndarray | None, epoch: int):
         it = None if idx is None else torch.tensor(idx, device=device)
-        sites, glob, loc_terms = g.draw(torch, gen, it)
+        sites, glob, loc_terms = g.draw(torch, generator, it)
         lp_glob, lp_loc = [], []
 
         def site(name, logpdf):
@@ -419,10 +401,60 @@ def _fit_location_model(
             ll = nb_loglik(torch, nz, x_nz, mu, alpha[bb], lg1)
         return -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
 
+    return step
+
+
+def _fit_location_model(
+    x: np.ndarray,
+    cell_state: np.ndarray,
+    batch_codes: np.ndarray,
+    n_batch: int,
+    *,
+    n_cells_per_location: float,
+    detection_alpha: float,
+    n_groups: int,
+    factors_per_location: float,
+    groups_per_location: float,
+    max_epochs: int,
+    batch_size: int | None,
+    lr: float,
+    use_gpu: bool,
+    seed: int,
+    deterministic: bool,
+    quantiles: tuple[float, ...] = (0.05, 0.95),
+) -> dict[str, Any]:
+    """Fit the model to counts ``x`` (spots x genes) given the signatures ``cell_state`` (types x genes).
+
+    Returns the abundance summaries ``w_sf`` (posterior means, sd, ``quantiles``), the loss history and
+    posterior means of the QC sites.
+    """
+    from experimat._optional import import_optional
+
+    torch = import_optional("torch", purpose="cell2location")
+    device = torch_device(use_gpu)
+    n_obs, n_vars = x.shape
+    N = n_cells_per_location
+    detection_mean = _detection_mean(x, cell_state, batch_codes, n_batch, N)
+    x_t = torch.tensor(x, device=device)
+    cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
+    with torch_threads(1 if deterministic else None, device):
+        w0 = _nmf_init(torch, x_t, cs_t * detection_mean)
+    w0 = np.maximum(w0, 1e-2 * N / cell_state.shape[0])
+    g = _location_guide(
+        torch, w0, n_vars, n_batch, n_groups=n_groups, factors_per_location=factors_per_location,
+        groups_per_location=groups_per_location, detection_mean=detection_mean, n_cells_per_location=N, device=device,
+    )
+    opt = torch.optim.Adam(g.parameters(), lr=lr)
+    step = _location_loss(
+        torch, g, x, x_t, cs_t, batch_codes, n_batch, n_groups=n_groups, n_cells_per_location=N,
+        factors_per_location=factors_per_location, groups_per_location=groups_per_location,
+        detection_alpha=detection_alpha, detection_mean=detection_mean,
+        full_batch=batch_size is None or batch_size >= n_obs, generator=make_generator(torch, seed), device=device,
+    )
     history = train(
         step,
         opt,
-        minibatches(n_obs, batch_size, perm_rng, sort=True),
+        minibatches(n_obs, batch_size, np.random.default_rng(seed), sort=True),
         max_epochs=max_epochs,
         n_obs=n_obs,
         name="cell2location",

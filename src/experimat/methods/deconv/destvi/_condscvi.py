@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,6 +19,7 @@ from experimat.methods._checks import (
     get_matrix,
     get_obs_column,
     store_params,
+    to_json_safe,
 )
 from experimat.methods._expression import hvg_seurat_v3 as select_genes_vst
 from experimat.methods._torch import minibatches, torch_device, torch_threads, train
@@ -288,17 +288,18 @@ def fit_condscvi(
     >>> ref = fit_condscvi({"sc1": sc}, labels_key="cell_type", layer="counts", max_epochs=300)
     >>> ref.save("models/condscvi")
     """
-    import scipy.sparse as sp
-
     torch = import_optional("torch", purpose="DestVI")
-    params = {k: v for k, v in locals().items() if k not in ("adatas", "sp", "torch")}
+    params = {k: v for k, v in locals().items() if k not in ("adatas", "torch")}
     params["genes"] = None if genes is None else f"<{len(list(genes))} genes>"
     samples = dict(adatas) if isinstance(adatas, Mapping) else {"_": adatas}
     if not samples:
         raise InvalidInputError("adatas is empty; pass at least one AnnData.")
-    n_latent = check_positive_int("n_latent", n_latent)
-    n_hidden = check_positive_int("n_hidden", n_hidden)
-    n_layers = check_positive_int("n_layers", n_layers)
+    arch = {
+        "n_latent": check_positive_int("n_latent", n_latent),
+        "n_hidden": check_positive_int("n_hidden", n_hidden),
+        "n_layers": check_positive_int("n_layers", n_layers),
+        "dropout_rate": float(dropout_rate),
+    }
     max_epochs = check_positive_int("max_epochs", max_epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     if n_top_genes is not None:
@@ -307,7 +308,55 @@ def fit_condscvi(
         raise InvalidInputError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
     seed = settings.seed if seed is None else int(seed)
 
-    # pool the samples on their shared genes
+    X, labels, shared = _pool_samples(samples, layer=layer, labels_key=labels_key, genes=genes)
+    cell_types = sorted(set(labels))
+    if len(cell_types) < 2:
+        raise InvalidInputError(f"obs[{labels_key!r}] has {len(cell_types)} cell type; DestVI needs at least 2.")
+    X, genes_used, lib = _select_reference_genes(X, shared, n_top_genes)
+    code = {c: i for i, c in enumerate(cell_types)}
+    y = np.array([code[v] for v in labels], dtype=np.int64)
+    counts = np.bincount(y, minlength=len(cell_types))
+    start = logger.info(
+        f"CondSCVI: {X.shape[0]} cells, {len(genes_used)} genes, {len(cell_types)} cell types, {max_epochs} epochs"
+    )
+    device = torch_device(use_gpu)
+    threads = settings.n_jobs if n_threads is None else n_threads
+    with torch.random.fork_rng(devices=[]), torch_threads(threads, device):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        mod, history = _train_condvae(
+            X, y, _type_weights(counts, weight_obs), arch,
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=device, generator=gen,
+        )
+        means, variances = _encode_cells(mod, X, y, device)
+    state = {f"module.{k}": v.detach().cpu() for k, v in mod.state_dict().items()}
+    state["latent_mean"] = means
+    state["latent_var"] = variances
+    state["labels"] = torch.as_tensor(y)
+    state["mean_library"] = torch.as_tensor(np.array([lib[y == c].mean() for c in range(len(cell_types))]))
+    config = {
+        "model": "CondSCVI",
+        "genes": genes_used,
+        "cell_types": cell_types,
+        "labels_key": labels_key,
+        "layer": layer,
+        **arch,
+        "cells_per_type": {c: int(k) for c, k in zip(cell_types, counts, strict=True)},
+        "samples": [s for s in samples if s != "_"],
+        "params": to_json_safe({k: v for k, v in params.items() if k != "genes"}),
+        "training_history": history,
+    }
+    model = CondSCVIModel(config, state)
+    model._module = mod.cpu()
+    logger.info("CondSCVI trained", time=start)
+    _write_latent(samples, means.numpy(), key_added, params, n_genes=len(genes_used), cell_types=cell_types)
+    return model
+
+
+def _pool_samples(samples: Mapping[str, AnnData], *, layer, labels_key, genes):
+    """The samples' counts (CSR float32) on the genes they share (within ``genes`` when given), and labels."""
+    import scipy.sparse as sp
+
     shared = None
     for ad_ in samples.values():
         names = list(map(str, ad_.var_names))
@@ -325,19 +374,19 @@ def fit_condscvi(
     for name, ad_ in samples.items():
         X = get_matrix(ad_, layer)
         check_counts(X, what=f"sample {name!r}", layer=layer)
-        idx = ad_.var_names.get_indexer(shared)
-        mats.append(_as_csr(X)[:, idx])
+        mats.append(_as_csr(X)[:, ad_.var_names.get_indexer(shared)])
         labs.append(get_obs_column(ad_, labels_key).astype(str).to_numpy())
     X = sp.vstack(mats).tocsr()
-    labels = np.concatenate(labs)
-    cell_types = sorted(set(labels))
-    if len(cell_types) < 2:
-        raise InvalidInputError(f"obs[{labels_key!r}] has {len(cell_types)} cell type; DestVI needs at least 2.")
     lib = np.asarray(X.sum(1)).ravel()
     if (lib <= 0).any():
         raise InvalidInputError(
             f"{int((lib <= 0).sum())} cells have zero counts over the shared genes; remove them first."
         )
+    return X, np.concatenate(labs), shared
+
+
+def _select_reference_genes(X, shared: list[str], n_top_genes: int | None):
+    """``X`` on the modelled genes (Seurat v3 HVGs, or all), the genes, and each cell's total over them."""
     gene_idx = np.arange(len(shared)) if n_top_genes is None else select_genes_vst(X, n_top_genes)
     X = X[:, gene_idx]
     genes_used = [shared[i] for i in gene_idx]
@@ -347,87 +396,72 @@ def fit_condscvi(
             f"{int((lib <= 0).sum())} cells have zero counts over the {len(genes_used)} selected genes; "
             "remove them or raise n_top_genes."
         )
-    code = {c: i for i, c in enumerate(cell_types)}
-    y = np.array([code[v] for v in labels], dtype=np.int64)
-    counts = np.bincount(y, minlength=len(cell_types))
-    if weight_obs:
-        prop = counts / counts.sum()
-        prop = np.maximum(prop, 0.05)
-        prop = prop / prop.sum()
-        ct_weight = 1.0 / prop
-    else:
-        ct_weight = np.ones(len(cell_types))
-    start = logger.info(
-        f"CondSCVI: {X.shape[0]} cells, {len(genes_used)} genes, {len(cell_types)} cell types, {max_epochs} epochs"
-    )
+    return X, genes_used, lib
+
+
+def _type_weights(counts: np.ndarray, weight_obs: bool) -> np.ndarray:
+    """Per-type likelihood weights: inverse type frequencies floored at 5 % (scvi-tools' ``weight_obs``), or ones."""
+    if not weight_obs:
+        return np.ones(len(counts))
+    prop = np.maximum(counts / counts.sum(), 0.05)
+    return 1.0 / (prop / prop.sum())
+
+
+def _train_condvae(X, y, ct_weight, arch, *, max_epochs, batch_size, lr, device, generator):
+    """Train the conditional VAE with the shared loop; returns the module (eval mode) and the loss history."""
+    import torch
 
     from ._modules import CondVAE
 
-    device = torch_device(use_gpu)
-    threads = settings.n_jobs if n_threads is None else n_threads
-    with torch.random.fork_rng(devices=[]), torch_threads(threads, device):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        mod = CondVAE(
-            len(genes_used),
-            len(cell_types),
-            n_latent=n_latent,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            dropout=dropout_rate,
-        ).to(device)
-        dense = X.shape[0] * X.shape[1] <= 100_000_000
-        Xt = torch.as_tensor(X.toarray(), device=device) if dense else None
-        yt = torch.as_tensor(y, device=device)
-        wt = torch.as_tensor(ct_weight, dtype=torch.float32, device=device)[yt]
-        opt = torch.optim.Adam(mod.parameters(), lr=lr, eps=0.01, weight_decay=1e-6)
-        n = X.shape[0]
+    mod = CondVAE(
+        X.shape[1], len(ct_weight), n_latent=arch["n_latent"], n_hidden=arch["n_hidden"],
+        n_layers=arch["n_layers"], dropout=arch["dropout_rate"],
+    ).to(device)
+    rows = _row_loader(X, device)
+    yt = torch.as_tensor(y, device=device)
+    wt = torch.as_tensor(ct_weight, dtype=torch.float32, device=device)[yt]
+    opt = torch.optim.Adam(mod.parameters(), lr=lr, eps=0.01, weight_decay=1e-6)
 
-        def loss_fn(idx, epoch):
-            xb = Xt[idx.to(device)] if dense else torch.as_tensor(X[idx.numpy()].toarray(), device=device)
-            return mod.loss(xb, yt[idx.to(device)], wt[idx.to(device)], gen)
+    def loss_fn(idx, epoch):
+        idx_d = idx.to(device)
+        return mod.loss(rows(idx), yt[idx_d], wt[idx_d], generator)
 
-        mod.train()
-        # every epoch shuffles (even a single batch); as scvi-tools, a last batch under 3 cells is dropped
-        batches = minibatches(n, batch_size, gen, full_batch=False, min_size=3)
-        history = train(loss_fn, opt, batches, max_epochs=max_epochs, n_obs=n, name="CondSCVI")
-        mod.eval()
-        means, variances = [], []
-        with torch.no_grad():
-            for b in range(0, n, 1024):
-                xb = Xt[b : b + 1024] if dense else torch.as_tensor(X[b : b + 1024].toarray(), device=device)
-                m_, v_ = mod.encode(xb, yt[b : b + 1024])
-                means.append(m_.cpu())
-                variances.append(v_.cpu())
-    mean_library = np.array([lib[y == c].mean() for c in range(len(cell_types))])
-    state = {f"module.{k}": v.detach().cpu() for k, v in mod.state_dict().items()}
-    state["latent_mean"] = torch.cat(means)
-    state["latent_var"] = torch.cat(variances)
-    state["labels"] = torch.as_tensor(y)
-    state["mean_library"] = torch.as_tensor(mean_library)
-    config = {
-        "model": "CondSCVI",
-        "genes": genes_used,
-        "cell_types": cell_types,
-        "labels_key": labels_key,
-        "layer": layer,
-        "n_latent": n_latent,
-        "n_hidden": n_hidden,
-        "n_layers": n_layers,
-        "dropout_rate": float(dropout_rate),
-        "cells_per_type": {c: int(k) for c, k in zip(cell_types, counts, strict=True)},
-        "samples": [s for s in samples if s != "_"],
-        "params": json.loads(json.dumps({k: v for k, v in params.items() if k != "genes"}, default=str)),
-        "training_history": history,
-    }
-    model = CondSCVIModel(config, state)
-    model._module = mod.cpu()
-    logger.info("CondSCVI trained", time=start)
-    # write each sample's latent representation and the parameters
+    mod.train()
+    # every epoch shuffles (even a single batch); as scvi-tools, a last batch under 3 cells is dropped
+    batches = minibatches(X.shape[0], batch_size, generator, full_batch=False, min_size=3)
+    history = train(loss_fn, opt, batches, max_epochs=max_epochs, n_obs=X.shape[0], name="CondSCVI")
+    mod.eval()
+    return mod, history
+
+
+def _row_loader(X, device, max_dense: int = 100_000_000):
+    """``rows(idx)``: dense float32 rows of CSR ``X`` on ``device`` (all of ``X`` kept there when small)."""
+    import torch
+
+    if X.shape[0] * X.shape[1] <= max_dense:
+        Xt = torch.as_tensor(X.toarray(), device=device)
+        return lambda idx: Xt[idx.to(device) if hasattr(idx, "to") else idx]
+    return lambda idx: torch.as_tensor(X[np.asarray(idx.cpu() if hasattr(idx, "cpu") else idx)].toarray(), device=device)
+
+
+def _encode_cells(mod, X, y, device, chunk: int = 1024):
+    """Posterior means and variances (CPU tensors) of all cells, in chunks."""
+    import torch
+
+    means, variances = [], []
+    with torch.no_grad():
+        for b in range(0, X.shape[0], chunk):
+            xb = torch.as_tensor(X[b : b + chunk].toarray(), device=device)
+            m_, v_ = mod.encode(xb, torch.as_tensor(y[b : b + chunk], device=device))
+            means.append(m_.cpu())
+            variances.append(v_.cpu())
+    return torch.cat(means), torch.cat(variances)
+
+
+def _write_latent(samples, latent: np.ndarray, key_added: str, params, **record) -> None:
+    """Each sample's ``obsm[f"{key_added}.latent"]`` (its cells' posterior means) and ``uns[key_added]``."""
     offset = 0
-    latent = state["latent_mean"].numpy()
     for ad_ in samples.values():
         ad_.obsm[f"{key_added}.latent"] = latent[offset : offset + ad_.n_obs].copy()
         offset += ad_.n_obs
-        store_params(ad_, key_added, params, n_genes=len(genes_used), cell_types=cell_types)
-    return model
+        store_params(ad_, key_added, params, **record)

@@ -167,8 +167,11 @@ def deconvolve_destvi(
     params["reference"] = repr(reference)
     max_epochs = check_positive_int("max_epochs", max_epochs)
     vamp_prior_p = check_positive_int("vamp_prior_p", vamp_prior_p)
-    n_hidden = check_positive_int("n_hidden", n_hidden)
-    n_layers = check_positive_int("n_layers", n_layers)
+    arch = {
+        "n_hidden": check_positive_int("n_hidden", n_hidden),
+        "n_layers": check_positive_int("n_layers", n_layers),
+        "dropout": float(dropout_rate),
+    }
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
     for name, val in (("l1_sparsity", l1_sparsity), ("beta_weighting_prior", beta_weighting_prior), ("lr", lr)):
@@ -179,45 +182,19 @@ def deconvolve_destvi(
     seed = settings.seed if seed is None else int(seed)
     warm = min(200, max_epochs // 4) if kl_warmup_epochs is None else int(kl_warmup_epochs)
 
-    X = get_matrix(adata, layer)
-    check_counts(X, layer=layer)
-    genes = shared_genes(adata, reference)
-    col = adata.var_names.get_indexer(genes)
-    X = _as_csr(X)[:, col]
-    lib = np.asarray(X.sum(1)).ravel()
-    if (lib <= 0).any():
-        bad = list(adata.obs_names[lib <= 0][:5])
-        raise InvalidInputError(
-            f"{int((lib <= 0).sum())} spots have zero counts over the {len(genes)} shared genes (e.g. {bad}); "
-            "remove them first (e.g. sc.pp.filter_cells(adata, min_counts=1))."
-        )
-    ref_index = {g: i for i, g in enumerate(reference.genes)}
-    gidx = np.array([ref_index[g] for g in genes])
+    X, genes, col, gidx = _spatial_counts(adata, reference, layer)
     cell_types = reference.cell_types
     n_spots, n_types, n_genes = adata.n_obs, len(cell_types), len(genes)
     bs = batch_size or _default_batch(n_spots, n_types, n_genes)
     start = logger.info(f"DestVI: {n_spots} spots, {n_genes} shared genes, {n_types} cell types, {max_epochs} epochs")
-
-    from ._modules import SpatialDeconv
-
-    pm, pv, pw = reference.vamp_prior(vamp_prior_p, seed=seed)
-    ref_mod = reference.module()
+    prior = reference.vamp_prior(vamp_prior_p, seed=seed)
+    reference.module()  # built (weights initialised, then loaded) before the seeded block: no effect on its draws
     device = torch_device(use_gpu)
     threads = settings.n_jobs if n_threads is None else n_threads
     with torch.random.fork_rng(devices=[]), torch_threads(threads, device):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        mod = SpatialDeconv(
-            ref_mod,
-            torch.as_tensor(gidx),
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            dropout=dropout_rate,
-            prior_mean=torch.as_tensor(pm, dtype=torch.float32),
-            prior_var=torch.as_tensor(pv, dtype=torch.float32),
-            prior_logw=torch.as_tensor(pw, dtype=torch.float32),
-            theta_init=ref_mod.px_r.detach()[torch.as_tensor(gidx)],
-        ).to(device)
+        mod = _spatial_module(reference, gidx, arch, prior).to(device)
         Xt = torch.as_tensor(X.toarray(), device=device)
         opt = torch.optim.Adam([p for p in mod.parameters() if p.requires_grad], lr=lr, eps=0.01, weight_decay=1e-6)
 
@@ -231,42 +208,14 @@ def deconvolve_destvi(
         batches = minibatches(n_spots, bs, gen, device=device)
         history = train(loss_fn, opt, batches, max_epochs=max_epochs, n_obs=n_spots, name="DestVI")
         mod.eval()
-        vs, gs = [], []
-        with torch.no_grad():
-            for b in range(0, n_spots, 4096):
-                v, g = mod.infer(Xt[b : b + 4096])
-                vs.append(v.cpu().numpy())
-                gs.append(g.cpu().numpy())
+        v, gamma = _infer_spots(mod, Xt)
         beta = mod.beta.detach().cpu().numpy()
         theta = torch.exp(mod.px_r.detach()).cpu().numpy()
-    v = np.vstack(vs).astype(np.float64)
-    gamma = np.concatenate(gs).astype(np.float64)
     if not np.isfinite(v).all() or not np.isfinite(history[-1]):
         raise InvalidInputError("DestVI training diverged (non-finite loss); lower lr or check the inputs.")
-    transcripts = v[:, :n_types] / np.maximum(v[:, :n_types].sum(1, keepdims=True), 1e-12)
-    if cell_size_correction:
-        # v is each type's share of the spot's counts; divide by the type's counts per cell
-        cells = transcripts / reference.mean_library()[None, :]
-        props = cells / np.maximum(cells.sum(1, keepdims=True), 1e-300)
-    else:
-        props = transcripts
-    noise = v[:, n_types] / np.maximum(v.sum(1), 1e-12)
-    obs_names = adata.obs_names
-    result = pd.DataFrame(props, index=obs_names, columns=pd.Index(cell_types))
-    adata.obsm[f"{key_added}.proportions"] = result.copy()
-    adata.obsm[f"{key_added}.transcript_proportions"] = pd.DataFrame(
-        transcripts, index=obs_names, columns=pd.Index(cell_types)
-    )
-    latent_cols = [f"latent_{i}" for i in range(reference.n_latent)]
-    for i, ct in enumerate(cell_types):
-        adata.obsm[f"{key_added}.gamma.{ct}"] = pd.DataFrame(gamma[:, i, :], index=obs_names, columns=latent_cols)
-    adata.obs[f"{key_added}.noise"] = noise
-    b_col = np.full(adata.n_vars, np.nan)
-    t_col = np.full(adata.n_vars, np.nan)
-    b_col[col] = beta
-    t_col[col] = theta
-    adata.var[f"{key_added}.beta"] = b_col
-    adata.var[f"{key_added}.theta"] = t_col
+    props, transcripts, noise = _mixture_proportions(v, n_types, reference.mean_library(), cell_size_correction)
+    result = pd.DataFrame(props, index=adata.obs_names, columns=pd.Index(cell_types))
+    _write_destvi(adata, key_added, result, transcripts, gamma, noise, col, beta, theta)
     store_params(
         adata,
         key_added,
@@ -278,6 +227,86 @@ def deconvolve_destvi(
     )
     logger.info("DestVI done", time=start)
     return result
+
+
+def _spatial_counts(adata: AnnData, reference: CondSCVIModel, layer: str | None):
+    """Spot counts (CSR float32) on the genes shared with the reference, the genes, their columns in
+    ``adata`` and their positions among the reference genes."""
+    X = get_matrix(adata, layer)
+    check_counts(X, layer=layer)
+    genes = shared_genes(adata, reference)
+    col = adata.var_names.get_indexer(genes)
+    X = _as_csr(X)[:, col]
+    lib = np.asarray(X.sum(1)).ravel()
+    if (lib <= 0).any():
+        bad = list(adata.obs_names[lib <= 0][:5])
+        raise InvalidInputError(
+            f"{int((lib <= 0).sum())} spots have zero counts over the {len(genes)} shared genes (e.g. {bad}); "
+            "remove them first (e.g. sc.pp.filter_cells(adata, min_counts=1))."
+        )
+    ref_index = {g: i for i, g in enumerate(reference.genes)}
+    return X, genes, col, np.array([ref_index[g] for g in genes])
+
+
+def _spatial_module(reference: CondSCVIModel, gidx: np.ndarray, arch: dict, prior: tuple):
+    """The stLVM around the frozen reference decoder, with the empirical VampPrior ``prior`` (means,
+    variances, log weights from :meth:`CondSCVIModel.vamp_prior`)."""
+    import torch
+
+    from ._modules import SpatialDeconv
+
+    pm, pv, pw = prior
+    ref_mod = reference.module()
+    return SpatialDeconv(
+        ref_mod,
+        torch.as_tensor(gidx),
+        **arch,
+        prior_mean=torch.as_tensor(pm, dtype=torch.float32),
+        prior_var=torch.as_tensor(pv, dtype=torch.float32),
+        prior_logw=torch.as_tensor(pw, dtype=torch.float32),
+        theta_init=ref_mod.px_r.detach()[torch.as_tensor(gidx)],
+    )
+
+
+def _infer_spots(mod, Xt, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mixture weights ``(spots, types + 1)`` and states ``(spots, types, n_latent)`` of all spots, in chunks."""
+    import torch
+
+    vs, gs = [], []
+    with torch.no_grad():
+        for b in range(0, Xt.shape[0], chunk):
+            v, g = mod.infer(Xt[b : b + chunk])
+            vs.append(v.cpu().numpy())
+            gs.append(g.cpu().numpy())
+    return np.vstack(vs).astype(np.float64), np.concatenate(gs).astype(np.float64)
+
+
+def _mixture_proportions(v: np.ndarray, n_types: int, mean_library: np.ndarray, cell_size_correction: bool):
+    """Cell-type proportions, count shares and the noise share from the mixture weights ``v``."""
+    transcripts = v[:, :n_types] / np.maximum(v[:, :n_types].sum(1, keepdims=True), 1e-12)
+    if cell_size_correction:
+        # v is each type's share of the spot's counts; divide by the type's counts per cell
+        cells = transcripts / mean_library[None, :]
+        props = cells / np.maximum(cells.sum(1, keepdims=True), 1e-300)
+    else:
+        props = transcripts
+    noise = v[:, n_types] / np.maximum(v.sum(1), 1e-12)
+    return props, transcripts, noise
+
+
+def _write_destvi(adata, key_added, result, transcripts, gamma, noise, col, beta, theta) -> None:
+    """The per-spot and per-gene result slots of :func:`deconvolve_destvi` (its record is written by the caller)."""
+    obs_names, cell_types = adata.obs_names, result.columns
+    adata.obsm[f"{key_added}.proportions"] = result.copy()
+    adata.obsm[f"{key_added}.transcript_proportions"] = pd.DataFrame(transcripts, index=obs_names, columns=cell_types)
+    latent_cols = [f"latent_{i}" for i in range(gamma.shape[2])]
+    for i, ct in enumerate(cell_types):
+        adata.obsm[f"{key_added}.gamma.{ct}"] = pd.DataFrame(gamma[:, i, :], index=obs_names, columns=latent_cols)
+    adata.obs[f"{key_added}.noise"] = noise
+    for name, values in (("beta", beta), ("theta", theta)):
+        column = np.full(adata.n_vars, np.nan)
+        column[col] = values
+        adata.var[f"{key_added}.{name}"] = column
 
 
 def _destvi_slots(adata: AnnData, reference: CondSCVIModel, key: str):
