@@ -86,3 +86,24 @@ def pick_device(use_gpu: bool) -> str:
 
 def chunk_size_for(n_obs: int, *, budget_elems: int = 4_000_000, minimum: int = 16) -> int:
     return max(minimum, budget_elems // max(n_obs, 1))
+
+
+def finish_ranking(res, *, score: np.ndarray, sig: np.ndarray, n_svg: int | None) -> None:
+    """``rank`` (1 = most significant: smallest p, ties broken by the larger ``score``; untested
+    genes last) and ``svg`` (significant and among the top ``n_svg``)."""
+    p = res["pval"].to_numpy()
+    p_key = np.where(np.isfinite(p), p, np.inf)
+    s_key = np.where(np.isfinite(score), -score, np.inf)
+    order = np.lexsort((s_key, p_key))
+    rank = np.empty(len(p), dtype=np.int64)
+    rank[order] = np.arange(1, len(p) + 1)
+    res["rank"] = rank
+    svg = np.asarray(sig, dtype=bool) & np.isfinite(p)
+    if n_svg is not None:
+        svg &= rank <= n_svg
+    res["svg"] = svg
+
+
+def write_var(adata, res, key_added: str) -> None:
+    for col in res.columns:
+        adata.var[f"{key_added}.{col}"] = res[col].to_numpy()

@@ -400,7 +400,16 @@ def spatial_svg_gp(
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, get_matrix, store_params
 
-    from ._common import as_csc_or_dense, chunk_size_for, coordinates, gene_chunks, pick_device, with_gene_symbols
+    from ._common import (
+        as_csc_or_dense,
+        chunk_size_for,
+        coordinates,
+        finish_ranking,
+        gene_chunks,
+        pick_device,
+        with_gene_symbols,
+        write_var,
+    )
     from ._kernels import cached_factor, l_limits
     from ._stats import bh_adjust, chi2_sf, storey_qvalue
 
@@ -517,7 +526,7 @@ def spatial_svg_gp(
     res["llr"] = full(np.where(ok, llr, np.nan))
     res["bic"] = full(np.where(ok, bic, np.nan))
     res["model"] = pd.Series(full(model, None, object), index=res.index, dtype="string")
-    _finish_ranking(res, score=res["llr"].to_numpy(), sig=res["qval"].to_numpy() < alpha, n_svg=n_svg)
+    finish_ranking(res, score=res["llr"].to_numpy(), sig=res["qval"].to_numpy() < alpha, n_svg=n_svg)
     write_var(adata, res, key_added)
     store_params(adata, key_added, params, phi=prep.get("phi"), n_tested=int(ok.sum()))
     logger.info(f"SpatialDE GP test: {int(res['svg'].sum())} SVGs at q < {alpha}", time=start)
@@ -593,24 +602,3 @@ def _scatter(G: int, idx: np.ndarray, values, fill, dtype) -> np.ndarray:
     out = np.full(G, fill, dtype=dtype)
     out[idx] = values
     return out
-
-
-def _finish_ranking(res, *, score: np.ndarray, sig: np.ndarray, n_svg: int | None) -> None:
-    """``rank`` (1 = most significant: smallest p, ties broken by the larger ``score``; untested
-    genes last) and ``svg`` (significant and among the top ``n_svg``)."""
-    p = res["pval"].to_numpy()
-    p_key = np.where(np.isfinite(p), p, np.inf)
-    s_key = np.where(np.isfinite(score), -score, np.inf)
-    order = np.lexsort((s_key, p_key))
-    rank = np.empty(len(p), dtype=np.int64)
-    rank[order] = np.arange(1, len(p) + 1)
-    res["rank"] = rank
-    svg = np.asarray(sig, dtype=bool) & np.isfinite(p)
-    if n_svg is not None:
-        svg &= rank <= n_svg
-    res["svg"] = svg
-
-
-def write_var(adata, res, key_added: str) -> None:
-    for col in res.columns:
-        adata.var[f"{key_added}.{col}"] = res[col].to_numpy()

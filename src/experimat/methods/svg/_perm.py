@@ -234,32 +234,43 @@ def kernel_invariants_lowrank(U: np.ndarray, lam: np.ndarray, *, block_elems: in
     return _from_diag(d, f2=f2, f3=f3, c3=c3, g=float(d @ A2diag), h=h)
 
 
-def kernel_invariants_sparse(W) -> dict[str, float]:
-    """Invariants of ``Ã = H S H`` for a sparse weights matrix, ``S = (W + Wᵀ) / 2``; O(nnz)."""
+def kernel_invariants_sparse(W, node_weights: np.ndarray | None = None) -> dict[str, float]:
+    """Invariants of ``Ã = H S H`` for a sparse weights matrix, ``S = (W + Wᵀ) / 2``; O(nnz).
+
+    With ``node_weights`` (``w``, positive integers) row/column ``β`` of ``W`` stands for ``w_β`` identical
+    observations: the invariants are those of the ``Σ w × Σ w`` matrix ``B S Bᵀ`` (``B`` the membership of each
+    observation in its group), e.g. a kernel that is constant on blocks of spots, computed on the groups only.
+    """
     from scipy import sparse
 
     W = sparse.csr_matrix(W, dtype=np.float64)
     S = sparse.csr_matrix(0.5 * (W + W.T))
-    n = S.shape[0]
-    one = np.ones(n)
-    rs = S @ one
+    m = S.shape[0]
+    w = np.ones(m) if node_weights is None else np.asarray(node_weights, dtype=np.float64)
+    n = float(w.sum())
+    rs = S @ w
     u = rs / n
-    p = 0.5 * u.mean() - u  # Ã_ab = S_ab + p_a + p_b
-    P1, P2, P3 = p.sum(), (p**2).sum(), (p**3).sum()
+    p = 0.5 * float(w @ u) / n - u  # Ã_ab = S_ab + p_a + p_b
+    P1, P2, P3 = w @ p, w @ p**2, w @ p**3
     d = S.diagonal() + 2.0 * p
     Sc = S.tocoo()
     a, b, s = Sc.row, Sc.col, Sc.data
     D = p[a] + p[b]
     # row sums of Ã² entries: Σ_b Ã_ab²
-    row2 = np.bincount(a, weights=(s + D) ** 2 - D**2, minlength=n) + n * p**2 + 2.0 * p * P1 + P2
-    f2 = float(row2.sum())
-    c3 = float(((s + D) ** 3 - D**3).sum() + 2.0 * n * P3 + 6.0 * P1 * P2)
-    # tr Ã³ = tr((H S)³), H S = S - 1 uᵀ
-    su = u.sum()
-    trS3 = float((S @ S).multiply(S).sum())
-    f3 = trS3 - 3.0 * n * float(u @ (S @ u)) + 3.0 * su * n * float(u @ u) - su**3
-    Ad = S @ d + p * d.sum() + one * (p @ d)
-    return _from_diag(d, f2=f2, f3=f3, c3=c3, g=float(d @ row2), h=float(d @ Ad))
+    row2 = np.bincount(a, weights=w[b] * ((s + D) ** 2 - D**2), minlength=m) + n * p**2 + 2.0 * p * P1 + P2
+    f2 = float(w @ row2)
+    c3 = float((w[a] * w[b] * ((s + D) ** 3 - D**3)).sum() + 2.0 * n * P3 + 6.0 * P1 * P2)
+    # tr Ã³ = tr((H K)³), H K = K - 1 uᵀ with K = B S Bᵀ: tr K³ = tr((S N)³), N = diag(w)
+    SN = sparse.csr_matrix(S @ sparse.diags(w))
+    su = float(w @ u)
+    trS3 = float((SN @ SN).multiply(SN.T).sum())
+    wu = w * u
+    f3 = trS3 - 3.0 * n * float(wu @ (S @ wu)) + 3.0 * su * n * float(w @ u**2) - su**3
+    Ad = S @ (w * d) + p * float(w @ d) + float(w @ (p * d))
+    return dict(
+        t1=float(w @ d), t2=float(w @ d**2), t3=float(w @ d**3), f2=f2, f3=f3, c3=c3,
+        g=float(w @ (d * row2)), h=float(w @ (d * Ad)),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- Pearson type III tail

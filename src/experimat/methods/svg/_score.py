@@ -291,8 +291,9 @@ def spatial_svg_spatialde(
         gene_chunks,
         pick_device,
         with_gene_symbols,
+        write_var,
     )
-    from ._gp import _bucket, write_var
+    from ._gp import _bucket
     from ._kernels import lowrank_factor
     from ._perm import moment_weights, pearson3_logp, permutation_moments
     from ._stats import bh_adjust
