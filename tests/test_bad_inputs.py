@@ -79,7 +79,7 @@ def _base_options(name: str, var_names) -> dict:
         "deconvolve": {"reference": signatures},
         "deconvolve_destvi": {"reference": "no_such_model"},
         "spatial_markers_spagcn": {"domain_key": "domain"},
-        "spatial_metagene": {"domain_key": "domain", "target_cluster": "0"},
+        "spatial_metagene": {"domain_key": "domain", "target_domain": "0"},
         "get_markers": {"group_name": "0"},
         "filter_cells": {"min_counts": 1},
         "filter_genes": {"min_cells": 1},
@@ -150,7 +150,7 @@ def _cases():
             out.append(pytest.param(name, modality, "missing_layer", id=f"{name}-missing_layer"))
         if _key_option(spec):
             out.append(pytest.param(name, modality, "missing_key", id=f"{name}-missing_key"))
-        if writes and opts & {"key_added", "result_key"}:
+        if writes and "key_added" in opts:
             for bad in ("slash", "empty", "dot"):
                 out.append(pytest.param(name, modality, f"bad_key_{bad}", id=f"{name}-bad_key_{bad}"))
         if "spatial_key" in opts:
@@ -204,7 +204,7 @@ def test_method_refuses_bad_input(project, name, modality, case):
         elif case == "missing_layer":
             kwargs["layer"], expect = "no_such_layer", "no_such_layer"
         elif case.startswith("bad_key_"):
-            opt = "key_added" if "key_added" in {p.name for p in spec.options} else "result_key"
+            opt = "key_added"
             kwargs[opt] = _BAD_KEYS[case.removeprefix("bad_key_")]
             expect = opt
         elif case in ("nan_coordinates", "inf_coordinates"):

@@ -38,7 +38,7 @@ def test_integrated_sections_do_not_overlap(plot):
     if plot == "plot_spatial":
         fig = expm.spatial_bin.plot_spatial(run_on_samples=None, plot_embeddings={"color": "domain"})
     else:
-        fig = expm.spatial_bin.plot_domains(run_on_samples=None, keys=["domain"])
+        fig = expm.spatial_bin.plot_domains(run_on_samples=None, domain_keys=["domain"])
     drawn = _spot_axes(fig)
     assert len(drawn) == 2  # one panel per section
     assert {ax.get_title().split(":")[0] for ax, _ in drawn} == {"s0", "s1"}

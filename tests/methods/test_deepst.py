@@ -290,7 +290,7 @@ def test_integration_key_added_and_result_key_alias():
     with pytest.warns(FutureWarning, match="key_added"):
         integrate_domains_deepst({"a": a, "b": b}, result_key="old", **kw)
     assert "old.domain" in a.obs
-    with pytest.raises(InvalidInputError, match="not both"):
+    with pytest.raises(InvalidInputError, match="pass only key_added="):
         integrate_domains_deepst({"a": a, "b": b}, result_key="old", key_added="new", **kw)
 
 

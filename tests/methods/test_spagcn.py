@@ -144,7 +144,7 @@ def test_markers_recover_truth(tissue):
     truth = a.var["marker_of"]
     found = 0
     for d in a.obs["domain"].cat.categories:
-        tab = get_markers(a, slot="m", group_name=d)
+        tab = get_markers(a, markers_key="m", group_name=d)
         assert list(tab.columns) == ["gene", "pct.in", "pct.out", "fc", "q", "log10.q"]
         assert (truth.loc[tab["gene"]] == d).all(), f"domain {d}: false markers {list(tab['gene'])}"
         assert (tab["pct.in"] > 0.8).all() and (tab["fc"] > 1.5).all() and (tab["q"] < 0.05).all()
@@ -159,23 +159,23 @@ def test_markers_recover_truth(tissue):
 
 def test_markers_roundtrip_h5ad(tissue, tmp_path):
     a = tissue.copy()
-    spatial_markers_spagcn(a, domain_key="domain", target="2", key_added="m2")
+    spatial_markers_spagcn(a, domain_key="domain", target_domain="2", key_added="m2")
     path = tmp_path / "a.h5ad"
     a.write_h5ad(path)
     b = ad.read_h5ad(path)
-    pd.testing.assert_frame_equal(get_markers(a, slot="m2", group_name="2"), get_markers(b, slot="m2", group_name="2"))
+    pd.testing.assert_frame_equal(get_markers(a, markers_key="m2", group_name="2"), get_markers(b, markers_key="m2", group_name="2"))
 
 
 def test_metagene(tissue):
     a = tissue.copy()
-    spatial_markers_spagcn(a, domain_key="domain", target="1", key_added="mk")
-    res = spatial_metagene(a, domain_key="domain", target_cluster="1", key_svg="mk", max_iter=6)
+    spatial_markers_spagcn(a, domain_key="domain", target_domain="1", key_added="mk")
+    res = spatial_metagene(a, domain_key="domain", target_domain="1", markers_key="mk", max_iter=6)
     score = a.obs["metagene.1"]
     assert score.min() == pytest.approx(0.0, abs=1e-9) or len(res["added"]) == 0
     in_t = (a.obs["domain"] == "1").to_numpy()
     # the metagene separates the domain: higher inside than outside
     assert score[in_t].mean() > score[~in_t].mean() + 1.0
-    assert res["name"].startswith(get_markers(a, slot="mk", group_name="1")["gene"].iloc[0])
+    assert res["name"].startswith(get_markers(a, markers_key="mk", group_name="1")["gene"].iloc[0])
     assert a.uns["metagene.1"]["name"] == res["name"]
 
 
@@ -212,17 +212,17 @@ def test_bad_inputs(tissue):
     del no_image.uns["spatial"]
     with pytest.raises(MissingSlotError, match=r"uns\['spatial'\] is missing"):
         spatial_detect_domains_spagcn(no_image, n_clusters=3, histology=True)
-    spatial_markers_spagcn(a, domain_key="domain", target=["0", "1"], key_added="mm")
+    spatial_markers_spagcn(a, domain_key="domain", target_domain=["0", "1"], key_added="mm")
     with pytest.raises(KeyNotFoundError, match="available: '0', '1'"):
-        get_markers(a, slot="mm", group_name="17")
+        get_markers(a, markers_key="mm", group_name="17")
     with pytest.raises(MissingSlotError, match="spatial_markers_spagcn"):
-        get_markers(a, slot="absent", group_name="0")
+        get_markers(a, markers_key="absent", group_name="0")
     with pytest.raises(KeyNotFoundError, match="domain"):
-        spatial_markers_spagcn(a, domain_key="domain", target="9")
+        spatial_markers_spagcn(a, domain_key="domain", target_domain="9")
     with pytest.raises(KeyNotFoundError, match="obs column"):
         spatial_markers_spagcn(a, domain_key="missing")
     with pytest.raises(KeyNotFoundError, match="domain"):
-        spatial_metagene(a, domain_key="domain", target_cluster="9")
+        spatial_metagene(a, domain_key="domain", target_domain="9")
     with pytest.raises(InvalidInputError, match="share no genes"):
         b = a.copy()
         b.var_names = [f"other{i}" for i in range(b.n_vars)]
@@ -330,7 +330,7 @@ def test_integration_result_key_is_a_deprecated_alias():
     with pytest.warns(FutureWarning, match="key_added"):
         integrate_domains_spagcn(samples, result_key="old", **kw)
     assert "old" in samples["a"].obs and "old.refined" not in samples["a"].obs
-    with pytest.raises(InvalidInputError, match="not both"):
+    with pytest.raises(InvalidInputError, match="pass only key_added="):
         integrate_domains_spagcn(samples, result_key="old", key_added="new", **kw)
     with pytest.raises(InvalidInputError, match="batch_correction"):
         integrate_domains_spagcn(samples, batch_correction="combat", **kw)

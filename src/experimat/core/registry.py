@@ -51,7 +51,7 @@ class MethodSpec:
     setup_options: tuple[inspect.Parameter, ...] = ()
     #: a family dispatcher: ``{choice of method=: name of the registered variant}``
     variants: dict[str, str] = field(default_factory=dict)
-    #: options whose ``None`` default the method derives from others: ``{"key_added": "metagene.{target_cluster}"}``
+    #: options whose ``None`` default the method derives from others: ``{"key_added": "metagene.{target_domain}"}``
     derived: dict[str, str] = field(default_factory=dict)
     signature: inspect.Signature = field(init=False)
 
@@ -219,7 +219,7 @@ def register_method(
         runs the variant (its reads, writes, seed and record); ``func`` itself is not called.
     derived
         Options whose ``None`` default the method derives from other options, as templates
-        (``{"key_added": "metagene.{target_cluster}"}``): the runner fills them in, so the declared
+        (``{"key_added": "metagene.{target_domain}"}``): the runner fills them in, so the declared
         slots and the recorded parameters name the real key.
 
     Returns

@@ -444,7 +444,7 @@ def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save
         expm.add_history([recorder.record(s, opts, t0, time.time(), e) for s in samples])
         raise
     for s in samples:
-        _slots.record_params(slots[s], opts.get("key_added") or opts.get("result_key"), opts)
+        _slots.record_params(slots[s], opts.get("key_added"), opts)
         _slots.apply(adatas[s], writes, slots[s])
         expm.mark_modified(modality, s)
     if save:
@@ -465,7 +465,7 @@ def _store_model(expm, spec: MethodSpec, opts: dict[str, Any], result: Any, samp
     model = result if isinstance(result, SavedModel) else (attrs.get("model") if isinstance(attrs, dict) else None)
     if not isinstance(model, SavedModel):
         return
-    key = str(opts.get("key_added") or opts.get("result_key") or spec.name)
+    key = str(opts.get("key_added") or spec.name)
     name = key if sample is None else f"{key}.{sample}"
     expm.save_model(name, model)
     logger.info(f"{spec.name}: model stored as models/{name} (expm.load_model({name!r}))")
@@ -519,7 +519,7 @@ def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:
     except Exception as e:
         expm.add_history([recorder.record("integrated", opts, t0, time.time(), e)])
         raise
-    _slots.record_params(slots, opts.get("key_added") or opts.get("result_key"), opts)
+    _slots.record_params(slots, opts.get("key_added"), opts)
     _slots.apply(adata, writes, slots)
     expm.mark_integrated_modified()
     if save:

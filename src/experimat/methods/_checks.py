@@ -282,7 +282,7 @@ _SIMPLE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 #: options that name a slot a method writes (checked by :func:`check_key`)
-KEY_OPTIONS = ("key_added", "result_key", "refined_key_added")
+KEY_OPTIONS = ("key_added", "refined_key_added")
 
 
 def _split_union(annotation: str) -> list[str]:

@@ -25,9 +25,9 @@ register_method(domains.detect_domains, modalities=SPATIAL,
 register_method(spagcn.spatial_detect_domains_spagcn, modalities=SPATIAL, reads=("layers/{layer}", "obsm/{spatial_key}"), writes=("obs/{key_added}", "obs/{refined_key_added}", "uns/{key_added}"))
 register_method(spagcn.integrate_domains_spagcn, modalities=SPATIAL, kind="joint", reads=("layers/{layer}",), writes=("obs/{key_added}", "obs/{key_added}.refined", "obs/{refined_key_added}", "uns/{key_added}"))
 register_method(spagcn.spatial_markers_spagcn, modalities=SPATIAL, reads=("obs/{domain_key}",), writes=("uns/{key_added}",))
-register_method(spagcn.get_markers, modalities=SPATIAL, kind="query", reads=("uns/{slot}",))
-register_method(spagcn.spatial_metagene, modalities=SPATIAL, reads=("obs/{domain_key}", "uns/{key_svg}"),
-                writes=("obs/{key_added}", "uns/{key_added}"), derived={"key_added": "metagene.{target_cluster}"})
+register_method(spagcn.get_markers, modalities=SPATIAL, kind="query", reads=("uns/{markers_key}",))
+register_method(spagcn.spatial_metagene, modalities=SPATIAL, reads=("obs/{domain_key}", "uns/{markers_key}"),
+                writes=("obs/{key_added}", "uns/{key_added}"), derived={"key_added": "metagene.{target_domain}"})
 
 # figures (read-only)
 register_method(pl.get_image, modalities=SPATIAL, kind="view")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat.methods._checks import check_positive_int
 
@@ -136,9 +137,10 @@ def plot_patterns(
 
 
 # --------------------------------------------------------------------------------------- domains
+@renamed_options(keys="domain_keys")
 def plot_domains(
     adata: AnnData | Mapping[str, AnnData],
-    keys: str | Sequence[str] = ("spagcn.domain", "spagcn.refined"),
+    domain_keys: str | Sequence[str] = ("spagcn.domain", "spagcn.refined"),
     *,
     channels: str | Sequence[str] | None = None,
     palette: Any = None,
@@ -158,9 +160,9 @@ def plot_domains(
     ----------
     adata
         One AnnData or ``{sample: AnnData}``.
-    keys
-        Categorical obs columns (default SpaGCN's ``spagcn.domain`` and ``spagcn.refined``);
-        keys missing from every sample are an error.
+    domain_keys
+        Categorical obs columns of the domains (default SpaGCN's ``spagcn.domain`` and ``spagcn.refined``);
+        a key missing from any sample is an error. Deprecated alias: ``keys=``.
     channels
         Image channels under the spots (see :func:`plot_spatial`), or None.
     palette
@@ -176,10 +178,10 @@ def plot_domains(
     --------
     >>> import experimat as em
     >>> adata = em.datasets.synthetic_domains(300, 3, 50, n_markers_per_domain=5)
-    >>> fig = em.pl.plot_domains(adata, keys=["domain"])
+    >>> fig = em.pl.plot_domains(adata, domain_keys=["domain"])
     """
     samples = as_adata_dict(adata, what="adata", split_samples=True)
-    keys = [k for k in as_key_list(keys, "keys") if k is not None]
+    keys = [k for k in as_key_list(domain_keys, "domain_keys") if k is not None]
     cols = []
     for name, ad in samples.items():
         for k in keys:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError
 from experimat._logging import logger, progress
 from experimat._optional import import_optional
@@ -28,7 +29,7 @@ from experimat.methods._checks import (
 from experimat.methods._torch import torch_device
 
 from .. import _consensus
-from .._common import check_stable, deprecated_alias
+from .._common import check_stable
 from . import _graph, _image
 from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
 from ._model import TrainConfig, train_deepst
@@ -551,6 +552,7 @@ def spatial_detect_domains_deepst(
 
 
 @counts_input("layer")
+@renamed_options(result_key="key_added")
 def integrate_domains_deepst(
     adatas: dict[str, AnnData],
     *,
@@ -577,7 +579,6 @@ def integrate_domains_deepst(
     max_tile_mb: float = 512.0,
     stable: bool = True,
     n_runs: int = 3,
-    result_key: str | None = None,
 ) -> pd.DataFrame:
     """Domains shared by several samples with DeepST.
 
@@ -616,7 +617,7 @@ def integrate_domains_deepst(
     weights_path
         Local tile-CNN state dict (see :func:`spatial_detect_domains_deepst`).
     key_added
-        Prefix of the result slots written into every sample.
+        Prefix of the result slots written into every sample. Deprecated alias: ``result_key=``.
     spatial_key, n_top_genes, n_pcs, spatial_k, n_augment_neighbors, adjacent_weight, graph_k, refine_neighbors, max_tile_mb
         As in :func:`spatial_detect_domains_deepst`.
     stable
@@ -626,8 +627,6 @@ def integrate_domains_deepst(
         ``False``: one seeded run, as the reference DeepST.
     n_runs
         Runs of the consensus (``stable=True``); the cost grows linearly with it.
-    result_key
-        Deprecated alias of ``key_added``.
 
     Returns
     -------
@@ -647,10 +646,8 @@ def integrate_domains_deepst(
     >>> sorted(df.columns)
     ['domain', 'refined']
     """
-    key_added = deprecated_alias(result_key, key_added, "deepst.integrated")
     params = dict(locals())
     params.pop("adatas")
-    params.pop("result_key")
     if not isinstance(adatas, dict) or len(adatas) < 1:
         raise InvalidInputError("adatas must be a non-empty dict {sample: AnnData}.")
     _check_common(n_domains, pre_epochs, epochs, use_image, weights_path)

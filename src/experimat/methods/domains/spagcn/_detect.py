@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
 from experimat._logging import logger, progress
 from experimat._optional import import_optional
@@ -17,7 +18,7 @@ from experimat.methods._checks import check_choice, check_positive_int, get_coor
 from experimat.methods._torch import torch_device
 
 from .. import _consensus
-from .._common import check_stable, deprecated_alias
+from .._common import check_stable
 from . import _graph, _model
 
 if TYPE_CHECKING:
@@ -333,6 +334,7 @@ def spatial_detect_domains_spagcn(
     return adata.obs[columns].copy()
 
 
+@renamed_options(result_key="key_added")
 def integrate_domains_spagcn(
     adatas: Mapping[str, AnnData],
     *,
@@ -358,7 +360,6 @@ def integrate_domains_spagcn(
     spatial_key: str = "spatial",
     seed: int | None = 100,
     use_gpu: bool = True,
-    result_key: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Domains shared across samples: one SpaGCN model over several samples (multiSpaGCN).
 
@@ -378,7 +379,7 @@ def integrate_domains_spagcn(
         Log-normalised expression (``None``: ``adata.X``).
     key_added
         ``obs`` column of the domains written in every sample; parameters go to each sample's
-        ``uns[key_added]['params']``.
+        ``uns[key_added]['params']``. Deprecated alias: ``result_key=``.
     refined_key_added
         ``obs`` column of the refined domains (``None``: ``"<key_added>.refined"``).
     refine_shape
@@ -422,8 +423,6 @@ def integrate_domains_spagcn(
         Random seed (``None``: ``em.settings.seed``).
     use_gpu
         Use a CUDA GPU through torch when present.
-    result_key
-        Deprecated alias of ``key_added``.
 
     Returns
     -------
@@ -440,11 +439,9 @@ def integrate_domains_spagcn(
     >>> out = integrate_domains_spagcn(samples, n_clusters=4, max_epochs=100)
     """
     import_optional("torch", purpose="SpaGCN")
-    key_added = deprecated_alias(result_key, key_added, "integrated")
     refined_key_added = f"{key_added}.refined" if refined_key_added is None else refined_key_added
     params = dict(locals())
     params.pop("adatas")
-    params.pop("result_key")
     if not isinstance(adatas, Mapping) or len(adatas) == 0:
         raise InvalidInputError("adatas must be a non-empty dict {sample: AnnData}.")
     check_choice("init", init, INIT_METHODS)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._logging import logger
 from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, store_params
@@ -145,11 +146,12 @@ def _domain_order(labels: np.ndarray, col) -> list[str]:
 
 
 # --------------------------------------------------------------------------- markers
+@renamed_options(target="target_domain")
 def spatial_markers_spagcn(
     adata: AnnData,
     *,
     domain_key: str,
-    target: str | Sequence[str] | None = None,
+    target_domain: str | Sequence[str] | None = None,
     min_in_group_fraction: float = 0.8,
     min_in_out_group_ratio: float = 1.0,
     min_fold_change: float = 1.5,
@@ -179,8 +181,8 @@ def spatial_markers_spagcn(
         Spots x genes with domains in ``obs[domain_key]``.
     domain_key
         ``obs`` column of the domains (e.g. ``"spagcn.refined"``, ``"integrated"``).
-    target
-        Domain or domains to test (``None``: all).
+    target_domain
+        Domain or domains to test (``None``: all). Deprecated alias: ``target=``.
     min_in_group_fraction
         Minimum fraction of target spots expressing the gene.
     min_in_out_group_ratio
@@ -228,10 +230,11 @@ def spatial_markers_spagcn(
     col = get_obs_column(adata, domain_key)
     labels = _domain_labels(adata, domain_key)
     domains = _domain_order(labels, col)
-    if target is None:
+    if target_domain is None:
         targets = domains
     else:
-        targets = [str(t) for t in ([target] if isinstance(target, (str, int, np.integer)) else target)]
+        single = isinstance(target_domain, (str, int, np.integer))
+        targets = [str(t) for t in ([target_domain] if single else target_domain)]
         for t in targets:
             if t not in domains:
                 raise KeyNotFoundError(f"domain of obs[{domain_key!r}]", t, domains)
@@ -305,15 +308,16 @@ def spatial_markers_spagcn(
     return result[["domain", *MARKER_COLUMNS]]
 
 
-def get_markers(adata: AnnData, *, slot: str = "spagcn.markers", group_name: str) -> pd.DataFrame:
+@renamed_options(slot="markers_key")
+def get_markers(adata: AnnData, *, markers_key: str = "spagcn.markers", group_name: str) -> pd.DataFrame:
     """The marker table of one domain stored by :func:`spatial_markers_spagcn`.
 
     Parameters
     ----------
     adata
-        AnnData with ``uns[slot]``.
-    slot
-        ``uns`` key written by the marker method.
+        AnnData with ``uns[markers_key]``.
+    markers_key
+        ``uns`` key written by the marker method (its ``key_added``). Deprecated alias: ``slot=``.
     group_name
         Domain whose markers to return.
 
@@ -323,18 +327,19 @@ def get_markers(adata: AnnData, *, slot: str = "spagcn.markers", group_name: str
 
     Examples
     --------
-    >>> get_markers(adata, slot="spagcn.markers", group_name="3")  # doctest: +SKIP
+    >>> get_markers(adata, markers_key="spagcn.markers", group_name="3")  # doctest: +SKIP
     """
-    entry = adata.uns.get(slot)
+    entry = adata.uns.get(markers_key)
     if not isinstance(entry, dict):
         raise MissingSlotError(
-            f"uns[{slot!r}] not found; run spatial_markers_spagcn(adata, domain_key=..., key_added={slot!r}) first "
+            f"uns[{markers_key!r}] not found; run spatial_markers_spagcn(adata, domain_key=..., key_added={markers_key!r}) "
+            "first "
             f"(uns keys: {list(adata.uns.keys())})."
         )
     groups = [k for k in entry if k not in _RESERVED]
     key = str(group_name)
     if key not in groups:
-        raise KeyNotFoundError(f"group of uns[{slot!r}]", group_name, groups)
+        raise KeyNotFoundError(f"group of uns[{markers_key!r}]", group_name, groups)
     table = entry[key]
     return pd.DataFrame({c: np.asarray(table[c]) for c in MARKER_COLUMNS}).astype(
         {"gene": str, **{c: float for c in MARKER_COLUMNS[1:]}}
@@ -346,12 +351,13 @@ def _column(X, j: int) -> np.ndarray:
     return _dense(X[:, [j]]).ravel()
 
 
+@renamed_options(target_cluster="target_domain", key_svg="markers_key")
 def spatial_metagene(
     adata: AnnData,
     *,
     domain_key: str,
-    target_cluster: str,
-    key_svg: str = "spagcn.markers",
+    target_domain: str,
+    markers_key: str = "spagcn.markers",
     start_gene: str | None = None,
     max_iter: int = 6,
     early_stop: bool = True,
@@ -360,7 +366,7 @@ def spatial_metagene(
 ) -> dict[str, Any]:
     """A metagene that sharpens a domain's signal (SpaGCN's find_meta_gene).
 
-    Starting from a marker gene (the first of ``get_markers(adata, slot=key_svg, group_name=target)``
+    Starting from a marker gene (the first of ``get_markers(adata, markers_key=markers_key, group_name=target_domain)``
     or ``start_gene``), each step takes the spots of the target domain and the other spots whose
     metagene exceeds the target's mean, adds the gene most up in the target and subtracts the gene most
     up outside it (Wilcoxon z-scores), and shifts the score to a minimum of 0. With ``early_stop``, it
@@ -373,10 +379,11 @@ def spatial_metagene(
         Spots x genes with domains in ``obs[domain_key]``.
     domain_key
         ``obs`` column of the domains.
-    target_cluster
-        Domain to sharpen.
-    key_svg
-        ``uns`` key of the markers from :func:`spatial_markers_spagcn` (for the start gene).
+    target_domain
+        Domain to sharpen. Deprecated alias: ``target_cluster=``.
+    markers_key
+        ``uns`` key of the markers from :func:`spatial_markers_spagcn` (for the start gene). Deprecated alias:
+        ``key_svg=``.
     start_gene
         Start from this gene instead of the top marker.
     max_iter
@@ -386,7 +393,7 @@ def spatial_metagene(
     layer
         Log-normalised expression (``None``: ``adata.X``).
     key_added
-        ``obs`` column of the score (default ``"metagene.<target_cluster>"``); ``uns[key_added]`` holds
+        ``obs`` column of the score (default ``"metagene.<target_domain>"``); ``uns[key_added]`` holds
         the formula, the genes added and subtracted, and the parameters.
 
     Returns
@@ -396,26 +403,26 @@ def spatial_metagene(
 
     Examples
     --------
-    >>> res = spatial_metagene(adata, domain_key="spagcn.refined", target_cluster="2")  # doctest: +SKIP
+    >>> res = spatial_metagene(adata, domain_key="spagcn.refined", target_domain="2")  # doctest: +SKIP
     >>> adata.obs["metagene.2"]  # doctest: +SKIP
     """
     params = dict(locals())
     params.pop("adata")
-    target = str(target_cluster)
+    target = str(target_domain)
     col = get_obs_column(adata, domain_key)
     labels = _domain_labels(adata, domain_key)
     domains = _domain_order(labels, col)
     if target not in domains:
-        raise KeyNotFoundError(f"domain of obs[{domain_key!r}]", target_cluster, domains)
+        raise KeyNotFoundError(f"domain of obs[{domain_key!r}]", target_domain, domains)
     check_positive_int("max_iter", max_iter)
     key_added = key_added or f"metagene.{target}"
     X = _expression(adata, layer)
     genes = np.asarray(adata.var_names.astype(str))
     if start_gene is None:
-        table = get_markers(adata, slot=key_svg, group_name=target)
+        table = get_markers(adata, markers_key=markers_key, group_name=target)
         if table.empty:
             raise InvalidInputError(
-                f"domain {target!r} has no marker in uns[{key_svg!r}]; relax the marker filters or pass start_gene=."
+                f"domain {target!r} has no marker in uns[{markers_key!r}]; relax the marker filters or pass start_gene=."
             )
         start_gene = str(table["gene"].iloc[0])
     from experimat.methods._checks import resolve_genes
