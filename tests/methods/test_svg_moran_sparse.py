@@ -78,6 +78,12 @@ def test_scales_calibrated_on_permuted_genes(hd):
         pj = a.varm["moran.scale_pvals"][:, j]
         pj = pj[np.isfinite(pj)]
         assert 0.02 <= np.mean(pj < 0.05) <= 0.08, j
+    # sparse genes, too few spots for the bin graph, are tested at the block scales, and uniform there
+    ms = a.uns["moran"]["block_min_spots"]
+    assert ms[0] < a.uns["moran"]["params"]["min_spots"] and min(ms) >= 10
+    sparse_genes = (res["n_spots"] < a.uns["moran"]["params"]["min_spots"]) & res["pval"].notna()
+    assert sparse_genes.sum() >= 40 and res.loc[sparse_genes, "pval_p3"].isna().all()
+    assert stats.kstest(res.loc[sparse_genes, "pval"], "uniform").pvalue > 0.001
 
 
 def test_scales_find_more_planted_genes():

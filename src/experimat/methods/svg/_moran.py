@@ -82,6 +82,12 @@ class BlockScale:
     M: sparse.csr_matrix  # blocks × blocks
     counts: np.ndarray  # spots per block
 
+    def min_spots(self, *, pairs: float = 2.0, floor: int = 10) -> int:
+        """:func:`auto_min_spots` for this kernel: ``k`` random spots hold ``pairs`` pairs within one window."""
+        n = float(self.counts.sum())
+        d = max(float(self.counts @ (self.M @ self.counts)) / n - 1.0, 1e-12)  # other spots in a spot's window
+        return max(floor, int(np.ceil(0.5 * (1.0 + np.sqrt(1.0 + 8.0 * pairs * (n - 1) / d)))))
+
 
 def block_scale(xy: np.ndarray, size: float, spacing: float) -> BlockScale:
     """Square blocks of ``size × spacing`` coordinate units (only occupied blocks)."""
@@ -293,7 +299,7 @@ def _scale_logp(st: dict, base_p: np.ndarray) -> np.ndarray:
     return np.concatenate([base, lp], axis=1)
 
 
-def _result_table(adata, st, pv, *, null, n_perms, few, alternative, alpha, n_svg, logp, sizes):
+def _result_table(adata, st, pv, *, null, n_perms, few, alternative, alpha, n_svg, logp, sizes, scale_min_spots):
     import pandas as pd
 
     from ._common import finish_ranking
@@ -318,7 +324,9 @@ def _result_table(adata, st, pv, *, null, n_perms, few, alternative, alpha, n_sv
     elif logp is not None:
         from ._score import cauchy_combine_log
 
-        logp[few] = np.nan
+        logp[few, 0] = np.nan
+        for j, ms in enumerate(scale_min_spots):
+            logp[st["n_spots"] < ms, j + 1] = np.nan
         _, logT, pval = cauchy_combine_log(logp)
         res["pval"] = pval
         score = np.where(np.isfinite(logT), logT, -np.inf)  # ties of tiny p-values: the larger statistic
@@ -405,7 +413,11 @@ def spatial_svg_moran(
         graph's p-value (``null``) and the scales' are combined by the Cauchy combination test (Liu &
         Xie 2020, as SPARK-X), which fills ``pval`` (ranked by it); ``scale`` names the block size of
         the smallest p-value (1: the spot graph) and the per-scale p-values go to
-        ``varm['{key_added}.scale_pvals']``. Needs ``alternative="greater"`` and ``n_perms=0``.
+        ``varm['{key_added}.scale_pvals']``. ``min_spots`` applies to the spot graph; a block scale
+        tests every gene expressed in at least the number of spots among which two pairs are expected to
+        share a window by chance (at least 10; recorded as ``uns[key_added]['block_min_spots']``), so
+        sparse genes that the spot graph cannot test are tested at the coarser scales. Needs
+        ``alternative="greater"`` and ``n_perms=0``.
     min_spots
         Genes with a value above their minimum (for counts and log-normalised data: expressed) in
         fewer spots get NaN p-values; the count is reported as ``n_spots``. ``None``: the
@@ -483,7 +495,7 @@ def spatial_svg_moran(
     logp = _scale_logp(st, {"pearson3": pv["p3"], "normality": pv["norm"], "randomisation": pv["rand"]}[null]) if (
         scales is not None) else None  # fmt: skip
     res = _result_table(adata, st, pv, null=null, n_perms=n_perms, few=few, alternative=alternative, alpha=alpha,
-                        n_svg=n_svg, logp=logp, sizes=sizes)  # fmt: skip
+                        n_svg=n_svg, logp=logp, sizes=sizes, scale_min_spots=[s.min_spots() for s in graph.scales])  # fmt: skip
     write_var(adata, res, key_added)
     if logp is not None:
         adata.varm[f"{key_added}.scale_pvals"] = np.exp(logp)
@@ -491,6 +503,7 @@ def spatial_svg_moran(
                   transformation=transformation, alternative=alternative, null=null, n_perms=n_perms,
                   scales=scales if scales is None or isinstance(scales, str) else [float(v) for v in np.atleast_1d(scales)],
                   min_spots=min_spots, seed=seed_used, alpha=alpha, n_svg=n_svg, method="moran")  # fmt: skip
-    store_params(adata, key_added, params, **({"block_sizes": sizes} if scales is not None else {}))
+    extra = {"block_sizes": sizes, "block_min_spots": [s.min_spots() for s in graph.scales]} if scales is not None else {}
+    store_params(adata, key_added, params, **extra)
     logger.info(f"Moran's I: {int(res['svg'].sum())} genes at padj < {alpha}", time=start)
     return with_gene_symbols(res, adata)
