@@ -8,7 +8,7 @@ Side by side in one run (same machine load), printing times, ratios and agreemen
 2. Calibration: MOB with permuted coordinates, all methods (KS test of the p-values; one shared
    permutation, so the genes' p-values are dependent — see ``benchmarks/svg_calibration.py`` for the
    block-wise design and the other data sets).
-3. Score tests (``spatial_svg_spatialde``): time at 35,000 genes x 1,500 spots (sparse counts), and
+3. Score tests (``spatial_svg_score``): time at 35,000 genes x 1,500 spots (sparse counts), and
    growth with spots (1k, 2k, 4k).
 4. Moran's I (``spatial_svg_moran``) vs ``squidpy.gr.spatial_autocorr``: time and I agreement.
 
@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 import experimat as em
-from experimat.methods.svg import spatial_svg_gp, spatial_svg_moran, spatial_svg_spatialde
+from experimat.methods.svg import spatial_svg_gp, spatial_svg_moran, spatial_svg_score
 from experimat.methods.svg._gp import _prepare_expression
 
 HERE = Path(__file__).resolve().parent
@@ -206,13 +206,13 @@ def _sparse_counts(n_spots: int, n_genes: int, seed: int = 0) -> ad.AnnData:
 
 
 def bench_score(score_genes: int) -> None:
-    print("\n[score tests] spatial_svg_spatialde, sparse NB counts")
+    print("\n[score tests] spatial_svg_score, sparse NB counts")
     for n_spots, n_genes in ((1000, 5000), (2000, 5000), (4000, 5000), (1500, score_genes)):
         a = _sparse_counts(n_spots, n_genes)
         sf = np.asarray(a.layers["counts"].sum(1)).ravel()
-        spatial_svg_spatialde(a[:, :64].copy(), sizefactors=sf, progress=False)  # compile outside the timing
+        spatial_svg_score(a[:, :64].copy(), sizefactors=sf, progress=False)  # compile outside the timing
         t = time.perf_counter()
-        res = spatial_svg_spatialde(a, progress=False, use_cache=False)
+        res = spatial_svg_score(a, progress=False, use_cache=False)
         dt = time.perf_counter() - t
         print(
             f"  {n_spots} spots x {n_genes} genes ({a.layers['counts'].nnz / (n_spots * n_genes):.0%} non-zero): "
@@ -257,8 +257,8 @@ def bench_calibration() -> None:
     sc.pp.log1p(b)
     runs = {
         "SpatialDE GP (chi2_1 LRT)": lambda: spatial_svg_gp(a, layer="counts", model_search=False, progress=False),
-        "score tests (NB)": lambda: spatial_svg_spatialde(a, layer="counts", progress=False),
-        "score tests (normal, log-normalised)": lambda: spatial_svg_spatialde(
+        "score tests (NB)": lambda: spatial_svg_score(a, layer="counts", progress=False),
+        "score tests (normal, log-normalised)": lambda: spatial_svg_score(
             b, layer=None, obs_dist="normal", progress=False
         ),
         "Moran's I (kNN 6, randomisation)": lambda: spatial_svg_moran(

@@ -47,7 +47,7 @@ import pandas as pd
 from scipy import stats
 
 import experimat as em
-from experimat.methods.svg import bh_adjust, spatial_svg_gp, spatial_svg_moran, spatial_svg_spatialde
+from experimat.methods.svg import bh_adjust, spatial_svg_gp, spatial_svg_moran, spatial_svg_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from svg import load_spatialde_paper
@@ -103,7 +103,7 @@ def run(method: str, a: ad.AnnData, *, seed: int, gp_null: str, gp_n_null: int |
             progress=False,
         )
     if method == "score":
-        return spatial_svg_spatialde(a, layer="counts", sizefactors="total", n_svg=None, seed=seed, progress=False)
+        return spatial_svg_score(a, layer="counts", sizefactors="total", n_svg=None, seed=seed, progress=False)
     return spatial_svg_moran(a, layer="lognorm", progress=False)
 
 

@@ -45,7 +45,7 @@ STEPS += [
     # the family dispatcher and its variants; different methods into one key replace each other's columns
     ("spatial-bin", "spatial_svg", {"method": "spatialde2", "n_null": 500, "key_added": "svg"},
      {"method": "moran", "n_neighbors": 4, "key_added": "svg"}),
-    ("spatial-bin", "spatial_svg_spatialde", {"n_null": 500, "n_svg": 50}, {"n_null": 300, "alpha": 0.2}),
+    ("spatial-bin", "spatial_svg_score", {"n_null": 500, "n_svg": 50}, {"n_null": 300, "alpha": 0.2}),
     ("spatial-bin", "spatial_svg_gp", {"n_svg": 20, "model_search": False}, {"alpha": 0.2, "model_search": False}),
     ("spatial-bin", "spatial_svg_moran", {"n_neighbors": 6}, {"n_neighbors": 4, "n_perms": 20}),
     ("spatial-bin", "spatial_patterns", {"genes": GENES, "n_patterns": 3, "n_iter": 20},

@@ -380,9 +380,9 @@ def test_method_figures_render(visium, tmp_path):
     adata = _with_method_slots(visium)
     snap = _snapshot(adata)
     figs = {
-        "patterns": pl.plot_patterns(adata, key="aeh", channels=RGB_LOW),
+        "patterns": pl.plot_patterns(adata, patterns_key="aeh", channels=RGB_LOW),
         "domains": pl.plot_domains({"s1": adata, "s2": adata}, domain_keys=("spagcn.domain", "spagcn.refined")),
-        "locat_umap": pl.plot_locat(adata, key="locat", basis="X_umap", n_top=3),
+        "locat_umap": pl.plot_locat(adata, locat_key="locat", basis="X_umap", n_top=3),
         "locat_spatial": pl.plot_locat(adata, basis="spatial", n_top=2, channels=RGB_LOW),
         "abundance": pl.plot_abundance(adata, key="cell2location.q05", types=None, channels=RGB_LOW),
         "blend": pl.plot_abundance_blend(adata, key="cell2location.q05", types=["astrocytes", "neurons", "microglia"]),

@@ -92,7 +92,7 @@ def test_gp_test_refuses_above_max_spots(hd):
     from experimat.methods.svg._gp import MAX_SPOTS
 
     assert MAX_SPOTS == 10_000
-    with pytest.raises(em.InvalidInputError, match="spatial_svg_moran.*spatial_svg_spatialde"):
+    with pytest.raises(em.InvalidInputError, match="spatial_svg_moran.*spatial_svg_score"):
         spatial_svg_gp(hd, max_spots=1_000, progress=False)
 
 

@@ -18,7 +18,7 @@ from experimat.methods.svg import (
     spatial_svg,
     spatial_svg_gp,
     spatial_svg_moran,
-    spatial_svg_spatialde,
+    spatial_svg_score,
     storey_qvalue,
 )
 from experimat.methods.svg._stats import cauchy_pvalue, cauchy_statistic
@@ -289,7 +289,7 @@ def test_gp_rejects_unknown_null(synth):
 
 
 def test_score_power_and_null(synth):
-    res = spatial_svg_spatialde(synth, layer="counts", sizefactors="size", n_svg=10)
+    res = spatial_svg_score(synth, layer="counts", sizefactors="size", n_svg=10)
     truth = synth.var["spatial"].to_numpy()
     assert (res["padj"][truth] < 0.05).mean() >= 0.9
     assert (res["padj"][~truth] < 0.05).sum() <= 2
@@ -306,13 +306,13 @@ def test_score_power_and_null(synth):
 def test_score_calibrated_on_permuted_mob(mob):
     b = mob.copy()
     b.obsm["spatial"] = b.obsm["spatial"][np.random.default_rng(1).permutation(b.n_obs)]
-    res = spatial_svg_spatialde(b, layer="counts", n_svg=None)
+    res = spatial_svg_score(b, layer="counts", n_svg=None)
     # well-expressed genes: uniform p-values; sparse genes: conservative (discrete counts)
     deep = np.asarray(b.layers["counts"].sum(0)).ravel() >= 100
     assert stats.kstest(res["pval"][deep].dropna(), "uniform").pvalue > 0.01
     assert np.mean(res["pval"] < 0.05) <= 0.08
     assert (res["padj"] < 0.05).sum() <= 3
-    res_n = spatial_svg_spatialde(b, layer="expr", obs_dist="normal", key_added="sd2n")
+    res_n = spatial_svg_score(b, layer="expr", obs_dist="normal", key_added="sd2n")
     assert stats.kstest(res_n["pval"].dropna(), "uniform").pvalue > 0.01
 
 
@@ -321,7 +321,7 @@ def test_score_calibrated_with_independent_blocks(mob):
     are independent and a KS test over genes is valid."""
     p = []
     for b, sub in enumerate(_null_blocks(mob, 6, seed=11)):
-        res = spatial_svg_spatialde(sub, sizefactors=mob.obs["total_counts"].to_numpy(), n_null=1000, seed=b)
+        res = spatial_svg_score(sub, sizefactors=mob.obs["total_counts"].to_numpy(), n_null=1000, seed=b)
         p.append(res["pval"].dropna().to_numpy())
     p = np.concatenate(p)
     assert p.size >= 150 and stats.kstest(p, "uniform").pvalue > 0.001
@@ -332,26 +332,26 @@ def test_score_min_spots_and_seed(synth):
     a = synth.copy()
     a.layers["counts"][:, 0] = 0.0
     a.layers["counts"][:4, 0] = 3.0
-    r1 = spatial_svg_spatialde(a, layer="counts", seed=1, n_null=2000)
+    r1 = spatial_svg_score(a, layer="counts", seed=1, n_null=2000)
     assert np.isnan(r1["pval"].iloc[0]) and r1["n_spots"].iloc[0] == 4 and not r1["svg"].iloc[0]
     assert np.isfinite(r1["pval"].iloc[1:]).all()
     r2 = spatial_svg(a, method="spatialde2", layer="counts", seed=1, n_null=2000, key_added="again")
     np.testing.assert_array_equal(r1["pval"], r2["pval"])
-    r3 = spatial_svg_spatialde(a, layer="counts", min_spots=0, n_null=0, key_added="all")
+    r3 = spatial_svg_score(a, layer="counts", min_spots=0, n_null=0, key_added="all")
     assert np.isfinite(r3["pval"].iloc[0])
 
 
 def test_score_finds_published_mob_genes(mob):
-    res = spatial_svg_spatialde(mob, layer="counts", n_svg=None)
+    res = spatial_svg_score(mob, layer="counts", n_svg=None)
     sig = mob.var["ref_qval"].to_numpy() < 0.05
     assert (res["padj"].to_numpy()[sig] < 0.05).mean() >= 0.85
 
 
 def test_score_sparse_chunks_equal_dense(synth):
-    dense = spatial_svg_spatialde(synth, layer="counts", key_added="d")
+    dense = spatial_svg_score(synth, layer="counts", key_added="d")
     b = synth.copy()
     b.layers["counts"] = sparse.csr_matrix(b.layers["counts"])
-    sp = spatial_svg_spatialde(b, layer="counts", chunk_size=32, key_added="s")
+    sp = spatial_svg_score(b, layer="counts", chunk_size=32, key_added="s")
     np.testing.assert_allclose(sp["pval"], dense["pval"], rtol=1e-8)
     assert (sp["rank"] == dense["rank"]).all()
 
@@ -359,7 +359,7 @@ def test_score_sparse_chunks_equal_dense(synth):
 def test_spatial_svg_dispatch(synth):
     a = synth.copy()
     r1 = spatial_svg(a, method="spatialde2", layer="counts", key_added="x")
-    r2 = spatial_svg_spatialde(a, layer="counts", key_added="y")
+    r2 = spatial_svg_score(a, layer="counts", key_added="y")
     np.testing.assert_allclose(r1["pval"], r2["pval"])
     with pytest.raises(InvalidInputError, match="valid values"):
         spatial_svg(a, method="sparkx")
@@ -372,7 +372,7 @@ def test_constant_genes_are_nan_not_crash(synth):
     a = synth.copy()
     a.layers["counts"][:, 0] = 0.0
     a.layers["counts"][:, 1] = 4.0
-    r = spatial_svg_spatialde(a, layer="counts")
+    r = spatial_svg_score(a, layer="counts")
     assert np.isnan(r["pval"].iloc[:2]).all() and not r["svg"].iloc[:2].any()
     assert np.isfinite(r["pval"].iloc[2:]).all()
     a.layers["norm"] = np.log1p(a.layers["counts"])
@@ -386,23 +386,23 @@ def test_input_errors(synth):
     a = synth.copy()
     a.layers["norm"] = np.log1p(a.layers["counts"]) + 0.1
     with pytest.raises(NotCountsError):
-        spatial_svg_spatialde(a, layer="norm")
+        spatial_svg_score(a, layer="norm")
     with pytest.raises(NotCountsError):
         spatial_svg_gp(a, layer="norm")
     with pytest.raises(MissingSlotError, match="available layers"):
-        spatial_svg_spatialde(a, layer="raw")
+        spatial_svg_score(a, layer="raw")
     with pytest.raises(InvalidInputError, match="valid values"):
-        spatial_svg_spatialde(a, obs_dist="poisson")
+        spatial_svg_score(a, obs_dist="poisson")
     with pytest.raises(InvalidInputError, match="kernel_space"):
-        spatial_svg_spatialde(a, kernel_space={"RBF": [1.0]})
+        spatial_svg_score(a, kernel_space={"RBF": [1.0]})
     b = a.copy()
     b.obsm["spatial"] = b.obsm["spatial"].copy()
     b.obsm["spatial"][3, 0] = np.nan
-    for f in (spatial_svg_spatialde, spatial_svg_gp, spatial_svg_moran):
+    for f in (spatial_svg_score, spatial_svg_gp, spatial_svg_moran):
         with pytest.raises(InvalidInputError, match="NaN"):
             f(b, layer="counts")
     small = a[:8].copy()
-    for f in (spatial_svg_spatialde, spatial_svg_gp, spatial_svg_moran):
+    for f in (spatial_svg_score, spatial_svg_gp, spatial_svg_moran):
         with pytest.raises(InvalidInputError, match="at least 10 spots"):
             f(small, layer="counts")
 
@@ -490,7 +490,7 @@ def test_spatial_patterns_recovers_groups():
 
 def test_spatial_patterns_from_svg_key(synth):
     a = synth.copy()
-    spatial_svg_spatialde(a, layer="counts", sizefactors="size")
+    spatial_svg_score(a, layer="counts", sizefactors="size")
     spatial_patterns(a, genes="spatialde", n_patterns=3, seed=0)
     assert (a.var["aeh.pattern"].to_numpy()[a.var["spatialde.svg"].to_numpy()] >= 0).all()
     with pytest.raises(MissingSlotError, match="SVG result"):
@@ -499,7 +499,7 @@ def test_spatial_patterns_from_svg_key(synth):
 
 def test_results_survive_h5ad_roundtrip(synth, tmp_path):
     a = synth.copy()
-    spatial_svg_spatialde(a, layer="counts", sizefactors="size")
+    spatial_svg_score(a, layer="counts", sizefactors="size")
     spatial_svg_gp(a, layer="counts", model_search=True)
     spatial_patterns(a, genes="spatialde", n_patterns=2, seed=0)
     a.write_h5ad(tmp_path / "a.h5ad")
@@ -528,7 +528,7 @@ def test_synthetic_absolute_mode_keeps_null_genes_null():
     big = mu.sum(0) > 500
     ratio = np.asarray(a.X[:, null].sum(0)).ravel()[big] / mu.sum(0)[big]
     np.testing.assert_allclose(ratio, 1.0, atol=0.15)
-    spatial_svg_spatialde(a, layer="counts", sizefactors="size_factor", seed=0, key_added="s")
+    spatial_svg_score(a, layer="counts", sizefactors="size_factor", seed=0, key_added="s")
     padj = a.var["s.padj"].to_numpy()
     assert (padj[~null] < 0.05).sum() >= 80
     assert (padj[null] < 0.05).sum() <= 2

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import experimat as em
-from experimat.methods.svg import spatial_svg_gp, spatial_svg_moran, spatial_svg_spatialde
+from experimat.methods.svg import spatial_svg_gp, spatial_svg_moran, spatial_svg_score
 from experimat.methods.svg._gp import _prepare_expression, anscombe_phi
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "svg" / "mob_subset.npz"
@@ -83,7 +83,7 @@ def test_gp_genes_by_symbol_and_unknown(mob_all):
     assert a.uns["spatialde_gp"]["params"]["genes"] == "<list>"
 
 
-@pytest.mark.parametrize("method", [spatial_svg_gp, spatial_svg_spatialde, spatial_svg_moran])
+@pytest.mark.parametrize("method", [spatial_svg_gp, spatial_svg_score, spatial_svg_moran])
 def test_svg_tables_show_symbols_beside_ids(mob_all, method):
     a = mob_all[:, :60].copy()
     ids = [f"ENSMUSG{i:011d}" for i in range(a.n_vars)]
@@ -108,7 +108,7 @@ def test_plot_fsv_q_and_qq(mob_all, tmp_path):
     n_sig = int((a.var["spatialde_gp.qval"] < 0.05).sum())
     assert any(f"({n_sig})" in t.get_text() for t in ax.get_legend().get_texts())
     with pytest.raises(em.MissingSlotError, match="spatial_svg_gp"):
-        em.pl.plot_fsv_q(a, key="nope")
+        em.pl.plot_fsv_q(a, svg_key="nope")
     rng = np.random.default_rng(0)
     fig = em.pl.plot_pvalue_qq({"uniform": rng.random(300), "with nan": np.r_[rng.random(50), np.nan]})
     assert len(fig.axes[0].lines) == 3  # two tests + the diagonal

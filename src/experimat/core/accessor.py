@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._keys import Modality
 from .describe import describe_anndata
-from .registry import MethodSpec, load_plugins, methods_for
+from .registry import MethodSpec, load_plugins, method_alias, methods_for
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -169,6 +170,11 @@ class ModalityAccessor:
         if name.startswith("_"):
             raise AttributeError(name)
         specs = methods_for(self.modality)
+        current = method_alias(self.modality, name)
+        if name not in specs and current in specs:
+            warnings.warn(f"{name}() is a deprecated alias of {current}(); call {current}() instead.",
+                          FutureWarning, stacklevel=2)
+            return self._bind(specs[current])
         if name not in specs:
             import difflib
 

@@ -273,6 +273,28 @@ def methods_for(modality: str) -> dict[str, MethodSpec]:
     return _REGISTRY[Modality(modality).value]
 
 
+#: modality -> deprecated method name -> the registered method that replaced it
+_ALIASES: dict[str, dict[str, str]] = {m: {} for m in MODALITIES}
+
+
+def register_method_alias(old_name: str, new_name: str) -> None:
+    """Keep a renamed method reachable on the accessors under ``old_name`` (with a FutureWarning).
+
+    Registered for every modality that has ``new_name``; the old name is not listed in
+    ``expm.<modality>.methods`` and runs (and is recorded as) the new method.
+    """
+    mods = [m for m in MODALITIES if new_name in _REGISTRY[m]]
+    if not mods:
+        raise InvalidInputError(f"register_method_alias: no registered method {new_name!r}.")
+    for m in mods:
+        _ALIASES[m][old_name] = new_name
+
+
+def method_alias(modality: str, name: str) -> str | None:
+    """The current name of the deprecated method ``name`` (``None`` when it is not an alias)."""
+    return _ALIASES[Modality(modality).value].get(name)
+
+
 def producers_of(slot: str, modality: str) -> list[str]:
     """Names of registered methods (and external producers) that write ``slot``."""
     out = []

@@ -1,7 +1,7 @@
 """Methods bound to both spatial modalities (spots and cells)."""
 
 from .. import pl
-from ..core.registry import register_method
+from ..core.registry import register_method, register_method_alias
 from ..methods import domains, svg
 from ..methods import preprocess as pp
 from ..methods.domains import spagcn
@@ -13,8 +13,9 @@ register_method(pp.spatial_smooth, modalities=SPATIAL, reads=("layers/{layer}", 
 
 # spatially variable genes and expression histology
 register_method(svg.spatial_svg, modalities=SPATIAL,
-                variants={"spatialde2": "spatial_svg_spatialde", "spatialde": "spatial_svg_gp", "moran": "spatial_svg_moran"})
-register_method(svg.spatial_svg_spatialde, modalities=SPATIAL, **_SVG_IO)
+                variants={"spatialde2": "spatial_svg_score", "spatialde": "spatial_svg_gp", "moran": "spatial_svg_moran"})
+register_method(svg.spatial_svg_score, modalities=SPATIAL, **_SVG_IO)
+register_method_alias("spatial_svg_spatialde", "spatial_svg_score")
 register_method(svg.spatial_svg_gp, modalities=SPATIAL, **_SVG_IO)
 register_method(svg.spatial_svg_moran, modalities=SPATIAL, **_SVG_IO)
 register_method(svg.spatial_patterns, modalities=SPATIAL, reads=("layers/{layer}", "obsm/{spatial_key}"), writes=("obsm/{key_added}", "var/{key_added}.*", "uns/{key_added}"))

@@ -67,9 +67,10 @@ def _prefix(sample: str, n_samples: int) -> str:
 
 
 # --------------------------------------------------------------------------------------- SVG patterns
+@renamed_options(key="patterns_key")
 def plot_patterns(
     adata: AnnData | Mapping[str, AnnData],
-    key: str = "aeh",
+    patterns_key: str = "aeh",
     *,
     channels: str | Sequence[str] | None = None,
     basis: str = "spatial",
@@ -87,9 +88,10 @@ def plot_patterns(
     ----------
     adata
         One AnnData or ``{sample: AnnData}`` (one row per sample).
-    key
-        ``obsm[key]``: a DataFrame (or array) of pattern values per spot, columns ``"0" .. "C-1"``.
-        When ``var[f"{key}.pattern"]`` exists, each title gives the number of genes in the pattern.
+    patterns_key
+        ``obsm[patterns_key]``: a DataFrame (or array) of pattern values per spot, columns ``"0" .. "C-1"``.
+        When ``var[f"{patterns_key}.pattern"]`` exists, each title gives the number of genes in the pattern.
+        Deprecated alias: ``key=``.
     channels
         Image channels to draw under the spots (see :func:`plot_spatial`), or None.
     basis, cmap, vmin, vmax, ptsize
@@ -106,16 +108,16 @@ def plot_patterns(
     >>> import experimat as em, pandas as pd, numpy as np
     >>> adata = em.datasets.synthetic_svg(200, 20, n_spatial=5)
     >>> adata.obsm["aeh"] = pd.DataFrame(np.random.rand(200, 3), index=adata.obs_names, columns=["0", "1", "2"])
-    >>> fig = em.pl.plot_patterns(adata, key="aeh")
+    >>> fig = em.pl.plot_patterns(adata, patterns_key="aeh")
     """
     samples = as_adata_dict(adata, what="adata", split_samples=_split(basis))
     per_sample = {}
     for name, ad in samples.items():
         frame = _obsm_frame(
-            ad, key, name, "Run the AEH pattern step of the SVG analysis first (it writes obsm['aeh'])."
+            ad, patterns_key, name, "Run the AEH pattern step of the SVG analysis first (it writes obsm['aeh'])."
         )
         counts = None
-        membership = f"{key}.pattern"
+        membership = f"{patterns_key}.pattern"
         if membership in ad.var.columns:
             counts = ad.var[membership].astype(str).value_counts()
         panels = []
@@ -123,7 +125,7 @@ def plot_patterns(
             title = f"{_prefix(name, len(samples))}pattern {c}"
             if counts is not None:
                 title += f" ({int(counts.get(str(c), 0))} genes)"
-            panels.append(Panel(name, f"{key}:{c}", title))
+            panels.append(Panel(name, f"{patterns_key}:{c}", title))
         per_sample[name] = panels
     opts = embedding_options({"basis": basis, "cmap": cmap, "vmin": vmin, "vmax": vmax, "ptsize": ptsize})
     return render(
@@ -222,20 +224,35 @@ def plot_domains(
 _LOCAT_COLUMNS = ("zscore", "pval", "is_conc_sig", "is_depl_sig", "is_joint_sig")
 
 
-def locat_top_genes(adata: AnnData, key: str = "locat", n_top: int = 4) -> tuple[list[str], list[str]]:
-    """Top concentrated-only genes and top concentrated-and-depleted genes by LOCAT z-score."""
-    missing = [f"{key}.{c}" for c in _LOCAT_COLUMNS if f"{key}.{c}" not in adata.var.columns]
+@renamed_options(key="locat_key")
+def locat_top_genes(adata: AnnData, locat_key: str = "locat", n_top: int = 4) -> tuple[list[str], list[str]]:
+    """Top concentrated-only genes and top concentrated-and-depleted genes by LOCAT z-score.
+
+    Parameters
+    ----------
+    adata
+        AnnData with LOCAT's ``var`` columns.
+    locat_key
+        Prefix of the LOCAT var columns (LOCAT's ``key_added``). Deprecated alias: ``key=``.
+    n_top
+        Number of genes in each list.
+
+    Returns
+    -------
+    ``(concentrated only, concentrated and depleted)`` gene names, highest z-score first.
+    """
+    missing = [f"{locat_key}.{c}" for c in _LOCAT_COLUMNS if f"{locat_key}.{c}" not in adata.var.columns]
     if missing:
         raise MissingSlotError(
-            f"var columns {missing} not found; run LOCAT first (it writes var['{key}.zscore'], "
-            f"var['{key}.pval'] and the var['{key}.is_*_sig'] flags)."
+            f"var columns {missing} not found; run LOCAT first (it writes var['{locat_key}.zscore'], "
+            f"var['{locat_key}.pval'] and the var['{locat_key}.is_*_sig'] flags)."
         )
     var = adata.var
-    z = var[f"{key}.zscore"].to_numpy(dtype=float)
-    p = var[f"{key}.pval"].to_numpy(dtype=float)
-    conc = var[f"{key}.is_conc_sig"].to_numpy(dtype=bool)
-    depl = var[f"{key}.is_depl_sig"].to_numpy(dtype=bool)
-    joint = var[f"{key}.is_joint_sig"].to_numpy(dtype=bool)
+    z = var[f"{locat_key}.zscore"].to_numpy(dtype=float)
+    p = var[f"{locat_key}.pval"].to_numpy(dtype=float)
+    conc = var[f"{locat_key}.is_conc_sig"].to_numpy(dtype=bool)
+    depl = var[f"{locat_key}.is_depl_sig"].to_numpy(dtype=bool)
+    joint = var[f"{locat_key}.is_joint_sig"].to_numpy(dtype=bool)
 
     def top(mask: np.ndarray) -> list[str]:
         idx = np.flatnonzero(mask & np.isfinite(z))
@@ -266,9 +283,10 @@ def _locat_gene_rows(genes: Any) -> list[tuple[str, list[str]]] | None:
     return rows
 
 
+@renamed_options(key="locat_key")
 def plot_locat(
     adata: AnnData | Mapping[str, AnnData],
-    key: str = "locat",
+    locat_key: str = "locat",
     *,
     basis: str = "X_umap",
     n_top: int = 4,
@@ -287,10 +305,10 @@ def plot_locat(
     Parameters
     ----------
     adata
-        One AnnData or ``{sample: AnnData}`` (two rows per sample) with ``var[f"{key}.zscore"]``,
+        One AnnData or ``{sample: AnnData}`` (two rows per sample) with ``var[f"{locat_key}.zscore"]``,
         ``.pval``, ``.is_conc_sig``, ``.is_depl_sig`` and ``.is_joint_sig``.
-    key
-        Prefix of the LOCAT var columns.
+    locat_key
+        Prefix of the LOCAT var columns. Deprecated alias: ``key=``.
     basis
         ``"X_umap"`` (any obsm embedding) or ``"spatial"``.
     n_top
@@ -323,13 +341,13 @@ def plot_locat(
     empty: list[tuple[int, str]] = []
     for name, ad in samples.items():
         if chosen is None:
-            conc, joint = locat_top_genes(ad, key, n_top)
+            conc, joint = locat_top_genes(ad, locat_key, n_top)
             lists = [(conc, "concentrated"), (joint, "conc. + depleted")]
         else:
             from experimat.methods._checks import resolve_genes
 
             lists = [(resolve_genes(ad, g), label) for label, g in chosen]
-        z = ad.var[f"{key}.zscore"] if f"{key}.zscore" in ad.var.columns else None
+        z = ad.var[f"{locat_key}.zscore"] if f"{locat_key}.zscore" in ad.var.columns else None
         sym = ad.var["gene"].astype(str) if "gene" in ad.var.columns else pd.Series(ad.var_names, index=ad.var_names)
         for names, label in lists:
             if not names:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, MissingSlotError
 
 from ._utils import as_adata_dict, check_figsize, new_figure, style_context
@@ -15,9 +16,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@renamed_options(key="svg_key")
 def plot_fsv_q(
     adatas: Any,
-    key: str = "spatialde_gp",
+    svg_key: str = "spatialde_gp",
     *,
     alpha: float = 0.05,
     label_top: int = 5,
@@ -26,7 +28,7 @@ def plot_fsv_q(
 ) -> Figure:
     """Fraction of spatial variance against q-value, one panel per sample (SpatialDE's README figure).
 
-    Reads ``var['{key}.fsv']`` and ``var['{key}.qval']`` written by the SpatialDE GP test
+    Reads ``var['{svg_key}.fsv']`` and ``var['{svg_key}.qval']`` written by the SpatialDE GP test
     (:func:`experimat.methods.svg.spatial_svg_gp`). The q axis is logarithmic and inverted (most
     significant at the top), with a dashed line at ``alpha``; significant genes are black, the others
     grey, and the ``label_top`` most significant genes are labelled with their symbols.
@@ -35,8 +37,8 @@ def plot_fsv_q(
     ----------
     adatas
         One AnnData or ``{sample: AnnData}``.
-    key
-        ``key_added`` of the GP test.
+    svg_key
+        ``key_added`` of the GP test. Deprecated alias: ``key=``.
     alpha
         q-value threshold drawn as a dashed line.
     label_top
@@ -64,7 +66,7 @@ def plot_fsv_q(
     if not isinstance(label_top, int) or isinstance(label_top, bool) or label_top < 0:
         raise InvalidInputError(f"label_top must be a non-negative integer; got {label_top!r}.")
     for name, a in samples.items():
-        missing = [c for c in (f"{key}.fsv", f"{key}.qval") if c not in a.var.columns]
+        missing = [c for c in (f"{svg_key}.fsv", f"{svg_key}.qval") if c not in a.var.columns]
         if missing:
             keys = sorted({c.rsplit(".", 1)[0] for c in a.var.columns if c.endswith(".fsv")})
             raise MissingSlotError(
@@ -76,8 +78,8 @@ def plot_fsv_q(
         fig = new_figure(figsize)
         axes = fig.subplots(1, n, squeeze=False)[0]
         for ax, (name, a) in zip(axes, samples.items()):
-            fsv = a.var[f"{key}.fsv"].to_numpy(dtype=float)
-            q = a.var[f"{key}.qval"].to_numpy(dtype=float)
+            fsv = a.var[f"{svg_key}.fsv"].to_numpy(dtype=float)
+            q = a.var[f"{svg_key}.qval"].to_numpy(dtype=float)
             ok = np.isfinite(fsv) & np.isfinite(q)
             qq = np.clip(q, 1e-300, None)
             sig = ok & (q < alpha)
@@ -88,7 +90,7 @@ def plot_fsv_q(
             ax.invert_yaxis()
             ax.set_xlabel("fraction spatial variance (FSV)")
             ax.set_ylabel("q-value")
-            ax.set_title(name or key)
+            ax.set_title(name or svg_key)
             if label_top:
                 labels = a.var[gene_symbols].astype(str).to_numpy() if gene_symbols in a.var.columns else a.var_names.astype(str)
                 order = np.flatnonzero(ok)[np.argsort(q[ok], kind="stable")][:label_top]

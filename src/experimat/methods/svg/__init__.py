@@ -4,7 +4,8 @@ SpatialDE's automatic expression histology (AEH).
 All functions are pure functions on one AnnData (see ``experimat.methods``):
 
 - :func:`spatial_svg` — dispatch on ``method`` (``"spatialde2"``, ``"spatialde"``, ``"moran"``);
-- :func:`spatial_svg_spatialde` — SpatialDE2-style score tests (``method="spatialde2"``);
+- :func:`spatial_svg_score` — SpatialDE2-style score tests (``method="spatialde2"``; former name
+  ``spatial_svg_spatialde``, a deprecated alias);
 - :func:`spatial_svg_gp` — the original SpatialDE Gaussian-process test (``method="spatialde"``);
 - :func:`spatial_svg_moran` — Moran's I (``method="moran"``);
 - :func:`spatial_patterns` — automatic expression histology on the SVGs of a previous run.
@@ -18,10 +19,10 @@ from ._aeh import spatial_patterns
 from ._gp import spatial_svg_gp
 from ._kernels import clear_cache
 from ._moran import spatial_svg_moran
-from ._score import spatial_svg_spatialde
+from ._score import spatial_svg_score, spatial_svg_spatialde
 from ._stats import bh_adjust, storey_qvalue
 
-METHODS = {"spatialde2": spatial_svg_spatialde, "spatialde": spatial_svg_gp, "moran": spatial_svg_moran}
+METHODS = {"spatialde2": spatial_svg_score, "spatialde": spatial_svg_gp, "moran": spatial_svg_moran}
 
 
 def spatial_svg(adata, *, method: str = "spatialde2", seed: int | None = None, **kwargs: Any):
@@ -32,7 +33,7 @@ def spatial_svg(adata, *, method: str = "spatialde2", seed: int | None = None, *
     adata
         AnnData with spots in ``obs`` and coordinates in ``obsm``.
     method
-        ``"spatialde2"`` (score tests, :func:`spatial_svg_spatialde`, default), ``"spatialde"``
+        ``"spatialde2"`` (score tests, :func:`spatial_svg_score`, default), ``"spatialde"``
         (the original Gaussian-process test, :func:`spatial_svg_gp`) or ``"moran"``
         (:func:`spatial_svg_moran`).
     seed
@@ -67,6 +68,7 @@ __all__ = [
     "spatial_svg",
     "spatial_svg_gp",
     "spatial_svg_moran",
+    "spatial_svg_score",
     "spatial_svg_spatialde",
     "storey_qvalue",
 ]

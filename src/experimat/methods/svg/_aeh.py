@@ -156,9 +156,9 @@ def spatial_patterns(
     Examples
     --------
     >>> import experimat as em
-    >>> from experimat.methods.svg import spatial_svg_spatialde, spatial_patterns
+    >>> from experimat.methods.svg import spatial_svg_score, spatial_patterns
     >>> adata = em.datasets.synthetic_svg(1000, 300, n_spatial=40)
-    >>> _ = spatial_svg_spatialde(adata, progress=False)
+    >>> _ = spatial_svg_score(adata, progress=False)
     >>> out = spatial_patterns(adata, genes="spatialde", n_patterns=3)
     >>> adata.var["aeh.pattern"].value_counts()
     """

@@ -373,7 +373,7 @@ def spatial_svg_gp(
     max_spots
         Refuse samples with more spots (default :data:`MAX_SPOTS` = 10,000): the test is cubic in
         spots and holds dense spots x spots kernels. Above it use the scalable tests
-        (``spatial_svg_moran``, ``spatial_svg_spatialde``). ``None`` lifts the limit.
+        (``spatial_svg_moran``, ``spatial_svg_score``). ``None`` lifts the limit.
     key_added
         Prefix of the result columns and the ``uns`` key.
 
@@ -435,7 +435,7 @@ def spatial_svg_gp(
         raise InvalidInputError(
             f"the SpatialDE GP test is cubic in spots and holds dense spots x spots kernels: {adata.n_obs:,} spots "
             f"exceed max_spots={max_spots:,} (about {8 * adata.n_obs**2 / 1e9:.0f} GB per kernel). Use the scalable "
-            "tests spatial_svg_moran (Moran's I) or spatial_svg_spatialde (score test), or subsample the spots; "
+            "tests spatial_svg_moran (Moran's I) or spatial_svg_score (score test), or subsample the spots; "
             "max_spots=None lifts the limit."
         )
     xy = coordinates(adata, spatial_key)

@@ -23,6 +23,7 @@ from functools import cache
 
 import numpy as np
 
+from experimat._compat import deprecated_alias
 from experimat._errors import InvalidInputError
 from experimat.methods._checks import counts_input
 
@@ -182,7 +183,7 @@ def _kernel_name(name: str, v: float | None) -> str:
 
 
 @counts_input("layer", when=lambda o: o.get("obs_dist") == "negative_binomial")
-def spatial_svg_spatialde(
+def spatial_svg_score(
     adata,
     *,
     layer: str | None = "counts",
@@ -270,9 +271,9 @@ def spatial_svg_spatialde(
     Examples
     --------
     >>> import experimat as em
-    >>> from experimat.methods.svg import spatial_svg_spatialde
+    >>> from experimat.methods.svg import spatial_svg_score
     >>> adata = em.datasets.synthetic_svg(1000, 500, n_spatial=50)
-    >>> res = spatial_svg_spatialde(adata, layer="counts", progress=False)
+    >>> res = spatial_svg_score(adata, layer="counts", progress=False)
     >>> adata.var[["spatialde.padj", "spatialde.svg", "spatialde.rank"]].head()
     """
     import jax
@@ -559,3 +560,7 @@ def calibrated_logp(T: np.ndarray, logT: np.ndarray, null_T: np.ndarray, rng: np
         lp[far] = np.minimum(lp[far], base + log_pc(Tk[far], logT[ok][far]))
     out[ok] = lp
     return np.minimum(out, 0.0)
+
+
+#: the SpatialDE2-style score test under its former name
+spatial_svg_spatialde = deprecated_alias(spatial_svg_score, "spatial_svg_spatialde")
