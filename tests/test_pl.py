@@ -384,10 +384,10 @@ def test_method_figures_render(visium, tmp_path):
         "domains": pl.plot_domains({"s1": adata, "s2": adata}, domain_keys=("spagcn.domain", "spagcn.refined")),
         "locat_umap": pl.plot_locat(adata, locat_key="locat", basis="X_umap", n_top=3),
         "locat_spatial": pl.plot_locat(adata, basis="spatial", n_top=2, channels=RGB_LOW),
-        "abundance": pl.plot_abundance(adata, key="cell2location.q05", types=None, channels=RGB_LOW),
-        "blend": pl.plot_abundance_blend(adata, key="cell2location.q05", types=["astrocytes", "neurons", "microglia"]),
-        "history": pl.plot_training_history(adata, key="cell2location"),
-        "history_dict": pl.plot_training_history({"s1": adata, "s2": adata}, key="cell2location"),
+        "abundance": pl.plot_abundance(adata, abundance_key="cell2location.q05", types=None, channels=RGB_LOW),
+        "blend": pl.plot_abundance_blend(adata, abundance_key="cell2location.q05", types=["astrocytes", "neurons", "microglia"]),
+        "history": pl.plot_training_history(adata, model_key="cell2location"),
+        "history_dict": pl.plot_training_history({"s1": adata, "s2": adata}, model_key="cell2location"),
         "reconstruction": pl.plot_reconstruction(adata.X, adata.X.toarray() + 0.5),
         "totals": pl.plot_totals_per_batch(
             np.asarray(adata.X.sum(1)).ravel(),
@@ -540,7 +540,7 @@ def test_method_figures_bad_inputs(visium):
     frame = adata.obsm["cell2location.q05"]
     adata.obsm["many"] = pd.concat([frame, frame.add_suffix("_b")], axis=1)
     with pytest.raises(InvalidInputError, match="1 to 7"):
-        pl.plot_abundance_blend(adata, key="many")
+        pl.plot_abundance_blend(adata, abundance_key="many")
     with pytest.raises(KeyNotFoundError, match="astrocytes"):
         pl.plot_abundance(adata, types=["astrocyte"])
     with pytest.raises(InvalidInputError, match="n_top"):

@@ -108,7 +108,7 @@ def test_plot_colocation_loadings(mapped):
     with pytest.raises(KeyNotFoundError):
         pl.plot_colocation_loadings(s, 7)
     with pytest.raises(MissingSlotError, match="colocation_nmf"):
-        pl.plot_colocation_loadings(s, 3, key="nmf_other")
+        pl.plot_colocation_loadings(s, 3, nmf_key="nmf_other")
 
 
 def test_plot_volcano_table_and_adata():

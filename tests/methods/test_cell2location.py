@@ -212,11 +212,11 @@ def test_downstream(fitted):
     rng = np.random.default_rng(0)
     truth = np.repeat([0, 1, 2], 30)
     toy.obsm["ab"] = np.eye(3)[truth] * 10 + rng.random((90, 3))
-    assert adjusted_rand_score(truth, region_cluster(toy, key="ab", resolution=0.3, seed=0)) == 1.0
+    assert adjusted_rand_score(truth, region_cluster(toy, abundance_key="ab", resolution=0.3, seed=0)) == 1.0
     again = region_cluster(fitted.copy(), resolution=0.5, seed=0)
     assert (again.astype(str) == regions.astype(str)).all()
 
-    res = colocation_nmf(fitted, key="cell2location.means", n_factors=[2, 3], n_restarts=3, seed=0)
+    res = colocation_nmf(fitted, abundance_key="cell2location.means", n_factors=[2, 3], n_restarts=3, seed=0)
     for n in (2, 3):
         ld = res[n]["loadings"]
         assert ld.shape == (3, n)

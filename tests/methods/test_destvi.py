@@ -170,7 +170,7 @@ def test_get_scale_for_ct(fitted, ref):
     with pytest.raises(KeyNotFoundError):
         get_scale_for_ct(st, ref, "astrocytes")
     with pytest.raises(MissingSlotError, match="deconvolve_destvi"):
-        get_scale_for_ct(st, ref, "interneurons", key="other")
+        get_scale_for_ct(st, ref, "interneurons", destvi_key="other")
 
 
 def test_non_integer_input_is_rejected(sc, spots, ref):

@@ -69,15 +69,15 @@ register_method(destvi.deconvolve_destvi, modalities=BIN, setup=_resolve_referen
                 writes=("obsm/{key_added}.*", "obs/{key_added}.noise", "var/{key_added}.*", "uns/{key_added}"))
 
 # downstream
-register_method(c2l.region_cluster, modalities=BIN, reads=("obsm/{key}",), writes=("obs/{key_added}", "uns/{key_added}"))
-register_method(c2l.colocation_nmf, modalities=BIN, reads=("obsm/{key}",), writes=("obsm/{key_added}.*", "uns/{key_added}"))
+register_method(c2l.region_cluster, modalities=BIN, reads=("obsm/{abundance_key}",), writes=("obs/{key_added}", "uns/{key_added}"))
+register_method(c2l.colocation_nmf, modalities=BIN, reads=("obsm/{abundance_key}",), writes=("obsm/{key_added}.*", "uns/{key_added}"))
 register_method(c2l.expected_expression_per_type, modalities=BIN, kind="query")
 register_method(c2l.reconstruction_qc, modalities=BIN, kind="query")
 register_method(c2l.totals_qc, modalities=BIN, kind="query")
 register_method(c2l.training_history, modalities=BIN, kind="query")
-# stores its thresholds in uns[key]["thresholds"] (next to DestVI's own record, which it keeps)
-register_method(destvi.automatic_proportion_threshold, modalities=BIN, reads=("obsm/{key}.proportions", "uns/{key}"),
-                writes=("uns/{key}",))
+# stores its thresholds in uns[destvi_key]["thresholds"] (next to DestVI's own record, which it keeps)
+register_method(destvi.automatic_proportion_threshold, modalities=BIN, reads=("obsm/{destvi_key}.proportions", "uns/{destvi_key}"),
+                writes=("uns/{destvi_key}",))
 
 # figures of the deconvolution tutorials (views: {sample: AnnData} in, a Figure out)
 register_method(pl.plot_gene_filter, modalities=("rna",), kind="view")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 
 from ._utils import as_adata_dict, check_figsize, new_figure, style_context
@@ -230,11 +231,12 @@ def _loadings(ad: AnnData, n_factors: int | None, key: str) -> tuple[int, pd.Dat
     return int(n_factors), df
 
 
+@renamed_options(key="nmf_key")
 def plot_colocation_loadings(
     adatas: Any,
     n_factors: int | None = None,
     *,
-    key: str = "colocation_nmf",
+    nmf_key: str = "colocation_nmf",
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """Dot plot of the NMF colocation loadings (cell2location's ``plot_cell_type_loadings``).
@@ -250,8 +252,8 @@ def plot_colocation_loadings(
         :func:`~experimat.methods.deconv.cell2location.colocation_nmf`.
     n_factors
         Which fit to show (default: the smallest number of factors fitted).
-    key
-        ``key_added`` of ``colocation_nmf``.
+    nmf_key
+        ``key_added`` of ``colocation_nmf``. Deprecated alias: ``key=``.
     figsize
         Figure size in inches.
 
@@ -264,7 +266,7 @@ def plot_colocation_loadings(
     >>> fig = em.pl.plot_colocation_loadings(adata_vis, n_factors=5)  # doctest: +SKIP
     """
     rows = _rows(adatas, "adatas")
-    tables = {name: _loadings(ad, n_factors, key) for name, ad in rows.items()}
+    tables = {name: _loadings(ad, n_factors, nmf_key) for name, ad in rows.items()}
     n_types = max(df.shape[0] for _, df in tables.values())
     n_fact = max(df.shape[1] for _, df in tables.values())
     figsize = check_figsize(figsize) or (1.2 + 0.55 * n_fact * len(rows) + 2.0, 1.0 + 0.3 * n_types)
@@ -290,11 +292,12 @@ def plot_colocation_loadings(
 
 
 # --------------------------------------------------------------------------- DestVI diagnostics
+@renamed_options(key="destvi_key")
 def plot_proportion_thresholds(
     adatas: Any,
     ct_list: Sequence[str] | str | None = None,
     *,
-    key: str = "destvi",
+    destvi_key: str = "destvi",
     ncols: int = 4,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
@@ -311,8 +314,8 @@ def plot_proportion_thresholds(
         Deconvolved spots (AnnData or ``{sample: AnnData}``: one row of panels per sample).
     ct_list
         Cell types to show (default: every type with a stored curve).
-    key
-        ``key_added`` of the deconvolution.
+    destvi_key
+        ``key_added`` of the deconvolution. Deprecated alias: ``key=``.
     ncols
         Panels per row.
     figsize
@@ -330,11 +333,11 @@ def plot_proportion_thresholds(
     rows = _rows(adatas, "adatas")
     panels = []
     for name, ad in rows.items():
-        curves = (ad.uns.get(key) or {}).get("threshold_curves") if isinstance(ad.uns.get(key), Mapping) else None
+        curves = (ad.uns.get(destvi_key) or {}).get("threshold_curves") if isinstance(ad.uns.get(destvi_key), Mapping) else None
         if not isinstance(curves, Mapping) or not curves:
             raise MissingSlotError(
-                f"{_prefix(name)}uns[{key!r}]['threshold_curves'] not found; run automatic_proportion_threshold "
-                "(key= the deconvolution's key_added) first."
+                f"{_prefix(name)}uns[{destvi_key!r}]['threshold_curves'] not found; run automatic_proportion_threshold "
+                "(destvi_key= the deconvolution's key_added) first."
             )
         cts = list(curves) if ct_list is None else ([ct_list] if isinstance(ct_list, str) else list(ct_list))
         for ct in cts:
@@ -365,11 +368,12 @@ def plot_proportion_thresholds(
     return fig
 
 
+@renamed_options(key="destvi_key")
 def plot_gamma_space(
     adatas: Any,
     *,
     ct: str,
-    key: str = "destvi",
+    destvi_key: str = "destvi",
     spatial_key: str = "spatial",
     size: float = 12.0,
     cmap: str = "coolwarm",
@@ -387,8 +391,8 @@ def plot_gamma_space(
         Deconvolved spots (AnnData or ``{sample: AnnData}``: one row per sample).
     ct
         Cell type given to ``explore_gamma_space``.
-    key
-        ``key_added`` of the deconvolution.
+    destvi_key
+        ``key_added`` of the deconvolution. Deprecated alias: ``key=``.
     spatial_key
         obsm key of the coordinates.
     size
@@ -412,7 +416,7 @@ def plot_gamma_space(
     rows = _rows(adatas, "adatas")
     data = {}
     for name, ad in rows.items():
-        k = f"{key}.spca.{ct}"
+        k = f"{destvi_key}.spca.{ct}"
         if k not in ad.obsm:
             raise MissingSlotError(
                 f"{_prefix(name)}obsm[{k!r}] not found; run explore_gamma_space(adata, reference, {ct!r}) first."
@@ -421,7 +425,7 @@ def plot_gamma_space(
             raise MissingSlotError(f"{_prefix(name)}obsm[{spatial_key!r}] (coordinates) not found.")
         proj = ad.obsm[k]
         proj = proj if isinstance(proj, pd.DataFrame) else pd.DataFrame(np.asarray(proj))
-        info = (((ad.uns.get(key) or {}).get("spca") or {}).get(ct) or {}) if isinstance(ad.uns.get(key), Mapping) else {}
+        info = (((ad.uns.get(destvi_key) or {}).get("spca") or {}).get(ct) or {}) if isinstance(ad.uns.get(destvi_key), Mapping) else {}
         data[name] = (np.asarray(ad.obsm[spatial_key], dtype=float)[:, :2], proj, info)
     n_ax = max(p.shape[1] for _, p, _ in data.values())
     figsize = check_figsize(figsize) or (4.2 * n_ax, 3.9 * len(rows))
@@ -453,9 +457,10 @@ def plot_gamma_space(
 
 
 # ------------------------------------------------------------------------------------- volcano
+@renamed_options(key="de_key")
 def plot_volcano(
     de: Any,
-    key: str | None = None,
+    de_key: str | None = None,
     *,
     lfc_col: str = "log2FC",
     p_col: str = "padj",
@@ -475,9 +480,9 @@ def plot_volcano(
     de
         A DataFrame with ``lfc_col`` and ``p_col`` (genes as index or in ``gene_col``), e.g. from
         :func:`~experimat.methods.deconv.destvi.de_genes_destvi`; or an AnnData / ``{sample: AnnData}``
-        whose ``uns[key]['de_results']`` holds one (``de_genes_destvi(..., key_added=key)``).
-    key
-        ``uns`` key of the stored table (AnnData input only).
+        whose ``uns[de_key]['de_results']`` holds one (``de_genes_destvi(..., key_added=de_key)``).
+    de_key
+        ``uns`` key of the stored table (AnnData input only). Deprecated alias: ``key=``.
     lfc_col, p_col, gene_col
         Columns of the table.
     alpha, min_lfc
@@ -502,18 +507,18 @@ def plot_volcano(
     if isinstance(de, pd.DataFrame):
         tables = {"": de}
     elif isinstance(de, AnnData) or (isinstance(de, Mapping) and de and all(isinstance(v, AnnData) for v in de.values())):
-        if key is None:
-            raise InvalidInputError("plot_volcano on an AnnData needs key= (the key_added of de_genes_destvi).")
+        if de_key is None:
+            raise InvalidInputError("plot_volcano on an AnnData needs de_key= (the key_added of de_genes_destvi).")
         tables = {}
         for name, ad in _rows(de, "de").items():
-            entry = ad.uns.get(key)
+            entry = ad.uns.get(de_key)
             if not isinstance(entry, Mapping) or "de_results" not in entry:
                 raise MissingSlotError(
-                    f"{_prefix(name)}uns[{key!r}]['de_results'] not found; run de_genes_destvi(..., key_added={key!r})."
+                    f"{_prefix(name)}uns[{de_key!r}]['de_results'] not found; run de_genes_destvi(..., key_added={de_key!r})."
                 )
             tables[name] = pd.DataFrame(entry["de_results"])
     else:
-        raise InvalidInputError(f"de must be a DataFrame or an AnnData (with key=); got {type(de).__name__}.")
+        raise InvalidInputError(f"de must be a DataFrame or an AnnData (with de_key=); got {type(de).__name__}.")
     for t in tables.values():
         missing = [c for c in (lfc_col, p_col) if c not in t.columns]
         if missing:

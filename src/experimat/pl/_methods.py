@@ -391,9 +391,10 @@ def _types_of(samples: Mapping[str, AnnData], key: str, types: Sequence[str] | s
     return types
 
 
+@renamed_options(key="abundance_key")
 def plot_abundance(
     adata: AnnData | Mapping[str, AnnData],
-    key: str = "cell2location.q05",
+    abundance_key: str = "cell2location.q05",
     types: Sequence[str] | str | None = None,
     *,
     channels: str | Sequence[str] | None = None,
@@ -414,8 +415,9 @@ def plot_abundance(
     ----------
     adata
         One AnnData or ``{sample: AnnData}``.
-    key
-        ``obsm[key]``: a DataFrame of abundances (spots x types), e.g. ``"cell2location.q05"``.
+    abundance_key
+        ``obsm[abundance_key]``: a DataFrame of abundances (spots x types), e.g. ``"cell2location.q05"``.
+        Deprecated alias: ``key=``.
     types
         Columns to draw (None: all).
     channels
@@ -436,8 +438,8 @@ def plot_abundance(
     >>> fig = em.pl.plot_abundance(adata, "cell2location.q05", types=["astrocytes"])  # doctest: +SKIP
     """
     samples = as_adata_dict(adata, what="adata", split_samples=True)
-    type_list = _types_of(samples, key, types)
-    rows = grid_layout(list(samples), [f"{key}:{t}" for t in type_list], ncols)
+    type_list = _types_of(samples, abundance_key, types)
+    rows = grid_layout(list(samples), [f"{abundance_key}:{t}" for t in type_list], ncols)
     for row in rows:
         for p in row:
             if p is not None:
@@ -476,9 +478,10 @@ def blend_colors(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, colors: Seq
     return np.column_stack([np.clip(mix, 0.0, 1.0), w.max(1)])
 
 
+@renamed_options(key="abundance_key")
 def plot_abundance_blend(
     adata: AnnData | Mapping[str, AnnData],
-    key: str = "cell2location.q05",
+    abundance_key: str = "cell2location.q05",
     types: Sequence[str] | None = None,
     *,
     channels: str | Sequence[str] | None = None,
@@ -500,10 +503,10 @@ def plot_abundance_blend(
     ----------
     adata
         One AnnData or ``{sample: AnnData}`` (one panel per sample; limits shared by all samples).
-    key
-        ``obsm[key]`` DataFrame of abundances, e.g. ``"cell2location.q05"``.
+    abundance_key
+        ``obsm[abundance_key]`` DataFrame of abundances, e.g. ``"cell2location.q05"``. Deprecated alias: ``key=``.
     types
-        Up to 7 columns of ``obsm[key]`` (required when it has more than 7).
+        Up to 7 columns of ``obsm[abundance_key]`` (required when it has more than 7).
     channels
         Image channels under the spots; None draws the spots on a black background.
     colors
@@ -525,7 +528,7 @@ def plot_abundance_blend(
     from matplotlib.colors import LinearSegmentedColormap, Normalize, to_rgba
 
     samples = as_adata_dict(adata, what="adata", split_samples=True)
-    type_list = _types_of(samples, key, types)
+    type_list = _types_of(samples, abundance_key, types)
     if not 1 <= len(type_list) <= len(BLEND_COLORS):
         raise InvalidInputError(
             f"plot_abundance_blend mixes 1 to {len(BLEND_COLORS)} types; got {len(type_list)}. Pass types=[...] "
@@ -538,7 +541,7 @@ def plot_abundance_blend(
         [to_rgba(c) for c in colors]
     except ValueError as e:
         raise InvalidInputError(f"invalid colour in colors: {e}") from None
-    mats = {n: _obsm_frame(ad, key, n, "")[type_list].to_numpy(dtype=float) for n, ad in samples.items()}
+    mats = {n: _obsm_frame(ad, abundance_key, n, "")[type_list].to_numpy(dtype=float) for n, ad in samples.items()}
     allv = np.concatenate(list(mats.values()))
     lo = np.array([color_limit(vmin, allv[:, t], "vmin") or 0.0 for t in range(len(type_list))])
     hi = np.array([color_limit(vmax, allv[:, t], "vmax") or 0.0 for t in range(len(type_list))])
@@ -546,7 +549,7 @@ def plot_abundance_blend(
     def resolver(sample: str, ad: AnnData, color: str | None) -> ColorValues:
         return ColorValues(color, "rgba", blend_colors(mats[sample], lo, hi, colors), "")
 
-    rows = grid_layout(list(samples), [f"{key}"], None)
+    rows = grid_layout(list(samples), [f"{abundance_key}"], None)
     for row in rows:
         for p in row:
             if p is not None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, MissingSlotError
 
 from ._utils import check_figsize, make_palette, new_figure, style_context
@@ -38,9 +39,10 @@ def _history_series(history: Any, where: str) -> dict[str, np.ndarray]:
     return series
 
 
+@renamed_options(key="model_key")
 def plot_training_history(
     history_or_adata: Any,
-    key: str = "cell2location",
+    model_key: str = "cell2location",
     *,
     iter_start: int | None = None,
     log: bool = False,
@@ -52,10 +54,10 @@ def plot_training_history(
     ----------
     history_or_adata
         A history (``{name: values}`` such as ``{"elbo_train": [...]}``, a DataFrame, or an array),
-        an AnnData whose ``uns[key]['training_history']`` holds one, or ``{sample: AnnData}`` (one
+        an AnnData whose ``uns[model_key]['training_history']`` holds one, or ``{sample: AnnData}`` (one
         row per sample).
-    key
-        ``uns`` key of the model run (``key_added`` of the method).
+    model_key
+        ``uns`` key of the model run (``key_added`` of the method). Deprecated alias: ``key=``.
     iter_start
         First iteration of the right panel (default: 20 % of the run).
     log
@@ -89,13 +91,13 @@ def plot_training_history(
         if ad is None:
             histories[name] = _history_series(history_or_adata, "history")
             continue
-        entry = ad.uns.get(key)
+        entry = ad.uns.get(model_key)
         if not isinstance(entry, Mapping) or "training_history" not in entry:
             raise MissingSlotError(
-                f"uns[{key!r}]['training_history'] not found{f' in sample {name!r}' if name else ''}; uns keys: "
-                f"{list(ad.uns.keys())}. Train the model first, or pass key= the method's key_added."
+                f"uns[{model_key!r}]['training_history'] not found{f' in sample {name!r}' if name else ''}; uns keys: "
+                f"{list(ad.uns.keys())}. Train the model first, or pass model_key= the method's key_added."
             )
-        histories[name] = _history_series(entry["training_history"], f"uns[{key!r}]['training_history']")
+        histories[name] = _history_series(entry["training_history"], f"uns[{model_key!r}]['training_history']")
     if iter_start is not None and (not isinstance(iter_start, (int, np.integer)) or iter_start < 0):
         raise InvalidInputError(f"iter_start must be a non-negative integer; got {iter_start!r}.")
     figsize = check_figsize(figsize) or (8.0, 3.2 * len(histories))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, MissingSlotError
 from experimat._logging import logger
 from experimat._optional import import_optional
@@ -31,15 +32,16 @@ def _fit_entry(adata: AnnData, key_added: str) -> Mapping[str, Any]:
     return entry
 
 
-def training_history(adata: AnnData, *, key_added: str = "cell2location") -> np.ndarray:
+@renamed_options(key_added="cell2location_key")
+def training_history(adata: AnnData, *, cell2location_key: str = "cell2location") -> np.ndarray:
     """The loss (negative ELBO) per epoch of a fit, for the training-history plot.
 
     Parameters
     ----------
     adata
         AnnData fitted by :func:`deconvolve_cell2location`.
-    key_added
-        The fit's ``key_added``.
+    cell2location_key
+        ``key_added`` of the cell2location fit. Deprecated alias: ``key_added=``.
 
     Returns
     -------
@@ -49,9 +51,9 @@ def training_history(adata: AnnData, *, key_added: str = "cell2location") -> np.
     --------
     >>> h = training_history(adata_vis)  # doctest: +SKIP
     """
-    entry = adata.uns.get(key_added)
+    entry = adata.uns.get(cell2location_key)
     if not isinstance(entry, Mapping) or "training_history" not in entry:
-        raise MissingSlotError(f"uns[{key_added!r}]['training_history'] not found; run deconvolve_cell2location first.")
+        raise MissingSlotError(f"uns[{cell2location_key!r}]['training_history'] not found; run deconvolve_cell2location first.")
     return np.asarray(entry["training_history"], dtype=np.float64)
 
 
@@ -81,10 +83,11 @@ def _observed(adata: AnnData, genes: list[str], layer: str | None) -> np.ndarray
     return np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
 
 
+@renamed_options(key_added="cell2location_key")
 def reconstruction_qc(
     adata: AnnData,
     *,
-    key_added: str = "cell2location",
+    cell2location_key: str = "cell2location",
     layer: str | None = "counts",
     bins: int = 50,
 ) -> dict[str, Any]:
@@ -94,8 +97,8 @@ def reconstruction_qc(
     ----------
     adata
         AnnData fitted by :func:`deconvolve_cell2location`.
-    key_added
-        The fit's ``key_added``.
+    cell2location_key
+        ``key_added`` of the cell2location fit. Deprecated alias: ``key_added=``.
     layer
         Layer with the counts the model was fitted on.
     bins
@@ -113,7 +116,7 @@ def reconstruction_qc(
     >>> plt.pcolormesh(qc["x_edges"], qc["y_edges"], np.log1p(qc["hist"].T))  # doctest: +SKIP
     """
     check_positive_int("bins", bins)
-    mu, _, genes = _expected(adata, key_added, "means")
+    mu, _, genes = _expected(adata, cell2location_key, "means")
     obs = _observed(adata, genes, layer)
     lx, ly = np.log10(1 + obs).ravel(), np.log10(1 + mu).ravel()
     hist, xe, ye = np.histogram2d(lx, ly, bins=bins)
@@ -129,15 +132,16 @@ def reconstruction_qc(
     }
 
 
-def totals_qc(adata: AnnData, *, key_added: str = "cell2location", layer: str | None = "counts") -> pd.DataFrame:
+@renamed_options(key_added="cell2location_key")
+def totals_qc(adata: AnnData, *, cell2location_key: str = "cell2location", layer: str | None = "counts") -> pd.DataFrame:
     """Per-spot totals for the "expected vs observed totals per batch" QC plot.
 
     Parameters
     ----------
     adata
         AnnData fitted by :func:`deconvolve_cell2location`.
-    key_added
-        The fit's ``key_added``.
+    cell2location_key
+        ``key_added`` of the cell2location fit. Deprecated alias: ``key_added=``.
     layer
         Layer with the counts the model was fitted on.
 
@@ -152,8 +156,8 @@ def totals_qc(adata: AnnData, *, key_added: str = "cell2location", layer: str | 
     >>> df = totals_qc(adata_vis)  # doctest: +SKIP
     >>> for b, d in df.groupby("batch"): plt.scatter(d.observed_total, d.expected_total)  # doctest: +SKIP
     """
-    entry = _fit_entry(adata, key_added)
-    mu, codes, genes = _expected(adata, key_added, "means")
+    entry = _fit_entry(adata, cell2location_key)
+    mu, codes, genes = _expected(adata, cell2location_key, "means")
     obs = _observed(adata, genes, layer)
     cats = [str(c) for c in entry.get("batch_categories", ["all"])]
     return pd.DataFrame(
@@ -161,18 +165,19 @@ def totals_qc(adata: AnnData, *, key_added: str = "cell2location", layer: str | 
             "batch": pd.Categorical.from_codes(codes, categories=cats),
             "observed_total": obs.sum(1),
             "expected_total": mu.sum(1),
-            "total_abundance": get_obsm(adata, f"{key_added}.means").sum(1),
+            "total_abundance": get_obsm(adata, f"{cell2location_key}.means").sum(1),
             "detection_y_s": np.asarray(entry["posterior"]["detection_y_s"], dtype=np.float64),
         },
         index=adata.obs_names.copy(),
     )
 
 
+@renamed_options(key_added="cell2location_key")
 def expected_expression_per_type(
     adata: AnnData,
     reference: ReferenceSignatures | pd.DataFrame | None = None,
     *,
-    key_added: str = "cell2location",
+    cell2location_key: str = "cell2location",
     summary: str = "q05",
     genes: Sequence[str] | None = None,
     cell_types: Sequence[str] | None = None,
@@ -189,8 +194,8 @@ def expected_expression_per_type(
         AnnData fitted by :func:`deconvolve_cell2location`.
     reference
         Signatures to use (``None``: those stored with the fit, over the mapped genes).
-    key_added
-        The fit's ``key_added``.
+    cell2location_key
+        ``key_added`` of the cell2location fit. Deprecated alias: ``key_added=``.
     summary
         Posterior summary of the abundances: ``"means"`` or a quantile the fit wrote (``"q05"``, ``"q95"``,
         ``"q50"`` with ``quantiles=(0.05, 0.5, 0.95)``, ...).
@@ -212,7 +217,7 @@ def expected_expression_per_type(
         raise InvalidInputError(
             f"summary must be 'means' or a posterior quantile such as 'q05' / 'q50' / 'q95'; got {summary!r}."
         )
-    entry = _fit_entry(adata, key_added)
+    entry = _fit_entry(adata, cell2location_key)
     post = entry["posterior"]
     mapped = [str(g) for g in entry["genes"]]
     names = [str(f) for f in entry["factor_names"]]
@@ -236,7 +241,7 @@ def expected_expression_per_type(
     bad = [t for t in types if t not in names]
     if bad:
         raise InvalidInputError(f"unknown cell types {bad}; valid: {names}.")
-    w = pd.DataFrame(get_obsm(adata, f"{key_added}.{summary}"), columns=names)
+    w = pd.DataFrame(get_obsm(adata, f"{cell2location_key}.{summary}"), columns=names)
     m_g = pd.Series(np.asarray(post["m_g"], dtype=np.float64), index=mapped)[genes].to_numpy()
     y_s = np.asarray(post["detection_y_s"], dtype=np.float64)
     sub = cs.loc[genes]
@@ -248,10 +253,11 @@ def expected_expression_per_type(
     }
 
 
+@renamed_options(key="abundance_key")
 def region_cluster(
     adata: AnnData,
     *,
-    key: str = "cell2location.q05",
+    abundance_key: str = "cell2location.q05",
     n_neighbors: int = 15,
     resolution: float = 1.1,
     seed: int | None = None,
@@ -266,9 +272,9 @@ def region_cluster(
     Parameters
     ----------
     adata
-        AnnData with abundances in ``obsm[key]``.
-    key
-        obsm key of the abundances.
+        AnnData with abundances in ``obsm[abundance_key]``.
+    abundance_key
+        ``obsm`` key of the abundances. Deprecated alias: ``key=``.
     n_neighbors
         Neighbours of the kNN graph.
     resolution
@@ -288,10 +294,10 @@ def region_cluster(
     """
     check_positive_int("n_neighbors", n_neighbors)
     seed = settings.seed if seed is None else seed
-    params = {"key": key, "n_neighbors": n_neighbors, "resolution": resolution, "seed": seed}
-    ab = get_obsm(adata, key).astype(np.float64)
+    params = {"abundance_key": abundance_key, "n_neighbors": n_neighbors, "resolution": resolution, "seed": seed}
+    ab = get_obsm(adata, abundance_key).astype(np.float64)
     if not np.isfinite(ab).all():
-        raise InvalidInputError(f"obsm[{key!r}] has non-finite values.")
+        raise InvalidInputError(f"obsm[{abundance_key!r}] has non-finite values.")
     if adata.n_obs <= n_neighbors:
         raise InvalidInputError(
             f"n_neighbors ({n_neighbors}) must be smaller than the number of spots ({adata.n_obs})."
@@ -324,10 +330,11 @@ def _match_corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(c[r, col].mean())
 
 
+@renamed_options(key="abundance_key")
 def colocation_nmf(
     adata: AnnData,
     *,
-    key: str = "cell2location.means",
+    abundance_key: str = "cell2location.means",
     n_factors: int | Iterable[int] = range(5, 11),
     n_restarts: int = 5,
     max_iter: int = 1000,
@@ -346,9 +353,9 @@ def colocation_nmf(
     Parameters
     ----------
     adata
-        AnnData with abundances in ``obsm[key]``.
-    key
-        obsm key of the abundances.
+        AnnData with abundances in ``obsm[abundance_key]``.
+    abundance_key
+        ``obsm`` key of the abundances. Deprecated alias: ``key=``.
     n_factors
         Number(s) of factors to fit.
     n_restarts
@@ -381,10 +388,10 @@ def colocation_nmf(
     for n in ns:
         check_positive_int("n_factors", n)
     check_positive_int("n_restarts", n_restarts)
-    ab = get_obsm(adata, key).astype(np.float64)
+    ab = get_obsm(adata, abundance_key).astype(np.float64)
     if (ab < 0).any() or not np.isfinite(ab).all():
-        raise InvalidInputError(f"obsm[{key!r}] must be finite and non-negative.")
-    val = adata.obsm[key]
+        raise InvalidInputError(f"obsm[{abundance_key!r}] must be finite and non-negative.")
+    val = adata.obsm[abundance_key]
     types = [str(c) for c in val.columns] if hasattr(val, "columns") else [f"type{i}" for i in range(ab.shape[1])]
     results: dict[int, dict[str, Any]] = {}
     uns: dict[str, Any] = {"loadings": {}, "stability": {}, "reconstruction_error": {}}
@@ -419,7 +426,7 @@ def colocation_nmf(
     store_params(
         adata,
         key_added,
-        {"key": key, "n_factors": ns, "n_restarts": n_restarts, "max_iter": max_iter, "seed": seed},
+        {"abundance_key": abundance_key, "n_factors": ns, "n_restarts": n_restarts, "max_iter": max_iter, "seed": seed},
         **uns,
     )
     return results

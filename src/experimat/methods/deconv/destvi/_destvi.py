@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._logging import logger
 from experimat._optional import import_optional
@@ -348,13 +349,14 @@ def _decode_scale(reference: CondSCVIModel, gamma_ct: np.ndarray, ct_code: int, 
     return np.vstack(out) if out else np.zeros((0, len(gidx)), dtype=np.float32)
 
 
+@renamed_options(key="destvi_key")
 def get_scale_for_ct(
     adata: AnnData,
     reference: CondSCVIModel | str,
     ct: str,
     indices: Sequence[int] | np.ndarray | None = None,
     *,
-    key: str = "destvi",
+    destvi_key: str = "destvi",
 ) -> pd.DataFrame:
     """Cell-type-specific imputed expression at the spots: the decoder at each spot's ``gamma`` of ``ct``.
 
@@ -368,8 +370,8 @@ def get_scale_for_ct(
         Cell type.
     indices
         Spot positions (default: all spots).
-    key
-        ``key_added`` of the deconvolution.
+    destvi_key
+        ``key_added`` of the deconvolution. Deprecated alias: ``key=``.
 
     Returns
     -------
@@ -383,7 +385,7 @@ def get_scale_for_ct(
     reference = _resolve_reference(reference)
     if ct not in reference.cell_types:
         raise KeyNotFoundError("cell type", ct, reference.cell_types)
-    gamma, genes, _, beta, gidx = _destvi_slots(adata, reference, key)
+    gamma, genes, _, beta, gidx = _destvi_slots(adata, reference, destvi_key)
     idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
     if idx.dtype == bool:
         idx = np.flatnonzero(idx)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._settings import settings
 from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, get_matrix
@@ -55,12 +56,13 @@ def _autocorrelation_z(W, values: np.ndarray) -> np.ndarray:
     return g / np.sqrt(max(var, 1e-300))
 
 
+@renamed_options(key="destvi_key")
 def automatic_proportion_threshold(
     adata: AnnData,
     ct_list: Sequence[str] | str | None = None,
     *,
     kind: str = "primary",
-    key: str = "destvi",
+    destvi_key: str = "destvi",
     spatial_key: str = "spatial",
     n_neighbors: int = 10,
     n_quantiles: int = 100,
@@ -82,8 +84,8 @@ def automatic_proportion_threshold(
         Cell types (default: all).
     kind
         ``"primary"``, ``"secondary"`` or ``"min_value"``.
-    key
-        ``key_added`` of the deconvolution.
+    destvi_key
+        ``key_added`` of the deconvolution. Deprecated alias: ``key=``.
     spatial_key
         ``obsm`` key of the coordinates.
     n_neighbors
@@ -95,9 +97,9 @@ def automatic_proportion_threshold(
 
     Returns
     -------
-    ``{cell type: threshold}``; also stored in ``uns[key]['thresholds'][kind]``, and the diagnostic curve of
+    ``{cell type: threshold}``; also stored in ``uns[destvi_key]['thresholds'][kind]``, and the diagnostic curve of
     each type (candidate thresholds, scaled Z scores, spline, primary and secondary thresholds) in
-    ``uns[key]['threshold_curves']`` for :func:`experimat.pl.plot_proportion_thresholds`.
+    ``uns[destvi_key]['threshold_curves']`` for :func:`experimat.pl.plot_proportion_thresholds`.
 
     Examples
     --------
@@ -108,7 +110,7 @@ def automatic_proportion_threshold(
     kind = check_choice("kind", kind, THRESHOLD_KINDS)
     n_neighbors = check_positive_int("n_neighbors", n_neighbors)
     n_quantiles = check_positive_int("n_quantiles", n_quantiles, minimum=6)
-    props = _proportions(adata, key)
+    props = _proportions(adata, destvi_key)
     ct_list = _check_types(ct_list, props.columns)
     xy = get_coordinates(adata, spatial_key, min_obs=3)
     W = knn_graph(xy, n_neighbors, weights="gaussian")  # Hotspot's row-normalised Gaussian kNN weights
@@ -139,13 +141,13 @@ def automatic_proportion_threshold(
             "primary": primary,
             "secondary": secondary,
         }
-    entry = adata.uns.get(key)
+    entry = adata.uns.get(destvi_key)
     if isinstance(entry, dict):
         thresholds = dict(entry.get("thresholds", {}))
         thresholds[kind] = {**dict(thresholds.get(kind, {})), **out}
         entry["thresholds"] = thresholds
         entry["threshold_curves"] = {**dict(entry.get("threshold_curves", {})), **curves}
-        adata.uns[key] = entry
+        adata.uns[destvi_key] = entry
     return out
 
 
@@ -173,6 +175,7 @@ def _spatial_components(xy: np.ndarray, weights: np.ndarray, data: np.ndarray, n
     return vec
 
 
+@renamed_options(key="destvi_key")
 def explore_gamma_space(
     adata: AnnData,
     reference: CondSCVIModel | str,
@@ -181,7 +184,7 @@ def explore_gamma_space(
     threshold: float | Mapping[str, float] = 0.0,
     n_components: int = 2,
     n_genes: int = 20,
-    key: str = "destvi",
+    destvi_key: str = "destvi",
     spatial_key: str = "spatial",
     seed: int | None = None,
 ) -> dict[str, Any]:
@@ -208,8 +211,8 @@ def explore_gamma_space(
         Number of spatial axes.
     n_genes
         Genes reported per axis and direction.
-    key
-        ``key_added`` of the deconvolution.
+    destvi_key
+        ``key_added`` of the deconvolution. Deprecated alias: ``key=``.
     spatial_key
         ``obsm`` key of the coordinates.
     seed
@@ -220,7 +223,7 @@ def explore_gamma_space(
     dict with ``projection`` (kept spots x axes DataFrame), ``components`` (latent dims x axes),
     ``explained_variance`` (percent of the gamma variance per axis) and ``genes`` (DataFrame with
     ``axis``, ``direction``, ``rank``, ``gene``, ``r``). The projection is also written to
-    ``obsm[f"{key}.spca.{ct}"]`` (NaN for spots below the threshold).
+    ``obsm[f"{destvi_key}.spca.{ct}"]`` (NaN for spots below the threshold).
 
     Examples
     --------
@@ -233,7 +236,7 @@ def explore_gamma_space(
     n_components = check_positive_int("n_components", n_components)
     n_genes = check_positive_int("n_genes", n_genes)
     seed = settings.seed if seed is None else int(seed)
-    props = _proportions(adata, key)
+    props = _proportions(adata, destvi_key)
     thr = float(threshold[ct]) if isinstance(threshold, Mapping) else float(threshold)
     keep = props[ct].to_numpy() > thr
     if keep.sum() < 3:
@@ -241,7 +244,7 @@ def explore_gamma_space(
             f"only {int(keep.sum())} spots have a {ct!r} proportion above {thr:.3g}; lower the threshold."
         )
     xy = get_coordinates(adata, spatial_key)
-    gamma, genes, _, beta, gidx = _destvi_slots(adata, reference, key)
+    gamma, genes, _, beta, gidx = _destvi_slots(adata, reference, destvi_key)
     c = reference.cell_types.index(ct)
     data = gamma[keep, c, :].astype(np.float64)
     n_components = min(n_components, data.shape[1])
@@ -265,9 +268,9 @@ def explore_gamma_space(
             ]
     full = np.full((adata.n_obs, n_components), np.nan)
     full[keep] = proj
-    adata.obsm[f"{key}.spca.{ct}"] = pd.DataFrame(full, index=adata.obs_names, columns=axes)
+    adata.obsm[f"{destvi_key}.spca.{ct}"] = pd.DataFrame(full, index=adata.obs_names, columns=axes)
     gene_table = pd.DataFrame(rows)
-    entry = adata.uns.get(key)
+    entry = adata.uns.get(destvi_key)
     if isinstance(entry, dict):
         spca = dict(entry.get("spca", {}))
         spca[ct] = {
@@ -281,7 +284,7 @@ def explore_gamma_space(
             },
         }
         entry["spca"] = spca
-        adata.uns[key] = entry
+        adata.uns[destvi_key] = entry
     return {
         "projection": pd.DataFrame(proj, index=adata.obs_names[keep], columns=axes),
         "components": pd.DataFrame(vec, index=[f"latent_{i}" for i in range(vec.shape[0])], columns=axes),
@@ -313,6 +316,7 @@ def _as_mask(mask, n: int, name: str) -> np.ndarray:
     return m
 
 
+@renamed_options(key="destvi_key")
 def de_genes_destvi(
     adata: AnnData,
     reference: CondSCVIModel | str,
@@ -322,7 +326,7 @@ def de_genes_destvi(
     *,
     threshold: float = 0.0,
     n_samples: int = 10,
-    key: str = "destvi",
+    destvi_key: str = "destvi",
     key_added: str | None = None,
     seed: int | None = None,
 ) -> pd.DataFrame:
@@ -351,8 +355,8 @@ def de_genes_destvi(
         Minimum ``ct`` proportion for a spot to be used.
     n_samples
         Simulated draws per spot.
-    key
-        ``key_added`` of the deconvolution.
+    destvi_key
+        ``key_added`` of the deconvolution. Deprecated alias: ``key=``.
     key_added
         When given, the table and masks are stored in ``uns[key_added]``.
     seed
@@ -378,19 +382,19 @@ def de_genes_destvi(
     n = adata.n_obs
     m1 = _as_mask(mask1, n, "mask1")
     m2 = ~m1 if mask2 is None else _as_mask(mask2, n, "mask2")
-    present = _proportions(adata, key)[ct].to_numpy() > threshold
+    present = _proportions(adata, destvi_key)[ct].to_numpy() > threshold
     m1, m2 = m1 & present, m2 & present
     if m1.sum() == 0 or m2.sum() == 0:
         raise InvalidInputError(
             f"after requiring {ct!r} proportion > {threshold:.3g}, group 1 has {int(m1.sum())} and group 2 "
             f"{int(m2.sum())} spots; both need at least one (lower threshold or change the masks)."
         )
-    gamma, genes, cols, beta, gidx = _destvi_slots(adata, reference, key)
-    theta_col = f"{key}.theta"
+    gamma, genes, cols, beta, gidx = _destvi_slots(adata, reference, destvi_key)
+    theta_col = f"{destvi_key}.theta"
     if theta_col not in adata.var.columns:
-        raise MissingSlotError(f"var[{theta_col!r}] not found; rerun deconvolve_destvi with key_added={key!r}.")
+        raise MissingSlotError(f"var[{theta_col!r}] not found; rerun deconvolve_destvi with key_added={destvi_key!r}.")
     theta = adata.var[theta_col].to_numpy(dtype=np.float64)[cols]
-    layer = (adata.uns.get(key) or {}).get("layer", "counts")
+    layer = (adata.uns.get(destvi_key) or {}).get("layer", "counts")
     X = _as_csr(get_matrix(adata, None if layer == "X" else layer))[:, cols]
     avg_lib = float(np.asarray(X.sum(1)).mean())
     c = reference.cell_types.index(ct)
