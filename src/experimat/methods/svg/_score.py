@@ -294,7 +294,7 @@ def spatial_svg_score(
         with_gene_symbols,
         write_var,
     )
-    from ._gp import _bucket
+    from ._gp_fit import _bucket
     from ._kernels import lowrank_factor
     from ._perm import moment_weights, pearson3_logp, permutation_moments
     from ._stats import bh_adjust
@@ -495,7 +495,7 @@ def _null_statistics(X, tested, *, n_null, rng, cs, dev, sfd, Ud, lamd, ohd, obs
     import jax.numpy as jnp
 
     from ._common import dense_chunk
-    from ._gp import _bucket
+    from ._gp_fit import _bucket
     from ._perm import pearson3_logp, permutation_moments, power_sums
 
     reps = int(np.ceil(n_null / tested.size))
