@@ -226,9 +226,9 @@ class Experiment:
     def get_sample_slots(self, modality: str, sample: str, slots: Iterable[str] = ("obs", "obsm")) -> AnnData:
         """Only some slots of a sample (``obs``, ``var``, ``obsm``, ``obsp``, ``uns``), without ``X`` or layers.
 
-        Reads just those groups of the sample's file (the file is checked as for
-        :meth:`get_sample`), so the coordinates and annotations of a 500,000-bin sample open in
-        seconds. The result is an AnnData with ``X=None`` that is not attached to the experiment.
+        Reads just those groups of the sample's file, checking each against its own checksum in
+        the manifest (:mod:`experimat.io.checksums`; ``X`` is neither read nor hashed), so the
+        coordinates and annotations of a 500,000-bin sample open in seconds. The result is an AnnData with ``X=None`` that is not attached to the experiment.
 
         Examples
         --------
@@ -244,15 +244,16 @@ class Experiment:
         entry = self._entry(modality, sample)
         if entry is None or self._store is None:
             raise ProjectError(f"sample {sample!r} ({modality}) is neither in memory nor in the project folder.")
-        return self._read_file(entry["file"], lambda path: project_files.read_sample_slots(path, slots))
+        return self._read_file(entry["file"], lambda f: project_files.read_sample_slots(f, slots),
+                               elements=project_files.slots_read(slots))
 
-    def _read_file(self, rel: str, read):
-        """Check a file named by the opened manifest and read it.
+    def _read_file(self, rel: str, read, *, elements: list[str] | None = None):
+        """Check a file named by the opened manifest and read it (``elements``: see ``io.files.read_checked``).
 
         A writer may commit a new manifest and remove this file between the check and the read
         (readers never lock): a missing or changed file then raises :class:`ProjectChangedError`
         (``load_experiment`` retries with the new manifest) instead of a bare I/O error."""
-        return project_files.read_checked(self._store, self._manifest, rel, read, verify=self._verify)
+        return project_files.read_checked(self._store, self._manifest, rel, read, verify=self._verify, elements=elements)
 
     def set_sample(self, modality: str, sample: str, adata: AnnData) -> None:
         """Replace the AnnData of an existing sample (marked modified)."""

@@ -97,15 +97,37 @@ def read_sample(path: Path) -> AnnData:
         return ad.read_h5ad(path)
 
 
-def read_sample_slots(path: Path, slots: list[str]) -> AnnData:
-    """Read only the groups ``slots`` (plus ``obs`` and ``var``) of a sample file: an AnnData with ``X=None``."""
+def slots_read(slots: list[str]) -> list[str]:
+    """The elements a read of ``slots`` opens: the slots plus ``obs`` and ``var``."""
+    return sorted({*slots, "obs", "var"})
+
+
+def read_sample_slots(f, slots: list[str]) -> AnnData:
+    """Read only the groups ``slots`` (plus ``obs`` and ``var``) of an open sample file (``h5py.File``):
+    an AnnData with ``X=None``."""
     import anndata as ad
-    import h5py
     from anndata.io import read_elem
 
-    with h5py.File(path, "r") as f:
-        parts = {k: read_elem(f[k]) for k in {*slots, "obs", "var"} if k in f}
+    parts = {k: read_elem(f[k]) for k in slots_read(slots) if k in f}
     return ad.AnnData(**parts)
+
+
+def read_parts(store: ProjectStore, rel: str, entry: dict[str, Any], path: Path, read: Callable[[Any], Any],
+               names: list[str], *, verify: bool) -> Any:
+    """Read the elements ``names`` of a sample file with ``read(h5py.File)``; with ``verify``, each is checked.
+
+    An entry with per-element checksums (:mod:`experimat.io.checksums`) has just those elements
+    checked, through the same open file; an entry without them has its whole file checked first."""
+    import h5py
+
+    from .checksums import sha256_file, verify_elements
+
+    if verify and "elements" not in entry and sha256_file(path) != entry.get("sha256"):
+        raise CorruptFileError(f"{rel} in {store.root} does not match its sha256 checksum (corrupt file).")
+    with h5py.File(path, "r") as f:
+        if verify and "elements" in entry:
+            verify_elements(f, names, entry, f"{rel} in {store.root}")
+        return read(f)
 
 
 def read_integrated(path: Path) -> MuData:
@@ -119,14 +141,22 @@ def read_integrated(path: Path) -> MuData:
         return md.read_h5mu(path)
 
 
-def read_checked(store: ProjectStore, manifest: dict[str, Any], rel: str, read: Callable[[Path], Any], *, verify: bool) -> Any:
+def read_checked(store: ProjectStore, manifest: dict[str, Any], rel: str, read: Callable[[Path], Any], *, verify: bool,
+                 elements: list[str] | None = None) -> Any:
     """Check a file named by the opened ``manifest`` and read it with ``read``.
+
+    With ``elements`` (a partial read), ``read`` takes the open ``h5py.File`` and only those
+    elements are checked (see :func:`read_parts`); else the whole file is checked, then ``read(path)``.
 
     A writer may commit a new manifest and remove this file between the check and the read
     (readers never lock): a missing or changed file then raises :class:`ProjectChangedError`
     (``load_experiment`` retries with the new manifest) instead of a bare I/O error."""
     try:
-        path = store.check_file(rel, manifest["files"][rel], verify=verify)
+        entry = manifest["files"][rel]
+        if elements is not None:
+            path = store.check_file(rel, entry, verify=False)
+            return read_parts(store, rel, entry, path, read, elements, verify=verify)
+        path = store.check_file(rel, entry, verify=verify)
         return read(path)
     except (CorruptFileError, OSError) as e:  # h5py raises a bare OSError when GC removed the file mid-open
         _raise_if_changed_on_disk(store, manifest)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._errors import CorruptFileError
 from .._keys import FORMAT_NAME, MODALITIES
+from .checksums import check_elements_entry
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,6 +45,9 @@ def _check_file_entry(entry: Any, where: str) -> None:
     _need(isinstance(entry.get("sha256"), str) and bool(_SHA256.match(entry["sha256"])), f"{where}.sha256",
           "must be 64 lower-case hex digits")
     _need(_is_int(entry.get("size")) and entry["size"] >= 0, f"{where}.size", "must be a non-negative integer")
+    if "elements" in entry:
+        problem = check_elements_entry(entry["elements"])
+        _need(problem is None, f"{where}.elements", problem or "")
 
 
 def _validate(m: Any) -> None:

@@ -61,6 +61,7 @@ from ._durable import NOFOLLOW as _NOFOLLOW
 from ._durable import atomic_write_bytes, now_iso, sha256_file
 from ._durable import fsync_dir as _fsync_dir
 from ._durable import fsync_file as _fsync_file
+from .checksums import file_checksums
 from .lock import WriterLock
 from .manifest import named_files, validate_manifest
 
@@ -75,6 +76,19 @@ def check_hdf5_self_contained(path: Path, rel: str, root: Path) -> None:
     other files when the sample is loaded; the project's checksum covers only this file."""
     import h5py
 
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CorruptFileError(f"{rel} in {root} is not a readable HDF5 file ({e}).") from e
+    with f:
+        check_hdf5_file_self_contained(f, rel, root)
+
+
+def check_hdf5_file_self_contained(f, rel: str, root: Path) -> None:
+    """:func:`check_hdf5_self_contained` on an open ``h5py.File`` (e.g. one read through
+    :class:`~experimat.io.checksums.VerifiedFile`)."""
+    import h5py
+
     def refuse(what: str) -> None:
         raise CorruptFileError(
             f"{rel} in {root} contains {what}: reading it would read data from outside the file (and the project "
@@ -83,35 +97,30 @@ def check_hdf5_self_contained(path: Path, rel: str, root: Path) -> None:
             "manifest."
         )
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise CorruptFileError(f"{rel} in {root} is not a readable HDF5 file ({e}).") from e
-    with f:
-        seen: set[int] = set()
-        stack = [f]
-        while stack:
-            group = stack.pop()
-            for name in group:
-                link = group.get(name, getlink=True)
-                if isinstance(link, h5py.ExternalLink):
-                    refuse(f"an HDF5 external link ({group.name.rstrip('/')}/{name} -> {link.filename}:{link.path})")
-                if isinstance(link, h5py.SoftLink):
-                    continue  # points inside this file; its target is visited under its own name
-                obj = group.get(name)
-                if obj is None:
-                    continue
-                addr = h5py.h5o.get_info(obj.id).addr
-                if addr in seen:
-                    continue
-                seen.add(addr)
-                if isinstance(obj, h5py.Group):
-                    stack.append(obj)
-                elif isinstance(obj, h5py.Dataset):
-                    if obj.external:
-                        refuse(f"a dataset with external storage ({obj.name} -> {obj.external[0][0]!r})")
-                    if obj.is_virtual:
-                        refuse(f"a virtual dataset ({obj.name}, mapped from other files)")
+    seen: set[int] = set()
+    stack = [f]
+    while stack:
+        group = stack.pop()
+        for name in group:
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                refuse(f"an HDF5 external link ({group.name.rstrip('/')}/{name} -> {link.filename}:{link.path})")
+            if isinstance(link, h5py.SoftLink):
+                continue  # points inside this file; its target is visited under its own name
+            obj = group.get(name)
+            if obj is None:
+                continue
+            addr = h5py.h5o.get_info(obj.id).addr
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if isinstance(obj, h5py.Group):
+                stack.append(obj)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    refuse(f"a dataset with external storage ({obj.name} -> {obj.external[0][0]!r})")
+                if obj.is_virtual:
+                    refuse(f"a virtual dataset ({obj.name}, mapped from other files)")
 
 
 def _is_lock_file(name: str) -> bool:
@@ -334,10 +343,13 @@ class ProjectStore:
             raise
 
     def file_entry(self, rel: str) -> dict[str, Any]:
-        path = self.root / rel
-        return {"sha256": sha256_file(path), "size": os.lstat(path).st_size}
+        """The manifest's ``files`` entry of a data file: sha256 and size, and per-block sha256 when
+        it is larger than one block (see :mod:`experimat.io.checksums`)."""
+        return file_checksums(self.root / rel)
 
-    def check_file(self, rel: str, entry: dict[str, Any], *, verify: bool = True) -> Path:
+    def check_file(self, rel: str, entry: dict[str, Any], *, verify: bool = True, hdf5_check: bool = True) -> Path:
+        """The path of a manifest entry after checking it is a regular file of the recorded size, with
+        ``verify`` its whole-file sha256 and with ``hdf5_check`` that an HDF5 file reads nothing outside itself."""
         path = self.resolve(rel)
         try:
             st = os.lstat(path)
@@ -349,7 +361,7 @@ class ProjectStore:
             raise CorruptFileError(f"{rel} in {self.root} has {st.st_size} bytes; the manifest records {entry.get('size')} (corrupt or truncated).")
         if verify and sha256_file(path) != entry.get("sha256"):
             raise CorruptFileError(f"{rel} in {self.root} does not match its sha256 checksum (corrupt file).")
-        if path.suffix in (".h5ad", ".h5mu"):
+        if hdf5_check and path.suffix in (".h5ad", ".h5mu"):
             check_hdf5_self_contained(path, rel, self.root)
         return path
 
