@@ -96,7 +96,21 @@ def step(name: str, fn, n: int):
         out = fn()
     cpu = time.process_time() - cpu0  # CPU seconds of this process (all threads): wall >> cpu means a loaded machine
     print(f"{n:>8,} | {name:<22} | {m.seconds:9.2f} s | cpu {cpu:8.1f} s | peak RSS {m.peak / 1e9:6.2f} GB", flush=True)
+    note(n, name, {"wall": m.seconds, "cpu": cpu, "peak_gb": m.peak / 1e9})
     return out
+
+
+#: JSON-lines file the per-size subprocesses append their numbers to (the parent prints the summary)
+_RESULTS: Path | None = None
+
+
+def note(n: int, key: str, value) -> None:
+    """Record one number or fact of size ``n`` for the summary table."""
+    if _RESULTS is not None:
+        import json
+
+        with open(_RESULTS, "a") as f:
+            f.write(json.dumps({"n": n, "key": key, "value": value}) + "\n")
 
 
 def oracle_calls(adata, layer: str, labels: np.ndarray, alpha: float = 0.05) -> np.ndarray:
@@ -122,21 +136,27 @@ def oracle_calls(adata, layer: str, labels: np.ndarray, alpha: float = 0.05) -> 
     return bh_adjust(p) < alpha
 
 
-def run_one(n: int, n_genes: int, workdir: Path, skip: set[str] = frozenset()) -> None:
+def io_rows(n: int, n_genes: int, workdir: Path):
+    """Generate and write the Space Ranger folders, then read + create + save, lazy open and the partial opens.
+
+    The project holds the ``hd`` sample (``n`` bins) and a small second sample (``small``, 2,000 bins), so
+    the incremental-save rows can check that a save rewrites only the sample that changed."""
     import pandas as pd
 
     import experimat as em
 
-    warnings.simplefilter("ignore")
     adata = step("generate", lambda: em.datasets.synthetic_visium_hd(n, n_genes, seed=1), n)
     print(f"{n:>8,} |   {adata.layers['counts'].nnz / n:.1f} genes and {adata.layers['counts'].sum() / n:.1f} counts per bin",
           flush=True)
     outs = workdir / f"hd{n}" / "outs"
     step("write (set-up)", functools.partial(em.datasets.write_visium_hd, adata, outs), n)
+    small_outs = workdir / f"small{n}" / "outs"
+    em.datasets.write_visium_hd(em.datasets.synthetic_visium_hd(2_000, n_genes, seed=2, with_image=False), small_outs)
     planted = adata.var["planted_domain"].to_numpy() >= 0
     domain = pd.Series(adata.obs["domain"].astype(str).to_numpy(), index=adata.obs_names)  # truth (not in the SR layout)
     del adata
-    sheet = pd.DataFrame({"sample": ["hd"], "modality": ["spatial-bin"], "taxa": ["hsa"], "path": [str(outs)]})
+    sheet = pd.DataFrame({"sample": ["hd", "small"], "modality": "spatial-bin", "taxa": "hsa",
+                          "path": [str(outs), str(small_outs)]})
     proj = workdir / f"proj{n}"
     expm = step("read+create+save", lambda: em.Experiment.from_table(sheet, project=proj, harmonize_genes=False), n)
     expm.close()
@@ -145,28 +165,76 @@ def run_one(n: int, n_genes: int, workdir: Path, skip: set[str] = frozenset()) -
     meta = step("obs/obsm only (no X)", lambda: expm.get_sample_slots("spatial-bin", "hd"), n)
     assert meta.X is None and meta.obsm["spatial"].shape == (n, 2)
     expm.close()
-    fast = em.load_experiment(proj, mode="r", verify=False)  # sizes checked, no sha256 of the whole file
+    fast = em.load_experiment(proj, mode="r", verify=False)  # sizes checked, no checksum
     step("obs/obsm, verify=False", lambda: fast.get_sample_slots("spatial-bin", "hd"), n)
     fast.close()
+    return proj, planted, domain
+
+
+def _sample_files(proj: Path) -> dict[str, str]:
+    import json
+
+    m = json.loads((proj / "manifest.json").read_text())
+    return {s: e["file"] for s, e in m["samples"]["spatial-bin"].items()}
+
+
+def preprocess_rows(proj: Path, n: int):
+    """Full load, QC + normalise + PCA of ``hd``, then the incremental saves and a partial open of the new file."""
+    import experimat as em
+
     expm = em.load_experiment(proj)
     a = step("full sample load", lambda: expm.get_sample("spatial-bin", "hd"), n)
 
     def preprocess():
-        expm.spatial_bin.qc_metrics(save=False)
-        expm.spatial_bin.normalize(save=False)
-        expm.spatial_bin.pca(save=False)
+        for method in (expm.spatial_bin.qc_metrics, expm.spatial_bin.normalize, expm.spatial_bin.pca):
+            method(run_on_samples=["hd"], save=False)
 
     step("QC+normalise+PCA", preprocess, n)
+    before = _sample_files(proj)
     step("save (1 sample)", expm.save, n)
-    gene = a.var_names[np.flatnonzero(planted)[0]]
+    after = _sample_files(proj)
+    note(n, "rewritten by save of hd", sorted(s for s in after if after[s] != before[s]))
+    small = expm.get_sample("spatial-bin", "small")
+    small.obs["note"] = "changed"
+    step("save (small changed)", expm.save, n)
+    again = _sample_files(proj)
+    note(n, "rewritten by save of small", sorted(s for s in again if again[s] != after[s]))
+    reader = em.load_experiment(proj, mode="r")
+    meta = step("obs/obsm after saves", lambda: reader.get_sample_slots("spatial-bin", "hd"), n)
+    assert "X_pca" in meta.obsm
+    reader.close()
+    return expm, a
+
+
+def plot_row(a, n: int, workdir: Path, gene: str) -> None:
+    """``plot_spatial`` of every bin over the hires image, saved as PNG; notes whether the spots were rasterised."""
+    import experimat as em
 
     def plot():
         fig = em.pl.plot_spatial({"hd": a}, channels=["hires/r", "hires/g", "hires/b"],
                                  plot_embeddings={"color": gene, "layer": "lognorm"})
         fig.savefig(workdir / f"plot{n}.png", dpi=150)
+        return fig
 
+    fig = step("plot_spatial (PNG)", plot, n)
+    colls = [c for ax in fig.axes for c in ax.collections if len(c.get_offsets()) > 1]
+    note(n, "plot rasterised", bool(colls) and all(c.get_rasterized() for c in colls))
+    note(n, "plot png", (workdir / f"plot{n}.png").stat().st_size)
+    if os.environ.get("SCALE_KEEP_PLOT"):
+        import shutil
+
+        shutil.copy(workdir / f"plot{n}.png", Path(os.environ["SCALE_KEEP_PLOT"]) / f"plot{n}.png")
+
+
+def run_one(n: int, n_genes: int, workdir: Path, skip: set[str] = frozenset()) -> None:
+    import experimat as em
+
+    warnings.simplefilter("ignore")
+    proj, planted, domain = io_rows(n, n_genes, workdir)
+    expm, a = preprocess_rows(proj, n)
+    gene = a.var_names[np.flatnonzero(planted)[0]]
     if "plot" not in skip:
-        step("plot_spatial (PNG)", plot, n)
+        plot_row(a, n, workdir, gene)
     from experimat.methods.svg import spatial_svg_gp
     from experimat.methods.svg._gp import MAX_SPOTS
 
@@ -191,7 +259,80 @@ def run_one(n: int, n_genes: int, workdir: Path, skip: set[str] = frozenset()) -
     print(f"{n:>8,} |   power: Moran's I calls {int((called & planted).sum())} of {int(planted.sum())} planted genes; the "
           f"oracle (ANOVA on the true stripes) {int((truth & planted).sum())}; Moran finds {both / max(1, int((truth & planted).sum())):.0%} "
           f"of the oracle's; {int((called & ~planted).sum())} other genes called (of {int((~planted).sum())})", flush=True)
+    note(n, "moran power", both / max(1, int((truth & planted).sum())))
     expm.close()
+
+
+# -- the issue's table: every row, met or not, from the numbers the sizes recorded ---------------------------------
+#: (row of issue 21's Scale table, target, steps whose wall seconds must stay under the limits, extra check)
+ISSUE_ROWS = [
+    ("read + create project + save", "<= 2 min", {"read+create+save": 120}, None),
+    ("lazy open", "<= 0.5 s", {"lazy open": 0.5}, None),
+    ("obs/obsm of a sample without X", "<= 5 s", {"obs/obsm only (no X)": 5}, None),
+    ("QC, normalisation, PCA (sparse-aware)", "<= 3 min", {"QC+normalise+PCA": 180}, None),
+    ("Moran's I, all genes, >= 80 % of the oracle's planted genes", "<= 10 min", {"Moran's I": 600}, "moran power"),
+    ("score test, all genes, the same power", "<= 15 min", {}, None),
+    ("SpaGCN and DeepST domains", "<= 20 min each", {}, None),
+    ("cell2location and DestVI mapping", "linear per epoch", {}, None),
+    ("LOCAT, 200,000 cells x 500 genes", "<= 10 min", {}, None),
+    ("plot_spatial of all bins over the image", "<= 10 s, rasterised", {"plot_spatial (PNG)": 10}, "plot rasterised"),
+    ("incremental save: a change rewrites only that sample", "only it; partial open <= 5 s",
+     {"obs/obsm after saves": 5}, "incremental"),
+    ("SpatialDE GP test refuses above its size", "refuses at once", {"GP refuses": 1}, None),
+    ("peak memory, every step", "<= 16 GB", {}, "memory"),
+]
+
+
+def _extra_check(kind: str | None, facts: dict) -> tuple[bool | None, str]:
+    if kind is None:
+        return True, ""
+    if kind == "moran power":
+        p = facts.get("moran power")
+        return (None, "power not measured") if p is None else (p >= 0.8, f"power {p:.0%} of the oracle's")
+    if kind == "plot rasterised":
+        r = facts.get("plot rasterised")
+        return (None, "") if r is None else (bool(r), "rasterised" if r else "NOT rasterised")
+    if kind == "incremental":
+        hd, small = facts.get("rewritten by save of hd"), facts.get("rewritten by save of small")
+        if hd is None or small is None:
+            return None, ""
+        return hd == ["hd"] and small == ["small"], f"rewritten: {hd} then {small}"
+    if kind == "memory":
+        peaks = [v["peak_gb"] for v in facts.values() if isinstance(v, dict) and "peak_gb" in v]
+        return (None, "") if not peaks else (max(peaks) <= 16, f"max peak {max(peaks):.1f} GB")
+    raise ValueError(kind)
+
+
+def print_summary(results: Path, sizes: list[int]) -> None:
+    """Every row of issue 21's Scale table: the curve over the sizes (wall s, CPU s) and met / not met at the largest."""
+    import json
+
+    facts: dict[int, dict] = {n: {} for n in sizes}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            facts.setdefault(r["n"], {})[r["key"]] = r["value"]
+    print(f"\nIssue 21, Scale table (met / not met judged at {max(sizes):,} bins on wall time; CPU seconds beside "
+          f"it show the load's share; load now {Path('/proc/loadavg').read_text().split()[:3]})")
+    print(f"{'row':<60} | {'target':<28} | " + " | ".join(f"{n:>16,}" for n in sizes) + " | verdict")
+    for label, target, limits, extra in ISSUE_ROWS:
+        curve = []
+        for n in sizes:
+            vals = [facts[n].get(k) for k in limits]
+            curve.append("-" if not limits or any(v is None for v in vals) else
+                         " + ".join(f"{v['wall']:.1f}s ({v['cpu']:.1f})" for v in vals))
+        big = facts[max(sizes)]
+        if not limits and extra is None:
+            verdict = "not measured by this script"
+        else:
+            vals = {k: big.get(k) for k in limits}
+            ok_extra, why = _extra_check(extra, big)
+            if any(v is None for v in vals.values()) or ok_extra is None:
+                verdict = "not measured" + (f" ({why})" if why else "")
+            else:
+                met = all(v["wall"] <= lim for (k, lim), v in zip(limits.items(), vals.values())) and ok_extra
+                verdict = ("met" if met else "NOT met") + (f"; {why}" if why else "")
+        print(f"{label:<60} | {target:<28} | " + " | ".join(f"{c:>16}" for c in curve) + f" | {verdict}")
 
 
 def main() -> None:
@@ -202,23 +343,30 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated steps to skip: moran, plot")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--results", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global _RESULTS
     if args.one is not None:
+        _RESULTS = Path(args.results) if args.results else None
         run_one(args.one, args.genes, Path(args.workdir), skip=set(filter(None, args.skip.split(","))))
         return
+    results_dir = tempfile.TemporaryDirectory()
+    results = Path(results_dir.name) / "results.jsonl"
     print(f"load at start: {Path('/proc/loadavg').read_text().strip()}; {os.cpu_count()} CPUs")
     print(f"{'bins':>8} | {'step':<22} | {'wall':>11} | {'cpu':>14} | memory")
     for n in [int(s) for s in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 subprocess.run([sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--workdir", tmp,
-                                "--skip", args.skip],
+                                "--skip", args.skip, "--results", str(results)],
                                check=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"{n:>8,} | stopped after {args.timeout} s (the steps above finished)", flush=True)
             except subprocess.CalledProcessError as e:
                 print(f"{n:>8,} | failed (exit {e.returncode})", flush=True)
     print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")
+    print_summary(results, [int(x) for x in args.sizes.split(",")])
+    results_dir.cleanup()
 
 
 if __name__ == "__main__":

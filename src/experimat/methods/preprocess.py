@@ -57,8 +57,20 @@ def qc_metrics(adata: AnnData, *, layer: str | None = "counts", mito_prefix: str
     check_counts(X, layer=layer)
     import scipy.sparse as sp
 
-    total = np.asarray(X.sum(1)).ravel()
-    n_genes = np.asarray((X > 0).sum(1)).ravel()
+    if sp.issparse(X):  # per-row and per-column sums of the stored values: no boolean copy, no CSC sort
+        X = sp.csr_matrix(X)
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        pos = X.data > 0
+        total = np.bincount(rows, weights=X.data, minlength=X.shape[0])
+        n_genes = np.bincount(rows[pos], minlength=X.shape[0])
+        n_obs = np.bincount(X.indices[pos], minlength=X.shape[1])
+        gene_total = np.bincount(X.indices, weights=X.data, minlength=X.shape[1])
+        if X.dtype.kind in "iub":  # integer counts keep integer sums, as X.sum() gives
+            total, gene_total = total.astype(np.int64), gene_total.astype(np.int64)
+        del rows, pos
+    else:
+        total, n_genes = np.asarray(X.sum(1)).ravel(), np.asarray((X > 0).sum(1)).ravel()
+        n_obs, gene_total = np.asarray((X > 0).sum(0)).ravel(), np.asarray(X.sum(0)).ravel()
     mito = np.asarray(_gene_symbols(adata).str.lower().str.startswith(mito_prefix.lower()), dtype=bool)
     mito_counts = np.asarray(X[:, mito].sum(1)).ravel() if mito.any() else np.zeros_like(total)
     pct = np.where(total > 0, 100.0 * mito_counts / np.maximum(total, 1), 0.0)
@@ -67,9 +79,8 @@ def qc_metrics(adata: AnnData, *, layer: str | None = "counts", mito_prefix: str
     )
     for c in df.columns:
         adata.obs[c] = df[c].to_numpy()
-    Xc = X.tocsc() if sp.issparse(X) else X
-    adata.var[f"{key_added}.n_obs"] = np.asarray((Xc > 0).sum(0)).ravel()
-    adata.var[f"{key_added}.total_counts"] = np.asarray(Xc.sum(0)).ravel()
+    adata.var[f"{key_added}.n_obs"] = n_obs
+    adata.var[f"{key_added}.total_counts"] = gene_total
     store_params(adata, key_added, {"layer": layer, "mito_prefix": mito_prefix, "n_mito_genes": int(mito.sum())})
     return df
 
