@@ -158,7 +158,7 @@ class ModalityAccessor:
 
     def view(self, sample: str) -> None:
         """Print the slots of one sample (obs/var/layers/obsm/varm/obsp/uns) with dtypes and shapes."""
-        print(describe_anndata(self[sample], title=f"{self.modality} sample {sample!r}"))
+        print(describe_anndata(self._expm._sample(self.modality, sample), title=f"{self.modality} sample {sample!r}"))
 
     # -- methods -------------------------------------------------------------------------------
     @property

@@ -69,7 +69,7 @@ def describe_experiment(expm: Experiment) -> str:
             s = row["sample"]
             if s in expm._data[mod]:
                 shape = f"{expm._data[mod][s].n_obs} x {expm._data[mod][s].n_vars}"
-                state = "modified" if (mod, s) in expm._modified else "loaded"
+                state = "modified" if expm._changes.is_marked((mod, s)) else "loaded"
             else:
                 e = expm._entry(mod, s) or {}
                 shape = f"{e.get('n_obs', '?')} x {e.get('n_vars', '?')}"

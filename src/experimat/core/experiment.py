@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,11 +22,12 @@ from .._logging import logger
 from .._saved_model import SavedModel
 from ..io import files as project_files
 from ..io import models as model_store
-from ..io.history import finished_samples as finished_in_history
-from ..io.history import history_frame, run_key
-from ..io.manifest import base_manifest, replace_file
+from ..io import saving
+from ..io.history import history_frame
+from ..io.manifest import base_manifest
 from ..io.project import ProjectStore, now_iso
-from ._fingerprint import fingerprint
+from ._changes import INTEGRATED, ChangeTracker
+from ._runlog import RunLog
 from .accessor import ModalityAccessor
 from .describe import describe_experiment
 from .ingest import (  # noqa: F401  (prepare_sample, has_gene_table: re-exported)
@@ -39,7 +39,7 @@ from .ingest import (  # noqa: F401  (prepare_sample, has_gene_table: re-exporte
     read_sheet_samples,
     warn_unharmonized,
 )
-from .merge import merge_samples
+from .merge import integrate, merge_modalities, merge_samples
 from .sample_table import SampleTable, resolve_run_on_samples, validate_sample_name
 
 if TYPE_CHECKING:
@@ -77,16 +77,10 @@ class Experiment:
         self._manifest: dict[str, Any] = _manifest or {}
         self._verify = verify
         self._data: dict[str, dict[str, AnnData]] = {m: {} for m in MODALITIES}
-        self._fp: dict[SampleKey, str] = {}
-        self._modified: set[SampleKey] = set()
-        self._checked_fp: dict[SampleKey, str] = {}
+        self._changes = ChangeTracker()  # what save() rewrites
         self._integrated: MuData | None = None
         self._integrated_loaded = False
-        self._integrated_fp: str | None = None
-        self._integrated_modified = False
-        self._pending_history: list[dict[str, Any]] = []
-        self._unsaved_runs: set[SampleKey] = set()  # samples with run records written as saved=false
-        self._session_runs: set[tuple] = set()  # ok runs of this object (their results are in memory)
+        self._runs = RunLog()  # history records and which runs' results are committed
         self._accessors = {m: ModalityAccessor(self, m) for m in MODALITIES}
         self._finalizer = weakref.finalize(self, _release, _store) if _store is not None else None
 
@@ -119,7 +113,7 @@ class Experiment:
         st = table if isinstance(table, SampleTable) else SampleTable(table)
         warn_unharmonized({r["sample"]: r["taxa"] for r in st.to_records()}, harmonize_genes)
         adatas = read_sheet_samples(st, harmonize_genes=harmonize_genes, load_images=load_images)
-        return cls._create(st, adatas, project, force=force)
+        return cls._create(st, adatas, project, force=force, handed=False)
 
     @classmethod
     def from_anndata(
@@ -149,14 +143,17 @@ class Experiment:
         warn_unharmonized(dict.fromkeys(adatas, taxa), harmonize_genes)
         st, prepared = prepare_anndatas(adatas, modality=modality, taxa=taxa, batch=batch, group=group,
                                         harmonize_genes=harmonize_genes, copy=copy)
-        return cls._create(st, prepared, project, force=force)
+        return cls._create(st, prepared, project, force=force, handed=not copy)
 
     @classmethod
-    def _create(cls, st: SampleTable, adatas: dict[SampleKey, AnnData], project, *, force: bool) -> Experiment:
+    def _create(cls, st: SampleTable, adatas: dict[SampleKey, AnnData], project, *, force: bool,
+                handed: bool) -> Experiment:
         expm = cls(st)
         for (mod, s), a in adatas.items():
             expm._data[mod][s] = a
-            expm._modified.add((mod, s))
+            expm._changes.mark((mod, s))
+            if handed:  # the caller still holds these objects (copy=False)
+                expm._changes.hand_out((mod, s), a)
         if project is not None:
             expm.save(project, force=force)
         return expm
@@ -208,8 +205,17 @@ class Experiment:
         return self._manifest.get("samples", {}).get(modality, {}).get(sample)
 
     def get_sample(self, modality: str, sample: str) -> AnnData:
-        """The AnnData of a sample, read from the project folder on first access."""
+        """The AnnData of a sample, read from the project folder on first access.
+
+        The object is the experiment's own: edits in place are saved by the next :meth:`save`."""
         modality = Modality(modality).value
+        adata = self._sample(modality, sample)
+        self._changes.hand_out((modality, sample), adata)
+        return adata
+
+    def _sample(self, modality: str, sample: str) -> AnnData:
+        """The AnnData of a sample for experimat's own code (the runner), which records its changes
+        explicitly; unlike :meth:`get_sample` it is not treated as handed to user code."""
         loaded = self._data[modality]
         if sample in loaded:
             return loaded[sample]
@@ -220,7 +226,6 @@ class Experiment:
             raise ProjectError(f"sample {sample!r} ({modality}) is neither in memory nor in the project folder.")
         adata = self._read_file(entry["file"], _read_sample)
         loaded[sample] = adata
-        self._fp[(modality, sample)] = fingerprint(adata)
         return adata
 
     def get_sample_slots(self, modality: str, sample: str, slots: Iterable[str] = ("obs", "obsm")) -> AnnData:
@@ -265,7 +270,8 @@ class Experiment:
         check_new_sample(adata, sample=sample, taxa=self._table.row(modality, sample)["taxa"])
         make_columns_writable(adata, sample=sample)
         self._data[modality][sample] = adata
-        self._modified.add((modality, sample))
+        self._changes.mark((modality, sample))
+        self._changes.hand_out((modality, sample), adata)  # the caller holds it
 
     def add_sample(self, adata: AnnData, *, sample: str, modality: str, taxa: str, batch: str | None = None,
                    group: str | None = None, harmonize_genes: bool = True) -> None:
@@ -280,22 +286,22 @@ class Experiment:
         self._table = self._table.add([{"sample": sample, "modality": modality, "taxa": taxa, "batch": batch or "",
                                         "group": group or "", "path": ""}])
         self._data[modality][sample] = adata
-        self._modified.add((modality, sample))
+        self._changes.mark((modality, sample))
+        self._changes.hand_out((modality, sample), adata)  # the caller holds it
 
     def mark_modified(self, modality: str, sample: str) -> None:
         """Mark a sample as changed so that the next save rewrites it."""
-        self._modified.add((Modality(modality).value, sample))
+        self._changes.mark((Modality(modality).value, sample))
 
     def is_modified(self, modality: str, sample: str) -> bool:
-        """Whether a sample differs from its saved copy (content fingerprints are compared)."""
+        """Whether a sample differs from its saved copy: it was marked changed (by a method,
+        ``set_sample``, ...), or it was handed out and its content fingerprint differs now."""
         key = (modality, sample)
-        if key in self._modified or self._entry(modality, sample) is None:
+        if self._entry(modality, sample) is None:
             return True
         if sample not in self._data[modality]:
-            return False
-        fp = fingerprint(self._data[modality][sample])
-        self._checked_fp[key] = fp  # reused by the save that usually follows
-        return fp != self._fp.get(key)
+            return self._changes.is_marked(key)
+        return self._changes.changed(key, self._data[modality][sample])
 
     def clean_sample_file(self, modality: str, sample: str) -> Path | None:
         """The saved file of a sample when it is unchanged in memory, else None (for workers)."""
@@ -308,16 +314,27 @@ class Experiment:
     @property
     def integrated(self) -> MuData | None:
         """The integrated MuData (one mod per modality), or None before :meth:`merge`."""
+        mdata = self._integrated_data()
+        if mdata is not None:
+            self._changes.hand_out(INTEGRATED, mdata)
+        return mdata
+
+    def _integrated_data(self) -> MuData | None:
         if not self._integrated_loaded:
             entry = self._manifest.get("integrated")
             if entry and self._store is not None:
                 self._integrated = self._read_file(entry["file"], project_files.read_integrated)
-                self._integrated_fp = fingerprint(self._integrated)
             self._integrated_loaded = True
         return self._integrated
 
     def integrated_modality(self, modality: str) -> AnnData:
-        mdata = self.integrated
+        """One modality of the integrated MuData (after :meth:`merge`)."""
+        if self._integrated_data() is not None:
+            self._changes.hand_out(INTEGRATED, self._integrated)
+        return self._integrated_mod(modality)
+
+    def _integrated_mod(self, modality: str) -> AnnData:
+        mdata = self._integrated_data()
         if mdata is None:
             raise ProjectError("the experiment has no integrated data yet; call expm.merge() first.")
         if modality not in mdata.mod:
@@ -326,7 +343,7 @@ class Experiment:
         return mdata.mod[modality]
 
     def mark_integrated_modified(self) -> None:
-        self._integrated_modified = True
+        self._changes.mark(INTEGRATED)
 
     def merge(self, modality: str | Iterable[str] | None = None, *, join: str = "inner") -> MuData:
         """Concatenate the samples of each modality into the integrated MuData.
@@ -344,31 +361,19 @@ class Experiment:
         join
             ``"inner"`` (genes shared by all samples) or ``"outer"`` (union, missing = 0).
         """
-        import mudata as md
-
         from ..methods._checks import check_choice
 
         join = check_choice("join", join, ("inner", "outer"))
-        if modality is not None and not isinstance(modality, (str, list, tuple)):
-            raise InvalidInputError(f"modality must be a modality name, a list of them or None, not {modality!r}; valid: {list(MODALITIES)}.")
-        mods = self.modalities if modality is None else [Modality(m).value for m in ([modality] if isinstance(modality, str) else modality)]
         out: dict[str, AnnData] = {}
-        for mod in mods:
+        for mod in merge_modalities(modality, self.modalities):
             names = self._table.samples(mod)
             if not names:
                 raise InvalidInputError(f"modality {mod!r} has no samples; the experiment holds: {self.modalities}.")
-            parts = {s: self.get_sample(mod, s) for s in names}
-            out[mod] = merge_samples(parts, mod=mod, join=join)
-        existing = dict(self.integrated.mod) if self.integrated is not None else {}
-        existing.update(out)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            # rna and spatial mods share gene names by design; MuData's global var keeps them apart
-            warnings.filterwarnings("ignore", message="Cannot join columns with the same name", category=UserWarning)
-            self._integrated = md.MuData(existing)
+            out[mod] = merge_samples({s: self._sample(mod, s) for s in names}, mod=mod, join=join)
+        self._integrated = integrate(out, self._integrated_data())
         self._integrated_loaded = True
-        self._integrated_modified = True
-        return self._integrated
+        self._changes.mark(INTEGRATED)
+        return self.integrated
 
     # -- saving -------------------------------------------------------------------------------
     def _require_writable(self) -> ProjectStore:
@@ -402,95 +407,43 @@ class Experiment:
         self._save(list(keys), integrated=False)
 
     def _integrated_is_modified(self) -> bool:
-        if self._integrated_modified:
-            return True
-        if self._integrated is None or not self._integrated_loaded:
-            return False
-        return fingerprint(self._integrated) != self._integrated_fp
-
-    def _write_sample(self, store: ProjectStore, modality: str, sample: str) -> tuple[str, dict[str, Any]]:
-        return project_files.write_sample(store, modality, sample, self._data[modality][sample], compression=H5_COMPRESSION)
+        return self._integrated is not None and self._changes.changed(INTEGRATED, self._integrated)
 
     def _save(self, keys: list[SampleKey], *, integrated: bool) -> None:
         store = self._require_writable()
         t0 = time.perf_counter()
-        manifest = self._base_manifest()
-        files = manifest["files"]
-        try:
-            for mod, s in keys:
-                if s not in self._data[mod]:
-                    continue  # nothing in memory: the saved copy is current
-                old = self._entry(mod, s)
-                rel, entry = self._write_sample(store, mod, s)
-                replace_file(files, rel, store.file_entry(rel), old)
-                manifest["samples"].setdefault(mod, {})[s] = entry
-            if integrated and self._integrated is not None:
-                old = manifest.get("integrated")
-                rel, manifest["integrated"] = project_files.write_integrated(store, self._integrated)
-                replace_file(files, rel, store.file_entry(rel), old)
-            self._commit(manifest, saved=[(mod, s) for mod, s in keys if s in self._data[mod]]
-                         + ([(m, "integrated") for m in self._integrated.mod] if integrated and self._integrated is not None else []))
-        except BaseException:
-            store.discard_uncommitted()  # a refused or failed save leaves no file behind
-            raise
-        for mod, s in keys:
-            if s in self._data[mod]:
-                checked = self._checked_fp.pop((mod, s), None)
-                self._fp[(mod, s)] = checked if checked is not None and (mod, s) not in self._modified else fingerprint(self._data[mod][s])
-            self._modified.discard((mod, s))
-        if integrated and self._integrated is not None:
-            self._integrated_fp = fingerprint(self._integrated)
-            self._integrated_modified = False
-        logger.debug(f"saved {len(keys)} samples{' + integrated' if integrated else ''} to {store.root}", time=t0)
+        samples = [(m, s, self._data[m][s]) for m, s in keys if s in self._data[m]]
+        mdata = self._integrated if integrated else None
+        manifest = saving.write_changes(store, self._base_manifest(), samples, mdata, compression=H5_COMPRESSION)
+        self._adopt(manifest, saved=[(m, s) for m, s, _ in samples] + ([(m, "integrated") for m in mdata.mod] if mdata is not None else []))
+        for m, s in keys:
+            self._changes.saved((m, s), self._data[m].get(s))
+        if mdata is not None:
+            self._changes.saved(INTEGRATED, mdata)
+        logger.debug(f"saved {len(samples)} samples{' + integrated' if mdata is not None else ''} to {store.root}", time=t0)
 
     def _base_manifest(self) -> dict[str, Any]:
         from .._version import __version__
 
         return base_manifest(self._manifest, self._table.to_records(), __version__, now_iso())
 
-    def _commit(self, manifest: dict[str, Any], saved: Iterable[SampleKey] = ()) -> None:
-        store = self._require_writable()
-        generation = store.commit(manifest)
-        manifest["generation"] = generation
-        self._manifest = store.read_manifest(adopt=True)
-        self._collect_models_garbage()
-        if self._pending_history:
-            store.append_history(self._pending_history)
-            self._pending_history = []
-        now_saved = sorted(k for k in saved if k in self._unsaved_runs)
-        if now_saved:  # runs recorded with saved=false are now committed: say so in the history
-            store.append_history([{"event": "commit", "generation": generation, "time": now_iso(),
-                                   "samples": [list(k) for k in now_saved]}])
-            self._unsaved_runs.difference_update(now_saved)
-
-    def _collect_models_garbage(self) -> None:
-        if self._store is not None:
-            model_store.collect_garbage(self._store, self._manifest)
+    def _adopt(self, manifest: dict[str, Any], saved: Iterable[SampleKey] = ()) -> None:
+        """``manifest`` was committed: it is the current one; write the history records it completes."""
+        self._manifest = manifest
+        self._runs.committed(self._store, manifest.get("generation", 0), saved)
 
     def _save_as(self, path: Path, *, force: bool) -> Path:
-        with project_files.creating_project(path, force=force) as new:
-            manifest = self._base_manifest()
-            manifest.pop("generation", None)
-            manifest["created"] = now_iso()
-            manifest["files"], manifest["samples"], manifest["integrated"], manifest["models"] = {}, {}, None, {}
-            old_store = self._store
-            for mod in MODALITIES:
-                for s in self._table.samples(mod):
-                    entry = self._entry(mod, s)
-                    if s not in self._data[mod] and entry is not None and old_store is not None:
-                        rel, e = project_files.copy_sample_file(old_store, new, mod, s, entry, self._manifest["files"][entry["file"]],
-                                                                verify=self._verify)
-                    else:
-                        self.get_sample(mod, s)
-                        rel, e = self._write_sample(new, mod, s)
-                    manifest["files"][rel] = new.file_entry(rel)
-                    manifest["samples"].setdefault(mod, {})[s] = e
-            if self.integrated is not None:
-                rel, manifest["integrated"] = project_files.write_integrated(new, self._integrated, quiet=False)
-                manifest["files"][rel] = new.file_entry(rel)
-            if old_store is not None:
-                manifest["models"] = project_files.copy_models_and_history(old_store, new, self._manifest.get("models", {}))
-            new.commit(manifest)
+        samples = []
+        for mod in MODALITIES:
+            for s in self._table.samples(mod):
+                adata = self._data[mod].get(s)
+                if adata is None and (self._entry(mod, s) is None or self._store is None):
+                    adata = self._sample(mod, s)  # raises: neither in memory nor in a project
+                samples.append((mod, s, adata))
+        integ = self._integrated_data()
+        new = saving.write_project(path, force=force, manifest=self._base_manifest(), samples=samples, integrated=integ,
+                                   source=self._store, source_manifest=self._manifest, verify=self._verify,
+                                   compression=H5_COMPRESSION)
         if self._store is not None:
             self._store.lock.release()
             if self._finalizer is not None:
@@ -498,14 +451,9 @@ class Experiment:
         self._store = new
         self._manifest = new.read_manifest()
         self._finalizer = weakref.finalize(self, _release, new)
-        self._fp = {(m, s): fingerprint(a) for m in MODALITIES for s, a in self._data[m].items()}
-        self._modified.clear()
-        self._integrated_fp = fingerprint(self._integrated) if self._integrated is not None else None
-        self._integrated_modified = False
-        if self._pending_history:
-            new.append_history([{**r, "saved": True} if "method" in r else r for r in self._pending_history])
-            self._pending_history = []
-        self._unsaved_runs.clear()
+        written = {(m, s): a for m in MODALITIES for s, a in self._data[m].items()}
+        self._changes.all_saved(written | ({INTEGRATED: integ} if integ is not None else {}))
+        self._runs.moved(new)
         logger.info(f"project written to {new.root}")
         return new.root
 
@@ -521,7 +469,7 @@ class Experiment:
         entry = model_store.write_model(store, name, model)
         manifest = self._base_manifest()
         manifest["models"][name] = entry
-        self._commit(manifest)
+        self._adopt(saving.commit(store, manifest))
         return store.root / entry["dir"]
 
     def load_model(self, name: str) -> SavedModel:
@@ -547,34 +495,17 @@ class Experiment:
     # -- history ------------------------------------------------------------------------------
     def _result_saved(self, modality: Any, sample: Any) -> bool:
         if sample == "integrated":
-            return self._store is not None and not self._integrated_modified
-        return self._store is not None and (modality, sample) not in self._modified and (modality, sample) in {
+            return self._store is not None and not self._changes.is_marked(INTEGRATED)
+        return self._store is not None and not self._changes.is_marked((modality, sample)) and (modality, sample) in {
             (m, s) for m, e in self._manifest.get("samples", {}).items() for s in e}
 
     def add_history(self, records: list[dict[str, Any]]) -> None:
         """Record method runs. Each record says whether its sample's result was already committed
         (``saved``); a run counts as finished for ``resume=True`` only once it is."""
-        marked = []
-        for r in records:
-            r = dict(r)
-            if "method" in r:
-                r["saved"] = bool(self.is_writable_backed and self._result_saved(r.get("modality"), r.get("sample")))
-                if r.get("outcome") == "ok":
-                    self._session_runs.add(run_key(r))
-                    if not r["saved"]:
-                        self._unsaved_runs.add((r.get("modality"), r.get("sample")))
-            marked.append(r)
-        if self.is_writable_backed:
-            self._store.append_history(marked)
-        else:
-            self._pending_history.extend(marked)
-
-    def _history_lines(self) -> list[dict[str, Any]]:
-        saved = self._store.read_history() if self._store is not None else []
-        return saved + list(self._pending_history)
+        self._runs.add(records, self._store if self.is_writable_backed else None, self._result_saved)
 
     def _history_records(self) -> list[dict[str, Any]]:
-        return [r for r in self._history_lines() if "method" in r]
+        return [r for r in self._runs.lines(self._store) if "method" in r]
 
     def history(self) -> pd.DataFrame:
         """Every recorded method call per sample (method, params, outcome, times, versions, host).
@@ -589,7 +520,7 @@ class Experiment:
         A run counts once its result is committed to the project (recorded ``saved``, or a later
         commit of that sample), or when it ran in this session (its result is in memory). A run
         whose result was never saved (``save=False``, then a crash or a new session) does not count."""
-        return finished_in_history(self._history_lines(), method, modality, self._session_runs)
+        return self._runs.finished(self._store, method, modality)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -108,9 +108,9 @@ def _load_requested(expm: Experiment, load_samples: bool | Iterable[str]) -> Non
     for mod in expm.modalities:
         for s in expm.table.samples(mod):
             if names is None or s in names:
-                expm.get_sample(mod, s)
+                expm._sample(mod, s)
     if names is None:
-        expm.integrated  # noqa: B018  (reads the integrated data too)
+        expm._integrated_data()  # reads the integrated data too
     else:
         all_names = {s for m in expm.modalities for s in expm.table.samples(m)}
         for n in names:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +14,7 @@ from .._logging import logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
 
 def _result_columns(adata: AnnData) -> set[str]:
@@ -114,3 +115,29 @@ def merge_samples(parts: Mapping[str, AnnData], *, mod: str, join: str) -> AnnDa
         logger.info(f"merge {mod}: per-sample var columns {per_sample_var[:8]} stay in each sample, not in the merged var")
     make_columns_writable(merged, sample=None)
     return merged
+
+
+def merge_modalities(modality: str | Iterable[str] | None, available: list[str]) -> list[str]:
+    """The modalities ``Experiment.merge(modality)`` merges (None: every modality with samples)."""
+    from .._keys import MODALITIES, Modality
+
+    if modality is not None and not isinstance(modality, (str, list, tuple)):
+        raise InvalidInputError(f"modality must be a modality name, a list of them or None, not {modality!r}; valid: {list(MODALITIES)}.")
+    if modality is None:
+        return list(available)
+    return [Modality(m).value for m in ([modality] if isinstance(modality, str) else modality)]
+
+
+def integrate(merged: Mapping[str, AnnData], existing: MuData | None) -> MuData:
+    """The integrated MuData: the mods of ``existing`` with those of ``merged`` replaced or added."""
+    import warnings
+
+    import mudata as md
+
+    mods = dict(existing.mod) if existing is not None else {}
+    mods.update(merged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        # rna and spatial mods share gene names by design; MuData's global var keeps them apart
+        warnings.filterwarnings("ignore", message="Cannot join columns with the same name", category=UserWarning)
+        return md.MuData(mods)

@@ -95,6 +95,12 @@ class _Recorder:
         }
 
 
+def _is_plugin(spec: MethodSpec) -> bool:
+    """A method defined outside experimat: samples it gets directly (views, queries) count as handed
+    to user code, so an edit in place is noticed and saved."""
+    return not str(getattr(spec.func, "__module__", "")).startswith("experimat.")
+
+
 def _sample_options(spec: MethodSpec, options: dict[str, Any], user_kwargs: dict[str, Any], sample: str) -> dict[str, Any]:
     opts = dict(options)
     if spec.accepts_seed and user_kwargs.get("seed") is None:
@@ -143,78 +149,29 @@ def run_method(
     options = spec.bind(kwargs)
     spec.check_output_keys(options)
     if n_jobs > 1 and executor is None and run_on_samples is not None:
-        script = _main_script_unguarded()
-        if script is not None:
-            import warnings
-
-            from .._errors import ExperimatWarning
-
-            warnings.warn(
-                f"{spec.name}: n_jobs={n_jobs} runs serially because the script {os.path.basename(script)} has no "
-                "`if __name__ == \"__main__\":` guard (worker processes re-run a script's top level); put the code "
-                "under that guard to use worker processes.",
-                ExperimatWarning,
-                stacklevel=3,
-            )
-            n_jobs = 1
-    if save is None:
-        save = expm.is_writable_backed
-    elif save and not expm.is_writable_backed:
-        if expm.project_path is not None:
-            raise ReadOnlyError(f"save=True, but {expm.project_path} was opened with mode='r'; reopen it with mode='r+'.")
-        raise ProjectError("save=True needs a project folder: create the experiment with project=..., or call expm.save(path) first.")
+        n_jobs = _serial_if_unguarded(spec, n_jobs)
+    save = _resolve_save(expm, save)
 
     writes = spec.kind in ("per_sample", "joint")
     if run_on_samples is None:
-        preflight(spec, expm.integrated_modality(modality), options, sample="integrated", writes=writes)
+        preflight(spec, expm._integrated_mod(modality), options, sample="integrated", writes=writes)
         return _run_integrated(expm, modality, spec, options, kwargs, save=save)
 
     samples = expm.resolve_samples(modality, run_on_samples)
     for s in samples:  # cheap input checks of every chosen sample, before any work or write
-        preflight(spec, expm.get_sample(modality, s), options, sample=s, writes=writes)
+        preflight(spec, expm._sample(modality, s), options, sample=s, writes=writes)
     if spec.setup is not None:
         options = spec.setup(expm, modality, options)
-
     if spec.kind in ("view", "query"):
-        adatas = {s: expm.get_sample(modality, s) for s in samples}
-        before = {s: _slots.digests(a) for s, a in adatas.items()} if settings.check_contract else None
-        if spec.kind == "view":
-            out = spec.func(adatas, **options)
-        else:
-            out = {s: spec.func(a, **options) for s, a in adatas.items()}
-        if before is not None:
-            for s, a in adatas.items():
-                bad = _slots.undeclared_changes(before[s], _slots.digests(a), [])
-                if bad:
-                    from .._errors import ContractError
-
-                    raise ContractError(f"{spec.name} is registered as a read-only {spec.kind} but changed {bad[:10]} "
-                                        f"of sample {s!r}; register it as kind='per_sample' with writes=[...].")
-        return out
+        return _run_readonly(expm, modality, spec, options, samples)
 
     for s in samples:  # fail before any work
-        check_slots(spec, expm.get_sample(modality, s), options, sample=s, modality=modality)
-
+        check_slots(spec, expm._sample(modality, s), options, sample=s, modality=modality)
     recorder = _Recorder(spec, modality, n_jobs, executor)
     if spec.kind == "joint":
         return _run_joint(expm, modality, spec, options, kwargs, samples, recorder, save=save)
 
-    skipped: list[str] = []
-    if resume:
-        done = expm.finished_samples(spec.name, modality)
-        todo = []
-        for s in samples:
-            opts = _sample_options(spec, options, kwargs, s)
-            if done.get(s) == params_hash(to_json_safe(opts)):
-                skipped.append(s)
-            else:
-                todo.append(s)
-        if skipped:
-            logger.info(f"{spec.name}: resume skips {len(skipped)} finished samples: {', '.join(skipped)}")
-        samples_to_run = todo
-    else:
-        samples_to_run = list(samples)
-
+    samples_to_run = _not_finished(expm, modality, spec, options, kwargs, samples) if resume else list(samples)
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
     start_all = logger.info(f"{spec.name} on {len(samples_to_run)} {modality} samples")
@@ -233,25 +190,7 @@ def run_method(
         expm.add_history([recorder.record(sample, opts, start, end, error)])
 
     if executor is None and n_jobs == 1:
-        with ProgressBar(len(samples_to_run), description=spec.name) as bar:
-            for s in samples_to_run:
-                opts = _sample_options(spec, options, kwargs, s)
-                adata = expm.get_sample(modality, s)
-                t0 = time.time()
-                try:
-                    # the same path as a worker's: run on a copy, then apply exactly the declared slots
-                    writes = spec.write_slots(opts)
-                    res, slots = _slots.run_declared(
-                        spec.func, adata, opts, writes, reads=spec.slots(spec.reads, opts), name=spec.name, copy=True,
-                        check=settings.check_contract,
-                    )
-                    _slots.record_params(slots, opts.get("key_added"), opts)
-                    _slots.apply(adata, writes, slots)
-                except Exception as e:  # noqa: BLE001 - isolate the failure to this sample
-                    finish(s, opts, t0, time.time(), error=e)
-                else:
-                    finish(s, opts, t0, time.time(), result=res)
-                bar.update()
+        _run_serial(expm, modality, spec, options, kwargs, samples_to_run, finish)
     else:
         _run_parallel(expm, modality, spec, options, kwargs, samples_to_run, n_jobs, executor, save, finish)
 
@@ -262,6 +201,94 @@ def run_method(
             raise next(iter(errors.values()))
         raise SampleRunError(spec.name, errors, ordered)
     return ordered
+
+
+def _serial_if_unguarded(spec: MethodSpec, n_jobs: int) -> int:
+    """``n_jobs``, or 1 with a warning when the running script lacks a ``__main__`` guard."""
+    script = _main_script_unguarded()
+    if script is None:
+        return n_jobs
+    import warnings
+
+    from .._errors import ExperimatWarning
+
+    warnings.warn(
+        f"{spec.name}: n_jobs={n_jobs} runs serially because the script {os.path.basename(script)} has no "
+        "`if __name__ == \"__main__\":` guard (worker processes re-run a script's top level); put the code "
+        "under that guard to use worker processes.",
+        ExperimatWarning,
+        stacklevel=4,
+    )
+    return 1
+
+
+def _resolve_save(expm: Experiment, save: bool | None) -> bool:
+    """The runner's ``save``: None saves when the project is writable; True needs a writable project."""
+    if save is None:
+        return expm.is_writable_backed
+    if save and not expm.is_writable_backed:
+        if expm.project_path is not None:
+            raise ReadOnlyError(f"save=True, but {expm.project_path} was opened with mode='r'; reopen it with mode='r+'.")
+        raise ProjectError("save=True needs a project folder: create the experiment with project=..., or call expm.save(path) first.")
+    return save
+
+
+def _run_readonly(expm: Experiment, modality: str, spec: MethodSpec, options: dict[str, Any], samples: list[str]) -> Any:
+    """A view (all samples at once) or a query (per sample): reads the samples and changes nothing."""
+    # a plugin's view gets the samples themselves: treat them as handed out (in-place edits are saved)
+    get = expm.get_sample if _is_plugin(spec) else expm._sample
+    adatas = {s: get(modality, s) for s in samples}
+    before = {s: _slots.digests(a) for s, a in adatas.items()} if settings.check_contract else None
+    if spec.kind == "view":
+        out = spec.func(adatas, **options)
+    else:
+        out = {s: spec.func(a, **options) for s, a in adatas.items()}
+    if before is not None:
+        for s, a in adatas.items():
+            bad = _slots.undeclared_changes(before[s], _slots.digests(a), [])
+            if bad:
+                from .._errors import ContractError
+
+                raise ContractError(f"{spec.name} is registered as a read-only {spec.kind} but changed {bad[:10]} "
+                                    f"of sample {s!r}; register it as kind='per_sample' with writes=[...].")
+    return out
+
+
+def _not_finished(expm: Experiment, modality: str, spec: MethodSpec, options: dict[str, Any], kwargs: dict[str, Any],
+                  samples: list[str]) -> list[str]:
+    """``resume=True``: the samples without a finished run of this method with the same parameters."""
+    done = expm.finished_samples(spec.name, modality)
+    todo, skipped = [], []
+    for s in samples:
+        opts = _sample_options(spec, options, kwargs, s)
+        (skipped if done.get(s) == params_hash(to_json_safe(opts)) else todo).append(s)
+    if skipped:
+        logger.info(f"{spec.name}: resume skips {len(skipped)} finished samples: {', '.join(skipped)}")
+    return todo
+
+
+def _run_serial(expm: Experiment, modality: str, spec: MethodSpec, options: dict[str, Any], kwargs: dict[str, Any],
+                samples: list[str], finish) -> None:
+    """The samples one after the other in this process, by the same path as a worker's: the method
+    runs on a copy, then exactly the declared slots are applied to the sample."""
+    with ProgressBar(len(samples), description=spec.name) as bar:
+        for s in samples:
+            opts = _sample_options(spec, options, kwargs, s)
+            adata = expm._sample(modality, s)
+            t0 = time.time()
+            try:
+                writes = spec.write_slots(opts)
+                res, slots = _slots.run_declared(
+                    spec.func, adata, opts, writes, reads=spec.slots(spec.reads, opts), name=spec.name, copy=True,
+                    check=settings.check_contract,
+                )
+                _slots.record_params(slots, opts.get("key_added"), opts)
+                _slots.apply(adata, writes, slots)
+            except Exception as e:  # noqa: BLE001 - isolate the failure to this sample
+                finish(s, opts, t0, time.time(), error=e)
+            else:
+                finish(s, opts, t0, time.time(), result=res)
+            bar.update()
 
 
 def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, executor, save, finish) -> None:
@@ -284,7 +311,7 @@ def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, execut
             scratch = tempfile.mkdtemp(prefix=".experimat-scratch-", dir=base)
             for s in need_copy:
                 p = os.path.join(scratch, f"{len(paths)}.h5ad")
-                expm.get_sample(modality, s).write_h5ad(p)
+                expm._sample(modality, s).write_h5ad(p)
                 paths[s] = p
         tasks = {}
         for s in samples:
@@ -301,7 +328,7 @@ def _run_parallel(expm, modality, spec, options, kwargs, samples, n_jobs, execut
                 return
             try:
                 _slots.record_params(out["slots"], opts.get("key_added"), opts)
-                _slots.apply(expm.get_sample(modality, s), task["writes"], out["slots"])
+                _slots.apply(expm._sample(modality, s), task["writes"], out["slots"])
             except Exception as e:  # noqa: BLE001 - isolate
                 finish(s, opts, out["start"], out["end"], error=e)
                 return
@@ -432,7 +459,7 @@ def _run_dask(client: Any, tasks: dict, handle, bar) -> None:
 
 
 def _run_joint(expm, modality, spec, options, kwargs, samples, recorder, *, save) -> Any:
-    adatas = {s: expm.get_sample(modality, s) for s in samples}
+    adatas = {s: expm._sample(modality, s) for s in samples}
     opts = dict(options)
     if spec.accepts_seed and kwargs.get("seed") is None:
         opts["seed"] = derive_seed(settings.seed, ",".join(samples))
@@ -495,16 +522,16 @@ def _run_joint_declared(spec: MethodSpec, adatas: dict, opts: dict[str, Any], wr
 
 
 def _run_integrated(expm, modality, spec, options, kwargs, *, save) -> Any:
-    adata = expm.integrated_modality(modality)
+    adata = expm._integrated_mod(modality)
     check_slots(spec, adata, options, sample="integrated", modality=modality)
     recorder = _Recorder(spec, modality, 1, None)
     opts = dict(options)
     if spec.accepts_seed and kwargs.get("seed") is None:
         opts["seed"] = derive_seed(settings.seed, "integrated")
-    if spec.kind == "view":
-        return spec.func({"integrated": adata}, **opts)
-    if spec.kind == "query":
-        return spec.func(adata, **opts)
+    if spec.kind in ("view", "query"):
+        if _is_plugin(spec):
+            adata = expm.integrated_modality(modality)  # handed out: in-place edits are saved
+        return spec.func({"integrated": adata}, **opts) if spec.kind == "view" else spec.func(adata, **opts)
     t0 = time.time()
     writes = spec.write_slots(opts)
     try:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from experimat._errors import ExperimatWarning, InvalidInputError
 from experimat._logging import logger
@@ -17,7 +18,6 @@ from ._lookup import MATCH_KINDS, match_fraction, resolve_one
 from ._tables import ASSEMBLY_ALIASES, EXTRA_ASSEMBLIES, GeneIndex, available_taxa, load_index, parse_name
 
 if TYPE_CHECKING:
-    import pandas as pd
     from anndata import AnnData
 
 #: var columns that may hold Ensembl ids (10x: ``gene_ids``), searched in this order.
@@ -179,8 +179,6 @@ def harmonize_var(
     >>> report = em.database.harmonize_var(adata, "mmu")  # doctest: +SKIP
     >>> adata.var[["gene", "chr", "start", "assembly"]].head()  # doctest: +SKIP
     """
-    import pandas as pd
-
     start = logger.debug("harmonising gene names")
     if not isinstance(keep_original_names, bool):
         raise InvalidInputError(f"keep_original_names must be True or False, not {keep_original_names!r}.")
@@ -188,6 +186,63 @@ def harmonize_var(
     var = adata.var.copy()
     chosen = _pick_assembly(idx, assembly, var)
     original = [str(v) for v in adata.var_names]
+    id_col, id_source, sym_source = _name_sources(var, original)
+    fractions = _check_mixup(idx, id_source if id_source is not None else original)
+    found = _resolve_genes(idx, original, id_source, sym_source)
+    gene_id, match = found["gene_id"], found["match"]
+    n = len(original)
+    annotated = np.array([match[i] in MATCH_KINDS for i in range(n)], dtype=bool)
+    ann_ids = [gene_id[i] if annotated[i] else None for i in range(n)]
+    table = idx.genes.reindex(pd.Index([g if g is not None else "" for g in ann_ids]))
+    symbols_u, renamed_symbols = _make_unique(_symbols(idx, table, annotated, gene_id, found["input_symbol"], original))
+    new_names, renamed_names, duplicate_genes = _new_var_names(original, gene_id, ann_ids, keep_original_names)
+    _annotate(var, table, EXTRA_ASSEMBLIES.get(idx.taxa, {}).get(chosen, ""), chosen, annotated,
+              gene=symbols_u, gene_id=gene_id, match=match, original=original)
+    var.index = pd.Index(new_names)
+
+    matched_by = {k: int(sum(1 for m in match if m == k)) for k in (*MATCH_KINDS, "ambiguous", "unknown")}
+    report: dict[str, Any] = {
+        "taxa": idx.taxa,
+        "assembly": chosen,
+        "n_vars": n,
+        "n_annotated": int(annotated.sum()),
+        "n_unannotated": int(n - annotated.sum()),
+        "matched_by": matched_by,
+        "id_column": id_col,
+        "unknown": found["unknown"],
+        "ambiguous": found["ambiguous"],
+        "duplicate_genes": duplicate_genes,
+        "renamed_symbols": renamed_symbols,
+        "renamed_var_names": renamed_names,
+        "taxa_fraction": fractions,
+    }
+    summary = {k: report[k] for k in ("taxa", "assembly", "n_vars", "n_annotated", "n_unannotated")}
+    summary["matched_by"] = matched_by
+    msg = (
+        f"genes ({idx.taxa}, {chosen}): {report['n_annotated']}/{n} annotated "
+        f"({', '.join(f'{k} {v}' for k, v in matched_by.items() if v)})"
+    )
+    if renamed_symbols:
+        msg += f"; {len(renamed_symbols)} duplicated symbols made unique (e.g. {list(renamed_symbols)[:3]})"
+    if inplace:
+        adata.var = var
+        store_params(
+            adata,
+            key_added,
+            {"taxa": idx.taxa, "keep_original_names": keep_original_names, "assembly": assembly},
+            **summary,
+        )
+        logger.info(msg, time=start)
+    else:
+        logger.info(msg, time=start)
+        report["var"] = var
+    return report
+
+
+def _name_sources(var, original: list[str]) -> tuple[str | None, list[str] | None, list[str] | None]:
+    """Where the genes are read from: ``(id column, ids, symbols)``. An id column of ``var`` or ids as
+    ``var_names`` give the ids; symbols come from ``var_names`` (when they are not ids) or from a
+    symbol column next to id ``var_names``."""
     id_col = _column_of_ids(var)
     names_are_ids = np.mean([parse_name(v)[0] == "id" for v in original]) >= 0.5 if original else False
     sym_col = _column_of_symbols(var) if names_are_ids else None
@@ -198,9 +253,14 @@ def harmonize_var(
         sym_source = var[sym_col].astype(str).tolist() if sym_col else None
     else:
         sym_source = original
+    return id_col, id_source, sym_source
 
-    fractions = _check_mixup(idx, id_source if id_source is not None else original)
 
+def _resolve_genes(idx, original: list[str], id_source: list[str] | None, sym_source: list[str] | None) -> dict[str, Any]:
+    """The database gene of each variable: an id that is given decides; a symbol only when no id is.
+
+    Returns lists ``gene_id``, ``match``, ``input_symbol`` (one per variable), ``unknown`` (names not
+    found) and ``ambiguous`` (``{name: candidate ids}``)."""
     n = len(original)
     gene_id: list[str | None] = [None] * n
     match: list[str] = ["unknown"] * n
@@ -229,42 +289,48 @@ def harmonize_var(
             unknown.append(original[i])
             if m.kind == "id":
                 gene_id[i] = m.key  # keep the (unversioned) id: still the right key for merging samples
-    annotated = np.array([match[i] in MATCH_KINDS for i in range(n)], dtype=bool)
+    return {"gene_id": gene_id, "match": match, "input_symbol": input_symbol, "unknown": unknown, "ambiguous": ambiguous}
 
-    genes = idx.genes
-    ann_ids = [gene_id[i] if annotated[i] else None for i in range(n)]
-    ann_index = pd.Index([g if g is not None else "" for g in ann_ids])
-    table = genes.reindex(ann_index)
+
+def _symbols(idx, table, annotated: np.ndarray, gene_id: list[str | None], input_symbol: list[str | None],
+             original: list[str]) -> list[str]:
+    """Each variable's symbol: Ensembl 109, else the one given, else an older name (10x reference),
+    else the id / original name."""
     db_symbol = table["symbol"].tolist()
-
-    # symbols: Ensembl 109, else the one given, else an older name (10x reference), else the id / original name
     symbols = []
-    for i in range(n):
+    for i in range(len(original)):
         s = db_symbol[i]
         if s is None or (isinstance(s, float) and np.isnan(s)):
             s = input_symbol[i] or (annotated[i] and idx.other_symbol.get(gene_id[i])) or gene_id[i] or original[i]
         symbols.append(str(s))
-    symbols_u, renamed_symbols = _make_unique(symbols)
+    return symbols
 
-    # var_names
+
+def _new_var_names(original: list[str], gene_id: list[str | None], ann_ids: list[str | None],
+                   keep_original_names: bool) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
+    """``(var_names, {renamed: base}, {gene id: original names of its variables})``: unversioned ids
+    made unique, or the original names kept."""
+    n = len(original)
     duplicate_genes: dict[str, list[str]] = {}
-    if keep_original_names:
-        new_names, renamed_names = original, {}
-    else:
-        # unknown ids lose only their version (still the key that matches other samples)
-        base = [gene_id[i] if gene_id[i] is not None else original[i] for i in range(n)]
-        counts = pd.Series(base).value_counts()
-        for g in counts.index[counts > 1]:
-            if g.upper().startswith("ENS"):
-                duplicate_genes[g] = [original[i] for i in range(n) if base[i] == g]
-        new_names, renamed_names = _make_unique(base)
     if keep_original_names:
         ids_series = pd.Series([g for g in ann_ids if g is not None])
         for g in ids_series[ids_series.duplicated()].unique():
             duplicate_genes[g] = [original[i] for i in range(n) if ann_ids[i] == g]
+        return original, {}, duplicate_genes
+    # unknown ids lose only their version (still the key that matches other samples)
+    base = [gene_id[i] if gene_id[i] is not None else original[i] for i in range(n)]
+    counts = pd.Series(base).value_counts()
+    for g in counts.index[counts > 1]:
+        if g.upper().startswith("ENS"):
+            duplicate_genes[g] = [original[i] for i in range(n) if base[i] == g]
+    new_names, renamed_names = _make_unique(base)
+    return new_names, renamed_names, duplicate_genes
 
-    prefix = EXTRA_ASSEMBLIES.get(idx.taxa, {}).get(chosen, "")
-    var["gene"] = symbols_u
+
+def _annotate(var, table, prefix: str, chosen: str, annotated: np.ndarray, *, gene: list[str],
+              gene_id: list[str | None], match: list[str], original: list[str]) -> None:
+    """Write the gene columns into ``var`` (in place)."""
+    var["gene"] = gene
     var["gene_id"] = np.array(gene_id, dtype=object)
     var["chr"] = table[f"{prefix}chr"].to_numpy(dtype=object)
     var["start"] = pd.array(table[f"{prefix}start"], dtype="Int64")
@@ -276,45 +342,6 @@ def harmonize_var(
     var["gene_match"] = match
     if "original_name" not in var.columns:
         var["original_name"] = original
-    var.index = pd.Index(new_names)
-
-    matched_by = {k: int(sum(1 for m in match if m == k)) for k in (*MATCH_KINDS, "ambiguous", "unknown")}
-    report: dict[str, Any] = {
-        "taxa": idx.taxa,
-        "assembly": chosen,
-        "n_vars": n,
-        "n_annotated": int(annotated.sum()),
-        "n_unannotated": int(n - annotated.sum()),
-        "matched_by": matched_by,
-        "id_column": id_col,
-        "unknown": unknown,
-        "ambiguous": ambiguous,
-        "duplicate_genes": duplicate_genes,
-        "renamed_symbols": renamed_symbols,
-        "renamed_var_names": renamed_names,
-        "taxa_fraction": fractions,
-    }
-    summary = {k: report[k] for k in ("taxa", "assembly", "n_vars", "n_annotated", "n_unannotated")}
-    summary["matched_by"] = matched_by
-    msg = (
-        f"genes ({idx.taxa}, {chosen}): {report['n_annotated']}/{n} annotated "
-        f"({', '.join(f'{k} {v}' for k, v in matched_by.items() if v)})"
-    )
-    if renamed_symbols:
-        msg += f"; {len(renamed_symbols)} duplicated symbols made unique (e.g. {list(renamed_symbols)[:3]})"
-    if inplace:
-        adata.var = var
-        store_params(
-            adata,
-            key_added,
-            {"taxa": idx.taxa, "keep_original_names": keep_original_names, "assembly": assembly},
-            **summary,
-        )
-        logger.info(msg, time=start)
-    else:
-        logger.info(msg, time=start)
-        report["var"] = var
-    return report
 
 
 def _looks_like_id(name: object) -> bool:

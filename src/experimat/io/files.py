@@ -192,11 +192,14 @@ def check_slot_names(slots: Iterable[str]) -> list[str]:
 
 
 def slots_of(adata: AnnData, slots: list[str]) -> AnnData:
-    """An AnnData with ``X=None`` sharing ``obs``, ``var`` and the given slots of ``adata``."""
+    """An AnnData with ``X=None`` holding copies of ``obs``, ``var`` and the given slots of ``adata``
+    (not attached to ``adata``: editing it leaves the sample as it is)."""
+    import copy
+
     import anndata as ad
 
-    parts = {k: getattr(adata, k) for k in slots}
-    return ad.AnnData(obs=adata.obs, var=adata.var, **{k: v for k, v in parts.items() if k not in ("obs", "var")})
+    parts = {k: copy.deepcopy(dict(getattr(adata, k))) for k in slots if k not in ("obs", "var")}
+    return ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), **parts)
 
 
 def copy_models_and_history(src: ProjectStore, dst: ProjectStore, models: dict[str, Any]) -> dict[str, Any]:

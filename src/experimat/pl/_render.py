@@ -218,41 +218,12 @@ def render(
     from matplotlib.colors import to_rgba
 
     basis = opts["basis"]
-    if not isinstance(basis, str):
-        raise InvalidInputError(f"basis must be an obsm key such as 'spatial' or 'X_umap'; got {basis!r}.")
-    spatial = is_spatial_basis(basis)
-    if channels is not None and not spatial:
-        raise InvalidInputError(f"channels (an image) can only be drawn with basis='spatial', not {basis!r}.")
-    if channels is not None:
-        parse_channels(channels)  # validate before any work
-    if not 0.0 <= float(img_alpha) <= 1.0:
-        raise InvalidInputError(f"img_alpha must be in [0, 1]; got {img_alpha!r}.")
-    xr, yr = check_range(xrange, "xrange"), check_range(yrange, "yrange")
-    if (xr is not None or yr is not None) and not spatial:
-        raise InvalidInputError("xrange/yrange are full-resolution pixel ranges and need basis='spatial'.")
-    figsize = check_figsize(figsize)
+    spatial, xr, yr, figsize = _check_render_options(basis, channels, img_alpha, xrange, yrange, figsize)
     show_spots = bool(opts["visible"])
     panels = [p for row in rows for p in row if p is not None]
     cmap = get_cmap(opts["cmap"]).with_extremes(bad=opts["na_color"])
     values = _resolve_values(adatas, panels, opts["layer"], resolver) if show_spots else {}
-
-    # colour key -> palette (categorical, shared by all samples) or shared norm (continuous, share_scale)
-    palettes = dict(palettes or {})
-    shared_norms: dict[str | None, Any] = {}
-    for color in dict.fromkeys(p.color for p in panels):
-        vals = [v for (s, c), v in values.items() if c == color]
-        kinds = {v.kind for v in vals}
-        if len(kinds) > 1:
-            raise InvalidInputError(
-                f"colour key {color!r} is categorical in some samples and numeric in others; make the obs column "
-                "the same type in every sample."
-            )
-        if kinds == {"categorical"} and color not in palettes:
-            palettes[color] = make_palette(union_categories([v.values for v in vals]), opts["palette"])
-        elif kinds == {"categorical"}:
-            palettes[color] = make_palette(union_categories([v.values for v in vals]), palettes[color])
-        elif kinds == {"continuous"} and share_scale:
-            shared_norms[color] = norm_for(np.concatenate([v.values for v in vals]), opts["vmin"], opts["vmax"])
+    palettes, shared_norms = _color_scales(panels, values, opts, palettes, share_scale)
 
     nrows, ncols = len(rows), max(len(r) for r in rows)
     if figsize is None:
@@ -260,8 +231,7 @@ def render(
     with style_context():
         fig = new_figure(figsize)
         axes = fig.subplots(nrows, ncols, squeeze=False)
-        shared_axes: dict[str | None, list] = {}
-        shared_map: dict[str | None, Any] = {}
+        shared: dict[str | None, list] = {}  # colour key -> [mappable, axes] of a shared colour bar
         for i, row in enumerate(rows):
             for j in range(ncols):
                 ax = axes[i, j]
@@ -274,55 +244,91 @@ def render(
                 image = None
                 if channels is not None:
                     image = _load_image(adata, panel.sample, channels, library_id, xr, yr)
-                    ax.imshow(
-                        image.array,
-                        extent=image.extent,
-                        origin="upper",
-                        cmap=get_cmap(img_cmap) if image.array.ndim == 2 else None,
-                        alpha=float(img_alpha),
-                        interpolation="antialiased",
-                        zorder=0,
-                    )
+                    _draw_image(ax, image, img_cmap, img_alpha)
                 diameter = _spot_diameter(adata, panel.sample, library_id) if spatial else None
                 if spatial and image is None:
                     _check_spots_in_range(xy, xr, yr, panel.sample)
-                mappable = None
                 if show_spots:
                     cv = values[(panel.sample, panel.color)]
                     norm = shared_norms.get(panel.color)
-                    mappable = _draw_spots(
-                        ax,
-                        xy,
-                        cv,
-                        opts,
-                        diameter=diameter,
-                        palette=palettes.get(panel.color),
-                        cmap=cmap,
-                        norm=norm,
-                        to_rgba=to_rgba,
-                    )
+                    mappable = _draw_spots(ax, xy, cv, opts, diameter=diameter, palette=palettes.get(panel.color),
+                                           cmap=cmap, norm=norm, to_rgba=to_rgba)
                     if cv.kind == "continuous" and opts["legend"]:
                         if norm is not None:
-                            shared_axes.setdefault(panel.color, []).append(ax)
-                            shared_map[panel.color] = mappable
+                            entry = shared.setdefault(panel.color, [None, []])
+                            entry[0] = mappable  # the colour bar of the last panel (all share the norm)
+                            entry[1].append(ax)
                         else:
                             fig.colorbar(mappable, ax=ax, shrink=0.7, pad=0.02)
                     elif cv.kind == "categorical" and opts["legend"]:
                         _legend(ax, cv, palettes[panel.color])
                 _set_limits(ax, xy, image, diameter, xr, yr, spatial, show_spots)
-                ax.set_title(panel.title)
-                if spatial:
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                else:
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    name = basis[2:] if basis.startswith("X_") else basis
-                    ax.set_xlabel(f"{name.upper()}1")
-                    ax.set_ylabel(f"{name.upper()}2")
-        for color, axs in shared_axes.items():
-            fig.colorbar(shared_map[color], ax=axs, shrink=0.7, pad=0.02)
+                _style_axes(ax, panel.title, basis, spatial)
+        for mappable, axs in shared.values():
+            fig.colorbar(mappable, ax=axs, shrink=0.7, pad=0.02)
     return fig
+
+
+def _check_render_options(basis: Any, channels: Any, img_alpha: Any, xrange: Any, yrange: Any,
+                          figsize: Any) -> tuple[bool, tuple | None, tuple | None, Any]:
+    """Validate the drawing options before any work: ``(spatial basis?, xrange, yrange, figsize)``."""
+    if not isinstance(basis, str):
+        raise InvalidInputError(f"basis must be an obsm key such as 'spatial' or 'X_umap'; got {basis!r}.")
+    spatial = is_spatial_basis(basis)
+    if channels is not None and not spatial:
+        raise InvalidInputError(f"channels (an image) can only be drawn with basis='spatial', not {basis!r}.")
+    if channels is not None:
+        parse_channels(channels)
+    if not 0.0 <= float(img_alpha) <= 1.0:
+        raise InvalidInputError(f"img_alpha must be in [0, 1]; got {img_alpha!r}.")
+    xr, yr = check_range(xrange, "xrange"), check_range(yrange, "yrange")
+    if (xr is not None or yr is not None) and not spatial:
+        raise InvalidInputError("xrange/yrange are full-resolution pixel ranges and need basis='spatial'.")
+    return spatial, xr, yr, check_figsize(figsize)
+
+
+def _color_scales(panels: list[Panel], values: Mapping[tuple[str, str | None], ColorValues], opts: Mapping[str, Any],
+                  palettes: Mapping[str, Mapping[str, Any]] | None, share_scale: bool) -> tuple[dict, dict]:
+    """Per colour key: a palette (categorical, shared by all samples) or a shared norm (continuous,
+    with ``share_scale``). Returns ``(palettes, norms)``."""
+    palettes = dict(palettes or {})
+    shared_norms: dict[str | None, Any] = {}
+    for color in dict.fromkeys(p.color for p in panels):
+        vals = [v for (s, c), v in values.items() if c == color]
+        kinds = {v.kind for v in vals}
+        if len(kinds) > 1:
+            raise InvalidInputError(
+                f"colour key {color!r} is categorical in some samples and numeric in others; make the obs column "
+                "the same type in every sample."
+            )
+        if kinds == {"categorical"}:
+            palettes[color] = make_palette(union_categories([v.values for v in vals]), palettes.get(color, opts["palette"]))
+        elif kinds == {"continuous"} and share_scale:
+            shared_norms[color] = norm_for(np.concatenate([v.values for v in vals]), opts["vmin"], opts["vmax"])
+    return palettes, shared_norms
+
+
+def _draw_image(ax, image: _Image, img_cmap: Any, img_alpha: float) -> None:
+    ax.imshow(
+        image.array,
+        extent=image.extent,
+        origin="upper",
+        cmap=get_cmap(img_cmap) if image.array.ndim == 2 else None,
+        alpha=float(img_alpha),
+        interpolation="antialiased",
+        zorder=0,
+    )
+
+
+def _style_axes(ax, title: str, basis: str, spatial: bool) -> None:
+    """Title, no ticks; embeddings get axis labels (``UMAP1`` / ``UMAP2``)."""
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if not spatial:
+        name = basis[2:] if basis.startswith("X_") else basis
+        ax.set_xlabel(f"{name.upper()}1")
+        ax.set_ylabel(f"{name.upper()}2")
 
 
 def _check_spots_in_range(xy: np.ndarray, xr: tuple | None, yr: tuple | None, sample: str) -> None:
