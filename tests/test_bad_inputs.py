@@ -124,6 +124,14 @@ def _ruled_option(spec):
     return next((p.name for p in spec.options if p.name in OPTION_RULES), None)
 
 
+def _ranged_option(spec):
+    """An option with a range the method declares (:func:`experimat.methods._checks.option_ranges`)."""
+    from experimat.methods._checks import RANGES_ATTR
+
+    ranges = getattr(spec.func, RANGES_ATTR, {})
+    return next((p.name for p in spec.options if p.name in ranges), None)
+
+
 def _float_option(spec):
     return next((p.name for p in spec.options if "float" in str(p.annotation).split(" | ")), None)
 
@@ -144,6 +152,8 @@ def _cases():
             out.append(pytest.param(name, modality, "wrong_type", id=f"{name}-wrong_type"))
         if _ruled_option(spec):
             out.append(pytest.param(name, modality, "nonsense_value", id=f"{name}-nonsense_value"))
+        if _ranged_option(spec):
+            out.append(pytest.param(name, modality, "out_of_range", id=f"{name}-out_of_range"))
         if _float_option(spec):
             out.append(pytest.param(name, modality, "nan_option", id=f"{name}-nan_option"))
         if "layer" in opts:
@@ -195,6 +205,17 @@ def test_method_refuses_bad_input(project, name, modality, case):
 
             opt = _ruled_option(spec)
             kwargs[opt], expect = OPTION_RULES[opt][0] - 1, opt
+        elif case == "out_of_range":
+            from experimat.methods._checks import RANGES_ATTR
+
+            opt = _ranged_option(spec)
+            interval = getattr(spec.func, RANGES_ATTR)[opt]
+            bad = interval.outside()
+            default = spec.signature.parameters[opt].default
+            if isinstance(default, int) and not isinstance(default, bool):
+                bad = int(bad)
+            kwargs[opt] = tuple(bad for _ in default) if isinstance(default, tuple) else bad
+            expect = f"{opt} must lie in {interval.text}"
         elif case == "nan_option":
             opt = _float_option(spec)
             kwargs[opt], expect = float("nan"), opt
@@ -342,6 +363,62 @@ def test_api_refuses_bad_input(project, tmp_path, case):
         call(project, tmp_path)
     assert expect in str(info.value), f"{type(info.value).__name__}: {info.value}"
     assert not outside.exists(), "a refused creation left a folder behind"
+
+
+# -- per-method ranges, called directly (no runner): refused before any work ------------------------
+def _ranged_calls():
+    from experimat.methods.domains.deepst import spatial_detect_domains_deepst
+    from experimat.methods.domains.spagcn import (
+        integrate_domains_spagcn,
+        spatial_detect_domains_spagcn,
+        spatial_markers_spagcn,
+    )
+
+    det, mk = spatial_detect_domains_spagcn, spatial_markers_spagcn
+    return {
+        "spagcn-alpha-negative": (det, {"alpha": -1.0}, "alpha must lie in [0, inf)"),
+        "spagcn-n_clusters-negative": (det, {"n_clusters": -3}, "n_clusters must be an integer >= 1"),
+        "spagcn-resolution-zero": (det, {"resolution": 0.0}, "resolution must be a positive number"),
+        "spagcn-p-above-one": (det, {"p": 1.5}, "p must lie in (0, 1)"),
+        "spagcn-p-zero": (det, {"p": 0.0}, "p must lie in (0, 1)"),
+        "spagcn-n_runs-zero": (det, {"n_runs": 0}, "n_runs must be an integer >= 1"),
+        "integrate-alpha-negative": (lambda a, **k: integrate_domains_spagcn({"a": a}, **k), {"alpha": -0.5}, "alpha"),
+        "markers-fraction-above-one": (mk, {"domain_key": "domain", "min_in_group_fraction": 1.2},
+                                       "min_in_group_fraction must lie in [0, 1]"),
+        "markers-max_q-zero": (mk, {"domain_key": "domain", "max_q": 0.0}, "max_q must lie in (0, 1]"),
+        "markers-quantiles-outside": (mk, {"domain_key": "domain", "radius_quantiles": (0.1, 1.5)},
+                                      "radius_quantiles must lie in [0, 1]"),
+        "markers-min_domain_size-one": (mk, {"domain_key": "domain", "min_domain_size": 1}, "min_domain_size"),
+        "deepst-adjacent_weight-negative": (spatial_detect_domains_deepst, {"adjacent_weight": -0.3}, "adjacent_weight"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_ranged_calls()))
+def test_declared_ranges_refuse_direct_calls(case, monkeypatch):
+    import experimat.methods.domains.spagcn._detect as detect
+
+    func, kwargs, expect = _ranged_calls()[case]
+    a = _spots(7)
+    before = a.copy()
+    # "before any work": the expression is never read
+    monkeypatch.setattr(detect, "_expression", lambda *a, **k: pytest.fail("work started before the range check"))
+    with pytest.raises(em.InvalidInputError) as info:
+        func(a, **kwargs)
+    assert expect in str(info.value), str(info.value)
+    assert "not" in str(info.value)
+    assert a.obs.equals(before.obs) and set(a.uns) == set(before.uns)
+
+
+def test_interval_parsing():
+    from experimat.methods._checks import Interval, option_ranges
+
+    assert 0.0 in Interval("[0, 1]") and 1.0 in Interval("[0, 1]") and 1.0 not in Interval("[0, 1)")
+    assert 0.0 not in Interval("(0, inf)") and 1e300 in Interval("(0, inf)")
+    assert Interval("[2, inf)").outside() == 1.0 and Interval("(-inf, 0]").outside() == 1.0
+    with pytest.raises(ValueError, match="interval"):
+        Interval("0..1")
+    with pytest.raises(TypeError, match="no option"):
+        option_ranges(nope="[0, 1]")(lambda adata, *, x=1: x)
 
 
 @pytest.mark.parametrize("key", ["a/b", "", ".hidden"])

@@ -58,7 +58,7 @@ def test_spagcn_calls(tmp_path):
         min_in_group_fraction=0.5, min_in_out_group_ratio=1, min_fold_change=1.2, num_neighbours=3,
         ratio=0.5, radius_quantiles=(0.001, 0.1), num_min=10, num_max=14, max_run=100, key_added="spagcn.markers")
     table = expm.spatial_bin.get_markers(run_on_samples=[sample], slot="spagcn.markers", group_name=group)[sample]
-    assert list(table.columns)[:6] == ["gene", "pct.in", "pct.out", "fc", "q", "log10.q"]
+    assert list(table.columns)[:7] == ["gene", "gene_id", "pct.in", "pct.out", "fc", "q", "log10.q"]
     with pytest.raises(em.KeyNotFoundError):
         expm.spatial_bin.get_markers(run_on_samples=[sample], slot="spagcn.markers", group_name="no-such-domain")
     if len(table):

@@ -57,3 +57,39 @@ def test_embedding_of_integrated_data_stays_one_panel():
     fig = em.pl.plot_embedding({"integrated": merged}, "X_umap", color="sample")
     drawn = _spot_axes(fig)
     assert len(drawn) == 1 and len(drawn[0][1]) == merged.n_obs
+
+
+def test_merge_keeps_each_sections_image_and_integrated_plot_draws_them_side_by_side(tmp_path):
+    """merge() carries every sample's images and scale factors into uns['spatial'][sample] (scanpy's layout), so
+    plot_spatial(run_on_samples=None) draws each section over its own H&E, the sections side by side."""
+    import experimat as em
+    from experimat.datasets import synthetic_domains
+
+    adatas = {f"s{i}": synthetic_domains(120, 3, 40, n_markers_per_domain=5, with_image=True, seed=i) for i in range(2)}
+    adatas["s1"].uns["spatial"]["synthetic"]["images"]["hires"] = 1.0 - adatas["s1"].uns["spatial"]["synthetic"]["images"]["hires"]
+    expm = em.Experiment.from_anndata(adatas, modality="spatial-bin", taxa="mmu", project=tmp_path / "p", harmonize_genes=False)
+    merged = expm.merge().mod["spatial-bin"]
+    assert set(merged.uns["spatial"]) == {"s0", "s1"}
+    for s in ("s0", "s1"):
+        lib = expm.spatial_bin[s].uns["spatial"]
+        own = lib[s] if s in lib else next(iter(lib.values()))
+        np.testing.assert_array_equal(merged.uns["spatial"][s]["images"]["hires"], own["images"]["hires"])
+        assert merged.uns["spatial"][s]["scalefactors"] == dict(own["scalefactors"])
+    # the images survive saving the integrated data and reopening the project
+    expm.save()
+    expm.close()
+    expm = em.load_experiment(tmp_path / "p")
+    merged = expm.integrated.mod["spatial-bin"]
+    assert {s: merged.uns["spatial"][s]["images"]["hires"].shape for s in ("s0", "s1")} == {
+        s: expm.spatial_bin[s].uns["spatial"][next(iter(expm.spatial_bin[s].uns["spatial"]))]["images"]["hires"].shape
+        for s in ("s0", "s1")}
+    fig = expm.spatial_bin.plot_spatial(run_on_samples=None, channels=["hires/r", "hires/g", "hires/b"],
+                                        plot_embeddings={"color": "domain", "alpha": 0.5})
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2
+    assert {ax.get_title().split(":")[0] for ax in panels} == {"s0", "s1"}
+    drawn = [np.asarray(ax.images[0].get_array()) for ax in panels]
+    assert not np.allclose(drawn[0], drawn[1])  # each section over its own image
+    boxes = _figure_boxes(fig, _spot_axes(fig))
+    assert len(boxes) == 2 and _disjoint(boxes[0], boxes[1])
+    expm.close()

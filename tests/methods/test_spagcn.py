@@ -140,20 +140,20 @@ def test_integrate_two_samples():
 def test_markers_recover_truth(tissue):
     a = tissue
     res = spatial_markers_spagcn(a, domain_key="domain", layer="lognorm", key_added="m")
-    assert list(res.columns) == ["domain", "gene", "pct.in", "pct.out", "fc", "q", "log10.q"]
+    assert list(res.columns) == ["domain", "gene", "gene_id", "pct.in", "pct.out", "fc", "q", "log10.q"]
     truth = a.var["marker_of"]
     found = 0
     for d in a.obs["domain"].cat.categories:
         tab = get_markers(a, markers_key="m", group_name=d)
-        assert list(tab.columns) == ["gene", "pct.in", "pct.out", "fc", "q", "log10.q"]
-        assert (truth.loc[tab["gene"]] == d).all(), f"domain {d}: false markers {list(tab['gene'])}"
+        assert list(tab.columns) == ["gene", "gene_id", "pct.in", "pct.out", "fc", "q", "log10.q"]
+        assert (truth.loc[tab["gene_id"]] == d).all(), f"domain {d}: false markers {list(tab['gene_id'])}"
         assert (tab["pct.in"] > 0.8).all() and (tab["fc"] > 1.5).all() and (tab["q"] < 0.05).all()
         np.testing.assert_allclose(tab["log10.q"], -np.log10(tab["q"]))  # positive, as exprmat's tables
         assert (tab["log10.q"] >= 0).all()
         found += len(tab)
     assert found >= 0.5 * (truth != "none").sum()
     # the stored tables are plain column dicts (h5ad-serialisable)
-    assert set(a.uns["m"]["0"]) == {"gene", "pct.in", "pct.out", "fc", "q", "log10.q"}
+    assert set(a.uns["m"]["0"]) == {"gene", "gene_id", "pct.in", "pct.out", "fc", "q", "log10.q"}
     assert len(a.uns["m"]["neighbours"]["0"]) >= 1
 
 

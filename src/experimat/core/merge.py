@@ -69,6 +69,25 @@ def _merged_obsm_frames(parts: Mapping[str, AnnData], names: pd.Index) -> dict[s
     return out
 
 
+def _merged_libraries(parts: Mapping[str, AnnData]) -> dict[str, dict]:
+    """``uns['spatial']`` of the merged object in scanpy's layout: each sample's library (its images, scale factors
+    and metadata) under the sample's name, so plots of the integrated data draw every section over its own image.
+
+    A sample's library is ``uns['spatial'][sample]``, else its only library; the image arrays are shared, not copied."""
+    out: dict[str, dict] = {}
+    for s, a in parts.items():
+        libs = a.uns.get(Key.SPATIAL)
+        if not isinstance(libs, Mapping) or not libs:
+            continue
+        lib = libs.get(s) if s in libs else (next(iter(libs.values())) if len(libs) == 1 else None)
+        if not isinstance(lib, Mapping):
+            logger.info(f"merge: sample {s!r} has libraries {list(libs)} but none named {s!r}; its images are not merged")
+            continue
+        out[s] = {k: dict(lib[k]) for k in ("images", "scalefactors", "metadata") if isinstance(lib.get(k), Mapping)}
+        out[s].setdefault("scalefactors", {})
+    return out
+
+
 def merge_samples(parts: Mapping[str, AnnData], *, mod: str, join: str) -> AnnData:
     """Concatenate the samples ``{sample: adata}`` of modality ``mod`` (see :meth:`Experiment.merge`)."""
     import anndata as ad
@@ -104,10 +123,7 @@ def merge_samples(parts: Mapping[str, AnnData], *, mod: str, join: str) -> AnnDa
         if col in merged.obs:
             merged.obs[col] = pd.Categorical(merged.obs[col].astype(str), categories=list(dict.fromkeys(
                 str(v) for a in parts.values() for v in a.obs[col].cat.categories)))
-    merged.uns[Key.SPATIAL] = {
-        s: {"scalefactors": dict(a.uns.get(Key.SPATIAL, {}).get(s, {}).get("scalefactors", {}))}
-        for s, a in parts.items() if Key.SPATIAL in a.uns
-    }
+    merged.uns[Key.SPATIAL] = _merged_libraries(parts)
     merged.uns["merge"] = {"samples": list(parts), "join": join, "n_shared_genes": len(shared), "n_union_genes": int(union),
                            "n_only_in": {k: int(v) for k, v in report["n_only_in"].items()},
                            "per_sample_var_columns": per_sample_var}

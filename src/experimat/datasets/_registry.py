@@ -2,9 +2,12 @@
 
 As squidpy's and scanpy's dataset modules: a data set is a folder ``em.settings.data_dir / <name>``; every file the
 loaders read is listed with its size and sha256, so a copy is verified before use. Files that exist byte for byte at a
-public address carry it (``url``) and are downloaded into the data folder on request (:func:`fetch`); files that were
-converted from a public original (e.g. an R ``.rds`` written as CSV) name that original and how it was converted
-(``source``), and :func:`fetch` says so instead of downloading something else. Tests point ``em.settings.data_dir``
+public address carry it (``url``) and are downloaded into the data folder on request (:func:`fetch`). Files converted
+from a public original by a conversion experimat can repeat (``convert``, one of :data:`CONVERTERS`, e.g. a ``.tsv``
+gzipped) carry the original's address, size and sha256 (``source_url``, ``source_size``, ``source_sha256``):
+:func:`fetch` downloads the original, verifies it, converts it and verifies the result. Files converted in a way that
+cannot be repeated here (e.g. an R ``.rds`` written as CSV) name their original and the conversion (``source``), and
+:func:`fetch` says so instead of downloading something else. Tests point ``em.settings.data_dir``
 (``EXPERIMAT_DATA_DIR``) at local copies.
 """
 
@@ -25,6 +28,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def _gzip(src: Path, dest: Path) -> None:
+    """``gzip -n -9``: the bytes are the same as the command's (no name, no time stamp, level 9)."""
+    import gzip
+
+    dest.write_bytes(gzip.compress(src.read_bytes(), compresslevel=9, mtime=0))
+
+
+#: conversions :func:`fetch` can repeat: name -> ``f(source_path, destination_path)``
+CONVERTERS = {"gzip": _gzip}
+
+
 @dataclass(frozen=True)
 class DataFile:
     """One file of a data set: name in the folder, size in bytes, sha256, provenance and, when the file is a byte
@@ -35,6 +49,21 @@ class DataFile:
     sha256: str
     source: str
     url: str | None = None
+    convert: str | None = None
+    source_url: str | None = None
+    source_size: int | None = None
+    source_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.convert is not None and (self.convert not in CONVERTERS or self.source_url is None
+                                         or self.source_size is None or self.source_sha256 is None):
+            raise ValueError(f"{self.name}: convert= needs a converter of {sorted(CONVERTERS)}, source_url, "
+                             "source_size and source_sha256")
+
+    @property
+    def fetchable(self) -> bool:
+        """Whether :func:`fetch` can obtain the file (a byte copy at ``url``, or a conversion of ``source_url``)."""
+        return self.url is not None or self.convert is not None
 
 
 @dataclass(frozen=True)
@@ -140,15 +169,19 @@ def _verify(path: Path, f: DataFile) -> None:
         )
 
 
-def _download(url: str, dest: Path, f: DataFile) -> None:
-    """Download into a temporary file beside ``dest``, verify, then rename (nothing half-written is left)."""
+def _download_to(url: str, fd: int) -> None:
     import urllib.request
 
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        shutil.copyfileobj(resp, out)
+
+
+def _download(url: str, dest: Path, f: DataFile) -> None:
+    """Download into a temporary file beside ``dest``, verify, then rename (nothing half-written is left)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out)
+        _download_to(url, fd)
         _verify(Path(tmp), f)
         os.replace(tmp, dest)
     finally:
@@ -156,12 +189,36 @@ def _download(url: str, dest: Path, f: DataFile) -> None:
             os.unlink(tmp)
 
 
+def _download_converted(dest: Path, f: DataFile) -> None:
+    """Download ``f``'s public original, verify its size and sha256, convert it, verify the result, then rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, src = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".source")
+    fd_out, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd_out)
+    try:
+        _download_to(f.source_url, fd)
+        size = Path(src).stat().st_size
+        if size != f.source_size or sha256_of(Path(src)) != f.source_sha256:
+            raise CorruptFileError(
+                f"the original of {f.name} downloaded from {f.source_url} does not match the registry (size {size}, "
+                f"expected {f.source_size}; sha256 expected {f.source_sha256}); it may have changed at the source."
+            )
+        CONVERTERS[f.convert](Path(src), Path(tmp))
+        _verify(Path(tmp), f)
+        os.replace(tmp, dest)
+    finally:
+        for p in (src, tmp):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
 def fetch(name: str, files: list[str] | None = None, *, download: bool = True) -> Path:
     """The verified folder of registered data set ``name`` under ``em.settings.data_dir``.
 
     Files already there are checked against their size and sha256; missing files with a public address are
-    downloaded (``download=True``) and verified before they are put in place; a missing file that exists only as a
-    conversion of a public original raises an error that names the original and the expected checksum.
+    downloaded (``download=True``) and verified before they are put in place; missing files converted from a public
+    original (``convert``) are made by downloading the original, verifying its checksum and converting it; a missing
+    file whose conversion cannot be repeated raises an error that names the original and the expected checksum.
 
     Parameters
     ----------
@@ -170,7 +227,7 @@ def fetch(name: str, files: list[str] | None = None, *, download: bool = True) -
     files
         Only these files of the data set (default: all).
     download
-        Download missing files that have a public address.
+        Download missing files that have a public address (or a public original to convert).
 
     Returns
     -------
@@ -193,6 +250,8 @@ def fetch(name: str, files: list[str] | None = None, *, download: bool = True) -
             _verify(path, f)
         elif download and f.url:
             _download(f.url, path, f)
+        elif download and f.convert:
+            _download_converted(path, f)
         else:
             missing.append(f)
     if missing:

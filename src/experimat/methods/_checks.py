@@ -391,20 +391,104 @@ OPTION_RULES: dict[str, tuple[float, bool, str]] = {
     "tol": (0, False, "a number >= 0"),
     "max_tile_mb": (0, True, "a positive number"),
     "chunk_size": (1, False, "an integer >= 1 or None"),
+    "n_runs": (1, False, "an integer >= 1"),
 }
 
 
-def check_option_values(name: str, options: Mapping[str, Any]) -> None:
-    """Refuse NaN numbers and values outside the sense of the options in :data:`OPTION_RULES`."""
+#: attribute holding ``{option: Interval}`` on a function decorated with :func:`option_ranges`
+RANGES_ATTR = "__experimat_ranges__"
+
+
+class Interval:
+    """A range of sensible values written as in mathematics: ``"[0, 1]"``, ``"(0, 1)"``, ``"[0, inf)"``."""
+
+    __slots__ = ("high", "high_closed", "low", "low_closed", "text")
+
+    def __init__(self, text: str) -> None:
+        t = text.strip()
+        if len(t) < 5 or t[0] not in "[(" or t[-1] not in "])" or "," not in t:
+            raise ValueError(f"not an interval: {text!r} (write e.g. '[0, 1]' or '(0, inf)')")
+        lo, hi = (v.strip() for v in t[1:-1].split(","))
+        self.low, self.high = float(lo), float(hi)
+        self.low_closed, self.high_closed = t[0] == "[", t[-1] == "]"
+        self.text = t
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return bool(above and below)
+
+    def outside(self) -> float:
+        """A value outside the interval (for tests)."""
+        return self.low - 1.0 if math.isfinite(self.low) else self.high + 1.0
+
+    def __repr__(self) -> str:
+        return f"Interval({self.text!r})"
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """The numbers of an option value (a number, or a tuple/list of numbers); None when it holds none."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return None
+    if isinstance(value, (int, float, np.number)):
+        return [float(value)]
+    if isinstance(value, (tuple, list)) and value and all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in value
+    ):
+        return [float(v) for v in value]
+    return None
+
+
+def check_option_values(name: str, options: Mapping[str, Any], ranges: Mapping[str, Interval] | None = None,
+                        defaults: Mapping[str, Any] | None = None) -> None:
+    """Refuse NaN numbers, values outside the sense of the options in :data:`OPTION_RULES` and values
+    outside a method's declared ranges (:func:`option_ranges`; ``defaults`` are named in the message)."""
     for opt, value in options.items():
         if isinstance(value, (float, np.floating)) and math.isnan(value):
             raise InvalidInputError(f"{name}(): {opt} is NaN; pass a number (or leave the default).")
+        interval = (ranges or {}).get(opt)
+        numbers = _numbers(value)
+        if interval is not None and numbers is not None and not all(v in interval for v in numbers):
+            hint = f" (the default is {defaults[opt]!r})" if defaults and opt in defaults else ""
+            raise InvalidInputError(f"{name}(): {opt} must lie in {interval.text}, not {value!r}; pass a value in that range{hint}.")
         rule = OPTION_RULES.get(opt)
         if rule is None or value is None or isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             continue
         minimum, strict, what = rule
         if value < minimum or (strict and value == minimum):
             raise InvalidInputError(f"{name}(): {opt} must be {what}, not {value!r}.")
+
+
+def option_ranges(**intervals: str):
+    """Declare the sensible values of a method's numeric options: ``@option_ranges(alpha="[0, inf)", p="(0, 1)")``.
+
+    A value outside (``alpha=-1``, a probability of 1.5) is refused with an :class:`InvalidInputError` before
+    any work: by the runner's checks when the method is called through an accessor, and by the decorated
+    function itself when it is called directly (which also applies :data:`OPTION_RULES`, e.g. ``n_clusters >= 1``).
+    Tuple options (``radius_quantiles=(0.001, 0.1)``) have each element checked.
+    """
+    import functools
+    import inspect
+
+    rules = {opt: Interval(text) for opt, text in intervals.items()}
+
+    def decorate(func):
+        params = inspect.signature(func).parameters
+        unknown = set(rules) - set(params)
+        if unknown:
+            raise TypeError(f"option_ranges on {func.__name__}: no option(s) {sorted(unknown)}")
+        merged = {**getattr(func, RANGES_ATTR, {}), **rules}
+        defaults = {k: p.default for k, p in params.items() if p.default is not p.empty}
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_option_values(func.__name__, kwargs, merged, defaults)
+            return func(*args, **kwargs)
+
+        setattr(wrapper, RANGES_ATTR, merged)
+        return wrapper
+
+    return decorate
 
 
 def check_key(option: str, value: Any) -> None:
@@ -442,7 +526,9 @@ def preflight(spec: Any, adata: Any, options: Mapping[str, Any], *, sample: str,
 
     Everything here raises an experimat error that names the fix, before anything is written."""
     check_option_types(spec.name, spec.func, options)
-    check_option_values(spec.name, options)
+    ranges = getattr(spec.func, RANGES_ATTR, None)
+    defaults = {p.name: p.default for p in spec.options if p.default is not p.empty} if ranges else None
+    check_option_values(spec.name, options, ranges, defaults)
     if writes:
         for opt in KEY_OPTIONS:
             if opt in options:

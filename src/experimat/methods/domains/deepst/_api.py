@@ -24,6 +24,7 @@ from experimat.methods._checks import (
     counts_input,
     get_coordinates,
     get_matrix,
+    option_ranges,
     store_params,
 )
 from experimat.methods._torch import torch_device
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
 #: target sum of the library-size normalisation before log1p
 _TARGET_SUM = 1e4
+
+
+#: sensible values of the options shared by the DeepST methods
+_RANGES = dict(spatial_k="[1, inf)", n_augment_neighbors="[0, inf)", adjacent_weight="[0, inf)", graph_k="[1, inf)")
 
 
 @dataclass
@@ -348,6 +353,7 @@ def _save_model(save_path: Path | None, name: str, net, config: dict) -> DeepSTM
 # public functions
 # ------------------------------------------------------------------------------------------------
 @counts_input("layer")
+@option_ranges(**_RANGES)
 def spatial_detect_domains_deepst(
     adata: AnnData,
     *,
@@ -553,6 +559,7 @@ def spatial_detect_domains_deepst(
 
 @counts_input("layer")
 @renamed_options(result_key="key_added")
+@option_ranges(**_RANGES)
 def integrate_domains_deepst(
     adatas: dict[str, AnnData],
     *,

@@ -14,7 +14,14 @@ from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotEr
 from experimat._logging import logger, progress
 from experimat._optional import import_optional
 from experimat._settings import settings
-from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, is_integer_matrix, store_params
+from experimat.methods._checks import (
+    check_choice,
+    check_positive_int,
+    get_coordinates,
+    is_integer_matrix,
+    option_ranges,
+    store_params,
+)
 from experimat.methods._torch import torch_device
 
 from .. import _consensus
@@ -174,6 +181,7 @@ def _store_extra(info: dict) -> dict:
     return extra
 
 
+@option_ranges(p="(0, 1)", alpha="[0, inf)")
 def spatial_detect_domains_spagcn(
     adata: AnnData,
     *,
@@ -335,6 +343,7 @@ def spatial_detect_domains_spagcn(
 
 
 @renamed_options(result_key="key_added")
+@option_ranges(p="(0, 1)", alpha="[0, inf)")
 def integrate_domains_spagcn(
     adatas: Mapping[str, AnnData],
     *,

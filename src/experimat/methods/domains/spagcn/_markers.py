@@ -11,16 +11,16 @@ import pandas as pd
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._logging import logger
-from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, store_params
+from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, option_ranges, store_params
 
 from ._detect import _expression
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-MARKER_COLUMNS = ("gene", "pct.in", "pct.out", "fc", "q", "log10.q")
+MARKER_COLUMNS = ("gene", "gene_id", "pct.in", "pct.out", "fc", "q", "log10.q")
 #: keys of ``uns[key_added]`` that are not domains
-_RESERVED = ("params", "neighbours")
+_RESERVED = ("params", "neighbours", "skipped")
 _GENE_CHUNK = 2000
 
 
@@ -145,8 +145,79 @@ def _domain_order(labels: np.ndarray, col) -> list[str]:
     return sorted(present, key=lambda s: (len(s), s))
 
 
+def gene_symbols(adata: AnnData, gene_symbols: str = "gene") -> tuple[np.ndarray, np.ndarray]:
+    """``(symbols, ids)`` of the genes: the symbol in ``var[gene_symbols]`` (e.g. after gene-id harmonisation),
+    the id (``var_names``) where a gene has none."""
+    ids = np.asarray(adata.var_names.astype(str), dtype=object)
+    if gene_symbols not in adata.var.columns:
+        return ids.copy(), ids
+    sym = adata.var[gene_symbols].astype("string").fillna("").str.strip().to_numpy(dtype=object)
+    return np.where(sym == "", ids, sym), ids
+
+
+def _empty_table() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=object if c.startswith("gene") else np.float64) for c in MARKER_COLUMNS})
+
+
+def _marker_table(X, in_t: np.ndarray, ref: np.ndarray, symbols, ids, f: dict[str, float]) -> pd.DataFrame:
+    """One domain's test against its reference spots, filtered as SpaGCN does (``f``: the thresholds)."""
+    from scipy.stats import false_discovery_control
+
+    keep = in_t | ref
+    sub = X[np.flatnonzero(keep)]
+    grp = in_t[keep]
+    _, pval = wilcoxon(sub, grp)
+    q = false_discovery_control(np.clip(pval, 0, 1))
+    m_in, f_in = _group_stats(sub, grp)
+    m_out, f_out = _group_stats(sub, ~grp)
+    fc = np.exp(m_in - m_out)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        io_ratio = np.where(f_out > 0, f_in / f_out, np.inf)
+    ok = (q < f["max_q"]) & (io_ratio > f["min_in_out_group_ratio"]) & (f_in > f["min_in_group_fraction"]) & (
+        fc > f["min_fold_change"]
+    )
+    table = pd.DataFrame(
+        {
+            "gene": symbols[ok].astype(str),
+            "gene_id": ids[ok].astype(str),
+            "pct.in": f_in[ok],
+            "pct.out": f_out[ok],
+            "fc": fc[ok],
+            "q": q[ok],
+            "log10.q": -np.log10(np.clip(q[ok], 1e-300, None)),
+        }
+    )
+    return table.sort_values(["pct.in", "q"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _store_markers(adata: AnnData, key_added: str, entry: dict, neighbours_of: dict, skipped: dict) -> None:
+    """Write the domains' tables into ``uns[key_added]``, keeping other domains' tables from an earlier run."""
+    old = adata.uns.get(key_added)
+    old = old if isinstance(old, dict) else {}
+    merged = {k: v for k, v in old.items() if k not in _RESERVED}
+    nbrs = dict(old.get("neighbours", {}))
+    skip = {k: v for k, v in dict(old.get("skipped", {})).items() if k not in entry}
+    merged.update(entry)
+    nbrs.update({k: np.asarray(v, dtype=object).astype(str) for k, v in neighbours_of.items()})
+    skip.update(skipped)
+    adata.uns[key_added] = {**merged, "neighbours": nbrs, "skipped": skip}
+
+
 # --------------------------------------------------------------------------- markers
 @renamed_options(target="target_domain")
+@option_ranges(
+    min_in_group_fraction="[0, 1]",
+    min_in_out_group_ratio="[0, inf)",
+    min_fold_change="[0, inf)",
+    max_q="(0, 1]",
+    min_domain_size="[2, inf)",
+    num_neighbours="[1, inf)",
+    ratio="[0, inf)",
+    radius_quantiles="[0, 1]",
+    num_min="[0, inf)",
+    num_max="[1, inf)",
+    max_run="[1, inf)",
+)
 def spatial_markers_spagcn(
     adata: AnnData,
     *,
@@ -156,6 +227,7 @@ def spatial_markers_spagcn(
     min_in_out_group_ratio: float = 1.0,
     min_fold_change: float = 1.5,
     max_q: float = 0.05,
+    min_domain_size: int = 10,
     num_neighbours: int = 3,
     ratio: float = 0.5,
     radius_quantiles: tuple[float, float] = (0.001, 0.1),
@@ -191,6 +263,12 @@ def spatial_markers_spagcn(
         Minimum fold change.
     max_q
         Maximum adjusted p-value.
+    min_domain_size
+        Fewest spots a target domain, and the neighbouring spots it is compared with, must have. Smaller domains
+        are skipped with a warning (their table is empty and ``uns[key_added]['skipped']`` says why): the rank-sum
+        test's normal approximation is not valid for a handful of spots with many tied zeros (one spot against
+        500 gives q ~ 1e-24 for any gene it expresses alone), while at 10 spots its false-positive rate on
+        Poisson data with 25 % or more non-zero values is at the nominal level (tests/methods/test_spagcn_markers.py).
     num_neighbours
         Most neighbouring domains used as the reference.
     ratio
@@ -207,13 +285,15 @@ def spatial_markers_spagcn(
         ``obsm`` key of the coordinates.
     key_added
         ``uns`` key: ``uns[key_added][domain]`` holds each domain's table as a dict of columns
-        (``gene, pct.in, pct.out, fc, q, log10.q``), ``uns[key_added]['neighbours'][domain]`` its
-        neighbours, ``uns[key_added]['params']`` the parameters.
+        (``gene, gene_id, pct.in, pct.out, fc, q, log10.q``), ``uns[key_added]['neighbours'][domain]`` its
+        neighbours, ``uns[key_added]['skipped'][domain]`` why a domain was not tested,
+        ``uns[key_added]['params']`` the parameters.
 
     Returns
     -------
     DataFrame of the kept markers of all target domains (column ``domain`` first), each domain's
-    genes ordered by in-group fraction (then ``q``). ``log10.q`` is ``-log10(q)`` (positive; larger is more
+    genes ordered by in-group fraction (then ``q``). ``gene`` is the gene symbol (``var['gene']``, the id where a
+    gene has no symbol), ``gene_id`` the ``var_names`` entry. ``log10.q`` is ``-log10(q)`` (positive; larger is more
     significant), as in the exprmat tables and volcano plots.
 
     Examples
@@ -223,7 +303,6 @@ def spatial_markers_spagcn(
     >>> get_markers(adata, group_name="0")  # doctest: +SKIP
     """
     from scipy.spatial import cKDTree
-    from scipy.stats import false_discovery_control
 
     params = dict(locals())
     params.pop("adata")
@@ -239,6 +318,7 @@ def spatial_markers_spagcn(
             if t not in domains:
                 raise KeyNotFoundError(f"domain of obs[{domain_key!r}]", t, domains)
     check_positive_int("num_neighbours", num_neighbours)
+    check_positive_int("min_domain_size", min_domain_size, minimum=2)
     if not (0 <= radius_quantiles[0] < radius_quantiles[1] <= 1):
         raise InvalidInputError(f"radius_quantiles must be increasing quantiles in [0, 1]; got {radius_quantiles}.")
     if num_min > num_max:
@@ -247,9 +327,12 @@ def spatial_markers_spagcn(
     xy = get_coordinates(adata, spatial_key)[:, :2]
     tree = cKDTree(xy)
     lo, hi = _pairwise_quantiles(xy, tuple(radius_quantiles))
-    genes = np.asarray(adata.var_names.astype(str))
+    symbols, ids = gene_symbols(adata)
+    filters = {"max_q": max_q, "min_in_out_group_ratio": min_in_out_group_ratio,
+               "min_in_group_fraction": min_in_group_fraction, "min_fold_change": min_fold_change}
     entry: dict[str, Any] = {}
     neighbours_of: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
     frames = []
     start = logger.info(f"SpaGCN markers: {len(targets)} domain(s) of obs[{domain_key!r}]")
     for t in targets:
@@ -259,52 +342,24 @@ def spatial_markers_spagcn(
         neighbours_of[t] = nbrs
         ref = np.isin(labels, nbrs) if nbrs else ~in_t
         logger.info(f"    domain {t}: radius {radius:.4g}, neighbours {nbrs or 'none (using all other spots)'}")
-        keep = in_t | ref
-        if ref.sum() == 0 or in_t.sum() == 0:
-            table = pd.DataFrame({c: [] for c in MARKER_COLUMNS})
+        n_in, n_ref = int(in_t.sum()), int(ref.sum())
+        if min(n_in, n_ref) < min_domain_size:
+            skipped[t] = (f"{n_in} spots in the domain and {n_ref} in its neighbours {nbrs}; "
+                          f"min_domain_size={min_domain_size}")
+            logger.warning(f"SpaGCN markers: domain {t} skipped ({skipped[t]}); lower min_domain_size to test it")
+            table = _empty_table()
         else:
-            sub = X[np.flatnonzero(keep)]
-            grp = in_t[keep]
-            _, pval = wilcoxon(sub, grp)
-            q = false_discovery_control(np.clip(pval, 0, 1))
-            m_in, f_in = _group_stats(sub, grp)
-            m_out, f_out = _group_stats(sub, ~grp)
-            fc = np.exp(m_in - m_out)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                io_ratio = np.where(f_out > 0, f_in / f_out, np.inf)
-            ok = (
-                (q < max_q)
-                & (io_ratio > min_in_out_group_ratio)
-                & (f_in > min_in_group_fraction)
-                & (fc > min_fold_change)
-            )
-            table = pd.DataFrame(
-                {
-                    "gene": genes[ok],
-                    "pct.in": f_in[ok],
-                    "pct.out": f_out[ok],
-                    "fc": fc[ok],
-                    "q": q[ok],
-                    "log10.q": -np.log10(np.clip(q[ok], 1e-300, None)),
-                }
-            )
-            table = table.sort_values(["pct.in", "q"], ascending=[False, True], kind="stable").reset_index(drop=True)
+            table = _marker_table(X, in_t, ref, symbols, ids, filters)
         logger.info(f"    domain {t}: {len(table)} marker genes")
         entry[t] = {
-            "gene": np.asarray(table["gene"], dtype=object).astype(str),
-            **{c: np.asarray(table[c], dtype=np.float64) for c in MARKER_COLUMNS[1:]},
+            **{c: np.asarray(table[c], dtype=object).astype(str) for c in ("gene", "gene_id")},
+            **{c: np.asarray(table[c], dtype=np.float64) for c in MARKER_COLUMNS[2:]},
         }
         frames.append(table.assign(domain=t))
-    # keep previous domains' tables when only some targets are recomputed
-    old = adata.uns.get(key_added)
-    merged = {k: v for k, v in old.items() if k not in _RESERVED} if isinstance(old, dict) else {}
-    old_nbrs = dict(old.get("neighbours", {})) if isinstance(old, dict) else {}
-    merged.update(entry)
-    old_nbrs.update({k: np.asarray(v, dtype=object).astype(str) for k, v in neighbours_of.items()})
-    adata.uns[key_added] = {**merged, "neighbours": old_nbrs}
+    _store_markers(adata, key_added, entry, neighbours_of, skipped)
     store_params(adata, key_added, params)
     logger.info("SpaGCN markers: done", time=start)
-    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["domain", *MARKER_COLUMNS])
+    result = pd.concat(frames, ignore_index=True) if frames else _empty_table().assign(domain=[])
     return result[["domain", *MARKER_COLUMNS]]
 
 
@@ -323,7 +378,8 @@ def get_markers(adata: AnnData, *, markers_key: str = "spagcn.markers", group_na
 
     Returns
     -------
-    DataFrame with columns ``gene, pct.in, pct.out, fc, q, log10.q``.
+    DataFrame with columns ``gene`` (symbol), ``gene_id``, ``pct.in, pct.out, fc, q, log10.q``; empty, with a
+    warning, for a domain skipped as smaller than ``min_domain_size``.
 
     Examples
     --------
@@ -333,22 +389,84 @@ def get_markers(adata: AnnData, *, markers_key: str = "spagcn.markers", group_na
     if not isinstance(entry, dict):
         raise MissingSlotError(
             f"uns[{markers_key!r}] not found; run spatial_markers_spagcn(adata, domain_key=..., key_added={markers_key!r}) "
-            "first "
-            f"(uns keys: {list(adata.uns.keys())})."
+            f"first (uns keys: {list(adata.uns.keys())})."
         )
     groups = [k for k in entry if k not in _RESERVED]
     key = str(group_name)
     if key not in groups:
         raise KeyNotFoundError(f"group of uns[{markers_key!r}]", group_name, groups)
-    table = entry[key]
+    reason = dict(entry.get("skipped", {})).get(key)
+    if reason is not None:
+        logger.warning(f"domain {key} was not tested ({reason}); its marker table is empty")
+    table = dict(entry[key])
+    if "gene_id" not in table:  # tables written before gene symbols were added: the ids were in `gene`
+        table["gene_id"] = table["gene"]
     return pd.DataFrame({c: np.asarray(table[c]) for c in MARKER_COLUMNS}).astype(
-        {"gene": str, **{c: float for c in MARKER_COLUMNS[1:]}}
+        {"gene": str, "gene_id": str, **{c: float for c in MARKER_COLUMNS[2:]}}
     )
 
 
 # --------------------------------------------------------------------------- metagene
 def _column(X, j: int) -> np.ndarray:
     return _dense(X[:, [j]]).ravel()
+
+
+def _separation(meta: np.ndarray, in_t: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """SpaGCN's two measures of a score: the spots selected (target spots and the others scoring above the
+    target's mean), how many of them are outside the target, and the target's mean minus the others' mean."""
+    sel = (meta > meta[in_t].mean()) | in_t
+    return sel, int((sel & ~in_t).sum()), float(meta[in_t].mean() - meta[~in_t].mean())
+
+
+def _next_pair(X, sel: np.ndarray, in_t: np.ndarray, used: set[int]) -> tuple[int, int] | None:
+    """The gene most up in the target among the selected spots and the gene most up outside it (rank-sum
+    z-scores), neither already in the formula; None when no unused gene is up on each side."""
+    z, _ = wilcoxon(X[np.flatnonzero(sel)], in_t[sel])
+    taken = np.zeros(z.size, dtype=bool)
+    taken[list(used)] = True
+    up = np.where(taken | ~(z > 0), -np.inf, z)
+    down = np.where(taken | ~(z < 0), np.inf, z)
+    add, sub = int(np.argmax(up)), int(np.argmin(down))
+    if not np.isfinite(up[add]) or not np.isfinite(down[sub]):
+        return None
+    return add, sub
+
+
+def _search_metagene(X, in_t: np.ndarray, start: int, max_iter: int, early_stop: bool, symbols) -> dict[str, Any]:
+    """The add/subtract search of SpaGCN's find_meta_gene; each gene enters the formula at most once and a
+    step is judged on the candidate score itself (fewer or as many non-target spots above the target's mean,
+    a larger or equal mean difference)."""
+    meta = _column(X, start)
+    sel, n_out, diff = _separation(meta, in_t)
+    added: list[int] = []
+    subtracted: list[int] = []
+    stop = f"max_iter={max_iter} steps done"
+    for step in range(1, max_iter + 1):
+        if n_out < 5 or int(in_t.sum()) < 5:
+            stop = f"step {step}: {n_out} non-target spots score above the domain's mean (fewer than 5)"
+            break
+        pair = _next_pair(X, sel, in_t, {start, *added, *subtracted})
+        if pair is None:
+            stop = f"step {step}: no unused gene is up in the domain and another up outside it"
+            break
+        add, sub = pair
+        cur = meta + _column(X, add) - _column(X, sub)
+        cur = cur - cur.min()
+        sel_cur, n_cur, diff_cur = _separation(cur, in_t)
+        if early_stop and not (n_cur <= n_out and diff_cur >= diff):
+            stop = (f"step {step}: +{symbols[add]} -{symbols[sub]} does not improve (non-target spots {n_cur} vs "
+                    f"{n_out}, mean difference {diff_cur:.4g} vs {diff:.4g})")
+            break
+        meta, sel, n_out, diff = cur, sel_cur, n_cur, diff_cur
+        added.append(add)
+        subtracted.append(sub)
+        logger.info(f"    step {step}: +{symbols[add]} -{symbols[sub]}; non-target spots {n_out}, mean difference {diff:.4g}")
+    logger.info(f"    stopped: {stop}")
+    return {"score": meta, "added": added, "subtracted": subtracted, "stop": stop, "n_non_target": n_out, "mean_diff": diff}
+
+
+def _formula(names, start: int, added: list[int], subtracted: list[int]) -> str:
+    return str(names[start]) + "".join(f"+{names[a]}-{names[s]}" for a, s in zip(added, subtracted, strict=True))
 
 
 @renamed_options(target_cluster="target_domain", key_svg="markers_key")
@@ -369,9 +487,10 @@ def spatial_metagene(
     Starting from a marker gene (the first of ``get_markers(adata, markers_key=markers_key, group_name=target_domain)``
     or ``start_gene``), each step takes the spots of the target domain and the other spots whose
     metagene exceeds the target's mean, adds the gene most up in the target and subtracts the gene most
-    up outside it (Wilcoxon z-scores), and shifts the score to a minimum of 0. With ``early_stop``, it
-    stops when a step does not both keep fewer non-target spots selected and raise the target's mean
-    difference.
+    up outside it (Wilcoxon z-scores; a gene already in the formula is not taken again), and shifts the
+    score to a minimum of 0. With ``early_stop``, a step is kept only when the new score has no more
+    non-target spots above the target's mean and a target-minus-rest mean difference at least as large as
+    the current score's; the search also stops when fewer than 5 non-target spots remain above that mean.
 
     Parameters
     ----------
@@ -385,7 +504,7 @@ def spatial_metagene(
         ``uns`` key of the markers from :func:`spatial_markers_spagcn` (for the start gene). Deprecated alias:
         ``key_svg=``.
     start_gene
-        Start from this gene instead of the top marker.
+        Start from this gene (symbol or id) instead of the top marker.
     max_iter
         Maximum add/subtract steps.
     early_stop
@@ -394,18 +513,21 @@ def spatial_metagene(
         Log-normalised expression (``None``: ``adata.X``).
     key_added
         ``obs`` column of the score (default ``"metagene.<target_domain>"``); ``uns[key_added]`` holds
-        the formula, the genes added and subtracted, and the parameters.
+        the formula (symbols and ids), the genes added and subtracted, why the search stopped, and the parameters.
 
     Returns
     -------
-    dict with ``name`` (formula such as ``"g1+g7-g3"``), ``added``, ``subtracted`` (gene lists) and
-    ``score`` (Series over spots).
+    dict with ``name`` (formula in gene symbols such as ``"Pcp4+Nrgn-Mbp"``), ``name_ids`` (the same in
+    ``var_names``), ``start_gene``, ``added``, ``subtracted`` (symbols), ``start_gene_id``, ``added_ids``,
+    ``subtracted_ids``, ``stop`` (why the search ended) and ``score`` (Series over spots).
 
     Examples
     --------
     >>> res = spatial_metagene(adata, domain_key="spagcn.refined", target_domain="2")  # doctest: +SKIP
     >>> adata.obs["metagene.2"]  # doctest: +SKIP
     """
+    from experimat.methods._checks import resolve_genes
+
     params = dict(locals())
     params.pop("adata")
     target = str(target_domain)
@@ -417,56 +539,30 @@ def spatial_metagene(
     check_positive_int("max_iter", max_iter)
     key_added = key_added or f"metagene.{target}"
     X = _expression(adata, layer)
-    genes = np.asarray(adata.var_names.astype(str))
+    symbols, ids = gene_symbols(adata)
     if start_gene is None:
         table = get_markers(adata, markers_key=markers_key, group_name=target)
         if table.empty:
             raise InvalidInputError(
                 f"domain {target!r} has no marker in uns[{markers_key!r}]; relax the marker filters or pass start_gene=."
             )
-        start_gene = str(table["gene"].iloc[0])
-    from experimat.methods._checks import resolve_genes
-
-    start_gene = resolve_genes(adata, start_gene)[0]
-    in_t = labels == target
-    meta = _column(X, int(np.flatnonzero(genes == start_gene)[0]))
-    name, added, subtracted = start_gene, [], []
-    num_non_target = adata.n_obs
-    mean_diff = 0.0
-    start = logger.info(f"SpaGCN metagene for domain {target}, starting from {start_gene}")
-    for step in range(max_iter):
-        sel = (meta > meta[in_t].mean()) | in_t
-        grp = in_t[sel]
-        n_out = int((~grp).sum())
-        if n_out < 5 or grp.sum() < 5:
-            logger.info(f"    step {step + 1}: fewer than 5 spots on one side; stopping")
-            break
-        z, _ = wilcoxon(X[np.flatnonzero(sel)], grp)
-        add_g, sub_g = genes[int(np.argmax(z))], genes[int(np.argmin(z))]
-        cur = meta + _column(X, int(np.argmax(z))) - _column(X, int(np.argmin(z)))
-        cur = cur - cur.min()
-        diff_cur = float(cur[in_t].mean() - cur[~in_t].mean())
-        if early_stop and not (num_non_target >= n_out and mean_diff <= diff_cur):
-            logger.info(
-                f"    step {step + 1}: +{add_g} -{sub_g} does not improve (non-target spots {n_out} vs "
-                f"{num_non_target}, mean difference {diff_cur:.4g} vs {mean_diff:.4g}); stopping"
-            )
-            break
-        num_non_target, mean_diff = n_out, diff_cur
-        meta = cur
-        name = f"{name}+{add_g}-{sub_g}"
-        added.append(add_g)
-        subtracted.append(sub_g)
-        logger.info(f"    step {step + 1}: +{add_g} -{sub_g}; non-target spots {n_out}, mean difference {diff_cur:.4g}")
-    adata.obs[key_added] = meta
-    store_params(
-        adata,
-        key_added,
-        params,
-        name=name,
-        start_gene=start_gene,
-        added=np.asarray(added, dtype=object).astype(str),
-        subtracted=np.asarray(subtracted, dtype=object).astype(str),
-    )
-    logger.info(f"SpaGCN metagene: {name}", time=start)
-    return {"name": name, "added": added, "subtracted": subtracted, "score": adata.obs[key_added].copy()}
+        start_gene = str(table["gene_id"].iloc[0])
+    start = int(adata.var_names.get_loc(resolve_genes(adata, start_gene)[0]))
+    t0 = logger.info(f"SpaGCN metagene for domain {target}, starting from {symbols[start]}")
+    found = _search_metagene(X, labels == target, start, max_iter, early_stop, symbols)
+    names = {
+        "name": _formula(symbols, start, found["added"], found["subtracted"]),
+        "name_ids": _formula(ids, start, found["added"], found["subtracted"]),
+        "start_gene": str(symbols[start]),
+        "start_gene_id": str(ids[start]),
+        "added": [str(symbols[g]) for g in found["added"]],
+        "added_ids": [str(ids[g]) for g in found["added"]],
+        "subtracted": [str(symbols[g]) for g in found["subtracted"]],
+        "subtracted_ids": [str(ids[g]) for g in found["subtracted"]],
+        "stop": found["stop"],
+    }
+    adata.obs[key_added] = found["score"]
+    stored = {k: (np.asarray(v, dtype=object).astype(str) if isinstance(v, list) else v) for k, v in names.items()}
+    store_params(adata, key_added, params, **stored)
+    logger.info(f"SpaGCN metagene: {names['name']}", time=t0)
+    return {**names, "score": adata.obs[key_added].copy()}
