@@ -69,6 +69,14 @@ def project(tmp_path, template):
 
 
 # -- the table ------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _no_deprecated_names():
+    """The calls here use current option and method names: a deprecated one fails the test."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*(is deprecated|deprecated alias)", category=FutureWarning)
+        yield
+
+
 #: options a method needs to get as far as its input checks (required options, a reference)
 def _base_options(name: str, var_names) -> dict:
     signatures = pd.DataFrame(np.ones((len(var_names), 2)), index=list(var_names), columns=["A", "B"])
@@ -109,7 +117,8 @@ def _simple_option(spec):
 
 
 #: options that name an existing slot a method reads
-_READ_KEYS = ("key", "labels_key", "domain_key", "use_rep", "key_svg", "slot", "basis", "spatial_key")
+_READ_KEYS = ("abundance_key", "destvi_key", "nmf_key", "de_key", "model_key", "cell2location_key", "svg_key",
+              "patterns_key", "locat_key", "labels_key", "domain_key", "obsm_key", "markers_key", "basis", "spatial_key")
 
 
 def _key_option(spec):

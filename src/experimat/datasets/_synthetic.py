@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InvalidInputError
+from .._keys import Key
 
 #: Visium centre-to-centre spot distance in full-resolution pixels (typical) and spot diameter
 VISIUM_PITCH_PX = 138.0
@@ -111,11 +112,11 @@ def synthetic_domains(
     var = pd.DataFrame({"marker_of": marker_of}, index=[f"gene{i}" for i in range(n_genes)])
     adata = ad.AnnData(counts, obs=obs, var=var)
     adata.layers["counts"] = counts.copy()
-    adata.obsm["spatial"] = xy
-    adata.uns["spatial"] = _spatial_uns(sample, xy, rng, with_image)
+    adata.obsm[Key.SPATIAL] = xy
+    adata.uns[Key.SPATIAL] = _spatial_uns(sample, xy, rng, with_image)
     if with_image:
-        img = adata.uns["spatial"][sample]["images"]["hires"]
-        s = adata.uns["spatial"][sample]["scalefactors"]["tissue_hires_scalef"]
+        img = adata.uns[Key.SPATIAL][sample]["images"]["hires"]
+        s = adata.uns[Key.SPATIAL][sample]["scalefactors"]["tissue_hires_scalef"]
         palette = rng.random((n_domains, 3)).astype(np.float32)
         r = int(VISIUM_SPOT_DIAMETER_PX * s / 2) + 1
         for (x, y), k in zip(xy * s, domain, strict=True):
@@ -195,8 +196,8 @@ def synthetic_svg(
         var["base_mean"] = base * depth
     adata = ad.AnnData(counts, obs=obs, var=var)
     adata.layers["counts"] = counts.copy()
-    adata.obsm["spatial"] = xy
-    adata.uns["spatial"] = _spatial_uns(sample, xy, rng, with_image=False)
+    adata.obsm[Key.SPATIAL] = xy
+    adata.uns[Key.SPATIAL] = _spatial_uns(sample, xy, rng, with_image=False)
     return adata
 
 
@@ -263,7 +264,7 @@ def pseudo_spots(
     )
     spots = ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=adata_sc.var_names.copy()))
     spots.layers["counts"] = spots.X.copy()
-    spots.obsm["spatial"] = xy
+    spots.obsm[Key.SPATIAL] = xy
     spots.obsm["true_counts"] = pd.DataFrame(true, index=obs.index, columns=types)
     spots.obsm["true_proportions"] = pd.DataFrame(true / true.sum(1, keepdims=True), index=obs.index, columns=types)
     return spots

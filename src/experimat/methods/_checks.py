@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._errors import InvalidInputError, KeyNotFoundError, MissingSlotError, NotCountsError
+from .._keys import Key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -58,7 +59,7 @@ def get_obsm(adata: AnnData, key: str, *, min_dims: int = 1) -> np.ndarray:
     """``adata.obsm[key]`` as a dense float array; the error lists the available keys."""
     if key not in adata.obsm:
         hint = ""
-        if key == "spatial":
+        if key == Key.SPATIAL:
             hint = " Spot coordinates are read into obsm['spatial'] by em.io readers."
         raise MissingSlotError(
             f"obsm key {key!r} not found; available obsm keys: {list(adata.obsm.keys())}.{hint}"
@@ -70,7 +71,7 @@ def get_obsm(adata: AnnData, key: str, *, min_dims: int = 1) -> np.ndarray:
     return arr
 
 
-def get_coordinates(adata: AnnData, spatial_key: str = "spatial", *, min_obs: int = 1) -> np.ndarray:
+def get_coordinates(adata: AnnData, spatial_key: str = Key.SPATIAL, *, min_obs: int = 1) -> np.ndarray:
     """Spatial coordinates as float64 ``(n_obs, 2)`` (or 3); NaN/inf rejected."""
     xy = get_obsm(adata, spatial_key, min_dims=2).astype(np.float64, copy=False)
     bad = ~np.isfinite(xy).all(axis=1)

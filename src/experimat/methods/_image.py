@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 from experimat._logging import logger
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ _FALLBACK = {"hires": "lowres"}
 
 def spatial_library(adata: AnnData, library_id: str | None = None, *, sample: str | None = None) -> tuple[str, dict]:
     """``(library_id, uns['spatial'][library_id])``; ``sample`` is tried when ``library_id`` is None."""
-    spatial = adata.uns.get("spatial")
+    spatial = adata.uns.get(Key.SPATIAL)
     if not isinstance(spatial, Mapping) or not spatial:
         raise MissingSlotError(
             "adata.uns['spatial'] is missing or empty, so there is no image or scale factor; read the sample with "

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._compat import renamed_options
 from .._errors import InvalidInputError
+from .._keys import Key
 from ._checks import (
     check_counts,
     check_positive_int,
@@ -160,11 +162,28 @@ def pca(
                  variance_ratio=ratio, genes=np.asarray(adata.var_names[genes]).astype(str))
 
 
+@renamed_options(use_rep="obsm_key")
 def neighbors_umap(
-    adata: AnnData, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None, seed: int | None = None,
+    adata: AnnData, *, obsm_key: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None, seed: int | None = None,
     key_added: str = "X_umap",
 ) -> None:
     """k-nearest-neighbour graph (``obsp['connectivities']``/``['distances']``) and UMAP (``obsm[key_added]``).
+
+    Parameters
+    ----------
+    adata
+        AnnData with the representation in ``obsm[obsm_key]``.
+    obsm_key
+        ``obsm`` key of the representation the neighbours are searched in (e.g. ``"X_pca"`` from
+        ``pca``). Deprecated alias: ``use_rep=``.
+    n_neighbors
+        Neighbours per cell or spot.
+    n_pcs
+        Leading columns of the representation used (``None``: all).
+    seed
+        Seed of UMAP (``None``: ``em.settings.seed``).
+    key_added
+        ``obsm`` key of the UMAP coordinates.
 
     Examples
     --------
@@ -174,18 +193,18 @@ def neighbors_umap(
 
     from .._settings import settings
 
-    if use_rep not in adata.obsm:
-        raise InvalidInputError(f"obsm[{use_rep!r}] not found (available: {list(adata.obsm)}); run pca first.")
+    if obsm_key not in adata.obsm:
+        raise InvalidInputError(f"obsm[{obsm_key!r}] not found (available: {list(adata.obsm)}); run pca first.")
     rs = settings.seed if seed is None else seed
-    sc.pp.neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, n_pcs=n_pcs, random_state=rs)
+    sc.pp.neighbors(adata, use_rep=obsm_key, n_neighbors=n_neighbors, n_pcs=n_pcs, random_state=rs)
     sc.tl.umap(adata, random_state=rs)
     if key_added != "X_umap":
         adata.obsm[key_added] = adata.obsm.pop("X_umap")
-    store_params(adata, key_added, {"use_rep": use_rep, "n_neighbors": n_neighbors, "n_pcs": n_pcs, "seed": rs})
+    store_params(adata, key_added, {"obsm_key": obsm_key, "n_neighbors": n_neighbors, "n_pcs": n_pcs, "seed": rs})
 
 
 def spatial_smooth(
-    adata: AnnData, *, layer: str | None = "lognorm", spatial_key: str = "spatial", n_neighbors: int = 6, alpha: float = 0.5,
+    adata: AnnData, *, layer: str | None = "lognorm", spatial_key: str = Key.SPATIAL, n_neighbors: int = 6, alpha: float = 0.5,
     n_iter: int = 1, key_added: str = "smoothed",
 ) -> Any:
     """Denoise expression by diffusion over the spatial k-nearest-neighbour graph.

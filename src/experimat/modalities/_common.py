@@ -33,7 +33,7 @@ register_method(pp.pca, modalities=ALL, reads=("layers/{layer}",), writes=("obsm
 WHOLE_SAMPLE = ("X", "obs/*", "var/*", "obsm/*", "varm/*", "obsp/*", "layers/*")
 register_method(pp.filter_cells, modalities=ALL, reads=("layers/{layer}",), writes=(*WHOLE_SAMPLE, "uns/{key_added}"))
 register_method(pp.filter_genes, modalities=ALL, reads=("layers/{layer}",), writes=(*WHOLE_SAMPLE, "uns/{key_added}"))
-register_method(pp.neighbors_umap, modalities=ALL, reads=("obsm/{use_rep}",), writes=("obsm/{key_added}", "obsp/connectivities", "obsp/distances", "uns/{key_added}", "uns/neighbors", "uns/umap"))
+register_method(pp.neighbors_umap, modalities=ALL, reads=("obsm/{obsm_key}",), writes=("obsm/{key_added}", "obsp/connectivities", "obsp/distances", "uns/{key_added}", "uns/neighbors", "uns/umap"))
 
 # figures (read-only)
 register_method(pl.plot_embedding, modalities=ALL, kind="view")

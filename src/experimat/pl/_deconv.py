@@ -17,6 +17,7 @@ import pandas as pd
 
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 
 from ._utils import as_adata_dict, check_figsize, new_figure, style_context
 
@@ -374,7 +375,7 @@ def plot_gamma_space(
     *,
     ct: str,
     destvi_key: str = "destvi",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     size: float = 12.0,
     cmap: str = "coolwarm",
     figsize: tuple[float, float] | None = None,

@@ -14,6 +14,7 @@ import pandas as pd
 
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 from experimat.methods._checks import check_positive_int
 
 from ._render import Panel, embedding_options, grid_layout, is_spatial_basis, render
@@ -73,7 +74,7 @@ def plot_patterns(
     patterns_key: str = "aeh",
     *,
     channels: str | Sequence[str] | None = None,
-    basis: str = "spatial",
+    basis: str = Key.SPATIAL,
     cmap: str = "viridis",
     vmin: float | str | None = None,
     vmax: float | str | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 from experimat.methods._checks import get_coordinates, get_obsm
 from experimat.methods._image import parse_channels, resolve_image, select_channels, spatial_library
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 #: options of ``plot_embeddings`` with their defaults
 EMBEDDING_DEFAULTS: dict[str, Any] = {
     "visible": True,
-    "basis": "spatial",
+    "basis": Key.SPATIAL,
     "color": None,
     "ptsize": None,
     "cmap": "viridis",
@@ -82,7 +83,7 @@ class Panel:
 
 
 def is_spatial_basis(basis: str) -> bool:
-    return basis == "spatial" or basis.startswith("spatial")
+    return basis == Key.SPATIAL or basis.startswith(Key.SPATIAL)
 
 
 def _basis_coordinates(adata: AnnData, basis: str) -> np.ndarray:
@@ -113,7 +114,7 @@ def check_range(value: Any, name: str) -> tuple[float, float] | None:
 
 
 def _spot_diameter(adata: AnnData, sample: str, library_id: str | None) -> float | None:
-    spatial = adata.uns.get("spatial")
+    spatial = adata.uns.get(Key.SPATIAL)
     if not isinstance(spatial, Mapping) or not spatial:
         return None
     try:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 from experimat.methods._checks import get_matrix, resolve_genes
 from experimat.pl._style import STYLE
 
@@ -92,7 +93,7 @@ def as_adata_dict(adatas: Any, *, what: str = "adatas", split_samples: bool = Fa
     from anndata import AnnData
 
     if isinstance(adatas, AnnData):
-        spatial = adatas.uns.get("spatial")
+        spatial = adatas.uns.get(Key.SPATIAL)
         name = next(iter(spatial)) if isinstance(spatial, Mapping) and len(spatial) == 1 else ""
         return {str(name): adatas}
     if isinstance(adatas, Mapping):

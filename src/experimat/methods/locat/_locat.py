@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from experimat._errors import InvalidInputError
+from experimat._keys import Key
 from experimat._logging import logger
 from experimat._optional import import_optional, jax_device
 from experimat._settings import settings
@@ -99,7 +100,7 @@ COLUMNS: tuple[str, ...] = (
     "is_joint_sig",
 )
 
-_EMBEDDING_ALIASES = {"pca": "X_pca", "umap": "X_umap", "tsne": "X_tsne", "spatial": "spatial"}
+_EMBEDDING_ALIASES = {"pca": "X_pca", "umap": "X_umap", "tsne": "X_tsne", Key.SPATIAL: Key.SPATIAL}
 _MIN_CELLS = 3
 #: var columns that may hold gene symbols, in order of preference
 _SYMBOL_COLUMNS = ("gene", "gene_symbol", "gene_symbols", "symbol", "gene_name", "feature_name")

@@ -15,6 +15,7 @@ from functools import cache
 import numpy as np
 
 from experimat._errors import InvalidInputError, MissingSlotError
+from experimat._keys import Key
 from experimat.methods._checks import counts_input
 
 _DEFAULT_KEYS = ("spatialde", "spatialde_gp", "moran")
@@ -102,7 +103,7 @@ def spatial_patterns(
     n_patterns: int = 5,
     lengthscale: float | None = None,
     layer: str | None = "counts",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     normalize: str = "anscombe",
     n_iter: int = 500,
     alpha0: float = 1.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from experimat._keys import Key
 from experimat.methods._checks import counts_input
 
 from ._gp_fit import anscombe_phi, const_ll, fit_kernel, scan_kernels, to_device
@@ -75,7 +76,7 @@ def spatial_svg_gp(
     adata,
     *,
     layer: str | None = "counts",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     genes: str | list[str] | None = None,
     normalize: str = "anscombe",
     kernel_space: dict | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import sparse, special
 
 from experimat._errors import InvalidInputError
+from experimat._keys import Key
 from experimat.methods._graph import lattice_graph, nn_distance, row_normalize, spatial_graph
 
 #: blocks that the coarsest automatic scale keeps at least (fewer blocks: little left to compare)
@@ -344,7 +345,7 @@ def spatial_svg_moran(
     adata,
     *,
     layer: str | None = None,
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     neighbors: str = "auto",
     n_neighbors: int = 6,
     transformation: str = "r",

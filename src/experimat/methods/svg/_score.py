@@ -25,6 +25,7 @@ import numpy as np
 
 from experimat._compat import deprecated_alias
 from experimat._errors import InvalidInputError
+from experimat._keys import Key
 from experimat.methods._checks import counts_input
 
 _NB_ITER = 4
@@ -187,7 +188,7 @@ def spatial_svg_score(
     adata,
     *,
     layer: str | None = "counts",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     kernel_space: dict | None = None,
     sizefactors=None,
     obs_dist: str = "negative_binomial",

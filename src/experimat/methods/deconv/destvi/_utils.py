@@ -11,6 +11,7 @@ import pandas as pd
 
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 from experimat._settings import settings
 from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, get_matrix
 from experimat.methods._graph import knn_graph
@@ -63,7 +64,7 @@ def automatic_proportion_threshold(
     *,
     kind: str = "primary",
     destvi_key: str = "destvi",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     n_neighbors: int = 10,
     n_quantiles: int = 100,
     smoothing: float = 0.1,
@@ -185,7 +186,7 @@ def explore_gamma_space(
     n_components: int = 2,
     n_genes: int = 20,
     destvi_key: str = "destvi",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Spatial PCA of the states ``gamma`` of one cell type, with the genes that load each axis.

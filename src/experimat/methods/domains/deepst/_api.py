@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError
+from experimat._keys import Key
 from experimat._logging import logger, progress
 from experimat._optional import import_optional
 from experimat._settings import settings
@@ -148,7 +149,7 @@ def spot_image_features(
     *,
     image_key: str = "hires",
     library_id: str | None = None,
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     weights_path: str | os.PathLike | None = None,
     n_components: int | None = 50,
     save_path: str | os.PathLike | None = None,
@@ -369,7 +370,7 @@ def spatial_detect_domains_deepst(
     weights_path: str | os.PathLike | None = None,
     key_added: str = "deepst",
     library_id: str | None = None,
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     n_top_genes: int | None = 3000,
     n_pcs: int = 200,
     spatial_k: int = 30,
@@ -575,7 +576,7 @@ def integrate_domains_deepst(
     seed: int | None = None,
     weights_path: str | os.PathLike | None = None,
     key_added: str = "deepst.integrated",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     n_top_genes: int | None = 3000,
     n_pcs: int = 200,
     spatial_k: int = 30,

@@ -11,6 +11,7 @@ import pandas as pd
 
 from experimat._compat import renamed_options
 from experimat._errors import ExperimatWarning, InvalidInputError, MissingSlotError
+from experimat._keys import Key
 from experimat._logging import logger, progress
 from experimat._optional import import_optional
 from experimat._settings import settings
@@ -201,7 +202,7 @@ def spatial_detect_domains_spagcn(
     tol: float = 5e-3,
     stable: bool = True,
     n_runs: int = 3,
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     library_id: str | None = None,
     seed: int | None = None,
     use_gpu: bool = True,
@@ -366,7 +367,7 @@ def integrate_domains_spagcn(
     tol: float = 5e-3,
     stable: bool = True,
     n_runs: int = 3,
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     seed: int | None = 100,
     use_gpu: bool = True,
 ) -> dict[str, pd.DataFrame]:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
+from experimat._keys import Key
 from experimat._logging import logger
 from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, option_ranges, store_params
 
@@ -235,7 +236,7 @@ def spatial_markers_spagcn(
     num_max: int = 14,
     max_run: int = 100,
     layer: str | None = "lognorm",
-    spatial_key: str = "spatial",
+    spatial_key: str = Key.SPATIAL,
     key_added: str = "spagcn.markers",
 ) -> pd.DataFrame:
     """Marker genes of spatial domains against their neighbouring domains (SpaGCN's SVG detection).
@@ -501,8 +502,8 @@ def spatial_metagene(
     target_domain
         Domain to sharpen. Deprecated alias: ``target_cluster=``.
     markers_key
-        ``uns`` key of the markers from :func:`spatial_markers_spagcn` (for the start gene). Deprecated alias:
-        ``key_svg=``.
+        ``uns`` key of the markers from :func:`spatial_markers_spagcn` (for the start gene).
+        Deprecated alias: ``key_svg=``.
     start_gene
         Start from this gene (symbol or id) instead of the top marker.
     max_iter
