@@ -19,12 +19,14 @@ specifications:
 - CosMx SMI: NanoString, "CosMx SMI Data Format" / AtoMx flat-file export
   (``<run>_exprMat_file.csv`` with ``fov, cell_ID`` and one column per target incl.
   ``NegPrb*``; ``<run>_metadata_file.csv`` with ``CenterX/Y_local_px``, ``CenterX/Y_global_px``;
-  ``<run>_fov_positions_file.csv`` with ``fov, x_global_px, y_global_px``), as read by
+  ``<run>_fov_positions_file.csv`` with ``fov, x_global_px, y_global_px``; the per-FOV
+  ``CellComposite/CellComposite_F<fov:03>.jpg`` images of 4256 x 4256 px), as read by
   squidpy.read.nanostring and spatialdata-io's cosmx reader.
 - MERSCOPE: Vizgen, "MERSCOPE Output Data Specifications" (``cell_by_gene.csv`` with ``cell``
   then genes and ``Blank-*``; ``cell_metadata.csv`` with ``fov, volume, center_x, center_y,
-  min_x, max_x, min_y, max_y`` in µm; ``images/micron_to_mosaic_pixel_transform.csv``), as read
-  by squidpy.read.vizgen and spatialdata-io's merscope reader.
+  min_x, max_x, min_y, max_y`` in µm; ``images/micron_to_mosaic_pixel_transform.csv`` and the
+  mosaics ``images/mosaic_<stain>_z<z>.tif``, here DAPI and PolyT at z 3, tiled uint16 TIFFs in the
+  mosaic pixel frame), as read by squidpy.read.vizgen and spatialdata-io's merscope reader.
 """
 
 from __future__ import annotations
@@ -206,8 +208,34 @@ def cosmx() -> None:
                          "Width": 60, "Height": 55, "Mean.MembraneStain": int(RNG.integers(1000, 5000)),
                          "Max.MembraneStain": int(RNG.integers(5000, 20000))})
         expr.append([fov, 0, *RNG.poisson(2.0, len(targets))])  # transcripts outside cells
+        fov_image(out / "CellComposite" / f"CellComposite_F{fov:03d}.jpg", lx, ly)
     pd.DataFrame(expr, columns=["fov", "cell_ID", *targets]).to_csv(out / f"{run}_exprMat_file.csv.gz", index=False)
     pd.DataFrame(meta).to_csv(out / f"{run}_metadata_file.csv.gz", index=False)
+
+
+def fov_image(path: Path, lx: np.ndarray, ly: np.ndarray, size: int = 4256) -> None:
+    """A CosMx ``CellComposite`` FOV image (4256 x 4256 px, JPEG): the cells as bright discs at their local
+    pixels (column = ``CenterX_local_px``, row = ``CenterY_local_px``) on a dark blue background."""
+    small = np.zeros((size // 8, size // 8, 3), dtype=np.uint8)
+    small[...] = (10, 10, 60)
+    yy, xx = np.mgrid[0:size // 8, 0:size // 8] * 8
+    for x, y in zip(lx, ly):
+        small[(xx - x) ** 2 + (yy - y) ** 2 < 60**2] = (240, 220, 200)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.repeat(np.repeat(small, 8, axis=0), 8, axis=1)).save(path, quality=30, optimize=True)
+
+
+def mosaic(path: Path, m: np.ndarray, cx: np.ndarray, cy: np.ndarray, shape: tuple[int, int], level: int) -> None:
+    """A MERSCOPE ``mosaic_<stain>_z<z>.tif`` (uint16, tiled, zlib): the cells as discs of ``level`` at their
+    centres mapped through the micron-to-mosaic transform ``m``."""
+    import tifffile
+
+    h, w = shape
+    small = np.full((h // 4, w // 4), 300, dtype=np.uint16)
+    yy, xx = np.mgrid[0:h // 4, 0:w // 4] * 4
+    for x, y in zip(m[0, 0] * cx + m[0, 2], m[1, 1] * cy + m[1, 2]):
+        small[(xx - x) ** 2 + (yy - y) ** 2 < 40**2] = level
+    tifffile.imwrite(path, np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)[:h, :w], tile=(512, 512), compression="zlib")
 
 
 # -- MERSCOPE --------------------------------------------------------------------------------------
@@ -228,6 +256,8 @@ def merscope() -> None:
     meta.to_csv(out / "cell_metadata.csv")
     m = np.array([[9.2057, 0, -8500.3], [0, 9.2057, -17800.7], [0, 0, 1]])
     np.savetxt(out / "images" / "micron_to_mosaic_pixel_transform.csv", m, fmt="%.6f", delimiter=" ")
+    mosaic(out / "images" / "mosaic_DAPI_z3.tif", m, cx, cy, (4500, 5600), 20000)
+    mosaic(out / "images" / "mosaic_PolyT_z3.tif", m, cx[: n // 2], cy[: n // 2], (4500, 5600), 9000)
 
 
 if __name__ == "__main__":

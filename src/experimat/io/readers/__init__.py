@@ -151,9 +151,9 @@ def read(
     if fmt == "xenium":
         return call(read_xenium)
     if fmt == "cosmx":
-        return call(read_cosmx, images=False)
+        return call(read_cosmx)
     if fmt == "merscope":
-        return call(read_merscope, images=False)
+        return call(read_merscope)
     if fmt == "spaceranger":
         return call(read_spaceranger)
     if fmt == "10x_mtx":

@@ -73,6 +73,8 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(img)
     sample = img.ravel()[:: max(1, img.size // 1_000_000)].astype(np.float64)
     lo, hi = np.percentile(sample, [0.5, 99.5]) if sample.size else (0.0, 1.0)
+    if hi <= lo and sample.size:  # a few bright objects on a flat background: use the whole range
+        lo, hi = float(sample.min()), float(np.max(img))
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     return np.clip((img.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
 

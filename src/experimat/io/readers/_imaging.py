@@ -164,6 +164,7 @@ def read_cosmx(
     counts_file: PathLike | None = None,
     metadata_file: PathLike | None = None,
     fov_file: PathLike | None = None,
+    load_images: bool = True,
 ) -> AnnData:
     """Read a CosMx SMI flat-file export (AtoMx) -> modality ``spatial-cell``.
 
@@ -178,6 +179,12 @@ def read_cosmx(
     ``obsm['spatial.fov']`` keeps the local (within-FOV) coordinates; ``obs['fov']`` the FOV.
     Negative probes (``NegPrb*``), ``SystemControl*`` and ``FalseCode*`` targets go to
     ``obsm['controls']``. The counts matrix is read in chunks (no dense copy of the whole file).
+
+    With ``load_images``, the per-FOV images of the folder — ``CellComposite/*_F<fov>.jpg`` (the
+    colour composites), else ``Morphology2D/*_F<fov>.TIF`` (first channel; needs tifffile) — are
+    placed on the slide onto ``images['hires']`` in global pixels (a FOV image's pixels are its
+    local pixel frame; each FOV's offset, and whether its y axis runs against the global one, is
+    fitted on its cells, else taken from the fov_positions file). The images are optional.
     """
     import anndata as ad
 
@@ -242,11 +249,18 @@ def read_cosmx(
     if fovs is not None and "fov" in fovs.columns:
         fov_meta = {str(r["fov"]): {k: float(v) for k, v in r.items() if k != "fov" and isinstance(v, int | float)}
                     for _, r in fovs.iterrows()}
-    adata.uns[Key.SPATIAL] = {library_id: {
-        "images": {},
-        "scalefactors": {"spot_diameter_fullres": _diameter(area) if area.size else 80.0},
-        "metadata": metadata,
-    }}
+    scalefactors = {"spot_diameter_fullres": _diameter(area) if area.size else 80.0}
+    images = {}
+    if load_images:
+        from ._platform_images import cosmx_fov_images
+
+        offsets = None if fovs is None or not {"fov", "x_global_px", "y_global_px"} <= set(fovs.columns) \
+            else fovs.set_index(fovs["fov"].astype(str))
+        got = cosmx_fov_images(path, adata.obs["fov"].astype(str).to_numpy(), adata.obsm.get("spatial.fov"),
+                               np.asarray(adata.obsm[Key.SPATIAL]), offsets, library_id)
+        if got is not None:
+            images["hires"], scalefactors["tissue_hires_scalef"], metadata["image_folder"] = got
+    adata.uns[Key.SPATIAL] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
     if fov_meta:
         adata.uns["cosmx_fov_positions"] = {k: {kk: np.float64(vv) for kk, vv in v.items()} for k, v in fov_meta.items()}
     return adata
@@ -259,6 +273,9 @@ def read_merscope(
     library_id: str | None = None,
     counts_file: PathLike | None = None,
     metadata_file: PathLike | None = None,
+    load_images: bool = True,
+    image_stain: str = "DAPI",
+    z_layer: int | None = None,
 ) -> AnnData:
     """Read a MERSCOPE (Vizgen) region output folder -> modality ``spatial-cell``.
 
@@ -270,6 +287,12 @@ def read_merscope(
 
     ``obsm['spatial']`` = ``center_x, center_y`` (µm); ``Blank-*`` codewords go to
     ``obsm['controls']``. The counts are read in chunks (no dense copy of the whole file).
+
+    With ``load_images`` (needs tifffile), the mosaic ``images/mosaic_<image_stain>_z<z>.tif``
+    (``z_layer`` None: z 3, the middle of MERSCOPE's seven layers; another stain when that one is
+    absent) is placed through the transform onto ``images['hires']`` in µm (see
+    :mod:`experimat.io.readers._platform_images`; read tile by tile, downsampled, never whole). The
+    mosaics are optional: without them, or without the transform, the sample has no image.
     """
     import anndata as ad
 
@@ -308,6 +331,13 @@ def read_merscope(
         if m.shape != (3, 3):
             raise InvalidInputError(f"{tfile} must hold a 3 x 3 matrix; found shape {m.shape}.")
         scalefactors["transformation_matrix"] = m
-    adata.uns[Key.SPATIAL] = {library_id: {"images": {}, "scalefactors": scalefactors,
-                                           "metadata": {"platform": "MERSCOPE", "spatial_unit": "um"}}}
+    images, metadata = {}, {"platform": "MERSCOPE", "spatial_unit": "um"}
+    if load_images:
+        from ._platform_images import merscope_mosaic
+
+        got = merscope_mosaic(path / "images", scalefactors.get("transformation_matrix"), library_id, stain=image_stain,
+                              z_layer=z_layer)
+        if got is not None:
+            images["hires"], scalefactors["tissue_hires_scalef"], metadata["image_file"] = got
+    adata.uns[Key.SPATIAL] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
     return adata
