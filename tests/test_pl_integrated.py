@@ -93,3 +93,28 @@ def test_merge_keeps_each_sections_image_and_integrated_plot_draws_them_side_by_
     boxes = _figure_boxes(fig, _spot_axes(fig))
     assert len(boxes) == 2 and _disjoint(boxes[0], boxes[1])
     expm.close()
+
+
+def test_merge_keeps_obs_columns_of_some_samples(tmp_path):
+    """A column only some sections have (domains of a joint fit over a subset) survives merge(): NaN elsewhere,
+    categorical over the union of its categories, and it can be plotted for the sections that have it."""
+    import pandas as pd
+
+    expm = make_synthetic_experiment(n_samples=3)
+    for s, cats in (("s0", ["a", "b"]), ("s1", ["b", "c"])):
+        a = expm.spatial_bin[s]
+        a.obs["subset"] = pd.Categorical(np.where(np.arange(a.n_obs) % 2 == 0, cats[0], cats[1]))
+        expm.spatial_bin[s] = a
+    merged = expm.merge().mod["spatial-bin"]
+    col = merged.obs["subset"]
+    assert isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == ["a", "b", "c"]
+    by_sample = merged.obs.groupby("sample", observed=True)["subset"]
+    assert by_sample.apply(lambda v: v.isna().all()).to_dict() == {"s0": False, "s1": False, "s2": True}
+    for s in ("s0", "s1"):
+        own = expm.spatial_bin[s].obs["subset"].astype(str).to_numpy()
+        np.testing.assert_array_equal(merged.obs.loc[merged.obs["sample"] == s, "subset"].astype(str).to_numpy(), own)
+    part = merged[merged.obs["sample"].isin(["s0", "s1"])]
+    import experimat as em
+
+    fig = em.pl.plot_spatial(part, plot_embeddings={"color": "subset"})
+    assert len(_spot_axes(fig)) == 2

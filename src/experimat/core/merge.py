@@ -39,7 +39,12 @@ def _merged_var(parts: Mapping[str, AnnData], names: pd.Index) -> tuple[pd.DataF
             continue
         values = [a.var[col].reindex(names) for a in parts.values() if col in a.var.columns]
         stacked = pd.concat([v.astype(object) for v in values], axis=1, ignore_index=True)
-        first = stacked.bfill(axis=1).iloc[:, 0]
+        # the first non-missing value of each gene (bfill on object columns, without pandas' downcasting warning)
+        arr = stacked.to_numpy()
+        known = ~pd.isna(arr)
+        pick = np.where(known.any(axis=1), known.argmax(axis=1), 0)
+        first = pd.Series(arr[np.arange(len(arr)), pick] if len(arr) else arr[:, :1].ravel(), index=stacked.index,
+                          dtype=object).where(known.any(axis=1))
         agree = stacked.isna() | stacked.eq(first, axis=0)
         if not bool(agree.to_numpy().all()):
             per_sample.append(col)
@@ -88,6 +93,21 @@ def _merged_libraries(parts: Mapping[str, AnnData]) -> dict[str, dict]:
     return out
 
 
+def _merged_obs(parts: Mapping[str, AnnData], names: pd.Index) -> pd.DataFrame:
+    """The samples' obs stacked with the union of their columns (whatever the gene join): a column that only some
+    samples have (e.g. the domains of a joint fit over a subset of the sections) is missing (NaN) in the others.
+    A column categorical in every sample that has it stays categorical, over the union of the categories."""
+    frames = [a.obs for a in parts.values()]
+    obs = pd.concat(frames, axis=0, join="outer", ignore_index=True)
+    obs.index = names  # ad.concat keeps the samples' order
+    for col in obs.columns:
+        present = [f[col] for f in frames if col in f.columns]
+        if all(isinstance(v.dtype, pd.CategoricalDtype) for v in present):
+            cats = list(dict.fromkeys(c for v in present for c in v.cat.categories))
+            obs[col] = pd.Categorical(obs[col], categories=cats)
+    return obs
+
+
 def merge_samples(parts: Mapping[str, AnnData], *, mod: str, join: str) -> AnnData:
     """Concatenate the samples ``{sample: adata}`` of modality ``mod`` (see :meth:`Experiment.merge`)."""
     import anndata as ad
@@ -116,6 +136,7 @@ def merge_samples(parts: Mapping[str, AnnData], *, mod: str, join: str) -> AnnDa
             offset = tiled[:, 0].max() + 0.1 * (np.ptp(xy[:, 0]) + 1.0)
         slim[s] = b
     merged = ad.concat(slim, join=join, merge=None, label=None, index_unique=None, fill_value=0)
+    merged.obs = _merged_obs(parts, merged.obs_names)
     merged.var, per_sample_var = _merged_var(parts, merged.var_names)
     for key, frame in _merged_obsm_frames(parts, merged.obs_names).items():
         merged.obsm[key] = frame
