@@ -107,3 +107,11 @@ def finish_ranking(res, *, score: np.ndarray, sig: np.ndarray, n_svg: int | None
 def write_var(adata, res, key_added: str) -> None:
     for col in res.columns:
         adata.var[f"{key_added}.{col}"] = res[col].to_numpy()
+
+
+def block_membership(xy: np.ndarray, size: float, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Square blocks of ``size × spacing`` coordinate units: each spot's block (0..B-1, only occupied blocks) and
+    the blocks' (column, row) grid cells."""
+    cell = np.floor((xy - xy.min(0)) / (size * spacing)).astype(np.int64)
+    cells, code = np.unique(cell, axis=0, return_inverse=True)
+    return code.ravel(), cells

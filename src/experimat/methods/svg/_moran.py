@@ -92,25 +92,25 @@ class BlockScale:
 
 def block_scale(xy: np.ndarray, size: float, spacing: float) -> BlockScale:
     """Square blocks of ``size × spacing`` coordinate units (only occupied blocks)."""
-    cell = np.floor((xy - xy.min(0)) / (size * spacing)).astype(np.int64)
-    uniq, code = np.unique(cell, axis=0, return_inverse=True)
-    code = code.ravel()
-    nb, n = uniq.shape[0], xy.shape[0]
+    from ._common import block_membership
+
+    code, cells = block_membership(xy, size, spacing)
+    nb, n = cells.shape[0], xy.shape[0]
     B = sparse.csr_matrix((np.ones(n), (code, np.arange(n))), shape=(nb, n))
-    M = sparse.csr_matrix(lattice_graph(uniq[:, 1], uniq[:, 0], kind="grid") + sparse.identity(nb))
+    M = sparse.csr_matrix(lattice_graph(cells[:, 1], cells[:, 0], kind="grid") + sparse.identity(nb))
     return BlockScale(float(size), B, M, np.bincount(code, minlength=nb).astype(np.float64))
 
 
 def auto_scales(xy: np.ndarray, spacing: float, *, min_blocks: int = MIN_BLOCKS) -> list[float]:
     """Block sizes 4, 8, 16, … spot spacings while at least ``min_blocks`` blocks are occupied."""
+    from ._common import block_membership
+
     out = []
     size = 4.0
-    while True:
-        cell = np.floor((xy - xy.min(0)) / (size * spacing)).astype(np.int64)
-        if np.unique(cell, axis=0).shape[0] < min_blocks:
-            return out
+    while block_membership(xy, size, spacing)[1].shape[0] >= min_blocks:
         out.append(size)
         size *= 2.0
+    return out
 
 
 def resolve_scales(xy: np.ndarray, scales) -> list[BlockScale]:
@@ -323,7 +323,7 @@ def _result_table(adata, st, pv, *, null, n_perms, few, alternative, alpha, n_sv
         res["pval_sim"] = np.where(np.isfinite(I) & ~few, (st["count_ge"] + 1.0) / (n_perms + 1.0), np.nan)
         res["pval"] = res["pval_sim"]
     elif logp is not None:
-        from ._score import cauchy_combine_log
+        from ._stats import cauchy_combine_log
 
         logp[few, 0] = np.nan
         for j, ms in enumerate(scale_min_spots):

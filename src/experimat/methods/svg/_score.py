@@ -19,8 +19,6 @@ costs O(n R). Genes are processed in chunks (sparse input is densified one chunk
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 
 from experimat._compat import deprecated_alias
@@ -28,118 +26,10 @@ from experimat._errors import InvalidInputError
 from experimat._keys import Key
 from experimat.methods._checks import counts_input
 
-_NB_ITER = 4
+from ._score_core import _core, calibrated_logp, null_statistics
+from ._stats import cauchy_combine_log
 
-
-@cache
-def _core(obs_dist: str, n_kernels: int, with_stats: bool = True):
-    """Jitted per-chunk function: centred residuals -> (Q per kernel, power sums S2..S6, valid,
-    dispersion), or (centred residuals, valid) with ``with_stats=False``."""
-    import jax
-    import jax.numpy as jnp
-
-    def quad(C, U, lam, onehot):
-        B = C @ U  # (g, R)
-        return (B**2 * lam[None, :]) @ onehot  # (g, K)
-
-    def psums(C):
-        C2 = C * C
-        C3 = C2 * C
-        return jnp.stack([C2.sum(1), C3.sum(1), (C2 * C2).sum(1), (C3 * C2).sum(1), (C3 * C3).sum(1)], axis=1)
-
-    def nb_resid(Y, sf):
-        n = Y.shape[1]
-        tot = Y.sum(1)
-        valid = (tot > 0) & (Y.max(1) > Y.min(1))
-        beta = jnp.log(jnp.where(valid, tot, 1.0) / sf.sum())
-        mu = sf[None, :] * jnp.exp(beta)[:, None]
-
-        def disp(mu):
-            a = (((Y - mu) ** 2 - mu).sum(1)) / ((mu**2).sum(1) + 1e-300)
-            return jnp.clip(a * n / max(n - 1, 1), 1e-8, 1e6)
-
-        alpha = disp(mu)
-        for _ in range(_NB_ITER):
-            denom = 1.0 + alpha[:, None] * mu
-            score = ((Y - mu) / denom).sum(1)
-            info = (mu / denom).sum(1)
-            beta = beta + score / info
-            mu = sf[None, :] * jnp.exp(beta)[:, None]
-            alpha = disp(mu)
-        r = (Y - mu) / jnp.sqrt(mu * (1.0 + alpha[:, None] * mu))
-        r = r - r.mean(1, keepdims=True)
-        # unit scale (p-values are scale free; keeps the power sums in range)
-        sd = jnp.sqrt((r**2).mean(1, keepdims=True))
-        C = jnp.where(valid[:, None], r / jnp.where(valid[:, None], sd, 1.0), 0.0)
-        return C, valid, alpha
-
-    def normal_resid(Y, sf):
-        m = Y.mean(1, keepdims=True)
-        sd = Y.std(1, keepdims=True)
-        valid = sd[:, 0] > 1e-12 * (1.0 + jnp.abs(m[:, 0]))
-        C = jnp.where(valid[:, None], (Y - m) / jnp.where(valid[:, None], sd, 1.0), 0.0)
-        return C, valid, jnp.zeros(Y.shape[0])
-
-    resid = nb_resid if obs_dist == "negative_binomial" else normal_resid
-
-    def full(Y, sf, U, lam, onehot):
-        C, valid, alpha = resid(Y, sf)
-        return quad(C, U, lam, onehot), psums(C), valid, alpha
-
-    def only_resid(Y, sf):
-        C, valid, _ = resid(Y, sf)
-        return C, valid
-
-    return jax.jit(full if with_stats else only_resid)
-
-
-@cache
-def _quad_stats():
-    import jax
-
-    def f(C, U, lam, onehot):
-        B = C @ U
-        return (B**2 * lam[None, :]) @ onehot
-
-    return jax.jit(f)
-
-
-def cauchy_combine_log(logp: np.ndarray, *, truncate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cauchy combination with equal weights over the last axis, from log p-values.
-
-    Returns the statistic ``T``, ``log T`` computed stably for tiny p-values (used for ranking; NaN
-    where ``T <= 0``) and the combined p-value (Cauchy reference; not valid with ``truncate``).
-    ``truncate=True`` sets the terms of p-values above 1/2 to 0 (``T >= 0``): large per-kernel
-    p-values, which come from the least accurate (lower) tail of the per-kernel approximation,
-    then cannot drag the statistic to large negative values.
-    """
-    from ._stats import cauchy_pvalue
-
-    ok = np.isfinite(logp)
-    p = np.exp(logp)
-    if truncate:
-        p = np.minimum(p, 0.5)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        tiny = ok & (logp < np.log(1e-15))
-        t = np.where(tiny, 0.0, np.tan((0.5 - p) * np.pi))
-        t = np.where(ok, t, 0.0)
-        k_ok = ok.sum(-1)
-        moderate = t.sum(-1) / np.maximum(k_ok, 1)
-        # tiny p-values: tan((0.5 - p) π) ≈ 1 / (p π); sum them in log space
-        lt = np.where(tiny, -logp - np.log(np.pi), -np.inf)
-        lmax = lt.max(-1)
-        has_tiny = np.isfinite(lmax)
-        lsum = lmax + np.log(np.where(tiny, np.exp(lt - np.where(has_tiny, lmax, 0.0)[..., None]), 0.0).sum(-1))
-        log_t_tiny = lsum - np.log(np.maximum(k_ok, 1))
-        T = np.where(has_tiny, np.exp(log_t_tiny) + moderate, moderate)
-        logT = np.where(has_tiny, np.logaddexp(log_t_tiny, np.log(np.maximum(moderate, 1e-300))), np.log(T))
-        logT = np.where(has_tiny & (moderate < 0), log_t_tiny, logT)
-        pval = np.where(has_tiny, np.exp(-logT) / np.pi, cauchy_pvalue(T))
-    T = np.where(k_ok > 0, T, np.nan)
-    pval = np.where(k_ok > 0, np.clip(pval, 0.0, 1.0), np.nan)
-    logT = np.where((k_ok > 0) & (T > 0), logT, np.nan)
-    return T, logT, pval
-
+__all__ = ["calibrated_logp", "cauchy_combine_log", "spatial_svg_score", "spatial_svg_spatialde"]
 
 def default_kernel_space(xy: np.ndarray) -> dict[str, list[float] | bool]:
     """SE lengthscales and periods from the spot spacing and the tissue extent."""
@@ -200,6 +90,7 @@ def spatial_svg_score(
     chunk_size: int | None = None,
     min_spots: int = 10,
     n_null: int = 10_000,
+    block_size: float | str | None = "auto",
     seed: int | None = None,
     key_added: str = "spatialde",
 ):
@@ -254,6 +145,15 @@ def spatial_svg_score(
         Permuted genes (random tested genes, each with its own permutation of the residuals) whose
         Cauchy statistics calibrate the combined p-values; ``0`` keeps the plain Cauchy
         combination p-value (approximate).
+    block_size
+        Test pseudo-spots: the counts (and size factors) of the spots in square blocks of this many
+        spot spacings summed, each block at the mean position of its spots. ``"auto"`` (default): no
+        blocks up to :data:`MAX_SCORE_SPOTS` (20,000) spots; above, the smallest block size 2, 4, 8, …
+        that leaves at most that many blocks (Visium HD: 8 × 8 bins of 8 µm at 500,000 bins). The
+        kernels' cost is linear in the (pseudo-)spots times their rank, and the rank a kernel needs
+        grows with the spots, so whole Visium HD sections are only tractable in blocks; patterns wider
+        than a block keep their power (summed counts: more counts per test unit), patterns finer than
+        a block are not seen. ``None``: never.
     seed
         Seed of the permutations and of the choice of null genes (``None``: ``em.settings.seed``).
     key_added
@@ -265,7 +165,7 @@ def spatial_svg_score(
     exists), ``pval`` (Cauchy-combined), ``padj``
     (Benjamini–Hochberg), ``svg``, ``rank`` (1 = largest combined statistic), ``stat`` (Cauchy
     statistic), ``kernel`` (the kernel with the smallest p-value), ``pval_min_kernel`` (per-kernel Pearson III), ``dispersion`` (negative binomial only) and
-    ``n_spots``. Written to ``adata.var`` as ``{key_added}.<column>``;
+    ``n_spots`` (with blocks: blocks where the gene is expressed). Written to ``adata.var`` as ``{key_added}.<column>``;
     parameters and the kernels to ``adata.uns[key_added]``; per-kernel p-values to
     ``adata.varm[f"{key_added}.kernel_pvals"]``.
 
@@ -277,56 +177,98 @@ def spatial_svg_score(
     >>> res = spatial_svg_score(adata, layer="counts", progress=False)
     >>> adata.var[["spatialde.padj", "spatialde.svg", "spatialde.rank"]].head()
     """
-    import jax
-    import jax.numpy as jnp
-    import pandas as pd
+    from scipy import sparse
 
-    from experimat._logging import ProgressBar, logger
+    from experimat._logging import logger
     from experimat._settings import settings
     from experimat.methods._checks import check_choice, check_counts, get_matrix, store_params
 
-    from ._common import (
-        as_csc_or_dense,
-        chunk_size_for,
-        coordinates,
-        dense_chunk,
-        gene_chunks,
-        pick_device,
-        with_gene_symbols,
-        write_var,
-    )
-    from ._gp_fit import _bucket
-    from ._kernels import lowrank_factor
-    from ._perm import moment_weights, pearson3_logp, permutation_moments
-    from ._stats import bh_adjust
+    from ._common import as_csc_or_dense, coordinates, pick_device, with_gene_symbols, write_var
 
-    params = dict(
-        layer=layer,
-        spatial_key=spatial_key,
-        kernel_space=kernel_space,
-        sizefactors=sizefactors if sizefactors is None or isinstance(sizefactors, str) else "<array>",
-        obs_dist=obs_dist,
-        n_svg=n_svg,
-        alpha=alpha,
-        min_spots=min_spots,
-        n_null=n_null,
-        seed=seed,
-        method="spatialde2",
-    )
     check_choice("obs_dist", obs_dist, ("negative_binomial", "normal"))
     if min_spots < 0 or n_null < 0:
         raise InvalidInputError(f"min_spots and n_null must be >= 0; got {min_spots} and {n_null}.")
     xy = coordinates(adata, spatial_key)
     X = get_matrix(adata, layer)
-    n, G = X.shape
     if obs_dist == "negative_binomial":
         check_counts(X, layer=layer)
     X = as_csc_or_dense(X)
-    sf = _size_factors(adata, X, sizefactors) if obs_dist == "negative_binomial" else np.ones(n)
-    kspace = default_kernel_space(xy) if kernel_space is None else kernel_space
-    kernels = _kernel_list(kspace)
+    kernels = _kernel_list(default_kernel_space(xy) if kernel_space is None else kernel_space)
+    n_obs, G = X.shape
+    sf = _size_factors(adata, X, sizefactors) if obs_dist == "negative_binomial" else np.ones(n_obs)
+    size, B = _pseudo_spots(xy, block_size)
+    if B is not None:  # sums of counts and of size factors per block, at the blocks' mean positions
+        counts = np.asarray(B.sum(1)).ravel()
+        Xb = B @ X if obs_dist == "negative_binomial" else sparse.diags(1.0 / counts) @ (B @ X)  # normal: block means
+        X, xy, sf = as_csc_or_dense(Xb), (B @ xy) / counts[:, None], B @ sf
+        if kernel_space is None:
+            kernels = _kernel_list(default_kernel_space(xy))
+    n = X.shape[0]
     device = pick_device(use_gpu)
-    start = logger.info(f"SpatialDE2 score tests on {n} spots x {G} genes, {len(kernels)} kernels ({device})")
+    start = logger.info(f"SpatialDE2 score tests on {n_obs} spots x {G} genes{f' in {n} blocks of {size:g}' if B is not None else ''}, "
+                        f"{len(kernels)} kernels ({device})")  # fmt: skip
+    kern = _kernel_factors(xy, kernels, use_cache=use_cache, device=device)
+    seed_used = settings.seed if seed is None else seed
+    rng = np.random.default_rng(seed_used)
+    n_spots = _n_spots(X, obs_dist)
+    out = _score_genes(X, sf, kern, n_spots=n_spots, obs_dist=obs_dist, min_spots=min_spots, n_null=n_null, rng=rng,
+                       chunk_size=chunk_size, device=device, show=progress and settings.progress)  # fmt: skip
+    logp = out["logp"]
+    T, logT, _ = cauchy_combine_log(logp, truncate=n_null > 0)
+    pval = np.exp(calibrated_logp(T, logT, out["null_T"], rng)) if out["null_T"] is not None else cauchy_combine_log(logp)[2]
+    names = np.array([_kernel_name(*k) for k in kernels], dtype=object)
+    res = _score_table(adata, logp, pval=pval, T=T, logT=logT, names=names, n_spots=n_spots,
+                       disp=out["disp"] if obs_dist == "negative_binomial" else None, n_svg=n_svg, alpha=alpha)  # fmt: skip
+    write_var(adata, res, key_added)
+    adata.varm[f"{key_added}.kernel_pvals"] = np.exp(logp)
+    params = dict(layer=layer, spatial_key=spatial_key, kernel_space=kernel_space,
+                  sizefactors=sizefactors if sizefactors is None or isinstance(sizefactors, str) else "<array>",
+                  obs_dist=obs_dist, n_svg=n_svg, alpha=alpha, min_spots=min_spots, n_null=n_null,
+                  block_size=block_size, seed=seed_used, method="spatialde2")  # fmt: skip
+    store_params(adata, key_added, params, kernels=[str(x) for x in names], n_tested=int(np.isfinite(logp).any(1).sum()),
+                 **({"block_size_used": size, "n_blocks": n} if B is not None else {}))  # fmt: skip
+    logger.info(f"SpatialDE2 score tests: {int(res['svg'].sum())} SVGs at padj < {alpha}", time=start)
+    return with_gene_symbols(res, adata)
+
+
+#: spots above which ``block_size="auto"`` tests blocks of spots (pseudo-spots), and the most blocks it leaves
+MAX_SCORE_SPOTS = 20_000
+
+
+def _pseudo_spots(xy: np.ndarray, block_size):
+    """The block size used and the blocks × spots membership matrix (``None``: the spots themselves)."""
+    from scipy import sparse
+
+    from experimat.methods._graph import nn_distance
+
+    from ._common import block_membership
+
+    n = xy.shape[0]
+    if block_size is None or (isinstance(block_size, str) and block_size == "auto" and n <= MAX_SCORE_SPOTS):
+        return None, None
+    spacing = nn_distance(xy)
+    if isinstance(block_size, str):
+        if block_size != "auto":
+            raise InvalidInputError(f"block_size must be None, 'auto' or a number of spot spacings; got {block_size!r}.")
+        size = 2.0
+        while block_membership(xy, size, spacing)[1].shape[0] > MAX_SCORE_SPOTS:
+            size *= 2.0
+    else:
+        size = float(block_size)
+        if not np.isfinite(size) or size < 1.0:
+            raise InvalidInputError(f"block_size (spot spacings per block side) must be >= 1; got {block_size!r}.")
+    code, cells = block_membership(xy, size, spacing)
+    return size, sparse.csr_matrix((np.ones(n), (code, np.arange(n))), shape=(cells.shape[0], n))
+
+
+def _kernel_factors(xy, kernels, *, use_cache: bool, device: str) -> dict:
+    """Low-rank factors of all kernels side by side (``U``, ``lam``), the one-hot map of their columns to kernels
+    and the kernel-side permutation moment weights."""
+    from experimat._logging import logger
+
+    from ._kernels import lowrank_factor
+    from ._perm import moment_weights
+
     Us, lams, seg, invs = [], [], [], []
     for k, (name, v) in enumerate(kernels):
         U, lam = lowrank_factor(xy, name, v, use_cache=use_cache, device=device)
@@ -334,91 +276,79 @@ def spatial_svg_score(
         lams.append(lam)
         seg.append(np.full(lam.size, k))
         invs.append(_invariants(xy, name, v, U, lam, use_cache=use_cache))
-    U_all = np.concatenate(Us, axis=1)
     lam_all = np.concatenate(lams)
-    seg = np.concatenate(seg)
     onehot = np.zeros((lam_all.size, len(kernels)))
-    onehot[np.arange(lam_all.size), seg] = 1.0
-    weights = moment_weights(invs)
+    onehot[np.arange(lam_all.size), np.concatenate(seg)] = 1.0
     logger.debug(f"kernel ranks: {[u.shape[1] for u in Us]}")
+    return dict(U=np.concatenate(Us, axis=1), lam=lam_all, onehot=onehot, weights=moment_weights(invs), K=len(kernels))
 
+
+def _score_genes(X, sf, kern, *, n_spots, obs_dist, min_spots, n_null, rng, chunk_size, device, show) -> dict:
+    """Per-kernel Pearson III log p-values and NB dispersions of all genes in chunks, and the Cauchy statistics of
+    ``n_null`` permuted genes (``None`` without)."""
+    import jax
+    import jax.numpy as jnp
+
+    from experimat._logging import ProgressBar
+
+    from ._common import chunk_size_for, dense_chunk, gene_chunks
+    from ._gp_fit import _bucket
+    from ._perm import pearson3_logp, permutation_moments
+
+    n, G = X.shape
     cs = chunk_size or chunk_size_for(n, budget_elems=4_000_000, minimum=64)
-    core = _core(obs_dist, len(kernels))
-    logp = np.full((G, len(kernels)), np.nan)
+    core = _core(obs_dist, kern["K"])
+    logp = np.full((G, kern["K"]), np.nan)
     disp = np.full(G, np.nan)
-    n_spots = _n_spots(X, obs_dist)
-    show = progress and settings.progress
     with jax.enable_x64(True):
         dev = jax.devices(device)[0]
-        Ud = jax.device_put(jnp.asarray(U_all), dev)
-        lamd = jax.device_put(jnp.asarray(lam_all), dev)
-        ohd = jax.device_put(jnp.asarray(onehot), dev)
-        sfd = jax.device_put(jnp.asarray(sf), dev)
-
-        def run_chunk(Y):
-            g = Y.shape[0]
-            gp = min(_bucket(g), cs) if g < cs else g
-            if gp != g:
-                Y = np.concatenate([Y, np.zeros((gp - g, n))], axis=0)
-            Q, S, valid, a = core(jax.device_put(jnp.asarray(Y), dev), sfd, Ud, lamd, ohd)
-            Q, S, valid, a = np.asarray(Q)[:g], np.asarray(S)[:g], np.asarray(valid)[:g], np.asarray(a)[:g]
-            mean, var, skew = permutation_moments(S, n, weights)
-            lp = pearson3_logp(Q, mean, var, skew)
-            lp[~valid] = np.nan
-            return lp, valid, a
-
+        Ud, lamd, ohd, sfd = (jax.device_put(jnp.asarray(a), dev) for a in (kern["U"], kern["lam"], kern["onehot"], sf))
         chunks = list(gene_chunks(G, cs))
         with ProgressBar(len(chunks), "SpatialDE2 score tests", disable=not show) as bar:
             for c in chunks:
-                lp, valid, a = run_chunk(dense_chunk(X, c).T)
-                lp[n_spots[c] < min_spots] = np.nan
+                Y = dense_chunk(X, c).T
+                g = Y.shape[0]
+                gp = min(_bucket(g), cs) if g < cs else g
+                if gp != g:
+                    Y = np.concatenate([Y, np.zeros((gp - g, n))], axis=0)
+                Q, S, valid, a = core(jax.device_put(jnp.asarray(Y), dev), sfd, Ud, lamd, ohd)
+                Q, S, valid, a = np.asarray(Q)[:g], np.asarray(S)[:g], np.asarray(valid)[:g], np.asarray(a)[:g]
+                lp = pearson3_logp(Q, *permutation_moments(S, n, kern["weights"]))
+                lp[~valid | (n_spots[c] < min_spots)] = np.nan
                 logp[c] = lp
-                if obs_dist == "negative_binomial":
-                    disp[c] = np.where(valid, a, np.nan)
+                disp[c] = np.where(valid, a, np.nan)
                 bar.update()
         tested = np.flatnonzero(np.isfinite(logp).any(1))
-        T, logT, _ = cauchy_combine_log(logp, truncate=n_null > 0)
         null_T = None
-        rng = np.random.default_rng(settings.seed if seed is None else seed)
         if n_null and tested.size:
-            null_T = _null_statistics(
-                X, tested, n_null=n_null, rng=rng, cs=cs, dev=dev, sfd=sfd,
-                Ud=Ud, lamd=lamd, ohd=ohd, obs_dist=obs_dist, n_kernels=len(kernels), weights=weights,
+            null_T = null_statistics(
+                X, tested, n_null=n_null, rng=rng, cs=cs, dev=dev, sfd=sfd, Ud=Ud, lamd=lamd, ohd=ohd,
+                obs_dist=obs_dist, n_kernels=kern["K"], weights=kern["weights"],
             )  # fmt: skip
-    pval = np.exp(calibrated_logp(T, logT, null_T, rng)) if null_T is not None else cauchy_combine_log(logp)[2]
-    names = np.array([_kernel_name(*k) for k in kernels], dtype=object)
+    return dict(logp=logp, disp=disp, null_T=null_T)
+
+
+def _score_table(adata, logp, *, pval, T, logT, names, n_spots, disp, n_svg, alpha):
+    import pandas as pd
+
+    from ._stats import bh_adjust
+
     all_nan = ~np.isfinite(logp).any(1)
     best = np.argmin(np.where(np.isfinite(logp), logp, np.inf), axis=1)
     res = pd.DataFrame(index=adata.var_names.copy())
     res["pval"] = pval
     res["padj"] = bh_adjust(pval)
-    res["n_spots"] = n_spots
     res["stat"] = T
     res["kernel"] = pd.Series(np.where(all_nan, None, names[best]), index=res.index, dtype="string")
     res["pval_min_kernel"] = np.where(all_nan, np.nan, np.exp(np.min(np.where(np.isfinite(logp), logp, 0.0), axis=1)))
-    if obs_dist == "negative_binomial":
+    if disp is not None:
         res["dispersion"] = disp
+    res["n_spots"] = n_spots
     # rank by the combined statistic (log scale, stable for the strongest genes)
     score = np.where(np.isfinite(logT), logT, np.where(np.isfinite(T), -1e300, np.nan))
     _finish_ranking_by_score(res, score=score, n_svg=n_svg, alpha=alpha)
-    res = res[
-        [
-            "pval",
-            "padj",
-            "svg",
-            "rank",
-            "stat",
-            "kernel",
-            "pval_min_kernel",
-            *(["dispersion"] if obs_dist == "negative_binomial" else []),
-            "n_spots",
-        ]
-    ]
-    write_var(adata, res, key_added)
-    adata.varm[f"{key_added}.kernel_pvals"] = np.exp(logp)
-    store_params(adata, key_added, params, kernels=[str(x) for x in names], n_tested=int((~all_nan).sum()))
-    logger.info(f"SpatialDE2 score tests: {int(res['svg'].sum())} SVGs at padj < {alpha}", time=start)
-    return with_gene_symbols(res, adata)
+    cols = ["pval", "padj", "svg", "rank", "stat", "kernel", "pval_min_kernel"]
+    return res[[*cols, *(["dispersion"] if disp is not None else []), "n_spots"]]
 
 
 def _finish_ranking_by_score(res, *, score: np.ndarray, n_svg: int | None, alpha: float) -> None:
@@ -489,79 +419,4 @@ def _invariants(xy, name, v, U, lam, *, use_cache: bool) -> dict[str, float]:
     return inv
 
 
-def _null_statistics(X, tested, *, n_null, rng, cs, dev, sfd, Ud, lamd, ohd, obs_dist, n_kernels, weights):
-    """Cauchy statistics of ``n_null`` genes whose residuals were each permuted independently
-    (genes drawn at random from the tested ones, with repeats when there are fewer)."""
-    import jax
-    import jax.numpy as jnp
-
-    from ._common import dense_chunk
-    from ._gp_fit import _bucket
-    from ._perm import pearson3_logp, permutation_moments, power_sums
-
-    reps = int(np.ceil(n_null / tested.size))
-    pool = np.concatenate([rng.permutation(tested) for _ in range(reps)])[:n_null]
-    genes, inverse = np.unique(pool, return_inverse=True)
-    resid = _core(obs_dist, n_kernels, with_stats=False)
-    quad = _quad_stats()
-    n = sfd.shape[0]
-    out = np.empty(pool.size)
-    order = np.argsort(inverse, kind="stable")
-    for s in range(0, pool.size, cs):
-        idx = order[s : s + cs]
-        uniq, pos = np.unique(inverse[idx], return_inverse=True)
-        Y = dense_chunk(X, genes[uniq]).T
-        g = Y.shape[0]
-        gp = min(_bucket(g), cs) if g < cs else g
-        if gp != g:
-            Y = np.concatenate([Y, np.zeros((gp - g, n))], axis=0)
-        C, _ = resid(jax.device_put(jnp.asarray(Y), dev), sfd)
-        C = rng.permuted(np.asarray(C)[:g][pos], axis=1)
-        Q = np.asarray(quad(jax.device_put(jnp.asarray(C), dev), Ud, lamd, ohd))
-        mean, var, skew = permutation_moments(power_sums(C), n, weights)
-        out[idx] = cauchy_combine_log(pearson3_logp(Q, mean, var, skew), truncate=True)[0]
-    return out[np.isfinite(out)]
-
-
-#: null statistics beyond which the calibrated p-value follows the Cauchy tail
-MIN_TAIL = 50
-
-
-def calibrated_logp(T: np.ndarray, logT: np.ndarray, null_T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """log p-values of (truncated) Cauchy statistics against a sample of ``N`` null statistics.
-
-    ``p = (#{null > T} + U (1 + #{null = T})) / (1 + N)`` with ``U`` uniform (ties, mostly the
-    atom at ``T = 0`` where every kernel has p > 1/2, are broken at random so that p-values are
-    uniform there too) up to the ``MIN_TAIL``-th largest null statistic ``t*``; beyond it the
-    Cauchy tail scaled to match there, ``p = p(t*) · p_C(T) / p_C(t*)`` with ``p_C`` the Cauchy
-    combination p-value (``≈ 1 / (π T)``), so that the strongest genes keep distinct p-values.
-    The Cauchy combination of dependent p-values is only approximately valid at moderate levels;
-    this mapping makes it exact under the permutation null, up to the sampling error of the null.
-    """
-    from ._stats import cauchy_pvalue
-
-    null = np.sort(null_T)
-    N = null.size
-    out = np.full(T.shape, np.nan)
-    ok = np.isfinite(T)
-    k = min(MIN_TAIL, N)
-    t_star = null[N - k]
-    Tk = T[ok]
-    greater = N - np.searchsorted(null, Tk, side="right")
-    ties = np.searchsorted(null, Tk, side="right") - np.searchsorted(null, Tk, side="left")
-    lp = np.log((greater + rng.uniform(size=Tk.size) * (1.0 + ties)) / (1.0 + N))
-
-    def log_pc(t, lt):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(t > 1e12, -lt - np.log(np.pi), np.log(cauchy_pvalue(t)))
-
-    far = Tk > t_star
-    if far.any() and t_star > 0:
-        base = np.log(k / (1.0 + N)) - log_pc(np.array(t_star), np.log(t_star))
-        lp[far] = np.minimum(lp[far], base + log_pc(Tk[far], logT[ok][far]))
-    out[ok] = lp
-    return np.minimum(out, 0.0)
-
-
-#: the SpatialDE2-style score test under its former name
 spatial_svg_spatialde = deprecated_alias(spatial_svg_score, "spatial_svg_spatialde")

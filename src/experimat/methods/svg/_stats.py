@@ -89,3 +89,38 @@ def cauchy_pvalue(stat: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(t > 1.0, np.arctan(1.0 / t) / np.pi, 0.5 - np.arctan(t) / np.pi)
     return p
+
+
+def cauchy_combine_log(logp: np.ndarray, *, truncate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cauchy combination with equal weights over the last axis, from log p-values.
+
+    Returns the statistic ``T``, ``log T`` computed stably for tiny p-values (used for ranking; NaN
+    where ``T <= 0``) and the combined p-value (Cauchy reference; not valid with ``truncate``).
+    ``truncate=True`` sets the terms of p-values above 1/2 to 0 (``T >= 0``): large per-kernel
+    p-values, which come from the least accurate (lower) tail of the per-kernel approximation,
+    then cannot drag the statistic to large negative values.
+    """
+    ok = np.isfinite(logp)
+    p = np.exp(logp)
+    if truncate:
+        p = np.minimum(p, 0.5)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tiny = ok & (logp < np.log(1e-15))
+        t = np.where(tiny, 0.0, np.tan((0.5 - p) * np.pi))
+        t = np.where(ok, t, 0.0)
+        k_ok = ok.sum(-1)
+        moderate = t.sum(-1) / np.maximum(k_ok, 1)
+        # tiny p-values: tan((0.5 - p) π) ≈ 1 / (p π); sum them in log space
+        lt = np.where(tiny, -logp - np.log(np.pi), -np.inf)
+        lmax = lt.max(-1)
+        has_tiny = np.isfinite(lmax)
+        lsum = lmax + np.log(np.where(tiny, np.exp(lt - np.where(has_tiny, lmax, 0.0)[..., None]), 0.0).sum(-1))
+        log_t_tiny = lsum - np.log(np.maximum(k_ok, 1))
+        T = np.where(has_tiny, np.exp(log_t_tiny) + moderate, moderate)
+        logT = np.where(has_tiny, np.logaddexp(log_t_tiny, np.log(np.maximum(moderate, 1e-300))), np.log(T))
+        logT = np.where(has_tiny & (moderate < 0), log_t_tiny, logT)
+        pval = np.where(has_tiny, np.exp(-logT) / np.pi, cauchy_pvalue(T))
+    T = np.where(k_ok > 0, T, np.nan)
+    pval = np.where(k_ok > 0, np.clip(pval, 0.0, 1.0), np.nan)
+    logT = np.where((k_ok > 0) & (T > 0), logT, np.nan)
+    return T, logT, pval
