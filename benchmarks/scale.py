@@ -12,18 +12,22 @@ resident memory (RSS sampled every 10 ms, absolute, i.e. including what earlier 
    ``full sample load`` — ``get_sample``;
 4. ``QC+normalise+PCA`` — the accessors ``qc_metrics``, ``normalize``, ``pca`` (save=False), then
    ``save (1 sample)``;
-5. ``Moran's I`` — ``spatial_svg_moran`` on ``lognorm`` (square-grid neighbours), all genes;
-   the power line compares its calls (padj < 0.05) among the planted genes with those of an oracle
-   test that knows the stripes (one-way ANOVA of lognorm across the true stripes, BH);
+5. SVG rows, all genes, called directly on the sample: ``Moran's I (bin graph)`` — ``spatial_svg_moran`` on
+   ``lognorm`` (the 8 touching bins; squidpy-comparable default), ``Moran's I (scales)`` — the same with
+   ``scales="auto"`` (coarse-grained block neighbourhoods, Cauchy-combined), ``score test`` —
+   ``spatial_svg_score`` on counts (``block_size="auto"``: blocks of bins above 20,000 bins); each power line
+   compares its calls (padj < 0.05) among the planted genes with those of an oracle test that knows the stripes
+   (one-way ANOVA of lognorm across the true stripes, BH). ``--svg-only`` runs only these rows, on the sample
+   generated in memory and log-normalised (no project, no I/O);
 6. ``plot_spatial`` — one gene over the hires image, saved as PNG (the spot layer is rasterised);
 7. ``GP refuses`` — ``spatial_svg_gp`` above its ``max_spots`` raises at once, naming the scalable tests.
 
-Not covered here (issue 21, not done): the score test, SpaGCN / DeepST, cell2location / DestVI and
-LOCAT at these sizes.
+Not covered here (issue 21, not done): SpaGCN / DeepST, cell2location / DestVI and LOCAT at these sizes.
 
 Usage::
 
-    python benchmarks/scale.py [--sizes 5000,50000,500000] [--genes 18000] [--timeout 3000] [--skip moran]
+    python benchmarks/scale.py [--sizes 5000,50000,500000] [--genes 18000] [--timeout 3000] [--skip moran,score]
+    python benchmarks/scale.py --svg-only --sizes 5000,50000,500000
 
 Measured on 2026-12-01 (2 cores shared with other jobs, load average 16-22: wall times are several
 times the CPU times; a PCA-only rerun at 500,000 bins took 107 s wall for 14 s CPU), 18,000 genes:
@@ -248,19 +252,52 @@ def run_one(n: int, n_genes: int, workdir: Path, skip: set[str] = frozenset()) -
 
         msg = step("GP refuses", gp, n)
         print(f"{n:>8,} |   {msg[:110]}...", flush=True)
-    if "moran" in skip:
-        expm.close()
-        return
-    res = step("Moran's I", lambda: expm.spatial_bin.spatial_svg_moran(layer="lognorm", progress=False, save=False), n)
-    res = res["hd"] if isinstance(res, dict) else res
-    called = (res["padj"] < 0.05).to_numpy()
-    truth = oracle_calls(a, "lognorm", domain.loc[a.obs["barcode"].astype(str)].to_numpy())
-    both = int((called & truth & planted).sum())
-    print(f"{n:>8,} |   power: Moran's I calls {int((called & planted).sum())} of {int(planted.sum())} planted genes; the "
-          f"oracle (ANOVA on the true stripes) {int((truth & planted).sum())}; Moran finds {both / max(1, int((truth & planted).sum())):.0%} "
-          f"of the oracle's; {int((called & ~planted).sum())} other genes called (of {int((~planted).sum())})", flush=True)
-    note(n, "moran power", both / max(1, int((truth & planted).sum())))
+    svg_rows(a, n, planted, domain.loc[a.obs["barcode"].astype(str)].to_numpy(), skip)
     expm.close()
+
+
+def _power(n: int, name: str, res, planted: np.ndarray, truth: np.ndarray) -> float:
+    called = (res["padj"] < 0.05).to_numpy()
+    n_oracle = int((truth & planted).sum())
+    frac = int((called & truth & planted).sum()) / max(1, n_oracle)
+    print(f"{n:>8,} |   power: {name} calls {int((called & planted).sum())} of {int(planted.sum())} planted genes; the oracle "
+          f"(ANOVA on the true stripes) {n_oracle}; {name} finds {frac:.0%} of the oracle's; {int((called & ~planted).sum())} "
+          f"other genes called (of {int((~planted).sum())}; the oracle calls {int((truth & ~planted).sum())} of them)", flush=True)
+    return frac
+
+
+def svg_rows(a, n: int, planted: np.ndarray, labels: np.ndarray, skip: set[str]) -> None:
+    """Moran's I on the bin graph (squidpy-comparable default) and with ``scales="auto"`` (coarse-grained blocks,
+    Cauchy-combined), and the score test on counts (``block_size="auto"``), all genes, called directly on the sample;
+    each with its power against the stripe-aware oracle."""
+    from experimat.methods.svg import spatial_svg_moran, spatial_svg_score
+
+    truth = oracle_calls(a, "lognorm", labels)
+    if "moran" not in skip:
+        res = step("Moran's I (bin graph)", lambda: spatial_svg_moran(a, layer="lognorm", progress=False, key_added="m1"), n)
+        note(n, "moran graph power", _power(n, "Moran's I (bin graph)", res, planted, truth))
+        res = step("Moran's I (scales)", lambda: spatial_svg_moran(a, layer="lognorm", scales="auto", progress=False), n)
+        print(f"{n:>8,} |   block sizes {a.uns['moran']['block_sizes']} (bins), minimum spots {a.uns['moran']['block_min_spots']}",
+              flush=True)
+        note(n, "moran power", _power(n, "Moran's I (scales)", res, planted, truth))
+    if "score" not in skip:
+        res = step("score test", lambda: spatial_svg_score(a, layer="counts", progress=False, use_gpu=False), n)
+        rec = a.uns["spatialde"]
+        print(f"{n:>8,} |   score test on {rec.get('n_blocks', n):,} {'blocks of ' + format(rec['block_size_used'], 'g') + ' bins' if 'n_blocks' in rec else 'bins'}",
+              flush=True)
+        note(n, "score power", _power(n, "score test", res, planted, truth))
+
+
+def run_svg_only(n: int, n_genes: int, skip: set[str]) -> None:
+    """``--svg-only``: generate the sample in memory, log-normalise it (sparse) and run the SVG rows (no project)."""
+    import experimat as em
+    from experimat.methods._expression import normalize_total
+
+    warnings.simplefilter("ignore")
+    a = step("generate", lambda: em.datasets.synthetic_visium_hd(n, n_genes, seed=1, with_image=False), n)
+    a.layers["lognorm"] = step("normalise (log1p)", lambda: normalize_total(a.layers["counts"])[0], n)
+    planted = a.var["planted_domain"].to_numpy() >= 0
+    svg_rows(a, n, planted, a.obs["domain"].astype(str).to_numpy(), skip)
 
 
 # -- the issue's table: every row, met or not, from the numbers the sizes recorded ---------------------------------
@@ -270,8 +307,8 @@ ISSUE_ROWS = [
     ("lazy open", "<= 0.5 s", {"lazy open": 0.5}, None),
     ("obs/obsm of a sample without X", "<= 5 s", {"obs/obsm only (no X)": 5}, None),
     ("QC, normalisation, PCA (sparse-aware)", "<= 3 min", {"QC+normalise+PCA": 180}, None),
-    ("Moran's I, all genes, >= 80 % of the oracle's planted genes", "<= 10 min", {"Moran's I": 600}, "moran power"),
-    ("score test, all genes, the same power", "<= 15 min", {}, None),
+    ("Moran's I, all genes, >= 80 % of the oracle's planted genes", "<= 10 min", {"Moran's I (scales)": 600}, "moran power"),
+    ("score test, all genes, the same power", "<= 15 min", {"score test": 900}, "score power"),
     ("SpaGCN and DeepST domains", "<= 20 min each", {}, None),
     ("cell2location and DestVI mapping", "linear per epoch", {}, None),
     ("LOCAT, 200,000 cells x 500 genes", "<= 10 min", {}, None),
@@ -286,8 +323,8 @@ ISSUE_ROWS = [
 def _extra_check(kind: str | None, facts: dict) -> tuple[bool | None, str]:
     if kind is None:
         return True, ""
-    if kind == "moran power":
-        p = facts.get("moran power")
+    if kind in ("moran power", "score power"):
+        p = facts.get(kind)
         return (None, "power not measured") if p is None else (p >= 0.8, f"power {p:.0%} of the oracle's")
     if kind == "plot rasterised":
         r = facts.get("plot rasterised")
@@ -340,7 +377,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="5000,50000,500000")
     ap.add_argument("--genes", type=int, default=18_000)
     ap.add_argument("--timeout", type=int, default=3000, help="seconds per size")
-    ap.add_argument("--skip", default="", help="comma-separated steps to skip: moran, plot")
+    ap.add_argument("--skip", default="", help="comma-separated steps to skip: moran, score, plot")
+    ap.add_argument("--svg-only", action="store_true", help="only the SVG rows, on the sample generated in memory")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--results", default=None, help=argparse.SUPPRESS)
@@ -348,7 +386,11 @@ def main() -> None:
     global _RESULTS
     if args.one is not None:
         _RESULTS = Path(args.results) if args.results else None
-        run_one(args.one, args.genes, Path(args.workdir), skip=set(filter(None, args.skip.split(","))))
+        skip = set(filter(None, args.skip.split(",")))
+        if args.svg_only:
+            run_svg_only(args.one, args.genes, skip)
+        else:
+            run_one(args.one, args.genes, Path(args.workdir), skip=skip)
         return
     results_dir = tempfile.TemporaryDirectory()
     results = Path(results_dir.name) / "results.jsonl"
@@ -358,7 +400,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 subprocess.run([sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--workdir", tmp,
-                                "--skip", args.skip, "--results", str(results)],
+                                "--skip", args.skip, "--results", str(results), *(["--svg-only"] if args.svg_only else [])],
                                check=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"{n:>8,} | stopped after {args.timeout} s (the steps above finished)", flush=True)

@@ -112,3 +112,40 @@ def test_scales_bad_input(hd):
     with pytest.raises(em.InvalidInputError, match="alternative='greater'"):
         spatial_svg_moran(a, layer="lognorm", scales="auto", alternative="two-sided")
     assert a.var.equals(before)
+
+
+def test_score_test_on_blocks_of_bins(hd):
+    """block_size: the score test on summed counts of square blocks of bins (what "auto" does above 20,000 spots)."""
+    from experimat.methods.svg import spatial_svg_score
+
+    a = hd.copy()
+    planted = a.var["planted_domain"].to_numpy() >= 0
+    res = spatial_svg_score(a, layer="counts", block_size=4, n_null=1000, use_gpu=False)
+    rec = a.uns["spatialde"]
+    assert rec["block_size_used"] == 4.0 and 150 <= rec["n_blocks"] <= 250 and rec["params"]["block_size"] == 4
+    assert rec["params"]["seed"] == em.settings.seed
+    called = (res["padj"] < 0.05).to_numpy()
+    assert called[planted].mean() >= 0.6 and called[~planted].mean() <= 0.05
+    assert res["n_spots"].max() <= rec["n_blocks"]
+    # below 20,000 spots "auto" keeps the spots themselves
+    spatial_svg_score(a, layer="counts", n_null=0, use_gpu=False, key_added="s")
+    assert "n_blocks" not in a.uns["s"]
+    before = a.var.copy()
+    for bad in (0.5, "big"):
+        with pytest.raises(em.InvalidInputError, match="block_size"):
+            spatial_svg_score(a, layer="counts", block_size=bad, key_added="t")
+    assert a.var.equals(before)
+
+
+def test_direct_calls_record_the_seed_used():
+    """Called directly (not through the runner), each test records the seed it drew its permutations with."""
+    from experimat.methods.svg import spatial_svg_gp
+
+    a = em.datasets.synthetic_svg(150, 20, n_spatial=5, seed=2)
+    with em.settings.override(seed=123):
+        spatial_svg_moran(a, layer="counts", n_perms=5)
+        spatial_svg_gp(a, layer="counts", null="permutation", n_null=200, model_search=False, use_gpu=False)
+    assert a.uns["moran"]["params"]["seed"] == 123
+    assert a.uns["spatialde_gp"]["params"]["seed"] == 123 and a.uns["spatialde_gp"]["params"]["null"] == "permutation"
+    spatial_svg_moran(a, layer="counts", seed=9, key_added="m9")
+    assert a.uns["m9"]["params"]["seed"] == 9
