@@ -63,3 +63,28 @@ def test_plot_locat_genes_through_the_accessor():
     g = str(expm.spatial_bin["s0"].var["gene"].iloc[5])
     fig = expm.spatial_bin.plot_locat(run_on_samples=True, basis="spatial", genes={"chosen": [g]})
     assert [t for t, _ in _panels(fig)] == [f"{g}\nchosen"]
+
+
+def test_locat_top_genes_are_symbols_with_ids_on_request():
+    """Issue 18: where var names are ids, the top-gene lists show the symbols (ids with symbols=False)."""
+    a = _adata()
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    a.var["gene"] = [f"Sym{i}" for i in range(a.n_vars)]
+    a.var.loc[a.var_names[5], "gene"] = np.nan  # a missing symbol falls back to the id
+    z = np.linspace(-2, 5, a.n_vars)
+    a.var["locat.zscore"] = z
+    a.var["locat.pval"] = np.where(z > 0, 1e-3, 0.5)
+    a.var["locat.is_conc_sig"] = z > 0
+    a.var["locat.is_depl_sig"] = np.arange(a.n_vars) % 2 == 0
+    a.var["locat.is_joint_sig"] = (z > 0) & (np.arange(a.n_vars) % 2 == 0)
+    conc_ids, joint_ids = em.pl.locat_top_genes(a, "locat", 3, symbols=False)
+    conc, joint = em.pl.locat_top_genes(a, "locat", 3)
+    assert all(g.startswith("ENSG") for g in conc_ids + joint_ids)
+    sym = dict(zip(a.var_names, a.var["gene"], strict=True))
+    assert conc == [sym[g] for g in conc_ids] and joint == [sym[g] for g in joint_ids]
+    assert all(g.startswith("Sym") for g in conc + joint)
+    b = a.copy()
+    b.var["locat.zscore"] = np.where(np.arange(a.n_vars) == 5, 10.0, -1.0)
+    b.var["locat.is_conc_sig"] = np.arange(a.n_vars) == 5
+    b.var["locat.is_depl_sig"] = False
+    assert em.pl.locat_top_genes(b, "locat", 1)[0] == [b.var_names[5]]

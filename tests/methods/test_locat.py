@@ -201,7 +201,7 @@ def _fractions(df):
 
 def test_permuted_real_data_is_calibrated_subset():
     a = _permuted_pbmc(250)
-    n_tested, frac = _fractions(locat(a, seed=0, n_null_genes=250))
+    n_tested, frac = _fractions(locat(a, seed=0))  # the default 400 pseudo-genes: fewer give a noisier null scale
     assert n_tested > 230
     for col, f in frac.items():
         assert f <= 0.06, (col, f)

@@ -226,7 +226,9 @@ _LOCAT_COLUMNS = ("zscore", "pval", "is_conc_sig", "is_depl_sig", "is_joint_sig"
 
 
 @renamed_options(key="locat_key")
-def locat_top_genes(adata: AnnData, locat_key: str = "locat", n_top: int = 4) -> tuple[list[str], list[str]]:
+def locat_top_genes(
+    adata: AnnData, locat_key: str = "locat", n_top: int = 4, *, symbols: bool = True
+) -> tuple[list[str], list[str]]:
     """Top concentrated-only genes and top concentrated-and-depleted genes by LOCAT z-score.
 
     Parameters
@@ -237,11 +239,17 @@ def locat_top_genes(adata: AnnData, locat_key: str = "locat", n_top: int = 4) ->
         Prefix of the LOCAT var columns (LOCAT's ``key_added``). Deprecated alias: ``key=``.
     n_top
         Number of genes in each list.
+    symbols
+        Return gene symbols when ``var`` has a symbol column (as the LOCAT table's index: the first of
+        ``gene``, ``gene_symbol``, ``gene_symbols``, ``symbol``, ``gene_name``, ``feature_name``; the var
+        name where a symbol is missing); ``False``: var names (ids).
 
     Returns
     -------
     ``(concentrated only, concentrated and depleted)`` gene names, highest z-score first.
     """
+    from experimat.methods.locat._locat import gene_symbols
+
     missing = [f"{locat_key}.{c}" for c in _LOCAT_COLUMNS if f"{locat_key}.{c}" not in adata.var.columns]
     if missing:
         raise MissingSlotError(
@@ -258,7 +266,8 @@ def locat_top_genes(adata: AnnData, locat_key: str = "locat", n_top: int = 4) ->
     def top(mask: np.ndarray) -> list[str]:
         idx = np.flatnonzero(mask & np.isfinite(z))
         order = np.lexsort((p[idx], -z[idx]))  # highest z first, then smallest p
-        return [str(adata.var_names[i]) for i in idx[order][:n_top]]
+        names = gene_symbols(adata) if symbols else adata.var_names
+        return [str(names[i]) for i in idx[order][:n_top]]
 
     return top(conc & ~depl & ~joint), top(joint)
 
@@ -267,6 +276,7 @@ def _locat_gene_rows(genes: Any) -> list[tuple[str, list[str]]] | None:
     """``genes=`` of :func:`plot_locat` as ``[(row label, [gene, ...]), ...]``."""
     if genes is None:
         return None
+
     def names(v: Any) -> list[Any]:
         if isinstance(v, str):
             return [v]
@@ -342,14 +352,16 @@ def plot_locat(
     empty: list[tuple[int, str]] = []
     for name, ad in samples.items():
         if chosen is None:
-            conc, joint = locat_top_genes(ad, locat_key, n_top)
+            conc, joint = locat_top_genes(ad, locat_key, n_top, symbols=False)
             lists = [(conc, "concentrated"), (joint, "conc. + depleted")]
         else:
             from experimat.methods._checks import resolve_genes
 
             lists = [(resolve_genes(ad, g), label) for label, g in chosen]
         z = ad.var[f"{locat_key}.zscore"] if f"{locat_key}.zscore" in ad.var.columns else None
-        sym = ad.var["gene"].astype(str) if "gene" in ad.var.columns else pd.Series(ad.var_names, index=ad.var_names)
+        from experimat.methods.locat._locat import gene_symbols
+
+        sym = pd.Series(gene_symbols(ad), index=ad.var_names)
         for names, label in lists:
             if not names:
                 empty.append((len(rows), f"{_prefix(name, len(samples))}no significant {label} genes"))

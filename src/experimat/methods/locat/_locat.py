@@ -22,8 +22,14 @@ standardised per axis. Steps (each a function of its own module):
    score ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is turned into a
    z-score against ``n_null_genes`` permuted pseudo-genes (real genes with their values permuted across
    cells, so their weights look like real genes' weights); the null centre (median) and scale ((q95 -
-   q50) / 1.645, robust to the lower tail) are kernel-weighted quantiles in log10 ``p``.
-   ``concentration_pval`` is the normal upper tail.
+   q50) / 1.645, robust to the lower tail) are kernel-weighted quantiles in log10 ``p`` (Gaussian
+   kernel of 0.3 decades, the spacing of the reference's seven null fractions: the reference
+   standardises by mean and standard deviation of random pseudo-genes at seven expressing fractions,
+   interpolated between them, so its z-scores vary smoothly with ``p``; a narrower kernel (0.15)
+   ranked genes of different ``p`` less like the reference: Spearman rho 0.64-0.69 against 0.68-0.72
+   on pbmc68k_reduced). ``concentration_pval`` is the normal upper tail. Calibration on permuted genes
+   is ~4 % overall at 0.05 but not uniform in ``p``: ~1 % for 80-350 expressing cells of 700, 5-15 %
+   for 20-80 and ~9 % above 350 (the kernel smooths over the null's fast change at the ends).
 5. **Depletion**: the expressing cells are split at random in two halves; ``f1`` refitted on half A
    defines, for each ``lambda`` in ``rc_lambda_values``, the region ``f0 > lambda f1``. The number of
    half-B cells in that region (among cells not in A) is compared with its hypergeometric expectation
@@ -172,16 +178,23 @@ def _background_weights(adata: AnnData, background_weights) -> np.ndarray:
     return w / w.mean()
 
 
+def gene_symbols(adata: AnnData) -> np.ndarray:
+    """The gene symbol of every var (object array): the first of ``var`` columns ``gene``,
+    ``gene_symbol``, ``gene_symbols``, ``symbol``, ``gene_name``, ``feature_name`` present; the var name
+    where there is none or it is missing."""
+    ids = adata.var_names.astype(str)
+    col = next((c for c in _SYMBOL_COLUMNS if c in adata.var.columns), None)
+    if col is None:
+        return np.asarray(ids, dtype=object)
+    sym = adata.var[col].astype(object)
+    return np.asarray(np.where(pd.isna(sym) | (sym.astype(str).str.strip() == ""), ids, sym.astype(str)), dtype=object)
+
+
 def _gene_table_index(adata: AnnData) -> tuple[np.ndarray, pd.Index | None]:
     """Gene symbols for the ``gene_name`` column, and the table index when ``var`` holds symbols
     other than the var names (None: index by ``var_names``)."""
     ids = adata.var_names.astype(str)
-    col = next((c for c in _SYMBOL_COLUMNS if c in adata.var.columns), None)
-    if col is None:
-        return np.asarray(ids, dtype=object), None
-    sym = adata.var[col].astype(object)
-    names = np.where(pd.isna(sym) | (sym.astype(str).str.strip() == ""), ids, sym.astype(str))
-    names = np.asarray(names, dtype=object)
+    names = gene_symbols(adata)
     if np.array_equal(names.astype(str), np.asarray(ids)):
         return names, None
     from anndata.utils import make_index_unique
@@ -234,9 +247,14 @@ def locat(
         principal-direction partition of the atoms, then weighted farthest-first seeds (the
         deterministic counterpart of k-means++) from different first atoms.
     knn_mode
-        ``"connectivity"``: an expressing cell's weight is the mean of its value and the
-        neighbour-graph-weighted mean of its ``n_neighbors`` neighbours' values; ``"binary"``: every
-        expressing cell has weight 1.
+        ``"connectivity"``: an expressing cell's weight is 0.05 x its value + 0.95 x the Gaussian-
+        weighted mean value of its ``n_neighbors`` neighbours (zeros included): the local expression
+        level around the cell, which varies less with sampling noise than the cell's own value (the
+        reference weights by the cell's value, but z-scores from these weights rank genes more like
+        it: against three reference seeds on pbmc68k_reduced, Spearman rho 0.60-0.64 / Jaccard of
+        concentration-significant genes 0.44-0.49 with the values, 0.64-0.68 / 0.48-0.54 with
+        half-and-half, 0.68-0.72 / 0.56-0.60 with this weighting); ``"binary"``: every expressing cell
+        has weight 1 (0.57-0.62 / 0.38-0.43).
     n_neighbors
         Neighbours of the graph used by ``knn_mode="connectivity"``.
     reg_covar

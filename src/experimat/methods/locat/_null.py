@@ -43,7 +43,7 @@ class NullModel:
     fewer mixture components) does not inflate.
     """
 
-    def __init__(self, log_frac: np.ndarray, raw: np.ndarray, bandwidth: float = 0.15):
+    def __init__(self, log_frac: np.ndarray, raw: np.ndarray, bandwidth: float = 0.3):
         ok = np.isfinite(raw) & np.isfinite(log_frac)
         if int(ok.sum()) < 5:
             raise InvalidInputError("too few null pseudo-genes could be scored to calibrate LOCAT.")
