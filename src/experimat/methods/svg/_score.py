@@ -149,7 +149,8 @@ def spatial_svg_score(
         Test pseudo-spots: the counts (and size factors) of the spots in square blocks of this many
         spot spacings summed, each block at the mean position of its spots. ``"auto"`` (default): no
         blocks up to :data:`MAX_SCORE_SPOTS` (20,000) spots; above, the smallest block size 2, 4, 8, …
-        that leaves at most that many blocks (Visium HD: 8 × 8 bins of 8 µm at 500,000 bins). The
+        that leaves at most :data:`MAX_SCORE_BLOCKS` (5,000) blocks (Visium HD: 16 × 16 bins of 8 µm at
+        500,000 bins; 4 × 4 at 50,000). The
         kernels' cost is linear in the (pseudo-)spots times their rank, and the rank a kernel needs
         grows with the spots, so whole Visium HD sections are only tractable in blocks; patterns wider
         than a block keep their power (summed counts: more counts per test unit), patterns finer than
@@ -231,8 +232,10 @@ def spatial_svg_score(
     return with_gene_symbols(res, adata)
 
 
-#: spots above which ``block_size="auto"`` tests blocks of spots (pseudo-spots), and the most blocks it leaves
+#: spots above which ``block_size="auto"`` tests blocks of spots (pseudo-spots)
 MAX_SCORE_SPOTS = 20_000
+#: the most blocks ``block_size="auto"`` leaves
+MAX_SCORE_BLOCKS = 5_000
 
 
 def _pseudo_spots(xy: np.ndarray, block_size):
@@ -251,7 +254,7 @@ def _pseudo_spots(xy: np.ndarray, block_size):
         if block_size != "auto":
             raise InvalidInputError(f"block_size must be None, 'auto' or a number of spot spacings; got {block_size!r}.")
         size = 2.0
-        while block_membership(xy, size, spacing)[1].shape[0] > MAX_SCORE_SPOTS:
+        while block_membership(xy, size, spacing)[1].shape[0] > MAX_SCORE_BLOCKS:
             size *= 2.0
     else:
         size = float(block_size)
