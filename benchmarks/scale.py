@@ -221,8 +221,11 @@ def plot_row(a, n: int, workdir: Path, gene: str) -> None:
         return fig
 
     fig = step("plot_spatial (PNG)", plot, n)
+    from experimat.pl._spot_raster import GID
+
     colls = [c for ax in fig.axes for c in ax.collections if len(c.get_offsets()) > 1]
-    note(n, "plot rasterised", bool(colls) and all(c.get_rasterized() for c in colls))
+    as_image = [im for ax in fig.axes for im in ax.images if im.get_gid() == GID]  # the aggregated spot image
+    note(n, "plot rasterised", bool(as_image) or (bool(colls) and all(c.get_rasterized() for c in colls)))
     note(n, "plot png", (workdir / f"plot{n}.png").stat().st_size)
     if os.environ.get("SCALE_KEEP_PLOT"):
         import shutil

@@ -355,6 +355,10 @@ RASTERIZE_ABOVE = 20_000
 def _draw_spots(
     ax: Axes, xy: np.ndarray, cv: ColorValues, opts: Mapping[str, Any], *, diameter, palette, cmap, norm, to_rgba
 ):
+    from ._spot_raster import draw_spot_raster, use_raster
+
+    if use_raster(len(xy), diameter, opts):  # hundreds of thousands of spots: one aggregated image
+        return draw_spot_raster(ax, xy, cv, opts, diameter=diameter, palette=palette, cmap=cmap, norm=norm, to_rgba=to_rgba)
     artist = _draw_spots_artist(ax, xy, cv, opts, diameter=diameter, palette=palette, cmap=cmap, norm=norm, to_rgba=to_rgba)
     if len(xy) > RASTERIZE_ABOVE:
         artist.set_rasterized(True)
