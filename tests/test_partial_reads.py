@@ -132,3 +132,19 @@ def test_a_resaved_sample_gets_new_sums_and_others_keep_theirs(tmp_path):
     assert new1 != f1 and m2["files"][new1]["elements"]["obsm"] != m["files"][f1]["elements"]["obsm"]
     back = em.load_experiment(root, mode="r").get_sample_slots("spatial-bin", "s1")
     np.testing.assert_allclose(back.obsm["spatial"], np.asarray(a.obsm["spatial"]))
+
+
+def test_a_new_string_column_is_saved_once_not_again_with_the_next_change(tmp_path):
+    """Writing an h5ad turns string columns into categoricals in place; the next save must not take that for
+    a change (a 500,000-bin sample would be rewritten by every later save)."""
+    root, _, _ = _project(tmp_path)
+    expm = em.load_experiment(root)
+    a = expm.get_sample("spatial-bin", "s0")
+    a.obs["note"] = "changed"  # strings: stored as a categorical
+    expm.save()
+    first = json.loads((root / "manifest.json").read_text())["samples"]["spatial-bin"]
+    expm.get_sample("spatial-bin", "s1").obs["note"] = "other"
+    expm.save()
+    second = json.loads((root / "manifest.json").read_text())["samples"]["spatial-bin"]
+    assert second["s0"]["file"] == first["s0"]["file"] and second["s1"]["file"] != first["s1"]["file"]
+    expm.close()

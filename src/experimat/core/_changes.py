@@ -56,9 +56,11 @@ class ChangeTracker:
         if obj is None:
             self._marked.discard(key)
             return
-        checked = self._checked.pop(key, None)
+        self._checked.pop(key, None)
         if key in self._handed:
-            self._handed[key] = checked if checked is not None and key not in self._marked else fingerprint(obj)
+            # taken again after the write: writing an h5ad turns string columns into categoricals in place, so
+            # a fingerprint from before the write would make the next save rewrite an unchanged sample
+            self._handed[key] = fingerprint(obj)
         self._marked.discard(key)
 
     def all_saved(self, objs: dict[SampleKey, Any]) -> None:
