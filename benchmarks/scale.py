@@ -8,10 +8,13 @@ resident memory (RSS sampled every 10 ms, absolute, i.e. including what earlier 
    folder (h5 + parquet; set-up, not a target);
 2. ``read+create+save`` — ``Experiment.from_table`` on that folder (auto-detected) into a new project;
 3. ``lazy open`` — ``load_experiment(mode="r")``; ``obs/obsm only`` — ``get_sample_slots`` (no X; the
-   file's sha256 is verified first, as for every read, unless the project is opened with ``verify=False``);
-   ``full sample load`` — ``get_sample``;
-4. ``QC+normalise+PCA`` — the accessors ``qc_metrics``, ``normalize``, ``pca`` (save=False), then
-   ``save (1 sample)``;
+   elements it reads are checked against their own checksums in the manifest, io/checksums.py, unless the
+   project is opened with ``verify=False``); ``full sample load`` — ``get_sample`` (whole-file sha256);
+4. ``QC+normalise+PCA`` — the accessors ``qc_metrics``, ``normalize``, ``pca`` on ``hd`` (save=False), then
+   ``save (1 sample)``; ``save (small changed)`` — an ``obs`` edit of the second, 2,000-bin sample ``small``;
+   the summary checks from the manifest that each save rewrote only the sample that changed; ``obs/obsm after
+   saves`` — a partial open of the rewritten file. ``--skip preprocess`` leaves out QC+normalise+PCA (over
+   3 GB at 500,000 bins; ``hd`` is changed by an ``obs`` column instead) and so the SVG rows;
 5. SVG rows, all genes, called directly on the sample: ``Moran's I (bin graph)`` — ``spatial_svg_moran`` on
    ``lognorm`` (the 8 touching bins; squidpy-comparable default), ``Moran's I (scales)`` — the same with
    ``scales="auto"`` (coarse-grained block neighbourhoods, Cauchy-combined), ``score test`` —
@@ -19,31 +22,42 @@ resident memory (RSS sampled every 10 ms, absolute, i.e. including what earlier 
    compares its calls (padj < 0.05) among the planted genes with those of an oracle test that knows the stripes
    (one-way ANOVA of lognorm across the true stripes, BH). ``--svg-only`` runs only these rows, on the sample
    generated in memory and log-normalised (no project, no I/O);
-6. ``plot_spatial`` — one gene over the hires image, saved as PNG (the spot layer is rasterised);
+6. ``plot_spatial`` — one gene over the hires image, saved as PNG (above 100,000 spots the spot layer is
+   one aggregated image on a spot-sized grid, pl/_spot_raster.py; below, rasterised circles);
 7. ``GP refuses`` — ``spatial_svg_gp`` above its ``max_spots`` raises at once, naming the scalable tests.
 
 Not covered here (issue 21, not done): SpaGCN / DeepST, cell2location / DestVI and LOCAT at these sizes.
+
+The run ends with every row of issue 21's Scale table: the curve over the sizes (wall s, CPU s in
+brackets) and met / not met at the largest size (on wall time, which the shared machine's load inflates).
 
 Usage::
 
     python benchmarks/scale.py [--sizes 5000,50000,500000] [--genes 18000] [--timeout 3000] [--skip moran,score]
     python benchmarks/scale.py --svg-only --sizes 5000,50000,500000
 
-Measured on 2026-12-01 (2 cores shared with other jobs, load average 16-22: wall times are several
-times the CPU times; a PCA-only rerun at 500,000 bins took 107 s wall for 14 s CPU), 18,000 genes:
+Measured on 2026-12-02, 18,000 genes, 2 cores shared with the other helpers' jobs (load average 14-17:
+wall times are 3-9x the CPU seconds, given in brackets). 5,000 and 50,000 bins: one run (load 14-15);
+500,000 bins: ``--skip moran,score,preprocess`` (load 14.5-17; the heavy lock was held by other jobs) and,
+for QC+normalise+PCA, the run of the same session before this change (load 10-14):
 
-=========================  =========  =========  ==========================
-step                         5,000     50,000     500,000
-=========================  =========  =========  ==========================
-read+create+save             1.7 s      9.5 s      30 s (1.3 GB)
-lazy open                    0.01 s     0.00 s     0.01 s
-obs/obsm only (sha256)       0.3 s      1.7 s      8.0 s (verify=False: 4.4 s)
-full sample load             0.5 s      3.7 s      22 s (2.2 GB)
-QC+normalise+PCA             11 s       66 s       493 s (4.0 GB; dense PCA: >10 min, 10 GB)
-save (1 sample)              1.1 s      4.4 s      13 s
-plot_spatial (PNG)           11 s       10 s       13 s (2.2 GB)
-Moran's I, all genes         78 s       976 s      stopped (about 3 h extrapolated at this load)
-=========================  =========  =========  ==========================
+=========================  ==============  ==============  ==================================
+step                       5,000           50,000          500,000
+=========================  ==============  ==============  ==================================
+read+create+save           2.3 s (0.8)     2.8 s (1.1)     34.8 s (5.4), 1.3 GB
+lazy open                  0.01 s          0.02 s          0.01 s
+obs/obsm only (checked)    0.29 s (0.1)    0.26 s (0.1)    7.1 s (0.8); verify=False 4.6 s (0.7)
+full sample load           0.35 s (0.1)    1.1 s (0.3)     26 s (3.3), 1.2 GB
+QC+normalise+PCA           8.2 s (2.9)     17 s (5.4)      126 s (26.6), 4.2 GB
+save (1 sample)            1.1 s (0.3)     1.7 s (0.7)     44 s (5.6)
+save (small changed)       0.5 s (0.2)     0.7 s (0.3)     5.4 s (0.9); only ``small`` rewritten
+obs/obsm after saves       0.25 s (0.1)    0.48 s (0.2)    3.5 s (0.8)
+plot_spatial (PNG)         4.0 s (1.2)     4.1 s (1.3)     3.6 s (1.4), aggregated image
+=========================  ==============  ==============  ==================================
+
+Before the per-element checksums the partial open hashed the whole file: 500,000 bins took 5.9 s
+(1.2 CPU s) against 2.6 s (0.6) with verify=False at load 10-14; now the check adds about 0.1 CPU s.
+On 2026-12-01 (load 16-22) Moran's I took 78 s at 5,000 bins and 976 s at 50,000.
 
 Power (Moran's I, 8 touching bins, padj < 0.05, vs the stripe-aware oracle): 15 % of the oracle's
 planted genes at 5,000 bins, 26 % at 50,000; at 20,000 bins a wider neighbourhood raises it
