@@ -62,6 +62,22 @@ On 2026-12-01 (load 16-22) Moran's I took 78 s at 5,000 bins and 976 s at 50,000
 Power (Moran's I, 8 touching bins, padj < 0.05, vs the stripe-aware oracle): 15 % of the oracle's
 planted genes at 5,000 bins, 26 % at 50,000; at 20,000 bins a wider neighbourhood raises it
 (grid 29 %, 30-NN 43 %, 100-NN 63 %).
+
+Measured on 2026-12-02 after the sparse Moran's I and ``scales`` (load average 12-18 on the 2 cores),
+18,000 genes unless said otherwise; power = share of the oracle's planted genes called at padj < 0.05:
+
+======================================  ==========================  ============================================
+step                                      5,000 (--svg-only)          50,000
+======================================  ==========================  ============================================
+Moran's I (bin graph)                     2.1 s (0.6 s CPU), 15 %     26 % (its p-value is the first of the scales')
+Moran's I (scales=[4, 8, 16, 32])         2.1 s, 0.3 GB, 61 %         31 s (heavy lock; was 976 s), 90 %
+                                          ("auto": 4 and 8 bins)      ("auto" at 50,000 bins: the same sizes)
+score test (2,000 genes)                  70 s, 1.1 GB, 82 %          363 s, 1.8 GB, 56 % on 2 x 2 blocks
+                                          (no blocks)                 (12,544 blocks; "auto" now 4 x 4)
+======================================  ==========================  ============================================
+
+The 500,000-bin SVG rows were not measured in this session (the heavy lock was queued behind other
+benchmarks until the deadline); run ``--svg-only --sizes 500000`` under the lock.
 """
 
 from __future__ import annotations
