@@ -18,15 +18,14 @@ from ._deconv import (
     plot_volcano,
 )
 from ._image import get_image
+from ._locat import locat_top_genes, plot_locat
 from ._methods import (
     BLEND_COLORS,
     blend_colors,
-    locat_top_genes,
     plot_abundance,
     plot_abundance_blend,
     plot_domains,
     plot_embedding,
-    plot_locat,
     plot_patterns,
 )
 from ._qc import plot_reconstruction, plot_totals_per_batch, plot_training_history
