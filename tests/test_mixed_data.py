@@ -106,18 +106,18 @@ def test_sample_with_only_unknown_genes(tmp_path, how):
 
 
 def test_failed_creation_leaves_nothing_and_force_reuses_leftovers(tmp_path, monkeypatch):
-    from experimat.core.experiment import Experiment
+    from experimat.io import files as project_files
 
     calls = {"n": 0}
-    original = Experiment._write_sample
+    original = project_files.write_sample
 
-    def failing(self, store, modality, sample):
+    def failing(store, modality, sample, adata, **kwargs):
         calls["n"] += 1
         if calls["n"] % 2 == 0:
             raise OSError("disk full (injected)")
-        return original(self, store, modality, sample)
+        return original(store, modality, sample, adata, **kwargs)
 
-    monkeypatch.setattr(Experiment, "_write_sample", failing)
+    monkeypatch.setattr(project_files, "write_sample", failing)
     project = tmp_path / "p"
     with pytest.raises(OSError, match="injected"):
         em.Experiment.from_anndata({"a": _spots(1), "b": _spots(2)}, modality="spatial-bin", taxa="mmu", project=project,
