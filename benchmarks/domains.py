@@ -176,6 +176,28 @@ def _run_reference(env_var: str, driver: str, adatas: list, job: dict) -> tuple[
         return pd.read_csv(out, index_col=0), float(info["seconds"]), float(info["cpu_seconds"])
 
 
+def _reference_multi(samples: dict, n_clusters: int, seed: int):
+    """multiSpaGCN 1.2.7 on the genes common to all samples (its defaults: res 0.4 start, 500 epochs,
+    no refinement): ``(labels DataFrame, seconds, CPU seconds)`` or ``None`` when skipped."""
+    genes = None
+    for a in samples.values():
+        genes = a.var_names if genes is None else genes.intersection(a.var_names)
+    return _run_reference(
+        "EXPERIMAT_REF_PYTHON_SPAGCN",
+        "spagcn_driver.py",
+        [a[:, genes] for a in samples.values()],
+        {
+            "mode": "multi",
+            "n_clusters": n_clusters,
+            "seed": seed,
+            "histology": False,
+            "refine_shape": "none",
+            "res": 0.4,
+            "max_epochs": 500,
+        },
+    )
+
+
 # --------------------------------------------------------------------------- SpaGCN
 def _ours_spagcn(adata, n_clusters, seed, histology, refine_shape):
     from experimat.methods.domains.spagcn import spatial_detect_domains_spagcn
@@ -278,23 +300,7 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
         "domains_total": int(ours.nunique()),
     }
     _print_row(row)
-    genes = None
-    for a in samples.values():
-        genes = a.var_names if genes is None else genes.intersection(a.var_names)
-    ref = _run_reference(
-        "EXPERIMAT_REF_PYTHON_SPAGCN",
-        "spagcn_driver.py",
-        [a[:, genes] for a in samples.values()],
-        {
-            "mode": "multi",
-            "n_clusters": n_clusters,
-            "seed": seed,
-            "histology": False,
-            "refine_shape": "none",
-            "res": 0.4,
-            "max_epochs": 500,
-        },
-    )
+    ref = _reference_multi(samples, n_clusters, seed)
     if ref is not None:
         rdf, t_ref, c_ref = ref
         rdf = rdf.loc[ours.index]
@@ -401,6 +407,35 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
     return rows
 
 
+def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
+    """Seed stability and accuracy of DeepST on real annotated data (MOB rep11 layers, raw counts):
+    ours (stable consensus of 3 runs, the default) beside ours with one seed (stable=False, the
+    reference's algorithm); mean pairwise ARI of the refined domains between seeds and mean ARI
+    against the layers. (No DeepST reference environment: the reference package pins old torch.)"""
+    import experimat as em
+    from experimat.methods.domains.deepst import spatial_detect_domains_deepst
+
+    em.settings.progress = False
+    adata, truth_key = mouse_olfactory_bulb()
+    truth = adata.obs[truth_key].astype(str).to_numpy()
+    row = {"method": "deepst-stability", "case": "MOB rep11 (ST, 5 layers)", "n_spots": adata.n_obs, "seeds": len(seeds)}
+    for label, stable in (("ours", True), ("ours_single", False)):
+        found, times = [], []
+        for seed in seeds:
+            t = time.perf_counter()
+            df = spatial_detect_domains_deepst(
+                adata, n_domains=5, seed=seed, stable=stable, refine_neighbors=4, use_gpu=False, key_added="d"
+            )
+            times.append(time.perf_counter() - t)
+            found.append(df["refined"].astype(str).to_numpy())
+        row[f"{label}_stability"] = _pairwise(found)
+        row[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found]))
+        row[f"{label}_s"] = float(np.mean(times))
+    row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
+    _print_row(row)
+    return [row]
+
+
 # --------------------------------------------------------------------------- integration (issue 19)
 def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Mean fraction of each spot's ``k`` nearest spots that share its label."""
@@ -441,7 +476,11 @@ def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
         if truth:
             domains = set(pd.concat(truth.values()))
             row["truth_in_every_section"] = int(sum(all(d in set(v) for v in truth.values()) for d in domains))
-        variants = (("ours", {}), ("ours_as_ref", {"stable": False, "batch_correction": "none"}))
+        variants = (
+            ("ours", {}),
+            ("ours_harmony", {"batch_correction": "harmony"}),
+            ("ours_as_ref", {"stable": False, "batch_correction": "none"}),
+        )
         for label, kw in variants:
             t = time.perf_counter()
             integrate_domains_spagcn(
@@ -468,23 +507,7 @@ def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
             single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
         row["single_section_s"] = time.perf_counter() - t
         row["single_neighbour_agreement"] = float(np.mean(single))
-        genes = None
-        for a in samples.values():
-            genes = a.var_names if genes is None else genes.intersection(a.var_names)
-        ref = _run_reference(
-            "EXPERIMAT_REF_PYTHON_SPAGCN",
-            "spagcn_driver.py",
-            [a[:, genes] for a in samples.values()],
-            {
-                "mode": "multi",
-                "n_clusters": k,
-                "seed": seed,
-                "histology": False,
-                "refine_shape": "none",
-                "res": 0.4,
-                "max_epochs": 500,
-            },
-        )
+        ref = _reference_multi(samples, k, seed)
         if ref is not None:
             rdf, t_ref, _ = ref
             rlabs = {s: rdf.loc[a.obs_names, "pred"].astype(str) for s, a in samples.items()}
@@ -508,7 +531,12 @@ def _print_row(row: dict) -> None:
     print("  " + "  ".join(parts), flush=True)
 
 
-BENCHMARKS = {"spagcn": bench_spagcn, "stability": bench_stability, "integration": bench_integration}
+BENCHMARKS = {
+    "spagcn": bench_spagcn,
+    "stability": bench_stability,
+    "deepst-stability": bench_deepst_stability,
+    "integration": bench_integration,
+}
 
 
 def main(argv=None) -> None:

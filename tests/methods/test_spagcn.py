@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 from pathlib import Path
 
 import anndata as ad
@@ -229,36 +230,49 @@ def test_bad_inputs(tissue):
         integrate_domains_spagcn({"a": a, "b": b}, n_clusters=3)
 
 
-def test_sparse_graph_path_matches_dense(monkeypatch):
-    """Above DENSE_MAX_SPOTS the adjacency is sparse (weights < 1e-6 dropped) and p(l) chunked."""
+def test_sparse_graph_matches_dense():
+    """The sparse Gaussian adjacency (weights < 1e-6 dropped) gives A X of the full dense adjacency,
+    and p(l) by blocks of rows the mean weight over all pairs."""
+    from scipy.spatial.distance import cdist
+
     from experimat.methods.domains.spagcn import _graph
 
     xy, _ = em.datasets.visium_hex_grid(300)
     feats = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
-    dense_l = search_l(xy, 0.5)
-    dense = _graph.propagate(xy, dense_l, feats, None).numpy()
-    monkeypatch.setattr(_graph, "DENSE_MAX_SPOTS", 10)
-    assert search_l(xy, 0.5) == pytest.approx(dense_l)
-    sparse_ax = _graph.propagate(xy, dense_l, feats, None).numpy()
-    np.testing.assert_allclose(sparse_ax, dense, atol=1e-4)
+    width = search_l(xy, 0.5)
+    dense = np.exp(-cdist(xy, xy) ** 2 / (2.0 * width * width))
+    np.testing.assert_allclose(_graph.propagate(xy, width, feats, None).numpy(), dense @ feats, atol=1e-4)
+    wide = 20.0 * width
+    expected = np.exp(-cdist(xy, xy) ** 2 / (2.0 * wide * wide)).sum() / 300 - 1.0
+    assert _graph._MeanWeight(xy, None)(wide) == pytest.approx(expected, rel=1e-5)
+    assert abs(_graph._MeanWeight(xy, None)(width) - 0.5) < 0.011
 
 
 @pytest.mark.parametrize("shape", [(300, 120), (120, 300)])
-def test_pca_branches_agree(shape, monkeypatch):
-    """Covariance / Gram eigendecomposition and the randomised SVD give the same scores (up to sign)."""
-    from experimat.methods.domains.spagcn import _model
+def test_block_pca_branches_agree(shape):
+    """methods/_expression.block_pca: covariance eigendecomposition, SVD and the randomised SVD give
+    the same scores (up to sign), dense or sparse, and centring within blocks is exact."""
+    from scipy import sparse
+
+    from experimat.methods._expression import block_pca
 
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(shape[0], 6)) * np.arange(12, 0, -2)) @ rng.normal(size=(6, shape[1]))
     X += 0.05 * rng.normal(size=shape)
-    exact = _model.pca_embedding(X, 5, seed=0)
-    monkeypatch.setattr(_model, "EXACT_PCA_MAX", 10)
-    approx = _model.pca_embedding(X, 5, seed=0)
+    exact = block_pca(X, 5, seed=0)
+    approx = block_pca(X, 5, seed=0, exact_max=10)
     np.testing.assert_allclose(np.abs(approx), np.abs(exact), rtol=1e-3, atol=1e-3 * np.abs(exact).max())
-    centred = X - X.mean(0)
-    # the scores carry the top singular values of the centred data
-    sv = np.linalg.svd(centred, compute_uv=False)[:5]
+    sv = np.linalg.svd(X - X.mean(0), compute_uv=False)[:5]
     np.testing.assert_allclose(np.linalg.norm(exact.astype(np.float64), axis=0), sv, rtol=1e-4)
+    bounds = [0, shape[0] // 3, shape[0]]
+    centred = X.copy()
+    for lo, hi in itertools.pairwise(bounds):
+        centred[lo:hi] -= centred[lo:hi].mean(0)
+    sv = np.linalg.svd(centred, compute_uv=False)[:5]
+    for inp in (X, sparse.csr_matrix(X)):
+        for limit in (1000, 10):
+            got = block_pca(inp, 5, blocks=bounds, seed=0, exact_max=limit).astype(np.float64)
+            np.testing.assert_allclose(np.linalg.norm(got, axis=0), sv, rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- seed stability, shared domains

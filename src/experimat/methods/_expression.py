@@ -9,6 +9,8 @@ which experimat does not depend on).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,10 +18,13 @@ import numpy as np
 from experimat._errors import InvalidInputError
 
 
-def normalize_total(X: Any, *, target_sum: float | None = 1e4, log1p: bool = True) -> tuple[Any, float]:
+def normalize_total(
+    X: Any, *, target_sum: float | None = 1e4, log1p: bool = True, totals: np.ndarray | None = None
+) -> tuple[Any, float]:
     """Scale each row to ``target_sum`` counts (``None``: the median of the non-zero row totals, as
     scanpy's ``pp.normalize_total``), then ``log(1 + x)`` when ``log1p``; returns ``(float32 matrix of
-    the input's kind, target used)``. Rows without counts stay zero.
+    the input's kind, target used)``. Rows without counts stay zero. ``totals``: each row's library
+    size when it is not the row sum of ``X`` (``X`` a subset of the genes).
 
     Written out rather than calling scanpy: scanpy 1.11's numba kernels cost a JIT compilation in every
     new (worker) process and were 4x slower per call on a 3000 x 3000 sparse matrix.
@@ -27,7 +32,7 @@ def normalize_total(X: Any, *, target_sum: float | None = 1e4, log1p: bool = Tru
     import scipy.sparse as sp
 
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    total = np.asarray(X.sum(1)).ravel()
+    total = np.asarray(X.sum(1) if totals is None else totals, dtype=np.float64).ravel()
     if target_sum is None:
         pos = total[total > 0]
         target = float(np.median(pos)) if pos.size else 1.0
@@ -135,3 +140,92 @@ def hvg_seurat_v3(X: Any, n_top_genes: int, *, span: float = 0.3) -> np.ndarray:
     stdvar[~ok] = -np.inf
     top = np.argsort(-stdvar, kind="stable")[:n_top_genes]
     return np.sort(top)
+
+
+def _block_stats(X: Any, bounds: np.ndarray, scale: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block gene means ``(B, G)`` and inverse standard deviations (1 without ``scale``; 0 for
+    genes constant within a block)."""
+    import scipy.sparse as sp
+
+    means, inv_sd = [], []
+    for lo, hi in itertools.pairwise(bounds):
+        block = X[lo:hi]
+        mean = np.asarray(block.mean(0), dtype=np.float64).ravel()
+        means.append(mean)
+        if scale:
+            sq = block.multiply(block).mean(0) if sp.issparse(block) else np.square(block, dtype=np.float64).mean(0)
+            sd = np.sqrt(np.maximum(np.asarray(sq, dtype=np.float64).ravel() - mean**2, 0.0))
+            inv_sd.append(np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-12))
+        else:
+            inv_sd.append(np.ones_like(mean))
+    return np.vstack(means), np.vstack(inv_sd)
+
+
+def block_pca(
+    X: Any,
+    n_comps: int,
+    *,
+    blocks: Sequence[int] | np.ndarray | None = None,
+    scale: bool = False,
+    seed: int = 0,
+    exact_max: int = 1000,
+    n_iter: int = 6,
+) -> np.ndarray:
+    """PCA scores (float32, ``n x n_comps``) of ``X`` with each gene centred (and, with ``scale``,
+    divided by its standard deviation) within each block of rows ``blocks[i]:blocks[i+1]``.
+
+    Centring within blocks (per section or sample) removes additive section effects before one joint
+    PCA; one block is ordinary centred PCA. Sparse ``X`` is never densified: the centred, scaled matrix
+    is only applied to thin matrices (``X_b (S_b Q) - 1 (mu_b S_b Q)``), so memory is the input plus
+    ``(n + G) x (n_comps + 20)``. Exact (the eigendecomposition of the ``G x G`` covariance, formed
+    sparsely) when the genes are at most ``exact_max``; otherwise the randomised SVD of Halko, Martinsson & Tropp (SIAM Rev. 53:217, 2011) with
+    ``n_iter`` power iterations, seeded. No ``n x n`` matrix is formed. Signs: the largest loading of
+    each component is positive.
+    """
+    import scipy.sparse as sp
+
+    n, g = X.shape
+    n_comps = int(min(n_comps, n - 1, g))
+    if n_comps < 1:
+        raise InvalidInputError(f"PCA needs at least 2 observations and 1 gene; got {X.shape}.")
+    X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+    bounds = np.asarray([0, n] if blocks is None else blocks, dtype=np.int64)
+    mu, s = _block_stats(X, bounds, scale)
+
+    def right(Q: np.ndarray) -> np.ndarray:  # centred/scaled X @ Q
+        out = np.empty((n, Q.shape[1]))
+        for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            sq = s[b][:, None] * Q
+            out[lo:hi] = X[lo:hi] @ sq - (mu[b] @ sq)[None, :]
+        return out
+
+    def left(P: np.ndarray) -> np.ndarray:  # (centred/scaled X).T @ P
+        out = np.zeros((g, P.shape[1]))
+        for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            Pb = P[lo:hi]
+            out += s[b][:, None] * (np.asarray(X[lo:hi].T @ Pb) - np.outer(mu[b], Pb.sum(0)))
+        return out
+
+    if g <= exact_max:
+        cov = np.zeros((g, g))
+        for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            gram = X[lo:hi].T @ X[lo:hi]
+            gram = gram.toarray() if sp.issparse(gram) else np.asarray(gram)
+            cov += s[b][:, None] * (gram - (hi - lo) * np.outer(mu[b], mu[b])) * s[b][None, :]
+        _, vecs = np.linalg.eigh(cov)
+        comps = vecs[:, ::-1][:, :n_comps]
+    else:
+        from threadpoolctl import threadpool_limits
+
+        rng = np.random.default_rng(seed)
+        # thin QRs: one BLAS thread (a thread pool is many times slower for these on a busy machine)
+        with threadpool_limits(1, user_api="blas"):
+            Q = np.linalg.qr(right(rng.standard_normal((g, min(n_comps + 20, g)))))[0]
+            for _ in range(n_iter):
+                Q = np.linalg.qr(right(np.linalg.qr(left(Q))[0]))[0]
+            _, _, vt = np.linalg.svd(left(Q).T, full_matrices=False)
+        comps = vt[:n_comps].T
+    top = np.abs(comps).argmax(0)
+    signs = np.sign(comps[top, np.arange(comps.shape[1])])
+    comps = comps * np.where(signs == 0, 1.0, signs)
+    return right(comps).astype(np.float32)

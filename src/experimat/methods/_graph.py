@@ -5,7 +5,8 @@ Built once per call and handed to the method that uses it (as squidpy's ``gr.spa
 builds the graph that ``gr.spatial_autocorr`` reads). Every graph is an ``n x n``
 :class:`scipy.sparse.csr_matrix` without self-loops; row ``i`` holds the neighbours of observation ``i``.
 
-- :func:`knn` — the exact k-nearest-neighbour search (self excluded, also with duplicate points).
+- :func:`knn` — the exact k-nearest-neighbour search (self excluded, also with duplicate points), by
+  KD-tree (coordinates) or blocked brute force (embeddings).
 - :func:`knn_graph` — kNN weights: ``"binary"``, ``"mean"`` (``1/k``, a row average), ``"distance"``,
   ``"gaussian"`` (Hotspot's kernel, width the distance to the ``k/3``-th neighbour, rows summing
   to 1) or ``"umap"`` (UMAP's fuzzy connectivities, as ``scanpy.pp.neighbors``); directed, or
@@ -36,24 +37,55 @@ LATTICE_STEPS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
-def knn(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def knn(points: np.ndarray, k: int, *, search: Literal["kdtree", "brute"] = "kdtree") -> tuple[np.ndarray, np.ndarray]:
     """Distances and indices ``(n, k')`` of each point's ``k' = min(k, n - 1)`` nearest other points,
-    nearest first (exact, KD-tree). A point is never its own neighbour, even where points coincide."""
-    from scipy.spatial import cKDTree
+    nearest first, ties by index (exact). A point is never its own neighbour, even where points coincide.
 
+    ``search="kdtree"`` (coordinates, few dimensions) or ``"brute"`` (embeddings with tens of
+    dimensions, where a KD-tree degrades): squared distances by blocks of matrix products, memory
+    ``block x n``, never ``n x n``.
+    """
     pts = np.asarray(points, dtype=np.float64)
     n = pts.shape[0]
     k = min(int(k), n - 1)
     if k < 1:
         raise InvalidInputError(f"a neighbour graph needs at least 2 points and k >= 1; got {n} points, k={k}.")
-    dist, idx = cKDTree(pts).query(pts, k=k + 1)
-    dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
+    if search == "brute":
+        dist, idx = _brute_knn(pts, k + 1)
+    elif search == "kdtree":
+        from scipy.spatial import cKDTree
+
+        dist, idx = cKDTree(pts).query(pts, k=k + 1)
+        dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
+    else:
+        raise InvalidInputError(f"search must be 'kdtree' or 'brute'; got {search!r}.")
     is_self = idx == np.arange(n)[:, None]
     # drop the point itself where the search returned it, else the farthest of the k + 1
     drop = np.where(is_self.any(1), is_self.argmax(1), k)
     keep = np.ones_like(is_self)
     keep[np.arange(n), drop] = False
-    return dist[keep].reshape(n, k), idx[keep].reshape(n, k)
+    dist, idx = dist[keep].reshape(n, k), idx[keep].reshape(n, k)
+    order = np.lexsort((idx, dist), axis=1)  # ties by index: independent of the search's traversal
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def _brute_knn(pts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest points (the point itself included) by blocked matrix products."""
+    n = pts.shape[0]
+    sq = (pts * pts).sum(1)
+    dist = np.empty((n, k))
+    idx = np.empty((n, k), dtype=np.int64)
+    step = max(1, 4_000_000 // n)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        d2 = sq[lo:hi, None] - 2.0 * pts[lo:hi] @ pts.T + sq[None, :]
+        d2[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf  # the point itself first
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(d2, part, 1)
+        order = np.argsort(top, axis=1, kind="stable")
+        idx[lo:hi] = np.take_along_axis(part, order, 1)
+        dist[lo:hi] = np.sqrt(np.maximum(np.take_along_axis(top, order, 1), 0.0))
+    return dist, idx
 
 
 def _from_knn(dist: np.ndarray, idx: np.ndarray, values: np.ndarray) -> sparse.csr_matrix:
@@ -69,6 +101,7 @@ def knn_graph(
     *,
     weights: Literal["binary", "mean", "distance", "gaussian", "umap"] = "binary",
     symmetric: bool = False,
+    search: Literal["kdtree", "brute"] = "kdtree",
 ) -> sparse.csr_matrix:
     """k-nearest-neighbour graph of ``points`` (``k`` capped at ``n - 1``).
 
@@ -77,9 +110,10 @@ def knn_graph(
     distance to the ``max(k // 3, 1)``-th neighbour, rows normalised to sum 1, as Hotspot), ``"umap"``
     (:func:`umap_weights`, the neighbourhood of ``k + 1`` points counting the point itself).
     ``symmetric``: union with the transpose (an edge in either direction) for binary weights, the
-    fuzzy union ``A + A.T - A * A.T`` for UMAP's.
+    fuzzy union ``A + A.T - A * A.T`` for UMAP's. ``search``: as :func:`knn` (``"brute"`` for
+    embeddings).
     """
-    dist, idx = knn(points, k)
+    dist, idx = knn(points, k, search=search)
     k = idx.shape[1]
     if weights == "binary":
         w = np.ones_like(dist)

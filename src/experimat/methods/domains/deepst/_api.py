@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
-from itertools import pairwise
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,78 +15,23 @@ import scipy.sparse as sp
 from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError
 from experimat._keys import Key
-from experimat._logging import logger, progress
+from experimat._logging import logger
 from experimat._optional import import_optional
 from experimat._settings import settings
-from experimat.methods._checks import (
-    check_counts,
-    check_positive_int,
-    counts_input,
-    get_coordinates,
-    get_matrix,
-    option_ranges,
-    store_params,
-)
+from experimat.methods._checks import check_positive_int, counts_input, get_coordinates, option_ranges, store_params
 from experimat.methods._torch import torch_device
 
-from .. import _consensus
 from .._common import check_stable
-from . import _graph, _image
-from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
-from ._model import TrainConfig, train_deepst
+from . import _core, _image
+from ._model import TrainConfig
 from ._saved import DeepSTModel
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-#: target sum of the library-size normalisation before log1p
-_TARGET_SUM = 1e4
-
 
 #: sensible values of the options shared by the DeepST methods
 _RANGES = dict(spatial_k="[1, inf)", n_augment_neighbors="[0, inf)", adjacent_weight="[0, inf)", graph_k="[1, inf)")
-
-
-@dataclass
-class _Sample:
-    counts: sp.csr_matrix  # spots x common genes, raw counts
-    library: np.ndarray  # total counts over all of the sample's genes
-    coords: np.ndarray
-    image_raw: np.ndarray | None = None
-
-
-# ------------------------------------------------------------------------------------------------
-# preprocessing helpers
-# ------------------------------------------------------------------------------------------------
-def _lognorm(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
-    scale = _TARGET_SUM / np.maximum(library, 1e-12)
-    x = sp.diags(scale.astype(np.float64)) @ counts
-    x = sp.csr_matrix(x, dtype=np.float64)
-    x.data = np.log1p(x.data)
-    return x
-
-
-def _top_variable(x: sp.csr_matrix, n_top: int | None) -> np.ndarray:
-    if n_top is None or n_top >= x.shape[1]:
-        return np.arange(x.shape[1])
-    mean = np.asarray(x.mean(0)).ravel()
-    var = np.asarray(x.multiply(x).mean(0)).ravel() - mean**2
-    return np.sort(np.argsort(-var, kind="stable")[:n_top])
-
-
-def _scaled_pca(x: sp.csr_matrix, n_comps: int, seed: int, offsets: np.ndarray | None = None) -> np.ndarray:
-    """Principal components of the genes standardised within each sample (rows ``offsets[i]:offsets[i+1]``)."""
-    from sklearn.decomposition import PCA
-
-    dense = np.asarray(x.toarray(), dtype=np.float64)
-    bounds = offsets if offsets is not None else np.array([0, dense.shape[0]])
-    for lo, hi in pairwise(bounds):
-        block = dense[lo:hi]
-        sd = block.std(0)
-        dense[lo:hi] = np.divide(block - block.mean(0), sd, out=np.zeros_like(block), where=sd > 1e-12)
-    n_comps = int(max(1, min(n_comps, dense.shape[0] - 1, dense.shape[1])))
-    solver = "full" if dense.size <= 5_000_000 else "randomized"
-    return PCA(n_components=n_comps, svd_solver=solver, random_state=seed).fit_transform(dense)
 
 
 def _resolve_seed(seed: int | None) -> int:
@@ -105,43 +49,6 @@ def _check_common(n_domains: Any, pre_epochs: Any, epochs: Any, use_image: bool,
     check_positive_int("epochs", epochs, minimum=0)
     if weights_path is not None and not use_image:
         raise InvalidInputError("weights_path is only used with use_image=True; pass use_image=True or drop it.")
-
-
-def _read_sample(adata: AnnData, layer: str | None, spatial_key: str) -> _Sample:
-    x = get_matrix(adata, layer)
-    check_counts(x, layer=layer)
-    coords = get_coordinates(adata, spatial_key, min_obs=10)
-    counts = sp.csr_matrix(x, dtype=np.float64)
-    library = np.asarray(counts.sum(1)).ravel()
-    if (library <= 0).any():
-        bad = list(adata.obs_names[library <= 0][:5])
-        raise InvalidInputError(
-            f"{int((library <= 0).sum())} spots have no counts (e.g. {bad}); remove them first "
-            "(e.g. sc.pp.filter_cells(adata, min_counts=1))."
-        )
-    return _Sample(counts=counts, library=library, coords=coords[:, :2])
-
-
-def _image_raw(
-    adata: AnnData,
-    sample: _Sample,
-    *,
-    image_key: str,
-    library_id: str | None,
-    net,
-    device,
-    tile_dir: Path | None,
-    max_tile_mb: float,
-    spatial_key: str,
-) -> np.ndarray:
-    img, scale, diameter = _image.find_image(adata, image_key, library_id)
-    side = max(3, round(diameter * scale))
-    centres = sample.coords * scale
-    writer = _image.TileWriter(tile_dir, int(max_tile_mb * 1e6), adata.obs_names) if tile_dir is not None else None
-    start = logger.info(f"DeepST: morphology features of {len(centres)} tiles of {side} px ({image_key!r} image)")
-    feats = _image.raw_image_features(img, centres, side, net=net, device=device, writer=writer)
-    logger.info("DeepST: morphology features done", time=start)
-    return feats
 
 
 def spot_image_features(
@@ -204,8 +111,8 @@ def spot_image_features(
     device = torch_device(use_gpu) if weights_path is not None else "cpu"
     net = _image.load_tile_cnn(weights_path).to(device) if weights_path is not None else None
     tile_dir = Path(save_path) / "deepst_tiles" if save_path is not None else None
-    sample = _Sample(counts=sp.csr_matrix((coords.shape[0], 0)), library=np.ones(coords.shape[0]), coords=coords)
-    raw = _image_raw(
+    sample = _core._Sample(counts=sp.csr_matrix((coords.shape[0], 0)), library=np.ones(coords.shape[0]), coords=coords)
+    raw = _core._image_raw(
         adata,
         sample,
         image_key=image_key,
@@ -219,108 +126,6 @@ def spot_image_features(
     if n_components is None:
         return raw
     return _image.reduce_features(raw, check_positive_int("n_components", n_components))
-
-
-# ------------------------------------------------------------------------------------------------
-# the shared core
-# ------------------------------------------------------------------------------------------------
-def _fit(
-    samples: list[_Sample],
-    *,
-    n_domains: int,
-    pre_epochs: int,
-    epochs: int,
-    seed: int,
-    device,
-    n_top_genes: int | None,
-    n_pcs: int,
-    spatial_k: int,
-    n_augment_neighbors: int,
-    adjacent_weight: float,
-    graph_k: int,
-    refine_neighbors: int,
-    adversarial: bool,
-    stable: bool = False,
-    n_runs: int = 1,
-) -> dict[str, Any]:
-    sizes = [s.coords.shape[0] for s in samples]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    all_counts = sp.vstack([s.counts for s in samples], format="csr")
-    all_lib = np.concatenate([s.library for s in samples])
-    genes = _top_variable(_lognorm(all_counts, all_lib), n_top_genes)
-    sub = all_counts[:, genes]
-
-    start = logger.info(f"DeepST: augmenting {all_counts.shape[0]} spots x {len(genes)} genes")
-    expr_pcs = _scaled_pca(_lognorm(sub, all_lib), 50, seed, offsets)
-    image = None
-    if samples[0].image_raw is not None:
-        image = _image.reduce_features(np.vstack([s.image_raw for s in samples]), 50)
-    aug_blocks, aug_lib, adj_blocks, label_blocks = [], [], [], []
-    for i, s in enumerate(samples):
-        lo, hi = offsets[i], offsets[i + 1]
-        w = _graph.spot_weights(s.coords, expr_pcs[lo:hi], None if image is None else image[lo:hi], spatial_k=spatial_k)
-        top = _graph.top_neighbour_weights(w, n_augment_neighbors)
-        aug_blocks.append(_graph.augment_expression(sub[lo:hi], top, adjacent_weight))
-        aug_lib.append(s.library + adjacent_weight * (top @ s.library))
-        a_norm, a_label = _graph.spatial_graph(s.coords, graph_k)
-        adj_blocks.append(a_norm)
-        label_blocks.append(a_label)
-    aug = sp.vstack(aug_blocks, format="csr")
-    data = _scaled_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, seed, offsets)
-    adj_norm, adj_label = _graph.block_diag(adj_blocks), _graph.block_diag(label_blocks)
-    logger.info(f"DeepST: augmented data, {data.shape[1]} PCs, graph with {adj_label.nnz} edges", time=start)
-
-    def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
-        return leiden(knn_igraph(z, TrainConfig.dec_neighbors), TrainConfig.dec_resolution, s)
-
-    batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
-    seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
-    runs, fits = [], []
-    for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:
-        emb, net, timings = train_deepst(
-            data,
-            adj_norm,
-            adj_label,
-            pre_epochs=pre_epochs,
-            epochs=epochs,
-            seed=run_seed,
-            device=device,
-            batches=batches,
-            cluster_init=init_clusters,
-        )
-        start = logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
-        run_labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=run_seed)
-        runs.append(run_labels)
-        fits.append((emb, net, timings, resolution, exact))
-    consensus = {}
-    if len(runs) > 1:
-        labels, info = _consensus.consensus_labels(runs)
-        emb, net, timings, resolution, exact = fits[info["medoid"]]
-        timings = {k: float(sum(f[2][k] for f in fits)) for k in timings}
-        exact = exact and int(labels.max()) + 1 == n_domains
-        consensus = {"run_seeds": seeds, "run_agreement": info["run_agreement"], "support": info["support"]}
-        logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {info['run_agreement']:.3f}")
-    else:
-        labels = runs[0]
-        emb, net, timings, resolution, exact = fits[0]
-    refined = np.concatenate(
-        [refine_labels(s.coords, labels[offsets[i] : offsets[i + 1]], refine_neighbors) for i, s in enumerate(samples)]
-    )
-    n_found = int(labels.max()) + 1
-    logger.info(f"DeepST: {n_found} domains at resolution {resolution:.4g}", time=start)
-    return {
-        "embedding": emb,
-        "labels": labels,
-        "refined": refined,
-        "offsets": offsets,
-        "resolution": resolution,
-        "exact": exact,
-        "n_found": n_found,
-        "timings": timings,
-        "net": net,
-        "n_inputs": data.shape[1],
-        "consensus": consensus,
-    }
 
 
 def _consensus_extra(consensus: dict) -> dict:
@@ -338,16 +143,76 @@ def _categorical(labels: np.ndarray, n: int) -> pd.Categorical:
     return pd.Categorical(labels.astype(str), categories=cats)
 
 
-def _save_model(save_path: Path | None, name: str, net, config: dict) -> DeepSTModel:
+def _save_model(save_path, name: str, res: dict, params: dict, extra: dict) -> DeepSTModel:
     """The trained network as a :class:`DeepSTModel`; written to ``<save_path>/<name>_model/`` when given.
 
     Inside an experiment ``save_path`` is refused and the runner stores the model (returned in the
     result's ``attrs["model"]``) in the project's ``models/``.
     """
-    model = DeepSTModel.from_network(net, json.loads(json.dumps(config, default=str)))
+    config = {
+        "params": params,
+        **{k: v for k, v in extra.items() if k != "method"},
+        "n_inputs": res["n_inputs"],
+        "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
+        "n_batches": len(res["offsets"]) - 1,
+        "train": asdict(TrainConfig()),
+        "method": extra["method"],
+    }
+    model = DeepSTModel.from_network(res["net"], json.loads(json.dumps(config, default=str)))
     if save_path is not None:
-        model.save(save_path / f"{name}_model", overwrite=True)
+        model.save(Path(save_path) / f"{name}_model", overwrite=True)
     return model
+
+
+def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, adversarial: bool) -> dict:
+    """Check the options, read the samples and fit: the one path of both entry points."""
+    _check_common(params["n_domains"], params["pre_epochs"], params["epochs"], params["use_image"], params["weights_path"])
+    check_stable(params["stable"], params["n_runs"])
+    seed = _resolve_seed(params["seed"])
+    import_optional("torch", purpose="DeepST")
+    device = torch_device(params["use_gpu"])
+    samples, common = _core.load_samples(
+        adatas,
+        layer=params["layer"],
+        spatial_key=params["spatial_key"],
+        use_image=params["use_image"],
+        image_key=params["image_key"],
+        library_id=library_id,
+        weights_path=params["weights_path"],
+        device=device,
+        tile_dirs={name: tile_dir(name) for name in adatas},
+        max_tile_mb=params["max_tile_mb"],
+        n_domains=params["n_domains"],
+    )
+    n_total = sum(s.coords.shape[0] for s in samples)
+    what = f"{len(adatas)} samples, {n_total} spots, {len(common)} common genes" if len(adatas) > 1 else f"{n_total} spots"
+    start = logger.info(f"DeepST on {what} (use_image={params['use_image']})")
+    keys = ("n_domains", "pre_epochs", "epochs", "n_top_genes", "n_pcs", "spatial_k", "n_augment_neighbors",
+            "adjacent_weight", "graph_k", "refine_neighbors", "stable", "n_runs")
+    res = _core.fit(samples, seed=seed, device=device, adversarial=adversarial, **{k: params[k] for k in keys})
+    res["start"] = start
+    return res
+
+
+def _write(adata: AnnData, res: dict, i: int, params: dict, extra: dict) -> tuple[pd.Categorical, pd.Categorical]:
+    """Sample ``i``'s rows of the result into ``adata`` (domains, refined domains, embedding, parameters)."""
+    key_added, n_found = params["key_added"], res["n_found"]
+    lo, hi = res["offsets"][i], res["offsets"][i + 1]
+    domain = _categorical(res["labels"][lo:hi], n_found)
+    refined = _categorical(res["refined"][lo:hi], n_found)
+    adata.obs[f"{key_added}.domain"] = domain
+    adata.obs[f"{key_added}.refined"] = refined
+    adata.obsm[f"{key_added}.embedding"] = res["embedding"][lo:hi].astype(np.float32)
+    store_params(
+        adata,
+        key_added,
+        params,
+        resolution=float(res["resolution"]),
+        n_domains_found=n_found,
+        **extra,
+        **_consensus_extra(res["consensus"]),
+    )
+    return domain, refined
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,73 +351,17 @@ def spatial_detect_domains_deepst(
     """
     params = dict(locals())
     params.pop("adata")
-    _check_common(n_domains, pre_epochs, epochs, use_image, weights_path)
-    check_stable(stable, n_runs)
-    seed = _resolve_seed(seed)
-    import_optional("torch", purpose="DeepST")
-    sample = _read_sample(adata, layer, spatial_key)
-    if n_domains > adata.n_obs:
-        raise InvalidInputError(f"n_domains ({n_domains}) exceeds the number of spots ({adata.n_obs}).")
-    device = torch_device(use_gpu)
-    out_dir = Path(save_path) if save_path is not None else None
-    if use_image:
-        net = _image.load_tile_cnn(weights_path).to(device) if weights_path is not None else None
-        sample.image_raw = _image_raw(
-            adata,
-            sample,
-            image_key=image_key,
-            library_id=library_id,
-            net=net,
-            device=device,
-            tile_dir=out_dir / f"{key_added}_tiles" if out_dir is not None else None,
-            max_tile_mb=max_tile_mb,
-            spatial_key=spatial_key,
-        )
-    start = logger.info(f"DeepST on {adata.n_obs} spots (use_image={use_image})")
-    res = _fit(
-        [sample],
-        n_domains=n_domains,
-        pre_epochs=pre_epochs,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-        n_top_genes=n_top_genes,
-        n_pcs=n_pcs,
-        spatial_k=spatial_k,
-        n_augment_neighbors=n_augment_neighbors,
-        adjacent_weight=adjacent_weight,
-        graph_k=graph_k,
-        refine_neighbors=refine_neighbors,
-        adversarial=False,
-        stable=stable,
-        n_runs=n_runs,
-    )
-    n_found = res["n_found"]
-    domain = _categorical(res["labels"], n_found)
-    refined = _categorical(res["refined"], n_found)
-    adata.obs[f"{key_added}.domain"] = domain
-    adata.obs[f"{key_added}.refined"] = refined
-    adata.obsm[f"{key_added}.embedding"] = res["embedding"].astype(np.float32)
-    timings = {k: float(v) for k, v in res["timings"].items()}
-    store_params(
-        adata,
-        key_added,
+    res = _run(
+        {"sample": adata},
         params,
-        resolution=float(res["resolution"]),
-        n_domains_found=n_found,
-        timings=timings,
-        **_consensus_extra(res["consensus"]),
+        library_id=library_id,
+        tile_dir=lambda name: Path(save_path) / f"{key_added}_tiles" if save_path is not None else None,
+        adversarial=False,
     )
-    config = {
-        "params": params,
-        "n_inputs": res["n_inputs"],
-        "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
-        "n_batches": len(res["offsets"]) - 1,
-        "train": asdict(TrainConfig()),
-        "method": "deepst",
-    }
-    model = _save_model(out_dir, key_added, res["net"], config)
-    logger.info(f"DeepST: wrote obs['{key_added}.domain'], obs['{key_added}.refined']", time=start)
+    timings = {k: float(v) for k, v in res["timings"].items()}
+    domain, refined = _write(adata, res, 0, params, extra={"timings": timings})
+    model = _save_model(save_path, key_added, res, params, {"method": "deepst"})
+    logger.info(f"DeepST: wrote obs['{key_added}.domain'], obs['{key_added}.refined']", time=res["start"])
     out = pd.DataFrame({"domain": domain, "refined": refined}, index=adata.obs_names.copy())
     out.attrs["model"] = model
     return out
@@ -658,93 +467,23 @@ def integrate_domains_deepst(
     params.pop("adatas")
     if not isinstance(adatas, dict) or len(adatas) < 1:
         raise InvalidInputError("adatas must be a non-empty dict {sample: AnnData}.")
-    _check_common(n_domains, pre_epochs, epochs, use_image, weights_path)
-    check_stable(stable, n_runs)
-    seed = _resolve_seed(seed)
-    import_optional("torch", purpose="DeepST")
     names = list(adatas)
-    common = adatas[names[0]].var_names
-    for name in names[1:]:
-        common = common.intersection(adatas[name].var_names, sort=False)
-    if len(common) == 0:
-        raise InvalidInputError("the samples share no genes (var_names); harmonise gene ids first.")
-    device = torch_device(use_gpu)
-    out_dir = Path(save_path) if save_path is not None else None
-    net = _image.load_tile_cnn(weights_path).to(device) if use_image and weights_path is not None else None
-    samples = []
-    for name in names:
-        ad_ = adatas[name]
-        s = _read_sample(ad_, layer, spatial_key)
-        s.counts = s.counts[:, ad_.var_names.get_indexer(common)]
-        if use_image:
-            s.image_raw = _image_raw(
-                ad_,
-                s,
-                image_key=image_key,
-                library_id=None,
-                net=net,
-                device=device,
-                tile_dir=out_dir / f"{key_added}_tiles" / name if out_dir is not None else None,
-                max_tile_mb=max_tile_mb,
-                spatial_key=spatial_key,
-            )
-        samples.append(s)
-    n_total = sum(s.coords.shape[0] for s in samples)
-    if n_domains > n_total:
-        raise InvalidInputError(f"n_domains ({n_domains}) exceeds the number of spots ({n_total}).")
-    start = logger.info(f"DeepST integration of {len(names)} samples, {n_total} spots, {len(common)} common genes")
-    res = _fit(
-        samples,
-        n_domains=n_domains,
-        pre_epochs=pre_epochs,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-        n_top_genes=n_top_genes,
-        n_pcs=n_pcs,
-        spatial_k=spatial_k,
-        n_augment_neighbors=n_augment_neighbors,
-        adjacent_weight=adjacent_weight,
-        graph_k=graph_k,
-        refine_neighbors=refine_neighbors,
+    res = _run(
+        adatas,
+        params,
+        library_id=None,
+        tile_dir=lambda name: Path(save_path) / f"{key_added}_tiles" / name if save_path is not None else None,
         adversarial=batch_correction,
-        stable=stable,
-        n_runs=n_runs,
     )
-    n_found, off = res["n_found"], res["offsets"]
     timings = {k: float(v) for k, v in res["timings"].items()}
     frames = []
     for i, name in enumerate(names):
         ad_ = adatas[name]
-        lo, hi = off[i], off[i + 1]
-        domain = _categorical(res["labels"][lo:hi], n_found)
-        refined = _categorical(res["refined"][lo:hi], n_found)
-        ad_.obs[f"{key_added}.domain"] = domain
-        ad_.obs[f"{key_added}.refined"] = refined
-        ad_.obsm[f"{key_added}.embedding"] = res["embedding"][lo:hi].astype(np.float32)
-        store_params(
-            ad_,
-            key_added,
-            params,
-            samples=names,
-            resolution=float(res["resolution"]),
-            n_domains_found=n_found,
-            timings=timings,
-            **_consensus_extra(res["consensus"]),
-        )
+        domain, refined = _write(ad_, res, i, params, extra={"samples": names, "timings": timings})
         idx = pd.MultiIndex.from_arrays([[name] * ad_.n_obs, ad_.obs_names], names=["sample", "obs_name"])
         frames.append(pd.DataFrame({"domain": domain, "refined": refined}, index=idx))
-    config = {
-        "params": params,
-        "samples": names,
-        "n_inputs": res["n_inputs"],
-        "n_dec_clusters": int(res["net"].cluster_layer.shape[0]),
-        "n_batches": len(res["offsets"]) - 1,
-        "train": asdict(TrainConfig()),
-        "method": "deepst-integrated",
-    }
-    model = _save_model(out_dir, key_added, res["net"], config)
-    logger.info(f"DeepST: wrote obs['{key_added}.domain'] into {len(names)} samples", time=start)
+    model = _save_model(save_path, key_added, res, params, {"method": "deepst-integrated", "samples": names})
+    logger.info(f"DeepST: wrote obs['{key_added}.domain'] into {len(names)} samples", time=res["start"])
     out = pd.concat(frames)
     out.attrs["model"] = model
     return out

@@ -4,21 +4,17 @@ neighbour-majority refinement of DeepST."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from experimat.methods import _cluster
 from experimat.methods._cluster import to_igraph
+from experimat.methods._graph import knn_graph
 
 from ._graph import knn_indices
 
 
 def knn_igraph(emb: np.ndarray, k: int = 15):
     """Undirected, unweighted kNN graph of the embedding as an :class:`igraph.Graph`."""
-    n = emb.shape[0]
-    ind, _ = knn_indices(emb, k)
-    rows = np.repeat(np.arange(n), ind.shape[1])
-    A = sp.csr_matrix((np.ones(rows.size), (rows, ind.ravel())), shape=(n, n))
-    return to_igraph((A + A.T) > 0, weighted=False)
+    return to_igraph(knn_graph(emb, k, symmetric=True, search="brute"), weighted=False)
 
 
 def leiden(graph, resolution: float, seed: int) -> np.ndarray:

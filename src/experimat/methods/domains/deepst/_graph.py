@@ -11,27 +11,15 @@ import scipy.sparse as sp
 
 
 def knn_indices(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest neighbours of every point (itself excluded), as ``(indices, distances)``.
-
-    Ties are broken by index, so that the result does not depend on the tree's traversal order.
-    """
-    from sklearn.neighbors import NearestNeighbors
+    """The ``k`` nearest neighbours of every point (itself excluded), as ``(indices, distances)``,
+    ties by index (:func:`experimat.methods._graph.knn`)."""
+    from experimat.methods._graph import knn
 
     n = points.shape[0]
-    k = int(min(k, n - 1))
-    if k < 1:
+    if min(int(k), n - 1) < 1:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0))
-    nn = NearestNeighbors(n_neighbors=k + 1).fit(points)
-    dist, ind = nn.kneighbors(points)
-    # drop self (it may not be in column 0 when points coincide)
-    out_i = np.empty((n, k), dtype=np.int64)
-    out_d = np.empty((n, k))
-    for row in range(n):
-        mask = ind[row] != row
-        sel_i, sel_d = ind[row][mask][:k], dist[row][mask][:k]
-        order = np.lexsort((sel_i, sel_d))
-        out_i[row], out_d[row] = sel_i[order], sel_d[order]
-    return out_i, out_d
+    dist, idx = knn(points, k, search="kdtree" if points.shape[1] <= 3 else "brute")
+    return idx, dist
 
 
 def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from experimat.methods._torch import torch_device
 
 from .. import _consensus
 from .._common import check_stable
+from .._correct import harmonize
 from . import _graph, _model
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 INIT_METHODS = ("leiden", "kmeans")
 REFINE_SHAPES = ("hexagon", "square", "none")
-BATCH_CORRECTIONS = ("center", "none")
+BATCH_CORRECTIONS = ("harmony", "center", "none")
+#: k-means restarts of each consensus run: the best of many restarts hardly depends on the seed
+STABLE_KMEANS_N_INIT = 50
 
 
 def _expression(adata: AnnData, layer: str | None):
@@ -110,23 +113,27 @@ def _prepare(adata, *, layer, spatial_key, histology, channels, library_id, alph
 def _convolved_features(sections: list[_Section], *, n_pcs, seed, device, batch_correction):
     """``A X`` of every section, stacked: one PCA over all sections' spots, each section's own graph.
 
-    ``batch_correction="center"`` subtracts each section's mean expression of every gene before the
-    PCA, which removes additive section effects of log-expression (per gene, per section) — the
-    location part of ComBat (Johnson et al., Biostatistics 8:118, 2007) — so that the same domain
-    lands at the same place in the joint embedding.
+    ``batch_correction="center"`` centres every gene within each section before the joint PCA (the
+    location part of ComBat, Johnson et al., Biostatistics 8:118, 2007: additive section effects of
+    log-expression); ``"harmony"`` then also removes the section effects that remain in the PCA
+    embedding, cluster by cluster (:func:`.._correct.harmonize`), so that the same domain lands at
+    the same place in the joint embedding. The expression is never densified.
     """
     import torch
     from scipy import sparse
 
-    blocks = []
-    for sec in sections:
-        X = sec.X.toarray() if sparse.issparse(sec.X) else np.asarray(sec.X)
-        X = np.asarray(X, dtype=np.float32)
-        if batch_correction == "center" and len(sections) > 1:
-            X = X - X.mean(0, keepdims=True)
-        blocks.append(X)
-    embed = _model.pca_embedding(blocks[0] if len(blocks) == 1 else np.vstack(blocks), n_pcs, seed, device)
+    from experimat.methods._expression import block_pca
+
     offsets = np.cumsum([0] + [sec.xy.shape[0] for sec in sections])
+    many = len(sections) > 1
+    if all(sparse.issparse(sec.X) for sec in sections):
+        X = sparse.vstack([sparse.csr_matrix(sec.X) for sec in sections], format="csr")
+    else:
+        X = np.vstack([sec.X.toarray() if sparse.issparse(sec.X) else np.asarray(sec.X) for sec in sections])
+    blocks = offsets if many and batch_correction != "none" else None
+    embed = block_pca(X, n_pcs, blocks=blocks, seed=seed)
+    if many and batch_correction == "harmony":
+        embed = harmonize(embed, np.repeat(np.arange(len(sections)), np.diff(offsets)), seed=seed)
     parts = [
         _graph.propagate(sec.coords, sec.width, embed[offsets[i] : offsets[i + 1]], device)
         for i, sec in enumerate(sections)
@@ -136,7 +143,8 @@ def _convolved_features(sections: list[_Section], *, n_pcs, seed, device, batch_
 
 def _cluster(ax, *, n_clusters, init, seed, stable, n_runs, lr, max_epochs, tol, n_neighbors, resolution, device):
     """SpaGCN's clustering of ``A X``: one seeded fit (``stable=False``, the reference's behaviour), or the
-    consensus of ``n_runs`` fits started from the identity layer (see :mod:`.._consensus`)."""
+    consensus of ``n_runs`` fits started from the identity layer, k-means with
+    :data:`STABLE_KMEANS_N_INIT` restarts (see :mod:`.._consensus`)."""
     import torch
 
     kwargs = dict(
@@ -151,7 +159,15 @@ def _cluster(ax, *, n_clusters, init, seed, stable, n_runs, lr, max_epochs, tol,
     seeds = _consensus.run_seeds(seed, n_runs)
     for s in progress(seeds, description="SpaGCN consensus runs"):
         with torch.random.fork_rng(devices=[]):
-            fit = _model.fit_gcdec(ax, seed=s, resolution=resolution, identity_init=True, res_start=res_start, **kwargs)
+            fit = _model.fit_gcdec(
+                ax,
+                seed=s,
+                resolution=resolution,
+                identity_init=True,
+                res_start=res_start,
+                kmeans_n_init=STABLE_KMEANS_N_INIT,
+                **kwargs,
+            )
         if fit.resolution is not None and fit.init == "leiden":
             res_start = float(fit.resolution)  # later runs start their search where the first one ended
         runs.append(fit.labels)
@@ -182,6 +198,72 @@ def _store_extra(info: dict) -> dict:
     return extra
 
 
+def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_correction: str):
+    """Check the options, build every section's graph, convolve, cluster: the one path of both entry
+    points. Returns ``(labels of all spots, clustering info, sections, row offsets)``."""
+    import_optional("torch", purpose="SpaGCN")
+    check_choice("init", params["init"], INIT_METHODS)
+    check_choice("refine_shape", params["refine_shape"], REFINE_SHAPES)
+    check_choice("batch_correction", batch_correction, BATCH_CORRECTIONS)
+    total = sum(a.n_obs for a in adatas.values())
+    _check_common(total, params["n_clusters"], params["p"], params["lr"], params["tol"])
+    check_positive_int("n_pcs", params["n_pcs"])
+    check_positive_int("max_epochs", params["max_epochs"])
+    check_stable(params["stable"], params["n_runs"])
+    names = list(adatas)
+    genes = None
+    if len(names) > 1:
+        genes = pd.Index(adatas[names[0]].var_names)
+        for name in names[1:]:
+            genes = genes.intersection(adatas[name].var_names, sort=False)
+        if len(genes) == 0:
+            raise InvalidInputError(f"the samples {names} share no genes (var_names); harmonise the gene ids first.")
+    seed = params["seed"]
+    device = torch_device(params["use_gpu"])
+    sections = []
+    for name in progress(names, description="SpaGCN sample graphs") if len(names) > 1 else names:
+        sec = _prepare(
+            adatas[name],
+            layer=params["layer"],
+            spatial_key=params["spatial_key"],
+            histology=params["histology"],
+            channels=params["channels"],
+            library_id=library_id,
+            alpha=params["alpha"],
+            p=params["p"],
+            device=device,
+            genes=genes,
+        )
+        logger.info(f"    {name}: {adatas[name].n_obs} spots, Gaussian width l = {sec.width:.4g} (p = {params['p']})")
+        sections.append(sec)
+    ax, offsets = _convolved_features(
+        sections, n_pcs=params["n_pcs"], seed=seed, device=device, batch_correction=batch_correction
+    )
+    keys = ("n_clusters", "init", "stable", "n_runs", "lr", "max_epochs", "tol", "n_neighbors", "resolution")
+    labels, info = _cluster(ax, seed=seed, device=device, **{k: params[k] for k in keys})
+    return labels, info, sections, offsets
+
+
+def _write(adata, labels, sec: _Section, params: dict, *, key_added, refined_key_added, categories, extra) -> list:
+    """One sample's domains (and refined domains) into ``adata.obs``, its parameters into ``uns``."""
+    adata.obs[key_added] = pd.Categorical(labels, categories=categories)
+    columns = [key_added]
+    if params["refine_shape"] != "none":
+        refined = _graph.refine_labels(sec.xy, np.asarray(labels).astype(str), params["refine_shape"])
+        adata.obs[refined_key_added] = pd.Categorical(refined, categories=categories)
+        columns.append(refined_key_added)
+    store_params(adata, key_added, params, l=float(sec.width), **extra)
+    return columns
+
+
+def _resolve(params: dict) -> dict:
+    """The seed used and the initialisation (k-means for the consensus, Leiden for one seeded run)."""
+    params["seed"] = int(settings.seed if params["seed"] is None else params["seed"])
+    if params["init"] is None:
+        params["init"] = "kmeans" if params["stable"] is True else "leiden"
+    return params
+
+
 @option_ranges(p="(0, 1)", alpha="[0, inf)")
 def spatial_detect_domains_spagcn(
     adata: AnnData,
@@ -194,7 +276,7 @@ def spatial_detect_domains_spagcn(
     p: float = 0.5,
     alpha: float = 1.0,
     n_pcs: int = 50,
-    init: str = "leiden",
+    init: str | None = None,
     resolution: float | None = None,
     n_neighbors: int = 10,
     lr: float = 0.05,
@@ -241,7 +323,9 @@ def spatial_detect_domains_spagcn(
     n_pcs
         Principal components of the expression used as node features.
     init
-        ``"leiden"`` (resolution searched to hit ``n_clusters``) or ``"kmeans"``.
+        ``"leiden"`` (resolution searched to hit ``n_clusters``) or ``"kmeans"``; ``None`` (default):
+        k-means (best of 50 restarts) for the seed-stable consensus, Leiden for one seeded run
+        (``stable=False``, the reference's initialisation).
     resolution
         A fixed Leiden resolution instead of the search.
     n_neighbors
@@ -254,7 +338,8 @@ def spatial_detect_domains_spagcn(
         Stop when fewer than this fraction of the labels change between target updates.
     stable
         Seed-stable domains (default): ``n_runs`` fits with seeds derived from ``seed``, each started
-        from the identity graph-convolution layer (so the initial clustering sees ``A X`` itself), are
+        from the identity graph-convolution layer (so the initial clustering, by default the best of
+        50 k-means restarts, sees ``A X`` itself), are
         combined by relabelling onto the medoid run and a per-spot majority vote. ``False``: one fit
         with SpaGCN's random layer initialisation, the reference package's behaviour (for exact
         comparisons).
@@ -289,56 +374,25 @@ def spatial_detect_domains_spagcn(
     >>> adata.obs["spagcn.refined"].nunique()
     5
     """
-    import_optional("torch", purpose="SpaGCN")
-    params = dict(locals())
+    params = _resolve(dict(locals()))
     params.pop("adata")
-    check_choice("init", init, INIT_METHODS)
-    check_choice("refine_shape", refine_shape, REFINE_SHAPES)
-    _check_common(adata.n_obs, n_clusters, p, lr, tol)
-    check_positive_int("n_pcs", n_pcs)
-    check_positive_int("max_epochs", max_epochs)
-    check_stable(stable, n_runs)
-    seed = int(settings.seed if seed is None else seed)
-    device = torch_device(use_gpu)
     start = logger.info(
         f"SpaGCN: {adata.n_obs} spots, {n_clusters} domains{' with histology' if histology else ''}"
         f"{f', consensus of {n_runs} runs' if stable else ''}"
     )
-    sec = _prepare(
-        adata,
-        layer=layer,
-        spatial_key=spatial_key,
-        histology=histology,
-        channels=channels,
-        library_id=library_id,
-        alpha=alpha,
-        p=p,
-        device=device,
-    )
-    logger.info(f"    Gaussian width l = {sec.width:.4g} (p = {p})")
-    ax, _ = _convolved_features([sec], n_pcs=n_pcs, seed=seed, device=device, batch_correction="none")
-    labels, info = _cluster(
-        ax,
-        n_clusters=n_clusters,
-        init=init,
-        seed=seed,
-        stable=stable,
-        n_runs=n_runs,
-        lr=lr,
-        max_epochs=max_epochs,
-        tol=tol,
-        n_neighbors=n_neighbors,
-        resolution=resolution,
-        device=device,
-    )
+    labels, info, sections, _ = _run({"sample": adata}, params, library_id=library_id, batch_correction="none")
     labels = _as_categorical(labels)
-    adata.obs[key_added] = pd.Categorical(labels, categories=[c for c in labels.categories if (labels == c).any()])
-    columns = [key_added]
-    if refine_shape != "none":
-        refined = _graph.refine_labels(sec.xy, np.asarray(labels.astype(str)), refine_shape)
-        adata.obs[refined_key_added] = _as_categorical(refined)
-        columns.append(refined_key_added)
-    store_params(adata, key_added, params, l=float(sec.width), **_store_extra(info))
+    used = [c for c in labels.categories if (labels == c).any()]
+    columns = _write(
+        adata,
+        np.asarray(labels),
+        sections[0],
+        params,
+        key_added=key_added,
+        refined_key_added=refined_key_added,
+        categories=used,
+        extra=_store_extra(info),
+    )
     logger.info(f"SpaGCN: {adata.obs[key_added].nunique()} domains", time=start)
     return adata.obs[columns].copy()
 
@@ -359,7 +413,7 @@ def integrate_domains_spagcn(
     p: float = 0.5,
     alpha: float = 1.0,
     n_pcs: int = 50,
-    init: str = "leiden",
+    init: str | None = None,
     resolution: float | None = None,
     n_neighbors: int = 10,
     lr: float = 0.05,
@@ -396,7 +450,9 @@ def integrate_domains_spagcn(
         ``"hexagon"`` (Visium), ``"square"`` (ST) or ``"none"`` (no refined column).
     batch_correction
         ``"center"`` (default): subtract each sample's mean log-expression per gene before the joint
-        PCA (removes additive section effects); ``"none"``: the reference's pooled PCA.
+        PCA (removes additive section effects); ``"harmony"``: also move each sample's spots onto
+        the shared clusters of the PCA embedding (Harmony's cluster-wise centroid correction,
+        :func:`experimat.methods.domains._correct.harmonize`); ``"none"``: the reference's pooled PCA.
     histology
         Add each sample's image colour as a third graph coordinate.
     channels
@@ -408,7 +464,8 @@ def integrate_domains_spagcn(
     n_pcs
         Principal components of the joint expression.
     init
-        ``"leiden"`` (resolution searched) or ``"kmeans"``.
+        ``"leiden"`` (resolution searched) or ``"kmeans"``; ``None`` (default): k-means for the
+        seed-stable consensus, Leiden with ``stable=False``.
     resolution
         A fixed Leiden resolution instead of the search.
     n_neighbors
@@ -421,7 +478,8 @@ def integrate_domains_spagcn(
         Stopping tolerance on the fraction of changed labels.
     stable
         Seed-stable domains (default): ``n_runs`` fits with seeds derived from ``seed``, each started
-        from the identity graph-convolution layer (so the initial clustering sees ``A X`` itself), are
+        from the identity graph-convolution layer (so the initial clustering, by default the best of
+        50 k-means restarts, sees ``A X`` itself), are
         combined by relabelling onto the medoid run and a per-spot majority vote. ``False``: one fit
         with SpaGCN's random layer initialisation, the reference package's behaviour (for exact
         comparisons).
@@ -448,75 +506,29 @@ def integrate_domains_spagcn(
     ...     a.layers["lognorm"] = sc.pp.log1p(sc.pp.normalize_total(a, inplace=False)["X"])
     >>> out = integrate_domains_spagcn(samples, n_clusters=4, max_epochs=100)
     """
-    import_optional("torch", purpose="SpaGCN")
     refined_key_added = f"{key_added}.refined" if refined_key_added is None else refined_key_added
-    params = dict(locals())
+    params = _resolve(dict(locals()))
     params.pop("adatas")
     if not isinstance(adatas, Mapping) or len(adatas) == 0:
         raise InvalidInputError("adatas must be a non-empty dict {sample: AnnData}.")
-    check_choice("init", init, INIT_METHODS)
-    check_choice("refine_shape", refine_shape, REFINE_SHAPES)
-    check_choice("batch_correction", batch_correction, BATCH_CORRECTIONS)
-    total = sum(a.n_obs for a in adatas.values())
-    _check_common(total, n_clusters, p, lr, tol)
-    check_positive_int("max_epochs", max_epochs)
-    check_stable(stable, n_runs)
     names = list(adatas)
-    genes = pd.Index(adatas[names[0]].var_names)
-    for name in names[1:]:
-        genes = genes.intersection(adatas[name].var_names, sort=False)
-    if len(genes) == 0:
-        raise InvalidInputError(f"the samples {names} share no genes (var_names); harmonise the gene ids first.")
-    seed = int(settings.seed if seed is None else seed)
-    device = torch_device(use_gpu)
-    start = logger.info(f"SpaGCN integration: {len(names)} samples, {total} spots, {len(genes)} shared genes")
-    sections = []
-    for name in progress(names, description="SpaGCN sample graphs"):
-        sec = _prepare(
-            adatas[name],
-            layer=layer,
-            spatial_key=spatial_key,
-            histology=histology,
-            channels=channels,
-            library_id=None,
-            alpha=alpha,
-            p=p,
-            device=device,
-            genes=genes,
-        )
-        logger.info(f"    {name}: {adatas[name].n_obs} spots, l = {sec.width:.4g}")
-        sections.append(sec)
-    ax, offsets = _convolved_features(
-        sections, n_pcs=n_pcs, seed=seed, device=device, batch_correction=batch_correction
-    )
-    labels, info = _cluster(
-        ax,
-        n_clusters=n_clusters,
-        init=init,
-        seed=seed,
-        stable=stable,
-        n_runs=n_runs,
-        lr=lr,
-        max_epochs=max_epochs,
-        tol=tol,
-        n_neighbors=n_neighbors,
-        resolution=resolution,
-        device=device,
-    )
+    start = logger.info(f"SpaGCN integration: {len(names)} samples, {sum(a.n_obs for a in adatas.values())} spots")
+    labels, info, sections, offsets = _run(adatas, params, library_id=None, batch_correction=batch_correction)
     all_labels = _as_categorical(labels)
     used = [c for c in all_labels.categories if (all_labels == c).any()]
     out = {}
     for i, name in enumerate(names):
-        a, sec = adatas[name], sections[i]
-        mine = np.asarray(all_labels[offsets[i] : offsets[i + 1]])
-        a.obs[key_added] = pd.Categorical(mine, categories=used)
-        columns = [key_added]
-        if refine_shape != "none":
-            a.obs[refined_key_added] = pd.Categorical(
-                _graph.refine_labels(sec.xy, mine.astype(str), refine_shape), categories=used
-            )
-            columns.append(refined_key_added)
-        store_params(a, key_added, params, samples=list(names), l=float(sec.width), **_store_extra(info))
+        a = adatas[name]
+        columns = _write(
+            a,
+            np.asarray(all_labels[offsets[i] : offsets[i + 1]]),
+            sections[i],
+            params,
+            key_added=key_added,
+            refined_key_added=refined_key_added,
+            categories=used,
+            extra={"samples": list(names), **_store_extra(info)},
+        )
         out[name] = a.obs[columns].copy()
     logger.info(f"SpaGCN integration: {len(used)} shared domains", time=start)
     return out

@@ -15,83 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experimat._errors import InvalidInputError
 from experimat._logging import ProgressBar, logger
 from experimat.methods._cluster import leiden, to_igraph
-from experimat.methods._graph import umap_weights
+from experimat.methods._graph import knn_graph as feature_graph
 from experimat.methods._torch import torch_threads
 
 #: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
 T_ALPHA = 0.2
 UPDATE_INTERVAL = 3
-#: PCA is exact (eigendecomposition) when spots or genes are at most this many, randomised beyond
-EXACT_PCA_MAX = 1000
-
-
-def pca_embedding(X, n_pcs: int, seed: int, device=None) -> np.ndarray:
-    """PCA scores of the (log-normalised) expression matrix, as SpaGCN (centred, not scaled).
-
-    Exact (eigendecomposition of the gene covariance or of the spot Gram matrix) when either side is
-    at most :data:`EXACT_PCA_MAX`, randomised SVD (seeded, 6 power iterations, as scikit-learn's
-    default solver for such shapes) beyond; component signs are fixed so that the largest
-    loading is positive.
-    """
-    import torch
-    from scipy import sparse
-
-    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
-    n, g = X.shape
-    n_pcs = int(min(n_pcs, n - 1, g))
-    if n_pcs < 1:
-        raise InvalidInputError(f"PCA needs at least 2 spots and 1 gene; got {X.shape}.")
-    dtype = np.float64 if n * g <= 50_000_000 else np.float32  # large inputs: float32
-    Xt = torch.as_tensor(np.asarray(X, dtype=dtype), device=device)
-    Xt = Xt - Xt.mean(0, keepdim=True)
-    if g <= EXACT_PCA_MAX and g <= n:
-        _, vecs = torch.linalg.eigh(Xt.T @ Xt)
-        comps = vecs[:, -n_pcs:].flip(1)
-    elif n <= EXACT_PCA_MAX:
-        # Gram matrix (spots x spots): loadings V = X^T U / s
-        vals, u = torch.linalg.eigh(Xt @ Xt.T)
-        u, vals = u[:, -n_pcs:].flip(1), vals[-n_pcs:].flip(0).clamp_min(1e-12)
-        comps = (Xt.T @ u) / vals.sqrt()
-    else:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        _, _, v = torch.svd_lowrank(Xt, q=min(n_pcs + 20, n, g), niter=6)
-        torch.random.set_rng_state(state)
-        comps = v[:, :n_pcs]
-    idx = comps.abs().argmax(0)
-    signs = torch.sign(comps[idx, torch.arange(comps.shape[1], device=comps.device)])
-    comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
-    return (Xt @ comps).to(torch.float32).cpu().numpy()
 
 
 def knn_graph(features: np.ndarray, n_neighbors: int):
-    """Weighted k-nearest-neighbour graph (igraph) on the features, as ``scanpy.pp.neighbors``.
-
-    ``n_neighbors`` counts the spot itself; edge weights are UMAP's fuzzy connectivities
-    (per-spot bandwidth so that the weights sum to ``log2(n_neighbors)``, symmetrised by fuzzy union),
-    the graph SpaGCN's Louvain initialisation clusters.
-    """
-    import torch
-    from scipy import sparse
-
-    n = features.shape[0]
-    k = max(1, min(n_neighbors - 1, n - 1))
-    f = torch.as_tensor(features, dtype=torch.float32)
-    idx = np.empty((n, k), dtype=np.int64)
-    dist = np.empty((n, k), dtype=np.float64)
-    step = max(1, 10_000_000 // n)
-    for s in range(0, n, step):
-        d = torch.cdist(f[s : s + step], f)
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
-        top = torch.topk(d, k, dim=1, largest=False)
-        idx[s : s + step] = top.indices.numpy()
-        dist[s : s + step] = top.values.double().numpy()
-    weights = umap_weights(dist)  # UMAP's fuzzy connectivities, as scanpy.pp.neighbors
-    a = sparse.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
-    return to_igraph(a + a.T - a.multiply(a.T), purpose="SpaGCN's Leiden initialisation")
+    """Weighted k-nearest-neighbour graph (igraph) on the features, as ``scanpy.pp.neighbors``: UMAP's
+    fuzzy connectivities of the ``n_neighbors - 1`` nearest other spots (``n_neighbors`` counts the
+    spot itself), symmetrised by fuzzy union; the graph SpaGCN's Louvain initialisation clusters."""
+    k = max(1, min(n_neighbors - 1, features.shape[0] - 1))
+    a = feature_graph(features, k, weights="umap", symmetric=True, search="brute")
+    return to_igraph(a, purpose="SpaGCN's Leiden initialisation")
 
 
 def leiden_labels(graph, resolution: float, seed: int) -> np.ndarray:
@@ -165,13 +105,14 @@ def fit_gcdec(
     device,
     identity_init: bool = False,
     res_start: float = 0.4,
+    kmeans_n_init: int = 20,
 ) -> FitResult:
     """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs).
 
     ``identity_init``: start the layer's weights at the identity and its bias at zero instead of
     SpaGCN's uniform random draw, so that the initial clustering sees ``A X`` itself, not a random
     linear map of it (the main source of seed-to-seed differences). ``res_start``: first resolution
-    of the Leiden search.
+    of the Leiden search. ``kmeans_n_init``: k-means restarts (the best of them starts the fit).
     """
     import torch
 
@@ -202,8 +143,11 @@ def fit_gcdec(
                 init = "kmeans"
     if init == "kmeans":
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
-        labels0 = KMeans(n_clusters, n_init=20, random_state=seed).fit_predict(feats)
+        # one thread: OpenMP's busy-waiting threads are many times slower on a loaded machine
+        with threadpool_limits(1):
+            labels0 = KMeans(n_clusters, n_init=kmeans_n_init, random_state=seed).fit_predict(feats)
     _, labels0 = np.unique(labels0, return_inverse=True)
     k = int(labels0.max()) + 1
     centres = np.zeros((k, d))

@@ -1,0 +1,238 @@
+"""DeepST's core, shared by the single-sample and the integrated entry points: reading the samples,
+the spot-weighted augmentation, the network fits (a consensus of seeded runs) and the domains.
+
+The building blocks are the methods' shared ones: library-size normalisation, most variable genes
+and the per-sample standardised PCA (never densified) from :mod:`experimat.methods._expression`,
+neighbour searches from :mod:`experimat.methods._graph`, Leiden from :mod:`experimat.methods._cluster`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from experimat._errors import InvalidInputError
+from experimat._logging import logger, progress
+from experimat.methods._checks import check_counts, get_coordinates, get_matrix
+from experimat.methods._expression import block_pca, normalize_total, top_variance_genes
+
+from .. import _consensus
+from . import _graph, _image
+from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
+from ._model import TrainConfig, train_deepst
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: target sum of the library-size normalisation before log1p
+_TARGET_SUM = 1e4
+
+
+@dataclass
+class _Sample:
+    counts: sp.csr_matrix  # spots x common genes, raw counts
+    library: np.ndarray  # total counts over all of the sample's genes
+    coords: np.ndarray
+    image_raw: np.ndarray | None = None
+
+
+def _lognorm(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
+    """log1p of the counts scaled to :data:`_TARGET_SUM` by each spot's library (over all its genes)."""
+    return normalize_total(counts, target_sum=_TARGET_SUM, totals=library)[0]
+
+
+def _read_sample(adata: AnnData, layer: str | None, spatial_key: str) -> _Sample:
+    x = get_matrix(adata, layer)
+    check_counts(x, layer=layer)
+    coords = get_coordinates(adata, spatial_key, min_obs=10)
+    counts = sp.csr_matrix(x, dtype=np.float64)
+    library = np.asarray(counts.sum(1)).ravel()
+    if (library <= 0).any():
+        bad = list(adata.obs_names[library <= 0][:5])
+        raise InvalidInputError(
+            f"{int((library <= 0).sum())} spots have no counts (e.g. {bad}); remove them first "
+            "(e.g. sc.pp.filter_cells(adata, min_counts=1))."
+        )
+    return _Sample(counts=counts, library=library, coords=coords[:, :2])
+
+
+def _image_raw(
+    adata: AnnData,
+    sample: _Sample,
+    *,
+    image_key: str,
+    library_id: str | None,
+    net,
+    device,
+    tile_dir: Path | None,
+    max_tile_mb: float,
+    spatial_key: str,
+) -> np.ndarray:
+    img, scale, diameter = _image.find_image(adata, image_key, library_id)
+    side = max(3, round(diameter * scale))
+    centres = sample.coords * scale
+    writer = _image.TileWriter(tile_dir, int(max_tile_mb * 1e6), adata.obs_names) if tile_dir is not None else None
+    start = logger.info(f"DeepST: morphology features of {len(centres)} tiles of {side} px ({image_key!r} image)")
+    feats = _image.raw_image_features(img, centres, side, net=net, device=device, writer=writer)
+    logger.info("DeepST: morphology features done", time=start)
+    return feats
+
+
+def fit(
+    samples: list[_Sample],
+    *,
+    n_domains: int,
+    pre_epochs: int,
+    epochs: int,
+    seed: int,
+    device,
+    n_top_genes: int | None,
+    n_pcs: int,
+    spatial_k: int,
+    n_augment_neighbors: int,
+    adjacent_weight: float,
+    graph_k: int,
+    refine_neighbors: int,
+    adversarial: bool,
+    stable: bool = False,
+    n_runs: int = 1,
+) -> dict[str, Any]:
+    """Augment every sample, train ``n_runs`` networks (one with ``stable=False``) and find the domains."""
+    sizes = [s.coords.shape[0] for s in samples]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    all_counts = sp.vstack([s.counts for s in samples], format="csr")
+    all_lib = np.concatenate([s.library for s in samples])
+    genes = top_variance_genes(_lognorm(all_counts, all_lib), n_top_genes)
+    sub = all_counts[:, genes]
+
+    start = logger.info(f"DeepST: augmenting {all_counts.shape[0]} spots x {len(genes)} genes")
+    expr_pcs = block_pca(_lognorm(sub, all_lib), 50, blocks=offsets, scale=True, seed=seed)
+    image = None
+    if samples[0].image_raw is not None:
+        image = _image.reduce_features(np.vstack([s.image_raw for s in samples]), 50)
+    aug_blocks, aug_lib, adj_blocks, label_blocks = [], [], [], []
+    for i, s in enumerate(samples):
+        lo, hi = offsets[i], offsets[i + 1]
+        w = _graph.spot_weights(s.coords, expr_pcs[lo:hi], None if image is None else image[lo:hi], spatial_k=spatial_k)
+        top = _graph.top_neighbour_weights(w, n_augment_neighbors)
+        aug_blocks.append(_graph.augment_expression(sub[lo:hi], top, adjacent_weight))
+        aug_lib.append(s.library + adjacent_weight * (top @ s.library))
+        a_norm, a_label = _graph.spatial_graph(s.coords, graph_k)
+        adj_blocks.append(a_norm)
+        label_blocks.append(a_label)
+    aug = sp.vstack(aug_blocks, format="csr")
+    data = block_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, blocks=offsets, scale=True, seed=seed)
+    adj_norm, adj_label = _graph.block_diag(adj_blocks), _graph.block_diag(label_blocks)
+    logger.info(f"DeepST: augmented data, {data.shape[1]} PCs, graph with {adj_label.nnz} edges", time=start)
+
+    batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
+    seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
+    labels, emb, net, timings, resolution, exact, consensus = _train_runs(
+        data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
+        device=device, batches=batches,
+    )
+    refined = np.concatenate(
+        [refine_labels(s.coords, labels[offsets[i] : offsets[i + 1]], refine_neighbors) for i, s in enumerate(samples)]
+    )
+    n_found = int(labels.max()) + 1
+    logger.info(f"DeepST: {n_found} domains at resolution {resolution:.4g}")
+    return {
+        "embedding": emb,
+        "labels": labels,
+        "refined": refined,
+        "offsets": offsets,
+        "resolution": resolution,
+        "exact": exact,
+        "n_found": n_found,
+        "timings": timings,
+        "net": net,
+        "n_inputs": data.shape[1],
+        "consensus": consensus,
+    }
+
+
+def load_samples(
+    adatas: dict[str, AnnData],
+    *,
+    layer: str | None,
+    spatial_key: str,
+    use_image: bool,
+    image_key: str,
+    library_id: str | None,
+    weights_path: Any,
+    device,
+    tile_dirs: dict[str, Path | None],
+    max_tile_mb: float,
+    n_domains: int,
+) -> tuple[list[_Sample], Any]:
+    """Every sample's counts of the genes common to all (raw counts checked), coordinates and, with
+    ``use_image``, morphology features; returns ``(samples, common genes)``."""
+    names = list(adatas)
+    n_total = sum(a.n_obs for a in adatas.values())
+    if n_domains > n_total:
+        raise InvalidInputError(f"n_domains ({n_domains}) exceeds the number of spots ({n_total}).")
+    common = adatas[names[0]].var_names
+    for name in names[1:]:
+        common = common.intersection(adatas[name].var_names, sort=False)
+    if len(common) == 0:
+        raise InvalidInputError("the samples share no genes (var_names); harmonise gene ids first.")
+    net = _image.load_tile_cnn(weights_path).to(device) if use_image and weights_path is not None else None
+    samples = []
+    for name in names:
+        adata = adatas[name]
+        sample = _read_sample(adata, layer, spatial_key)
+        if len(names) > 1:
+            sample.counts = sample.counts[:, adata.var_names.get_indexer(common)]
+        if use_image:
+            sample.image_raw = _image_raw(
+                adata,
+                sample,
+                image_key=image_key,
+                library_id=library_id,
+                net=net,
+                device=device,
+                tile_dir=tile_dirs[name],
+                max_tile_mb=max_tile_mb,
+                spatial_key=spatial_key,
+            )
+        samples.append(sample)
+    return samples, common
+
+
+def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches):
+    """One network fit and Leiden search per seed; several are combined by relabelling and voting
+    (:mod:`.._consensus`), the medoid run giving the embedding and network."""
+
+    def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
+        return leiden(knn_igraph(z, TrainConfig.dec_neighbors), TrainConfig.dec_resolution, s)
+
+    runs, fits = [], []
+    for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:
+        emb, net, timings = train_deepst(
+            data,
+            adj_norm,
+            adj_label,
+            pre_epochs=pre_epochs,
+            epochs=epochs,
+            seed=run_seed,
+            device=device,
+            batches=batches,
+            cluster_init=init_clusters,
+        )
+        logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
+        run_labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=run_seed)
+        runs.append(run_labels)
+        fits.append((emb, net, timings, resolution, exact))
+    if len(runs) == 1:
+        return (runs[0], *fits[0], {})
+    labels, info = _consensus.consensus_labels(runs)
+    emb, net, _, resolution, exact = fits[info["medoid"]]
+    timings = {k: float(sum(f[2][k] for f in fits)) for k in fits[0][2]}
+    exact = exact and int(labels.max()) + 1 == n_domains
+    logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {info['run_agreement']:.3f}")
+    consensus = {"run_seeds": seeds, "run_agreement": info["run_agreement"], "support": info["support"]}
+    return labels, emb, net, timings, resolution, exact, consensus
