@@ -355,7 +355,7 @@ def test_use_image_without_image_lists_keys(small):
 
 @pytest.mark.parametrize("n_domains", [1, 0, 2.5, True])
 def test_bad_n_domains(small, n_domains):
-    with pytest.raises(InvalidInputError, match="n_domains must be an integer >= 2"):
+    with pytest.raises(InvalidInputError, match="n_domains must be an integer >= [12]"):
         spatial_detect_domains_deepst(small, n_domains=n_domains)
 
 
