@@ -17,6 +17,7 @@ DATA = Path(__file__).parent / "data"
 # the demo's muscle samples ship inside the package (one copy, used by the tests and by ``experimat demo``)
 MUSCLE = Path(__file__).parents[1] / "src" / "experimat" / "datasets" / "_data" / "visium_mouse_muscle"
 LAYOUTS = DATA / "visium_layouts"
+ZEISEL = DATA / "deconv" / "zeisel_subset.h5ad"
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +67,30 @@ def muscle_project(tmp_path, muscle_project_template):
     dst = tmp_path / "muscle"
     shutil.copytree(muscle_project_template, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def zeisel_sc():
+    """The shipped Zeisel mouse-cortex subset (tests/data/deconv), raw counts in ``X`` and ``layers['counts']``.
+
+    Shared by the deconvolution tests (one read per session): copy it before writing into it.
+    """
+    import anndata as ad
+
+    a = ad.read_h5ad(ZEISEL)
+    a.layers["counts"] = a.X.copy()
+    return a
+
+
+@pytest.fixture(scope="session")
+def zeisel_spots(zeisel_sc):
+    """150 pseudo-spots of 2-10 Zeisel cells (about 2,000 counts) with the truth in ``obsm['true_proportions']``.
+
+    Shared by the DestVI and deconvolution-figure tests: copy it before writing into it.
+    """
+    from experimat.datasets import pseudo_spots
+
+    return pseudo_spots(zeisel_sc, "class", n_spots=150, depth=2000.0, seed=0)
 
 
 def make_synthetic_experiment(n_samples=3, n_spots=120, n_genes=40, project=None, seed=0):

@@ -93,6 +93,8 @@ def _base_options(name: str, var_names) -> dict:
         "filter_genes": {"min_cells": 1},
         "plot_reference_qc": {"reference": signatures},
         "plot_gamma_space": {"ct": "A"},
+        "explore_gamma_space": {"reference": "no_such_model", "ct": "A"},
+        "de_genes_destvi": {"reference": "no_such_model", "ct": "A", "mask1": np.zeros(1, bool)},
     }.get(name, {})
 
 

@@ -83,6 +83,12 @@ STEPS += [
     ("spatial-bin", "totals_qc", {}, {}),
     ("spatial-bin", "training_history", {}, {}),
     ("spatial-bin", "automatic_proportion_threshold", {}, {"n_quantiles": 20}),
+    ("spatial-bin", "explore_gamma_space", {"reference": "condscvi", "ct": "interneurons", "threshold": "primary", "n_genes": 5},
+     {"reference": "condscvi", "ct": "interneurons", "threshold": 0.0, "n_components": 1, "n_genes": 3}),
+    ("spatial-bin", "de_genes_destvi", {"reference": "condscvi", "ct": "interneurons", "mask1": "left", "n_samples": 3,
+                                        "key_added": "destvi.de"},
+     {"reference": "condscvi", "ct": "interneurons", "mask1": "left", "threshold": 0.05, "n_samples": 2,
+      "key_added": "destvi.de"}),
 ]
 # filters last: they remove observations / genes from every slot (the runner subsets the parent's sample)
 for _mod in ("rna", "spatial-bin"):
@@ -139,6 +145,7 @@ def _build_project(root):
     expm = em.Experiment.from_anndata(rna, modality="rna", taxa="mmu", project=root, harmonize_genes=False)
     for i, s in enumerate(("v1", "v2")):
         spots = pseudo_spots(sc_ref, "cell_type", n_spots=90, depth=2000, seed=i + 1)
+        spots.obs["left"] = spots.obsm["spatial"][:, 0] < np.median(spots.obsm["spatial"][:, 0])  # DE groups
         expm.add_sample(spots, sample=s, modality="spatial-bin", taxa="mmu", harmonize_genes=False)
     expm.save()
     expm.close()

@@ -4,7 +4,6 @@ cutoff lines), not only that it ran, and that the data are not modified."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import matplotlib
@@ -15,40 +14,16 @@ import pytest
 matplotlib.use("Agg")
 pytest.importorskip("torch")
 
-import experimat as em
 from experimat import pl
 from experimat._errors import ExperimatWarning, InvalidInputError, KeyNotFoundError, MissingSlotError
-from experimat.datasets import pseudo_spots
 from experimat.methods.deconv import cell2location as c2l
 from experimat.methods.deconv import destvi
 
-DATA = Path(__file__).parent / "data" / "deconv" / "zeisel_subset.h5ad"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quiet():
-    old = em.settings.progress
-    em.settings.progress = False
-    yield
-    em.settings.progress = old
-
 
 @pytest.fixture(scope="module")
-def sc():
-    a = ad.read_h5ad(DATA)
-    a.layers["counts"] = a.X.copy()
-    return a
-
-
-@pytest.fixture(scope="module")
-def spots(sc):
-    return pseudo_spots(sc, "class", n_spots=120, cells_per_spot=(2, 10), depth=2000, seed=3)
-
-
-@pytest.fixture(scope="module")
-def mapped(sc, spots):
-    sig = c2l.reference_signatures(sc, labels_key="class", method="cluster_mean")
-    s = spots.copy()
+def mapped(zeisel_sc, zeisel_spots):
+    sig = c2l.reference_signatures(zeisel_sc, labels_key="class", method="cluster_mean")
+    s = zeisel_spots.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimatWarning)
         c2l.deconvolve_cell2location(s, reference=sig, n_cells_per_location=6, max_epochs=40, seed=0)
@@ -60,9 +35,9 @@ def _collections(ax):
     return [c for c in ax.collections if hasattr(c, "get_offsets")]
 
 
-def test_plot_gene_filter_counts_genes_and_draws_cutoffs(sc):
-    h = c2l.gene_filter_histogram(sc, cell_count_cutoff=5, cell_percentage_cutoff2=0.03, nonz_mean_cutoff=1.12)
-    fig = pl.plot_gene_filter(sc, cell_count_cutoff=5, cell_percentage_cutoff2=0.03, nonz_mean_cutoff=1.12)
+def test_plot_gene_filter_counts_genes_and_draws_cutoffs(zeisel_sc):
+    h = c2l.gene_filter_histogram(zeisel_sc, cell_count_cutoff=5, cell_percentage_cutoff2=0.03, nonz_mean_cutoff=1.12)
+    fig = pl.plot_gene_filter(zeisel_sc, cell_count_cutoff=5, cell_percentage_cutoff2=0.03, nonz_mean_cutoff=1.12)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "log10(number of cells expressing the gene)"
     assert ax.get_ylabel() == "log10(mean non-zero count)"
@@ -71,16 +46,16 @@ def test_plot_gene_filter_counts_genes_and_draws_cutoffs(sc):
     mesh = next(c for c in ax.collections if type(c).__name__ == "QuadMesh")
     assert np.nansum(mesh.get_array()) == n_det  # every detected gene in one bin
     xs = sorted(line.get_xdata()[0] for line in ax.lines if line.get_xdata()[0] == line.get_xdata()[1])
-    assert np.allclose(xs, sorted([np.log10(5), np.log10(sc.n_obs * 0.03)]))
+    assert np.allclose(xs, sorted([np.log10(5), np.log10(zeisel_sc.n_obs * 0.03)]))
     # two samples: one panel each (the accessor's {sample: AnnData})
-    fig2 = pl.plot_gene_filter({"a": sc, "b": sc[:300]})
+    fig2 = pl.plot_gene_filter({"a": zeisel_sc, "b": zeisel_sc[:300]})
     titles = [a.get_title() for a in fig2.axes if a.get_title()]
     assert titles[0].startswith("a: ") and titles[1].startswith("b: ")
 
 
-def test_plot_reference_qc(sc, mapped):
+def test_plot_reference_qc(zeisel_sc, mapped):
     _, sig = mapped
-    fig = pl.plot_reference_qc(sc, reference=sig, labels_key="class")
+    fig = pl.plot_reference_qc(zeisel_sc, reference=sig, labels_key="class")
     rec, scat = fig.axes[0], next(a for a in fig.axes if a.get_xlabel() == "mean normalised count per cell type")
     assert rec.get_xlabel() == "expected count, log10(1 + x)" and rec.get_title() == "reconstruction accuracy"
     pts = _collections(scat)[0].get_offsets()
@@ -89,7 +64,7 @@ def test_plot_reference_qc(sc, mapped):
     assert np.allclose(pts[:, 0], pts[:, 1], rtol=1e-6)
     assert "r = 1.000" in scat.get_title()
     with pytest.raises(InvalidInputError, match="shares 0 cell types"):
-        pl.plot_reference_qc(sc, reference=sig, labels_key="subclass")
+        pl.plot_reference_qc(zeisel_sc, reference=sig, labels_key="subclass")
 
 
 def test_plot_colocation_loadings(mapped):
@@ -138,9 +113,9 @@ def test_plot_volcano_table_and_adata():
 
 
 @pytest.mark.slow
-def test_destvi_threshold_and_gamma_space_figures(sc, spots):
-    ref = destvi.fit_condscvi(sc.copy(), labels_key="class", n_top_genes=200, max_epochs=20, seed=0)
-    st = spots.copy()
+def test_destvi_threshold_and_gamma_space_figures(zeisel_sc, zeisel_spots):
+    ref = destvi.fit_condscvi(zeisel_sc.copy(), labels_key="class", n_top_genes=200, max_epochs=20, seed=0)
+    st = zeisel_spots.copy()
     destvi.deconvolve_destvi(st, reference=ref, max_epochs=100, seed=0)
     thr = destvi.automatic_proportion_threshold(st, kind="primary")
     curves = st.uns["destvi"]["threshold_curves"]
@@ -153,7 +128,7 @@ def test_destvi_threshold_and_gamma_space_figures(sc, spots):
         assert thr[ct] == pytest.approx(c["primary"]) and vlines[0] == pytest.approx(c["primary"])
         assert ax.get_xlabel() == "proportion threshold"
     ct = max(thr, key=lambda t: (st.obsm["destvi.proportions"][t] > thr[t]).sum())
-    destvi.explore_gamma_space(st, ref, ct, threshold=thr, n_components=2)
+    destvi.explore_gamma_space(st, reference=ref, ct=ct, threshold=thr, n_components=2)
     fig = pl.plot_gamma_space(st, ct=ct)
     panels = [a for a in fig.axes if a.get_title()]
     assert len(panels) == 2
@@ -164,6 +139,6 @@ def test_destvi_threshold_and_gamma_space_figures(sc, spots):
         pl.plot_gamma_space(st, ct="no-such-type")
 
 
-def test_threshold_plot_needs_curves(spots):
+def test_threshold_plot_needs_curves(zeisel_spots):
     with pytest.raises(MissingSlotError, match="automatic_proportion_threshold"):
-        pl.plot_proportion_thresholds(spots)
+        pl.plot_proportion_thresholds(zeisel_spots)

@@ -77,3 +77,37 @@ def deprecated_alias(func: F, old_name: str) -> F:
     alias.__name__ = alias.__qualname__ = old_name
     alias.__doc__ = f"Deprecated alias of :func:`{func.__module__}.{func.__name__}`.\n\n{func.__doc__ or ''}"
     return alias  # type: ignore[return-value]
+
+
+def positional_options(*names: str) -> Callable[[F], F]:
+    """Keep old positional calls working after options became keyword-only: ``@positional_options("reference", "ct")``.
+
+    ``f(adata, ref, "Astro")`` is translated to ``f(adata, reference=ref, ct="Astro")`` with a
+    :class:`FutureWarning`; the signature (``help()``, the accessors) shows the keyword-only options.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(adata: Any, *args: Any, **kwargs: Any) -> Any:
+            if args:
+                if len(args) > len(names):
+                    raise InvalidInputError(
+                        f"{func.__name__}() takes the data and at most {len(names)} positional options "
+                        f"({', '.join(names)}); pass the others by name."
+                    )
+                given = dict(zip(names, args, strict=False))
+                both = sorted(given.keys() & kwargs.keys())
+                if both:
+                    raise InvalidInputError(f"{func.__name__}() got {both} both by position and by name.")
+                warnings.warn(
+                    f"{func.__name__}(): passing {', '.join(given)} by position is deprecated; pass "
+                    + ", ".join(f"{n}=..." for n in given) + " by name.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                kwargs.update(given)
+            return func(adata, **kwargs)
+
+        return wrapper  # type: ignore[return-value]  (functools.wraps keeps the markers in func.__dict__)
+
+    return decorate

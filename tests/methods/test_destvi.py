@@ -3,9 +3,6 @@ known composition, and a simulated two-state cell type."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,39 +24,18 @@ from experimat.methods.deconv.destvi import (
     select_genes_vst,
 )
 
-DATA = Path(__file__).parents[1] / "data" / "deconv" / "zeisel_subset.h5ad"
 SC_EPOCHS = 40
 ST_EPOCHS = 300
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    old = em.settings.progress
-    em.settings.progress = False
-    yield
-    em.settings.progress = old
+@pytest.fixture(scope="module")
+def ref(zeisel_sc):
+    return fit_condscvi(zeisel_sc.copy(), labels_key="class", n_top_genes=300, max_epochs=SC_EPOCHS, seed=0)
 
 
 @pytest.fixture(scope="module")
-def sc():
-    a = ad.read_h5ad(DATA)
-    a.layers["counts"] = a.X.copy()
-    return a
-
-
-@pytest.fixture(scope="module")
-def spots(sc):
-    return pseudo_spots(sc, "class", n_spots=150, depth=2000.0, seed=0)
-
-
-@pytest.fixture(scope="module")
-def ref(sc):
-    return fit_condscvi(sc.copy(), labels_key="class", n_top_genes=300, max_epochs=SC_EPOCHS, seed=0)
-
-
-@pytest.fixture(scope="module")
-def fitted(spots, ref):
-    st = spots.copy()
+def fitted(zeisel_spots, ref):
+    st = zeisel_spots.copy()
     props = deconvolve_destvi(st, reference=ref, max_epochs=ST_EPOCHS, seed=0)
     return st, props
 
@@ -70,13 +46,13 @@ def per_spot_r(pred: pd.DataFrame, truth: pd.DataFrame) -> float:
     return float(np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(p, t, strict=True) if a.std() > 0 and b.std() > 0]))
 
 
-def test_reference_model(sc, ref):
-    assert ref.cell_types == sorted(sc.obs["class"].astype(str).unique())
-    assert len(ref.genes) == 300 and set(ref.genes) <= set(sc.var_names)
+def test_reference_model(zeisel_sc, ref):
+    assert ref.cell_types == sorted(zeisel_sc.obs["class"].astype(str).unique())
+    assert len(ref.genes) == 300 and set(ref.genes) <= set(zeisel_sc.var_names)
     hist = ref.training_history
     assert len(hist) == SC_EPOCHS and np.isfinite(hist).all() and hist[-1] < hist[0]
     mean, var, labels = ref.latent_posterior()
-    assert mean.shape == (sc.n_obs, 5) and (var > 0).all() and labels.shape == (sc.n_obs,)
+    assert mean.shape == (zeisel_sc.n_obs, 5) and (var > 0).all() and labels.shape == (zeisel_sc.n_obs,)
     pm, pv, pw = ref.vamp_prior(15)
     assert pm.shape == (3, 15, 5) and pv.shape == (3, 15, 5)
     # weights of the used components sum to one per type
@@ -95,8 +71,8 @@ def test_hvg_selection_prefers_variable_genes():
     assert set(top) == set(range(200, 205))
 
 
-def test_fit_condscvi_on_several_samples_writes_each(sc):
-    a, b = sc[:300].copy(), sc[300:].copy()
+def test_fit_condscvi_on_several_samples_writes_each(zeisel_sc):
+    a, b = zeisel_sc[:300].copy(), zeisel_sc[300:].copy()
     model = fit_condscvi({"s1": a, "s2": b}, labels_key="class", n_top_genes=100, max_epochs=2, seed=0)
     assert model.config["samples"] == ["s1", "s2"]
     for x in (a, b):
@@ -123,22 +99,22 @@ def test_proportion_recovery(fitted):
     assert np.isfinite(st.var["destvi.beta"]).sum() == 300
 
 
-def test_seeded_reproducibility(spots, ref):
-    first = deconvolve_destvi(spots.copy(), reference=ref, max_epochs=30, seed=0)
-    again = deconvolve_destvi(spots.copy(), reference=ref, max_epochs=30, seed=0)
+def test_seeded_reproducibility(zeisel_spots, ref):
+    first = deconvolve_destvi(zeisel_spots.copy(), reference=ref, max_epochs=30, seed=0)
+    again = deconvolve_destvi(zeisel_spots.copy(), reference=ref, max_epochs=30, seed=0)
     pd.testing.assert_frame_equal(first, again)
-    other = deconvolve_destvi(spots.copy(), reference=ref, max_epochs=30, seed=1)
+    other = deconvolve_destvi(zeisel_spots.copy(), reference=ref, max_epochs=30, seed=1)
     assert not np.allclose(other.to_numpy(), first.to_numpy())
 
 
-def test_reference_seeded_reproducibility(sc):
-    a = fit_condscvi(sc.copy(), labels_key="class", n_top_genes=50, max_epochs=3, seed=3)
-    b = fit_condscvi(sc.copy(), labels_key="class", n_top_genes=50, max_epochs=3, seed=3)
+def test_reference_seeded_reproducibility(zeisel_sc):
+    a = fit_condscvi(zeisel_sc.copy(), labels_key="class", n_top_genes=50, max_epochs=3, seed=3)
+    b = fit_condscvi(zeisel_sc.copy(), labels_key="class", n_top_genes=50, max_epochs=3, seed=3)
     np.testing.assert_array_equal(a.latent_posterior()[0], b.latent_posterior()[0])
     assert a.training_history == b.training_history
 
 
-def test_save_reload_without_retraining(tmp_path, spots, ref, fitted):
+def test_save_reload_without_retraining(tmp_path, zeisel_spots, ref, fitted):
     st, _ = fitted
     path = ref.save(tmp_path / "condscvi")
     assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "config.json"]  # em.SavedModel layout
@@ -154,8 +130,8 @@ def test_save_reload_without_retraining(tmp_path, spots, ref, fitted):
         get_scale_for_ct(st, ref, "interneurons"), get_scale_for_ct(st, loaded, "interneurons")
     )
     # ... and a deconvolution with it (a folder works too) equals one with the trained object
-    a = deconvolve_destvi(spots.copy(), reference=ref, max_epochs=30, seed=0)
-    b = deconvolve_destvi(spots.copy(), reference=path, max_epochs=30, seed=0)
+    a = deconvolve_destvi(zeisel_spots.copy(), reference=ref, max_epochs=30, seed=0)
+    b = deconvolve_destvi(zeisel_spots.copy(), reference=path, max_epochs=30, seed=0)
     pd.testing.assert_frame_equal(a, b)
     with pytest.raises(InvalidInputError, match="not found"):
         CondSCVIModel.load(tmp_path / "nothing")
@@ -173,43 +149,43 @@ def test_get_scale_for_ct(fitted, ref):
         get_scale_for_ct(st, ref, "interneurons", destvi_key="other")
 
 
-def test_non_integer_input_is_rejected(sc, spots, ref):
-    bad = spots.copy()
+def test_non_integer_input_is_rejected(zeisel_sc, zeisel_spots, ref):
+    bad = zeisel_spots.copy()
     bad.layers["counts"] = bad.layers["counts"] * 0.5
     with pytest.raises(NotCountsError):
         deconvolve_destvi(bad, reference=ref, max_epochs=1)
-    bad_sc = sc.copy()
+    bad_sc = zeisel_sc.copy()
     bad_sc.layers["counts"] = np.log1p(bad_sc.layers["counts"].toarray())
     with pytest.raises(NotCountsError):
         fit_condscvi(bad_sc, labels_key="class", max_epochs=1)
     with pytest.raises(MissingSlotError, match="available layers"):
-        deconvolve_destvi(spots.copy(), reference=ref, layer="raw", max_epochs=1)
+        deconvolve_destvi(zeisel_spots.copy(), reference=ref, layer="raw", max_epochs=1)
 
 
-def test_gene_mismatch_error(spots, ref):
-    renamed = spots.copy()
+def test_gene_mismatch_error(zeisel_spots, ref):
+    renamed = zeisel_spots.copy()
     renamed.var_names = [f"other_{i}" for i in range(renamed.n_vars)]
     with pytest.raises(InvalidInputError, match=r"only 0 of the 300 reference genes"):
         deconvolve_destvi(renamed, reference=ref, max_epochs=1)
-    partial = spots[:, [g for g in spots.var_names if g not in set(ref.genes[:200])]].copy()
+    partial = zeisel_spots[:, [g for g in zeisel_spots.var_names if g not in set(ref.genes[:200])]].copy()
     with pytest.raises(InvalidInputError, match=r"only 100 of the 300"):
         deconvolve_destvi(partial, reference=ref, max_epochs=1)
-    few_missing = spots[:, [g for g in spots.var_names if g not in set(ref.genes[:5])]].copy()
+    few_missing = zeisel_spots[:, [g for g in zeisel_spots.var_names if g not in set(ref.genes[:5])]].copy()
     with pytest.warns(em.ExperimatWarning, match="5 of the 300"):
         deconvolve_destvi(few_missing, reference=ref, max_epochs=2)
     assert few_missing.uns["destvi"]["n_genes"] == 295
 
 
-def test_bad_options(spots, ref, fitted):
+def test_bad_options(zeisel_spots, ref, fitted):
     st, _ = fitted
     with pytest.raises(InvalidInputError, match="reference"):
-        deconvolve_destvi(spots.copy(), reference=42, max_epochs=1)
+        deconvolve_destvi(zeisel_spots.copy(), reference=42, max_epochs=1)
     with pytest.raises(InvalidInputError, match="max_epochs"):
-        deconvolve_destvi(spots.copy(), reference=ref, max_epochs=0)
+        deconvolve_destvi(zeisel_spots.copy(), reference=ref, max_epochs=0)
     with pytest.raises(InvalidInputError, match="valid values"):
         automatic_proportion_threshold(st, kind="proportionality")
     with pytest.raises(KeyNotFoundError):
-        fit_condscvi(spots.copy(), labels_key="nope", max_epochs=1)
+        fit_condscvi(zeisel_spots.copy(), labels_key="nope", max_epochs=1)
 
 
 def test_automatic_threshold_and_spatial_pca(fitted, ref):
@@ -220,7 +196,7 @@ def test_automatic_threshold_and_spatial_pca(fitted, ref):
     for ct, t in thr.items():
         assert props[ct].min() <= t <= props[ct].max()
     assert st.uns["destvi"]["thresholds"]["primary"] == thr
-    res = explore_gamma_space(st, ref, "interneurons", threshold=0.05, n_genes=10)
+    res = explore_gamma_space(st, reference=ref, ct="interneurons", threshold=0.05, n_genes=10)
     keep = props["interneurons"] > 0.05
     assert res["projection"].shape == (int(keep.sum()), 2)
     assert st.obsm["destvi.spca.interneurons"].shape == (st.n_obs, 2)
@@ -230,17 +206,17 @@ def test_automatic_threshold_and_spatial_pca(fitted, ref):
     pos = genes.query("axis == 'SpatialPC1' and direction == 'positive'")["r"].to_numpy()
     assert (np.diff(pos) <= 1e-12).all()
     with pytest.raises(InvalidInputError, match="lower the threshold"):
-        explore_gamma_space(st, ref, "interneurons", threshold=1.1)
+        explore_gamma_space(st, reference=ref, ct="interneurons", threshold=1.1)
 
 
 # --- two simulated states of one cell type -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def two_states(sc):
+def two_states(zeisel_sc):
     """Interneurons split into two states: a block of 30 genes is 4x higher in half of them."""
     rng = np.random.default_rng(1)
-    a = sc.copy()
+    a = zeisel_sc.copy()
     X = a.layers["counts"].toarray()
     inter = np.flatnonzero(a.obs["class"].astype(str).to_numpy() == "interneurons")
     high = rng.choice(inter, size=inter.size // 2, replace=False)
@@ -295,7 +271,8 @@ def test_de_between_states_finds_the_gene_block(two_states):
     high = ((counts["inter_high"] > 0) & (counts["inter_low"] == 0)).to_numpy()
     low = ((counts["inter_low"] > 0) & (counts["inter_high"] == 0)).to_numpy()
     assert n_inter.sum() > 0
-    de = de_genes_destvi(spots, model, "interneurons", high, low, threshold=0.2, key_added="destvi.de", seed=0)
+    de = de_genes_destvi(spots, reference=model, ct="interneurons", mask1=high, mask2=low, threshold=0.2,
+                         key_added="destvi.de", seed=0)
     assert list(de.columns) == ["log2FC", "score", "pval", "padj"]
     assert de["score"].is_monotonic_decreasing
     assert ((de["pval"] >= 0) & (de["pval"] <= 1) & (de["padj"] >= de["pval"] - 1e-12)).all()
@@ -305,4 +282,91 @@ def test_de_between_states_finds_the_gene_block(two_states):
     assert de.loc[in_block, "log2FC"].median() > de.loc[~in_block, "log2FC"].quantile(0.75)
     assert "de_results" in spots.uns["destvi.de"]
     with pytest.raises(InvalidInputError, match="both need"):
-        de_genes_destvi(spots, model, "interneurons", high, low, threshold=1.0)
+        de_genes_destvi(spots, reference=model, ct="interneurons", mask1=high, mask2=low, threshold=1.0)
+    # the former positional form still works, with a FutureWarning
+    with pytest.warns(FutureWarning, match="by position is deprecated"):
+        old = de_genes_destvi(spots, model, "interneurons", high, low, threshold=0.2, seed=0)
+    pd.testing.assert_frame_equal(old, de)
+
+
+# --- the DestVI utilities through the accessors ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def destvi_project(tmp_path_factory, zeisel_sc, zeisel_spots):
+    """A saved project: the Zeisel reference (rna), two sections of pseudo-spots, CondSCVI stored as "condscvi",
+    DestVI run and automatic thresholds stored on both sections."""
+    root = tmp_path_factory.mktemp("destvi") / "p"
+    sections = {"s1": zeisel_spots.copy(), "s2": pseudo_spots(zeisel_sc, "class", n_spots=120, depth=2000.0, seed=5)}
+    for a in sections.values():
+        a.obs["left"] = a.obsm["spatial"][:, 0] < np.median(a.obsm["spatial"][:, 0])
+    expm = em.Experiment.from_anndata({"ref": zeisel_sc.copy()}, modality="rna", taxa="mmu", project=root,
+                                      harmonize_genes=False)
+    for name, a in sections.items():
+        expm.add_sample(a, sample=name, modality="spatial-bin", taxa="mmu", harmonize_genes=False)
+    expm.rna.fit_condscvi(labels_key="class", n_top_genes=300, max_epochs=SC_EPOCHS)
+    expm.spatial_bin.deconvolve(method="destvi", reference="condscvi", max_epochs=150, use_gpu=False)
+    expm.spatial_bin.automatic_proportion_threshold(kind="primary")
+    expm.save()
+    expm.close()
+    return root
+
+
+def test_gamma_space_and_de_through_the_accessor(destvi_project, tmp_path):
+    import shutil
+
+    root = tmp_path / "p"
+    shutil.copytree(destvi_project, root)
+    expm = em.load_experiment(root)
+    ref = expm.load_model("condscvi")
+    ct = "interneurons"
+    res = expm.spatial_bin.explore_gamma_space(reference="condscvi", ct=ct, threshold="primary", n_genes=5)
+    assert set(res) == {"s1", "s2"}
+    for s, out in res.items():
+        a = expm.spatial_bin[s]
+        thr = a.uns["destvi"]["thresholds"]["primary"][ct]  # each section its own stored threshold
+        keep = a.obsm["destvi.proportions"][ct].to_numpy() > thr
+        assert out["projection"].shape == (int(keep.sum()), 2)
+        assert a.uns["destvi"]["spca"][ct]["threshold"] == thr
+        # the same as the direct call on the sample with that sample's threshold and seed
+        direct = explore_gamma_space(a.copy(), reference=ref, ct=ct, threshold=thr, n_genes=5)
+        pd.testing.assert_frame_equal(out["genes"], direct["genes"])
+        np.testing.assert_allclose(out["projection"].to_numpy(), direct["projection"].to_numpy())
+    de = expm.spatial_bin.de_genes_destvi(reference="condscvi", ct=ct, mask1="left", threshold=0.05, n_samples=3,
+                                          key_added="de_left")
+    expm.close()
+    back = em.load_experiment(root, mode="r")
+    for s in ("s1", "s2"):
+        a = back.spatial_bin[s]
+        assert a.obsm[f"destvi.spca.{ct}"].shape == (a.n_obs, 2)  # saved
+        stored = a.uns["de_left"]
+        assert stored["cell_type"] == ct and list(de[s].columns) == ["log2FC", "score", "pval", "padj"]
+        present = a.obsm["destvi.proportions"][ct].to_numpy() > 0.05
+        np.testing.assert_array_equal(stored["mask1"], a.obs["left"].to_numpy() & present)
+        np.testing.assert_array_equal(stored["mask2"], ~a.obs["left"].to_numpy() & present)
+    back.close()
+
+
+def test_accessor_refuses_unknown_references_and_bad_masks(destvi_project, tmp_path):
+    import shutil
+
+    root = tmp_path / "p"
+    shutil.copytree(destvi_project, root)
+    expm = em.load_experiment(root)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+    for call in (
+        lambda: expm.spatial_bin.deconvolve(method="destvi", reference="condscvi_typo", max_epochs=1),
+        lambda: expm.spatial_bin.deconvolve(method="cell2location", reference="no_such_model", max_epochs=1),
+        lambda: expm.spatial_bin.explore_gamma_space(reference="nope", ct="interneurons"),
+    ):
+        with pytest.raises(InvalidInputError, match=r"neither a model stored in this project \(stored: \['condscvi'\]\)"):
+            call()
+    with pytest.raises(InvalidInputError, match="must be boolean"):
+        expm.spatial_bin.de_genes_destvi(reference="condscvi", ct="interneurons", mask1="sample")
+    with pytest.raises(KeyNotFoundError, match="no_column"):
+        expm.spatial_bin.de_genes_destvi(reference="condscvi", ct="interneurons", mask1="no_column")
+    with pytest.raises(MissingSlotError, match="automatic_proportion_threshold"):
+        expm.spatial_bin.explore_gamma_space(reference="condscvi", ct="interneurons", threshold="secondary")
+    expm.close()
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # refused calls change nothing on disk

@@ -160,13 +160,14 @@ def run_method(
     samples = expm.resolve_samples(modality, run_on_samples)
     for s in samples:  # cheap input checks of every chosen sample, before any work or write
         preflight(spec, expm._sample(modality, s), options, sample=s, writes=writes)
+    if writes:  # declared inputs too, before the set-up (which may fit a reference across samples)
+        for s in samples:
+            check_slots(spec, expm._sample(modality, s), options, sample=s, modality=modality)
     if spec.setup is not None:
         options = spec.setup(expm, modality, options)
     if spec.kind in ("view", "query"):
         return _run_readonly(expm, modality, spec, options, samples)
 
-    for s in samples:  # fail before any work
-        check_slots(spec, expm._sample(modality, s), options, sample=s, modality=modality)
     recorder = _Recorder(spec, modality, n_jobs, executor)
     if spec.kind == "joint":
         return _run_joint(expm, modality, spec, options, kwargs, samples, recorder, save=save)

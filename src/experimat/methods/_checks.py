@@ -569,6 +569,21 @@ def preflight(spec: Any, adata: Any, options: Mapping[str, Any], *, sample: str,
     subsets = getattr(spec.func, "__experimat_subsets__", None)
     if subsets is not None:
         subsets(adata, dict(options), sample=sample)
+    check = getattr(spec.func, "__experimat_preflight__", None)
+    if check is not None:
+        check(adata, dict(options), sample=sample)
+
+
+def checks_sample(check: Any):
+    """Declare a method's own cheap input check of one sample, run by the runner on every chosen sample before
+    any work: ``check(adata, options, sample=...)`` raises an experimat error naming the fix (options whose meaning depends
+    on the sample, e.g. the name of a boolean ``obs`` column, which ``reads=`` templates cannot express)."""
+
+    def mark(func):
+        func.__experimat_preflight__ = check
+        return func
+
+    return mark
 
 
 def subsets_sample(check: Any):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 from typing import Any
 
 from .. import pl
@@ -15,6 +17,8 @@ from ..methods.deconv import destvi
 
 BIN = ("spatial-bin",)
 _FITTERS = {"cell2location": "reference_signatures", "destvi": "fit_condscvi"}
+#: the saved-model class of each method's reference
+_MODEL_CLASSES = {"cell2location": c2l.ReferenceSignatures, "destvi": destvi.CondSCVIModel}
 
 
 _KW = inspect.Parameter.KEYWORD_ONLY
@@ -43,12 +47,36 @@ def _resolve_reference(method: str):
                 raise InvalidInputError("reference=<accessor> needs labels_key= (the obs column with cell types).")
             fit_kwargs["labels_key"] = labels_key
             ref = getattr(ref, _FITTERS[method])(run_on_samples=True, **fit_kwargs)
-        elif isinstance(ref, str) and ref in expm.models:
-            ref = expm.load_model(ref)
+        else:
+            ref = _stored_or_folder(expm, method, ref)
         opts["reference"] = ref
         return opts
 
     return setup
+
+
+def _stored_or_folder(expm, method: str, ref: Any) -> Any:
+    """A reference given by name: a model stored in the project, else an existing model folder.
+
+    Any other string is refused with the valid choices (it is not taken as a folder that does not exist).
+    """
+    if not isinstance(ref, (str, os.PathLike)):
+        return ref
+    if isinstance(ref, str) and ref in expm.models:
+        return expm.load_model(ref)
+    if Path(ref).is_dir():
+        return _MODEL_CLASSES[method].load(ref)
+    raise InvalidInputError(
+        f"reference={str(ref)!r} is neither a model stored in this project (stored: {expm.models}) nor an existing "
+        f"folder of a saved model. Pass one of the stored names, the path of a folder written by "
+        f"{_MODEL_CLASSES[method].__name__}.save(), the fitted model itself, or reference=expm.rna with "
+        f"labels_key= to fit it ({_FITTERS[method]})."
+    )
+
+
+def _resolve_stored_reference(expm, modality: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Setup of the DestVI utilities: ``reference=`` may name a stored CondSCVI model or a model folder."""
+    return {**options, "reference": _stored_or_folder(expm, "destvi", options.get("reference"))}
 
 
 # references: one model over all chosen scRNA samples, stored in the project's models/
@@ -78,6 +106,14 @@ register_method(c2l.training_history, modalities=BIN, kind="query")
 # stores its thresholds in uns[destvi_key]["thresholds"] (next to DestVI's own record, which it keeps)
 register_method(destvi.automatic_proportion_threshold, modalities=BIN, reads=("obsm/{destvi_key}.proportions", "uns/{destvi_key}"),
                 writes=("uns/{destvi_key}",))
+
+# DestVI's exploration of the states and cell-type-specific DE (the reference by stored name, folder or model)
+register_method(destvi.explore_gamma_space, modalities=BIN, setup=_resolve_stored_reference,
+                reads=("obsm/{destvi_key}.proportions", "var/{destvi_key}.beta", "obsm/{spatial_key}", "uns/{destvi_key}"),
+                writes=("obsm/{destvi_key}.spca.{ct}", "uns/{destvi_key}"))
+register_method(destvi.de_genes_destvi, modalities=BIN, setup=_resolve_stored_reference,
+                reads=("obsm/{destvi_key}.proportions", "var/{destvi_key}.beta", "var/{destvi_key}.theta", "uns/{destvi_key}"),
+                writes=("uns/{key_added}",))
 
 # figures of the deconvolution tutorials (views: {sample: AnnData} in, a Figure out)
 register_method(pl.plot_gene_filter, modalities=("rna",), kind="view")

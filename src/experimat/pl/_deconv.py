@@ -409,7 +409,7 @@ def plot_gamma_space(
 
     Examples
     --------
-    >>> res = explore_gamma_space(spots, ref, "Astro", threshold=0.1)  # doctest: +SKIP
+    >>> res = explore_gamma_space(spots, reference=ref, ct="Astro", threshold=0.1)  # doctest: +SKIP
     >>> fig = em.pl.plot_gamma_space(spots, ct="Astro")  # doctest: +SKIP
     """
     from matplotlib.colors import TwoSlopeNorm
@@ -420,7 +420,7 @@ def plot_gamma_space(
         k = f"{destvi_key}.spca.{ct}"
         if k not in ad.obsm:
             raise MissingSlotError(
-                f"{_prefix(name)}obsm[{k!r}] not found; run explore_gamma_space(adata, reference, {ct!r}) first."
+                f"{_prefix(name)}obsm[{k!r}] not found; run explore_gamma_space(adata, reference=..., ct={ct!r}) first."
             )
         if spatial_key not in ad.obsm:
             raise MissingSlotError(f"{_prefix(name)}obsm[{spatial_key!r}] (coordinates) not found.")

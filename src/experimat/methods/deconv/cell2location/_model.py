@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 #: obsm key of the mitochondrial counts kept aside (as in the cell2location tutorial)
 MT_KEY = "MT"
+#: ``batch_size=None`` trains in full batch up to this many spots x genes entries (a step holds about ten
+#: dense float32 tensors of that size: ~2 GB), in mini-batches of about this many entries above it
+FULL_BATCH_MAX_ENTRIES = 50_000_000
+#: smallest automatic mini-batch (spots)
+MIN_AUTO_BATCH = 1000
 
 
 def mitochondrial_mask(adata: AnnData, *, gene_symbols: str = "gene") -> np.ndarray:
@@ -145,7 +150,10 @@ def deconvolve_cell2location(
     batch_key
         obs column with the batch (slide) of each spot, for per-batch detection and background.
     batch_size
-        Spots per mini-batch; ``None`` trains on all spots at once (full batch).
+        Spots per mini-batch; ``None`` trains on all spots at once (full batch) while the spots x genes
+        matrix has at most :data:`FULL_BATCH_MAX_ENTRIES` entries, and in mini-batches of that many entries
+        on larger samples (e.g. Visium HD bins), so a step's memory does not grow with the spots (the size
+        used is recorded in ``uns[key_added]['batch_size_used']``).
     lr
         Adam learning rate.
     n_groups, factors_per_location, groups_per_location
@@ -219,6 +227,8 @@ def deconvolve_cell2location(
             stacklevel=2,
         )
 
+    if batch_size is None and Xs.shape[0] * Xs.shape[1] > FULL_BATCH_MAX_ENTRIES:
+        batch_size = max(MIN_AUTO_BATCH, FULL_BATCH_MAX_ENTRIES // Xs.shape[1])
     fit = _fit_location_model(
         Xs,
         cell_state,
@@ -251,6 +261,7 @@ def deconvolve_cell2location(
         factor_names=names,
         batch_key=batch_key,
         batch_categories=batch_names,
+        batch_size_used=None if batch_size is None or batch_size >= Xs.shape[0] else int(batch_size),
         posterior={k: np.asarray(v) for k, v in fit["posterior"].items()},
     )
     if still_decreasing(history):

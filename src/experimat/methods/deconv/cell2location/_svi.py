@@ -198,6 +198,12 @@ class MeanFieldLogNormal:
         for name, (a, b, _) in self.slices.items():
             glob[a:b] = name not in self.local
         self._global_idx = torch.tensor(np.flatnonzero(glob), device=device)
+        # where each global site lies in the vector of the global entries (sites are contiguous, in order)
+        self._global_slices, g_off = {}, 0
+        for name, (a, b, shape) in self.slices.items():
+            if name not in self.local:
+                self._global_slices[name] = (g_off, g_off + (b - a), shape)
+                g_off += b - a
         self.n = off
 
     def parameters(self) -> list:
@@ -214,6 +220,8 @@ class MeanFieldLogNormal:
         restricted to ``idx`` when given), and the sums of ``log|dz/du| + entropy`` over the global
         sites and over the (selected) local entries.
         """
+        if idx is not None:
+            return self._draw_batch(torch, generator, idx)
         sigma = torch.nn.functional.softplus(self.raw_scale) + 1e-5
         eps = torch.randn(self.n, generator=generator, dtype=torch.float32).to(self.loc.device)
         u = self.loc + sigma * eps
@@ -230,6 +238,32 @@ class MeanFieldLogNormal:
                     uv, zv, lv = uv[idx], zv[idx], lv[idx]
                 loc_terms = loc_terms + lv.sum() + _HALF_LOG_2PI_E * lv.numel()
             sites[name] = (uv, zv)
+        return sites, glob, loc_terms
+
+    def _draw_batch(self, torch: Any, generator, idx):
+        """:meth:`draw` for a mini-batch: only the global entries and the rows ``idx`` of the local sites are
+        drawn, so a step costs the batch, not all observations (the full draw made an epoch quadratic in them)."""
+        device = self.loc.device
+
+        def sample(loc, raw):
+            sigma = torch.nn.functional.softplus(raw) + 1e-5
+            u = loc + sigma * torch.randn(loc.shape, generator=generator, dtype=torch.float32).to(device)
+            return u, torch.log(sigma) + u
+
+        gi = self._global_idx
+        u_glob, ls_glob = sample(self.loc[gi], self.raw_scale[gi])
+        glob = ls_glob.sum() + _HALF_LOG_2PI_E * gi.numel()
+        z_glob = torch.exp(u_glob)
+        loc_terms = torch.zeros((), device=device)
+        sites = {}
+        for name, (a, b, shape) in self.slices.items():
+            if name in self.local:
+                u, ls = sample(self.loc[a:b].view(shape)[idx], self.raw_scale[a:b].view(shape)[idx])
+                loc_terms = loc_terms + ls.sum() + _HALF_LOG_2PI_E * ls.numel()
+                sites[name] = (u, torch.exp(u))
+            else:
+                ga, gb, gshape = self._global_slices[name]
+                sites[name] = (u_glob[ga:gb].view(gshape), z_glob[ga:gb].view(gshape))
         return sites, glob, loc_terms
 
     def summary(self, torch: Any, name: str, quantiles: tuple[float, ...] = (0.05, 0.95)) -> dict[str, np.ndarray]:

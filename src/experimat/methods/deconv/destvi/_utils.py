@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from experimat._compat import renamed_options
+from experimat._compat import positional_options, renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._keys import Key
 from experimat._settings import settings
-from experimat.methods._checks import check_choice, check_positive_int, get_coordinates, get_matrix
+from experimat.methods._checks import check_choice, check_positive_int, checks_sample, get_coordinates, get_matrix
 from experimat.methods._graph import knn_graph
 
 from ._condscvi import CondSCVIModel, _as_csr
@@ -152,6 +152,24 @@ def automatic_proportion_threshold(
     return out
 
 
+def _threshold_of(adata: AnnData, key: str, ct: str, threshold: float | Mapping[str, float] | str) -> float:
+    """The proportion threshold of ``ct``: a number, a per-type mapping, or a kind of stored automatic threshold."""
+    if isinstance(threshold, str):
+        kind = check_choice("threshold", threshold, THRESHOLD_KINDS)
+        stored = ((adata.uns.get(key) or {}).get("thresholds") or {}).get(kind) or {}
+        if ct not in stored:
+            raise MissingSlotError(
+                f"uns[{key!r}]['thresholds'][{kind!r}] has no threshold for {ct!r}; run "
+                f"automatic_proportion_threshold(adata, kind={kind!r}, destvi_key={key!r}) first, or pass a number."
+            )
+        return float(stored[ct])
+    if isinstance(threshold, Mapping):
+        if ct not in threshold:
+            raise KeyNotFoundError("cell type in threshold", ct, list(threshold))
+        return float(threshold[ct])
+    return float(threshold)
+
+
 def _spatial_components(xy: np.ndarray, weights: np.ndarray, data: np.ndarray, n_components: int, seed: int):
     """Spatial PCA directions of ``data``: top eigenvectors of ``Xc^T L Xc`` for the graph Laplacian ``L``
     of the Gaussian kernel (bandwidth: median pairwise distance) weighted by ``weights_i * weights_j``."""
@@ -176,13 +194,24 @@ def _spatial_components(xy: np.ndarray, weights: np.ndarray, data: np.ndarray, n
     return vec
 
 
+def _check_stored_threshold(adata: AnnData, options: dict[str, Any], *, sample: str) -> None:
+    """Before any work: a threshold given by kind is stored in the sample for the cell type."""
+    if isinstance(options.get("threshold"), str):
+        try:
+            _threshold_of(adata, options.get("destvi_key", "destvi"), options.get("ct"), options["threshold"])
+        except MissingSlotError as e:
+            raise MissingSlotError(f"sample {sample!r}: {e}") from None
+
+
+@checks_sample(_check_stored_threshold)
+@positional_options("reference", "ct")
 @renamed_options(key="destvi_key")
 def explore_gamma_space(
     adata: AnnData,
+    *,
     reference: CondSCVIModel | str,
     ct: str,
-    *,
-    threshold: float | Mapping[str, float] = 0.0,
+    threshold: float | Mapping[str, float] | str = 0.0,
     n_components: int = 2,
     n_genes: int = 20,
     destvi_key: str = "destvi",
@@ -206,8 +235,9 @@ def explore_gamma_space(
     ct
         Cell type.
     threshold
-        Minimum proportion (or ``{cell type: threshold}``, e.g. from
-        :func:`automatic_proportion_threshold`).
+        Minimum proportion, ``{cell type: threshold}``, or the name of thresholds stored in this sample by
+        :func:`automatic_proportion_threshold` (``"primary"``, ``"secondary"`` or ``"min_value"``: read
+        from ``uns[destvi_key]['thresholds'][kind]``, so each sample uses its own through an accessor).
     n_components
         Number of spatial axes.
     n_genes
@@ -228,7 +258,7 @@ def explore_gamma_space(
 
     Examples
     --------
-    >>> res = explore_gamma_space(spots, ref, "Astro", threshold=0.1)
+    >>> res = explore_gamma_space(spots, reference=ref, ct="Astro", threshold=0.1)
     >>> res["genes"].query("axis == 'SpatialPC1'")
     """
     reference = _resolve_reference(reference)
@@ -238,7 +268,7 @@ def explore_gamma_space(
     n_genes = check_positive_int("n_genes", n_genes)
     seed = settings.seed if seed is None else int(seed)
     props = _proportions(adata, destvi_key)
-    thr = float(threshold[ct]) if isinstance(threshold, Mapping) else float(threshold)
+    thr = _threshold_of(adata, destvi_key, ct, threshold)
     keep = props[ct].to_numpy() > thr
     if keep.sum() < 3:
         raise InvalidInputError(
@@ -304,7 +334,18 @@ def _bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def _as_mask(mask, n: int, name: str) -> np.ndarray:
+def _as_mask(adata: AnnData, mask, name: str) -> np.ndarray:
+    """A boolean spot mask from a mask, spot positions, or the name of a boolean ``obs`` column."""
+    n = adata.n_obs
+    if isinstance(mask, str):
+        if mask not in adata.obs.columns:
+            raise KeyNotFoundError(f"obs column ({name})", mask, list(adata.obs.columns))
+        col = adata.obs[mask]
+        if col.dtype != bool:
+            raise InvalidInputError(
+                f"{name}={mask!r} names obs column of dtype {col.dtype}; it must be boolean (True for the spots of the group)."
+            )
+        return col.to_numpy(dtype=bool)
     m = np.asarray(mask)
     if m.dtype != bool:
         idx = m.astype(np.int64)
@@ -317,14 +358,28 @@ def _as_mask(mask, n: int, name: str) -> np.ndarray:
     return m
 
 
+def _check_de_masks(adata: AnnData, options: dict[str, Any], *, sample: str) -> None:
+    """Before any work: obs columns named by ``mask1`` / ``mask2`` exist in the sample and are boolean."""
+    for name in ("mask1", "mask2"):
+        if isinstance(options.get(name), str):
+            try:
+                _as_mask(adata, options[name], name)
+            except KeyNotFoundError as e:
+                raise KeyNotFoundError(f"sample {sample!r}: obs column ({name})", e.name, e.valid) from None
+            except InvalidInputError as e:
+                raise InvalidInputError(f"sample {sample!r}: {e}") from None
+
+
+@checks_sample(_check_de_masks)
+@positional_options("reference", "ct", "mask1", "mask2")
 @renamed_options(key="destvi_key")
 def de_genes_destvi(
     adata: AnnData,
+    *,
     reference: CondSCVIModel | str,
     ct: str,
-    mask1: np.ndarray | Sequence[int] | Sequence[bool],
-    mask2: np.ndarray | Sequence[int] | Sequence[bool] | None = None,
-    *,
+    mask1: np.ndarray | Sequence[int] | Sequence[bool] | str,
+    mask2: np.ndarray | Sequence[int] | Sequence[bool] | str | None = None,
     threshold: float = 0.0,
     n_samples: int = 10,
     destvi_key: str = "destvi",
@@ -349,9 +404,10 @@ def de_genes_destvi(
     ct
         Cell type.
     mask1
-        Spots of group 1 (boolean mask or positions).
+        Spots of group 1: a boolean mask, spot positions, or the name of a boolean ``obs`` column (the
+        form to use through an accessor, where each sample has its own spots).
     mask2
-        Spots of group 2 (default: the other spots).
+        Spots of group 2, in the same forms (default: the other spots).
     threshold
         Minimum ``ct`` proportion for a spot to be used.
     n_samples
@@ -371,7 +427,7 @@ def de_genes_destvi(
     Examples
     --------
     >>> left = spots.obsm["spatial"][:, 0] < 500
-    >>> de = de_genes_destvi(spots, ref, "Astro", left, threshold=0.1)
+    >>> de = de_genes_destvi(spots, reference=ref, ct="Astro", mask1=left, threshold=0.1)
     """
     from scipy.stats import ks_2samp
 
@@ -380,9 +436,8 @@ def de_genes_destvi(
         raise KeyNotFoundError("cell type", ct, reference.cell_types)
     n_samples = check_positive_int("n_samples", n_samples)
     seed = settings.seed if seed is None else int(seed)
-    n = adata.n_obs
-    m1 = _as_mask(mask1, n, "mask1")
-    m2 = ~m1 if mask2 is None else _as_mask(mask2, n, "mask2")
+    m1 = _as_mask(adata, mask1, "mask1")
+    m2 = ~m1 if mask2 is None else _as_mask(adata, mask2, "mask2")
     present = _proportions(adata, destvi_key)[ct].to_numpy() > threshold
     m1, m2 = m1 & present, m2 & present
     if m1.sum() == 0 or m2.sum() == 0:
