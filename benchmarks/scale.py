@@ -433,6 +433,31 @@ def print_summary(results: Path, sizes: list[int]) -> None:
 # (mini-batches of 128 bins, its default); then the time to reach the accuracy that each method reaches at 5,000
 # bins (``--c2l-epochs`` full-batch epochs, ``--destvi-epochs`` epochs): fits with doubling epochs until the
 # per-bin r is within 0.01 of the 5,000-bin value, or until the CPU budget per size is spent.
+#
+# Measured 2026-12-02, 2 cores shared with other helpers' jobs (load average 11-18: wall times are 4-10x the CPU
+# times, so CPU seconds are the figure to compare), one torch thread, 500 genes, 7 cell types; 5,000 bins from a
+# first run (2 epochs per c2l timing), 50,000 and 200,000 from a second (3 epochs; targets passed with --targets):
+#
+#   CPU s per epoch (training loop only)   5,000      50,000     200,000
+#   cell2location, mini-batch 5,000 bins   0.20 (=full) 3.26      35.6
+#   cell2location, full batch              0.10-0.14  2.65       (not run: ~10 dense bins x genes tensors per step)
+#   DestVI, mini-batch 128 bins            0.75       8.2        not reached (25-min limit per size)
+#   peak RSS of the call                   0.9 GB     2.5 GB     4.8 GB (c2l mini-batch)
+#
+#   time to the 5,000-bin accuracy         5,000 (target)                    50,000                200,000
+#   cell2location (per-bin r 0.869)        200 full-batch epochs, 21 s CPU   8 epochs: 36 s CPU    not reached (limit)
+#   DestVI (per-bin r 0.895)               50 epochs, 37 s CPU               1 epoch: 11 s CPU     not reached (limit)
+#
+# DestVI is linear per epoch (x11 for x10 bins) and, being amortised (an encoder, no per-bin parameters), reaches
+# the 5,000-bin accuracy in one epoch at 50,000 bins. cell2location's per-bin r here is already reached by its
+# Poisson-NMF start (0.869 after 2 epochs at 5,000 bins), so its time to accuracy is its set-up plus a few epochs;
+# per epoch it grows faster than the bins on this loaded machine (x16-26 for x10: the bins x genes tensors leave
+# the caches; per-bin parameters are updated by Adam every step). Mini-batch draws used to sample every bin's
+# local parameters at each step (an epoch quadratic in the bins: 4.1 CPU s/epoch at 50,000 before the fix).
+# NOT linear yet: cell2location in mini-batches still grows x11 from 50,000 to 200,000 bins (x4), because Adam
+# steps the whole parameter vector (every bin's local parameters, ~60 per bin) at every mini-batch: an epoch costs
+# (bins / batch) x bins. The fix (per-bin parameters in their own tensor, updated only for the batch's rows by a
+# lazy/sparse Adam) is not done.
 
 DECONV_GENES = 500
 DECONV_DEPTH = 1000.0
