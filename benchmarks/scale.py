@@ -68,21 +68,20 @@ Power (Moran's I, 8 touching bins, padj < 0.05, vs the stripe-aware oracle): 15 
 planted genes at 5,000 bins, 26 % at 50,000; at 20,000 bins a wider neighbourhood raises it
 (grid 29 %, 30-NN 43 %, 100-NN 63 %).
 
-Measured on 2026-12-02 after the sparse Moran's I and ``scales`` (load average 12-18 on the 2 cores),
-18,000 genes unless said otherwise; power = share of the oracle's planted genes called at padj < 0.05:
+Measured on 2026-12-02 after the sparse Moran's I, ``scales`` and the score test's ``block_size``
+(``--svg-only``, 18,000 genes, heavy lock held for 50,000 / 500,000, load average 7-12 then; 5,000 without
+the lock at load 18); power = share of the oracle's planted genes called at padj < 0.05:
 
-======================================  ==========================  ============================================
-step                                      5,000 (--svg-only)          50,000
-======================================  ==========================  ============================================
-Moran's I (bin graph)                     2.1 s (0.6 s CPU), 15 %     26 % (its p-value is the first of the scales')
-Moran's I (scales=[4, 8, 16, 32])         2.1 s, 0.3 GB, 61 %         31 s (heavy lock; was 976 s), 90 %
-                                          ("auto": 4 and 8 bins)      ("auto" at 50,000 bins: the same sizes)
-score test (2,000 genes)                  70 s, 1.1 GB, 82 %          363 s, 1.8 GB, 56 % on 2 x 2 blocks
-                                          (no blocks)                 (12,544 blocks; "auto" now 4 x 4)
-======================================  ==========================  ============================================
-
-The 500,000-bin SVG rows were not measured in this session (the heavy lock was queued behind other
-benchmarks until the deadline); run ``--svg-only --sizes 500000`` under the lock.
+=========================  ===========================  ==========================  ===================================
+step                         5,000                         50,000                      500,000
+=========================  ===========================  ==========================  ===================================
+Moran's I (bin graph)        2.1 s, 0.3 GB, 15 %           7.2 s, 0.6 GB, 26 %         46 s, 2.0 GB, 50 %
+Moran's I (scales="auto")    2.1 s, 0.3 GB, 61 %           8.2 s, 0.7 GB, 90 %         108 s (62 s CPU), 2.0 GB, 98 %
+                             (blocks of 4, 8 bins)         (4-32 bins; was 976 s)      (4-128 bins; met: <= 10 min, >= 80 %)
+score test (block "auto")    not run at 18,000 genes       40 s, 1.3 GB, 85 %          67 s (30 s CPU), 2.3 GB, 75 %
+                             (2,000 genes: 70 s, 82 %)     (3,136 blocks of 4 x 4)     (2,025 blocks of 16 x 16; NOT met:
+                                                                                        power < 80 %)
+=========================  ===========================  ==========================  ===================================
 """
 
 from __future__ import annotations
