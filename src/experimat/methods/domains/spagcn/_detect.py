@@ -131,7 +131,8 @@ def _convolved_features(sections: list[_Section], *, n_pcs, seed, device, batch_
     else:
         X = np.vstack([sec.X.toarray() if sparse.issparse(sec.X) else np.asarray(sec.X) for sec in sections])
     blocks = offsets if many and batch_correction != "none" else None
-    embed = block_pca(X, n_pcs, blocks=blocks, seed=seed)
+    # a fixed seed for the randomised SVD: the PCA is a property of the data, not of the run's seed
+    embed = block_pca(X, n_pcs, blocks=blocks, seed=0)
     if many and batch_correction == "harmony":
         embed = harmonize(embed, np.repeat(np.arange(len(sections)), np.diff(offsets)), seed=seed)
     parts = [
