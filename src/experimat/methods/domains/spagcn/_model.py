@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experimat._logging import ProgressBar, logger
+from experimat._logging import logger
 from experimat.methods._cluster import leiden, to_igraph
 from experimat.methods._graph import knn_graph as feature_graph
-from experimat.methods._torch import torch_threads
+from experimat.methods._torch import torch_threads, train
 
 #: Student-t degrees of freedom of the soft assignment (SpaGCN's alpha)
 T_ALPHA = 0.2
@@ -173,31 +173,39 @@ def fit_gcdec(
 
 
 def _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol):
+    """DEC training on the shared loop (:func:`experimat.methods._torch.train`), full batch.
+
+    The target distribution is refreshed every ``UPDATE_INTERVAL`` epochs; training stops at the
+    first epoch after a refresh where fewer than ``tol`` of the labels changed (SpaGCN's rule).
+    Returns the last epoch's index and the final soft assignment.
+    """
     import torch
 
     opt = torch.optim.Adam([weight, bias, mu], lr=lr, weight_decay=0.0)
-    last = labels0
-    epoch = 0
-    target = None
-    with ProgressBar(max_epochs, "SpaGCN epochs") as bar:
-        for epoch in range(max_epochs):
-            bar.update()
-            if epoch % UPDATE_INTERVAL == 0:
-                with torch.no_grad():
-                    q = soft_assign()
-                    target = q**2 / q.sum(0)
-                    target = target / target.sum(1, keepdim=True)
-            opt.zero_grad()
-            q = soft_assign()
-            loss = torch.mean(torch.sum(target * torch.log(target / (q + 1e-6)), dim=1))
-            loss.backward()
-            opt.step()
-            pred = q.argmax(1).cpu().numpy()
-            delta = float(np.mean(pred != last))
-            last = pred
-            if epoch > 0 and (epoch - 1) % UPDATE_INTERVAL == 0 and delta < tol:
-                logger.info(f"    label change {delta:.4g} < tol {tol:g}; stopped at epoch {epoch}")
-                break
+    state = {"target": None, "last": labels0, "delta": 1.0}
+
+    def loss_fn(_batch, epoch):
+        if epoch % UPDATE_INTERVAL == 0:
+            with torch.no_grad():
+                q = soft_assign()
+                target = q**2 / q.sum(0)
+                state["target"] = target / target.sum(1, keepdim=True)
+        q = soft_assign()
+        target = state["target"]
+        pred = q.detach().argmax(1).cpu().numpy()
+        state["delta"] = float(np.mean(pred != state["last"]))
+        state["last"] = pred
+        return torch.mean(torch.sum(target * torch.log(target / (q + 1e-6)), dim=1))
+
+    def converged(history):
+        epoch = len(history) - 1
+        if epoch > 0 and (epoch - 1) % UPDATE_INTERVAL == 0 and state["delta"] < tol:
+            logger.info(f"    label change {state['delta']:.4g} < tol {tol:g}; stopped at epoch {epoch}")
+            return True
+        return False
+
+    history = train(loss_fn, opt, lambda _epoch: (None,), max_epochs=max_epochs, n_obs=ax.shape[0],
+                    name="SpaGCN epochs", early_stop=converged)
     with torch.no_grad():
         q = soft_assign()
-    return epoch, q.cpu().numpy()
+    return len(history) - 1, q.cpu().numpy()
