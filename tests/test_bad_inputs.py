@@ -108,7 +108,7 @@ def _specs():
 
 def _simple_option(spec):
     """An option whose annotation is a plain scalar type (int, float, bool, str, ... | None)."""
-    from experimat.methods._checks import _accepts
+    from experimat.methods._options import _accepts
 
     for p in spec.options:
         if p.kind != p.KEYWORD_ONLY or p.annotation is p.empty or p.name in ("seed",):
@@ -130,14 +130,14 @@ def _key_option(spec):
 
 def _ruled_option(spec):
     """An option with a conventional meaning (seed, lr, n_neighbors, ...) and a minimum."""
-    from experimat.methods._checks import OPTION_RULES
+    from experimat.methods._options import OPTION_RULES
 
     return next((p.name for p in spec.options if p.name in OPTION_RULES), None)
 
 
 def _ranged_option(spec):
-    """An option with a range the method declares (:func:`experimat.methods._checks.option_ranges`)."""
-    from experimat.methods._checks import RANGES_ATTR
+    """An option with a range the method declares (:func:`experimat.methods._options.option_ranges`)."""
+    from experimat.methods._options import RANGES_ATTR
 
     ranges = getattr(spec.func, RANGES_ATTR, {})
     return next((p.name for p in spec.options if p.name in ranges), None)
@@ -212,12 +212,12 @@ def test_method_refuses_bad_input(project, name, modality, case):
             opt = _simple_option(spec)
             kwargs[opt], expect = object(), opt
         elif case == "nonsense_value":
-            from experimat.methods._checks import OPTION_RULES
+            from experimat.methods._options import OPTION_RULES
 
             opt = _ruled_option(spec)
             kwargs[opt], expect = OPTION_RULES[opt][0] - 1, opt
         elif case == "out_of_range":
-            from experimat.methods._checks import RANGES_ATTR
+            from experimat.methods._options import RANGES_ATTR
 
             opt = _ranged_option(spec)
             interval = getattr(spec.func, RANGES_ATTR)[opt]
@@ -421,7 +421,7 @@ def test_declared_ranges_refuse_direct_calls(case, monkeypatch):
 
 
 def test_interval_parsing():
-    from experimat.methods._checks import Interval, option_ranges
+    from experimat.methods._options import Interval, option_ranges
 
     assert 0.0 in Interval("[0, 1]") and 1.0 in Interval("[0, 1]") and 1.0 not in Interval("[0, 1)")
     assert 0.0 not in Interval("(0, inf)") and 1e300 in Interval("(0, inf)")
@@ -443,7 +443,7 @@ def test_cli_refuses_bad_key_added(project, capsys, key):
 
 def test_every_default_passes_the_shared_option_checks():
     """The rules for options with one meaning (seed, lr, n_neighbors, ...) hold for every method's defaults."""
-    from experimat.methods._checks import check_option_types, check_option_values
+    from experimat.methods._options import check_option_types, check_option_values
 
     for name, (_, spec) in _specs():
         defaults = {p.name: p.default for p in spec.options if p.kind == p.KEYWORD_ONLY and p.default is not p.empty}

@@ -18,7 +18,8 @@ from experimat._keys import Key
 from experimat._logging import logger
 from experimat._optional import import_optional
 from experimat._settings import settings
-from experimat.methods._checks import check_positive_int, counts_input, get_coordinates, option_ranges, store_params
+from experimat.methods._checks import check_positive_int, counts_input, get_coordinates, store_params
+from experimat.methods._options import option_ranges
 from experimat.methods._torch import torch_device
 
 from .._common import check_stable

@@ -20,9 +20,9 @@ from experimat.methods._checks import (
     check_positive_int,
     get_coordinates,
     is_integer_matrix,
-    option_ranges,
     store_params,
 )
+from experimat.methods._options import option_ranges
 from experimat.methods._torch import torch_device
 
 from .. import _consensus

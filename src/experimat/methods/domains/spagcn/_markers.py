@@ -12,7 +12,8 @@ from experimat._compat import renamed_options
 from experimat._errors import InvalidInputError, KeyNotFoundError, MissingSlotError
 from experimat._keys import Key
 from experimat._logging import logger
-from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, option_ranges, store_params
+from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, store_params
+from experimat.methods._options import option_ranges
 
 from ._detect import _expression
 
