@@ -48,12 +48,10 @@ ours in one process at load ~1-5, the reference's three seeds from the runs belo
   0.971 / 0.974 / 0.978, depletion 0.90, joint 1.000; 43/50 top-z genes class markers (base rate
   0.04); permuted genes significant at 0.05: conc 0.036, depl 0.006, joint 0.000; 56 s at load 13.5.
   The reference on Zeisel was not rerun in this session (the heavy lock was held by other jobs).
-- Issue 21 (200,000 cells x 500 genes, ``--scale``): not run (needs the heavy lock; ten jobs were
-  queued on it). A quarter of it without the lock, 50,000 cells x 200 genes of the same synthetic
-  panel: 50.8 s CPU in ``locat`` (167 s wall at load 20), peak RSS 1.66 GB; 40/40 markers in the
-  top 40 z, 5.0 % of the random genes concentration-significant. Per-gene work is linear in cells x
-  (genes + 400 null pseudo-genes), so the full size is ~6x that work (~5 min CPU on a quiet machine;
-  an extrapolation, not a measurement).
+- Issue 21 (200,000 cells x 500 genes, ``--scale``, heavy lock held, load 5.9 at the start and 2.9
+  at the end on 2 cores): 326.5 s wall in ``locat`` (206 s user CPU for the whole process), peak RSS
+  6.30 GB (targets <= 600 s, <= 16 GB: met); 100/100 planted markers in the top 100 z; 2.5 % of the
+  non-marker genes concentration-significant at p < 0.05.
 
 Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core machine at load ~20-27
 (other jobs running; every time below is inflated by that load):
