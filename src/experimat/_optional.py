@@ -26,6 +26,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "leiden"),
     "pyarrow": ("pyarrow", "platforms"),
     "tifffile": ("tifffile", "platforms"),
+    "zarr": ("zarr", "platforms"),
     "spatialdata": ("spatialdata", "spatialdata"),
 }
 
