@@ -403,14 +403,7 @@ def filter_cells(
     """
     options = {"layer": layer, "min_counts": min_counts, "min_genes": min_genes, "max_counts": max_counts,
                "max_genes": max_genes, "max_pct_mt": max_pct_mt, "mito_prefix": mito_prefix}
-    check_counts(get_matrix(adata, layer), layer=layer)
-    keep, removed = _cell_mask(adata, options)
-    _refuse_empty("filter_cells", "observations", keep, removed, None)
-    out = pd.Series(keep, index=adata.obs_names.copy(), name="kept")
-    if not keep.all():
-        adata._inplace_subset_obs(keep)
-    store_params(adata, key_added, options, n_kept=int(keep.sum()), n_removed=int((~keep).sum()), removed_by=removed)
-    return out
+    return _apply_filter(adata, "filter_cells", options, key_added)
 
 
 @subsets_sample(_precheck_genes)
@@ -451,11 +444,18 @@ def filter_genes(
     >>> expm.spatial_bin.filter_genes(min_cells=10, run_on_samples=True)  # doctest: +SKIP
     """
     options = {"layer": layer, "min_cells": min_cells, "min_counts": min_counts, "max_cells": max_cells, "max_counts": max_counts}
-    check_counts(get_matrix(adata, layer), layer=layer)
-    keep, removed = _gene_mask(adata, options)
-    _refuse_empty("filter_genes", "genes", keep, removed, None)
-    out = pd.Series(keep, index=adata.var_names.copy(), name="kept")
+    return _apply_filter(adata, "filter_genes", options, key_added)
+
+
+def _apply_filter(adata: AnnData, name: str, options: dict[str, Any], key_added: str) -> pd.Series:
+    """Shared body of filter_cells (obs) and filter_genes (var): mask, refuse an empty result,
+    subset in place, record; returns the kept-mask over the names before filtering."""
+    cells = name == "filter_cells"
+    check_counts(get_matrix(adata, options["layer"]), layer=options["layer"])
+    keep, removed = (_cell_mask if cells else _gene_mask)(adata, options)
+    _refuse_empty(name, "observations" if cells else "genes", keep, removed, None)
+    out = pd.Series(keep, index=(adata.obs_names if cells else adata.var_names).copy(), name="kept")
     if not keep.all():
-        adata._inplace_subset_var(keep)
+        (adata._inplace_subset_obs if cells else adata._inplace_subset_var)(keep)
     store_params(adata, key_added, options, n_kept=int(keep.sum()), n_removed=int((~keep).sum()), removed_by=removed)
     return out
