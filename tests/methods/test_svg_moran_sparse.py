@@ -149,3 +149,13 @@ def test_direct_calls_record_the_seed_used():
     assert a.uns["spatialde_gp"]["params"]["seed"] == 123 and a.uns["spatialde_gp"]["params"]["null"] == "permutation"
     spatial_svg_moran(a, layer="counts", seed=9, key_added="m9")
     assert a.uns["m9"]["params"]["seed"] == 9
+
+
+def test_rerun_into_the_same_key_leaves_no_stale_columns(hd):
+    a = hd.copy()
+    a.var["moran.fine.I"] = 1.0  # a result stored under a nested key is not this key's
+    spatial_svg_moran(a, layer="lognorm", scales=[4])
+    assert "moran.scale" in a.var and "moran.scale_pvals" in a.varm
+    spatial_svg_moran(a, layer="lognorm")  # rerun without scales, same key
+    assert "moran.scale" not in a.var and "moran.scale_pvals" not in a.varm
+    assert "moran.fine.I" in a.var and "moran.pval" in a.var

@@ -105,6 +105,19 @@ def finish_ranking(res, *, score: np.ndarray, sig: np.ndarray, n_svg: int | None
 
 
 def write_var(adata, res, key_added: str) -> None:
+    """Write a result table as ``var['{key_added}.<column>']``, first dropping what an earlier run wrote under the same
+    key (its ``var`` columns and ``varm`` entries), so that a rerun with other options leaves no stale column behind
+    (e.g. ``scale`` after a rerun without ``scales``). Keys nested under this one (``{key_added}.x.<column>``) stay."""
+    prefix = f"{key_added}."
+
+    def ours(name: str) -> bool:
+        return name.startswith(prefix) and "." not in name[len(prefix) :]
+
+    stale = [c for c in adata.var.columns if isinstance(c, str) and ours(c)]
+    if stale:
+        adata.var.drop(columns=stale, inplace=True)
+    for name in [m for m in adata.varm.keys() if ours(m)]:
+        del adata.varm[name]
     for col in res.columns:
         adata.var[f"{key_added}.{col}"] = res[col].to_numpy()
 
