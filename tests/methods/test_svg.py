@@ -21,7 +21,7 @@ from experimat.methods.svg import (
     spatial_svg_score,
     storey_qvalue,
 )
-from experimat.methods.svg._stats import cauchy_pvalue, cauchy_statistic
+from experimat.methods.svg._stats import cauchy_combine_log, cauchy_pvalue, cauchy_statistic
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "svg" / "mob_subset.npz"
 
@@ -326,6 +326,20 @@ def test_score_calibrated_with_independent_blocks(mob):
     p = np.concatenate(p)
     assert p.size >= 150 and stats.kstest(p, "uniform").pvalue > 0.001
     assert 0.01 <= np.mean(p < 0.05) <= 0.1 and (bh_adjust(p) < 0.05).sum() == 0
+
+
+def test_score_strongest_genes_keep_their_p_values():
+    """Per-kernel p-values below 1e-309 overflow the Cauchy statistic to inf (the strongest genes of a large
+    sample): the calibrated p-value is then 0 and the gene is called (it used to be NaN and was lost)."""
+    a = em.datasets.synthetic_visium_hd(3000, 60, n_domain_genes=4, n_domains=2, fold=50.0, seed=3, with_image=False)
+    res = spatial_svg_score(a, layer="counts", n_null=300, seed=0)
+    planted = a.var["planted_domain"].to_numpy() >= 0
+    assert np.isinf(res["stat"][planted]).sum() >= 2  # the case that overflowed
+    assert (res["padj"][planted] < 1e-100).all()
+    assert (res.loc[planted, "rank"] <= 4).all()
+    # a per-kernel p-value of exactly 0 counts as tiny in the Cauchy combination, not as missing
+    _, logT, p = cauchy_combine_log(np.log(np.array([[0.0, 0.3, 0.9], [1e-20, 0.3, 0.9]])))
+    assert np.isfinite(logT).all() and logT[0] > logT[1] and p[0] <= p[1] < 1e-19
 
 
 def test_score_min_spots_and_seed(synth):

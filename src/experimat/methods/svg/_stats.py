@@ -91,6 +91,10 @@ def cauchy_pvalue(stat: np.ndarray) -> np.ndarray:
     return p
 
 
+#: log p-value that stands for a p-value of exactly 0 in :func:`cauchy_combine_log`
+LOG_P_FLOOR = -1.0e4
+
+
 def cauchy_combine_log(logp: np.ndarray, *, truncate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cauchy combination with equal weights over the last axis, from log p-values.
 
@@ -98,8 +102,11 @@ def cauchy_combine_log(logp: np.ndarray, *, truncate: bool = False) -> tuple[np.
     where ``T <= 0``) and the combined p-value (Cauchy reference; not valid with ``truncate``).
     ``truncate=True`` sets the terms of p-values above 1/2 to 0 (``T >= 0``): large per-kernel
     p-values, which come from the least accurate (lower) tail of the per-kernel approximation,
-    then cannot drag the statistic to large negative values.
+    then cannot drag the statistic to large negative values. A p-value of exactly 0 (``log p = -inf``: a
+    statistic past the end point of its approximating distribution) counts as ``log p =`` :data:`LOG_P_FLOOR`,
+    not as missing; ``T`` can then overflow to ``inf`` while ``log T`` stays finite.
     """
+    logp = np.where(np.isneginf(logp), LOG_P_FLOOR, logp)
     ok = np.isfinite(logp)
     p = np.exp(logp)
     if truncate:
