@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from experimat.methods._torch import minibatches, torch_device, torch_threads, train  # noqa: E402
+from experimat.methods._torch import RowAdam, minibatches, torch_device, torch_threads, train  # noqa: E402
 
 
 def test_device_cpu_when_gpu_not_wanted():
@@ -95,3 +95,59 @@ def test_train_clips_the_gradient_norm():
 
     train(loss_fn, opt, minibatches(1, None, None), max_epochs=1, n_obs=1, name="clip", clip_grad_norm=5.0)
     np.testing.assert_allclose(w.detach().numpy(), [3.0, -4.0, 0.0, 0.0], rtol=1e-6)  # one step of norm 5
+
+
+def _quadratic_grads(n_steps: int, shape, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(n_steps)]
+
+
+def test_row_adam_with_dense_gradients_is_adam():
+    w_ref = torch.randn(6, 3, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    w = w_ref.detach().clone().requires_grad_()
+    ref, ours = torch.optim.Adam([w_ref], lr=0.05), RowAdam([w], lr=0.05)
+    for grad in _quadratic_grads(20, (6, 3)):
+        w_ref.grad, w.grad = grad.clone(), grad.clone()
+        ref.step()
+        ours.step()
+    torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_row_adam_updates_only_the_rows_of_a_sparse_gradient():
+    """Through a sparse embedding lookup only the batch's rows move; each row follows Adam over the steps it was
+    in a batch (its own bias correction), exactly as Adam on that row alone."""
+    w0 = torch.randn(10, 2, generator=torch.Generator().manual_seed(2))
+    w = w0.clone().requires_grad_()
+    opt = RowAdam([w], lr=0.1)
+    batches = [torch.tensor([0, 3, 4]), torch.tensor([3, 9]), torch.tensor([0, 9])]
+    targets = _quadratic_grads(3, (10, 2), seed=3)
+    for b, t in zip(batches, targets):
+        opt.zero_grad()
+        rows = torch.nn.functional.embedding(b, w, sparse=True)
+        (0.5 * ((rows - t[b]) ** 2).sum()).backward()
+        assert w.grad.is_sparse
+        opt.step()
+    untouched = [1, 2, 5, 6, 7, 8]
+    assert torch.equal(w.detach()[untouched], w0[untouched])
+    assert opt.state[w]["row_step"].tolist() == [2, 0, 0, 2, 1, 0, 0, 0, 0, 2]
+    for r in (0, 3, 4, 9):  # the same row with Adam alone, over the steps it was in
+        v = w0[r].clone().requires_grad_()
+        adam = torch.optim.Adam([v], lr=0.1)
+        for b, t in zip(batches, targets):
+            if r in b.tolist():
+                adam.zero_grad()
+                (0.5 * ((v - t[r]) ** 2).sum()).backward()
+                adam.step()
+        torch.testing.assert_close(w.detach()[r], v.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_train_steps_every_optimiser_of_a_list():
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(4, 1, requires_grad=True)
+    opts = [torch.optim.SGD([a], lr=0.5), RowAdam([b], lr=0.1)]
+
+    def loss_fn(idx, epoch):
+        rows = b if idx is None else torch.nn.functional.embedding(torch.as_tensor(idx), b, sparse=True)
+        return ((a - 1.0) ** 2).sum() + ((rows - 2.0) ** 2).sum()
+
+    train(loss_fn, opts, lambda e: [np.array([1, 2])], max_epochs=3, n_obs=4, name="two")
+    assert float(a.detach()) > 0 and (b.detach()[[1, 2]] > 0).all() and (b.detach()[[0, 3]] == 0).all()

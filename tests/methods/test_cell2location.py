@@ -427,7 +427,8 @@ def test_training_history_has_no_spikes_on_near_poisson_spots():
 
 def test_minibatch_draw_touches_only_the_batch():
     """A mini-batch draw samples the global sites and the batch's rows only (its cost does not grow with the
-    observations), with the same Jacobian + entropy terms as the full draw restricted to those rows."""
+    observations), with the same Jacobian + entropy terms as the full draw restricted to those rows, and the
+    gradient of the local parameters holds the batch's rows only (sparse)."""
     import math
 
     import torch
@@ -443,13 +444,93 @@ def test_minibatch_draw_touches_only_the_batch():
     gen = torch.Generator().manual_seed(0)
     sites, glob, loc_terms = g.draw(torch, gen, idx)
     assert sites["loc"][1].shape == (4, 3) and sites["glob"][1].shape == (1, 4)
-    sigma = torch.nn.functional.softplus(g.raw_scale) + 1e-5
-    a, b, shape = g.slices["loc"]
+    sigma = torch.nn.functional.softplus(g.local_raw["loc"]) + 1e-5
     u = sites["loc"][0]
-    expected = (torch.log(sigma[a:b].view(shape)[idx]) + u).sum() + 0.5 * math.log(2 * math.pi * math.e) * u.numel()
+    expected = (torch.log(sigma[idx]) + u).sum() + 0.5 * math.log(2 * math.pi * math.e) * u.numel()
     assert torch.allclose(loc_terms, expected)
     # draws are centred on the variational means (sd 0.05 in log space)
-    assert torch.allclose(u, g.loc[a:b].view(shape)[idx], atol=0.3)
+    assert torch.allclose(u, g.local_loc["loc"][idx], atol=0.3)
     (loc_terms + glob + sites["loc"][1].sum()).backward()
-    grad = g.loc.grad[a:b].view(shape)
-    assert grad[idx].abs().sum() > 0 and torch.count_nonzero(grad.abs().sum(1)) == len(idx)
+    grad = g.local_loc["loc"].grad
+    assert grad.is_sparse
+    dense = grad.to_dense()
+    assert dense[idx].abs().sum() > 0 and torch.count_nonzero(dense.abs().sum(1)) == len(idx)
+    assert g.loc.grad is not None and g.loc.grad.shape == (4,)
+
+
+def test_full_draw_uses_every_row_and_the_flat_random_order():
+    """The full draw covers every row of a local site, and its random numbers are those of one vector over
+    all entries in site order (as when all sites were one flat tensor: seeded full-batch fits unchanged)."""
+    import torch
+
+    from experimat.methods.deconv.cell2location._svi import MeanFieldLogNormal
+
+    rng = np.random.default_rng(1)
+    g = MeanFieldLogNormal()
+    g.add(torch, "a", rng.uniform(0.5, 2.0, (1, 2)), init_scale=0.1)
+    g.add(torch, "w", rng.uniform(0.5, 2.0, (5, 3)), init_scale=0.1, local=True)
+    g.add(torch, "b", rng.uniform(0.5, 2.0, (2, 2)), init_scale=0.1)
+    g.build(torch, "cpu")
+    sites, _, _ = g.draw(torch, torch.Generator().manual_seed(3))
+    eps = torch.randn(2 + 15 + 4, generator=torch.Generator().manual_seed(3))
+    sigma = float(torch.nn.functional.softplus(g.raw_scale[0].detach())) + 1e-5
+    with torch.no_grad():
+        assert torch.allclose(sites["a"][0].ravel(), g.loc[:2] + sigma * eps[:2])
+        assert torch.allclose(sites["w"][0].ravel(), g.local_loc["w"].ravel() + sigma * eps[2:17])
+        assert torch.allclose(sites["b"][0].ravel(), g.loc[2:] + sigma * eps[17:])
+
+
+def test_minibatch_step_changes_only_the_batch_local_parameters(spots, sig_mean):
+    """One optimiser step of a mini-batch fit changes the global parameters and the batch's rows of every
+    per-spot parameter (and their Adam moments); every other spot's parameters stay exactly as they were."""
+    import torch
+
+    from experimat.methods._torch import RowAdam, train
+    from experimat.methods.deconv.cell2location._model import (
+        _location_guide,
+        _location_loss,
+        _mapped_counts,
+        _optimizers,
+    )
+    from experimat.methods.deconv.cell2location._svi import make_generator
+
+    sig = sig_mean.signatures
+    x, shared = _mapped_counts(spots.copy(), sig, layer="counts", gene_symbols="gene", min_shared_genes=100)
+    cs = sig.loc[shared].to_numpy(dtype=np.float64).T
+    n = x.shape[0]
+    w0 = np.full((n, cs.shape[0]), 1.0)
+    kw = {"n_groups": 5, "factors_per_location": 3.0, "groups_per_location": 3.0, "n_cells_per_location": 6.0}
+    g = _location_guide(torch, w0, x.shape[1], 1, detection_mean=0.05, device="cpu", **kw)
+    opts = _optimizers(torch, g, 0.02, full_batch=False)
+    assert any(isinstance(o, RowAdam) for o in opts)
+    step = _location_loss(
+        torch, g, x, torch.tensor(x), torch.tensor(cs, dtype=torch.float32), np.zeros(n, np.int64), 1,
+        detection_alpha=20.0, detection_mean=0.05, full_batch=False, generator=make_generator(torch, 0),
+        device="cpu", **kw,
+    )
+    def snapshot():
+        return {k: (g.local_loc[k].detach().clone(), g.local_raw[k].detach().clone()) for k in g.local_loc}
+
+    first, second = np.array([2, 7, 40, 41, 99]), np.array([7, 41, 60, 120])
+    start = snapshot()
+    train(step, opts, lambda e: [first], max_epochs=1, n_obs=n, name="t", epoch_loss="batch_mean")
+    mid, glob_mid = snapshot(), g.loc.detach().clone()
+    # the second batch: rows of the first batch left out of it keep their values (dense Adam would move them
+    # on with their momentum), every row of it changes, and so do the global parameters
+    train(step, opts, lambda e: [second], max_epochs=1, n_obs=n, name="t", epoch_loss="batch_mean")
+    end = snapshot()
+    for name in g.local_loc:
+        for k in (0, 1):
+            out1 = np.setdiff1d(np.arange(n), first)
+            assert torch.equal(mid[name][k][out1], start[name][k][out1]), name
+            assert (mid[name][k][first] != start[name][k][first]).any(dim=1).all(), name
+            out2 = np.setdiff1d(np.arange(n), second)
+            assert torch.equal(end[name][k][out2], mid[name][k][out2]), name
+            assert (end[name][k][second] != mid[name][k][second]).any(dim=1).all(), name
+    assert not torch.equal(g.loc.detach(), glob_mid)
+    row_adam = next(o for o in opts if isinstance(o, RowAdam))
+    steps = row_adam.state[g.local_loc["w_sf"]]["row_step"].numpy()
+    expected = np.zeros(n, np.int64)
+    expected[first] += 1
+    expected[second] += 1
+    np.testing.assert_array_equal(steps, expected)  # each row counts the steps it was in a batch

@@ -19,7 +19,7 @@ from experimat.methods._checks import (
     get_obs_column,
     store_params,
 )
-from experimat.methods._torch import minibatches, torch_device, torch_threads, train
+from experimat.methods._torch import RowAdam, minibatches, torch_device, torch_threads, train
 
 from ._reference import ReferenceSignatures
 from ._svi import (
@@ -153,7 +153,9 @@ def deconvolve_cell2location(
         Spots per mini-batch; ``None`` trains on all spots at once (full batch) while the spots x genes
         matrix has at most :data:`FULL_BATCH_MAX_ENTRIES` entries, and in mini-batches of that many entries
         on larger samples (e.g. Visium HD bins), so a step's memory does not grow with the spots (the size
-        used is recorded in ``uns[key_added]['batch_size_used']``).
+        used is recorded in ``uns[key_added]['batch_size_used']``). In mini-batches a step updates the global
+        parameters (Adam) and only the batch's per-spot parameters (:class:`~experimat.methods._torch.RowAdam`:
+        each spot's parameters take one Adam step per epoch), so an epoch's cost grows linearly with the spots.
     lr
         Adam learning rate.
     n_groups, factors_per_location, groups_per_location
@@ -415,6 +417,15 @@ def _location_loss(torch: Any, g: MeanFieldLogNormal, x: np.ndarray, x_t, cs_t, 
     return step
 
 
+def _optimizers(torch: Any, g: MeanFieldLogNormal, lr: float, full_batch: bool) -> list:
+    """Adam over every parameter in full batch; in mini-batches Adam over the global parameters and
+    :class:`RowAdam` over the per-spot ones, so that a step updates only the batch's spots (with dense
+    Adam every spot's parameters moved at every step: an epoch cost spots^2 / batch)."""
+    if full_batch:
+        return [torch.optim.Adam(g.parameters(), lr=lr)]
+    return [torch.optim.Adam(g.global_parameters(), lr=lr), RowAdam(g.local_parameters(), lr=lr)]
+
+
 def _fit_location_model(
     x: np.ndarray,
     cell_state: np.ndarray,
@@ -455,12 +466,13 @@ def _fit_location_model(
         torch, w0, n_vars, n_batch, n_groups=n_groups, factors_per_location=factors_per_location,
         groups_per_location=groups_per_location, detection_mean=detection_mean, n_cells_per_location=N, device=device,
     )
-    opt = torch.optim.Adam(g.parameters(), lr=lr)
+    full_batch = batch_size is None or batch_size >= n_obs
+    opt = _optimizers(torch, g, lr, full_batch)
     step = _location_loss(
         torch, g, x, x_t, cs_t, batch_codes, n_batch, n_groups=n_groups, n_cells_per_location=N,
         factors_per_location=factors_per_location, groups_per_location=groups_per_location,
         detection_alpha=detection_alpha, detection_mean=detection_mean,
-        full_batch=batch_size is None or batch_size >= n_obs, generator=make_generator(torch, seed), device=device,
+        full_batch=full_batch, generator=make_generator(torch, seed), device=device,
     )
     history = train(
         step,

@@ -166,12 +166,16 @@ def nb_loglik_dense(torch: Any, x, mu, alpha, alpha_rows, hist: dict):
 
 
 class MeanFieldLogNormal:
-    """Mean-field log-normal posterior over named positive sites, stored as two flat leaf tensors.
+    """Mean-field log-normal posterior over named positive sites.
 
-    Add sites with :meth:`add` (global sites first is not required), then call :meth:`build`;
-    :meth:`draw` samples every site at once and returns per-site ``(u, z)`` views plus the summed
-    Jacobian + entropy terms split into global and local (per-observation) parts. Local sites
-    have the observations on their first axis and can be restricted to a mini-batch.
+    Add sites with :meth:`add`, then call :meth:`build`. The global sites are stored as two flat leaf
+    tensors (``loc``, ``raw_scale``: location and inverse-softplus scale of ``u = log z``); each local
+    (per-observation) site has its own pair of leaf tensors with the observations on the first axis
+    (``local_loc[name]``, ``local_raw[name]``), so that a mini-batch touches only its rows: a batch draw
+    reads them through a sparse embedding lookup, whose gradient holds only the batch's rows, for
+    :class:`experimat.methods._torch.RowAdam` (:meth:`local_parameters`); :meth:`global_parameters` go
+    to an ordinary Adam. :meth:`draw` samples every site at once and returns per-site ``(u, z)`` plus
+    the summed Jacobian + entropy terms split into global and local parts.
     """
 
     def __init__(self) -> None:
@@ -180,104 +184,116 @@ class MeanFieldLogNormal:
         self.slices: dict[str, tuple[int, int, tuple[int, ...]]] = {}
 
     def add(self, torch: Any, name: str, init_value, *, init_scale: float, device=None, local: bool = False):
-        self._init[name] = (np.log(np.maximum(np.asarray(init_value, dtype=np.float64), 1e-10)), float(init_scale))
+        init = np.log(np.maximum(np.asarray(init_value, dtype=np.float64), 1e-10))
+        if local and init.ndim != 2:
+            raise ValueError(f"local site {name!r} must be 2-D (observations x values); got shape {init.shape}.")
+        self._init[name] = (init, float(init_scale))
         if local:
             self.local.add(name)
 
     def build(self, torch: Any, device) -> None:
-        locs, raws, off = [], [], 0
+        """Create the leaf tensors. ``slices`` keeps each site's place in one flat vector of all entries
+        (the order of the random numbers of a full draw); ``_global_slices`` its place among the global ones."""
+        locs, raws, off, g_off = [], [], 0, 0
+        self._global_slices: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        self.local_loc: dict[str, Any] = {}
+        self.local_raw: dict[str, Any] = {}
+        glob_pos = []
+
+        def leaf(values):
+            return torch.tensor(values, dtype=torch.float32, device=device, requires_grad=True)
+
         for name, (init, sc) in self._init.items():
             n = init.size
             self.slices[name] = (off, off + n, init.shape)
-            locs.append(init.ravel())
-            raws.append(np.full(n, math.log(math.expm1(sc))))
+            raw = np.full(init.shape, math.log(math.expm1(sc)))
+            if name in self.local:
+                self.local_loc[name], self.local_raw[name] = leaf(init), leaf(raw)
+            else:
+                self._global_slices[name] = (g_off, g_off + n, init.shape)
+                locs.append(init.ravel())
+                raws.append(raw.ravel())
+                glob_pos.append(np.arange(off, off + n))
+                g_off += n
             off += n
-        self.loc = torch.tensor(np.concatenate(locs), dtype=torch.float32, device=device, requires_grad=True)
-        self.raw_scale = torch.tensor(np.concatenate(raws), dtype=torch.float32, device=device, requires_grad=True)
-        glob = np.zeros(off, dtype=bool)
-        for name, (a, b, _) in self.slices.items():
-            glob[a:b] = name not in self.local
-        self._global_idx = torch.tensor(np.flatnonzero(glob), device=device)
-        # where each global site lies in the vector of the global entries (sites are contiguous, in order)
-        self._global_slices, g_off = {}, 0
-        for name, (a, b, shape) in self.slices.items():
-            if name not in self.local:
-                self._global_slices[name] = (g_off, g_off + (b - a), shape)
-                g_off += b - a
+        self.loc = leaf(np.concatenate(locs) if locs else np.zeros(0))
+        self.raw_scale = leaf(np.concatenate(raws) if raws else np.zeros(0))
+        self._global_idx = torch.tensor(np.concatenate(glob_pos) if glob_pos else np.zeros(0, np.int64), device=device)
         self.n = off
 
-    def parameters(self) -> list:
+    def global_parameters(self) -> list:
         return [self.loc, self.raw_scale]
 
-    def _view(self, flat, name):
-        a, b, shape = self.slices[name]
-        return flat[a:b].view(shape)
+    def local_parameters(self) -> list:
+        return [t for name in self.local_loc for t in (self.local_loc[name], self.local_raw[name])]
+
+    def parameters(self) -> list:
+        """Every leaf tensor (global and local), for one dense optimiser (full-batch training)."""
+        return self.global_parameters() + self.local_parameters()
 
     def draw(self, torch: Any, generator, idx=None):
         """One reparameterised draw of all sites.
 
         Returns ``(sites, global_terms, local_terms)``: ``sites[name] = (u, z)`` (local sites
-        restricted to ``idx`` when given), and the sums of ``log|dz/du| + entropy`` over the global
-        sites and over the (selected) local entries.
+        restricted to the rows ``idx`` when given), and the sums of ``log|dz/du| + entropy`` over the global
+        sites and over the (selected) local entries. The random numbers of a full draw are those of one
+        vector over all entries in site order (as when all sites were one flat tensor).
         """
-        if idx is not None:
-            return self._draw_batch(torch, generator, idx)
-        sigma = torch.nn.functional.softplus(self.raw_scale) + 1e-5
-        eps = torch.randn(self.n, generator=generator, dtype=torch.float32).to(self.loc.device)
-        u = self.loc + sigma * eps
-        z = torch.exp(u)
-        ls = torch.log(sigma) + u  # entropy (up to a constant) + Jacobian, per entry
-        glob = ls[self._global_idx].sum() + _HALF_LOG_2PI_E * self._global_idx.numel()
-        loc_terms = torch.zeros((), device=self.loc.device)
-        sites = {}
-        for name in self.slices:
-            uv, zv = self._view(u, name), self._view(z, name)
-            if name in self.local:
-                lv = self._view(ls, name)
-                if idx is not None:
-                    uv, zv, lv = uv[idx], zv[idx], lv[idx]
-                loc_terms = loc_terms + lv.sum() + _HALF_LOG_2PI_E * lv.numel()
-            sites[name] = (uv, zv)
-        return sites, glob, loc_terms
-
-    def _draw_batch(self, torch: Any, generator, idx):
-        """:meth:`draw` for a mini-batch: only the global entries and the rows ``idx`` of the local sites are
-        drawn, so a step costs the batch, not all observations (the full draw made an epoch quadratic in them)."""
         device = self.loc.device
-
-        def sample(loc, raw):
-            sigma = torch.nn.functional.softplus(raw) + 1e-5
-            u = loc + sigma * torch.randn(loc.shape, generator=generator, dtype=torch.float32).to(device)
-            return u, torch.log(sigma) + u
-
-        gi = self._global_idx
-        u_glob, ls_glob = sample(self.loc[gi], self.raw_scale[gi])
-        glob = ls_glob.sum() + _HALF_LOG_2PI_E * gi.numel()
+        if idx is None:
+            eps = torch.randn(self.n, generator=generator, dtype=torch.float32).to(device)
+            eps_glob = eps[self._global_idx]
+        else:
+            eps_glob = torch.randn(self.loc.shape, generator=generator, dtype=torch.float32).to(device)
+        u_glob, ls_glob = _sample(torch, self.loc, self.raw_scale, eps_glob)
+        glob = ls_glob.sum() + _HALF_LOG_2PI_E * self._global_idx.numel()
         z_glob = torch.exp(u_glob)
         loc_terms = torch.zeros((), device=device)
         sites = {}
         for name, (a, b, shape) in self.slices.items():
-            if name in self.local:
-                u, ls = sample(self.loc[a:b].view(shape)[idx], self.raw_scale[a:b].view(shape)[idx])
-                loc_terms = loc_terms + ls.sum() + _HALF_LOG_2PI_E * ls.numel()
-                sites[name] = (u, torch.exp(u))
-            else:
+            if name not in self.local:
                 ga, gb, gshape = self._global_slices[name]
                 sites[name] = (u_glob[ga:gb].view(gshape), z_glob[ga:gb].view(gshape))
+                continue
+            loc, raw = self.local_loc[name], self.local_raw[name]
+            if idx is None:
+                e = eps[a:b].view(shape)
+            else:
+                # a sparse lookup: the gradient holds the batch's rows only (for RowAdam)
+                loc = torch.nn.functional.embedding(idx, loc, sparse=True)
+                raw = torch.nn.functional.embedding(idx, raw, sparse=True)
+                e = torch.randn(loc.shape, generator=generator, dtype=torch.float32).to(device)
+            u, ls = _sample(torch, loc, raw, e)
+            loc_terms = loc_terms + ls.sum() + _HALF_LOG_2PI_E * ls.numel()
+            sites[name] = (u, torch.exp(u))
         return sites, glob, loc_terms
+
+    def _tensors(self, name: str):
+        if name in self.local:
+            return self.local_loc[name], self.local_raw[name]
+        a, b, shape = self._global_slices[name]
+        return self.loc[a:b].view(shape), self.raw_scale[a:b].view(shape)
 
     def summary(self, torch: Any, name: str, quantiles: tuple[float, ...] = (0.05, 0.95)) -> dict[str, np.ndarray]:
         """Posterior mean, sd and ``quantiles`` of ``z`` (log-normal, analytic; keys from :func:`quantile_key`)."""
         from scipy.stats import norm
 
+        loc, raw = self._tensors(name)
         with torch.no_grad():
-            mu = self._view(self.loc, name).detach().cpu().double().numpy()
-            s = (torch.nn.functional.softplus(self._view(self.raw_scale, name)) + 1e-5).detach().cpu().double().numpy()
+            mu = loc.detach().cpu().double().numpy()
+            s = (torch.nn.functional.softplus(raw) + 1e-5).detach().cpu().double().numpy()
         mean = np.exp(mu + s**2 / 2)
         out = {"means": mean, "sd": mean * np.sqrt(np.expm1(s**2))}
         for q in quantiles:
             out[quantile_key(q)] = np.exp(mu + float(norm.ppf(q)) * s)
         return out
+
+
+def _sample(torch: Any, loc, raw, eps):
+    """``u = loc + sigma eps`` and the per-entry ``log sigma + u`` (entropy up to a constant + Jacobian)."""
+    sigma = torch.nn.functional.softplus(raw) + 1e-5
+    u = loc + sigma * eps
+    return u, torch.log(sigma) + u
 
 
 def quantile_key(q: float) -> str:
