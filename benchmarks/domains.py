@@ -139,6 +139,12 @@ def synthetic_sections(n_sections=3, n_spots=3000, n_domains=5, effect=0.5, seed
     return out
 
 
+def _load() -> str:
+    """The 1-minute load average now (timings on a shared machine are only comparable beside it)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "n/a"
+
+
 def _ari(truth, pred) -> float:
     from sklearn.metrics import adjusted_rand_score
 
@@ -363,6 +369,7 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
             print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
             continue
         truth = adata.obs[truth_key].astype(str).to_numpy()
+        load_start = _load()
         found = {"ours": [], "ours_single": [], "ref": []}
         times = {"ours": [], "ours_single": [], "ref": []}
         for seed in seeds:
@@ -391,6 +398,7 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
                 found["ref"].append(rdf.loc[adata.obs_names, "refined"].astype(str).to_numpy())
                 times["ref"].append(t_ref)
         row = {"method": "spagcn-stability", "case": name, "n_spots": adata.n_obs, "seeds": len(seeds)}
+        row["load"] = f"{load_start}-{_load()}"
         for label in found:
             if not found[label]:
                 continue
@@ -400,6 +408,8 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
             row[f"{label}_s"] = float(np.mean(times[label]))
         if found["ref"]:
             row["stability_ratio"] = row["ours_stability"] / max(row["ref_stability"], 1e-9)
+            if "ref_accuracy" in row:
+                row["accuracy_ratio"] = row["ours_accuracy"] / max(row["ref_accuracy"], 1e-9)
             row["time_ratio"] = row["ref_s"] / row["ours_s"]
             row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
         rows.append(row)
@@ -419,6 +429,7 @@ def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]
     adata, truth_key = mouse_olfactory_bulb()
     truth = adata.obs[truth_key].astype(str).to_numpy()
     row = {"method": "deepst-stability", "case": "MOB rep11 (ST, 5 layers)", "n_spots": adata.n_obs, "seeds": len(seeds)}
+    load_start = _load()
     for label, stable in (("ours", True), ("ours_single", False)):
         found, times = [], []
         for seed in seeds:
@@ -432,6 +443,7 @@ def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]
         row[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found]))
         row[f"{label}_s"] = float(np.mean(times))
     row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
+    row["load"] = f"{load_start}-{_load()}"
     _print_row(row)
     return [row]
 
@@ -446,12 +458,16 @@ def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((labels[idx[:, 1:]] == labels[:, None]).mean())
 
 
-def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
+INTEGRATION_VARIANTS = ("ours", "ours_harmony", "ours_as_ref", "single", "ref")
+
+
+def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_) -> list[dict]:
     """Shared domains across sections: synthetic sections with section effects and known shared
     domains (pooled ARI), the 4 ST olfactory bulb and 8 ST hippocampus sections (domains present in
     every section; neighbour agreement of the integrated domains against single-section runs).
     Ours (default: stable consensus, per-section centering) vs ours as the reference
-    (stable=False, batch_correction="none") vs multiSpaGCN 1.2.7."""
+    (stable=False, batch_correction="none") vs multiSpaGCN 1.2.7; ``variants`` limits the runs
+    (``single``: single-section runs, ``ref``: multiSpaGCN)."""
     import experimat as em
     from experimat.methods.domains.spagcn import integrate_domains_spagcn, spatial_detect_domains_spagcn
 
@@ -473,15 +489,18 @@ def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
             continue
         truth = {s: a.obs["domain"].astype(str) for s, a in samples.items() if "domain" in a.obs}
         row = {"method": "spagcn-integration", "case": name, "n_spots": int(sum(a.n_obs for a in samples.values()))}
+        load_start = _load()
         if truth:
             domains = set(pd.concat(truth.values()))
             row["truth_in_every_section"] = int(sum(all(d in set(v) for v in truth.values()) for d in domains))
-        variants = (
+        runs = (
             ("ours", {}),
             ("ours_harmony", {"batch_correction": "harmony"}),
             ("ours_as_ref", {"stable": False, "batch_correction": "none"}),
         )
-        for label, kw in variants:
+        for label, kw in runs:
+            if label not in variants:
+                continue
             t = time.perf_counter()
             integrate_domains_spagcn(
                 samples, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False, key_added=label, **kw
@@ -500,14 +519,15 @@ def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
                     pd.concat(truth.values()),
                     pd.concat(a.obs[f"{label}.refined"].astype(str) for a in samples.values()),
                 )
-        single = []
-        t = time.perf_counter()
-        for a in samples.values():
-            df = spatial_detect_domains_spagcn(a, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False)
-            single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
-        row["single_section_s"] = time.perf_counter() - t
-        row["single_neighbour_agreement"] = float(np.mean(single))
-        ref = _reference_multi(samples, k, seed)
+        if "single" in variants:
+            single = []
+            t = time.perf_counter()
+            for a in samples.values():
+                df = spatial_detect_domains_spagcn(a, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False)
+                single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
+            row["single_section_s"] = time.perf_counter() - t
+            row["single_neighbour_agreement"] = float(np.mean(single))
+        ref = _reference_multi(samples, k, seed) if "ref" in variants else None
         if ref is not None:
             rdf, t_ref, _ = ref
             rlabs = {s: rdf.loc[a.obs_names, "pred"].astype(str) for s, a in samples.items()}
@@ -520,7 +540,11 @@ def bench_integration(seeds=(0,), cases=None, **_) -> list[dict]:
             )
             if truth:
                 row["ref_ari_pooled"] = _ari(pd.concat(truth.values()), pd.concat(rlabs.values()))
-            row["time_ratio"] = t_ref / row["ours_s"]
+            if "ours_s" in row:
+                row["time_ratio"] = t_ref / row["ours_s"]
+                if truth:
+                    row["ari_pooled_ratio"] = row["ours_ari_pooled"] / max(row["ref_ari_pooled"], 1e-9)
+        row["load"] = f"{load_start}-{_load()}"
         rows.append(row)
         _print_row(row)
     return rows
@@ -545,6 +569,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--hippo", action="store_true", help="also integrate the 8 ST hippocampus sections")
     parser.add_argument("--cases", nargs="+", help="stability/integration: only cases whose name contains one of these")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(INTEGRATION_VARIANTS),
+        choices=list(INTEGRATION_VARIANTS),
+        help="integration: only these runs (e.g. --variants ref for the multiSpaGCN rows alone)",
+    )
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; timings are wall-clock on this (shared) machine")
     print(
@@ -558,13 +589,41 @@ def main(argv=None) -> None:
             kwargs["hippo"] = args.hippo
         else:
             kwargs["cases"] = args.cases
+        if m == "integration":
+            kwargs["variants"] = tuple(args.variants)
         rows.extend(BENCHMARKS[m](**kwargs))
-    if rows:
-        table = pd.DataFrame(rows)
-        cols = [
-            c for c in ("case", "seed", "ours_ari_refined", "ref_ari_refined", "ours_s", "ref_s", "ratio") if c in table
-        ]
-        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_summary(rows)
+
+
+#: per benchmark, the summary columns: ours beside the reference and their ratio
+_SUMMARY = {
+    "spagcn": "case seed ours_ari_refined ref_ari_refined ours_s ref_s ratio".split(),
+    "spagcn-stability": (
+        "case ours_stability ref_stability stability_ratio ours_accuracy ref_accuracy accuracy_ratio "
+        "ours_s ref_s time_ratio ours_single_stability ours_single_accuracy load"
+    ).split(),
+    "deepst-stability": (
+        "case ours_stability ours_single_stability ours_accuracy ours_single_accuracy "
+        "ours_s ours_single_s cost_vs_single load"
+    ).split(),
+    "spagcn-integration": (
+        "case ours_ari_pooled ref_ari_pooled ari_pooled_ratio ours_in_every_section ours_domains "
+        "ref_in_every_section ref_domains ours_neighbour_agreement ref_neighbour_agreement "
+        "single_neighbour_agreement ours_s ref_s time_ratio load"
+    ).split(),
+}
+
+
+def _print_summary(rows: list[dict]) -> None:
+    """One table per benchmark: ours, the reference and the ratio side by side (time ratio =
+    reference / ours, > 1: ours faster; stability/accuracy ratio = ours / reference)."""
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    for method, part in table.groupby("method", sort=False):
+        cols = [c for c in _SUMMARY.get(method, ["case"]) if c in part and part[c].notna().any()]
+        print(f"-- {method}")
+        print(part[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

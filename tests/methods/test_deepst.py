@@ -93,6 +93,31 @@ def test_seeded_reproducible_on_cpu():
     assert not np.array_equal(other.obsm["d.embedding"], runs[0].obsm["d.embedding"])
 
 
+def test_cpu_training_uses_one_thread_and_restores_the_count():
+    # a thread pool is many times slower on these small tensors on a loaded machine (issue 19)
+    from experimat.methods.domains.deepst._model import train_deepst
+
+    rng = np.random.default_rng(0)
+    adj = sp.csr_matrix(sp.random(40, 40, density=0.1, random_state=0) + sp.eye(40))
+    seen = []
+
+    def init(z, seed):
+        seen.append(torch.get_num_threads())
+        return np.arange(z.shape[0]) % 2
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        emb, _, _ = train_deepst(
+            rng.normal(size=(40, 8)), adj, adj, pre_epochs=2, epochs=2, seed=0, device=torch.device("cpu"),
+            cluster_init=init,
+        )
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert emb.shape[0] == 40 and np.isfinite(emb).all()
+
+
 def test_counts_from_layer_and_global_seed():
     adata = synthetic_domains(150, 3, 60, seed=2)
     adata.X = np.log1p(adata.X)  # X is not counts; the layer is
