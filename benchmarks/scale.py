@@ -30,7 +30,8 @@ cell2location and DestVI mapping: ``--deconv`` runs their own rows (benchmarks/s
 per epoch and time to the 5,000-bin accuracy, on pseudo-bins of real cells with a known truth; its
 docstring holds the measured tables).
 
-Not covered here (issue 21, not done): SpaGCN / DeepST and LOCAT at these sizes.
+SpaGCN and DeepST domains: ``--domains`` runs their rows (benchmarks/scale_domains.py, its own options and
+measured table). Not covered here (issue 21, not done): LOCAT at these sizes.
 
 The run ends with every row of issue 21's Scale table: the curve over the sizes (wall s, CPU s in
 brackets) and met / not met at the largest size (on wall time, which the shared machine's load inflates).
@@ -422,6 +423,11 @@ def main() -> None:
         from scale_deconv import deconv_cli
 
         return deconv_cli()
+    if "--domains" in sys.argv:  # SpaGCN / DeepST rows: benchmarks/scale_domains.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from scale_domains import main as domains_main
+
+        return domains_main()
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="5000,50000,500000")
     ap.add_argument("--genes", type=int, default=18_000)

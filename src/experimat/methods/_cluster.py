@@ -61,6 +61,74 @@ def leiden(
     return np.asarray(part.membership, dtype=np.int64)
 
 
+#: clusterings of more points than this run on a seeded random sample of this many (:func:`clustering_sample`)
+SAMPLE_MAX = 50_000
+
+
+def clustering_sample(n: int, seed: int, max_n: int | None = None) -> np.ndarray | None:
+    """Sorted indices of the ``max_n`` points (drawn at random, seeded) a clustering of ``n > max_n``
+    points runs on, or ``None`` (all points) up to ``max_n`` (``None``: :data:`SAMPLE_MAX`).
+
+    The size rule of the methods' initial and final clusterings (Leiden on a kNN graph, k-means):
+    their cost grows faster than the points (the exact kNN search is quadratic), while the clusters of a
+    50,000-point random sample already resolve any domain of more than a few hundred points. The
+    remaining points join the sample's clusters (:func:`nearest_centre`, :func:`landmark_vote`).
+    """
+    max_n = SAMPLE_MAX if max_n is None else int(max_n)
+    if n <= max_n:
+        return None
+    return np.sort(np.random.default_rng(int(seed)).choice(n, size=int(max_n), replace=False))
+
+
+def nearest_centre(points: np.ndarray, sample: np.ndarray, sample_labels: np.ndarray) -> np.ndarray:
+    """Labels of all ``points``: the sample keeps its labels ``0..k-1``, every other point takes the
+    label of the nearest centre (mean of the sample's points of a label), as k-means assigns."""
+    pts = np.asarray(points, dtype=np.float64)
+    sample_labels = np.asarray(sample_labels, dtype=np.int64)
+    k = int(sample_labels.max()) + 1
+    centres = np.zeros((k, pts.shape[1]))
+    np.add.at(centres, sample_labels, pts[sample])
+    centres /= np.maximum(np.bincount(sample_labels, minlength=k), 1)[:, None]
+    return _assign(pts, centres, np.arange(k), sample, sample_labels)
+
+
+def landmark_vote(
+    points: np.ndarray, sample: np.ndarray, sample_labels: np.ndarray, *, n_landmarks: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Labels of all ``points``: the sample keeps its labels ``0..c-1``; every other point takes the label
+    of its nearest landmark, a landmark being one of ``n_landmarks`` k-means centres of the sample
+    (about 50 sample points each) labelled by the majority of its points (ties: the smaller label).
+
+    Small landmarks follow the shape of clusters that are not convex (a Leiden cluster of a kNN
+    graph), which one centre per cluster would not; the work is linear in the points
+    (``n x n_landmarks``, by blocks), where a kNN vote over the sample is ``n x sample``.
+    """
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    pts = np.asarray(points, dtype=np.float64)
+    ref = pts[sample]
+    sample_labels = np.asarray(sample_labels, dtype=np.int64)
+    m = max(1, min(int(n_landmarks), ref.shape[0]))
+    with threadpool_limits(1):
+        km = KMeans(m, n_init=1, max_iter=20, random_state=int(seed)).fit(ref)
+    c = int(sample_labels.max()) + 1
+    tally = np.zeros((m, c), dtype=np.int64)
+    np.add.at(tally, (km.labels_, sample_labels), 1)
+    return _assign(pts, km.cluster_centers_, tally.argmax(1), sample, sample_labels)
+
+
+def _assign(pts, centres, centre_labels, sample, sample_labels) -> np.ndarray:
+    """Each point's label is that of its nearest centre (by blocks); the sample keeps its own labels."""
+    labels = np.empty(pts.shape[0], dtype=np.int64)
+    csq = (centres * centres).sum(1)
+    step = max(1, 4_000_000 // centres.shape[0])
+    for lo in range(0, pts.shape[0], step):
+        labels[lo : lo + step] = centre_labels[(csq[None, :] - 2.0 * pts[lo : lo + step] @ centres.T).argmin(1)]
+    labels[sample] = sample_labels
+    return labels
+
+
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:
     """Cluster labels renumbered 0..k-1 by decreasing size (ties: the smaller old label first)."""
     _, inv = np.unique(np.asarray(labels), return_inverse=True)

@@ -210,6 +210,8 @@ def _write(adata: AnnData, res: dict, i: int, params: dict, extra: dict) -> tupl
         params,
         resolution=float(res["resolution"]),
         n_domains_found=n_found,
+        cluster_sample=res["cluster_sample"],
+        edge_sample=res["edge_sample"],
         **extra,
         **_consensus_extra(res["consensus"]),
     )

@@ -22,16 +22,38 @@ def leiden(graph, resolution: float, seed: int) -> np.ndarray:
     return _cluster.leiden(graph, resolution=resolution, seed=seed, weighted=False)
 
 
+def initial_clusters(z: np.ndarray, k: int, resolution: float, seed: int) -> np.ndarray:
+    """DeepST's initial DEC clusters: Leiden at ``resolution`` on the ``k``-NN graph of ``z``. Above
+    :data:`experimat.methods._cluster.SAMPLE_MAX` spots, of a random sample of that many (seeded), the
+    others joining the nearest cluster centre (the DEC layer starts from the centres only)."""
+    sample = _cluster.clustering_sample(z.shape[0], seed)
+    if sample is None:
+        return leiden(knn_igraph(z, k), resolution, seed)
+    labels = leiden(knn_igraph(z[sample], k), resolution, seed)
+    return _cluster.nearest_centre(z, sample, np.unique(labels, return_inverse=True)[1])
+
+
 def leiden_n_clusters(
     emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30
 ) -> tuple[np.ndarray, float, bool]:
     """Search the Leiden resolution that gives exactly ``n_clusters`` clusters on the kNN graph of
     ``emb`` (:func:`experimat.methods._cluster.search_resolution`, bisection); when none does, the
-    closest is kept with an :class:`ExperimatWarning`. Returns ``(labels, resolution, exact)``."""
-    return _cluster.search_resolution(
-        knn_igraph(emb, k), n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=False,
+    closest is kept with an :class:`ExperimatWarning`. Returns ``(labels, resolution, exact)``.
+
+    Above :data:`experimat.methods._cluster.SAMPLE_MAX` spots the search clusters a random sample of
+    that many (seeded) and every other spot takes the domain of its nearest landmark (small k-means
+    cells of the sample, :func:`experimat.methods._cluster.landmark_vote`): the exact kNN graph of all
+    spots would cost their number squared.
+    """
+    sample = _cluster.clustering_sample(emb.shape[0], seed)
+    pts = emb if sample is None else emb[sample]
+    labels, resolution, exact = _cluster.search_resolution(
+        knn_igraph(pts, k), n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=False,
         what="domains",
     )
+    if sample is not None:
+        labels = _cluster.landmark_vote(emb, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
+    return labels, resolution, exact
 
 
 def refine_labels(coords: np.ndarray, labels: np.ndarray, n_neighbors: int = 6) -> np.ndarray:

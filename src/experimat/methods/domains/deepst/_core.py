@@ -17,12 +17,13 @@ import scipy.sparse as sp
 
 from experimat._errors import InvalidInputError
 from experimat._logging import logger, progress
+from experimat.methods import _cluster as cluster_blocks
 from experimat.methods._checks import check_counts, get_coordinates, get_matrix
 from experimat.methods._expression import block_pca, normalize_total, top_variance_genes
 
 from .. import _consensus
-from . import _graph, _image
-from ._cluster import knn_igraph, leiden, leiden_n_clusters, refine_labels
+from . import _graph, _image, _model
+from ._cluster import initial_clusters, leiden_n_clusters, refine_labels
 from ._model import TrainConfig, train_deepst
 
 if TYPE_CHECKING:
@@ -152,6 +153,9 @@ def fit(
         "net": net,
         "n_inputs": data.shape[1],
         "consensus": consensus,
+        # the size rules (recorded in the parameters): clusterings on a sample, edges drawn per epoch
+        "cluster_sample": cluster_blocks.SAMPLE_MAX if data.shape[0] > cluster_blocks.SAMPLE_MAX else "none",
+        "edge_sample": _model.EDGE_SAMPLE_MAX if adj_label.nnz > _model.EDGE_SAMPLE_MAX else "none",
     }
 
 
@@ -208,7 +212,7 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     (:mod:`.._consensus`), the medoid run giving the embedding and network."""
 
     def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
-        return leiden(knn_igraph(z, TrainConfig.dec_neighbors), TrainConfig.dec_resolution, s)
+        return initial_clusters(z, TrainConfig.dec_neighbors, TrainConfig.dec_resolution, s)
 
     runs, fits = [], []
     for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:

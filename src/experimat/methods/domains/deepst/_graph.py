@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+#: neighbour pairs whose rows are gathered at once by :func:`spot_weights` (memory ~ this x features)
+_BLOCK_ENTRIES = 2_000_000
+
 
 def knn_indices(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest neighbours of every point (itself excluded), as ``(indices, distances)``,
@@ -55,34 +58,36 @@ def spot_weights(
     k = ind.shape[1]
     rows = np.repeat(np.arange(n), k)
     cols = ind.ravel()
-    w = np.clip(_row_correlation(expr_pcs[rows], expr_pcs[cols]), 0.0, None)
-    if image_feats is not None:
-        w = w * np.clip(_row_cosine(image_feats[rows], image_feats[cols]), 0.0, None)
+    parts = []
+    step = max(1, _BLOCK_ENTRIES // max(k, 1))  # spots per block
+    for lo in range(0, n, step):
+        r, c = rows[lo * k : (lo + step) * k], cols[lo * k : (lo + step) * k]
+        w = np.clip(_row_correlation(expr_pcs[r], expr_pcs[c]), 0.0, None)
+        if image_feats is not None:
+            w = w * np.clip(_row_cosine(image_feats[r], image_feats[c]), 0.0, None)
+        parts.append(w)
+    w = np.concatenate(parts) if parts else np.zeros(0)
     return sp.csr_matrix((w, (rows, cols)), shape=(n, n))
 
 
 def top_neighbour_weights(weights: sp.csr_matrix, n_neighbors: int = 3) -> sp.csr_matrix:
-    """Keep the ``n_neighbors`` largest weights of each row, rescaled to sum to 1 (rows of zeros stay 0)."""
+    """Keep the ``n_neighbors`` largest weights of each row (ties: the smaller column first), rescaled to
+    sum to 1 (rows of zeros stay 0). Vectorised over all rows at once (one sort of the stored entries)."""
     weights = weights.tocsr()
+    weights.sort_indices()
     n = weights.shape[0]
-    rows, cols, vals = [], [], []
-    indptr, indices, data = weights.indptr, weights.indices, weights.data
-    for i in range(n):
-        lo, hi = indptr[i], indptr[i + 1]
-        if hi == lo:
-            continue
-        d, j = data[lo:hi], indices[lo:hi]
-        order = np.lexsort((j, -d))[:n_neighbors]
-        d, j = d[order], j[order]
-        total = d.sum()
-        if total <= 0:
-            continue
-        rows.append(np.full(len(j), i))
-        cols.append(j)
-        vals.append(d / total)
-    if not rows:
-        return sp.csr_matrix((n, n))
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    counts = np.diff(weights.indptr)
+    rows = np.repeat(np.arange(n), counts)
+    d, j = weights.data, weights.indices
+    order = np.lexsort((j, -d, rows))  # by row, then decreasing weight, then column
+    rank = np.arange(order.size) - np.repeat(weights.indptr[:-1], counts)
+    keep = order[rank < n_neighbors]
+    r, c, v = rows[keep], j[keep], d[keep]
+    total = np.zeros(n, dtype=d.dtype)
+    np.add.at(total, r, v)  # in order, in the weights' dtype: each row's sum as before, bit for bit
+    ok = total[r] > 0
+    r, c, v = r[ok], c[ok], v[ok] / total[r[ok]]
+    return sp.csr_matrix((v, (r, c)), shape=(n, n))
 
 
 def augment_expression(counts, neighbour_weights: sp.csr_matrix, adjacent_weight: float = 0.3):

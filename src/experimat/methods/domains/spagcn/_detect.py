@@ -15,6 +15,7 @@ from experimat._keys import Key
 from experimat._logging import logger, progress
 from experimat._optional import import_optional
 from experimat._settings import settings
+from experimat.methods import _cluster as cluster_blocks
 from experimat.methods._checks import (
     check_choice,
     check_positive_int,
@@ -190,6 +191,7 @@ def _store_extra(info: dict) -> dict:
     extra = {
         "resolution": float(info["resolution"]) if info["resolution"] is not None else "none",
         "init_used": info["init_used"],
+        "init_sample": info.get("init_sample", "none"),
         "n_epochs": info["n_epochs"] if len(info["n_epochs"]) > 1 else info["n_epochs"][0],
     }
     if "run_seeds" in info:
@@ -242,6 +244,8 @@ def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_corre
     )
     keys = ("n_clusters", "init", "stable", "n_runs", "lr", "max_epochs", "tol", "n_neighbors", "resolution")
     labels, info = _cluster(ax, seed=seed, device=device, **{k: params[k] for k in keys})
+    big = ax.shape[0] > cluster_blocks.SAMPLE_MAX  # the initial clusterings ran on a sample (size rule)
+    info["init_sample"] = cluster_blocks.SAMPLE_MAX if big else "none"
     return labels, info, sections, offsets
 
 

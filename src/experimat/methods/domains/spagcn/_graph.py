@@ -20,9 +20,13 @@ if TYPE_CHECKING:
 
 #: Gaussian weights below this are dropped from the sparse adjacency
 _SPARSE_EPS = 1e-6
-#: p(l) on local pairs: radius in median spot spacings, and the cut-off in widths (weight < 1e-8)
+#: p(l) on local pairs: radius in median spot spacings (at most), and the cut-off in widths (weight < 1e-8)
 _LOCAL_SPACINGS = 12.0
 _TRUNCATE = float(np.sqrt(2.0 * np.log(1e8)))
+#: at most about this many local pairs are held (the radius shrinks below 12 spacings above ~90,000 spots)
+_LOCAL_PAIRS_MAX = 25_000_000
+#: p(l) of a width beyond the local radius sums all pairs up to this many spots, else pairs within the cut-off
+_ALL_PAIRS_MAX = 20_000
 #: spots per neighbour-domain side of refinement
 REFINE_NEIGHBOURS = {"hexagon": 6, "square": 4}
 
@@ -103,8 +107,14 @@ def graph_coordinates(xy: np.ndarray, colour: np.ndarray | None, alpha: float = 
 class _MeanWeight:
     """``p(l)``: mean over spots of the summed Gaussian weight from all other spots.
 
-    Widths up to twice the median nearest-neighbour distance are evaluated on the spot pairs within
-    ``_LOCAL_SPACINGS`` spacings (omitted weights < 1e-8 each); wider ones on all pairs.
+    Widths whose cut-off (``l`` times :data:`_TRUNCATE`, omitted weights < 1e-8 each) lies within the
+    local radius are evaluated on the local spot pairs, held once: within ``_LOCAL_SPACINGS`` median
+    spacings, fewer above ~90,000 spots so that at most about :data:`_LOCAL_PAIRS_MAX` pairs are held.
+    A wider width is evaluated exactly only where it matters: ``__call__(l, above=t)`` returns the local
+    pairs' sum, a lower bound of ``p(l)``, when that bound already exceeds ``t`` (the search only needs to
+    know that ``p(l)`` is above its target there). Otherwise ``p(l)`` sums all pairs by blocks of rows
+    (up to :data:`_ALL_PAIRS_MAX` spots) or the pairs within the width's cut-off, found by KD-tree in
+    blocks (work linear in the spots times the neighbours within the cut-off; never ``n x n``).
     """
 
     def __init__(self, coords: np.ndarray, device) -> None:
@@ -113,23 +123,53 @@ class _MeanWeight:
         from experimat.methods._graph import knn, radius_pairs
 
         self.torch = torch
+        self.coords = np.asarray(coords, dtype=np.float64)
         self.n = coords.shape[0]
-        self.c = torch.as_tensor(coords, dtype=torch.float64, device=device)
+        self.device = device
+        self.c = torch.as_tensor(self.coords, dtype=torch.float64, device=device)
         spacing = float(np.median(knn(coords, 1)[0][:, 0])) if self.n > 1 else 0.0
-        self.local_radius = _LOCAL_SPACINGS * spacing
+        # pairs within r spacings: about n * pi r^2 / 2 (Visium's hexagon is the densest lattice, 2 / sqrt(3) per spacing^2)
+        fit = float(np.sqrt(2.0 * _LOCAL_PAIRS_MAX / (np.pi * 2.0 / np.sqrt(3.0) * max(self.n, 1))))
+        self.local_radius = min(_LOCAL_SPACINGS, fit) * spacing
         d2 = radius_pairs(coords, self.local_radius)[1] if spacing > 0 else np.zeros(0)
         self.local_d2 = torch.as_tensor(d2, dtype=torch.float32, device=device)
 
-    def __call__(self, width: float) -> float:
+    def _local(self, scale: float) -> float:
+        return float(2.0 * self.torch.exp(self.local_d2 * scale).sum(dtype=self.torch.float64) / self.n)
+
+    def __call__(self, width: float, above: float | None = None) -> float:
         torch = self.torch
         scale = -1.0 / (2.0 * width * width)
         if width * _TRUNCATE <= self.local_radius:
-            return float(2.0 * torch.exp(self.local_d2 * scale).sum(dtype=torch.float64) / self.n)
+            return self._local(scale)
+        if above is not None:
+            bound = self._local(scale)
+            if bound > above:
+                return bound
+        if self.n > _ALL_PAIRS_MAX:
+            return self._truncated(width, scale)
         total = 0.0  # all pairs, by blocks of rows (never n x n at once)
         step = max(1, 4_000_000 // self.n)
         for i in range(0, self.n, step):
             d2 = torch.cdist(self.c[i : i + step], self.c).pow_(2).to(torch.float32)
             total += float(torch.exp(d2 * scale).sum(dtype=torch.float64))
+        return total / self.n - 1.0
+
+    def _truncated(self, width: float, scale: float) -> float:
+        """``p(l)`` from the pairs within ``l * _TRUNCATE``, by KD-tree queries of blocks of spots."""
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(self.coords)
+        radius = width * _TRUNCATE
+        total = 0.0
+        step = 10_000
+        for lo in range(0, self.n, step):
+            hits = tree.query_ball_point(self.coords[lo : lo + step], radius)
+            sizes = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
+            rows = np.repeat(np.arange(lo, lo + len(hits)), sizes)
+            cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits])
+            d2 = ((self.coords[rows] - self.coords[cols]) ** 2).sum(1)
+            total += float(np.exp(d2 * scale).sum())
         return total / self.n - 1.0
 
 
@@ -150,7 +190,12 @@ def search_l(
     """
     if not 0 < p:
         raise InvalidInputError(f"p must be > 0 (the mean weight a spot receives from its neighbours); got {p}.")
-    f = _MeanWeight(coords, device)
+    mean_weight = _MeanWeight(coords, device)
+
+    def f(width: float) -> float:
+        # a lower bound above p + tol takes every decision below as the exact value would
+        return mean_weight(width, above=p + tol)
+
     p_low, p_high = f(start), f(end)
     while p_low > p + tol and start > 1e-12:
         start /= 10.0
@@ -162,7 +207,7 @@ def search_l(
         grow += 1
         if grow > 12:
             raise InvalidInputError(
-                f"no Gaussian width reaches p={p}: the spots are too few ({f.n}) for this mean neighbour weight; "
+                f"no Gaussian width reaches p={p}: the spots are too few ({mean_weight.n}) for this mean neighbour weight; "
                 "pass a smaller p."
             )
     if abs(p_low - p) <= tol:

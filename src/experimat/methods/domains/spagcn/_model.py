@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from experimat._logging import logger
-from experimat.methods._cluster import leiden, to_igraph
+from experimat.methods._cluster import clustering_sample, leiden, nearest_centre, to_igraph
 from experimat.methods._graph import knn_graph as feature_graph
 from experimat.methods._torch import torch_threads, train
 
@@ -81,6 +81,40 @@ def search_resolution(
     return res, labels
 
 
+def _initial_labels(feats, *, n_clusters, init, seed, n_neighbors, resolution, res_start, kmeans_n_init):
+    """The initial clusters of ``feats``: Leiden (resolution searched, or ``resolution``) on the kNN
+    graph, or k-means (best of ``kmeans_n_init`` restarts); returns ``(resolution, labels, init used)``.
+
+    Above :data:`experimat.methods._cluster.SAMPLE_MAX` spots the clustering runs on that many spots
+    drawn at random (seeded) and the others join the nearest initial centre (the fit starts from the
+    centres only); up to it, on all spots.
+    """
+    sample = clustering_sample(feats.shape[0], seed)
+    pts = feats if sample is None else feats[sample]
+    used_res, labels0 = None, None
+    if init == "leiden":
+        graph = knn_graph(pts, n_neighbors)
+        if resolution is not None:
+            used_res = float(resolution)
+            labels0 = leiden_labels(graph, used_res, seed)
+            logger.info(f"    resolution {used_res:.4g}: {len(np.unique(labels0))} domains")
+        else:
+            used_res, labels0 = search_resolution(graph, n_clusters, seed=seed, start=res_start)
+            if labels0 is None:
+                logger.warning("falling back to k-means initialisation with the requested n_clusters")
+                init = "kmeans"
+    if init == "kmeans":
+        from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
+
+        # one thread: OpenMP's busy-waiting threads are many times slower on a loaded machine
+        with threadpool_limits(1):
+            labels0 = KMeans(n_clusters, n_init=kmeans_n_init, random_state=seed).fit_predict(pts)
+    if sample is not None:
+        labels0 = nearest_centre(feats, sample, np.unique(labels0, return_inverse=True)[1])
+    return used_res, labels0, init
+
+
 @dataclass
 class FitResult:
     labels: np.ndarray
@@ -113,6 +147,7 @@ def fit_gcdec(
     SpaGCN's uniform random draw, so that the initial clustering sees ``A X`` itself, not a random
     linear map of it (the main source of seed-to-seed differences). ``res_start``: first resolution
     of the Leiden search. ``kmeans_n_init``: k-means restarts (the best of them starts the fit).
+    Above 50,000 spots the initial clustering runs on a random sample (:func:`_initial_labels`).
     """
     import torch
 
@@ -128,26 +163,10 @@ def fit_gcdec(
     with torch.no_grad():
         feats = (ax @ weight + bias).cpu().numpy().astype(np.float64)
 
-    used_res = None
-    labels0 = None
-    if init == "leiden":
-        graph = knn_graph(feats, n_neighbors)
-        if resolution is not None:
-            used_res = float(resolution)
-            labels0 = leiden_labels(graph, used_res, seed)
-            logger.info(f"    resolution {used_res:.4g}: {len(np.unique(labels0))} domains")
-        else:
-            used_res, labels0 = search_resolution(graph, n_clusters, seed=seed, start=res_start)
-            if labels0 is None:
-                logger.warning("falling back to k-means initialisation with the requested n_clusters")
-                init = "kmeans"
-    if init == "kmeans":
-        from sklearn.cluster import KMeans
-        from threadpoolctl import threadpool_limits
-
-        # one thread: OpenMP's busy-waiting threads are many times slower on a loaded machine
-        with threadpool_limits(1):
-            labels0 = KMeans(n_clusters, n_init=kmeans_n_init, random_state=seed).fit_predict(feats)
+    used_res, labels0, init = _initial_labels(
+        feats, n_clusters=n_clusters, init=init, seed=seed, n_neighbors=n_neighbors, resolution=resolution,
+        res_start=res_start, kmeans_n_init=kmeans_n_init,
+    )
     _, labels0 = np.unique(labels0, return_inverse=True)
     k = int(labels0.max()) + 1
     centres = np.zeros((k, d))

@@ -1,0 +1,161 @@
+"""Scale benchmark of the domain methods (issue 21: "SpaGCN and DeepST domains: <= 20 min each at 500,000
+bins x 18,000 genes, 2 cores, peak <= 16 GB; no dense spots x spots matrix anywhere").
+
+Run as ``python benchmarks/scale.py --domains ...`` (or this file directly). For each size a fresh
+subprocess (so the peaks do not mix) generates ``em.datasets.synthetic_visium_hd`` (4 stripes, 200 planted
+genes, about 85 counts per bin; no image), log-normalises it (sparse) and runs, called directly on the sample:
+
+* ``spagcn`` — ``spatial_detect_domains_spagcn(n_clusters=4)`` with its defaults (the seed-stable consensus
+  of 3 runs, k-means starts); ``spagcn-1`` — one seeded fit (``stable=False``, Leiden initialisation);
+* ``deepst`` — ``spatial_detect_domains_deepst(n_domains=4)`` with its defaults (consensus of 3 runs,
+  200 + 200 epochs); ``deepst-1`` — one run (``stable=False``).
+
+Each row prints wall and CPU seconds, the peak resident memory (absolute, sampled every 10 ms) and the
+adjusted Rand index of the domains against the planted stripes, and the parameters the method recorded
+for its size rules. The summary gives met / not met at the largest size (<= 20 min wall, <= 16 GB).
+
+Usage::
+
+    python benchmarks/scale.py --domains [--sizes 5000,50000,500000] [--genes 18000]
+        [--methods spagcn,spagcn-1,deepst,deepst-1] [--timeout 3000] [--profile]
+
+``--profile`` prints the 25 most expensive functions (cumulative time, cProfile) of each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale import PeakRSS
+
+#: the methods' rows: (label, function name, keyword arguments)
+ROWS = {
+    "spagcn": ("SpaGCN (consensus of 3)", "spagcn", {}),
+    "spagcn-1": ("SpaGCN (one seed)", "spagcn", {"stable": False}),
+    "deepst": ("DeepST (consensus of 3)", "deepst", {}),
+    "deepst-1": ("DeepST (one seed)", "deepst", {"stable": False}),
+}
+LIMIT_S, LIMIT_GB = 20 * 60, 16.0
+
+
+def _call(kind: str, a, kwargs: dict):
+    if kind == "spagcn":
+        from experimat.methods.domains.spagcn import spatial_detect_domains_spagcn
+
+        spatial_detect_domains_spagcn(a, layer="lognorm", n_clusters=4, refine_shape="square", use_gpu=False, seed=0,
+                                      key_added="dom", **kwargs)
+    else:
+        from experimat.methods.domains.deepst import spatial_detect_domains_deepst
+
+        spatial_detect_domains_deepst(a, layer="counts", n_domains=4, use_gpu=False, seed=0, key_added="dom", **kwargs)
+    entry = a.uns["dom"]
+    column = "dom" if kind == "spagcn" else "dom.domain"
+    return a.obs[column].to_numpy(), {**entry["params"], **{k: v for k, v in entry.items() if k != "params"}}
+
+
+def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bool) -> None:
+    import experimat as em
+    from experimat.methods._expression import normalize_total
+
+    warnings.simplefilter("ignore")
+    a = em.datasets.synthetic_visium_hd(n, n_genes, seed=1, with_image=False)
+    a.layers["lognorm"] = normalize_total(a.layers["counts"])[0]
+    truth = a.obs["domain"].astype(str).to_numpy()
+    from sklearn.metrics import adjusted_rand_score
+
+    for m in methods:
+        label, kind, kwargs = ROWS[m]
+        b = a.copy()
+        cpu0 = time.process_time()
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        with PeakRSS() as mem:
+            labels, params = _call(kind, b, kwargs)
+        if prof is not None:
+            prof.disable()
+        cpu = time.process_time() - cpu0
+        ari = adjusted_rand_score(truth, labels)
+        rules = {k: params[k] for k in ("init_sample", "cluster_sample", "edge_sample", "run_agreement", "n_epochs")
+                 if k in params}
+        print(f"{n:>8,} | {label:<24} | {mem.seconds:8.1f} s | cpu {cpu:8.1f} s | peak RSS {mem.peak / 1e9:6.2f} GB | "
+              f"ARI vs stripes {ari:.3f} | {rules}", flush=True)
+        with open(results, "a") as f:
+            f.write(json.dumps({"n": n, "row": m, "wall": mem.seconds, "cpu": cpu, "peak_gb": mem.peak / 1e9,
+                                "ari": ari}) + "\n")
+        if prof is not None:
+            import pstats
+
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        del b
+
+
+def summary(results: Path, sizes: list[int], methods: list[str]) -> None:
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    got = {(r["n"], r["row"]): r for r in rows}
+    print(f"\nIssue 21, 'SpaGCN and DeepST domains' (<= 20 min each, <= 16 GB; judged at {max(sizes):,} bins; "
+          f"load now {Path('/proc/loadavg').read_text().split()[:3]})")
+    print(f"{'row':<26} | " + " | ".join(f"{n:>30,}" for n in sizes) + " | verdict")
+    for m in methods:
+        cells = []
+        for n in sizes:
+            r = got.get((n, m))
+            cells.append("-" if r is None else f"{r['wall']:.0f}s ({r['cpu']:.0f}) {r['peak_gb']:.1f}GB ARI {r['ari']:.2f}")
+        big = got.get((max(sizes), m))
+        verdict = "not measured" if big is None else (
+            "met" if big["wall"] <= LIMIT_S and big["peak_gb"] <= LIMIT_GB else "NOT met")
+        print(f"{ROWS[m][0]:<26} | " + " | ".join(f"{c:>30}" for c in cells) + f" | {verdict}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="SpaGCN / DeepST domains at scale (issue 21)")
+    ap.add_argument("--domains", action="store_true")
+    ap.add_argument("--sizes", default="5000,50000,500000")
+    ap.add_argument("--genes", type=int, default=18_000)
+    ap.add_argument("--methods", default="spagcn,spagcn-1,deepst,deepst-1")
+    ap.add_argument("--timeout", type=int, default=3000, help="seconds per size")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--results", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    bad = sorted(set(methods) - set(ROWS))
+    if bad:
+        raise SystemExit(f"unknown --methods {bad}; choose from {sorted(ROWS)}")
+    if args.one is not None:
+        run_one(args.one, args.genes, methods, Path(args.results), args.profile)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results.jsonl"
+        print(f"load at start: {Path('/proc/loadavg').read_text().strip()}; {os.cpu_count()} CPUs")
+        for n in sizes:
+            cmd = [sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--methods", args.methods,
+                   "--results", str(results), *(["--profile"] if args.profile else [])]
+            try:
+                subprocess.run(cmd, check=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{n:>8,} | stopped after {args.timeout} s (the rows above finished)", flush=True)
+            except subprocess.CalledProcessError as e:
+                print(f"{n:>8,} | failed (exit {e.returncode})", flush=True)
+        print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")
+        summary(results, sizes, methods)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

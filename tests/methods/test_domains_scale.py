@@ -1,0 +1,172 @@
+"""The domain methods' size rules (issue 21: SpaGCN and DeepST at 500,000 bins, nothing quadratic in the
+spots): SpaGCN's width search without all pairs, clusterings on a sample above ``SAMPLE_MAX`` points,
+DeepST's vectorised neighbour weights and its edges drawn per epoch. The thresholds are lowered here so
+that small data take the large-data paths; the results are compared with the exact small-data ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.spatial.distance import cdist
+from sklearn.metrics import adjusted_rand_score
+
+import experimat as em
+from experimat.methods import _cluster
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("leidenalg")
+
+from experimat.methods.domains.deepst import _graph as deepst_graph  # noqa: E402
+from experimat.methods.domains.deepst import _model as deepst_model  # noqa: E402
+from experimat.methods.domains.deepst import spatial_detect_domains_deepst  # noqa: E402
+from experimat.methods.domains.spagcn import _graph as spagcn_graph  # noqa: E402
+from experimat.methods.domains.spagcn import spatial_detect_domains_spagcn  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet():
+    with em.settings.override(progress=False, verbosity="warning"):
+        yield
+
+
+def _blobs(n_per: int, k: int, dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=10, size=(k, dim))
+    return np.repeat(centres, n_per, axis=0) + rng.normal(size=(n_per * k, dim)), np.repeat(np.arange(k), n_per)
+
+
+# ------------------------------------------------------------------------------------------------
+# SpaGCN's width search
+# ------------------------------------------------------------------------------------------------
+def test_width_search_without_all_pairs_gives_the_same_width(monkeypatch):
+    """A lower bound above the target takes the search's decisions as the exact value would: the same l,
+    also when the local radius shrinks and wide widths are summed from KD-tree pairs."""
+    xy, _ = em.datasets.visium_hex_grid(900)
+    exact = spagcn_graph.search_l(xy, 0.5)
+    calls = []
+    original = spagcn_graph._MeanWeight.__call__
+
+    def spy(self, width, above=None):
+        calls.append((width, self.n > spagcn_graph._ALL_PAIRS_MAX or width * spagcn_graph._TRUNCATE <= self.local_radius))
+        return original(self, width, above)
+
+    monkeypatch.setattr(spagcn_graph._MeanWeight, "__call__", spy)
+    monkeypatch.setattr(spagcn_graph, "_ALL_PAIRS_MAX", 100)
+    monkeypatch.setattr(spagcn_graph, "_LOCAL_PAIRS_MAX", 5_000)  # a radius of ~3 spacings, not 12
+    assert spagcn_graph.search_l(xy, 0.5) == exact
+    assert all(ok for _, ok in calls)  # never all pairs
+    # p(l) of a wide width from the pairs within its cut-off equals the sum over all pairs
+    f = spagcn_graph._MeanWeight(xy, None)
+    assert f.local_radius < 12 * np.median(np.sort(cdist(xy, xy), 1)[:, 1])
+    wide = 4.0 * exact
+    expected = np.exp(-cdist(xy, xy) ** 2 / (2.0 * wide * wide)).sum() / len(xy) - 1.0
+    assert original(f, wide) == pytest.approx(expected, rel=1e-6)
+    assert original(f, wide, above=0.51) <= expected  # a lower bound when it exceeds the target
+
+
+# ------------------------------------------------------------------------------------------------
+# clusterings on a sample
+# ------------------------------------------------------------------------------------------------
+def test_clustering_sample_rule():
+    assert _cluster.clustering_sample(1000, seed=0, max_n=1000) is None
+    s = _cluster.clustering_sample(1000, seed=0, max_n=100)
+    assert s.size == 100 and np.all(np.diff(s) > 0)
+    np.testing.assert_array_equal(s, _cluster.clustering_sample(1000, seed=0, max_n=100))
+    assert not np.array_equal(s, _cluster.clustering_sample(1000, seed=1, max_n=100))
+
+
+def test_sample_labels_reach_every_point():
+    pts, truth = _blobs(300, 4, 8)
+    sample = _cluster.clustering_sample(len(pts), seed=0, max_n=200)
+    labels = _cluster.nearest_centre(pts, sample, truth[sample])
+    np.testing.assert_array_equal(labels, truth)
+    # two interleaved half-moons: one centre per cluster misassigns, small landmarks follow the shapes
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, np.pi, 2000)
+    moon = rng.integers(0, 2, 2000)
+    xy = np.column_stack([np.cos(t) + moon, np.where(moon == 0, np.sin(t), 0.5 - np.sin(t))])
+    xy += rng.normal(scale=0.05, size=xy.shape)
+    sample = _cluster.clustering_sample(len(xy), seed=0, max_n=800)
+    voted = _cluster.landmark_vote(xy, sample, moon[sample], n_landmarks=100, seed=0)
+    np.testing.assert_array_equal(voted[sample], moon[sample])
+    assert (voted == moon).mean() > 0.99
+    assert (_cluster.nearest_centre(xy, sample, moon[sample]) == moon).mean() < 0.95
+
+
+def _lognorm(a):
+    from experimat.methods._expression import normalize_total
+
+    a.layers["lognorm"] = normalize_total(a.X)[0]
+    return a
+
+
+@pytest.mark.parametrize("stable", [True, False])
+def test_spagcn_initialisation_on_a_sample(monkeypatch, stable):
+    a = _lognorm(em.datasets.synthetic_domains(1200, 4, seed=3))
+    truth = a.obs["domain"].astype(str).to_numpy()
+    spatial_detect_domains_spagcn(a, n_clusters=4, seed=0, stable=stable, use_gpu=False, key_added="full")
+    assert a.uns["full"]["init_sample"] == "none"
+    monkeypatch.setattr(_cluster, "SAMPLE_MAX", 400)
+    spatial_detect_domains_spagcn(a, n_clusters=4, seed=0, stable=stable, use_gpu=False, key_added="sampled")
+    assert a.uns["sampled"]["init_sample"] == 400
+    assert adjusted_rand_score(truth, a.obs["sampled"]) > 0.9
+    assert adjusted_rand_score(a.obs["full"], a.obs["sampled"]) > 0.9
+
+
+def test_deepst_clusterings_on_a_sample_and_edges_per_epoch(monkeypatch):
+    a = em.datasets.synthetic_domains(900, 3, 100, seed=0)
+    monkeypatch.setattr(_cluster, "SAMPLE_MAX", 300)
+    monkeypatch.setattr(deepst_model, "EDGE_SAMPLE_MAX", 2_000)
+    n = torch.get_num_threads()
+    spatial_detect_domains_deepst(a, n_domains=3, pre_epochs=60, epochs=30, seed=0, stable=False, use_gpu=False,
+                                  key_added="d")
+    assert torch.get_num_threads() == n  # one thread inside, restored after
+    assert a.uns["d"]["cluster_sample"] == 300 and a.uns["d"]["edge_sample"] == 2_000
+    assert a.obs["d.domain"].nunique() == 3
+    assert adjusted_rand_score(a.obs["domain"].astype(str), a.obs["d.domain"]) > 0.6
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepST's neighbour weights
+# ------------------------------------------------------------------------------------------------
+def _top_by_rows(weights: sp.csr_matrix, k: int) -> np.ndarray:
+    """The rule written row by row: the k largest (ties: smaller column), rescaled to sum 1."""
+    out = np.zeros(weights.shape)
+    for i in range(weights.shape[0]):
+        cols = weights.indices[weights.indptr[i] : weights.indptr[i + 1]]
+        vals = weights.data[weights.indptr[i] : weights.indptr[i + 1]]
+        order = sorted(range(len(cols)), key=lambda t: (-vals[t], cols[t]))[:k]
+        total = vals[order].sum() if order else 0
+        if total > 0:
+            out[i, cols[order]] = vals[order] / total
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_neighbour_weights_vectorised(dtype):
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        n = int(rng.integers(2, 40))
+        w = sp.random(n, n, density=0.3, random_state=trial, format="csr")
+        w.data = (np.round(w.data * 4) / 4).astype(dtype)  # ties and explicit zeros
+        for k in (1, 3, 5):
+            top = deepst_graph.top_neighbour_weights(w, k)
+            assert top.dtype == dtype
+            np.testing.assert_allclose(top.toarray(), _top_by_rows(w, k), rtol=0, atol=1e-7)
+            assert top.getnnz(1).max(initial=0) <= k
+
+
+def test_spot_weights_by_blocks_match_one_pass(monkeypatch):
+    xy, _ = em.datasets.visium_hex_grid(500)
+    rng = np.random.default_rng(0)
+    pcs, img = rng.normal(size=(500, 10)).astype(np.float32), rng.normal(size=(500, 5))
+    whole = deepst_graph.spot_weights(xy, pcs, img, spatial_k=30)
+    ind, _ = deepst_graph.knn_indices(xy, 30)
+    rows, cols = np.repeat(np.arange(500), 30), ind.ravel()
+    corr = np.clip(deepst_graph._row_correlation(pcs[rows], pcs[cols]), 0, None)
+    cos = np.clip(deepst_graph._row_cosine(img[rows], img[cols]), 0, None)
+    np.testing.assert_allclose(whole[rows, cols].A1, corr * cos, rtol=1e-6)
+    monkeypatch.setattr(deepst_graph, "_BLOCK_ENTRIES", 1_000)  # blocks of 33 spots
+    blocked = deepst_graph.spot_weights(xy, pcs, img, spatial_k=30)
+    assert blocked.dtype == whole.dtype and (blocked != whole).nnz == 0
