@@ -137,6 +137,30 @@ def test_score_test_on_blocks_of_bins(hd):
     assert a.var.equals(before)
 
 
+def test_score_test_on_blocks_calibrated_on_permuted_genes(hd):
+    """Each gene's bins permuted on its own (no spatial pattern left): the block score test's calibrated p-values
+    are uniform, overall and for sparse and deep genes apart."""
+    from experimat.methods.svg import spatial_svg_score
+
+    a = hd.copy()
+    X = sp.csc_matrix(a.layers["counts"])
+    rng = np.random.default_rng(5)
+    for g in range(X.shape[1]):
+        sl = slice(X.indptr[g], X.indptr[g + 1])
+        X.indices[sl] = rng.permutation(X.shape[0])[X.indices[sl]]
+    a.layers["perm"] = sp.csr_matrix(X)
+    res = spatial_svg_score(a, layer="perm", block_size=2, n_null=2000, use_gpu=False, seed=3)
+    assert a.uns["spatialde"]["n_blocks"] >= 700
+    p = res["pval"].to_numpy()
+    ok = np.isfinite(p)
+    assert ok.sum() >= 300
+    assert stats.kstest(p[ok], "uniform").pvalue > 0.001
+    assert 0.02 <= np.mean(p[ok] < 0.05) <= 0.08 and (res["padj"] < 0.05).sum() <= 1
+    depth = np.asarray(X.sum(0)).ravel()
+    for part in (ok & (depth < np.median(depth[ok])), ok & (depth >= np.median(depth[ok]))):
+        assert stats.kstest(p[part], "uniform").pvalue > 0.001
+
+
 def test_direct_calls_record_the_seed_used():
     """Called directly (not through the runner), each test records the seed it drew its permutations with."""
     from experimat.methods.svg import spatial_svg_gp
