@@ -458,16 +458,17 @@ def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((labels[idx[:, 1:]] == labels[:, None]).mean())
 
 
-INTEGRATION_VARIANTS = ("ours", "ours_harmony", "ours_as_ref", "single", "ref")
+INTEGRATION_VARIANTS = ("ours", "ours_no_prior", "ours_harmony", "ours_as_ref", "single", "ref")
 
 
 def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_) -> list[dict]:
     """Shared domains across sections: synthetic sections with section effects and known shared
     domains (pooled ARI), the 4 ST olfactory bulb and 8 ST hippocampus sections (domains present in
-    every section; neighbour agreement of the integrated domains against single-section runs).
-    Ours (default: stable consensus, per-section centering) vs ours as the reference
-    (stable=False, batch_correction="none") vs multiSpaGCN 1.2.7; ``variants`` limits the runs
-    (``single``: single-section runs, ``ref``: multiSpaGCN)."""
+    every section; neighbour agreement of the integrated domains against single-section runs at the
+    same n_clusters, without and with the spatial prior). Ours (default: stable consensus,
+    per-section centering, spatial prior 1) vs ours without the prior, with Harmony, and as the
+    reference (stable=False, batch_correction="none", no prior) vs multiSpaGCN 1.2.7; ``variants``
+    limits the runs (``single``: single-section runs with and without the prior, ``ref``: multiSpaGCN)."""
     import experimat as em
     from experimat.methods.domains.spagcn import integrate_domains_spagcn, spatial_detect_domains_spagcn
 
@@ -495,8 +496,9 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
             row["truth_in_every_section"] = int(sum(all(d in set(v) for v in truth.values()) for d in domains))
         runs = (
             ("ours", {}),
+            ("ours_no_prior", {"spatial_prior": 0.0}),
             ("ours_harmony", {"batch_correction": "harmony"}),
-            ("ours_as_ref", {"stable": False, "batch_correction": "none"}),
+            ("ours_as_ref", {"stable": False, "batch_correction": "none", "spatial_prior": 0.0}),
         )
         for label, kw in runs:
             if label not in variants:
@@ -513,20 +515,35 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
             row[f"{label}_neighbour_agreement"] = float(
                 np.mean([_neighbour_agreement(a.obsm["spatial"], labs[s], nn) for s, a in samples.items()])
             )
+            if f"{label}.refined" in samples[next(iter(samples))].obs:
+                row[f"{label}_neighbour_agreement_refined"] = float(
+                    np.mean(
+                        [
+                            _neighbour_agreement(a.obsm["spatial"], a.obs[f"{label}.refined"].astype(str), nn)
+                            for a in samples.values()
+                        ]
+                    )
+                )
             if truth:
                 row[f"{label}_ari_pooled"] = _ari(pd.concat(truth.values()), pd.concat(labs.values()))
                 row[f"{label}_ari_pooled_refined"] = _ari(
                     pd.concat(truth.values()),
                     pd.concat(a.obs[f"{label}.refined"].astype(str) for a in samples.values()),
                 )
-        if "single" in variants:
+        # single-section runs at the same n_clusters: the default (no spatial prior) and with the
+        # integration's default prior, for a comparison on equal terms
+        for label, prior in (("single", 0.0), ("single_prior", 1.0)):
+            if "single" not in variants:
+                break
             single = []
             t = time.perf_counter()
             for a in samples.values():
-                df = spatial_detect_domains_spagcn(a, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False)
+                df = spatial_detect_domains_spagcn(
+                    a, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False, spatial_prior=prior
+                )
                 single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
-            row["single_section_s"] = time.perf_counter() - t
-            row["single_neighbour_agreement"] = float(np.mean(single))
+            row[f"{label}_section_s"] = time.perf_counter() - t
+            row[f"{label}_neighbour_agreement"] = float(np.mean(single))
         ref = _reference_multi(samples, k, seed) if "ref" in variants else None
         if ref is not None:
             rdf, t_ref, _ = ref
@@ -608,8 +625,9 @@ _SUMMARY = {
     ).split(),
     "spagcn-integration": (
         "case ours_ari_pooled ref_ari_pooled ari_pooled_ratio ours_in_every_section ours_domains "
-        "ref_in_every_section ref_domains ours_neighbour_agreement ref_neighbour_agreement "
-        "single_neighbour_agreement ours_s ref_s time_ratio load"
+        "ref_in_every_section ref_domains ours_neighbour_agreement ours_neighbour_agreement_refined "
+        "ours_no_prior_neighbour_agreement ref_neighbour_agreement single_neighbour_agreement "
+        "single_prior_neighbour_agreement ours_s ref_s time_ratio load"
     ).split(),
 }
 

@@ -58,34 +58,39 @@ def pairwise_ari(runs: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def consensus_labels(runs: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
+def consensus_labels(runs: Sequence[np.ndarray], probs: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
     """Relabel every run onto the medoid run and take each spot's majority label.
 
     Parameters
     ----------
     runs
         Label vectors of the same spots, one per run (any hashable labels).
+    probs
+        Optional soft assignments, one spots x domains matrix per run, whose column ``c`` is the
+        probability of label ``c`` of that run (``runs[i]`` then holds column indices).
 
     Returns
     -------
     ``(labels, info)``: integer labels ``0..k-1`` numbered by decreasing size, and ``info`` with the
     mean pairwise ARI between the runs (``run_agreement``), the medoid run's index and, per spot,
-    the fraction of runs agreeing with the consensus (``support``).
+    the fraction of runs agreeing with the consensus (``support``). With ``probs``, ``info['prob']``
+    is the runs' mean soft assignment relabelled the same way (spots x k, columns in the order of
+    ``labels``; the probability of a run's label that matches no consensus label is dropped and each
+    row renormalised).
     """
     from scipy.optimize import linear_sum_assignment
 
-    coded = [_codes(r)[1] for r in runs]
+    valued = [_codes(r) for r in runs]
+    coded = [c for _, c in valued]
     n = coded[0].shape[0]
-    if len(coded) == 1:
-        labels = coded[0]
-        return _by_size(labels), {"run_agreement": 1.0, "medoid": 0, "support": np.ones(n)}
-    ari = pairwise_ari(coded)
     m = len(coded)
-    mean_ari = (ari.sum(1) - 1.0) / (m - 1)
+    ari = pairwise_ari(coded) if m > 1 else np.ones((1, 1))
+    mean_ari = (ari.sum(1) - 1.0) / max(m - 1, 1)
     medoid = int(np.argmax(mean_ari))
     ref = coded[medoid]
     k = int(ref.max()) + 1
     votes = np.zeros((n, k), dtype=np.float64)
+    soft = np.zeros((n, k), dtype=np.float64) if probs is not None else None
     for i, codes in enumerate(coded):
         kr = int(codes.max()) + 1
         table = _contingency(codes, ref, kr, k)
@@ -96,10 +101,20 @@ def consensus_labels(runs: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
         ok = mapped >= 0  # labels of a run with more domains than the reference abstain
         # the medoid breaks ties: its vote counts a little more
         votes[np.nonzero(ok)[0], mapped[ok]] += 1.0 + (1e-3 if i == medoid else 0.0)
-    labels = votes.argmax(1)
-    support = np.floor(votes[np.arange(n), labels]) / m
+        if soft is not None:
+            columns = np.asarray(valued[i][0], dtype=np.int64)
+            soft[:, cols] += np.asarray(probs[i], dtype=np.float64)[:, columns[rows]]
+    raw = votes.argmax(1)
+    labels = _by_size(raw)
+    support = np.floor(votes[np.arange(n), raw]) / m
     pairs = ari[np.triu_indices(m, 1)]
-    return _by_size(labels), {"run_agreement": float(pairs.mean()), "medoid": medoid, "support": support}
+    info = {"run_agreement": float(pairs.mean()) if m > 1 else 1.0, "medoid": medoid, "support": support}
+    if soft is not None:
+        order = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+        order[labels] = raw  # consensus label -> column of the medoid's numbering
+        prob = soft[:, order]
+        info["prob"] = prob / np.maximum(prob.sum(1, keepdims=True), 1e-300)
+    return labels, info
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from experimat.methods._options import option_ranges
 from experimat.methods._torch import torch_device
 
 from .. import _consensus
-from .._common import check_stable
+from .._common import check_spatial_prior, check_stable
 from .._correct import harmonize
 from . import _graph, _model
 
@@ -155,7 +155,8 @@ def _cluster(ax, *, n_clusters, init, seed, stable, n_runs, lr, max_epochs, tol,
     if not stable:
         with torch.random.fork_rng(devices=[]):
             fit = _model.fit_gcdec(ax, seed=seed, resolution=resolution, **kwargs)
-        return fit.labels, {"resolution": fit.resolution, "init_used": fit.init, "n_epochs": [int(fit.n_epochs)]}
+        info = {"resolution": fit.resolution, "init_used": fit.init, "n_epochs": [int(fit.n_epochs)], "prob": fit.prob}
+        return fit.labels, info
     runs, fits = [], []
     res_start = 0.4
     seeds = _consensus.run_seeds(seed, n_runs)
@@ -174,7 +175,7 @@ def _cluster(ax, *, n_clusters, init, seed, stable, n_runs, lr, max_epochs, tol,
             res_start = float(fit.resolution)  # later runs start their search where the first one ended
         runs.append(fit.labels)
         fits.append(fit)
-    labels, info = _consensus.consensus_labels(runs)
+    labels, info = _consensus.consensus_labels(runs, probs=[f.prob for f in fits])
     if n_runs > 1:
         logger.info(f"    {n_runs} runs agree at mean ARI {info['run_agreement']:.3f}")
     return labels, {
@@ -184,6 +185,7 @@ def _cluster(ax, *, n_clusters, init, seed, stable, n_runs, lr, max_epochs, tol,
         "run_seeds": seeds,
         "run_agreement": info["run_agreement"],
         "support": info["support"],
+        "prob": info["prob"],
     }
 
 
@@ -198,7 +200,24 @@ def _store_extra(info: dict) -> dict:
         extra["run_seeds"] = [int(s) for s in info["run_seeds"]]
         extra["run_agreement"] = float(info["run_agreement"])
         extra["mean_support"] = float(np.mean(info["support"]))
+    if "prior_changed" in info:
+        extra["prior_changed"] = float(info["prior_changed"])
     return extra
+
+
+def _spatial_prior(labels, info, sections: list[_Section], beta: float):
+    """The model's labels under the Potts prior (:mod:`.._potts`), each section's own spot lattice."""
+    from scipy import sparse
+
+    from .. import _potts
+
+    if beta <= 0:
+        return labels
+    adjacency = sparse.block_diag([_potts.lattice_neighbours(sec.xy) for sec in sections], format="csr")
+    smoothed, sweeps = _potts.potts_labels(info["prob"], labels, adjacency, beta)
+    info["prior_changed"] = float(np.mean(smoothed != labels))
+    logger.info(f"    spatial prior {beta:g}: {info['prior_changed']:.1%} of spots relabelled in {sweeps} sweeps")
+    return smoothed
 
 
 def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_correction: str):
@@ -213,6 +232,7 @@ def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_corre
     check_positive_int("n_pcs", params["n_pcs"])
     check_positive_int("max_epochs", params["max_epochs"])
     check_stable(params["stable"], params["n_runs"])
+    params["spatial_prior"] = check_spatial_prior(params["spatial_prior"])
     names = list(adatas)
     genes = None
     if len(names) > 1:
@@ -246,6 +266,7 @@ def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_corre
     labels, info = _cluster(ax, seed=seed, device=device, **{k: params[k] for k in keys})
     big = ax.shape[0] > cluster_blocks.SAMPLE_MAX  # the initial clusterings ran on a sample (size rule)
     info["init_sample"] = cluster_blocks.SAMPLE_MAX if big else "none"
+    labels = _spatial_prior(labels, info, sections, params["spatial_prior"])
     return labels, info, sections, offsets
 
 
@@ -269,7 +290,7 @@ def _resolve(params: dict) -> dict:
     return params
 
 
-@option_ranges(p="(0, 1)", alpha="[0, inf)")
+@option_ranges(p="(0, 1)", alpha="[0, inf)", spatial_prior="[0, inf)")
 def spatial_detect_domains_spagcn(
     adata: AnnData,
     *,
@@ -289,6 +310,7 @@ def spatial_detect_domains_spagcn(
     tol: float = 5e-3,
     stable: bool = True,
     n_runs: int = 3,
+    spatial_prior: float = 0.0,
     spatial_key: str = Key.SPATIAL,
     library_id: str | None = None,
     seed: int | None = None,
@@ -350,6 +372,12 @@ def spatial_detect_domains_spagcn(
         comparisons).
     n_runs
         Runs of the consensus (``stable=True``); the cost grows about linearly with it.
+    spatial_prior
+        Strength ``beta`` of a Potts prior over the spot lattice (a hidden Markov random field, as
+        BayesSpace): the labels maximise the model's log-probability plus ``beta`` times the fraction
+        of a spot's lattice neighbours (4 on ST, 6 on Visium) sharing its label, by iterated
+        conditional modes from the model's labels (:mod:`experimat.methods.domains._potts`), so only
+        spots the model is unsure of change. ``0`` (default): SpaGCN's labels as they are.
     spatial_key
         ``obsm`` key of the coordinates.
     library_id
@@ -403,7 +431,7 @@ def spatial_detect_domains_spagcn(
 
 
 @renamed_options(result_key="key_added")
-@option_ranges(p="(0, 1)", alpha="[0, inf)")
+@option_ranges(p="(0, 1)", alpha="[0, inf)", spatial_prior="[0, inf)")
 def integrate_domains_spagcn(
     adatas: Mapping[str, AnnData],
     *,
@@ -426,6 +454,7 @@ def integrate_domains_spagcn(
     tol: float = 5e-3,
     stable: bool = True,
     n_runs: int = 3,
+    spatial_prior: float = 1.0,
     spatial_key: str = Key.SPATIAL,
     seed: int | None = 100,
     use_gpu: bool = True,
@@ -490,6 +519,15 @@ def integrate_domains_spagcn(
         comparisons).
     n_runs
         Runs of the consensus (``stable=True``); the cost grows about linearly with it.
+    spatial_prior
+        Strength ``beta`` of a Potts prior over each sample's spot lattice, as in
+        :func:`spatial_detect_domains_spagcn`. Default 1: domains shared by several sections are
+        clustered in a joint embedding that carries what is left of the section effects, and its
+        labels are less spatially coherent than single-section ones at the same ``n_clusters`` (8 ST
+        hippocampus sections, 10 domains: neighbour agreement 0.63 against 0.69); the prior brings
+        them level with single-section runs without it (0.68; 3.8% of spots relabelled). With the
+        same prior on both, single sections stay 0.05 ahead (0.73): sharing domains between sections
+        costs that much coherence. ``0``: the model's labels as they are.
     spatial_key
         ``obsm`` key of the coordinates.
     seed
