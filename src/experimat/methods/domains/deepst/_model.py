@@ -178,8 +178,9 @@ def train_deepst(
             mse = F.mse_loss(recon, x)
             neg = torch.randint(0, n, (2, min(n_pos, EDGE_SAMPLE_MAX)), device=device)
             edges = pos if n_pos <= EDGE_SAMPLE_MAX else pos[:, torch.randint(0, n_pos, (EDGE_SAMPLE_MAX,), device=device)]
-            lp = (z[edges[0]] * z[edges[1]]).sum(1)
-            ln = (z[neg[0]] * z[neg[1]]).sum(1)
+            # index_select: its backward (index_add) is faster than advanced indexing's (index_put)
+            lp = (z.index_select(0, edges[0]) * z.index_select(0, edges[1])).sum(1)
+            ln = (z.index_select(0, neg[0]) * z.index_select(0, neg[1])).sum(1)
             bce = F.softplus(-lp).mean() + F.softplus(ln).mean()
             kld = -0.5 / n * torch.mean(torch.sum(1 + 2 * logstd - mu**2 - torch.exp(logstd) ** 2, 1))
             loss = cfg.mse_weight * mse + cfg.bce_kld_weight * (bce + kld)
