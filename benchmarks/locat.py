@@ -481,15 +481,17 @@ def sources(a, name: str) -> None:
 
 
 def fractions(df: pd.DataFrame | None, label: str):
+    """Permuted genes significant at 0.05, overall and (concentration) by expressing fraction band."""
     if df is None:
         return
     tested = df[np.isfinite(df["pval"].astype(float))]
-    f = {
-        c: float(tested[c].astype(str).isin(["True", "1", "true"]).mean())
-        for c in ("is_conc_sig", "is_depl_sig", "is_joint_sig")
-    }
-    print(f"[cal ] {label}: permuted genes significant at 0.05: conc {f['is_conc_sig']:.3f}, "
-          f"depl {f['is_depl_sig']:.3f}, joint {f['is_joint_sig']:.3f} (n={len(tested)})")  # fmt: skip
+    sig = {c: tested[c].astype(str).isin(["True", "1", "true"]) for c in ("is_conc_sig", "is_depl_sig", "is_joint_sig")}
+    print(f"[cal ] {label}: permuted genes significant at 0.05: conc {sig['is_conc_sig'].mean():.3f}, "
+          f"depl {sig['is_depl_sig'].mean():.3f}, joint {sig['is_joint_sig'].mean():.3f} (n={len(tested)})")  # fmt: skip
+    edges = np.quantile(tested["sample_size"].astype(float), np.linspace(0, 1, 7))
+    band = np.clip(np.searchsorted(edges, tested["sample_size"].astype(float), side="right") - 1, 0, 5)
+    print(f"[cal ] {label}: conc by expressing-cell band (sextiles of m): " + "; ".join(
+        f"{edges[b]:.0f}-{edges[b + 1]:.0f}: {sig['is_conc_sig'][band == b].mean():.3f}" for b in range(6)))  # fmt: skip
 
 
 def markers(df: pd.DataFrame, adata, label: str, top: int = 50):

@@ -61,73 +61,110 @@ def initial_centres(agg: np.ndarray, ls: Landscape, k_slots: int) -> np.ndarray:
 
 def _batch_size(n: int, d: int, n_lam: int, k_slots: int, n_at: int, n_items: int, n_fits: int) -> int:
     budget = 256 * 2**20 / 4  # float32 elements of working memory per batch
-    per_item = n * (n_fits * (1 + d + d * d) + n_fits * n_lam + 2 * n_fits * k_slots + 8)
+    per_item = n * (n_fits * (2 + d + d * d) + n_fits * n_lam + 2 * n_fits * k_slots + 8)
     per_item += n_fits * n_at * k_slots * d * d * 4
     gb = int(max(1, min(256, budget // per_item, n_items)))
     return 1 << math.floor(math.log2(gb))
 
 
+def _slots(is_null: np.ndarray, n_fits: int) -> np.ndarray:
+    """Items per compiled slot ``(slots, n_fits)`` (-1: none). A gene's slot fits it and its ``n_fits - 1``
+    depletion halves; a pseudo-gene needs only its own fit (no depletion scan), so a null slot fits
+    ``n_fits`` pseudo-genes in the same rows: the null gets that many more draws at no extra cost."""
+    real, null = np.flatnonzero(~is_null), np.flatnonzero(is_null)
+    out = np.full((real.size + -(-null.size // n_fits), n_fits), -1, dtype=np.int64)
+    out[: real.size, 0] = real
+    pad = np.full(-(-null.size // n_fits) * n_fits, -1, dtype=np.int64)
+    pad[: null.size] = null
+    out[real.size :] = pad.reshape(-1, n_fits)
+    return out
+
+
 def score_items(
-    Wi, ncomp: np.ndarray, ls: Landscape, *, n_splits: int, seed: int, batch_size: int | None
+    Wi, ncomp: np.ndarray, ls: Landscape, *, n_splits: int, seed: int, batch_size: int | None, is_null: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Fit every item's mixture and score it: raw concentration score, sensitivity, log-likelihood sum,
-    and the depletion scan p-value and maximal deficit (Cauchy combination over ``n_splits`` random
-    halvings of the expressing cells)."""
+    and, for the genes (not the pseudo-genes ``is_null``), the depletion scan p-value and maximal deficit
+    (Cauchy combination over ``n_splits`` random halvings of the expressing cells)."""
     import jax
     import jax.numpy as jnp
 
     n, d = ls.emb.shape
-    n_items = Wi.shape[1]
     dtype = np.float32
     m_arr = np.diff(Wi.indptr)
     k_slots = int(ncomp.max())
-    n_lam = ls.lambdas.size
     fits = 1 + n_splits
-    gb = batch_size or _batch_size(n, d, n_lam, k_slots, ls.centres.shape[0], n_items, fits)
+    slots = _slots(np.asarray(is_null, dtype=bool), fits)
+    gb = batch_size or _batch_size(n, d, ls.lambdas.size, k_slots, ls.centres.shape[0], slots.shape[0], fits)
     put = lambda a: jax.device_put(jnp.asarray(a), ls.device)  # noqa: E731
     emb_j, logf0_j, centres_j = put(ls.emb.astype(dtype)), put(ls.logf0.astype(dtype)), put(ls.centres.astype(dtype))
     log_lam = put(np.log(ls.lambdas).astype(dtype))
-    fast_compile = n * n_items <= _FAST_COMPILE_MAX_WORK
+    fast_compile = n * slots.shape[0] <= _FAST_COMPILE_MAX_WORK
     split_rng = np.random.default_rng([seed, 1])
-    out = {k: np.full(n_items, np.nan) for k in ("raw", "sens", "llsum", "pdep", "maxdef")}
-    batches = [np.arange(i0, min(i0 + gb, n_items)) for i0 in range(0, n_items, gb)]
+    out = {k: np.full(Wi.shape[1], np.nan) for k in ("raw", "sens", "llsum", "pdep", "maxdef")}
+    batches = [np.arange(i0, min(i0 + gb, slots.shape[0])) for i0 in range(0, slots.shape[0], gb)]
     with ProgressBar(len(batches), description="LOCAT genes") as bar:
         for sel in batches:
-            nb = sel.size
-            wts = np.zeros((gb, n), dtype=dtype)
-            wts[:nb] = Wi[:, sel].toarray().T
-            wts[nb:, :3] = 1.0  # padding rows: any valid gene
-            valid = wts > 0
-            ina = valid[None] & (split_rng.random((n_splits, gb, n)) < 0.5)  # random halves A of the expressing cells
-            na = ina.sum(axis=2)  # (splits, gb)
-            kk = np.ones(gb, dtype=int)
-            kk[:nb] = ncomp[sel]
-            ks = np.concatenate([kk, np.maximum(1, np.minimum(kk[None], na // 5)).ravel()])
-            act = np.arange(k_slots)[None, :] < ks[:, None]  # (fits * gb, k_slots)
-            agg = ls.atom_sums(np.concatenate([wts, np.where(ina, wts[None], 0).reshape(-1, n)]))
-            mu0 = initial_centres(agg, ls, k_slots)
-            res = _batch_scores(
-                fast_compile,
-                emb_j, logf0_j, put(agg), centres_j, put(wts), put(ina), put(act), put(mu0.astype(dtype)),
-                dtype(ls.reg), log_lam,
-            )  # fmt: skip
-            raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64) for o in res)
-            out["raw"][sel], out["sens"][sel], out["llsum"][sel] = raw[:nb], sens[:nb], llsum[:nb]
-            # depletion scan per split (cross-fitted, hypergeometric lower tail), then combined over splits
-            mm = m_arr[sel].astype(np.float64)
-            pd_, md_ = zip(
-                *(
-                    _depletion_pvalues(k_r[s, :nb], k_b[s, :nb], mm - na[s, :nb], n - na[s, :nb])
-                    for s in range(n_splits)
-                ),
-                strict=True,
-            )
-            from ._null import cauchy_combine_rows
-
-            out["pdep"][sel] = cauchy_combine_rows(np.stack(pd_, axis=1)) if n_splits > 1 else pd_[0]
-            out["maxdef"][sel] = np.mean(np.stack(md_, axis=1), axis=1)
+            items = np.full((gb, fits), -1, dtype=np.int64)
+            items[: sel.size] = slots[sel]
+            _score_batch(Wi, ncomp, m_arr, is_null, items, ls, split_rng, out, put, fast_compile,
+                         (emb_j, logf0_j, centres_j, log_lam))  # fmt: skip
             bar.update()
     return out
+
+
+def _score_batch(Wi, ncomp, m_arr, is_null, items, ls, split_rng, out, put, fast_compile, dev) -> None:
+    """One compiled batch: ``items`` ``(gb, 1 + n_splits)``: a gene (column 0; its depletion halves in the
+    other rows) or up to ``1 + n_splits`` pseudo-genes per slot; -1 pads. Writes the items' scores into
+    ``out``."""
+    gb, n_splits = items.shape[0], items.shape[1] - 1
+    n = ls.emb.shape[0]
+    dtype = np.float32
+    main = items[:, 0]
+    gene = (main >= 0) & ~np.asarray(is_null, dtype=bool)[np.maximum(main, 0)]
+    wts = np.zeros((gb, n), dtype=dtype)
+    wts[main >= 0] = Wi[:, main[main >= 0]].toarray().T
+    wts[main < 0, :3] = 1.0  # padding rows: any valid item
+    ina = (wts > 0)[None] & (split_rng.random((n_splits, gb, n)) < 0.5)  # random halves A of the expressing cells
+    na = ina.sum(axis=2)  # (splits, gb)
+    kk = np.where(main >= 0, ncomp[np.maximum(main, 0)], 1)
+    k_half = np.maximum(1, np.minimum(kk[None], na // 5))  # (splits, gb)
+    half = np.where(ina, wts[None], 0).astype(dtype)
+    for s in range(n_splits):
+        extra = items[:, 1 + s]
+        has = extra >= 0  # null slot: this row fits another pseudo-gene instead of a half
+        if has.any():
+            half[s, has] = Wi[:, extra[has]].toarray().T
+            k_half[s, has] = ncomp[extra[has]]
+    ks = np.concatenate([kk, k_half.ravel()])
+    act = np.arange(int(ncomp.max()))[None, :] < ks[:, None]  # (fits * gb, k_slots)
+    wts_all = np.concatenate([wts, half.reshape(-1, n)])
+    agg = ls.atom_sums(wts_all)
+    mu0 = initial_centres(agg, ls, act.shape[1])
+    emb_j, logf0_j, centres_j, log_lam = dev
+    res = _batch_scores(
+        fast_compile,
+        emb_j, logf0_j, put(agg), centres_j, put(wts_all), put(ina), put(act), put(mu0.astype(dtype)),
+        dtype(ls.reg), log_lam,
+    )  # fmt: skip
+    raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64) for o in res)
+    rows = items.T.ravel()  # row r of the fits holds item rows[r] (column-major: main rows, then each split's)
+    fit = rows >= 0
+    for key, val in (("raw", raw), ("sens", sens), ("llsum", llsum)):
+        out[key][rows[fit]] = val[fit]
+    if not gene.any():
+        return
+    g = np.flatnonzero(gene)
+    # depletion scan per split (cross-fitted, hypergeometric lower tail), then combined over splits
+    mm = m_arr[main[g]].astype(np.float64)
+    pd_, md_ = zip(
+        *(_depletion_pvalues(k_r[s, g], k_b[s, g], mm - na[s, g], n - na[s, g]) for s in range(n_splits)),
+        strict=True,
+    )
+    from ._null import cauchy_combine_rows
+
+    out["pdep"][main[g]] = cauchy_combine_rows(np.stack(pd_, axis=1)) if n_splits > 1 else pd_[0]
+    out["maxdef"][main[g]] = np.mean(np.stack(md_, axis=1), axis=1)
 
 
 def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, min_deficit=0.04):
@@ -167,23 +204,25 @@ def _make_batch_scores(fast_compile: bool):
 
     from . import _gmm
 
-    def batch_scores(emb, logf0, agg, centres, wts, ina, act, mu0, reg, log_lam):
-        """``wts`` ``(b, n)``; ``ina`` ``(splits, b, n)``; ``agg``, ``act``, ``mu0``: the ``b`` full fits, then
-        ``b`` half-A fits per split."""
-        valid = wts > 0
+    def batch_scores(emb, logf0, agg, centres, wts_all, ina, act, mu0, reg, log_lam):
+        """``wts_all`` ``((1 + splits) b, n)``: the weights of every fit (``b`` slots, then each split's ``b``
+        rows); ``ina`` ``(splits, b, n)``: the halves A of the slots' main items; ``agg``, ``act``, ``mu0``: per
+        fit. Scores every fit; the depletion counts are for the slots' main items."""
         s, mean, scat = _gmm.group_stats(agg, centres)
         fit = partial(_gmm.fit_gmm_grouped, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL)
         pi, mu, chol = jax.vmap(fit, in_axes=(0, 0, 0, 0, 0, None))(mu0, s, mean, scat, act, reg)
         logf = _gmm.batch_logpdf(emb, pi, mu, chol, act)  # ((1 + splits) b, n)
-        b = wts.shape[0]
-        logf1, logf1a = logf[:b], logf[b:].reshape(ina.shape)
-        m = jnp.sum(valid, axis=1)
+        valid_all = wts_all > 0
+        m = jnp.sum(valid_all, axis=1)
         q = jnp.sqrt(m / emb.shape[0])
-        ratio = jnp.tanh(0.5 * (logf1 - logf0[None, :]))  # (f1 - f0) / (f1 + f0)
-        raw = (q * (1 - q)) * jnp.sum(wts * ratio, axis=1) / jnp.maximum(jnp.sum(wts, axis=1), 1e-30)
-        sens = jnp.sum(valid & (logf1 > logf0[None, :]), axis=1) / jnp.maximum(m, 1)
-        llsum = jnp.sum(jnp.where(valid, logf1, 0.0), axis=1)
+        ratio = jnp.tanh(0.5 * (logf - logf0[None, :]))  # (f1 - f0) / (f1 + f0)
+        raw = (q * (1 - q)) * jnp.sum(wts_all * ratio, axis=1) / jnp.maximum(jnp.sum(wts_all, axis=1), 1e-30)
+        sens = jnp.sum(valid_all & (logf > logf0[None, :]), axis=1) / jnp.maximum(m, 1)
+        llsum = jnp.sum(jnp.where(valid_all, logf, 0.0), axis=1)
         # depletion: each half-A fit evaluated at all cells
+        b = ina.shape[1]
+        valid = valid_all[:b]
+        logf1a = logf[b:].reshape(ina.shape)
         in_r = logf0[None, None, None, :] > (log_lam[None, None, :, None] + logf1a[:, :, None, :])  # (S, b, L, n)
         a_mask = ina & valid[None]
         b_mask = (~ina) & valid[None]

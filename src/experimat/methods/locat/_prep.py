@@ -173,9 +173,12 @@ def item_weights(
 ) -> tuple[sp.csc_matrix, np.ndarray]:
     """Cell weights of the items LOCAT scores: the eligible genes, then ``n_null`` permuted pseudo-genes.
 
-    Pseudo-genes copy real eligible genes at evenly spaced quantiles of the number of expressing cells,
-    each with its values permuted across cells (so their weights look like real genes' weights).
-    Returns the ``cells x items`` weights (CSC) and each item's gene index (-1: pseudo-gene).
+    Pseudo-genes copy real eligible genes, each with its values permuted across cells (so their weights
+    look like real genes' weights): a quarter at evenly spaced quantiles of the number of expressing
+    cells ``m`` (where most genes are), the rest at evenly spaced values of ``log m`` over the tested
+    range (the gene with the nearest ``m``), so that the null is resolved at every expression level,
+    also where few genes lie and where it changes fastest (few expressing cells). Returns the
+    ``cells x items`` weights (CSC) and each item's gene index (-1: pseudo-gene).
     """
     n = X.shape[0]
     Wi = _smoothed(X, C)[:, eligible]
@@ -183,12 +186,22 @@ def item_weights(
     if eligible.size:
         n_expr = np.diff(X.indptr)
         order = eligible[np.argsort(n_expr[eligible], kind="stable")]
-        picks = order[np.minimum((np.arange(n_null) + 0.5) / n_null * order.size, order.size - 1).astype(int)]
-        Xp = X[:, picks].tocoo()
-        perms = np.argsort(rng.random((picks.size, n)), axis=1)  # one permutation of the cells per pseudo-gene
-        # cell i of the pseudo-gene takes the value of cell perm[i]: the value at cell c moves to inv[c]
-        inv = np.argsort(perms, axis=1)
-        Xn = sp.csc_matrix((Xp.data, (inv[Xp.col, Xp.row], Xp.col)), shape=(n, picks.size))
+        n_q = n_null // 4
+        picks_q = order[np.minimum((np.arange(n_q) + 0.5) / n_q * order.size, order.size - 1).astype(int)]
+        log_m = np.log(n_expr[order].astype(np.float64))
+        targets = np.linspace(log_m[0], log_m[-1], n_null - n_q)
+        hi = np.minimum(np.searchsorted(log_m, targets), order.size - 1)
+        lo = np.maximum(hi - 1, 0)
+        val = np.where(np.abs(targets - log_m[lo]) <= np.abs(log_m[hi] - targets), log_m[lo], log_m[hi])
+        # the gene with the nearest m; one of them at random where several genes have that m
+        first, last = np.searchsorted(log_m, val, "left"), np.searchsorted(log_m, val, "right")
+        picks = np.concatenate([picks_q, order[first + rng.integers(0, last - first)]])
+        Xp = X[:, picks].tocsc()
+        # the gene's values permuted across cells: its expressing cells' values go to m cells drawn at random
+        # without replacement (the image of its expressing cells under a random permutation)
+        counts = np.diff(Xp.indptr)
+        rows = np.concatenate([rng.choice(n, int(c), replace=False) for c in counts])
+        Xn = sp.csc_matrix((Xp.data, (rows, np.repeat(np.arange(picks.size), counts))), shape=(n, picks.size))
         Wi = sp.hstack([Wi, _smoothed(Xn, C)], format="csc")
         items_gene = np.concatenate([items_gene, np.full(picks.size, -1)])
     Wi.sort_indices()

@@ -1,0 +1,117 @@
+"""LOCAT speed: experimat vs the reference ``locat`` 0.1.6, first call in a fresh process each.
+
+Data: scanpy's ``pbmc68k_reduced`` (700 cells, all 765 genes of its log-normalised ``raw``), the
+tutorial's settings (8 PCA dimensions), as in ``benchmarks/locat.py``. Each repetition starts ours,
+then the reference, each in its own fresh Python process on the same CPU set (this process's
+affinity), and records three times per tool:
+
+- ``process``: wall time of the whole child process (interpreter start, imports, reading the data,
+  the call, writing the table);
+- ``call``: wall time of the LOCAT call measured inside the child (for ours: ``locat(...)``, which
+  imports JAX and compiles its kernels; for the reference: ``LOCAT(...)`` to the end of ``gmm_scan``,
+  its JAX import excluded);
+- ``cpu``: user + system CPU seconds of the child.
+
+The ratio (reference / ours, i.e. ours' genes per second over the reference's) is printed for each,
+with the load average before and after every run. Run it under the heavy lock on the shared machine:
+
+    flock /work/.heavy.lock timeout 1200 env EXPERIMAT_REF_PYTHON_LOCAT=... python benchmarks/locat_speed.py
+
+The reference runs with one thread per BLAS/OpenMP pool and XLA's Eigen pool off (as in
+``benchmarks/locat.py``; with its default pools it ran several times slower on the loaded 2-core box);
+ours runs with its defaults (it turns the Eigen pool off itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from locat import load, pbmc  # noqa: E402  (benchmarks/locat.py)
+
+_OURS = (
+    "import sys, time, json, anndata as ad, experimat as em\n"
+    "from experimat.methods.locat import locat\n"
+    "em.settings.progress = False\n"
+    "a = ad.read_h5ad(sys.argv[1])\n"
+    "t = time.perf_counter(); df = locat(a, embedding='pca', n_dims=8, seed=0)\n"
+    "dt = time.perf_counter() - t\n"
+    "df.to_csv(sys.argv[2]); print(json.dumps({'seconds': dt, 'n_tested': int(df['pval'].notna().sum())}))\n"
+)
+
+
+def _child(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; its last stdout line is a JSON object with ``seconds`` (the call). Adds the process
+    wall time and the child's CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[:2]} failed:\n{r.stderr[-3000:]}")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"process": wall, "call": float(info["seconds"]), "cpu": cpu, "n_tested": info.get("n_tested")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=2, help="repetitions (ours then reference, each fresh)")
+    args = ap.parse_args()
+    ref_py = os.environ.get("EXPERIMAT_REF_PYTHON_LOCAT")
+    if not ref_py:
+        sys.exit("set EXPERIMAT_REF_PYTHON_LOCAT to the reference environment's python")
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    a = pbmc()
+    cores = sorted(os.sched_getaffinity(0))
+    print(f"pbmc68k_reduced: {a.n_obs} cells x {a.n_vars} genes; both tools on CPUs {cores}")
+    ref_env = {
+        **os.environ,
+        **{k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        "EXPERIMAT_REF_SEED": "0",
+        "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip(),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        p_ours, p_ref, p_out = Path(tmp) / "ours.h5ad", Path(tmp) / "ref.h5ad", Path(tmp) / "out.csv"
+        a.write_h5ad(p_ours)
+        slim = ad.AnnData(X=a.X, obs=pd.DataFrame(index=a.obs_names), var=pd.DataFrame(index=a.var_names))
+        slim.obsm["X_pca"] = np.asarray(a.obsm["X_pca"])
+        slim.write_h5ad(p_ref)
+        for rep in range(args.reps):
+            for tool, cmd, env in (
+                ("ours", [sys.executable, "-c", _OURS, str(p_ours), str(p_out)], None),
+                ("ref ", [ref_py, str(HERE / "_ref" / "locat_ref.py"), str(p_ref), str(p_out), "8"], ref_env),
+            ):
+                l0 = os.getloadavg()[0]
+                res = _child(cmd, env)
+                rows.append((rep, tool, res))
+                print(f"[spd ] rep {rep} {tool}: process {res['process']:.1f} s wall, call {res['call']:.1f} s, "
+                      f"cpu {res['cpu']:.1f} s; {res['n_tested']} genes tested; load {l0:.1f} -> "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    for rep in range(args.reps):
+        o = next(r for i, t, r in rows if i == rep and t == "ours")
+        f = next(r for i, t, r in rows if i == rep and t == "ref ")
+        print(f"[spd ] rep {rep}: ratio reference / ours (= ours' genes/s over the reference's): process wall "
+              f"{f['process'] / o['process']:.2f}x, call {f['call'] / o['call']:.2f}x, cpu {f['cpu'] / o['cpu']:.2f}x "
+              f"(ours {a.n_vars / o['process']:.1f} vs ref {a.n_vars / f['process']:.1f} genes/s by process wall; "
+              f"target >= 5x)")  # fmt: skip
+    print(f"[load] at the end: {load()}")
+
+
+if __name__ == "__main__":
+    main()
