@@ -17,6 +17,26 @@ Modes: ``--quick`` (pbmc68k_reduced only), ``--zeisel-only``, ``--no-9k``, ``--n
 reference again with ``EXPERIMAT_REF_SEED=1`` (see ``_ref/locat_ref.py``) to show its own
 run-to-run agreement, the bound for any agreement with it.
 
+Measured 2026-12-02 (issue 20, calibration at every expression level), pbmc68k_reduced, all genes:
+
+- The smooth null (0.3 decades of p) called permuted genes at 0.3 % (150-350 expressing cells of 700)
+  to 15-18 % (30-40 and 450-630 cells): the raw score's null steps where the mixture changes (below
+  ~d + 2 cells, where K steps from 1 to 3 at 20-50 cells, the top of the range). Tried on a pool of
+  6,000 permuted pseudo-genes (null from 400 or 800 of them, calibration on the rest, rho/Jaccard
+  against the cached reference runs): narrower kernels (0.1-0.2) or a local null for the z-score
+  fix part of it but rank genes less like the reference (rho 0.60-0.66 against seed 2 at best; the
+  reference's own z is smooth in p); a null conditioned on K, an upper envelope, min(z_smooth,
+  z_local) were either still 10 % at 20-40 cells or lost the Jaccard (0.49-0.53).
+- Now: ``zscore`` keeps the smooth null, ``concentration_pval`` is tested against a local null
+  (``_null.LocalNull``) from 800 pseudo-genes (same cost as 400 before: they take the depletion rows),
+  three quarters spaced evenly in log m. Permuted genes significant at 0.05, 12 runs (permutation and
+  seed 0..11): conc 0.033 (0.020-0.047), depl 0.007, joint 0.000; conc by expressing cells (mean of
+  12 / max of 12): 3-10 0.005/0.059, 10-20 0.025/0.100, 20-40 0.023/0.056, 40-80 0.040/0.068, 80-150
+  0.039/0.101, 150-350 0.037/0.064, 350-450 0.036/0.072, 450-630 0.012/0.026 (the maxima: bands of
+  17-148 genes, one null per run). Ours seed 0/1/2: rho 0.998-0.999, Jaccard conc 0.85-0.88; ours
+  (seed 0) vs reference seeds 0/1/2: rho 0.721 / 0.732 / 0.683, Jaccard conc 0.562 / 0.565 / 0.535;
+  markers 38/50 among the top-50 z (reference 34/50). Load 7-11 on 2 cores.
+
 Measured 2026-12-02 (issue 20, agreement with the reference), pbmc68k_reduced, all genes (751 tested),
 ours in one process at load ~1-5, the reference's three seeds from the runs below (cached):
 
@@ -105,39 +125,13 @@ Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core mac
   466-487 s wall at load ~25. No speed ratio is claimed from these numbers; rerun this script on a
   quiet machine for it.
 
-Measured 2026-11-30, before the changes above (load averages given; other jobs running):
-
-- 2,600 cells x 9,000 genes (:func:`zeisel_9000`), ours, load ~1.5 (after the pbmc part, in the same
-  process): cold (first call with these shapes, JIT compiles and background fit included) 43.0 s,
-  warm 32.7 s (target <= 90 s); 50/50 top-z genes are class markers (base
-  rate 0.05). Before the background moved to NumPy: load ~3, cold 46.8 s, warm 35.7 s; under load
-  ~7: cold 126.5 s, warm 33.0 s.
-- pbmc68k_reduced, all 765 genes, first call of ours in the process (JAX import and compiles
-  included): load 1.1-2.1, ours 7.4 s vs reference 49.3 s -> 6.6x genes/s; load 1.2-1.6, ours 6.1 s
-  vs reference 39.1 s -> 6.4x. A warm call takes ~3.2-3.8 s; what remains of the cold overhead is
-  mostly compiling the per-gene kernel (~2 s) and importing JAX (~1 s). The background mixture
-  (a few dozen EM fits on the atoms) runs in NumPy (~0.5 s), and small problems compile the per-gene
-  kernel without XLA's MLIR fusion emitters (~1.4x faster compile). Before those changes: load ~3.4,
-  ours 13.8 s vs reference 63.3 s -> 4.6x; load ~2.4, ours 11.9 s vs 43.3 s -> 3.6x.
-  (An earlier run, with the reference slowed by other jobs for its whole run, gave ours 21.4 s vs
-  reference 799 s, 37x: long single-threaded runs suffer most from load.) Spearman rho of z-scores
-  0.62, Jaccard of concentration-significant genes 0.50; class markers among the top-50 z: ours
-  45/50, reference 34/50 (base rate 0.24).
-- pbmc68k_reduced, 200 evenly spaced genes (``--pbmc-genes 200``), before the changes above, load ~5: ours 36.3 s cold
-  (mostly compiling) vs reference 172.2 s -> 4.75x; ours vs reference rho 0.58 / Jaccard 0.42;
-  reference seed 1 vs seed 0: rho 0.75 / Jaccard 0.65; ours seed 1 vs seed 0: rho 0.59 /
-  Jaccard 0.52. Permuted genes significant at 0.05 (conc / depl / joint): ours 0.041 / 0.010 /
-  0.000, reference 0.149 / 0.892 / 0.021.
-- Permuted, all genes: pbmc68k_reduced ours 0.045 / 0.004 / 0.000; Zeisel 2,600 cells x 4,000
-  genes ours 0.021 / 0.002 / 0.000 (41/50 top-z genes class markers on the unpermuted data).
-- Run-to-run agreement, pbmc68k_reduced, all 765 genes, final code, ours seed 1 vs seed 0: rho
-  0.72 / Jaccard 0.65 (284 vs 328 concentration-significant genes), the same with
-  ``n_null_genes=1500`` (0.73 / 0.65) — as the reference's own 0.75 / 0.65. With both tools this
-  noisy, a single-run agreement of rho >= 0.9 / Jaccard >= 0.8 is out of reach for any
-  implementation; corrected for both tools' run-to-run noise, 0.62 corresponds to about 0.84.
-- Zeisel, 3,005 cells x 400 genes given to both (load ~2, CI running beside): ours 10.5 s vs
-  reference 356 s (34x); rho 0.52 / Jaccard 0.31 (ours 115, reference 305 concentration-significant
-  genes); ours on permuted genes 0.013 / 0.003 / 0.000.
+Measured 2026-11-30, before the changes above (load averages given; other jobs running; full text in
+the git history of this file): 2,600 x 9,000 Zeisel-built genes cold 43.0 s / warm 32.7 s at load ~1.5
+(target <= 90 s), 50/50 top-z genes class markers; pbmc68k_reduced all genes, first calls at load
+1.1-2.1: ours 7.4 s vs reference 49.3 s (6.6x), ours 6.1 s vs 39.1 s (6.4x), a warm call ~3.5 s (the
+cold overhead: compiling the per-gene kernel ~2 s, importing JAX ~1 s); the reference's permuted-gene
+rates 0.149 / 0.892 / 0.021 (conc / depl / joint, 200 genes); Zeisel 3,005 cells x 400 genes ours
+10.5 s vs reference 356 s at load ~2.
 """
 
 from __future__ import annotations
