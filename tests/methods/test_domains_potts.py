@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from experimat.methods.domains import _consensus, _correct, _potts
+from experimat.methods.domains import _consensus, _potts
 
 
 def _square_grid(n: int, spacing: float = 100.0) -> np.ndarray:
@@ -94,15 +94,3 @@ def test_spatial_prior_bad_values(bad):
     with pytest.raises(InvalidInputError, match="spatial_prior"):
         integrate_domains_spagcn({"a": a, "b": a.copy()}, n_clusters=3, layer=None, spatial_prior=bad, use_gpu=False)
 
-
-def test_cosine_rows_keep_direction_and_median_length():
-    rng = np.random.default_rng(2)
-    Z = rng.normal(size=(50, 4))
-    Z[:25] *= 3.0  # a "deeper" section: same directions, longer rows
-    Z[0] = 0.0
-    out = _correct.cosine_rows(Z)
-    norms = np.linalg.norm(out, axis=1)
-    assert norms[0] == 0.0
-    np.testing.assert_allclose(norms[1:], np.median(np.linalg.norm(Z[1:], axis=1)), rtol=1e-5)
-    cos = (out[1:] * Z[1:]).sum(1) / (norms[1:] * np.linalg.norm(Z[1:], axis=1))
-    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)

@@ -335,7 +335,7 @@ def test_integration_finds_shared_domains_despite_section_effects():
         assert list(a.obs["shared.refined"].cat.categories) == list(a.obs["shared"].cat.categories)
     assert set(out["s0"].columns) == {"shared", "shared.refined"}
     params = samples["s0"].uns["shared"]["params"]
-    assert params["batch_correction"] == "cosine" and params["spatial_prior"] == 1.0
+    assert params["batch_correction"] == "center" and params["spatial_prior"] == 1.0
     assert 0.0 <= samples["s0"].uns["shared"]["prior_changed"] < 0.05
 
 
@@ -365,11 +365,11 @@ def test_integration_result_key_is_a_deprecated_alias():
         integrate_domains_spagcn(samples, result_key="old", key_added="new", **kw)
     with pytest.raises(InvalidInputError, match="batch_correction") as info:
         integrate_domains_spagcn(samples, batch_correction="combat", **kw)
-    for choice in ("cosine", "center", "harmony", "none"):  # the message names the valid choices
+    for choice in ("center", "harmony", "none"):  # the message names the valid choices
         assert choice in str(info.value)
 
 
-@pytest.mark.parametrize("correction", ["center", "harmony", "none"])
+@pytest.mark.parametrize("correction", ["harmony", "none"])
 def test_integration_other_batch_corrections_run(correction):
     samples = _sections_with_effect(n_spots=900)
     integrate_domains_spagcn(

@@ -1,5 +1,4 @@
-"""Section-effect correction of a joint embedding: spot-wise cosine normalisation, and Harmony's
-cluster-wise centroid correction.
+"""Section-effect correction of a joint embedding: Harmony's cluster-wise centroid correction.
 
 Korsunsky et al. (Nature Methods 16:1289, 2019): spots of all sections are softly clustered in the
 embedding; within each cluster, every section's responsibility-weighted centroid is moved onto the
@@ -95,17 +94,3 @@ def harmonize(
             break
     return corrected.astype(np.float32)
 
-
-def cosine_rows(embedding: np.ndarray) -> np.ndarray:
-    """Every spot's row of ``embedding`` scaled to the median row length (rows of length 0 stay 0).
-
-    Cosine normalisation (Haghverdi et al., Nat. Biotechnol. 36:421, 2018, the first step of MNN
-    correction): the length of a spot's profile carries its sequencing depth and capture
-    efficiency, which differ between sections more than within them, while the direction carries
-    its composition. Scaling to the median length (not to 1) keeps the embedding's distance scale.
-    """
-    Z = np.asarray(embedding, dtype=np.float64)
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    target = float(np.median(norms[norms > 0])) if np.any(norms > 0) else 1.0
-    scale = np.divide(target, norms, out=np.zeros_like(norms), where=norms > 0)
-    return (Z * scale).astype(np.float32)

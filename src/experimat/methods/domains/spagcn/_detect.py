@@ -28,7 +28,7 @@ from experimat.methods._torch import torch_device
 
 from .. import _consensus
 from .._common import check_spatial_prior, check_stable
-from .._correct import cosine_rows, harmonize
+from .._correct import harmonize
 from . import _graph, _model
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 INIT_METHODS = ("leiden", "kmeans")
 REFINE_SHAPES = ("hexagon", "square", "none")
-BATCH_CORRECTIONS = ("cosine", "center", "harmony", "none")
+BATCH_CORRECTIONS = ("center", "harmony", "none")
 #: k-means restarts of each consensus run: the best of many restarts hardly depends on the seed
 STABLE_KMEANS_N_INIT = 50
 
@@ -116,11 +116,9 @@ def _convolved_features(sections: list[_Section], *, n_pcs, seed, device, batch_
 
     ``batch_correction="center"`` centres every gene within each section before the joint PCA (the
     location part of ComBat, Johnson et al., Biostatistics 8:118, 2007: additive section effects of
-    log-expression); ``"cosine"`` then also scales every spot's PCA scores to a common length
-    (:func:`.._correct.cosine_rows`: depth and capture efficiency differ by section); ``"harmony"``
-    instead removes the section effects that remain in the PCA embedding, cluster by cluster
-    (:func:`.._correct.harmonize`), so that the same domain lands at the same place in the joint
-    embedding. The expression is never densified.
+    log-expression); ``"harmony"`` then also removes the section effects that remain in the PCA
+    embedding, cluster by cluster (:func:`.._correct.harmonize`), so that the same domain lands at
+    the same place in the joint embedding. The expression is never densified.
     """
     import torch
     from scipy import sparse
@@ -136,8 +134,6 @@ def _convolved_features(sections: list[_Section], *, n_pcs, seed, device, batch_
     blocks = offsets if many and batch_correction != "none" else None
     # a fixed seed for the randomised SVD: the PCA is a property of the data, not of the run's seed
     embed = block_pca(X, n_pcs, blocks=blocks, seed=0)
-    if many and batch_correction == "cosine":
-        embed = cosine_rows(embed)
     if many and batch_correction == "harmony":
         embed = harmonize(embed, np.repeat(np.arange(len(sections)), np.diff(offsets)), seed=seed)
     parts = [
@@ -444,7 +440,7 @@ def integrate_domains_spagcn(
     key_added: str = "integrated",
     refined_key_added: str | None = None,
     refine_shape: str = "hexagon",
-    batch_correction: str = "cosine",
+    batch_correction: str = "center",
     histology: bool = False,
     channels: Sequence[str] | None = None,
     p: float = 0.5,
@@ -487,15 +483,10 @@ def integrate_domains_spagcn(
     refine_shape
         ``"hexagon"`` (Visium), ``"square"`` (ST) or ``"none"`` (no refined column).
     batch_correction
-        ``"cosine"`` (default): subtract each sample's mean log-expression per gene before the joint
-        PCA (removes additive section effects), then scale every spot's PCA scores to a common
-        length (cosine normalisation, :func:`experimat.methods.domains._correct.cosine_rows`: depth
-        and capture efficiency differ between sections); ``"center"``: the per-gene centring only;
-        ``"harmony"``: centring, then each sample's spots moved onto the shared clusters of the PCA
-        embedding (Harmony's cluster-wise centroid correction,
+        ``"center"`` (default): subtract each sample's mean log-expression per gene before the joint
+        PCA (removes additive section effects); ``"harmony"``: also move each sample's spots onto
+        the shared clusters of the PCA embedding (Harmony's cluster-wise centroid correction,
         :func:`experimat.methods.domains._correct.harmonize`); ``"none"``: the reference's pooled PCA.
-        On the 8 ST hippocampus sections with 10 domains, ``"cosine"`` finds all 10 domains in every
-        section (``"center"``: 9; ``"harmony"``: 10, one with 2 spots in a section).
     histology
         Add each sample's image colour as a third graph coordinate.
     channels
@@ -533,9 +524,9 @@ def integrate_domains_spagcn(
         :func:`spatial_detect_domains_spagcn`. Default 1: domains shared by several sections are
         clustered in a joint embedding that carries what is left of the section effects, and its
         labels are less spatially coherent than single-section ones at the same ``n_clusters`` (8 ST
-        hippocampus sections, 10 domains: neighbour agreement 0.64 against 0.69); the prior
+        hippocampus sections, 10 domains: neighbour agreement 0.63 against 0.69); the prior
         relabels about 4% of the spots, where the model is unsure, and makes them as coherent as
-        single-section runs (0.69), or 0.04 behind single-section runs with the same prior (0.73).
+        single-section runs (0.68), or 0.05 behind single-section runs with the same prior (0.73).
         ``0``: the model's labels as they are.
     spatial_key
         ``obsm`` key of the coordinates.
