@@ -378,3 +378,21 @@ def test_integration_other_batch_corrections_run(correction):
     both = pd.concat([a.obs[["domain", "x"]] for a in samples.values()])
     assert samples["s0"].uns["x"]["params"]["batch_correction"] == correction
     assert both["x"].nunique() >= 2
+
+
+def test_fewer_domains_than_asked_is_warned(monkeypatch, caplog):
+    import logging
+
+    import experimat.methods.domains.spagcn._detect as detect
+
+    a = _lognorm(em.datasets.synthetic_domains(300, 3, seed=5))
+
+    def two_domains(ax, **kw):  # a clustering that emptied one of the three domains
+        labels = (np.arange(ax.shape[0]) % 2).astype(np.int64)
+        prob = np.eye(3)[labels] * 0.9 + 0.1 / 3
+        return labels, {"resolution": None, "init_used": "kmeans", "n_epochs": [1], "prob": prob}
+
+    monkeypatch.setattr(detect, "_cluster", two_domains)
+    with caplog.at_level(logging.WARNING, logger="experimat"):
+        spatial_detect_domains_spagcn(a, n_clusters=3, seed=0, use_gpu=False, stable=False)
+    assert any("found 2 of the 3 domains" in r.getMessage() for r in caplog.records)

@@ -267,6 +267,13 @@ def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_corre
     big = ax.shape[0] > cluster_blocks.SAMPLE_MAX  # the initial clusterings ran on a sample (size rule)
     info["init_sample"] = cluster_blocks.SAMPLE_MAX if big else "none"
     labels = _spatial_prior(labels, info, sections, params["spatial_prior"])
+    found = len(np.unique(labels))
+    if found < params["n_clusters"]:
+        logger.warning(
+            f"SpaGCN found {found} of the {params['n_clusters']} domains asked for: the clustering left "
+            f"{params['n_clusters'] - found} domain(s) without spots (no spot is most likely in them); "
+            "ask for fewer domains, or for several samples try batch_correction='harmony'."
+        )
     return labels, info, sections, offsets
 
 
