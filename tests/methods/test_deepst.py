@@ -118,6 +118,29 @@ def test_cpu_training_uses_one_thread_and_restores_the_count():
     assert emb.shape[0] == 40 and np.isfinite(emb).all()
 
 
+def test_network_input_does_not_depend_on_the_seed(monkeypatch):
+    # the PCA of the augmented data is a property of the data (as SpaGCN's): only the network's
+    # training depends on the run's seed
+    from experimat.methods.domains.deepst import _core
+
+    seen = []
+    real = _core.train_deepst
+
+    def spy(data, *args, **kwargs):
+        seen.append(np.array(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(_core, "train_deepst", spy)
+    adata = synthetic_domains(300, 3, 1200, seed=7)  # over 1,000 genes: the randomised SVD
+    for seed in (0, 1):
+        spatial_detect_domains_deepst(
+            adata, n_domains=3, pre_epochs=2, epochs=1, seed=seed, n_pcs=10, stable=False, use_gpu=False,
+            key_added=f"s{seed}",
+        )
+    assert len(seen) == 2
+    np.testing.assert_array_equal(seen[0], seen[1])
+
+
 def test_counts_from_layer_and_global_seed():
     adata = synthetic_domains(150, 3, 60, seed=2)
     adata.X = np.log1p(adata.X)  # X is not counts; the layer is

@@ -111,7 +111,7 @@ def fit(
     sub = all_counts[:, genes]
 
     start = logger.info(f"DeepST: augmenting {all_counts.shape[0]} spots x {len(genes)} genes")
-    expr_pcs = block_pca(_lognorm(sub, all_lib), 50, blocks=offsets, scale=True, seed=seed)
+    expr_pcs = block_pca(_lognorm(sub, all_lib), 50, blocks=offsets, scale=True, seed=0)
     image = None
     if samples[0].image_raw is not None:
         image = _image.reduce_features(np.vstack([s.image_raw for s in samples]), 50)
@@ -126,7 +126,7 @@ def fit(
         adj_blocks.append(a_norm)
         label_blocks.append(a_label)
     aug = sp.vstack(aug_blocks, format="csr")
-    data = block_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, blocks=offsets, scale=True, seed=seed)
+    data = block_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, blocks=offsets, scale=True, seed=0)
     adj_norm, adj_label = _graph.block_diag(adj_blocks), _graph.block_diag(label_blocks)
     logger.info(f"DeepST: augmented data, {data.shape[1]} PCs, graph with {adj_label.nnz} edges", time=start)
 
