@@ -371,6 +371,42 @@ def test_stable_mode_records_runs_and_single_seed_stays_available():
         spatial_detect_domains_deepst(adata, n_domains=3, stable="yes")
 
 
+def test_stable_mode_feeds_the_network_a_tenth_as_many_pcs_as_spots():
+    adata = synthetic_domains(300, 3, 250, seed=8)
+    kw = dict(n_domains=3, pre_epochs=2, epochs=1, seed=0, use_gpu=False)
+    stable = spatial_detect_domains_deepst(adata, n_runs=2, key_added="a", **kw)
+    single = spatial_detect_domains_deepst(adata, stable=False, key_added="b", **kw)
+    chosen = spatial_detect_domains_deepst(adata, n_runs=2, n_pcs=40, key_added="c", **kw)
+    assert stable.attrs["model"].config["n_inputs"] == 30  # 300 spots // 10
+    assert single.attrs["model"].config["n_inputs"] == 200  # the reference's 200
+    assert chosen.attrs["model"].config["n_inputs"] == 40
+    with pytest.raises(InvalidInputError, match="n_pcs"):
+        spatial_detect_domains_deepst(adata, n_pcs=0, **kw)
+
+
+def test_consensus_graph_outweighs_each_runs_own_neighbourhoods(monkeypatch):
+    from experimat.methods.domains.deepst._cluster import consensus_graph_clusters, run_support
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 40)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    embeddings, order = [], rng.permutation(120)
+    for run in range(3):
+        pos = centres[truth] + rng.normal(scale=1.0, size=(120, 2))
+        moved = order[12 * run : 12 * (run + 1)]  # each run puts other spots in a wrong neighbourhood
+        pos[moved] = centres[(truth[moved] + 1 + run % 2) % 3] + rng.normal(scale=1.0, size=(12, 2))
+        embeddings.append(pos)
+    labels, _, exact = consensus_graph_clusters(embeddings, 3, seed=0, k=10)
+    assert exact and ari(truth, labels) == 1.0
+    clean = [centres[truth] + rng.normal(scale=0.5, size=(120, 2)) for _ in range(3)]
+    monkeypatch.setattr("experimat.methods._cluster.SAMPLE_MAX", 60)  # above it: a sample, then landmarks
+    labels, _, exact = consensus_graph_clusters(clean, 3, seed=0, k=10)
+    assert exact and labels.shape == (120,) and ari(truth, labels) == 1.0
+    runs = [truth, (truth + 1) % 3, np.where(np.arange(120) < 30, 2, truth)]
+    support = run_support(runs, truth)
+    assert support[30:].min() == 1.0 and support[:30].min() == pytest.approx(2 / 3)
+
+
 @pytest.mark.slow
 def test_stable_mode_agrees_across_seeds():
     adata = synthetic_domains(400, 4, 80, fold_change=2.0, seed=6)

@@ -56,6 +56,50 @@ def leiden_n_clusters(
     return labels, resolution, exact
 
 
+def consensus_graph_clusters(
+    embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30
+) -> tuple[np.ndarray, float, bool]:
+    """Domains of several runs' embeddings of the same spots: Leiden (resolution searched for
+    ``n_clusters``) on the sum of the runs' symmetric kNN graphs, an edge weighted by the number of
+    runs in which the two spots are neighbours (the co-association of evidence accumulation, Fred &
+    Jain, IEEE TPAMI 27:835, 2005, taken over kNN graphs instead of clusterings, so that memory
+    stays ``n * k * runs``). Neighbourhoods that only one run's network happens to form get little
+    weight, so the domains depend far less on the seeds than any one run's. Above
+    :data:`experimat.methods._cluster.SAMPLE_MAX` spots, as :func:`leiden_n_clusters`: the graph of a
+    seeded sample, the other spots voting by their nearest landmarks in the runs' joined embeddings."""
+    import scipy.sparse as sp
+
+    sample = _cluster.clustering_sample(embeddings[0].shape[0], seed)
+    pts = embeddings if sample is None else [e[sample] for e in embeddings]
+    graph = sp.csr_matrix(sum(knn_graph(e, k, symmetric=True, search="brute") for e in pts))
+    labels, resolution, exact = _cluster.search_resolution(
+        graph, n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=True, what="domains"
+    )
+    if sample is not None:
+        joined = np.hstack(embeddings)
+        labels = _cluster.landmark_vote(joined, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
+    return labels, resolution, exact
+
+
+def run_support(runs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Per spot, the fraction of ``runs`` whose label, matched one-to-one to ``labels`` by maximum
+    overlap (Hungarian algorithm), is the spot's label."""
+    from scipy.optimize import linear_sum_assignment
+
+    labels = np.asarray(labels, dtype=np.int64)
+    k = int(labels.max()) + 1
+    agree = np.zeros(labels.shape[0])
+    for run in runs:
+        _, codes = np.unique(np.asarray(run), return_inverse=True)
+        table = np.zeros((int(codes.max()) + 1, k), dtype=np.int64)
+        np.add.at(table, (codes, labels), 1)
+        rows, cols = linear_sum_assignment(-table)
+        mapping = np.full(table.shape[0], -1, dtype=np.int64)
+        mapping[rows] = cols
+        agree += mapping[codes] == labels
+    return agree / len(runs)
+
+
 def refine_labels(coords: np.ndarray, labels: np.ndarray, n_neighbors: int = 6) -> np.ndarray:
     """DeepST's refinement: a spot takes the majority label of its ``n_neighbors`` nearest spots when
     fewer than half of them share its label and more than half share the majority label."""
