@@ -63,6 +63,28 @@ obs/obsm after saves       0.25 s (0.1)    0.48 s (0.2)    3.5 s (0.8)
 plot_spatial (PNG)         4.0 s (1.2)     4.1 s (1.3)     3.6 s (1.4), aggregated image
 =========================  ==============  ==============  ==================================
 
+Re-measured on the final code, 2026-12-02 (``--skip moran,score``; 500,000 bins under the heavy lock at load 2.6-2.9,
+5,000 and 50,000 without it at load 5.0-5.2; wall s, CPU s in brackets, peak RSS of the step):
+
+=========================  ===================  ===================  ====================================
+step                       5,000                50,000               500,000
+=========================  ===================  ===================  ====================================
+read+create+save           0.69 s (0.6)         1.9 s (1.1)          4.8 s (4.3), 1.4 GB
+lazy open                  0.01 s               0.01 s               0.00 s
+obs/obsm only (checked)    0.07 s (0.1)         0.21 s (0.1)         0.66 s (0.7); verify=False 0.63 s (0.6)
+full sample load           0.12 s (0.1)         1.3 s (0.6)          5.1 s (4.4), 2.1 GB
+QC+normalise+PCA           2.8 s (2.0), 0.5 GB  8.6 s (4.4), 0.7 GB  24.9 s (22.0), 4.1 GB (QC 9.9 s, PCA 14.3 s)
+save (1 sample)            0.35 s (0.3)         1.2 s (0.6)          4.8 s (4.1)
+save (small changed)       0.38 s (0.2)         0.49 s (0.3)         1.2 s (1.0); only ``small`` rewritten
+obs/obsm after saves       0.25 s (0.1)         0.31 s (0.2)         0.89 s (0.9)
+plot_spatial (PNG)         3.0 s (1.4)          2.2 s (1.2)          1.1 s (0.9), aggregated image
+=========================  ===================  ===================  ====================================
+
+All these rows are met at 500,000 bins; the wall times of the earlier table were the load's (at load 14-17 a step
+gets a small share of the 2 cores). Of the 0.7 CPU s of the partial open, reading the two columns of 500,000
+variable-length strings (the sample-prefixed index and ``barcode``) takes about 0.6 s in h5py; the per-element
+sha256 about 0.1 s.
+
 Before the per-element checksums the partial open hashed the whole file: 500,000 bins took 5.9 s
 (1.2 CPU s) against 2.6 s (0.6) with verify=False at load 10-14; now the check adds about 0.1 CPU s.
 On 2026-12-01 (load 16-22) Moran's I took 78 s at 5,000 bins and 976 s at 50,000.
