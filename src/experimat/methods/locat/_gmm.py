@@ -17,8 +17,9 @@ _NEG = -1e30
 #: XLA CPU compiler options for a kernel whose compile time matters more than its run time (small
 #: data sets, where a first call is mostly compiling): XLA's newer (MLIR) fusion emitters compile the
 #: per-gene kernel ~1.4x slower than the classic ones, which run it as fast on small arrays but ~25 %
-#: slower on large ones (measured on 2 cores).
-FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#: slower on large ones (measured on 2 cores); LLVM's expensive passes off: a first LOCAT call on
+#: pbmc68k_reduced 5.8-8.9 s instead of 9.0-11.7 s, warm calls 3.6-4.7 s instead of 3.9-5.1 s (load ~4).
+FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_llvm_disable_expensive_passes": True}
 
 
 def jit_for(fun, static_argnames=(), *, fast_compile=False):
