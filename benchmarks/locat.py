@@ -36,6 +36,23 @@ Measured 2026-12-02 (issue 20, calibration at every expression level), pbmc68k_r
   17-148 genes, one null per run). Ours seed 0/1/2: rho 0.998-0.999, Jaccard conc 0.85-0.88; ours
   (seed 0) vs reference seeds 0/1/2: rho 0.721 / 0.732 / 0.683, Jaccard conc 0.562 / 0.565 / 0.535;
   markers 38/50 among the top-50 z (reference 34/50). Load 7-11 on 2 cores.
+- Speed (``benchmarks/locat_speed.py``, fresh processes, same 2 cores, heavy lock not obtained: 8-12
+  heavy jobs queued): load ~4: ours process 15.1 s / call 11.9 s / CPU 9.8 s vs reference 53.8 / 44.6
+  / 34.9 s -> 3.6x / 3.8x / 3.6x; with LLVM's expensive passes off for small problems: ours 12.2 /
+  9.5 / 7.9 s vs reference 42.2 / 35.9 / 31.1 s -> 3.5x / 3.8x / 3.9x (target 5x not met). Ours'
+  first call (9.5 s): importing JAX ~1 s and scikit-learn ~0.7 s, compiling the per-gene kernel ~2 s,
+  the per-gene fits ~3 s (1,151 slots: 751 genes + 400 slots of two pseudo-genes; the same work as
+  before this change), the rest ~1.5 s; a warm call 4.0 s.
+- Zeisel, 400 genes given to both (reference runs made under the heavy lock, 373-388 s each at load
+  7-9; ours seeds 0/1/2): ours vs ours rho 1.000, Jaccard conc 0.94-0.96, depletion 0.90-0.92;
+  reference vs reference rho 0.651-0.714, Jaccard conc 0.785-0.807, depletion 0.91-0.99, no gene
+  jointly significant in any reference run; ours (seed 0) vs reference seeds 0/1/2: rho 0.411 / 0.417
+  / 0.503, Jaccard conc 0.602 / 0.632 / 0.607, depletion 0.79-0.88. Permuted genes significant at 0.05:
+  ours conc 0.036 (sextiles of m 0.000-0.062), depl 0.003, joint 0.000; reference conc 0.474 (0.046 in
+  the lowest sextile of m rising to 1.000 in the highest), depl 0.995: its z-score grows with the
+  expressing fraction on these broadly expressed genes (1,112-2,681 of 3,005 cells), which is why
+  ours ranks them differently (rho 0.41-0.50). Markers among the top-50 z: ours 10/50, reference 14/50
+  (base rate 0.04).
 
 Measured 2026-12-02 (issue 20, agreement with the reference), pbmc68k_reduced, all genes (751 tested),
 ours in one process at load ~1-5, the reference's three seeds from the runs below (cached):
@@ -100,17 +117,10 @@ Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core mac
   load 1-2). Again with 1 halving at load ~12-13: ours 25.4 s and 13.7 s, reference 70.3 s -> 2.8x and
   5.1x: at this load two identical first calls differ 2x, so the ratio is not resolved here; rerun on
   a quiet machine.
-- With the first deterministic version (EM started from the
-  background components, one background fit), seeds 0/1/2 pairwise: rho 0.991-0.995, Jaccard conc
-  0.935-0.948, depletion 0.70-0.71 with 2 halvings (0.63 with 1, 0.75 with 4); Zeisel, all 4,000 genes
-  x 3,005 cells, seed 1 vs 0: rho 1.000, Jaccard conc 0.984 (1,391 vs 1,371 significant), depletion
-  0.822, joint 1.000, 47/50 top-z genes class markers (base rate 0.04).
-- pbmc68k_reduced, 200 evenly spaced genes (``--pbmc-genes 200``), ours and the reference at three
-  seeds: ours vs ours rho 0.989-0.994, Jaccard conc 0.85-0.90; reference vs reference rho 0.59-0.75,
-  Jaccard conc 0.50-0.65; ours (seed 0) vs reference seeds 0/1/2: rho 0.671 / 0.639 / 0.636, Jaccard
-  conc 0.505 / 0.451 / 0.506 (target rho >= 0.64, Jaccard >= 0.55: rho met against 1 of 3 reference
-  seeds and within 0.004 of it against the other two; the Jaccard is not met). The reference's
-  depletion test calls most genes (Jaccard of depletion sets ours vs ref ~0.18; permuted: 89 %).
+- Earlier variants (full text in this file's git history): the first deterministic version (EM from the
+  background components) rho 0.991-0.995 / Jaccard conc 0.935-0.948 seed to seed, Zeisel 1.000 / 0.984;
+  pbmc 200 genes: ours vs reference rho 0.64-0.67, Jaccard 0.45-0.51; the reference's depletion test
+  calls most genes (permuted: 89 %).
 - The test quantities of ``test_same_genes_on_every_run`` (pbmc 200 genes, seeds 0 and 1) on the code
   before the change: rho 0.64, Jaccard 0.54 (fails its 0.9 / 0.8 thresholds).
 - Markers among the top-50 z (pbmc68k_reduced, all genes): ours 43/50 (the code before: 43-45/50 over
