@@ -14,6 +14,25 @@ The reference runs in its own interpreter (a subprocess with a driver under ``be
 without the interpreter variable its part is skipped with a message. Prints per dataset: domains
 ARI (raw and refined) against the truth, time, and the time ratio reference / ours (> 1: ours faster).
 Time is the method call with imports excluded, measured in the same run for both.
+
+Measured 2026-12-02 (issue 19), 5 seeds, shared 2-core machine (1-minute load at start-end of each row;
+"stab." = mean pairwise ARI of the refined domains between seeds, "acc." = mean ARI against the truth):
+
+=====================================  ===============  ===============  ============  ===========
+case (``--methods stability``)         ours stab./acc.  SpaGCN 1.2.7     s/run ours:ref  load
+=====================================  ===============  ===============  ============  ===========
+MOB rep11, 260 spots                   0.907 / 0.536    0.541 / 0.506    3.9 : 43.5    0.7-8.9
+muscle Vis5A_2dpi, 982 spots           0.891            0.541            12.3 : 87.7   9.4-6.3
+muscle Vis7B_5dpi, 1,011 spots         0.965            not run (lock)   5.6 : -       4.5-4.6
+synthetic 1,500 spots, 6 voronoi       1.000 / 0.991    not run (lock)   3.5 : -       4.7-4.9
+=====================================  ===============  ===============  ============  ===========
+
+DeepST (``--methods deepst-stability``, MOB rep11, no reference environment): default stable mode
+0.667 / 0.497 (2.2x a single run), one seed 0.359 / 0.413 (load 4.5-3.0); target 0.8 not reached.
+Integration (``--methods integration --cases synthetic bulb``), ours (load ~4) vs multiSpaGCN 1.2.7
+(``--variants ref``, load ~3): synthetic 3 sections pooled ARI 0.999 vs 0.548 (5 vs 7 domains),
+6.4 vs 10.4 s; 4 ST bulb sections 7/7 domains in every section vs 0 of 6, neighbour agreement
+0.486 vs 0.776 (the reference's domains are section-specific), 2.8 vs 7.4 s.
 """
 
 from __future__ import annotations
