@@ -396,3 +396,87 @@ def test_fewer_domains_than_asked_is_warned(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="experimat"):
         spatial_detect_domains_spagcn(a, n_clusters=3, seed=0, use_gpu=False, stable=False)
     assert any("found 2 of the 3 domains" in r.getMessage() for r in caplog.records)
+
+
+def _blobs_with_a_doomed_cluster(seed=0, n=150, d=8):
+    """Four separated blobs of spots (truth) and an initial clustering whose cluster 3 takes a tenth of
+    blobs 0 and 1 (its centre lies between them, so no spot is most likely in it: DEC empties it)
+    while cluster 2 holds blobs 2 and 3 together."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, d)) * 6.0
+    truth = np.repeat(np.arange(4), n)
+    x = centres[truth] + rng.normal(size=(4 * n, d))
+    init = np.minimum(truth, 2)
+    init[np.flatnonzero(truth <= 1)[::10]] = 3
+    return x, truth, init
+
+
+@pytest.mark.parametrize("keep_clusters", [True, False])
+def test_emptied_cluster_is_refilled_during_training(monkeypatch, keep_clusters):
+    import torch
+
+    import experimat.methods.domains.spagcn._model as model
+
+    x, truth, init = _blobs_with_a_doomed_cluster()
+    monkeypatch.setattr(model, "_initial_labels", lambda feats, **kw: (None, init.copy(), "kmeans"))
+    fit = model.fit_gcdec(
+        torch.tensor(x, dtype=torch.float32), n_clusters=4, init="kmeans", seed=0, lr=0.05, max_epochs=200,
+        tol=5e-3, n_neighbors=10, resolution=None, device="cpu", identity_init=True, keep_clusters=keep_clusters,
+    )
+    if keep_clusters:  # the emptied cluster takes one half of the widest (blobs 2 and 3): the four blobs
+        assert len(np.unique(fit.labels)) == 4 and fit.refilled == 1
+        assert adjusted_rand_score(truth, fit.labels) > 0.99
+    else:  # DEC as SpaGCN runs it leaves the cluster empty
+        assert len(np.unique(fit.labels)) == 3 and fit.refilled == 0
+
+
+@pytest.mark.parametrize("stable", [True, False])
+def test_keep_n_clusters_refills_in_both_modes_and_is_off_by_default(monkeypatch, stable):
+    import torch
+
+    import experimat.methods.domains.spagcn._model as model
+    from experimat.methods.domains.spagcn._detect import _cluster
+
+    x, truth, init = _blobs_with_a_doomed_cluster()
+    monkeypatch.setattr(model, "_initial_labels", lambda feats, **kw: (None, init.copy(), "kmeans"))
+    seen = []
+    fit_gcdec = model.fit_gcdec
+
+    def spy(ax, **kw):
+        seen.append(kw["keep_clusters"])
+        return fit_gcdec(ax, **{**kw, "identity_init": True})  # the init above is of A X itself
+
+    monkeypatch.setattr(model, "fit_gcdec", spy)
+    common = dict(n_clusters=4, init="kmeans", seed=0, stable=stable, n_runs=2, lr=0.05, max_epochs=200, tol=5e-3)
+    common.update(n_neighbors=10, resolution=None, device="cpu")
+    ax = torch.tensor(x, dtype=torch.float32)
+    labels, info = _cluster(ax, keep_n_clusters=True, **common)
+    assert len(np.unique(labels)) == 4 and all(r == 1 for r in info["refilled"])
+    assert adjusted_rand_score(truth, labels) > 0.99
+    labels, info = _cluster(ax, **common)  # default: SpaGCN's clustering, the emptied cluster stays empty
+    assert len(np.unique(labels)) == 3 and not any(info["refilled"])
+    n = 2 if stable else 1
+    assert seen == [True] * n + [False] * n
+
+
+def test_refill_empty_splits_the_widest_cluster():
+    from experimat.methods.domains.spagcn._model import refill_empty
+
+    x, truth, _ = _blobs_with_a_doomed_cluster(seed=1)
+    labels = np.minimum(truth, 2)  # cluster 3 empty, cluster 2 spans blobs 2 and 3
+    centres = np.stack([x[labels == c].mean(0) for c in range(3)] + [np.zeros(x.shape[1])])
+    moved = refill_empty(x, labels, centres)
+    assert sorted(moved) == [2, 3]
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert np.allclose(centres[labels[truth == 3][0]], x[truth == 3].mean(0))
+    # no cluster can be split (as many distinct spots as clusters): nothing moves
+    one = np.zeros((2, 3))
+    lab = np.array([0, 1])
+    assert refill_empty(one, lab, np.zeros((3, 3))) == []
+
+
+def test_keep_n_clusters_must_be_a_bool():
+    a = _lognorm(em.datasets.synthetic_domains(200, 3, seed=5))
+    with pytest.raises(InvalidInputError, match="keep_n_clusters must be True or False"):
+        spatial_detect_domains_spagcn(a, n_clusters=3, keep_n_clusters="yes", use_gpu=False)
+    assert "spagcn.domain" not in a.obs

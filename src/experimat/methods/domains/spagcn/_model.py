@@ -6,6 +6,12 @@ initialised by Leiden (resolution searched to hit ``n_clusters``) or k-means on 
 convolved features; the Student-t soft assignment is then sharpened by minimising the KL divergence
 to the target distribution, refreshed every ``update_interval`` epochs, until fewer than ``tol`` of
 the labels change (SpaGCN's stopping rule).
+
+DEC can empty a cluster: its centre drifts between clusters so that no spot is most likely in it
+(on spots between two domains, which the initial clustering gathered into a cluster of their own).
+With ``keep_clusters`` (opt-in) an emptied cluster is handled as k-means handles one
+(:func:`refill_empty`): at the next target refresh the widest cluster is bisected and the emptied
+centre takes one half, so that ``n_clusters`` stays the number of domains; SpaGCN itself does not.
 """
 
 from __future__ import annotations
@@ -123,6 +129,8 @@ class FitResult:
     resolution: float | None
     n_epochs: int
     init: str
+    #: clusters refilled during training (:func:`refill_empty`)
+    refilled: int = 0
 
 
 def fit_gcdec(
@@ -140,6 +148,7 @@ def fit_gcdec(
     identity_init: bool = False,
     res_start: float = 0.4,
     kmeans_n_init: int = 20,
+    keep_clusters: bool = False,
 ) -> FitResult:
     """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs).
 
@@ -147,6 +156,7 @@ def fit_gcdec(
     SpaGCN's uniform random draw, so that the initial clustering sees ``A X`` itself, not a random
     linear map of it (the main source of seed-to-seed differences). ``res_start``: first resolution
     of the Leiden search. ``kmeans_n_init``: k-means restarts (the best of them starts the fit).
+    ``keep_clusters``: refill a cluster that training empties (:func:`refill_empty`).
     Above 50,000 spots the initial clustering runs on a random sample (:func:`_initial_labels`).
     """
     import torch
@@ -164,8 +174,14 @@ def fit_gcdec(
         feats = (ax @ weight + bias).cpu().numpy().astype(np.float64)
 
     used_res, labels0, init = _initial_labels(
-        feats, n_clusters=n_clusters, init=init, seed=seed, n_neighbors=n_neighbors, resolution=resolution,
-        res_start=res_start, kmeans_n_init=kmeans_n_init,
+        feats,
+        n_clusters=n_clusters,
+        init=init,
+        seed=seed,
+        n_neighbors=n_neighbors,
+        resolution=resolution,
+        res_start=res_start,
+        kmeans_n_init=kmeans_n_init,
     )
     _, labels0 = np.unique(labels0, return_inverse=True)
     k = int(labels0.max()) + 1
@@ -174,8 +190,11 @@ def fit_gcdec(
     centres /= np.bincount(labels0, minlength=k)[:, None]
     mu = torch.as_tensor(centres, dtype=torch.float32, device=device).requires_grad_(True)
 
-    def soft_assign():
-        z = ax @ weight + bias
+    def embed():
+        return ax @ weight + bias
+
+    def soft_assign(z=None):
+        z = embed() if z is None else z
         # squared distances through matmuls (cdist's and broadcasting's backward are slow on CPU)
         d2 = ((z * z).sum(1, keepdim=True) - 2.0 * z @ mu.T + (mu * mu).sum(1)).clamp_min(0.0)
         q = 1.0 / ((1.0 + d2 / T_ALPHA) + 1e-8)
@@ -185,30 +204,108 @@ def fit_gcdec(
     # the per-epoch tensors are small (spots x domains): one CPU thread is faster than a thread pool,
     # and much faster on a busy machine
     with torch_threads(1, device):
-        epoch, prob = _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol)
+        epoch, prob, refilled = _train(
+            ax,
+            embed,
+            mu,
+            soft_assign,
+            labels0,
+            lr,
+            max_epochs,
+            tol,
+            params=[weight, bias, mu],
+            keep_clusters=keep_clusters,
+        )
     return FitResult(
-        labels=prob.argmax(1), prob=prob, init_labels=labels0, resolution=used_res, n_epochs=epoch + 1, init=init
+        labels=prob.argmax(1),
+        prob=prob,
+        init_labels=labels0,
+        resolution=used_res,
+        n_epochs=epoch + 1,
+        init=init,
+        refilled=refilled,
     )
 
 
-def _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol):
+def _bisect(points: np.ndarray, max_iter: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two centres splitting ``points``: the sides of the principal direction through their mean
+    (principal direction divisive partitioning, Boley, Data Min. Knowl. Disc. 2:325, 1998), refined by
+    Lloyd's 2-means; deterministic. Returns the two centres and the side (bool) of each point."""
+    centred = points - points.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    side = centred @ vt[0] > 0
+    for _ in range(max_iter):
+        if side.all() or not side.any():
+            side = np.arange(points.shape[0]) % 2 == 1  # identical points: any halves
+            break
+        a, b = points[~side].mean(0), points[side].mean(0)
+        new = ((points - b) ** 2).sum(1) < ((points - a) ** 2).sum(1)
+        if np.array_equal(new, side):
+            break
+        side = new
+    return points[~side].mean(0), points[side].mean(0), side
+
+
+def refill_empty(z: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> list[int]:
+    """Give every empty cluster of ``labels`` spots again, as k-means does with an emptied cluster
+    (bisecting k-means, Steinbach et al., KDD Workshop on Text Mining 2000): the cluster with the
+    largest sum of squared distances of its spots to its centre is split in two (:func:`_bisect`); it
+    keeps one half's centre and the empty cluster takes the other's. ``centres`` and ``labels`` are
+    updated in place; returns the clusters whose centres moved."""
+    k = centres.shape[0]
+    moved: list[int] = []
+    for j in np.flatnonzero(np.bincount(labels, minlength=k) == 0):
+        counts = np.bincount(labels, minlength=k)
+        d2 = ((z - centres[labels]) ** 2).sum(1)
+        sse = np.bincount(labels, weights=d2, minlength=k)
+        sse[counts < 2] = -1.0
+        c = int(np.argmax(sse))
+        if sse[c] <= 0:
+            break  # no cluster to split: fewer distinct spots than clusters
+        members = np.flatnonzero(labels == c)
+        keep, other, side = _bisect(z[members])
+        centres[c], centres[j] = keep, other
+        labels[members[side]] = j
+        moved += [c, int(j)]
+    return moved
+
+
+def _train(ax, embed, mu, soft_assign, labels0, lr, max_epochs, tol, *, params, keep_clusters=False):
     """DEC training on the shared loop (:func:`experimat.methods._torch.train`), full batch.
 
-    The target distribution is refreshed every ``UPDATE_INTERVAL`` epochs; training stops at the
-    first epoch after a refresh where fewer than ``tol`` of the labels changed (SpaGCN's rule).
-    Returns the last epoch's index and the final soft assignment.
+    The target distribution (Xie et al., ICML 2016, eq. 3: ``p_ij ~ q_ij^2 / f_j``, ``f_j`` the soft
+    size of cluster ``j``) is refreshed every ``UPDATE_INTERVAL`` epochs; training stops at the first
+    epoch after a refresh where fewer than ``tol`` of the labels changed (SpaGCN's rule). With
+    ``keep_clusters`` an emptied cluster is refilled (:func:`refill_empty`) at each refresh before
+    the target is computed, and training does not stop while a cluster is empty.
+    Returns the last epoch's index, the final soft assignment and the number of refills.
     """
     import torch
 
-    opt = torch.optim.Adam([weight, bias, mu], lr=lr, weight_decay=0.0)
-    state = {"target": None, "last": labels0, "delta": 1.0}
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=0.0)
+    k = mu.shape[0]
+    state = {"target": None, "last": labels0, "delta": 1.0, "refilled": 0}
+
+    def refresh():
+        with torch.no_grad():
+            z = embed()
+            q = soft_assign(z)
+            if keep_clusters:
+                labels = q.argmax(1).cpu().numpy()
+                if np.bincount(labels, minlength=k).min() == 0:
+                    centres = mu.detach().cpu().numpy().astype(np.float64)
+                    moved = refill_empty(z.cpu().numpy().astype(np.float64), labels, centres)
+                    if moved:
+                        mu.copy_(torch.as_tensor(centres, dtype=mu.dtype, device=mu.device))
+                        state["refilled"] += len(moved) // 2
+                        logger.info(f"    refilled {len(moved) // 2} emptied cluster(s) by bisecting the widest")
+                        q = soft_assign(z)
+            target = q**2 / q.sum(0)
+            state["target"] = target / target.sum(1, keepdim=True)
 
     def loss_fn(_batch, epoch):
         if epoch % UPDATE_INTERVAL == 0:
-            with torch.no_grad():
-                q = soft_assign()
-                target = q**2 / q.sum(0)
-                state["target"] = target / target.sum(1, keepdim=True)
+            refresh()
         q = soft_assign()
         target = state["target"]
         pred = q.detach().argmax(1).cpu().numpy()
@@ -219,12 +316,21 @@ def _train(ax, weight, bias, mu, soft_assign, labels0, lr, max_epochs, tol):
     def converged(history):
         epoch = len(history) - 1
         if epoch > 0 and (epoch - 1) % UPDATE_INTERVAL == 0 and state["delta"] < tol:
+            if keep_clusters and np.bincount(state["last"], minlength=k).min() == 0:
+                return False  # the next refresh refills the empty cluster
             logger.info(f"    label change {state['delta']:.4g} < tol {tol:g}; stopped at epoch {epoch}")
             return True
         return False
 
-    history = train(loss_fn, opt, lambda _epoch: (None,), max_epochs=max_epochs, n_obs=ax.shape[0],
-                    name="SpaGCN epochs", early_stop=converged)
+    history = train(
+        loss_fn,
+        opt,
+        lambda _epoch: (None,),
+        max_epochs=max_epochs,
+        n_obs=ax.shape[0],
+        name="SpaGCN epochs",
+        early_stop=converged,
+    )
     with torch.no_grad():
         q = soft_assign()
-    return len(history) - 1, q.cpu().numpy()
+    return len(history) - 1, q.cpu().numpy(), state["refilled"]
