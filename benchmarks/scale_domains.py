@@ -20,6 +20,39 @@ Usage::
         [--methods spagcn,spagcn-1,deepst,deepst-1] [--timeout 3000] [--profile]
 
 ``--profile`` prints the 25 most expensive functions (cumulative time, cProfile) of each row.
+
+Measured on 2026-12-02, 18,000 genes, 2 cores shared with the other helpers' jobs; 500,000 bins under the
+heavy lock (load average 2.9-3.6), 5,000 without it (load 1.0-1.8); wall s (CPU s), peak RSS (absolute, the
+sample itself included); 50,000 not run as a row (the heavy lock's queue):
+
+=========================  ==========================  ==================================================
+row                        5,000                       500,000
+=========================  ==========================  ==================================================
+SpaGCN (consensus of 3)    5.5 s (5.4), 0.6 GB         320 s (202), 4.7 GB: met (initial k-means on 50,000)
+                           (24.5 s before this change)
+SpaGCN (one seed)          5.2 s (5.3), 0.7 GB         546 s (446), 5.0 GB: met (initial Leiden on 50,000)
+DeepST (one seed)          31 s (31), 0.9 GB           NOT met: augmentation + the two PCAs alone 455 s,
+                                                       RSS 9-11 GB; stopped at 1,440 s in the 400 epochs
+DeepST (consensus of 3)    92 s (92), 0.9 GB           not run (3 x the one-seed cost)
+=========================  ==========================  ==================================================
+
+At 5,000 bins the results are those of before the change (SpaGCN's consensus: the same run agreement,
+0.9727; the size rules start above 50,000 spots). The 5,000-bin DeepST runs agree poorly (ARI 0.07 between
+the consensus runs): at 18,000 genes the planted stripes are a weak signal.
+
+Before this change SpaGCN's width search summed all spot pairs for every wide width it tried (``p(l)``
+at ``l = 1000`` first): 9 of the 24 s at 5,000 bins, hours at 500,000 (n^2 pairs per width); the Leiden
+initialisation's exact kNN and the k-means restarts ran on all spots (the kNN alone 69 CPU s at 50,000
+points, quadratic).
+Now the search uses the local pairs' sum as a lower bound (17 s wall, 8 s CPU, 1.8 GB at 500,000 bins:
+``l`` = 13.93 against 14.05 at 5,000). The ARI against the planted stripes is low at 18,000 genes for
+both methods (0.1; 0.99 at 2,000 genes): the 200 planted genes are a small part of the PCA's variance.
+
+DeepST at 50,000 bins (load 10, one thread; a profile, not a row): augmentation and PCAs 111 s wall,
+about 1.8 CPU s per epoch, half of it the graph decoder's gathers of the 654,000 edges. At 500,000 bins
+the 200-PC randomised PCA of the augmented 500,000 x 3,000 matrix (about 4 x the input's non-zeros) and
+400 full-batch epochs of a 500,000 x 200 input cannot fit 20 minutes on 2 cores; the consensus of 3 is
+3 x that. Not done: mini-batch (subgraph) training and a cheaper PCA of the augmented matrix.
 """
 
 from __future__ import annotations
