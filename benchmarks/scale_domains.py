@@ -31,9 +31,10 @@ row                        5,000                       500,000
 SpaGCN (consensus of 3)    5.5 s (5.4), 0.6 GB         320 s (202), 4.7 GB: met (initial k-means on 50,000)
                            (24.5 s before this change)
 SpaGCN (one seed)          5.2 s (5.3), 0.7 GB         546 s (446), 5.0 GB: met (initial Leiden on 50,000)
-DeepST (one seed)          31 s (31), 0.9 GB           NOT met: augmentation + the two PCAs alone 455 s,
-                                                       RSS 9-11 GB; stopped at 1,440 s in the 400 epochs
-DeepST (consensus of 3)    92 s (92), 0.9 GB           not run (3 x the one-seed cost)
+DeepST (one seed)          31 s (31), 0.9 GB           NOT met: augmentation + the two PCAs 455 s, RSS
+                                                       9-11 GB; the 200 pre-training epochs unfinished
+                                                       after 870 s (> 4.3 s per epoch): >= ~37 min in all
+DeepST (consensus of 3)    92 s (92), 0.9 GB           not run (3 x the one-seed cost: >= ~1.7 h)
 =========================  ==========================  ==================================================
 
 At 5,000 bins the results are those of before the change (SpaGCN's consensus: the same run agreement,
