@@ -26,7 +26,7 @@ from experimat.methods._checks import (
 from experimat.methods._options import option_ranges
 from experimat.methods._torch import torch_device
 
-from .. import _consensus
+from .. import _consensus, _potts
 from .._common import check_spatial_prior, check_stable
 from .._correct import harmonize
 from . import _graph, _model
@@ -216,15 +216,9 @@ def _store_extra(info: dict) -> dict:
 
 def _spatial_prior(labels, info, sections: list[_Section], beta: float):
     """The model's labels under the Potts prior (:mod:`.._potts`), each section's own spot lattice."""
-    from scipy import sparse
-
-    from .. import _potts
-
     if beta <= 0:
         return labels
-    adjacency = sparse.block_diag([_potts.lattice_neighbours(sec.xy) for sec in sections], format="csr")
-    smoothed, sweeps = _potts.potts_labels(info["prob"], labels, adjacency, beta)
-    info["prior_changed"] = float(np.mean(smoothed != labels))
+    smoothed, info["prior_changed"], sweeps = _potts.sections_prior(info["prob"], labels, [s.xy for s in sections], beta)
     logger.info(f"    spatial prior {beta:g}: {info['prior_changed']:.1%} of spots relabelled in {sweeps} sweeps")
     return smoothed
 
