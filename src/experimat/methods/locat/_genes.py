@@ -87,7 +87,6 @@ def score_items(
     and, for the genes (not the pseudo-genes ``is_null``), the depletion scan p-value and maximal deficit
     (Cauchy combination over ``n_splits`` random halvings of the expressing cells)."""
     import jax
-    import jax.numpy as jnp
 
     n, d = ls.emb.shape
     dtype = np.float32
@@ -96,27 +95,36 @@ def score_items(
     fits = 1 + n_splits
     slots = _slots(np.asarray(is_null, dtype=bool), fits)
     gb = batch_size or _batch_size(n, d, ls.lambdas.size, k_slots, ls.centres.shape[0], slots.shape[0], fits)
-    put = lambda a: jax.device_put(jnp.asarray(a), ls.device)  # noqa: E731
+    # NumPy arrays straight to the device (``jnp.asarray`` first compiled a copy kernel per shape)
+    put = lambda a: jax.device_put(np.asarray(a), ls.device)  # noqa: E731
     emb_j, logf0_j, centres_j = put(ls.emb.astype(dtype)), put(ls.logf0.astype(dtype)), put(ls.centres.astype(dtype))
     log_lam = put(np.log(ls.lambdas).astype(dtype))
     fast_compile = n * slots.shape[0] <= _FAST_COMPILE_MAX_WORK
     split_rng = np.random.default_rng([seed, 1])
     out = {k: np.full(Wi.shape[1], np.nan) for k in ("raw", "sens", "llsum", "pdep", "maxdef")}
     batches = [np.arange(i0, min(i0 + gb, slots.shape[0])) for i0 in range(0, slots.shape[0], gb)]
+    pending = None  # the batch in flight: JAX dispatches asynchronously, so the next batch's host-side
+    # preparation (and the previous one's depletion p-values) run while the kernel computes
     with ProgressBar(len(batches), description="LOCAT genes") as bar:
         for sel in batches:
             items = np.full((gb, fits), -1, dtype=np.int64)
             items[: sel.size] = slots[sel]
-            _score_batch(Wi, ncomp, m_arr, is_null, items, ls, split_rng, out, put, fast_compile,
-                         (emb_j, logf0_j, centres_j, log_lam))  # fmt: skip
+            nxt = _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, fast_compile,
+                                  (emb_j, logf0_j, centres_j, log_lam))  # fmt: skip
+            if pending is not None:
+                _collect_batch(pending, m_arr, n, out)
+                bar.update()
+            pending = nxt
+        if pending is not None:
+            _collect_batch(pending, m_arr, n, out)
             bar.update()
     return out
 
 
-def _score_batch(Wi, ncomp, m_arr, is_null, items, ls, split_rng, out, put, fast_compile, dev) -> None:
-    """One compiled batch: ``items`` ``(gb, 1 + n_splits)``: a gene (column 0; its depletion halves in the
-    other rows) or up to ``1 + n_splits`` pseudo-genes per slot; -1 pads. Writes the items' scores into
-    ``out``."""
+def _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, fast_compile, dev) -> tuple:
+    """Prepare and dispatch one compiled batch: ``items`` ``(gb, 1 + n_splits)``: a gene (column 0; its
+    depletion halves in the other rows) or up to ``1 + n_splits`` pseudo-genes per slot; -1 pads. Returns
+    what :func:`_collect_batch` needs (the kernel's results may still be computing)."""
     gb, n_splits = items.shape[0], items.shape[1] - 1
     n = ls.emb.shape[0]
     dtype = np.float32
@@ -147,6 +155,13 @@ def _score_batch(Wi, ncomp, m_arr, is_null, items, ls, split_rng, out, put, fast
         emb_j, logf0_j, put(agg), centres_j, put(wts_all), put(ina), put(act), put(mu0.astype(dtype)),
         dtype(ls.reg), log_lam,
     )  # fmt: skip
+    return res, items, gene, na
+
+
+def _collect_batch(pending: tuple, m_arr: np.ndarray, n: int, out: dict) -> None:
+    """Wait for a dispatched batch's results and write the items' scores into ``out``."""
+    res, items, gene, na = pending
+    main, n_splits = items[:, 0], items.shape[1] - 1
     raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64) for o in res)
     rows = items.T.ravel()  # row r of the fits holds item rows[r] (column-major: main rows, then each split's)
     fit = rows >= 0

@@ -120,10 +120,13 @@ class LocalNull:
         w = np.zeros_like(dx)
         done = np.zeros(x0.size, dtype=bool)
         for h in self._BANDWIDTHS[self._BANDWIDTHS >= self.h_min]:
-            wh = np.exp(-0.5 * (dx / h) ** 2) * kf
-            take = ~done & ((wh.sum(axis=1) >= self.n_eff) | (h == self._BANDWIDTHS[-1]))
-            w[take] = wh[take]
-            done |= take
+            rows = np.flatnonzero(~done)  # only the queries still without enough neighbours
+            if rows.size == 0:
+                break
+            wh = np.exp(-0.5 * (dx[rows] / h) ** 2) * kf[rows]
+            take = (wh.sum(axis=1) >= self.n_eff) | (h == self._BANDWIDTHS[-1])
+            w[rows[take]] = wh[take]
+            done[rows[take]] = True
         return w + 1e-300, dx
 
     def _centre(self, x0, k0):
