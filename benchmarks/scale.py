@@ -174,6 +174,17 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+def run_size(cmd: list[str], n: int, timeout: float) -> None:
+    """One size in a fresh process (its own peak memory); a timeout or a failure is printed, the rows it finished
+    stay."""
+    try:
+        subprocess.run(cmd, check=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{n:>8,} | stopped after {timeout} s (the rows above finished)", flush=True)
+    except subprocess.CalledProcessError as e:
+        print(f"{n:>8,} | failed (exit {e.returncode})", flush=True)
+
+
 def step(name: str, fn, n: int):
     cpu0 = time.process_time()
     with PeakRSS() as m:
@@ -560,14 +571,9 @@ def main() -> None:
     print(f"{'bins':>8} | {'step':<22} | {'wall':>11} | {'cpu':>14} | memory")
     for n in [int(s) for s in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                subprocess.run([sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--workdir", tmp,
-                                "--skip", args.skip, "--results", str(results), *(["--svg-only"] if args.svg_only else [])],
-                               check=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{n:>8,} | stopped after {args.timeout} s (the steps above finished)", flush=True)
-            except subprocess.CalledProcessError as e:
-                print(f"{n:>8,} | failed (exit {e.returncode})", flush=True)
+            run_size([sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--workdir", tmp,
+                      "--skip", args.skip, "--results", str(results), *(["--svg-only"] if args.svg_only else [])],
+                     n, args.timeout)
     print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")
     print_summary(results, [int(x) for x in args.sizes.split(",")])
     results_dir.cleanup()

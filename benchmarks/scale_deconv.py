@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,7 +73,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import PeakRSS, step
+from scale import PeakRSS, run_size, step
 
 DECONV_GENES = 500
 DECONV_DEPTH = 1000.0
@@ -307,12 +306,7 @@ def deconv_main(args) -> None:
                    "--deconv-methods", args.deconv_methods,
                    "--c2l-epochs", str(args.c2l_epochs), "--c2l-epoch-epochs", str(args.c2l_epoch_epochs), "--destvi-epochs", str(args.destvi_epochs),
                    "--condscvi-epochs", str(args.condscvi_epochs), "--cpu-budget", str(args.cpu_budget)]
-            try:
-                subprocess.run(cmd, check=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{n:>8,} | stopped after {args.timeout} s (the rows above finished)", flush=True)
-            except subprocess.CalledProcessError as e:
-                print(f"{n:>8,} | failed (exit {e.returncode})", flush=True)
+            run_size(cmd, n, args.timeout)
             if tfile.is_file():
                 target = json.loads(tfile.read_text())
     print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +70,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import PeakRSS
+from scale import PeakRSS, run_size
 
 #: the methods' rows: (label, function name, keyword arguments)
 ROWS = {
@@ -180,12 +179,7 @@ def main() -> None:
         for n in sizes:
             cmd = [sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--methods", args.methods,
                    "--results", str(results), *(["--profile"] if args.profile else [])]
-            try:
-                subprocess.run(cmd, check=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{n:>8,} | stopped after {args.timeout} s (the rows above finished)", flush=True)
-            except subprocess.CalledProcessError as e:
-                print(f"{n:>8,} | failed (exit {e.returncode})", flush=True)
+            run_size(cmd, n, args.timeout)
         print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")
         summary(results, sizes, methods)
 
