@@ -407,6 +407,34 @@ def test_consensus_graph_outweighs_each_runs_own_neighbourhoods(monkeypatch):
     assert support[30:].min() == 1.0 and support[:30].min() == pytest.approx(2 / 3)
 
 
+def test_consensus_graph_keeps_edges_of_at_least_min_runs():
+    from experimat.methods.domains.deepst._cluster import _keep_repeated_edges
+
+    summed = sp.csr_matrix(np.array([[0, 3, 1, 0], [3, 0, 2, 0], [1, 2, 0, 1], [0, 0, 1, 0]], dtype=float))
+    kept = _keep_repeated_edges(summed, 2).toarray()
+    # the edges of one run go; spot 3, left without any edge, keeps its own (symmetrically)
+    assert kept[0, 2] == kept[2, 0] == 0 and kept[0, 1] == 3 and kept[1, 2] == 2
+    assert kept[3, 2] == kept[2, 3] == 1 and (kept == kept.T).all()
+
+
+def test_stable_consensus_clustering_does_not_depend_on_the_user_seed(monkeypatch):
+    from experimat.methods.domains.deepst import _core
+
+    rng = np.random.default_rng(0)
+    # no structure: where Leiden cuts these graphs depends on its seed, so only a fixed seed agrees
+    embeddings = [rng.normal(size=(120, 2)) for _ in range(3)]
+
+    def fake_train(*_, seed, **__):  # the same three embeddings whatever the runs' seeds
+        fake_train.calls += 1
+        return embeddings[(fake_train.calls - 1) % 3], None, {"train": 0.0}
+
+    fake_train.calls = 0
+    monkeypatch.setattr(_core, "train_deepst", fake_train)
+    kw = dict(n_domains=3, pre_epochs=1, epochs=1, device=None, batches=None)
+    found = [_core._train_runs(None, None, None, seeds=seeds, **kw)[0] for seeds in ([1, 5, 9], [123, 7, 42])]
+    assert np.array_equal(found[0], found[1])
+
+
 @pytest.mark.slow
 def test_stable_mode_agrees_across_seeds():
     adata = synthetic_domains(400, 4, 80, fold_change=2.0, seed=6)

@@ -3,6 +3,8 @@ neighbour-majority refinement of DeepST."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from experimat.methods import _cluster
@@ -57,14 +59,17 @@ def leiden_n_clusters(
 
 
 def consensus_graph_clusters(
-    embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30
+    embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, min_runs: int = 1
 ) -> tuple[np.ndarray, float, bool]:
     """Domains of several runs' embeddings of the same spots: Leiden (resolution searched for
     ``n_clusters``) on the sum of the runs' symmetric kNN graphs, an edge weighted by the number of
     runs in which the two spots are neighbours (the co-association of evidence accumulation, Fred &
     Jain, IEEE TPAMI 27:835, 2005, taken over kNN graphs instead of clusterings, so that memory
     stays ``n * k * runs``). Neighbourhoods that only one run's network happens to form get little
-    weight, so the domains depend far less on the seeds than any one run's. Above
+    weight, so the domains depend far less on the seeds than any one run's. With ``min_runs`` > 1
+    an edge is kept only when at least that many runs form it (a spot none of whose edges reaches
+    that keeps all of its own, so that no spot is cut off); when no resolution gives ``n_clusters``
+    on that graph (pieces it cut off), all edges are used. Above
     :data:`experimat.methods._cluster.SAMPLE_MAX` spots, as :func:`leiden_n_clusters`: the graph of a
     seeded sample, the other spots voting by their nearest landmarks in the runs' joined embeddings."""
     import scipy.sparse as sp
@@ -72,13 +77,33 @@ def consensus_graph_clusters(
     sample = _cluster.clustering_sample(embeddings[0].shape[0], seed)
     pts = embeddings if sample is None else [e[sample] for e in embeddings]
     graph = sp.csr_matrix(sum(knn_graph(e, k, symmetric=True, search="brute") for e in pts))
-    labels, resolution, exact = _cluster.search_resolution(
-        graph, n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=True, what="domains"
-    )
+    for g in ([_keep_repeated_edges(graph, min_runs)] if min_runs > 1 else []) + [graph]:
+        with warnings.catch_warnings(record=g is not graph):
+            labels, resolution, exact = _cluster.search_resolution(
+                g, n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=True, what="domains"
+            )
+        if exact:
+            break
     if sample is not None:
         joined = np.hstack(embeddings)
         labels = _cluster.landmark_vote(joined, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
     return labels, resolution, exact
+
+
+def _keep_repeated_edges(graph, min_runs: int):
+    """The edges of the summed kNN graph formed by at least ``min_runs`` runs; a spot left without
+    any keeps all of its edges (symmetrically)."""
+    import scipy.sparse as sp
+
+    graph = sp.csr_matrix(graph)
+    strong = graph.multiply(graph >= min_runs).tocsr()
+    strong.eliminate_zeros()
+    lonely = np.flatnonzero(np.diff(strong.indptr) == 0)
+    if lonely.size:
+        mask = sp.diags(np.isin(np.arange(graph.shape[0]), lonely).astype(float))
+        rescue = mask @ graph + graph @ mask
+        strong = strong.maximum(rescue)
+    return sp.csr_matrix(strong)
 
 
 def run_support(runs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
