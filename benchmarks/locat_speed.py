@@ -13,9 +13,10 @@ affinity), and records three times per tool:
 - ``cpu``: user + system CPU seconds of the child.
 
 The ratio (reference / ours, i.e. ours' genes per second over the reference's) is printed for each,
-with the load average before and after every run. Run it under the heavy lock on the shared machine:
+with the load average before and after every run. Run it on an otherwise idle machine (nothing else heavy at the
+same time; "heavy lock" below means that no other heavy job ran):
 
-    flock /work/.heavy.lock timeout 1200 env EXPERIMAT_REF_PYTHON_LOCAT=... python benchmarks/locat_speed.py
+    EXPERIMAT_REF_PYTHON_LOCAT=<python of a venv with locat 0.1.6> python benchmarks/locat_speed.py
 
 The reference runs with one thread per BLAS/OpenMP pool and XLA's Eigen pool off (as in
 ``benchmarks/locat.py``; with its default pools it ran several times slower on the loaded 2-core box);
