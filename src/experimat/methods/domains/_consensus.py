@@ -58,6 +58,30 @@ def pairwise_ari(runs: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _match(codes: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run's labels (``codes`` 0..kr-1) matched one-to-one onto ``ref``'s labels 0..k-1 by maximum overlap
+    (Hungarian algorithm): ``(mapping, rows, cols)``, ``mapping[c]`` the matched label of ``c`` (-1: none)."""
+    from scipy.optimize import linear_sum_assignment
+
+    kr = int(codes.max()) + 1
+    rows, cols = linear_sum_assignment(-_contingency(codes, ref, kr, k))
+    mapping = np.full(kr, -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping, rows, cols
+
+
+def run_support(runs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Per spot, the fraction of ``runs`` whose label, matched one-to-one to ``labels`` (:func:`_match`), is the
+    spot's label."""
+    labels = np.asarray(labels, dtype=np.int64)
+    k = int(labels.max()) + 1
+    agree = np.zeros(labels.shape[0])
+    for run in runs:
+        codes = _codes(run)[1]
+        agree += _match(codes, labels, k)[0][codes] == labels
+    return agree / len(runs)
+
+
 def consensus_labels(runs: Sequence[np.ndarray], probs: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
     """Relabel every run onto the medoid run and take each spot's majority label.
 
@@ -78,8 +102,6 @@ def consensus_labels(runs: Sequence[np.ndarray], probs: Sequence[np.ndarray] | N
     ``labels``; the probability of a run's label that matches no consensus label is dropped and each
     row renormalised).
     """
-    from scipy.optimize import linear_sum_assignment
-
     valued = [_codes(r) for r in runs]
     coded = [c for _, c in valued]
     n = coded[0].shape[0]
@@ -92,11 +114,7 @@ def consensus_labels(runs: Sequence[np.ndarray], probs: Sequence[np.ndarray] | N
     votes = np.zeros((n, k), dtype=np.float64)
     soft = np.zeros((n, k), dtype=np.float64) if probs is not None else None
     for i, codes in enumerate(coded):
-        kr = int(codes.max()) + 1
-        table = _contingency(codes, ref, kr, k)
-        rows, cols = linear_sum_assignment(-table)
-        mapping = np.full(kr, -1, dtype=np.int64)
-        mapping[rows] = cols
+        mapping, rows, cols = _match(codes, ref, k)
         mapped = mapping[codes]
         ok = mapped >= 0  # labels of a run with more domains than the reference abstain
         # the medoid breaks ties: its vote counts a little more

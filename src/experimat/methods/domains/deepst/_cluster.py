@@ -10,6 +10,7 @@ import numpy as np
 from experimat.methods import _cluster
 from experimat.methods._cluster import to_igraph
 from experimat.methods._graph import knn_graph
+from experimat.methods.domains._consensus import run_support  # noqa: F401 (DeepST's consensus support)
 
 from ._graph import knn_indices
 
@@ -104,25 +105,6 @@ def _keep_repeated_edges(graph, min_runs: int):
         rescue = mask @ graph + graph @ mask
         strong = strong.maximum(rescue)
     return sp.csr_matrix(strong)
-
-
-def run_support(runs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """Per spot, the fraction of ``runs`` whose label, matched one-to-one to ``labels`` by maximum
-    overlap (Hungarian algorithm), is the spot's label."""
-    from scipy.optimize import linear_sum_assignment
-
-    labels = np.asarray(labels, dtype=np.int64)
-    k = int(labels.max()) + 1
-    agree = np.zeros(labels.shape[0])
-    for run in runs:
-        _, codes = np.unique(np.asarray(run), return_inverse=True)
-        table = np.zeros((int(codes.max()) + 1, k), dtype=np.int64)
-        np.add.at(table, (codes, labels), 1)
-        rows, cols = linear_sum_assignment(-table)
-        mapping = np.full(table.shape[0], -1, dtype=np.int64)
-        mapping[rows] = cols
-        agree += mapping[codes] == labels
-    return agree / len(runs)
 
 
 def refine_labels(coords: np.ndarray, labels: np.ndarray, n_neighbors: int = 6) -> np.ndarray:
