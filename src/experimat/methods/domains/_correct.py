@@ -93,4 +93,3 @@ def harmonize(
         if change < tol:
             break
     return corrected.astype(np.float32)
-
