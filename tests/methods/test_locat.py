@@ -350,3 +350,33 @@ def test_principal_splits_are_deterministic_and_order_free():
     single = np.zeros(x.shape[0])
     single[0] = 1.0
     assert (principal_splits(x, single, 4) == 0).all()
+
+
+def test_hypergeom_lower_tail_matches_scipy():
+    from scipy.stats import hypergeom
+
+    from experimat.methods.locat._genes import hypergeom_lower_tail
+
+    rng = np.random.default_rng(0)
+    for total in (20, 700, 5000):
+        draws, good = rng.integers(1, total, 2000), rng.integers(0, total, 2000)
+        k = np.floor(draws * good / total * rng.uniform(0, 1.5, 2000)) - 1  # -1: below the support too
+        ours, ref = hypergeom_lower_tail(k, total, good, draws), hypergeom.cdf(k, total, good, draws)
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_lloyd_matches_scikit_learn_kmeans():
+    from sklearn.cluster import KMeans
+
+    from experimat.methods.locat._prep import cluster_means, lloyd, principal_splits
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(300, 4)), rng.normal(size=(100, 4)) + 4.0])
+    for k in (8, 64):
+        init = cluster_means(x, np.ones(len(x)), principal_splits(x, np.ones(len(x)), k), k)
+        ref = KMeans(n_clusters=k, init=init, n_init=1, max_iter=100).fit(x).labels_
+        np.testing.assert_array_equal(lloyd(x, init), ref)
+    # an initial centre far from every point empties its cluster: it moves to the point farthest from its centre
+    init = np.concatenate([init[:7], [[50.0, 50.0, 50.0, 50.0]]])
+    ref = KMeans(n_clusters=8, init=init, n_init=1, max_iter=100).fit(x).labels_
+    np.testing.assert_array_equal(lloyd(x, init), ref)

@@ -188,8 +188,6 @@ def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, 
     ``k_r[g, l]``: cells of the region among the ``n_pool`` cells outside half A;
     ``k_b[g, l]``: half-B cells in the region; ``n_b``: half-B size.
     """
-    from scipy.stats import hypergeom
-
     k_r = np.asarray(k_r, np.float64)
     k_b = np.asarray(k_b, np.float64)
     n_pool = np.asarray(n_pool, np.float64)[:, None]
@@ -203,12 +201,61 @@ def _depletion_pvalues(k_r, k_b, n_b, n_pool, *, min_p0=0.10, min_expected=3.0, 
     p = np.ones_like(p0)
     if passes.any():
         gi, li = np.nonzero(passes)
-        p[gi, li] = hypergeom.cdf(k_b[gi, li], n_pool[gi, 0], k_r[gi, li], n_b[gi, 0])
+        p[gi, li] = hypergeom_lower_tail(k_b[gi, li], n_pool[gi, 0], k_r[gi, li], n_b[gi, 0])
     m_eff = np.maximum(testable.sum(axis=1), 1)
     pmin = np.min(p, axis=1)
     psid = -np.expm1(m_eff * np.log1p(-np.minimum(pmin, 1 - 1e-16)))
     psid = np.where(passes.any(axis=1), psid, 1.0)
     return np.clip(psid, 1e-300, 1.0), maxdef
+
+
+def hypergeom_lower_tail(k, total, good, draws, *, rtol: float = 1e-17) -> np.ndarray:
+    """``P(X <= k)`` for ``X`` hypergeometric: ``draws`` draws without replacement from ``total`` items of
+    which ``good`` are marked (elementwise; as ``scipy.stats.hypergeom.cdf(k, total, good, draws)``).
+
+    Below the mode: the probability of ``k`` from log-gamma functions times the sum of the probabilities
+    of ``k, k - 1, ...`` relative to it (consecutive ratios ``j (total - good - draws + j) / ((good - j + 1)
+    (draws - j + 1))``, falling at least geometrically away from the mode), summed until a term adds less
+    than ``rtol`` of the sum: a few dozen steps for the lower tails of the depletion scan. At or above the
+    mode: one minus the upper tail from ``k + 1``, summed the same way upwards. Written here so that a
+    first call does not import ``scipy.stats`` (~0.5 s); relative error < 1e-11 up to 3,000 items, ~1e-9 at
+    200,000 (log-gamma differences).
+    """
+    from scipy.special import gammaln
+
+    k, total, good, draws = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (k, total, good, draws)))
+    shape = k.shape
+    k, total, good, draws = (v.ravel() for v in (k, total, good, draws))
+    lo = np.maximum(0.0, draws + good - total)  # support lo..hi
+    hi = np.minimum(good, draws)
+    mode = np.floor((draws + 1.0) * (good + 1.0) / (total + 2.0))
+    upper = np.floor(k) >= mode  # sum the upper tail from k + 1 instead
+    start = np.clip(np.where(upper, np.floor(k) + 1.0, np.floor(k)), lo, hi)
+
+    def lchoose(a, b):
+        return gammaln(a + 1.0) - gammaln(b + 1.0) - gammaln(a - b + 1.0)
+
+    log_p0 = lchoose(good, start) + lchoose(total - good, draws - start) - lchoose(total, draws)
+    rel = np.ones_like(start)  # sum of P(X = j) / P(X = start) over the tail
+    term = np.ones_like(start)
+    j = start.copy()
+    act = np.flatnonzero(np.where(upper, j < hi, j > lo))
+    while act.size:
+        jj, up = j[act], upper[act]
+        other = total[act] - good[act] - draws[act]
+        ratio = np.where(
+            up,
+            (good[act] - jj) * (draws[act] - jj) / ((jj + 1.0) * (other + jj + 1.0)),
+            jj * (other + jj) / ((good[act] - jj + 1.0) * (draws[act] - jj + 1.0)),
+        )
+        term[act] *= ratio
+        rel[act] += term[act]
+        j[act] = jj + np.where(up, 1.0, -1.0)
+        act = act[np.where(up, j[act] < hi[act], j[act] > lo[act]) & (term[act] > rtol * rel[act])]
+    tail = np.minimum(np.exp(log_p0) * rel, 1.0)
+    out = np.where(upper, 1.0 - tail, tail)
+    out = np.where(k < lo, 0.0, np.where(k >= hi, 1.0, out))
+    return np.clip(out, 0.0, 1.0).reshape(shape)
 
 
 def _make_batch_scores(fast_compile: bool):

@@ -160,13 +160,13 @@ def combine(raw, m, k, sens, p_dep, null: NullModel, local: LocalNull, n_cells: 
     """z-scores and p-values of the real genes: the z-score against the smooth null, the concentration
     p-value against the local null, Cauchy combination with the depletion p-value, then the reference's
     size and sensitivity penalties."""
-    from scipy.stats import norm
+    from scipy.special import ndtr  # the normal upper tail as scipy.stats.norm.sf, without importing scipy.stats
 
     log_frac = np.log10(m / n_cells)
     centre, scale = null.center_scale(log_frac)
     z = (raw - centre) / scale
     centre_l, scale_l = local.center_scale(log_frac, k)
-    p_conc = safe_p(norm.sf((raw - centre_l) / scale_l))
+    p_conc = safe_p(ndtr(-(raw - centre_l) / scale_l))
     p_dep = safe_p(p_dep)
     p_c = cauchy_combine(p_dep, p_conc)
     h_size = safe_p(1.0 - np.exp(-1.0 / (m + 1.0)))

@@ -25,11 +25,13 @@ class Geometry:
 
 
 def geometry(emb: np.ndarray, n_neighbors: int, reg_covar: float | None) -> Geometry:
-    from sklearn.neighbors import NearestNeighbors
+    # scipy's k-d tree rather than scikit-learn's: the same exact neighbours, and a first call does not pay for
+    # importing scikit-learn (~0.5 s, with scipy.stats another ~0.5 s; see benchmarks/locat_speed.py)
+    from scipy.spatial import cKDTree
 
     n, d = emb.shape
     k_geo = min(max(n_neighbors, 50) + 1, n)
-    dist, ind = NearestNeighbors(n_neighbors=k_geo).fit(emb).kneighbors(emb)
+    dist, ind = cKDTree(emb).query(emb, k=k_geo)
     dist, ind = dist[:, 1:], ind[:, 1:]
     pos = np.where(dist > 0, dist, np.inf)
     nearest = np.min(pos, axis=1)
@@ -56,17 +58,62 @@ def atoms(emb: np.ndarray, n_atoms: int | None) -> tuple[np.ndarray, np.ndarray]
     n = emb.shape[0]
     if n_atoms is None or n_atoms >= n:
         return np.arange(n), emb.copy()
-    from sklearn.cluster import KMeans
-
     lab0 = principal_splits(emb, np.ones(n), n_atoms)
     k0 = int(lab0.max()) + 1
-    init = cluster_means(emb, np.ones(n), lab0, k0)
-    km = KMeans(n_clusters=k0, init=init, n_init=1, max_iter=100).fit(emb)
-    used, lab = np.unique(km.labels_, return_inverse=True)
+    used, lab = np.unique(lloyd(emb, cluster_means(emb, np.ones(n), lab0, k0)), return_inverse=True)
     centres = np.zeros((used.size, emb.shape[1]))
     np.add.at(centres, lab, emb)
     centres /= np.bincount(lab, minlength=used.size)[:, None]
     return lab.astype(np.int64), centres
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Index of the nearest centre of every point (``|c|^2 - 2 x.c`` in blocks of ``chunk`` points, into one
+    reused buffer: allocating a fresh block per step cost more than the product)."""
+    cc = np.sum(centres**2, axis=1)
+    m2 = -2.0 * centres.T
+    out = np.empty(x.shape[0], dtype=np.int64)
+    buf = np.empty((min(chunk, x.shape[0]), centres.shape[0]))
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i : i + chunk]
+        b = buf[: xb.shape[0]]
+        np.matmul(xb, m2, out=b)
+        b += cc
+        out[i : i + chunk] = np.argmin(b, axis=1)
+    return out
+
+
+def lloyd(x: np.ndarray, init: np.ndarray, *, max_iter: int = 100, tol: float = 1e-4) -> np.ndarray:
+    """k-means labels of the points ``x`` by Lloyd's algorithm from the centres ``init``.
+
+    Stops when no label changes or the centres move by at most ``tol`` times the mean per-axis variance
+    of ``x`` in total squared distance (scikit-learn's rule), after at most ``max_iter`` steps; the
+    labels returned are those of the final centres. An empty cluster is moved, as in scikit-learn, to
+    the point farthest from its own centre (taken out of that point's cluster's mean); a cluster that is
+    still empty keeps its centre (the caller drops clusters left empty).
+    """
+    k = init.shape[0]
+    tol_abs = tol * float(np.mean(np.var(x, axis=0)))
+    centres = np.array(init, dtype=np.float64)
+    labels = _nearest(x, centres)
+    for _ in range(max_iter):
+        counts = np.bincount(labels, minlength=k).astype(np.float64)
+        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(x.shape[1])], axis=1)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            far = np.argsort(-np.sum((x - centres[labels]) ** 2, axis=1), kind="stable")[: empty.size]
+            for c, i in zip(empty, far, strict=False):
+                sums[labels[i]] -= x[i]
+                counts[labels[i]] -= 1.0
+                sums[c], counts[c] = x[i], 1.0
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1.0)[:, None], centres)
+        shift = float(np.sum((new - centres) ** 2))
+        centres = new
+        new_labels = _nearest(x, centres)
+        if np.array_equal(new_labels, labels) or shift <= tol_abs:
+            return new_labels
+        labels = new_labels
+    return labels
 
 
 def principal_splits(x, w, k, *, levels=False):
