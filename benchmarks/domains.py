@@ -23,8 +23,8 @@ case (``--methods stability``)         ours stab./acc.  SpaGCN 1.2.7     s/run o
 =====================================  ===============  ===============  ============  ===========
 MOB rep11, 260 spots                   0.907 / 0.536    0.541 / 0.506    3.9 : 43.5    0.7-8.9
 muscle Vis5A_2dpi, 982 spots           0.891            0.541            12.3 : 87.7   9.4-6.3
-muscle Vis7B_5dpi, 1,011 spots         0.965            not run (lock)   5.6 : -       4.5-4.6
-synthetic 1,500 spots, 6 voronoi       1.000 / 0.991    not run (lock)   3.5 : -       4.7-4.9
+muscle Vis7B_5dpi, 1,011 spots         0.965            0.600            5.2 : 34.0    0.8-4.4
+synthetic 1,500 spots, 6 voronoi       1.000 / 0.991    0.987 / 0.988    3.2 : 33.7    4.3-3.9
 =====================================  ===============  ===============  ============  ===========
 
 DeepST (``--methods deepst-stability``, MOB rep11, no reference environment): default stable mode
@@ -50,126 +50,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _domains_common import (
+    _ari,
+    _load,
+    _lognorm,
+    _neighbour_agreement,
+    _pairwise,
+    _print_row,
+    bulb_sections,
+    hippocampus_sections,
+    mouse_olfactory_bulb,
+    muscle_sample,
+    synthetic,
+    synthetic_sections,
+)
+from _domains_deepst import DEEPST_INTEGRATION_VARIANTS, bench_deepst_stability, deepst_integration
 
 HERE = Path(__file__).resolve().parent
-
-
-# --------------------------------------------------------------------------- data
-def _lognorm(adata, min_cells: int = 3):
-    import scanpy as sc
-
-    keep = np.asarray((adata.X > 0).sum(0)).ravel() >= min_cells
-    adata = adata[:, keep].copy()
-    adata.layers["lognorm"] = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
-    return adata
-
-
-def synthetic(n_spots=2000, n_domains=5, layout="stripes", with_image=False, seed=0):
-    import experimat as em
-
-    a = em.datasets.synthetic_domains(n_spots, n_domains, layout=layout, with_image=with_image, seed=seed)
-    return _lognorm(a), "domain"
-
-
-def mouse_olfactory_bulb():
-    """SpatialDE's MOB replicate 11 (ST, 260 annotated spots) with the 5 STdeconvolve layers."""
-    import anndata as ad
-
-    import experimat as em
-
-    root = Path(em.settings.data_dir) / "spatialde_mouse_olfactory_bulb_rep11"
-    counts = pd.read_csv(root / "Rep11_MOB_0.csv.gz", index_col=0)
-    annot = pd.read_csv(root / "MOB_layer_annotation_stdeconvolve.csv", index_col=0)
-    annot = annot[annot["layer"].notna()]
-    spots = counts.index.intersection(annot.index)
-    a = ad.AnnData(counts.loc[spots].to_numpy(np.float32), obs=annot.loc[spots, ["layer"]].astype("category"))
-    a.obs_names, a.var_names = list(spots), list(counts.columns)
-    a.obsm["spatial"] = annot.loc[spots, ["x", "y"]].to_numpy(np.float64)
-    return _lognorm(a), "layer"
-
-
-def _st_sections(folder: str, prefix: str, n: int) -> dict:
-    import anndata as ad
-
-    import experimat as em
-
-    root = Path(em.settings.data_dir) / "st_mouse_brain_and_olfactory_bulb_stutility" / folder
-    out = {}
-    for i in range(1, n + 1):
-        c = pd.read_csv(root / f"{prefix}{i}.tsv.gz", sep="\t", index_col=0)
-        al = pd.read_csv(root / f"alignment_table_{prefix}{i}.tsv.gz", sep="\t")
-        al.index = al.x.astype(str) + "x" + al.y.astype(str)
-        keep = al.index[al.selected == 1].intersection(c.index)
-        a = ad.AnnData(c.loc[keep].to_numpy(np.float32))
-        a.obs_names, a.var_names = [f"{prefix[0]}{i}_{k}" for k in keep], list(c.columns)
-        a.obsm["spatial"] = al.loc[keep, ["pixel_x", "pixel_y"]].to_numpy(np.float64)
-        out[f"{prefix}{i}"] = _lognorm(a)
-    return out
-
-
-def hippocampus_sections():
-    """The eight ST mouse brain (hippocampus) sections of STUtility, spots under tissue."""
-    return _st_sections("hippo", "Hippo", 8)
-
-
-def bulb_sections():
-    """The four ST mouse olfactory bulb sections of STUtility, spots under tissue."""
-    return _st_sections("mob", "MOB", 4)
-
-
-def muscle_sample(name: str):
-    """A Visium mouse muscle sample (McKellar et al. 2021), no annotation; spots under tissue."""
-    import warnings
-
-    import scanpy as sc
-
-    import experimat as em
-
-    root = Path(em.settings.data_dir) / "visium_mouse_muscle_mckellar2021" / name
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = sc.read_10x_h5(root / "filtered_feature_bc_matrix.h5")
-    a.var_names_make_unique()
-    pos = pd.read_csv(root / "spatial" / "tissue_positions_list.csv", header=None, index_col=0).loc[a.obs_names]
-    a.obsm["spatial"] = pos[[5, 4]].to_numpy(dtype=float)  # (x, y) = (pxl_col, pxl_row), full resolution
-    a = _lognorm(a, min_cells=10)
-    a.obs["none"] = "0"
-    return a, "none"
-
-
-def synthetic_sections(n_sections=3, n_spots=3000, n_domains=5, effect=0.5, seed=0):
-    """Serial sections (horizontal bands) of one synthetic tissue (Voronoi domains, known truth), each
-    with its own section effect: counts times a per-gene log-normal factor (sd ``effect``) and a depth
-    factor in [0.5, 2], redrawn as Poisson."""
-    import experimat as em
-
-    whole = em.datasets.synthetic_domains(n_spots, n_domains, layout="voronoi", seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    y = whole.obsm["spatial"][:, 1]
-    edges = np.quantile(y, np.linspace(0, 1, n_sections + 1))
-    edges[-1] += 1
-    out = {}
-    for i in range(n_sections):
-        a = whole[(y >= edges[i]) & (y < edges[i + 1])].copy()
-        factor = rng.lognormal(0.0, effect, size=a.n_vars) * rng.uniform(0.5, 2.0)
-        X = np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X)
-        a.X = rng.poisson(X * factor).astype(np.float32)
-        a.obsm["spatial"] = a.obsm["spatial"] - a.obsm["spatial"].min(0)
-        a.obs_names = [f"s{i}_{o}" for o in a.obs_names]
-        out[f"s{i}"] = _lognorm(a, min_cells=0)
-    return out
-
-
-def _load() -> str:
-    """The 1-minute load average now (timings on a shared machine are only comparable beside it)."""
-    path = Path("/proc/loadavg")
-    return path.read_text().split()[0] if path.exists() else "n/a"
-
-
-def _ari(truth, pred) -> float:
-    from sklearn.metrics import adjusted_rand_score
-
-    return float(adjusted_rand_score(np.asarray(truth).astype(str), np.asarray(pred).astype(str)))
 
 
 # --------------------------------------------------------------------------- reference runner
@@ -344,10 +241,6 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- seed stability (issue 19)
-def _pairwise(labels: list) -> float:
-    return float(np.mean([_ari(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]))
-
-
 def _stability_cases():
     return [
         ("MOB rep11 (ST, 5 layers)", mouse_olfactory_bulb, 5, "square"),
@@ -438,48 +331,10 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
     return rows
 
 
-def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
-    """Seed stability and accuracy of DeepST on real annotated data (MOB rep11 layers, raw counts):
-    ours (stable consensus of 4 runs, the default) beside ours with one seed (stable=False, the
-    reference's algorithm); mean pairwise ARI of the refined domains between seeds and mean ARI
-    against the layers. (No DeepST reference environment: the reference package pins old torch.)"""
-    import experimat as em
-    from experimat.methods.domains.deepst import spatial_detect_domains_deepst
-
-    em.settings.progress = False
-    adata, truth_key = mouse_olfactory_bulb()
-    truth = adata.obs[truth_key].astype(str).to_numpy()
-    row = {"method": "deepst-stability", "case": "MOB rep11 (ST, 5 layers)", "n_spots": adata.n_obs, "seeds": len(seeds)}
-    load_start = _load()
-    for label, stable in (("ours", True), ("ours_single", False)):
-        found, times = [], []
-        for seed in seeds:
-            t = time.perf_counter()
-            df = spatial_detect_domains_deepst(
-                adata, n_domains=5, seed=seed, stable=stable, refine_neighbors=4, use_gpu=False, key_added="d"
-            )
-            times.append(time.perf_counter() - t)
-            found.append(df["refined"].astype(str).to_numpy())
-        row[f"{label}_stability"] = _pairwise(found)
-        row[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found]))
-        row[f"{label}_s"] = float(np.mean(times))
-    row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
-    row["load"] = f"{load_start}-{_load()}"
-    _print_row(row)
-    return [row]
-
-
 # --------------------------------------------------------------------------- integration (issue 19)
-def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Mean fraction of each spot's ``k`` nearest spots that share its label."""
-    from scipy.spatial import cKDTree
-
-    _, idx = cKDTree(xy).query(xy, k=k + 1)
-    labels = np.asarray(labels).astype(str)
-    return float((labels[idx[:, 1:]] == labels[:, None]).mean())
-
-
 INTEGRATION_VARIANTS = ("ours", "ours_no_prior", "ours_harmony", "ours_as_ref", "single", "ref")
+#: every variant ``--variants`` accepts (the DeepST ones run only when asked for)
+ALL_INTEGRATION_VARIANTS = INTEGRATION_VARIANTS + DEEPST_INTEGRATION_VARIANTS
 
 
 def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_) -> list[dict]:
@@ -489,7 +344,10 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
     same n_clusters, without and with the spatial prior). Ours (default: stable consensus,
     per-section centering, spatial prior 1) vs ours without the prior, with Harmony, and as the
     reference (stable=False, batch_correction="none", no prior) vs multiSpaGCN 1.2.7; ``variants``
-    limits the runs (``single``: single-section runs with and without the prior, ``ref``: multiSpaGCN)."""
+    limits the runs (``single``: single-section runs with and without the prior, ``ref``: multiSpaGCN;
+    ``deepst``, ``deepst_one_seed``, ``deepst_sections``: DeepST's integration with
+    batch_correction=True at every seed, stable and one seed, and its single-section runs, see
+    :func:`_domains_deepst.deepst_integration`)."""
     import experimat as em
     from experimat.methods.domains.spagcn import integrate_domains_spagcn, spatial_detect_domains_spagcn
 
@@ -565,6 +423,7 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
                 single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
             row[f"{label}_section_s"] = time.perf_counter() - t
             row[f"{label}_neighbour_agreement"] = float(np.mean(single))
+        deepst_integration(row, samples, k, nn, seeds, variants, truth)
         ref = _reference_multi(samples, k, seed) if "ref" in variants else None
         if ref is not None:
             rdf, t_ref, _ = ref
@@ -588,11 +447,6 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
     return rows
 
 
-def _print_row(row: dict) -> None:
-    parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
-    print("  " + "  ".join(parts), flush=True)
-
-
 BENCHMARKS = {
     "spagcn": bench_spagcn,
     "stability": bench_stability,
@@ -611,8 +465,9 @@ def main(argv=None) -> None:
         "--variants",
         nargs="+",
         default=list(INTEGRATION_VARIANTS),
-        choices=list(INTEGRATION_VARIANTS),
-        help="integration: only these runs (e.g. --variants ref for the multiSpaGCN rows alone)",
+        choices=list(ALL_INTEGRATION_VARIANTS),
+        help="integration: only these runs (e.g. --variants ref for the multiSpaGCN rows alone; DeepST: "
+        "--variants deepst deepst_one_seed deepst_sections)",
     )
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; timings are wall-clock on this (shared) machine")
@@ -650,6 +505,12 @@ _SUMMARY = {
         "ours_no_prior_neighbour_agreement ref_neighbour_agreement single_neighbour_agreement "
         "single_prior_neighbour_agreement ours_s ref_s time_ratio load"
     ).split(),
+    "spagcn-integration:deepst": (
+        "case deepst_stability deepst_one_seed_stability deepst_ari_pooled deepst_one_seed_ari_pooled "
+        "deepst_in_every_section deepst_domains deepst_neighbour_agreement deepst_one_seed_neighbour_agreement "
+        "deepst_sections_neighbour_agreement deepst_neighbour_agreement_refined "
+        "deepst_sections_neighbour_agreement_refined deepst_s deepst_one_seed_s deepst_cost_vs_one_seed load"
+    ).split(),
 }
 
 
@@ -660,9 +521,12 @@ def _print_summary(rows: list[dict]) -> None:
         return
     table = pd.DataFrame(rows)
     for method, part in table.groupby("method", sort=False):
-        cols = [c for c in _SUMMARY.get(method, ["case"]) if c in part and part[c].notna().any()]
-        print(f"-- {method}")
-        print(part[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        for key in [k for k in _SUMMARY if k.split(":")[0] == method] or [method]:
+            cols = [c for c in _SUMMARY.get(key, ["case"]) if c in part and part[c].notna().any()]
+            if cols in (["case"], ["case", "load"]) and key != method:
+                continue  # a second table (e.g. DeepST's) with nothing measured
+            print(f"-- {key}")
+            print(part[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""Data and measures shared by the domain benchmarks (benchmarks/domains.py): the real and synthetic
+inputs (raw counts in ``X``, log-normalised in ``layers['lognorm']``), ARI, seed stability,
+neighbour agreement and the load average."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+# --------------------------------------------------------------------------- data
+def _lognorm(adata, min_cells: int = 3):
+    import scanpy as sc
+
+    keep = np.asarray((adata.X > 0).sum(0)).ravel() >= min_cells
+    adata = adata[:, keep].copy()
+    adata.layers["lognorm"] = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
+    return adata
+
+
+def synthetic(n_spots=2000, n_domains=5, layout="stripes", with_image=False, seed=0):
+    import experimat as em
+
+    a = em.datasets.synthetic_domains(n_spots, n_domains, layout=layout, with_image=with_image, seed=seed)
+    return _lognorm(a), "domain"
+
+
+def mouse_olfactory_bulb():
+    """SpatialDE's MOB replicate 11 (ST, 260 annotated spots) with the 5 STdeconvolve layers."""
+    import anndata as ad
+
+    import experimat as em
+
+    root = Path(em.settings.data_dir) / "spatialde_mouse_olfactory_bulb_rep11"
+    counts = pd.read_csv(root / "Rep11_MOB_0.csv.gz", index_col=0)
+    annot = pd.read_csv(root / "MOB_layer_annotation_stdeconvolve.csv", index_col=0)
+    annot = annot[annot["layer"].notna()]
+    spots = counts.index.intersection(annot.index)
+    a = ad.AnnData(counts.loc[spots].to_numpy(np.float32), obs=annot.loc[spots, ["layer"]].astype("category"))
+    a.obs_names, a.var_names = list(spots), list(counts.columns)
+    a.obsm["spatial"] = annot.loc[spots, ["x", "y"]].to_numpy(np.float64)
+    return _lognorm(a), "layer"
+
+
+def _st_sections(folder: str, prefix: str, n: int) -> dict:
+    import anndata as ad
+
+    import experimat as em
+
+    root = Path(em.settings.data_dir) / "st_mouse_brain_and_olfactory_bulb_stutility" / folder
+    out = {}
+    for i in range(1, n + 1):
+        c = pd.read_csv(root / f"{prefix}{i}.tsv.gz", sep="\t", index_col=0)
+        al = pd.read_csv(root / f"alignment_table_{prefix}{i}.tsv.gz", sep="\t")
+        al.index = al.x.astype(str) + "x" + al.y.astype(str)
+        keep = al.index[al.selected == 1].intersection(c.index)
+        a = ad.AnnData(c.loc[keep].to_numpy(np.float32))
+        a.obs_names, a.var_names = [f"{prefix[0]}{i}_{k}" for k in keep], list(c.columns)
+        a.obsm["spatial"] = al.loc[keep, ["pixel_x", "pixel_y"]].to_numpy(np.float64)
+        out[f"{prefix}{i}"] = _lognorm(a)
+    return out
+
+
+def hippocampus_sections():
+    """The eight ST mouse brain (hippocampus) sections of STUtility, spots under tissue."""
+    return _st_sections("hippo", "Hippo", 8)
+
+
+def bulb_sections():
+    """The four ST mouse olfactory bulb sections of STUtility, spots under tissue."""
+    return _st_sections("mob", "MOB", 4)
+
+
+def muscle_sample(name: str):
+    """A Visium mouse muscle sample (McKellar et al. 2021), no annotation; spots under tissue."""
+    import warnings
+
+    import scanpy as sc
+
+    import experimat as em
+
+    root = Path(em.settings.data_dir) / "visium_mouse_muscle_mckellar2021" / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = sc.read_10x_h5(root / "filtered_feature_bc_matrix.h5")
+    a.var_names_make_unique()
+    pos = pd.read_csv(root / "spatial" / "tissue_positions_list.csv", header=None, index_col=0).loc[a.obs_names]
+    a.obsm["spatial"] = pos[[5, 4]].to_numpy(dtype=float)  # (x, y) = (pxl_col, pxl_row), full resolution
+    a = _lognorm(a, min_cells=10)
+    a.obs["none"] = "0"
+    return a, "none"
+
+
+def synthetic_sections(n_sections=3, n_spots=3000, n_domains=5, effect=0.5, seed=0):
+    """Serial sections (horizontal bands) of one synthetic tissue (Voronoi domains, known truth), each
+    with its own section effect: counts times a per-gene log-normal factor (sd ``effect``) and a depth
+    factor in [0.5, 2], redrawn as Poisson."""
+    import experimat as em
+
+    whole = em.datasets.synthetic_domains(n_spots, n_domains, layout="voronoi", seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    y = whole.obsm["spatial"][:, 1]
+    edges = np.quantile(y, np.linspace(0, 1, n_sections + 1))
+    edges[-1] += 1
+    out = {}
+    for i in range(n_sections):
+        a = whole[(y >= edges[i]) & (y < edges[i + 1])].copy()
+        factor = rng.lognormal(0.0, effect, size=a.n_vars) * rng.uniform(0.5, 2.0)
+        X = np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X)
+        a.X = rng.poisson(X * factor).astype(np.float32)
+        a.obsm["spatial"] = a.obsm["spatial"] - a.obsm["spatial"].min(0)
+        a.obs_names = [f"s{i}_{o}" for o in a.obs_names]
+        out[f"s{i}"] = _lognorm(a, min_cells=0)
+    return out
+
+
+def _load() -> str:
+    """The 1-minute load average now (timings on a shared machine are only comparable beside it)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "n/a"
+
+
+def _ari(truth, pred) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(truth).astype(str), np.asarray(pred).astype(str)))
+
+
+def _pairwise(labels: list) -> float:
+    return float(np.mean([_ari(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]))
+
+
+def _neighbour_agreement(xy: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Mean fraction of each spot's ``k`` nearest spots that share its label."""
+    from scipy.spatial import cKDTree
+
+    _, idx = cKDTree(xy).query(xy, k=k + 1)
+    labels = np.asarray(labels).astype(str)
+    return float((labels[idx[:, 1:]] == labels[:, None]).mean())
+
+
+def _print_row(row: dict) -> None:
+    parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+    print("  " + "  ".join(parts), flush=True)

@@ -1,0 +1,118 @@
+"""DeepST rows of the domain benchmarks (benchmarks/domains.py): seed stability of detection on MOB
+rep11 and the DeepST variants of the integration cases. No DeepST reference environment: the
+reference package pins an old torch stack, so these rows have no reference column."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from _domains_common import _ari, _load, _neighbour_agreement, _pairwise, _print_row, mouse_olfactory_bulb
+
+#: the DeepST variants of ``bench_integration`` (``--variants``): the integration (default stable
+#: mode) and one seed (stable=False), each at every ``--seeds`` seed; single-section runs (first seed)
+DEEPST_INTEGRATION_VARIANTS = ("deepst", "deepst_one_seed", "deepst_sections")
+
+
+def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
+    """Seed stability and accuracy of DeepST on real annotated data (MOB rep11 layers, raw counts):
+    ours (stable consensus of 4 runs, the default) beside ours with one seed (stable=False, the
+    reference's algorithm); mean pairwise ARI of the refined domains between seeds and mean ARI
+    against the layers. (No DeepST reference environment: the reference package pins old torch.)"""
+    import experimat as em
+    from experimat.methods.domains.deepst import spatial_detect_domains_deepst
+
+    em.settings.progress = False
+    adata, truth_key = mouse_olfactory_bulb()
+    truth = adata.obs[truth_key].astype(str).to_numpy()
+    row = {
+        "method": "deepst-stability",
+        "case": "MOB rep11 (ST, 5 layers)",
+        "n_spots": adata.n_obs,
+        "seeds": len(seeds),
+    }
+    load_start = _load()
+    for label, stable in (("ours", True), ("ours_single", False)):
+        found, times = [], []
+        for seed in seeds:
+            t = time.perf_counter()
+            df = spatial_detect_domains_deepst(
+                adata, n_domains=5, seed=seed, stable=stable, refine_neighbors=4, use_gpu=False, key_added="d"
+            )
+            times.append(time.perf_counter() - t)
+            found.append(df["refined"].astype(str).to_numpy())
+        row[f"{label}_stability"] = _pairwise(found)
+        row[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found]))
+        row[f"{label}_s"] = float(np.mean(times))
+    row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
+    row["load"] = f"{load_start}-{_load()}"
+    _print_row(row)
+    return [row]
+
+
+def _shared(labs: dict) -> tuple[int, int]:
+    """``(domains, domains present in every section)`` of per-section label Series."""
+    every = set(pd.concat(labs.values()))
+    return len(every), int(sum(all(d in set(v) for v in labs.values()) for d in every))
+
+
+def deepst_integration(row: dict, samples: dict, n_domains: int, nn: int, seeds, variants, truth: dict) -> None:
+    """The DeepST columns of an integration row: ``integrate_domains_deepst(batch_correction=True)``
+    in its stable mode (``deepst_*``) and with one seed (``deepst_one_seed_*``) at every seed (seed
+    stability = mean pairwise ARI of the pooled refined labels; domains, domains in every section
+    (the fewest over the seeds), neighbour agreement of the domains and refined domains over ``nn``
+    neighbours (mean over the seeds), pooled ARI against the truth), beside single-section DeepST
+    runs (stable mode, first seed) at the same ``n_domains``; time per call and the stable mode's
+    cost against one seed."""
+    from experimat.methods.domains.deepst import integrate_domains_deepst, spatial_detect_domains_deepst
+
+    for label, stable in (("deepst", True), ("deepst_one_seed", False)):
+        if label not in variants:
+            continue
+        found, times, in_every, agree, agree_refined, aris = [], [], [], [], [], []
+        for seed in seeds:
+            t = time.perf_counter()
+            integrate_domains_deepst(
+                samples,
+                n_domains=n_domains,
+                seed=seed,
+                stable=stable,
+                refine_neighbors=nn,
+                use_gpu=False,
+                key_added=label,
+            )
+            times.append(time.perf_counter() - t)
+            labs = {s: a.obs[f"{label}.domain"].astype(str) for s, a in samples.items()}
+            refined = {s: a.obs[f"{label}.refined"].astype(str) for s, a in samples.items()}
+            found.append(pd.concat(refined.values()).to_numpy())
+            row[f"{label}_domains"], every = _shared(labs)
+            in_every.append(every)
+            agree.append(np.mean([_neighbour_agreement(a.obsm["spatial"], labs[s], nn) for s, a in samples.items()]))
+            agree_refined.append(
+                np.mean([_neighbour_agreement(a.obsm["spatial"], refined[s], nn) for s, a in samples.items()])
+            )
+            if truth:
+                aris.append(_ari(pd.concat(truth.values()), found[-1]))
+        row[f"{label}_in_every_section"] = min(in_every)
+        row[f"{label}_neighbour_agreement"] = float(np.mean(agree))
+        row[f"{label}_neighbour_agreement_refined"] = float(np.mean(agree_refined))
+        row[f"{label}_s"] = float(np.mean(times))
+        if len(seeds) > 1:
+            row[f"{label}_stability"] = _pairwise(found)
+        if truth:
+            row[f"{label}_ari_pooled"] = float(np.mean(aris))
+    if "deepst_s" in row and "deepst_one_seed_s" in row:
+        row["deepst_cost_vs_one_seed"] = row["deepst_s"] / row["deepst_one_seed_s"]
+    if "deepst_sections" in variants:
+        agree, agree_refined = [], []
+        t = time.perf_counter()
+        for a in samples.values():
+            df = spatial_detect_domains_deepst(
+                a, n_domains=n_domains, seed=seeds[0], refine_neighbors=nn, use_gpu=False, key_added="deepst_section"
+            )
+            agree.append(_neighbour_agreement(a.obsm["spatial"], df["domain"].astype(str).to_numpy(), nn))
+            agree_refined.append(_neighbour_agreement(a.obsm["spatial"], df["refined"].astype(str).to_numpy(), nn))
+        row["deepst_sections_s"] = time.perf_counter() - t
+        row["deepst_sections_neighbour_agreement"] = float(np.mean(agree))
+        row["deepst_sections_neighbour_agreement_refined"] = float(np.mean(agree_refined))
