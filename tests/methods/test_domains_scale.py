@@ -5,6 +5,8 @@ that small data take the large-data paths; the results are compared with the exa
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -170,3 +172,152 @@ def test_spot_weights_by_blocks_match_one_pass(monkeypatch):
     monkeypatch.setattr(deepst_graph, "_BLOCK_ENTRIES", 1_000)  # blocks of 33 spots
     blocked = deepst_graph.spot_weights(xy, pcs, img, spatial_k=30)
     assert blocked.dtype == whole.dtype and (blocked != whole).nnz == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# PCA fitted on a sample of rows and applied to all (DeepST's preparation above PCA_FIT_MAX spots)
+# ------------------------------------------------------------------------------------------------
+def _typed_counts(n: int, g: int, n_types: int, seed: int = 0) -> sp.csr_matrix:
+    """log1p of Poisson counts of ``n_types`` row types with their own mean profiles: the leading
+    ``n_types - 1`` principal axes are the types' differences, with a clear gap to the noise."""
+    rng = np.random.default_rng(seed)
+    profiles = rng.lognormal(-1, 1, size=(n_types, g))
+    x = sp.csr_matrix(rng.poisson(profiles[rng.integers(0, n_types, n)]).astype(np.float64))
+    x.data = np.log1p(x.data)
+    return x
+
+
+@pytest.mark.parametrize("n_genes", [300, 1_200])  # the exact covariance and the randomised SVD
+@pytest.mark.parametrize("blocks", [None, [0, 1_500, 4_000]])
+def test_sketch_pca_spans_the_full_pca_subspace(n_genes, blocks):
+    from scipy.linalg import subspace_angles
+
+    from experimat.methods._expression import block_pca
+
+    x = _typed_counts(4_000, n_genes, 6)
+    full = block_pca(x, 20, blocks=blocks, scale=True, seed=0)
+    # fit_max at or above the rows: the exact path, bit for bit
+    np.testing.assert_array_equal(block_pca(x, 20, blocks=blocks, scale=True, seed=0, fit_max=4_000), full)
+    sketch = block_pca(x, 20, blocks=blocks, scale=True, seed=0, fit_max=1_500)
+    assert sketch.shape == full.shape and sketch.dtype == np.float32
+    angles = np.degrees(subspace_angles(full[:, :5].astype(float), sketch[:, :5].astype(float)))
+    assert angles.max() < 3  # the types' subspace (1.1 degrees), from 1,500 of 4,000 rows
+    # same centring: scores of each block have mean 0, as the full PCA's
+    bounds = [0, 4_000] if blocks is None else blocks
+    for lo, hi in itertools.pairwise(bounds):
+        np.testing.assert_allclose(sketch[lo:hi].mean(0), 0, atol=1e-3 * np.abs(sketch).max())
+    # seeded: the same sample, the same scores; another seed, another sample, the same subspace
+    np.testing.assert_array_equal(sketch, block_pca(x, 20, blocks=blocks, scale=True, seed=0, fit_max=1_500))
+    other = block_pca(x, 20, blocks=blocks, scale=True, seed=1, fit_max=1_500)
+    assert not np.array_equal(other, sketch)
+    assert np.degrees(subspace_angles(other[:, :5].astype(float), sketch[:, :5].astype(float))).max() < 3
+
+
+def test_sketch_pca_scores_are_the_projection_of_every_row(monkeypatch):
+    from experimat.methods import _expression
+
+    x = _typed_counts(3_000, 200, 4)
+    monkeypatch.setattr(_expression, "_SKETCH_CHUNK", 700)  # rows projected in several chunks
+    scores = _expression.block_pca(x, 10, scale=True, seed=0, fit_max=1_000)
+    dense = x.toarray()
+    z = (dense - dense.mean(0)) / dense.std(0)
+    # the scores are z @ V for orthonormal axes V: recover V from them and check every row follows it
+    v = np.linalg.lstsq(z, scores.astype(float), rcond=None)[0]
+    np.testing.assert_allclose(v.T @ v, np.eye(10), atol=1e-4)
+    np.testing.assert_allclose(z @ v, scores, rtol=0, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepST's subgraph mini-batches
+# ------------------------------------------------------------------------------------------------
+def test_spatial_tiles_stay_within_samples_and_are_compact():
+    from experimat.methods.domains.deepst import _subgraph
+
+    xy, _ = em.datasets.visium_hex_grid(2_000)
+    coords = np.vstack([xy, xy])  # two samples on the same coordinates
+    tiles = _subgraph.spatial_tiles(coords, np.array([0, 2_000, 4_000]), 200)
+    assert set(tiles[:2_000]).isdisjoint(tiles[2_000:])
+    np.testing.assert_array_equal(np.unique(tiles), np.arange(tiles.max() + 1))
+    sizes = np.bincount(tiles)
+    assert 10 <= sizes.size // 2 <= 40 and np.median(sizes) > 100
+    spacing = np.median(np.sort(cdist(xy, xy), 1)[:, 1])
+    for t in range(tiles.max() + 1):  # a tile is a square patch: its diameter ~ sqrt(2 x 200) spacings
+        pts = coords[tiles == t]
+        assert np.ptp(pts, 0).max() < 30 * spacing
+
+
+def test_subgraph_batch_gives_the_full_graph_embedding_of_its_spots():
+    """With the 2-hop halo and the unrenormalised adjacency, a batch's spots get exactly the outputs
+    the whole graph gives them (eval mode: batch norm from running statistics)."""
+    from experimat.methods.domains.deepst import _subgraph
+
+    xy, _ = em.datasets.visium_hex_grid(1_500)
+    adj_norm, adj_label = deepst_graph.spatial_graph(xy, 12)
+    tiles = _subgraph.spatial_tiles(xy, np.array([0, 1_500]), 100)
+    batches = _subgraph.SubgraphBatches(adj_norm, adj_label, tiles, 300, seed=0, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    net = deepst_model.build_network(torch, 16, deepst_model.TrainConfig()).eval()
+    x = torch.randn(1_500, 16)
+    with torch.no_grad():
+        z_full = net(x, deepst_model._to_torch_sparse(torch, adj_norm, "cpu"))[0]
+        seen = set()
+        for _ in range(6):
+            b = batches.next()
+            core = b.core.numpy()
+            assert b.n_core == core.size >= 300 and np.all(np.diff(core) > 0)
+            np.testing.assert_array_equal(b.nodes.numpy()[: b.n_core], core)
+            z = net(x.index_select(0, b.nodes), (b.adj1, b.adj2))[0]
+            assert z.shape[0] == b.n_core
+            torch.testing.assert_close(z, z_full[b.core], rtol=1e-5, atol=1e-5)
+            # the decoder's edges: exactly the graph's edges between the batch's spots
+            pos = b.pos.numpy()
+            sub = adj_label[core][:, core].tocoo()
+            assert sorted(zip(pos[0].tolist(), pos[1].tolist())) == sorted(zip(sub.row.tolist(), sub.col.tolist()))
+            seen.update(core.tolist())
+    assert len(seen) == 1_500  # the tiles are drawn without replacement until all were used
+
+
+def _stripes(n: int, n_genes: int, seed: int = 1):
+    return em.datasets.synthetic_visium_hd(n, n_genes, seed=seed, with_image=False)
+
+
+def test_deepst_minibatch_training_finds_the_planted_domains(monkeypatch):
+    from experimat.methods.domains.deepst import _core, _subgraph
+
+    a = _stripes(2_500, 400)
+    truth = a.obs["domain"].astype(str)
+    monkeypatch.setattr(deepst_model, "FULL_BATCH_MAX", 1_000)
+    monkeypatch.setattr(deepst_model, "BATCH_SPOTS", 600)
+    monkeypatch.setattr(_subgraph, "TILE_SPOTS", 150)
+    monkeypatch.setattr(_core, "PCA_FIT_MAX", 1_000)
+    kw = dict(layer="counts", n_domains=4, pre_epochs=80, epochs=40, seed=0, stable=False, use_gpu=False)
+    hist = []
+    real = _core.train_deepst
+
+    def spy(*args, **kwargs):
+        h = {}
+        out = real(*args, history=h, **kwargs)
+        hist.append(h)
+        return out
+
+    monkeypatch.setattr(_core, "train_deepst", spy)
+    spatial_detect_domains_deepst(a, key_added="mb", **kw)
+    entry = a.uns["mb"]
+    assert (entry["pca_sample"], entry["train_batch"], entry["train_tile"]) == (1_000, 600, 150)
+    assert adjusted_rand_score(truth, a.obs["mb.domain"]) > 0.9
+    # one step per epoch, each on a subgraph; the pre-training loss falls
+    pre = np.asarray(hist[0]["pretrain"])
+    assert pre.size == 80 and len(hist[0]["train"]) == 40
+    assert pre[-10:].mean() < 0.95 * pre[:10].mean()
+    # reproducible with a fixed seed
+    spatial_detect_domains_deepst(a, key_added="again", **kw)
+    np.testing.assert_array_equal(a.obsm["mb.embedding"], a.obsm["again.embedding"])
+    np.testing.assert_array_equal(a.obs["mb.domain"], a.obs["again.domain"])
+
+
+def test_deepst_small_data_keeps_full_batch_and_the_exact_pca():
+    a = _stripes(600, 200)
+    spatial_detect_domains_deepst(a, layer="counts", n_domains=4, pre_epochs=5, epochs=5, seed=0, stable=False,
+                                  use_gpu=False, key_added="d")
+    entry = a.uns["d"]
+    assert (entry["pca_sample"], entry["train_batch"], entry["train_tile"]) == ("none", "none", "none")

@@ -214,6 +214,9 @@ def _write(adata: AnnData, res: dict, i: int, params: dict, extra: dict) -> tupl
         n_domains_found=n_found,
         cluster_sample=res["cluster_sample"],
         edge_sample=res["edge_sample"],
+        pca_sample=res["pca_sample"],
+        train_batch=res["train_batch"],
+        train_tile=res["train_tile"],
         **extra,
         **_consensus_extra(res["consensus"]),
     )

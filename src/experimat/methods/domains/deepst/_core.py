@@ -22,7 +22,7 @@ from experimat.methods._checks import check_counts, get_coordinates, get_matrix
 from experimat.methods._expression import block_pca, normalize_total, top_variance_genes
 
 from .. import _consensus
-from . import _graph, _image, _model
+from . import _graph, _image, _model, _subgraph
 from ._cluster import consensus_graph_clusters, initial_clusters, leiden_n_clusters, refine_labels, run_support
 from ._model import TrainConfig, train_deepst
 
@@ -39,6 +39,9 @@ _CONSENSUS_SEED = 0
 _CONSENSUS_MIN_RUNS = 2
 #: principal components of the reference DeepST, and the fewest the stable mode uses
 _REFERENCE_PCS, _MIN_STABLE_PCS = 200, 10
+#: above this many spots both PCAs of the preparation are fitted on a seeded sample of this many spots
+#: and applied to all (sketch-then-project); the preparation is computed once and shared by all runs
+PCA_FIT_MAX = 50_000
 
 
 @dataclass
@@ -120,36 +123,19 @@ def fit(
     sizes = [s.coords.shape[0] for s in samples]
     n_pcs = default_n_pcs(sum(sizes), stable) if n_pcs is None else n_pcs
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    all_counts = sp.vstack([s.counts for s in samples], format="csr")
-    all_lib = np.concatenate([s.library for s in samples])
-    genes = top_variance_genes(_lognorm(all_counts, all_lib), n_top_genes)
-    sub = all_counts[:, genes]
-
-    start = logger.info(f"DeepST: augmenting {all_counts.shape[0]} spots x {len(genes)} genes")
-    expr_pcs = block_pca(_lognorm(sub, all_lib), 50, blocks=offsets, scale=True, seed=0)
-    image = None
-    if samples[0].image_raw is not None:
-        image = _image.reduce_features(np.vstack([s.image_raw for s in samples]), 50)
-    aug_blocks, aug_lib, adj_blocks, label_blocks = [], [], [], []
-    for i, s in enumerate(samples):
-        lo, hi = offsets[i], offsets[i + 1]
-        w = _graph.spot_weights(s.coords, expr_pcs[lo:hi], None if image is None else image[lo:hi], spatial_k=spatial_k)
-        top = _graph.top_neighbour_weights(w, n_augment_neighbors)
-        aug_blocks.append(_graph.augment_expression(sub[lo:hi], top, adjacent_weight))
-        aug_lib.append(s.library + adjacent_weight * (top @ s.library))
-        a_norm, a_label = _graph.spatial_graph(s.coords, graph_k)
-        adj_blocks.append(a_norm)
-        label_blocks.append(a_label)
-    aug = sp.vstack(aug_blocks, format="csr")
-    data = block_pca(_lognorm(aug, np.concatenate(aug_lib)), n_pcs, blocks=offsets, scale=True, seed=0)
-    adj_norm, adj_label = _graph.block_diag(adj_blocks), _graph.block_diag(label_blocks)
-    logger.info(f"DeepST: augmented data, {data.shape[1]} PCs, graph with {adj_label.nnz} edges", time=start)
+    data, adj_norm, adj_label = _prepare(samples, offsets, n_top_genes=n_top_genes, n_pcs=n_pcs, spatial_k=spatial_k,
+                                         n_augment_neighbors=n_augment_neighbors, adjacent_weight=adjacent_weight,
+                                         graph_k=graph_k)
+    tiles, batch_spots = None, None
+    if data.shape[0] > _model.FULL_BATCH_MAX:
+        batch_spots = _model.BATCH_SPOTS
+        tiles = _subgraph.spatial_tiles(np.vstack([s.coords for s in samples]), offsets, _subgraph.TILE_SPOTS)
 
     batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
     seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
     labels, emb, net, timings, resolution, exact, consensus = _train_runs(
         data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
-        device=device, batches=batches,
+        device=device, batches=batches, tiles=tiles, batch_spots=batch_spots,
     )
     refined = np.concatenate(
         [refine_labels(s.coords, labels[offsets[i] : offsets[i + 1]], refine_neighbors) for i, s in enumerate(samples)]
@@ -171,7 +157,48 @@ def fit(
         # the size rules (recorded in the parameters): clusterings on a sample, edges drawn per epoch
         "cluster_sample": cluster_blocks.SAMPLE_MAX if data.shape[0] > cluster_blocks.SAMPLE_MAX else "none",
         "edge_sample": _model.EDGE_SAMPLE_MAX if adj_label.nnz > _model.EDGE_SAMPLE_MAX else "none",
+        "pca_sample": PCA_FIT_MAX if data.shape[0] > PCA_FIT_MAX else "none",
+        "train_batch": batch_spots if batch_spots is not None else "none",
+        "train_tile": _subgraph.TILE_SPOTS if batch_spots is not None else "none",
     }
+
+
+def _prepare(samples: list[_Sample], offsets: np.ndarray, *, n_top_genes, n_pcs, spatial_k, n_augment_neighbors,
+             adjacent_weight, graph_k) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """The network's input (``n_pcs`` principal components of the augmented expression) and the
+    block-diagonal spatial graph (normalised, and 0/1 with self-loops) of all samples' spots.
+
+    Both PCAs (50 components of the expression for the spot weights, ``n_pcs`` of the augmented
+    expression) are fitted on a seeded sample of :data:`PCA_FIT_MAX` spots above that many
+    (:func:`experimat.methods._expression.sketch_block_pca`) and applied to all."""
+    all_counts = sp.vstack([s.counts for s in samples], format="csr")
+    all_lib = np.concatenate([s.library for s in samples])
+    genes = top_variance_genes(_lognorm(all_counts, all_lib), n_top_genes)
+    sub = all_counts[:, genes]
+    del all_counts
+
+    start = logger.info(f"DeepST: augmenting {sub.shape[0]} spots x {len(genes)} genes")
+    expr_pcs = block_pca(_lognorm(sub, all_lib), 50, blocks=offsets, scale=True, seed=0, fit_max=PCA_FIT_MAX)
+    image = None
+    if samples[0].image_raw is not None:
+        image = _image.reduce_features(np.vstack([s.image_raw for s in samples]), 50)
+    aug_blocks, adj_blocks, label_blocks = [], [], []
+    for i, s in enumerate(samples):
+        lo, hi = offsets[i], offsets[i + 1]
+        w = _graph.spot_weights(s.coords, expr_pcs[lo:hi], None if image is None else image[lo:hi], spatial_k=spatial_k)
+        top = _graph.top_neighbour_weights(w, n_augment_neighbors)
+        aug_blocks.append(_lognorm(_graph.augment_expression(sub[lo:hi], top, adjacent_weight),
+                                   s.library + adjacent_weight * (top @ s.library)))
+        a_norm, a_label = _graph.spatial_graph(s.coords, graph_k)
+        adj_blocks.append(a_norm)
+        label_blocks.append(a_label)
+    del sub, expr_pcs
+    aug = sp.vstack(aug_blocks, format="csr")
+    del aug_blocks
+    data = block_pca(aug, n_pcs, blocks=offsets, scale=True, seed=0, fit_max=PCA_FIT_MAX)
+    adj_norm, adj_label = _graph.block_diag(adj_blocks), _graph.block_diag(label_blocks)
+    logger.info(f"DeepST: augmented data, {data.shape[1]} PCs, graph with {adj_label.nnz} edges", time=start)
+    return data, adj_norm, adj_label
 
 
 def load_samples(
@@ -222,7 +249,8 @@ def load_samples(
     return samples, common
 
 
-def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches):
+def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches, tiles=None,
+                batch_spots=None):
     """One network fit and Leiden search per seed; several are combined by clustering the sum of the
     runs' kNN graphs (:func:`._cluster.consensus_graph_clusters`), the medoid run giving the
     embedding and network. (Relabelling and voting the runs' own domains, as SpaGCN's consensus,
@@ -244,6 +272,8 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
             device=device,
             batches=batches,
             cluster_init=init_clusters,
+            tiles=tiles,
+            batch_spots=batch_spots,
         )
         logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
         run_labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=run_seed)

@@ -7,6 +7,8 @@ Differences from the reference implementation, all for memory that grows linearl
 * the graph decoder's binary cross-entropy is computed on the graph's edges plus as many
   uniformly sampled spot pairs (negative sampling, as in PyG's GAE) instead of the dense ``n x n``
   inner-product matrix; above :data:`EDGE_SAMPLE_MAX` edges, on that many edges drawn each epoch;
+* above :data:`FULL_BATCH_MAX` spots an epoch is one optimiser step on a subgraph batch of spatial
+  tiles with their 2-hop halo (:mod:`._subgraph`) instead of all spots.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from experimat.methods._torch import minibatches, torch_threads, train
 #: edges (and as many random pairs) of the graph decoder's loss per epoch: above this many, a uniform
 #: draw of them (an unbiased estimate of the mean over all edges; graphs of up to ~75,000 spots use all)
 EDGE_SAMPLE_MAX = 1_000_000
+#: spots up to which every optimiser step uses all spots (full batch, as the reference DeepST); above,
+#: each step trains on a subgraph batch of about :data:`BATCH_SPOTS` spots (:mod:`._subgraph`)
+FULL_BATCH_MAX = 50_000
+#: spots of a subgraph batch
+BATCH_SPOTS = 25_000
 
 
 @dataclass
@@ -113,11 +120,14 @@ def build_network(torch, input_dim: int, cfg: TrainConfig, n_batches: int = 0):
             )
 
         def forward(self, x, adj):
+            # adj: the normalised adjacency, or on a subgraph batch the pair (rows of the spots and
+            # their neighbours, rows of the spots): the outputs are then those of the first rows of x
+            adj1, adj2 = adj if isinstance(adj, tuple) else (adj, adj)
             feat = self.encoder(x)
-            h = torch.relu(self.conv_bn(self.conv(feat, adj)))
-            mu, logstd = self.conv_mean(h, adj), self.conv_logvar(h, adj)
+            h = torch.relu(self.conv_bn(self.conv(feat, adj1)))
+            mu, logstd = self.conv_mean(h, adj2), self.conv_logvar(h, adj2)
             gz = mu + torch.randn_like(mu) * torch.exp(logstd) if self.training else mu
-            z = torch.cat([feat, gz], dim=1)
+            z = torch.cat([feat[: mu.shape[0]], gz], dim=1)
             recon = self.decoder(z)
             d2 = ((z[:, None, :] - self.cluster_layer[None]) ** 2).sum(2)
             q = (1.0 / (1.0 + d2 / cfg.alpha) + 1e-8) ** ((cfg.alpha + 1.0) / 2.0)
@@ -133,6 +143,31 @@ def _target_distribution(q):
     return (w.t() / w.sum(1)).t()
 
 
+def _graph_ae_loss(cfg: TrainConfig, n: int, recon, mu, logstd, z, dom, target_x, edges_all, dom_b):
+    """The loss of a step but the DEC term: reconstruction of ``target_x``, the graph decoder's binary
+    cross-entropy on the edges ``edges_all`` (rows of ``z``; above :data:`EDGE_SAMPLE_MAX`, that many
+    drawn) and as many random pairs of ``z``'s rows, the KL term (scaled by the ``n`` spots of the
+    graph) and the adversarial batch classifier's cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    device = z.device
+    mse = F.mse_loss(recon, target_x)
+    m, n_pos = z.shape[0], edges_all.shape[1]
+    neg = torch.randint(0, m, (2, min(n_pos, EDGE_SAMPLE_MAX)), device=device)
+    edges = edges_all if n_pos <= EDGE_SAMPLE_MAX else edges_all[
+        :, torch.randint(0, n_pos, (EDGE_SAMPLE_MAX,), device=device)]
+    # index_select: its backward (index_add) is faster than advanced indexing's (index_put)
+    lp = (z.index_select(0, edges[0]) * z.index_select(0, edges[1])).sum(1)
+    ln = (z.index_select(0, neg[0]) * z.index_select(0, neg[1])).sum(1)
+    bce = F.softplus(-lp).mean() + F.softplus(ln).mean()
+    kld = -0.5 / n * torch.mean(torch.sum(1 + 2 * logstd - mu**2 - torch.exp(logstd) ** 2, 1))
+    loss = cfg.mse_weight * mse + cfg.bce_kld_weight * (bce + kld)
+    if dom is not None:
+        loss = loss + cfg.domain_weight * F.cross_entropy(dom, dom_b)
+    return loss
+
+
 def train_deepst(
     data: np.ndarray,
     adj_norm: sp.csr_matrix,
@@ -145,6 +180,9 @@ def train_deepst(
     batches: np.ndarray | None = None,
     cfg: TrainConfig | None = None,
     cluster_init=None,
+    tiles: np.ndarray | None = None,
+    batch_spots: int | None = None,
+    history: dict | None = None,
 ):
     """Train the network and return ``(embedding, network, timings)``.
 
@@ -154,9 +192,13 @@ def train_deepst(
     few hundred inputs, where a thread pool's busy-waiting threads cost far more than they give
     (on a loaded 2-core machine one thread trained MOB rep11's 260 spots ~20x faster), and one
     thread makes a seeded fit bit-for-bit reproducible.
+
+    Every epoch is one optimiser step: on all spots, or with ``tiles`` (a spatial tile per spot) on a
+    subgraph batch of about ``batch_spots`` spots (:class:`._subgraph.SubgraphBatches`), the same
+    number of steps. ``history``, when given, receives the loss of every step (``"pretrain"``,
+    ``"train"``).
     """
     import torch
-    import torch.nn.functional as F
 
     cfg = cfg or TrainConfig()
     n = data.shape[0]
@@ -168,25 +210,27 @@ def train_deepst(
         adj = _to_torch_sparse(torch, adj_norm, device)
         lab = adj_label.tocoo()
         pos = torch.from_numpy(np.vstack([lab.row, lab.col]).astype(np.int64)).to(device)
-        n_pos = pos.shape[1]
         dom_t = torch.from_numpy(batches.astype(np.int64)).to(device) if n_batches > 1 else None
         net = build_network(torch, x.shape[1], cfg, n_batches).to(device)
-        full_batch = minibatches(n, None, None)  # every epoch: one full-batch step
+        if tiles is None:
+            steps = minibatches(n, None, None)  # every epoch: one full-batch step
+        else:
+            from ._subgraph import SubgraphBatches
+
+            sampler = SubgraphBatches(adj_norm, adj_label, tiles, batch_spots, seed, device)
+            steps = lambda epoch: [sampler.next()]  # noqa: E731
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        def loss_fn(recon, mu, logstd, z, dom):
-            mse = F.mse_loss(recon, x)
-            neg = torch.randint(0, n, (2, min(n_pos, EDGE_SAMPLE_MAX)), device=device)
-            edges = pos if n_pos <= EDGE_SAMPLE_MAX else pos[:, torch.randint(0, n_pos, (EDGE_SAMPLE_MAX,), device=device)]
-            # index_select: its backward (index_add) is faster than advanced indexing's (index_put)
-            lp = (z.index_select(0, edges[0]) * z.index_select(0, edges[1])).sum(1)
-            ln = (z.index_select(0, neg[0]) * z.index_select(0, neg[1])).sum(1)
-            bce = F.softplus(-lp).mean() + F.softplus(ln).mean()
-            kld = -0.5 / n * torch.mean(torch.sum(1 + 2 * logstd - mu**2 - torch.exp(logstd) ** 2, 1))
-            loss = cfg.mse_weight * mse + cfg.bce_kld_weight * (bce + kld)
-            if dom is not None:
-                loss = loss + cfg.domain_weight * F.cross_entropy(dom, dom_t)
-            return loss
+        def inputs(batch):
+            """(network input, its adjacency, reconstruction target, edges, batch labels, rows) of a step."""
+            if batch is None:
+                return x, adj, x, pos, dom_t, None
+            xb = x.index_select(0, batch.nodes)
+            dom_b = dom_t.index_select(0, batch.core) if dom_t is not None else None
+            return xb, (batch.adj1, batch.adj2), xb[: batch.n_core], batch.pos, dom_b, batch.core
+
+        def loss_fn(recon, mu, logstd, z, dom, target_x, edges_all, dom_b):
+            return _graph_ae_loss(cfg, n, recon, mu, logstd, z, dom, target_x, edges_all, dom_b)
 
         @torch.no_grad()
         def evaluate():
@@ -194,18 +238,22 @@ def train_deepst(
             z, _, _, _, q, _ = net(x, adj)
             return z, q
 
-        start = logger.info(f"DeepST: pre-training on {n} spots x {x.shape[1]} inputs, {pre_epochs} epochs ({device})")
+        what = "all spots" if tiles is None else f"subgraphs of ~{batch_spots} spots"
+        start = logger.info(f"DeepST: pre-training on {n} spots x {x.shape[1]} inputs, {pre_epochs} epochs "
+                            f"({what}, {device})")
         t0 = time.perf_counter()
 
-        def pretrain_loss(_, epoch):
+        def pretrain_loss(batch, epoch):
             net.train()
-            xin = x.masked_fill(torch.rand(x.shape, device=device) < cfg.corrupt, 0.0)
+            xs, a, target_x, edges, dom_b, _ = inputs(batch)
+            xin = xs.masked_fill(torch.rand(xs.shape, device=device) < cfg.corrupt, 0.0)
             # forward on the corrupted input, reconstruct the clean one
-            z, mu, logstd, recon, _, dom = net(xin, adj)
-            return loss_fn(recon, mu, logstd, z, dom)
+            z, mu, logstd, recon, _, dom = net(xin, a)
+            return loss_fn(recon, mu, logstd, z, dom, target_x, edges, dom_b)
 
-        train(pretrain_loss, opt, full_batch, max_epochs=pre_epochs, n_obs=n, name="DeepST pre-training",
-              clip_grad_norm=cfg.grad_clip)
+        one = (lambda b: n) if tiles is not None else None  # the loss of a step, not a sum over spots
+        hist = train(pretrain_loss, opt, steps, max_epochs=pre_epochs, n_obs=n, name="DeepST pre-training",
+                     clip_grad_norm=cfg.grad_clip, batch_len=one)
         timings["pretrain_s"] = time.perf_counter() - t0
         logger.info(f"DeepST: pre-training done, peak memory {peak_rss_mb():.0f} MB", time=start)
 
@@ -220,19 +268,24 @@ def train_deepst(
         t0 = time.perf_counter()
         target = None
 
-        def dec_loss(_, epoch):
+        def dec_loss(batch, epoch):
             nonlocal target
             if epoch % cfg.q_stride == 0:
                 _, q_eval = evaluate()
                 target = _target_distribution(q_eval).detach()
             net.train()
-            z, mu, logstd, recon, q, dom = net(x, adj)
+            xs, a, target_x, edges, dom_b, rows = inputs(batch)
+            z, mu, logstd, recon, q, dom = net(xs, a)
+            p = target if rows is None else target.index_select(0, rows)
             # KL(P || Q) averaged over spots and clusters (as F.kl_div's 'mean' in the reference)
-            kl = (target * (torch.log(target.clamp_min(1e-12)) - torch.log(q))).mean()
-            return loss_fn(recon, mu, logstd, z, dom) + cfg.kl_weight * kl
+            kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q))).mean()
+            return loss_fn(recon, mu, logstd, z, dom, target_x, edges, dom_b) + cfg.kl_weight * kl
 
-        train(dec_loss, opt, full_batch, max_epochs=epochs, n_obs=n, name="DeepST training", clip_grad_norm=cfg.grad_clip)
+        hist_dec = train(dec_loss, opt, steps, max_epochs=epochs, n_obs=n, name="DeepST training",
+                         clip_grad_norm=cfg.grad_clip, batch_len=one)
         timings["train_s"] = time.perf_counter() - t0
+        if history is not None:
+            history.update(pretrain=hist, train=hist_dec)
         n_ep = max(pre_epochs + epochs, 1)
         timings["per_epoch_s"] = (timings["pretrain_s"] + timings["train_s"]) / n_ep
         timings["peak_rss_mb"] = peak_rss_mb()
