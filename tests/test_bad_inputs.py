@@ -409,13 +409,13 @@ def _ranged_calls():
 
 @pytest.mark.parametrize("case", sorted(_ranged_calls()))
 def test_declared_ranges_refuse_direct_calls(case, monkeypatch):
-    import experimat.methods.domains.spagcn._detect as detect
+    import experimat.methods.domains.spagcn._inputs as inputs
 
     func, kwargs, expect = _ranged_calls()[case]
     a = _spots(7)
     before = a.copy()
     # "before any work": the expression is never read
-    monkeypatch.setattr(detect, "_expression", lambda *a, **k: pytest.fail("work started before the range check"))
+    monkeypatch.setattr(inputs, "_expression", lambda *a, **k: pytest.fail("work started before the range check"))
     with pytest.raises(em.InvalidInputError) as info:
         func(a, **kwargs)
     assert expect in str(info.value), str(info.value)

@@ -15,7 +15,7 @@ from experimat._logging import logger
 from experimat.methods._checks import check_positive_int, get_coordinates, get_obs_column, store_params
 from experimat.methods._options import option_ranges
 
-from ._detect import _expression
+from ._inputs import _expression
 
 if TYPE_CHECKING:
     from anndata import AnnData
