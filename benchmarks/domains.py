@@ -332,21 +332,27 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- integration (issue 19)
-INTEGRATION_VARIANTS = ("ours", "ours_no_prior", "ours_harmony", "ours_as_ref", "single", "ref")
+INTEGRATION_VARIANTS = ("ours", "ours_no_prior", "ours_no_refill", "ours_harmony", "ours_as_ref", "single", "ref")
 #: every variant ``--variants`` accepts (the DeepST ones run only when asked for)
 ALL_INTEGRATION_VARIANTS = INTEGRATION_VARIANTS + DEEPST_INTEGRATION_VARIANTS
 
 
+def muscle_samples() -> dict:
+    """The two Visium muscle samples (2 and 5 days after injury) as sections to integrate."""
+    return {name: muscle_sample(name)[0] for name in ("Vis5A_2dpi", "Vis7B_5dpi")}
+
+
 def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_) -> list[dict]:
     """Shared domains across sections: synthetic sections with section effects and known shared
-    domains (pooled ARI), the 4 ST olfactory bulb and 8 ST hippocampus sections (domains present in
-    every section; neighbour agreement of the integrated domains against single-section runs at the
-    same n_clusters, without and with the spatial prior). Ours (default: stable consensus,
-    per-section centering, spatial prior 1) vs ours without the prior, with Harmony, and as the
-    reference (stable=False, batch_correction="none", no prior) vs multiSpaGCN 1.2.7; ``variants``
-    limits the runs (``single``: single-section runs with and without the prior, ``ref``: multiSpaGCN;
-    ``deepst``, ``deepst_one_seed``, ``deepst_sections``: DeepST's integration with
-    batch_correction=True at every seed, stable and one seed, and its single-section runs, see
+    domains (pooled ARI), the 4 ST olfactory bulb and 8 ST hippocampus sections and the 2 Visium muscle
+    samples (domains present in every section; neighbour agreement of the integrated domains, raw and
+    refined, against single-section runs at the same n_clusters, without and with the spatial prior).
+    Ours (default: stable consensus, per-section centering, emptied domains refilled, spatial prior 1)
+    vs ours without the prior, without the refill, with Harmony, and as the reference (stable=False,
+    batch_correction="none", no prior, no refill) vs multiSpaGCN 1.2.7; ``variants`` limits the runs
+    (``single``: single-section runs with and without the prior, ``ref``: multiSpaGCN; ``deepst``,
+    ``deepst_one_seed``, ``deepst_sections``: DeepST's integration with batch_correction=True at every
+    seed, stable and one seed, and its single-section runs, see
     :func:`_domains_deepst.deepst_integration`)."""
     import experimat as em
     from experimat.methods.domains.spagcn import integrate_domains_spagcn, spatial_detect_domains_spagcn
@@ -357,6 +363,7 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
         ("synthetic 3 sections, 5 shared domains, section effects", synthetic_sections, 5, "hexagon", 6),
         ("4 ST olfactory bulb sections", bulb_sections, 7, "square", 4),
         ("8 ST hippocampus sections", hippocampus_sections, 10, "square", 4),
+        ("2 Visium muscle samples", muscle_samples, 8, "hexagon", 6),
     ]
     rows = []
     for name, load, k, shape, nn in all_cases:
@@ -376,8 +383,9 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
         runs = (
             ("ours", {}),
             ("ours_no_prior", {"spatial_prior": 0.0}),
+            ("ours_no_refill", {"keep_n_clusters": False}),
             ("ours_harmony", {"batch_correction": "harmony"}),
-            ("ours_as_ref", {"stable": False, "batch_correction": "none", "spatial_prior": 0.0}),
+            ("ours_as_ref", {"stable": False, "batch_correction": "none", "spatial_prior": 0.0, "keep_n_clusters": False}),
         )
         for label, kw in runs:
             if label not in variants:
@@ -414,15 +422,17 @@ def bench_integration(seeds=(0,), cases=None, variants=INTEGRATION_VARIANTS, **_
         for label, prior in (("single", 0.0), ("single_prior", 1.0)):
             if "single" not in variants:
                 break
-            single = []
+            single, single_refined = [], []
             t = time.perf_counter()
             for a in samples.values():
                 df = spatial_detect_domains_spagcn(
                     a, n_clusters=k, seed=seed, refine_shape=shape, use_gpu=False, spatial_prior=prior
                 )
                 single.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 0].astype(str).to_numpy(), nn))
+                single_refined.append(_neighbour_agreement(a.obsm["spatial"], df.iloc[:, 1].astype(str).to_numpy(), nn))
             row[f"{label}_section_s"] = time.perf_counter() - t
             row[f"{label}_neighbour_agreement"] = float(np.mean(single))
+            row[f"{label}_neighbour_agreement_refined"] = float(np.mean(single_refined))
         deepst_integration(row, samples, k, nn, seeds, variants, truth)
         ref = _reference_multi(samples, k, seed) if "ref" in variants else None
         if ref is not None:
@@ -502,8 +512,10 @@ _SUMMARY = {
     "spagcn-integration": (
         "case ours_ari_pooled ref_ari_pooled ari_pooled_ratio ours_in_every_section ours_domains "
         "ref_in_every_section ref_domains ours_neighbour_agreement ours_neighbour_agreement_refined "
-        "ours_no_prior_neighbour_agreement ref_neighbour_agreement single_neighbour_agreement "
-        "single_prior_neighbour_agreement ours_s ref_s time_ratio load"
+        "ours_no_prior_neighbour_agreement ours_no_prior_neighbour_agreement_refined ours_no_refill_domains "
+        "ours_no_refill_neighbour_agreement ref_neighbour_agreement single_neighbour_agreement "
+        "single_neighbour_agreement_refined single_prior_neighbour_agreement single_prior_neighbour_agreement_refined "
+        "ours_s ref_s time_ratio load"
     ).split(),
     "spagcn-integration:deepst": (
         "case deepst_stability deepst_one_seed_stability deepst_ari_pooled deepst_one_seed_ari_pooled "

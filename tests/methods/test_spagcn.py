@@ -480,3 +480,94 @@ def test_keep_n_clusters_must_be_a_bool():
     with pytest.raises(InvalidInputError, match="keep_n_clusters must be True or False"):
         spatial_detect_domains_spagcn(a, n_clusters=3, keep_n_clusters="yes", use_gpu=False)
     assert "spagcn.domain" not in a.obs
+
+
+def _grid(nx, ny, x0=0.0):
+    gx, gy = np.meshgrid(np.arange(nx, dtype=float) + x0, np.arange(ny, dtype=float))
+    return np.column_stack([gx.ravel(), gy.ravel()])
+
+
+def test_refill_splits_the_spatially_coherent_cluster_not_the_widest():
+    from experimat.methods.domains._potts import lattice_neighbours
+    from experimat.methods.domains.spagcn._model import refill_empty
+
+    rng = np.random.default_rng(0)
+    xy = _grid(20, 20)
+    left, top = xy[:, 0] < 10, xy[:, 1] < 10
+    z = rng.normal(scale=0.3, size=(400, 4))
+    # cluster 0 (left half): two intermixed spot types far apart in expression, the widest cluster;
+    # cluster 1 (right half): a top and a bottom region, closer in expression; cluster 2 emptied
+    z[left, 0] += np.where(rng.random(400) < 0.5, 5.0, -5.0)[left]
+    z[~left, 1] += np.where(top, 1.5, -1.5)[~left]
+    labels = np.where(left, 0, 1)
+    centres = np.stack([z[labels == 0].mean(0), z[labels == 1].mean(0), np.zeros(4)])
+    widest = labels.copy()
+    assert sorted(refill_empty(z, widest, centres.copy())) == [0, 2]  # no spatial graph: the widest
+    moved = refill_empty(z, labels, centres, adjacency=lattice_neighbours(xy))
+    assert sorted(moved) == [1, 2]
+    truth = np.where(left, 0, np.where(top, 1, 2))
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert np.allclose(centres[2], z[labels == 2].mean(0))
+
+
+def test_refill_keeps_both_halves_in_every_section():
+    from scipy import sparse
+
+    from experimat.methods.domains._potts import lattice_neighbours
+    from experimat.methods.domains.spagcn._model import refill_empty
+
+    rng = np.random.default_rng(1)
+    xy = _grid(20, 10)
+    left, top = xy[:, 0] < 10, xy[:, 1] < 5
+    sections = np.repeat([0, 1], 200)
+    adjacency = sparse.block_diag([lattice_neighbours(xy)] * 2, format="csr")
+    z = rng.normal(scale=0.3, size=(400, 4))
+    # cluster 0 (left halves) differs by section: its bisection separates the sections and cuts no
+    # spatial edge; cluster 1 (right halves) has a top and a bottom region in both sections
+    z[:, 0] += np.where(np.tile(left, 2), np.where(sections == 0, 3.0, -3.0), 0.0)
+    z[:, 1] += np.where(np.tile(~left, 2), np.where(np.tile(top, 2), 1.5, -1.5), 0.0)
+    labels = np.where(np.tile(left, 2), 0, 1)
+    centres = np.stack([z[labels == 0].mean(0), z[labels == 1].mean(0), np.zeros(4)])
+    by_section = labels.copy()
+    assert sorted(refill_empty(z, by_section, centres.copy(), adjacency=adjacency)) == [0, 2]
+    assert set(by_section[sections == 0]) != set(by_section[sections == 1])  # a section-specific domain
+    assert sorted(refill_empty(z, labels, centres, adjacency=adjacency, sections=sections)) == [1, 2]
+    for s in (0, 1):
+        assert set(labels[sections == s]) == {0, 1, 2}
+
+
+def _stripe_sections(n_sections=3, n_spots=1500, n_domains=4, seed=2):
+    """Serial sections across the stripes of one synthetic tissue: every domain in every section."""
+    whole = em.datasets.synthetic_domains(n_spots, n_domains, layout="stripes", seed=seed)
+    y = whole.obsm["spatial"][:, 1]
+    edges = np.quantile(y, np.linspace(0, 1, n_sections + 1))
+    edges[-1] += 1
+    out = {}
+    for i in range(n_sections):
+        a = whole[(y >= edges[i]) & (y < edges[i + 1])].copy()
+        a.obs_names = [f"s{i}_{o}" for o in a.obs_names]
+        out[f"s{i}"] = _lognorm(a)
+    return out
+
+
+def test_integration_returns_every_requested_domain_in_every_section(monkeypatch):
+    # a start whose fourth cluster is a third of the spots of domains 0 and 1, scattered (and domains 2 and 3
+    # merged): DEC empties it; the default refill splits the merged domains, in every section
+    import experimat.methods.domains.spagcn._model as model
+
+    samples = _stripe_sections()
+    truth = pd.concat([a.obs["domain"].astype(str) for a in samples.values()])
+    codes = pd.Categorical(truth).codes.astype(np.int64)
+    start = np.minimum(codes, 2)
+    start[np.flatnonzero(codes <= 1)[::3]] = 3
+    monkeypatch.setattr(model, "_initial_labels", lambda feats, **kw: (None, start.copy(), "kmeans"))
+    kw = dict(n_clusters=4, max_epochs=200, seed=1, use_gpu=False, n_runs=2)
+    integrate_domains_spagcn(samples, key_added="kept", **kw)
+    for a in samples.values():
+        assert a.obs["kept"].nunique() == 4 and a.obs["kept.refined"].nunique() == 4
+    found = pd.concat([a.obs["kept"].astype(str) for a in samples.values()])
+    assert _ari(truth, found) >= 0.9
+    uns = samples["s0"].uns["kept"]
+    assert uns["params"]["keep_n_clusters"] is True and uns["refilled_clusters"] == [1, 1]
+    integrate_domains_spagcn(samples, key_added="spagcn", keep_n_clusters=False, **kw)  # SpaGCN's clustering
+    assert pd.concat([a.obs["spagcn"].astype(str) for a in samples.values()]).nunique() == 3

@@ -76,10 +76,16 @@ def potts_labels(
     return labels, sweeps
 
 
+def sections_adjacency(xys: list[np.ndarray]) -> sparse.csr_matrix:
+    """The spot lattices of several sections as one block-diagonal adjacency (no pair of spots of two
+    sections is adjacent), rows in the order of ``xys``."""
+    return sparse.block_diag([lattice_neighbours(xy) for xy in xys], format="csr")
+
+
 def sections_prior(prob: np.ndarray, labels: np.ndarray, xys: list[np.ndarray], beta: float) -> tuple[np.ndarray, float, int]:
-    """:func:`potts_labels` over several sections at once, each on its own spot lattice (no pair of spots of two
-    sections is adjacent; ``xys`` in the order of the rows of ``prob``). Returns the labels, the fraction of
-    spots relabelled and the number of sweeps."""
-    adjacency = sparse.block_diag([lattice_neighbours(xy) for xy in xys], format="csr")
+    """:func:`potts_labels` over several sections at once, each on its own spot lattice
+    (:func:`sections_adjacency`; ``xys`` in the order of the rows of ``prob``). Returns the labels, the
+    fraction of spots relabelled and the number of sweeps."""
+    adjacency = sections_adjacency(xys)
     smoothed, sweeps = potts_labels(prob, labels, adjacency, beta)
     return smoothed, float(np.mean(smoothed != labels)), sweeps

@@ -9,9 +9,11 @@ the labels change (SpaGCN's stopping rule).
 
 DEC can empty a cluster: its centre drifts between clusters so that no spot is most likely in it
 (on spots between two domains, which the initial clustering gathered into a cluster of their own).
-With ``keep_clusters`` (opt-in) an emptied cluster is handled as k-means handles one
-(:func:`refill_empty`): at the next target refresh the widest cluster is bisected and the emptied
-centre takes one half, so that ``n_clusters`` stays the number of domains; SpaGCN itself does not.
+With ``keep_clusters`` an emptied cluster is handled as bisecting k-means handles one
+(:func:`refill_empty`): at the next target refresh a cluster is bisected and the emptied centre
+takes one half, so that ``n_clusters`` stays the number of domains; SpaGCN itself does not. Given
+the spots' spatial graph, the cluster bisected is the one whose split cuts the fewest spatial edges
+(halves in every section first), else the widest.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from experimat._logging import logger
 from experimat.methods._cluster import clustering_sample, leiden, nearest_centre, to_igraph
@@ -149,6 +152,8 @@ def fit_gcdec(
     res_start: float = 0.4,
     kmeans_n_init: int = 20,
     keep_clusters: bool = False,
+    adjacency=None,
+    sections: np.ndarray | None = None,
 ) -> FitResult:
     """Fit the graph-convolution DEC model on ``A X`` (``ax``, spots x PCs).
 
@@ -156,7 +161,9 @@ def fit_gcdec(
     SpaGCN's uniform random draw, so that the initial clustering sees ``A X`` itself, not a random
     linear map of it (the main source of seed-to-seed differences). ``res_start``: first resolution
     of the Leiden search. ``kmeans_n_init``: k-means restarts (the best of them starts the fit).
-    ``keep_clusters``: refill a cluster that training empties (:func:`refill_empty`).
+    ``keep_clusters``: refill a cluster that training empties (:func:`refill_empty`, which splits the
+    cluster that cuts the fewest edges of ``adjacency``, the spots' spatial graph, and keeps halves in
+    every section of ``sections`` first; without them the widest cluster).
     Above 50,000 spots the initial clustering runs on a random sample (:func:`_initial_labels`).
     """
     import torch
@@ -215,6 +222,7 @@ def fit_gcdec(
             tol,
             params=[weight, bias, mu],
             keep_clusters=keep_clusters,
+            refill_by=dict(adjacency=adjacency, sections=sections),
         )
     return FitResult(
         labels=prob.argmax(1),
@@ -246,38 +254,80 @@ def _bisect(points: np.ndarray, max_iter: int = 20) -> tuple[np.ndarray, np.ndar
     return points[~side].mean(0), points[side].mean(0), side
 
 
-def refill_empty(z: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> list[int]:
+def _split_score(labels: np.ndarray, pairs: tuple[np.ndarray, np.ndarray] | None, sections, members, side) -> tuple:
+    """How good a split of ``members`` into ``side`` / ``~side`` is, as a sortable tuple: first whether both
+    halves occur in every section the cluster occurs in (``sections``: section of every spot), then the
+    number of spot-graph edges (``pairs``: both ends of every edge) the split cuts, fewer first."""
+    shared = True
+    if sections is not None:
+        where = np.unique(sections[members])
+        shared = bool(np.isin(where, sections[members[side]]).all() and np.isin(where, sections[members[~side]]).all())
+    cut = 0
+    if pairs is not None:
+        moved = np.zeros(labels.shape[0], dtype=bool)
+        moved[members[side]] = True
+        inside = labels[pairs[0]] == labels[pairs[1]]
+        cut = int(np.count_nonzero(inside & (moved[pairs[0]] != moved[pairs[1]])))
+    return (shared, -cut)
+
+
+def refill_empty(
+    z: np.ndarray,
+    labels: np.ndarray,
+    centres: np.ndarray,
+    *,
+    adjacency=None,
+    sections: np.ndarray | None = None,
+) -> list[int]:
     """Give every empty cluster of ``labels`` spots again, as k-means does with an emptied cluster
-    (bisecting k-means, Steinbach et al., KDD Workshop on Text Mining 2000): the cluster with the
-    largest sum of squared distances of its spots to its centre is split in two (:func:`_bisect`); it
-    keeps one half's centre and the empty cluster takes the other's. ``centres`` and ``labels`` are
-    updated in place; returns the clusters whose centres moved."""
+    (bisecting k-means, Steinbach et al., KDD Workshop on Text Mining 2000): a cluster is split in two
+    (:func:`_bisect`); it keeps one half's centre and the empty cluster takes the other's.
+
+    Which cluster: without ``adjacency``, the widest (largest sum of squared distances of its spots to
+    its centre), as bisecting k-means. With ``adjacency`` (the spots' spatial graph, sparse, rows in
+    the order of ``z``) every cluster is bisected and the split that cuts the fewest spatial edges is
+    kept: the domain that splits into two spatially coherent parts (a spatial domain is a connected
+    region; the widest cluster in expression space is often one region whose halves intermix). With
+    ``sections`` (section of every spot) a split whose halves both occur in every section the
+    cluster occurs in comes first, so that the new domain is shared like the others. ``centres`` and
+    ``labels`` are updated in place; returns the clusters whose centres moved."""
     k = centres.shape[0]
+    pairs = None
+    if adjacency is not None:
+        upper = sparse.triu(sparse.csr_matrix(adjacency), k=1).tocoo()
+        pairs = (upper.row, upper.col)
     moved: list[int] = []
     for j in np.flatnonzero(np.bincount(labels, minlength=k) == 0):
         counts = np.bincount(labels, minlength=k)
         d2 = ((z - centres[labels]) ** 2).sum(1)
         sse = np.bincount(labels, weights=d2, minlength=k)
         sse[counts < 2] = -1.0
-        c = int(np.argmax(sse))
-        if sse[c] <= 0:
+        if sse.max() <= 0:
             break  # no cluster to split: fewer distinct spots than clusters
-        members = np.flatnonzero(labels == c)
-        keep, other, side = _bisect(z[members])
+        candidates = [int(np.argmax(sse))] if pairs is None else np.flatnonzero(sse > 0)
+        best = None
+        for c in candidates:
+            members = np.flatnonzero(labels == c)
+            keep, other, side = _bisect(z[members])
+            score = (*_split_score(labels, pairs, sections, members, side), sse[c])
+            if best is None or score > best[0]:
+                best = (score, int(c), members, keep, other, side)
+        _, c, members, keep, other, side = best
         centres[c], centres[j] = keep, other
         labels[members[side]] = j
         moved += [c, int(j)]
     return moved
 
 
-def _train(ax, embed, mu, soft_assign, labels0, lr, max_epochs, tol, *, params, keep_clusters=False):
+def _train(ax, embed, mu, soft_assign, labels0, lr, max_epochs, tol, *, params, keep_clusters=False, refill_by=None):
     """DEC training on the shared loop (:func:`experimat.methods._torch.train`), full batch.
 
     The target distribution (Xie et al., ICML 2016, eq. 3: ``p_ij ~ q_ij^2 / f_j``, ``f_j`` the soft
     size of cluster ``j``) is refreshed every ``UPDATE_INTERVAL`` epochs; training stops at the first
     epoch after a refresh where fewer than ``tol`` of the labels changed (SpaGCN's rule). With
     ``keep_clusters`` an emptied cluster is refilled (:func:`refill_empty`) at each refresh before
-    the target is computed, and training does not stop while a cluster is empty.
+    the target is computed (``refill_by``: keyword arguments of :func:`refill_empty`), and training
+    does not stop while a cluster is empty.
     Returns the last epoch's index, the final soft assignment and the number of refills.
     """
     import torch
@@ -294,11 +344,11 @@ def _train(ax, embed, mu, soft_assign, labels0, lr, max_epochs, tol, *, params, 
                 labels = q.argmax(1).cpu().numpy()
                 if np.bincount(labels, minlength=k).min() == 0:
                     centres = mu.detach().cpu().numpy().astype(np.float64)
-                    moved = refill_empty(z.cpu().numpy().astype(np.float64), labels, centres)
+                    moved = refill_empty(z.cpu().numpy().astype(np.float64), labels, centres, **(refill_by or {}))
                     if moved:
                         mu.copy_(torch.as_tensor(centres, dtype=mu.dtype, device=mu.device))
                         state["refilled"] += len(moved) // 2
-                        logger.info(f"    refilled {len(moved) // 2} emptied cluster(s) by bisecting the widest")
+                        logger.info(f"    refilled {len(moved) // 2} emptied cluster(s) by bisecting cluster {moved[0]}")
                         q = soft_assign(z)
             target = q**2 / q.sum(0)
             state["target"] = target / target.sum(1, keepdim=True)
