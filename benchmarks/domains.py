@@ -31,6 +31,13 @@ DeepST (``--methods deepst-stability``, MOB rep11, no reference environment): de
 (4 runs, consensus graph of the edges of >= 2 runs, Leiden with its own fixed seed) 0.805 / 0.452,
 11.0 s = 3.0x a single run; one seed (stable=False, the reference's algorithm) 0.359 / 0.413, 3.7 s
 (load 1.2-1.1). Before: 3 runs, all edges, Leiden seeded by the user seed 0.667 / 0.497 (2.2x).
+Consensus-graph settings on the same 5 seeds' cached run embeddings (stab. / acc.; the same runs,
+only the consensus clustering changed): neighbours k 6-30 x edges of >= 1-4 of the 4 runs
+give no setting with stab. >= 0.8 and acc. above 0.458 (k 10, all edges: 0.817 / 0.458; k 15,
+>= 2 runs, the default: 0.805 / 0.452; k 20, >= 2: 0.834 / 0.448; k 30, >= 3: 0.834 / 0.456);
+acc. near 0.5 comes only with unstable settings (k 25, all edges 0.664 / 0.496; 3 runs, all edges
+0.645 / 0.503), and 6 runs settle at 0.438-0.460 (k 20, all edges 0.862 / 0.460). The stable
+domains' ARI against the layers is ~0.45 (the earlier 0.497 came with stab. 0.667): no change.
 Integration (``--methods integration --cases synthetic bulb``), ours (load ~4) vs multiSpaGCN 1.2.7
 (``--variants ref``, load ~3): synthetic 3 sections pooled ARI 0.999 vs 0.548 (5 vs 7 domains),
 6.4 vs 10.4 s; 4 ST bulb sections 7/7 domains in every section vs 0 of 6, neighbour agreement
