@@ -65,6 +65,117 @@ def test_prior_does_not_cross_sections():
     assert (out == labels).all()
 
 
+def _icm_one_at_a_time(prob, labels, adj, beta, max_sweeps=20, order=None):
+    """Reference: ICM with the spots updated one at a time, in ``order`` (default: index order, the
+    implementation before the level-wise sweeps)."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    adj = sparse.csr_matrix(adj)
+    degree = np.diff(adj.indptr)
+    weight = beta / np.median(degree[degree > 0])
+    logp = np.log(np.clip(prob, 1e-12, None))
+    for _ in range(max_sweeps):
+        changed = 0
+        for i in range(labels.size) if order is None else order:
+            nbr = adj.indices[adj.indptr[i] : adj.indptr[i + 1]]
+            if nbr.size == 0:
+                continue
+            score = logp[i] + weight * np.bincount(labels[nbr], minlength=prob.shape[1])
+            best = int(np.argmax(score))
+            if score[best] > score[labels[i]]:
+                labels[i] = best
+                changed += 1
+        if changed == 0:
+            break
+    return labels
+
+
+def _noisy_domains(seed, n=24, hexagonal=False):
+    """Voronoi domains on a lattice and a noisy soft assignment of them (the model's labels its argmax)."""
+    rng = np.random.default_rng(seed)
+    xy = _hex_grid(n) if hexagonal else _square_grid(n)
+    k = 4
+    centres = xy[rng.choice(len(xy), k, replace=False)]
+    truth = np.argmin(((xy[:, None, :] - centres[None]) ** 2).sum(-1), 1)
+    logit = 2.0 * (truth[:, None] == np.arange(k)) + rng.normal(0, 1.5, (len(xy), k))
+    prob = np.exp(logit)
+    prob /= prob.sum(1, keepdims=True)
+    return xy, truth, prob.argmax(1), prob
+
+
+def test_update_levels_order_the_spots_by_priority():
+    from experimat.methods._graph import knn_graph
+
+    rng = np.random.default_rng(0)
+    graphs = [_potts.lattice_neighbours(_square_grid(12)), _potts.lattice_neighbours(_hex_grid(12)),
+              knn_graph(rng.uniform(size=(400, 2)), 6, symmetric=True)]
+    for adj in graphs:
+        adj = sparse.csr_matrix(((adj + adj.T) > 0).astype(float))
+        levels = _potts.update_levels(adj)
+        spots = np.concatenate(levels)
+        assert np.array_equal(np.sort(spots), np.arange(adj.shape[0]))  # each spot once (all have neighbours)
+        level_of = np.empty(adj.shape[0], int)
+        for i, lev in enumerate(levels):
+            level_of[lev] = i
+        coo = sparse.coo_matrix(adj)
+        assert (level_of[coo.row] != level_of[coo.col]).all()  # no two spots of a level are adjacent
+        # the order is a priority order: each spot's higher-priority neighbours come first (a consistent
+        # orientation of every edge: no spot is both before and after a neighbour)
+        prio = np.random.default_rng(0).permutation(adj.shape[0])
+        assert ((prio[coo.row] > prio[coo.col]) == (level_of[coo.row] < level_of[coo.col])).all()
+    # a spot without neighbours is in no level
+    isolated = sparse.block_diag([graphs[0], sparse.csr_matrix((1, 1))], format="csr")
+    assert np.concatenate(_potts.update_levels(isolated)).max() < 144
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_level_sweeps_are_one_at_a_time_icm(seed):
+    xy, truth, model, prob = _noisy_domains(seed, hexagonal=seed % 2 == 1)
+    adj = _potts.lattice_neighbours(xy)
+    order = np.concatenate(_potts.update_levels(adj))
+    for beta in (0.5, 2.0, 5.0):
+        ours, sweeps = _potts.potts_labels(prob, model, adj, beta)
+        assert sweeps < 20
+        # the same labels as one spot at a time in the level order
+        assert np.array_equal(ours, _icm_one_at_a_time(prob, model, adj, beta, order=order))
+        # a local maximum: one more one-at-a-time sweep, in index order, changes nothing
+        assert np.array_equal(_icm_one_at_a_time(prob, ours, adj, beta, max_sweeps=1), ours)
+    beta = 2.0
+    _, sweeps = _potts.potts_labels(prob, model, adj, beta)
+    # the objective never falls from sweep to sweep
+    objective = [_potts.potts_objective(prob, _potts.potts_labels(prob, model, adj, beta, max_sweeps=s)[0], adj, beta)
+                 for s in range(1, sweeps + 1)]
+    start = _potts.potts_objective(prob, model, adj, beta)
+    assert objective[0] > start and np.all(np.diff(objective) >= -1e-9)
+    # close to the labels of the index order (the old loop's): the order changes a few spots, not the accuracy
+    ours, ref = _potts.potts_labels(prob, model, adj, beta)[0], _icm_one_at_a_time(prob, model, adj, beta)
+    assert np.mean(ours == ref) > 0.97
+    assert abs(objective[-1] - _potts.potts_objective(prob, ref, adj, beta)) < 0.05 * (objective[-1] - start)
+    assert np.mean(ours == truth) > np.mean(model == truth) + 0.05
+
+
+@pytest.mark.parametrize("margin", [0.2, 0.49])
+def test_level_sweeps_reproduce_the_index_order_on_the_halves(margin):
+    xy, _, model, prob = _two_halves(margin=margin)
+    adj = _potts.lattice_neighbours(xy)
+    for beta in (0.5, 2.0, 5.0):
+        ours, _ = _potts.potts_labels(prob, model, adj, beta)
+        assert np.array_equal(ours, _icm_one_at_a_time(prob, model, adj, beta))
+
+
+def test_only_spots_with_a_small_lead_change():
+    xy, _, model, prob = _noisy_domains(3, n=20, hexagonal=True)
+    adj = _potts.lattice_neighbours(xy)
+    degree = np.diff(adj.indptr)
+    assert degree.max() == 6  # d = 6: no spot can gain more than beta
+    logp = np.log(prob)
+    top2 = np.sort(logp, axis=1)[:, -2:]
+    lead = top2[:, 1] - top2[:, 0]  # model's label is the argmax
+    for beta in (0.5, 1.0, 3.0):
+        ours, _ = _potts.potts_labels(prob, model, adj, beta)
+        changed = ours != model
+        assert changed.any() and (lead[changed] < beta).all()
+
+
 def test_soft_consensus_columns_follow_the_consensus_labels():
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 3, 300)

@@ -9,9 +9,12 @@ spot's label ``l_i`` maximises
 where ``q`` is the clustering model's soft assignment, ``i~j`` the pairs of adjacent spots of the
 same section and ``d`` the lattice's typical number of neighbours (4 for ST, 6 for Visium), so that
 ``beta`` is the log-probability bonus of a label that all of a spot's neighbours share, whatever
-the array. The maximum is found by iterated conditional modes (ICM, Besag 1986), spots updated one
-at a time in a fixed order starting from the model's labels; each update cannot lower the objective,
-so the sweeps stop at a local maximum. A spot changes label only where the model is unsure (its
+the array. The maximum is found by iterated conditional modes (ICM, Besag 1986) starting from the
+model's labels: each spot in turn, in a fixed random order, takes the label of highest score given
+its neighbours. Spots that are not adjacent do not affect each other's update, so the spots are
+updated a level at a time (:func:`update_levels`: sets of non-adjacent spots whose neighbours earlier
+in the order are all in earlier levels), with the same result as one at a time; each update cannot
+lower the objective, so the sweeps stop at a local maximum, in time linear in the spots. A spot changes label only where the model is unsure (its
 label's log-probability lead is below ``beta``), unlike a majority vote that overrides the model.
 """
 
@@ -35,6 +38,39 @@ def lattice_neighbours(xy: np.ndarray) -> sparse.csr_matrix:
     return adj
 
 
+def update_levels(adjacency: sparse.spmatrix, *, seed: int = 0) -> list[np.ndarray]:
+    """The spots in the levels of a random visiting order: within a level no two spots are adjacent, and
+    visiting the levels in turn is visiting the spots in the order of a random priority (fixed ``seed``).
+
+    Every spot draws a priority; a spot's level is one more than the highest level among its neighbours
+    of higher priority (0 when it has none): the levels of the priority order's dependency graph
+    (Jones & Plassmann, SIAM J. Sci. Comput. 14:654, 1993, who colour a graph this way). Each level
+    is one vectorised pass over the edges still open: a spot joins the current level when it beats the
+    priorities of all its neighbours not yet placed. A spot's neighbours of higher priority lie in
+    earlier levels and those of lower priority in later ones, so updating a level's spots at once does
+    what updating them one at a time in priority order does. The number of levels is that of the longest
+    chain of neighbours with falling priorities (about 10-20 on a lattice of 10^4-10^6 spots). Spots
+    without neighbours are in no level; the diagonal is ignored.
+    """
+    adj = sparse.csr_matrix(adjacency)
+    n = adj.shape[0]
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(adj.indptr))
+    cols = adj.indices.astype(np.int64)
+    off = rows != cols
+    rows, cols = rows[off], cols[off]
+    prio = np.random.default_rng(seed).permutation(n)
+    open_ = np.bincount(rows, minlength=n) > 0  # spots without neighbours never join a level
+    levels = []
+    while open_.any():
+        keep = open_[rows]
+        rows, cols = rows[keep], cols[keep]  # edges of placed spots are not needed again
+        beaten = np.bincount(rows[open_[cols] & (prio[cols] > prio[rows])], minlength=n) > 0
+        level = np.flatnonzero(open_ & ~beaten)
+        open_[level] = False
+        levels.append(level)
+    return levels
+
+
 def potts_labels(
     prob: np.ndarray,
     labels: np.ndarray,
@@ -48,6 +84,11 @@ def potts_labels(
     ``prob``: spots x domains soft assignment (rows sum to 1); ``labels``: the model's labels
     (column indices of ``prob``); ``adjacency``: symmetric binary spot adjacency (block diagonal over
     sections). Returns the labels and the number of sweeps run. ``beta == 0``: ``labels`` unchanged.
+
+    A sweep visits the levels of :func:`update_levels` in turn and updates all spots of a level at
+    once: the result is that of updating the spots one at a time in a fixed random order (the level
+    order), each change raising the objective. Sweeps stop when none changes a label or after
+    ``max_sweeps``. The cost of a sweep is linear in the edges and spots (no Python loop over spots).
     """
     labels = np.asarray(labels, dtype=np.int64).copy()
     if beta <= 0 or adjacency.nnz == 0:
@@ -56,24 +97,42 @@ def potts_labels(
     degree = np.diff(adj.indptr)
     weight = float(beta) / float(np.median(degree[degree > 0]))
     logp = np.log(np.clip(np.asarray(prob, dtype=np.float64), 1e-12, None))
-    indptr, indices = adj.indptr, adj.indices
     k = logp.shape[1]
+    # per level: its spots, and their edges as (position of the spot in the level, neighbour)
+    levels = []
+    for spots in update_levels(adj):
+        sub = adj[spots]
+        local = np.repeat(np.arange(spots.size, dtype=np.int64), np.diff(sub.indptr))
+        levels.append((spots, local, sub.indices.astype(np.int64), logp[spots]))
     sweeps = 0
     while sweeps < max_sweeps:
         sweeps += 1
         changed = 0
-        for i in range(labels.shape[0]):
-            nbr = indices[indptr[i] : indptr[i + 1]]
-            if nbr.size == 0:
-                continue
-            score = logp[i] + weight * np.bincount(labels[nbr], minlength=k)
-            best = int(np.argmax(score))
-            if score[best] > score[labels[i]]:  # ties keep the current label
-                labels[i] = best
-                changed += 1
+        for spots, local, nbr, lp in levels:
+            same = np.bincount(local * k + labels[nbr], minlength=spots.size * k).reshape(spots.size, k)
+            score = lp + weight * same
+            best = np.argmax(score, axis=1)
+            rows = np.arange(spots.size)
+            better = score[rows, best] > score[rows, labels[spots]]  # ties keep the current label
+            labels[spots[better]] = best[better]
+            changed += int(better.sum())
         if changed == 0:
             break
     return labels, sweeps
+
+
+def potts_objective(prob: np.ndarray, labels: np.ndarray, adjacency: sparse.spmatrix, beta: float) -> float:
+    """The objective of the module docstring (``sum_i log q_i(l_i) + (beta / d) sum_{i~j} [l_i == l_j]``, each pair
+    once) that :func:`potts_labels` raises."""
+    adj = sparse.coo_matrix(sparse.triu(adjacency, k=1))
+    degree = np.diff(sparse.csr_matrix(adjacency).indptr)
+    labels = np.asarray(labels, dtype=np.int64)
+    logp = np.log(np.clip(np.asarray(prob, dtype=np.float64), 1e-12, None))
+    fit = float(logp[np.arange(labels.size), labels].sum())
+    if beta <= 0 or adj.nnz == 0:
+        return fit
+    weight = float(beta) / float(np.median(degree[degree > 0]))
+    return fit + weight * float(np.sum(labels[adj.row] == labels[adj.col]))
 
 
 def sections_adjacency(xys: list[np.ndarray]) -> sparse.csr_matrix:
