@@ -395,7 +395,13 @@ def test_fewer_domains_than_asked_is_warned(monkeypatch, caplog):
     monkeypatch.setattr(detect, "_cluster", two_domains)
     with caplog.at_level(logging.WARNING, logger="experimat"):
         spatial_detect_domains_spagcn(a, n_clusters=3, seed=0, use_gpu=False, stable=False)
-    assert any("found 2 of the 3 domains" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records if "found 2 of the 3 domains" in r.getMessage()]
+    assert len(messages) == 1 and "pass keep_n_clusters=True" in messages[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="experimat"):  # refilled, yet lost after the fits: say why
+        spatial_detect_domains_spagcn(a, n_clusters=3, seed=0, use_gpu=False, stable=False, keep_n_clusters=True)
+    messages = [r.getMessage() for r in caplog.records if "found 2 of the 3 domains" in r.getMessage()]
+    assert len(messages) == 1 and "spatial prior" in messages[0] and "keep_n_clusters=True" not in messages[0]
 
 
 def _blobs_with_a_doomed_cluster(seed=0, n=150, d=8):

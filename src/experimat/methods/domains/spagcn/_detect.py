@@ -190,11 +190,16 @@ def _run(adatas: Mapping[str, AnnData], params: dict, *, library_id, batch_corre
     labels = _spatial_prior(labels, info, adjacency, params["spatial_prior"])
     found = len(np.unique(labels))
     if found < params["n_clusters"]:
+        fix = (
+            "the consensus vote or the spatial prior took the last spots of a domain the fits kept; ask for "
+            "fewer domains or pass a smaller spatial_prior"
+            if params["keep_n_clusters"]
+            else "pass keep_n_clusters=True to refill emptied domains or ask for fewer domains"
+        )
         logger.warning(
-            f"SpaGCN found {found} of the {params['n_clusters']} domains asked for: the clustering left "
-            f"{params['n_clusters'] - found} domain(s) without spots (no spot is most likely in them); "
-            "pass keep_n_clusters=True to refill emptied domains, ask for fewer domains, or for several "
-            "samples try batch_correction='harmony'."
+            f"SpaGCN found {found} of the {params['n_clusters']} domains asked for: "
+            f"{params['n_clusters'] - found} domain(s) ended without spots (no spot is most likely in them); "
+            f"{fix}."
         )
     return labels, info, sections, offsets
 
