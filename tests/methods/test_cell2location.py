@@ -265,6 +265,35 @@ def test_large_samples_train_in_minibatches_by_default(spots, sig_mean, monkeypa
     pd.testing.assert_frame_equal(est, explicit)
 
 
+def test_sparse_and_dense_counts_give_the_same_fit(spots, sig_mean):
+    """The counts stay sparse (a mini-batch densifies nothing; only a full batch makes them dense): the fit is
+    the same, bit for bit, from a sparse or a dense layer, in full batch and in mini-batches."""
+    import scipy.sparse as sp
+
+    dense, sparse_ = spots.copy(), spots.copy()
+    dense.layers["counts"] = np.asarray(sp.csr_matrix(spots.layers["counts"]).toarray())
+    sparse_.layers["counts"] = sp.csr_matrix(spots.layers["counts"])
+    kw = {"reference": sig_mean, "max_epochs": 8, "n_cells_per_location": 6, "seed": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimatWarning)
+        for batch_size in (None, 40):
+            a = deconvolve_cell2location(dense.copy(), batch_size=batch_size, **kw)
+            b = deconvolve_cell2location(sparse_.copy(), batch_size=batch_size, **kw)
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # a mini-batch reads its non-zero counts from the CSR rows in the order of torch.nonzero on the dense rows
+    import torch
+
+    from experimat.methods.deconv.cell2location._model import _mapped_counts
+
+    x, _ = _mapped_counts(dense.copy(), sig_mean.signatures, layer="counts", gene_symbols="gene", min_shared_genes=100)
+    assert sp.issparse(x)
+    idx = np.array([3, 8, 9, 50, 149])
+    xb = x[idx]
+    rows, cols = torch.tensor(x[idx].toarray()).nonzero(as_tuple=True)
+    np.testing.assert_array_equal(np.repeat(np.arange(idx.size), np.diff(xb.indptr)), rows.numpy())
+    np.testing.assert_array_equal(xb.indices, cols.numpy())
+
+
 def _per_cell_nb_loglik(torch, x, mu, alpha):
     """Summed NB log likelihood, one term per entry, from torch.distributions (an independent formula)."""
     nb = torch.distributions.NegativeBinomial(total_count=alpha, logits=torch.log(mu) - torch.log(alpha))
@@ -504,7 +533,7 @@ def test_minibatch_step_changes_only_the_batch_local_parameters(spots, sig_mean)
     opts = _optimizers(torch, g, 0.02, full_batch=False)
     assert any(isinstance(o, RowAdam) for o in opts)
     step = _location_loss(
-        torch, g, x, torch.tensor(x), torch.tensor(cs, dtype=torch.float32), np.zeros(n, np.int64), 1,
+        torch, g, x, None, torch.tensor(cs, dtype=torch.float32), np.zeros(n, np.int64), 1,
         detection_alpha=20.0, detection_mean=0.05, full_batch=False, generator=make_generator(torch, 0),
         device="cpu", **kw,
     )

@@ -79,14 +79,15 @@ def _as_signatures(reference: ReferenceSignatures | pd.DataFrame) -> pd.DataFram
 def _nmf_init(torch: Any, x, h, n_iter: int = 50, chunk: int = 20_000) -> np.ndarray:
     """Poisson (KL) NMF with fixed loadings ``h`` (F x G): a cheap starting point for the abundances.
 
-    ``x`` (spots x genes) and ``h`` are float32 tensors (on the fitting device); returns a float64 array.
-    With ``h`` fixed the rows are independent, so spots are processed ``chunk`` at a time (the
-    spots x genes temporaries stay bounded on large samples).
+    ``x`` (spots x genes: float32 array or scipy sparse matrix) and ``h`` (a float32 tensor on the fitting
+    device); returns a float64 array. With ``h`` fixed the rows are independent, so spots are processed
+    ``chunk`` at a time, each chunk made dense on the device (the spots x genes temporaries stay bounded on
+    large samples).
     """
     hs = h.sum(1)[None, :].clamp_min(1e-12)
     out = []
     for s in range(0, x.shape[0], chunk):
-        xc = x[s : s + chunk]
+        xc = _dense_rows(torch, x[s : s + chunk], h.device)
         w = (xc.sum(1, keepdim=True) / h.sum().clamp_min(1e-12) / h.shape[0]).expand(-1, h.shape[0]).clone()
         for _ in range(n_iter):
             w *= ((xc / (w @ h).clamp_min(1e-10)) @ h.T) / hs
@@ -155,7 +156,8 @@ def deconvolve_cell2location(
         on larger samples (e.g. Visium HD bins), so a step's memory does not grow with the spots (the size
         used is recorded in ``uns[key_added]['batch_size_used']``). In mini-batches a step updates the global
         parameters (Adam) and only the batch's per-spot parameters (:class:`~experimat.methods._torch.RowAdam`:
-        each spot's parameters take one Adam step per epoch), so an epoch's cost grows linearly with the spots.
+        each spot's parameters take one Adam step per epoch), so an epoch's cost grows linearly with the spots;
+        the counts stay sparse (a step reads its batch's non-zero counts; only a full batch is made dense).
     lr
         Adam learning rate.
     n_groups, factors_per_location, groups_per_location
@@ -221,9 +223,10 @@ def deconvolve_cell2location(
         batch_codes, batch_names = np.asarray(cat.codes, np.int64), [str(c) for c in cat.categories]
     else:
         batch_codes, batch_names = np.zeros(adata.n_obs, np.int64), ["all"]
-    if (Xs.sum(1) == 0).any():
+    empty_spots = np.asarray(Xs.sum(1)).ravel() == 0
+    if empty_spots.any():
         warnings.warn(
-            f"cell2location: {int((Xs.sum(1) == 0).sum())} spots have no counts over the shared genes; "
+            f"cell2location: {int(empty_spots.sum())} spots have no counts over the shared genes; "
             "their abundances reflect the prior only.",
             ExperimatWarning,
             stacklevel=2,
@@ -277,9 +280,29 @@ def deconvolve_cell2location(
     return out["means"]
 
 
+def _dense_rows(torch: Any, x, device):
+    """Rows of counts (float32 array or scipy sparse matrix) as a dense float32 tensor on ``device``."""
+    return torch.tensor(np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32), device=device)
+
+
+def _canonical_csr(x):
+    """Counts as a float32 CSR matrix without explicit zeros, column indices sorted within each row (the order
+    of ``torch.nonzero`` on the dense rows)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(x) and x.format == "csr" and x.dtype == np.float32 and x.has_canonical_format and x.data.all():
+        return x
+    x = sp.csr_matrix(x, dtype=np.float32, copy=True)
+    x.sum_duplicates()
+    x.eliminate_zeros()
+    x.sort_indices()
+    return x
+
+
 def _mapped_counts(adata: AnnData, sig: pd.DataFrame, *, layer, gene_symbols: str, min_shared_genes: int):
-    """Dense float32 counts (spots x genes) on the non-mitochondrial genes shared with the signatures, and
-    those genes. Mitochondrial counts are kept aside in ``obsm['MT']`` (as in the cell2location tutorial)."""
+    """Counts (spots x genes, float32 CSR: :func:`_canonical_csr`) on the non-mitochondrial genes shared with the
+    signatures, and those genes. Mitochondrial counts are kept aside in ``obsm['MT']`` (as in the cell2location
+    tutorial). Sparse: a Visium HD sample's spots x genes would not fit in memory dense."""
     X = get_matrix(adata, layer)
     check_counts(X, layer=layer)
     mt = mitochondrial_mask(adata, gene_symbols=gene_symbols)
@@ -297,16 +320,14 @@ def _mapped_counts(adata: AnnData, sig: pd.DataFrame, *, layer, gene_symbols: st
             f"({adata.n_vars} genes, {int(mt.sum())} mitochondrial excluded); at least {min_shared_genes} are needed. "
             "Use the same gene ids on both sides (e.g. Ensembl ids in var_names) or lower min_shared_genes."
         )
-    Xs = X[:, adata.var_names.get_indexer(shared)]
-    return np.asarray(Xs.toarray() if hasattr(Xs, "toarray") else Xs, dtype=np.float32), shared
+    return _canonical_csr(X[:, adata.var_names.get_indexer(shared)]), shared
 
 
 def _detection_mean(x: np.ndarray, cell_state: np.ndarray, batch_codes: np.ndarray, n_batch: int, n_cells: float) -> float:
     """Prior mean of the detection efficiency, calibrated from total counts as in cell2location."""
     sc_total = cell_state.sum(1).mean()
-    sp_total = np.array(
-        [x[batch_codes == b].sum(1).mean() if (batch_codes == b).any() else 0.0 for b in range(n_batch)]
-    )
+    totals = np.asarray(x.sum(1), dtype=np.float32).ravel()  # exact: integer counts far below 2^24 per spot
+    sp_total = np.array([totals[batch_codes == b].mean() if (batch_codes == b).any() else 0.0 for b in range(n_batch)])
     return float(max((sp_total / n_cells / sc_total).mean(), 1e-8))
 
 
@@ -343,24 +364,28 @@ def _location_guide(torch: Any, w0: np.ndarray, n_vars: int, n_batch: int, *, n_
     return g
 
 
-def _location_loss(torch: Any, g: MeanFieldLogNormal, x: np.ndarray, x_t, cs_t, batch_codes: np.ndarray, n_batch: int, *,
+def _location_loss(torch: Any, g: MeanFieldLogNormal, x, x_t, cs_t, batch_codes: np.ndarray, n_batch: int, *,
                    n_groups: int, n_cells_per_location: float, factors_per_location: float,
                    groups_per_location: float, detection_alpha: float, detection_mean: float, full_batch: bool,
                    generator, device):
     """``loss(idx, epoch)``: the negative ELBO of one draw of the cell2location model, for :func:`train`.
 
-    ``idx`` ``None`` is the full batch (likelihood evaluated densely with the count histogram);
-    otherwise the local sites and the likelihood are restricted to the spots ``idx`` and scaled up.
+    ``idx`` ``None`` is the full batch (likelihood evaluated densely with the count histogram; ``x_t`` is
+    ``x`` as a dense tensor); otherwise the local sites and the likelihood are restricted to the spots
+    ``idx`` and scaled up, the likelihood evaluated at the batch's non-zero counts, read from ``x`` as
+    a sparse matrix (``x_t`` is not used: no dense spots x genes matrix).
     """
     from scipy.special import gammaln
 
-    n_obs, n_fact = x_t.shape[0], cs_t.shape[0]
+    n_obs, n_fact = x.shape[0], cs_t.shape[0]
     R, N = n_groups, n_cells_per_location
     if full_batch:
         # lgamma(x + alpha) summed once per distinct (batch, gene, count value), not per spot
         hist_all = histogram_to_torch(torch, count_histogram(x, batch_codes, n_batch), device)
     else:
-        lgx1_rows = gammaln(x.astype(np.float64) + 1.0).sum(1)
+        x = _canonical_csr(x)
+        lgx1_rows = np.bincount(np.repeat(np.arange(n_obs), np.diff(x.indptr)),
+                                weights=gammaln(x.data.astype(np.float64) + 1.0), minlength=n_obs)
     bat_t = torch.tensor(batch_codes, device=device)
 
     def T(v):
@@ -408,9 +433,11 @@ def _location_loss(torch: Any, g: MeanFieldLogNormal, x: np.ndarray, x_t, cs_t, 
             alpha_rows = alpha if n_batch == 1 else alpha[bb]
             ll, scale = nb_loglik_dense(torch, x_t, mu, alpha, alpha_rows, hist_all), 1.0
         else:
-            xb = x_t[it]
-            nz = tuple(xb.nonzero(as_tuple=True))
-            x_nz, lg1, scale = xb[nz], float(lgx1_rows[idx].sum()), n_obs / len(idx)
+            xb = x[idx]  # sorted rows: the non-zeros in the row-major order of torch.nonzero
+            rows = np.repeat(np.arange(len(idx)), np.diff(xb.indptr))
+            nz = (torch.tensor(rows, device=device), torch.tensor(xb.indices.astype(np.int64), device=device))
+            x_nz = torch.tensor(xb.data, device=device)
+            lg1, scale = float(lgx1_rows[idx].sum()), n_obs / len(idx)
             ll = nb_loglik(torch, nz, x_nz, mu, alpha[bb], lg1)
         return -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
 
@@ -445,7 +472,8 @@ def _fit_location_model(
     deterministic: bool,
     quantiles: tuple[float, ...] = (0.05, 0.95),
 ) -> dict[str, Any]:
-    """Fit the model to counts ``x`` (spots x genes) given the signatures ``cell_state`` (types x genes).
+    """Fit the model to counts ``x`` (spots x genes; scipy sparse or dense) given the signatures ``cell_state``
+    (types x genes). Only a full-batch fit makes ``x`` dense.
 
     Returns the abundance summaries ``w_sf`` (posterior means, sd, ``quantiles``), the loss history and
     posterior means of the QC sites.
@@ -456,17 +484,19 @@ def _fit_location_model(
     device = torch_device(use_gpu)
     n_obs, n_vars = x.shape
     N = n_cells_per_location
+    full_batch = batch_size is None or batch_size >= n_obs
     detection_mean = _detection_mean(x, cell_state, batch_codes, n_batch, N)
-    x_t = torch.tensor(x, device=device)
+    if full_batch:  # small enough (FULL_BATCH_MAX_ENTRIES): one dense matrix
+        x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+    x_t = torch.tensor(x, device=device) if full_batch else None
     cs_t = torch.tensor(cell_state, dtype=torch.float32, device=device)
     with torch_threads(1 if deterministic else None, device):
-        w0 = _nmf_init(torch, x_t, cs_t * detection_mean)
+        w0 = _nmf_init(torch, x, cs_t * detection_mean)
     w0 = np.maximum(w0, 1e-2 * N / cell_state.shape[0])
     g = _location_guide(
         torch, w0, n_vars, n_batch, n_groups=n_groups, factors_per_location=factors_per_location,
         groups_per_location=groups_per_location, detection_mean=detection_mean, n_cells_per_location=N, device=device,
     )
-    full_batch = batch_size is None or batch_size >= n_obs
     opt = _optimizers(torch, g, lr, full_batch)
     step = _location_loss(
         torch, g, x, x_t, cs_t, batch_codes, n_batch, n_groups=n_groups, n_cells_per_location=N,

@@ -196,20 +196,18 @@ def deconvolve_destvi(
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         mod = _spatial_module(reference, gidx, arch, prior).to(device)
-        Xt = torch.as_tensor(X.toarray(), device=device)
         opt = torch.optim.Adam([p for p in mod.parameters() if p.requires_grad], lr=lr, eps=0.01, weight_decay=1e-6)
 
         def loss_fn(idx, epoch):
             kl_w = 1.0 if warm <= 0 else min(1.0, epoch / warm)
-            xb = Xt if idx is None else Xt[idx]
-            return mod.loss(xb, kl_w, float(l1_sparsity), float(beta_weighting_prior))
+            return mod.loss(_dense_rows(X, idx, device), kl_w, float(l1_sparsity), float(beta_weighting_prior))
 
         mod.train()
         mod.decoder.eval()
-        batches = minibatches(n_spots, bs, gen, device=device)
+        batches = minibatches(n_spots, bs, gen)  # CPU indices: the batch's rows are made dense, then moved
         history = train(loss_fn, opt, batches, max_epochs=max_epochs, n_obs=n_spots, name="DestVI")
         mod.eval()
-        v, gamma = _infer_spots(mod, Xt)
+        v, gamma = _infer_spots(mod, X, device)
         beta = mod.beta.detach().cpu().numpy()
         theta = torch.exp(mod.px_r.detach()).cpu().numpy()
     if not np.isfinite(v).all() or not np.isfinite(history[-1]):
@@ -269,14 +267,24 @@ def _spatial_module(reference: CondSCVIModel, gidx: np.ndarray, arch: dict, prio
     )
 
 
-def _infer_spots(mod, Xt, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Mixture weights ``(spots, types + 1)`` and states ``(spots, types, n_latent)`` of all spots, in chunks."""
+def _dense_rows(X, idx, device):
+    """The rows ``idx`` (a CPU index tensor or array, a slice; ``None``: all rows) of the sparse counts ``X`` as a dense
+    tensor on ``device``: only a batch is ever dense (a Visium HD sample's spots x genes would not fit)."""
+    import torch
+
+    rows = X if idx is None else X[idx if isinstance(idx, slice) else np.asarray(idx)]
+    return torch.as_tensor(rows.toarray()).to(device)
+
+
+def _infer_spots(mod, X, device, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mixture weights ``(spots, types + 1)`` and states ``(spots, types, n_latent)`` of all spots (sparse counts
+    ``X``), in chunks."""
     import torch
 
     vs, gs = [], []
     with torch.no_grad():
-        for b in range(0, Xt.shape[0], chunk):
-            v, g = mod.infer(Xt[b : b + chunk])
+        for b in range(0, X.shape[0], chunk):
+            v, g = mod.infer(_dense_rows(X, slice(b, b + chunk), device))
             vs.append(v.cpu().numpy())
             gs.append(g.cpu().numpy())
     return np.vstack(vs).astype(np.float64), np.concatenate(gs).astype(np.float64)
