@@ -19,7 +19,13 @@ _NEG = -1e30
 #: per-gene kernel ~1.4x slower than the classic ones, which run it as fast on small arrays but ~25 %
 #: slower on large ones (measured on 2 cores); LLVM's expensive passes off: a first LOCAT call on
 #: pbmc68k_reduced 5.8-8.9 s instead of 9.0-11.7 s, warm calls 3.6-4.7 s instead of 3.9-5.1 s (load ~4).
-FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_llvm_disable_expensive_passes": True}
+#: LLVM optimisation level 1 instead of 2 compiles it ~20 % faster and runs it ~5-10 % slower (outputs bit-identical
+#: on pbmc68k_reduced).
+FAST_COMPILE_OPTIONS = {
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_backend_optimization_level": 1,
+}
 
 
 def jit_for(fun, static_argnames=(), *, fast_compile=False):
@@ -179,37 +185,36 @@ def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
 
 
 class AtomSums:
-    """Per-atom weighted sums of point features, computed on the host (NumPy).
+    """Per-atom weighted sums of point features, computed on the host (NumPy / SciPy).
 
     Each point's features are ``(1, l, vech(l l^T))`` with ``l`` its offset from its atom's centre
-    (which keeps the float32 scatter accurate). The points are laid out atom by atom, padded to the
-    largest atom, so the sums for a batch of genes are one batched matrix product
-    ``(a, genes, cap) @ (a, cap, f)``.
+    (which keeps the float32 scatter accurate). The sums for a batch of genes are one sparse-dense
+    product: ``M`` ``(n, a f)`` (sparse) holds the features of every point in the columns of its atom, so
+    ``w @ M`` costs ``n f`` multiply-adds per gene (a dense product over atoms padded to the largest
+    one cost several times more, in many small products; so did the sparse-times-dense form of the same
+    product).
     """
 
     def __init__(self, x, atom, centres):
         import numpy as np
+        import scipy.sparse as sp
 
         n, d = x.shape
         self.n, self.n_atoms = n, centres.shape[0]
-        order = np.argsort(atom, kind="stable")
-        counts = np.bincount(atom, minlength=self.n_atoms)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot = np.arange(n) - np.repeat(starts, counts)
-        self.idx = np.full((self.n_atoms, int(counts.max())), n, dtype=np.int64)
-        self.idx[atom[order], slot] = order
         loc = x - centres[atom]
         iu, ju = np.triu_indices(d)
-        f = np.concatenate([np.ones((n, 1)), loc, loc[:, iu] * loc[:, ju]], axis=1)
-        f = np.concatenate([f, np.zeros((1, f.shape[1]))], axis=0)  # row n: padding
-        self.feats = f[self.idx].astype(np.float32)  # (a, cap, f)
+        f = np.concatenate([np.ones((n, 1)), loc, loc[:, iu] * loc[:, ju]], axis=1)  # (n, f)
+        self.n_feats = nf = f.shape[1]
+        rows = (atom[:, None] * nf + np.arange(nf)[None, :]).ravel()
+        cols = np.repeat(np.arange(n), nf)
+        self.m = sp.csr_matrix((f.ravel().astype(np.float32), (rows, cols)), shape=(self.n_atoms * nf, n)).T  # CSC
 
     def __call__(self, w):
-        """``w``: ``(b, n)`` weights -> ``(b, a, f)`` per-atom weighted feature sums."""
+        """``w``: ``(b, n)`` weights -> ``(b, a, f)`` per-atom weighted feature sums (float32)."""
         import numpy as np
 
-        wp = np.concatenate([w, np.zeros((w.shape[0], 1), w.dtype)], axis=1)[:, self.idx]  # (b, a, cap)
-        return np.matmul(wp.transpose(1, 0, 2).astype(np.float32), self.feats).transpose(1, 0, 2)
+        out = np.asarray(np.asarray(w, dtype=np.float32) @ self.m)  # (b, a f)
+        return out.reshape(w.shape[0], self.n_atoms, self.n_feats)
 
 
 def group_stats(agg, centres, xp=jnp):
