@@ -321,3 +321,29 @@ def test_deepst_small_data_keeps_full_batch_and_the_exact_pca():
                                   use_gpu=False, key_added="d")
     entry = a.uns["d"]
     assert (entry["pca_sample"], entry["train_batch"], entry["train_tile"]) == ("none", "none", "none")
+
+
+# ------------------------------------------------------------------------------------------------
+# exact kNN of many points (the clustering samples' graphs)
+# ------------------------------------------------------------------------------------------------
+def test_bounded_knn_matches_the_whole_row_search(monkeypatch):
+    from experimat.methods import _graph
+
+    pts, _ = _blobs(1_000, 3, 6)
+    exact = _graph.knn(pts, 15, search="brute")
+    monkeypatch.setattr(_graph, "_BOUNDED_MIN", 500)
+    monkeypatch.setattr(_graph, "_BOUND_COLUMNS", 64)  # a loose bound: many candidates per row
+    calls = []
+    original = _graph._bounded_knn
+    monkeypatch.setattr(_graph, "_bounded_knn", lambda p, k: calls.append(k) or original(p, k, 300, 700))
+    bounded = _graph.knn(pts, 15, search="brute")
+    assert calls == [16]  # blocks of 300 rows x 700 columns, the diagonal inside some of them
+    np.testing.assert_array_equal(bounded[1], exact[1])
+    np.testing.assert_allclose(bounded[0], exact[0], rtol=1e-12)  # products of other shapes: rounding
+    # coinciding points: never their own neighbour; ties at the k-th distance go to the smaller index
+    pts[5] = pts[6]
+    dist, idx = _graph.knn(pts, 15, search="brute")
+    assert 6 in idx[5] and 5 not in idx[5] and 5 in idx[6] and 6 not in idx[6]
+    cut = np.flatnonzero(np.isin(idx, [5, 6]).sum(1) == 1)  # rows where the pair is cut at the k-th place
+    cut = cut[(cut != 5) & (cut != 6)]
+    assert cut.size and np.all(idx[cut, -1] == 5)

@@ -36,8 +36,17 @@ def initial_clusters(z: np.ndarray, k: int, resolution: float, seed: int) -> np.
     return _cluster.nearest_centre(z, sample, np.unique(labels, return_inverse=True)[1])
 
 
+def run_graphs(embeddings: list[np.ndarray], *, seed: int, k: int = 15) -> tuple[np.ndarray | None, list]:
+    """``(sample, graphs)``: the symmetric unweighted ``k``-NN graph of each embedding of the same spots,
+    on the spots of a seeded clustering sample above :data:`experimat.methods._cluster.SAMPLE_MAX`
+    (``sample`` ``None``: all spots). Computed once for both the runs' own domains and their consensus."""
+    sample = _cluster.clustering_sample(embeddings[0].shape[0], seed)
+    pts = embeddings if sample is None else [e[sample] for e in embeddings]
+    return sample, [knn_graph(e, k, symmetric=True, search="brute") for e in pts]
+
+
 def leiden_n_clusters(
-    emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30
+    emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, graph=None, sample=None
 ) -> tuple[np.ndarray, float, bool]:
     """Search the Leiden resolution that gives exactly ``n_clusters`` clusters on the kNN graph of
     ``emb`` (:func:`experimat.methods._cluster.search_resolution`, bisection); when none does, the
@@ -46,13 +55,15 @@ def leiden_n_clusters(
     Above :data:`experimat.methods._cluster.SAMPLE_MAX` spots the search clusters a random sample of
     that many (seeded) and every other spot takes the domain of its nearest landmark (small k-means
     cells of the sample, :func:`experimat.methods._cluster.landmark_vote`): the exact kNN graph of all
-    spots would cost their number squared.
+    spots would cost their number squared. ``graph`` (with its ``sample``, from :func:`run_graphs`):
+    the kNN graph already built.
     """
-    sample = _cluster.clustering_sample(emb.shape[0], seed)
-    pts = emb if sample is None else emb[sample]
+    if graph is None:
+        sample = _cluster.clustering_sample(emb.shape[0], seed)
+        graph = knn_graph(emb if sample is None else emb[sample], k, symmetric=True, search="brute")
     labels, resolution, exact = _cluster.search_resolution(
-        knn_igraph(pts, k), n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=False,
-        what="domains",
+        to_igraph(graph, weighted=False), n_clusters, seed=seed, strategy="bisect", max_steps=max_steps,
+        weighted=False, what="domains",
     )
     if sample is not None:
         labels = _cluster.landmark_vote(emb, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
@@ -60,7 +71,8 @@ def leiden_n_clusters(
 
 
 def consensus_graph_clusters(
-    embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, min_runs: int = 1
+    embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, min_runs: int = 1,
+    graphs: tuple | None = None,
 ) -> tuple[np.ndarray, float, bool]:
     """Domains of several runs' embeddings of the same spots: Leiden (resolution searched for
     ``n_clusters``) on the sum of the runs' symmetric kNN graphs, an edge weighted by the number of
@@ -72,12 +84,12 @@ def consensus_graph_clusters(
     that keeps all of its own, so that no spot is cut off); when no resolution gives ``n_clusters``
     on that graph (pieces it cut off), all edges are used. Above
     :data:`experimat.methods._cluster.SAMPLE_MAX` spots, as :func:`leiden_n_clusters`: the graph of a
-    seeded sample, the other spots voting by their nearest landmarks in the runs' joined embeddings."""
+    seeded sample, the other spots voting by their nearest landmarks in the runs' joined embeddings.
+    ``graphs``: ``(sample, graphs)`` of :func:`run_graphs` with this ``seed`` and ``k``, already built."""
     import scipy.sparse as sp
 
-    sample = _cluster.clustering_sample(embeddings[0].shape[0], seed)
-    pts = embeddings if sample is None else [e[sample] for e in embeddings]
-    graph = sp.csr_matrix(sum(knn_graph(e, k, symmetric=True, search="brute") for e in pts))
+    sample, each = run_graphs(embeddings, seed=seed, k=k) if graphs is None else graphs
+    graph = sp.csr_matrix(sum(each))
     for g in ([_keep_repeated_edges(graph, min_runs)] if min_runs > 1 else []) + [graph]:
         with warnings.catch_warnings(record=g is not graph):
             labels, resolution, exact = _cluster.search_resolution(

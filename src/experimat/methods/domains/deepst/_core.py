@@ -8,6 +8,7 @@ neighbour searches from :mod:`experimat.methods._graph`, Leiden from :mod:`exper
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,14 @@ from experimat.methods._expression import block_pca, normalize_total, top_varian
 
 from .. import _consensus
 from . import _graph, _image, _model, _subgraph
-from ._cluster import consensus_graph_clusters, initial_clusters, leiden_n_clusters, refine_labels, run_support
+from ._cluster import (
+    consensus_graph_clusters,
+    initial_clusters,
+    leiden_n_clusters,
+    refine_labels,
+    run_graphs,
+    run_support,
+)
 from ._model import TrainConfig, train_deepst
 
 if TYPE_CHECKING:
@@ -123,9 +131,11 @@ def fit(
     sizes = [s.coords.shape[0] for s in samples]
     n_pcs = default_n_pcs(sum(sizes), stable) if n_pcs is None else n_pcs
     offsets = np.concatenate([[0], np.cumsum(sizes)])
+    t0 = time.perf_counter()
     data, adj_norm, adj_label = _prepare(samples, offsets, n_top_genes=n_top_genes, n_pcs=n_pcs, spatial_k=spatial_k,
                                          n_augment_neighbors=n_augment_neighbors, adjacent_weight=adjacent_weight,
                                          graph_k=graph_k)
+    prepare_s = time.perf_counter() - t0
     tiles, batch_spots = None, None
     if data.shape[0] > _model.FULL_BATCH_MAX:
         batch_spots = _model.BATCH_SPOTS
@@ -137,6 +147,7 @@ def fit(
         data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
         device=device, batches=batches, tiles=tiles, batch_spots=batch_spots,
     )
+    timings["prepare_s"] = prepare_s
     refined = np.concatenate(
         [refine_labels(s.coords, labels[offsets[i] : offsets[i + 1]], refine_neighbors) for i, s in enumerate(samples)]
     )
@@ -260,9 +271,9 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
         return initial_clusters(z, TrainConfig.dec_neighbors, TrainConfig.dec_resolution, s)
 
-    runs, fits = [], []
+    fits = []
     for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:
-        emb, net, timings = train_deepst(
+        fits.append(train_deepst(
             data,
             adj_norm,
             adj_label,
@@ -274,23 +285,32 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
             cluster_init=init_clusters,
             tiles=tiles,
             batch_spots=batch_spots,
-        )
+        ))
+    t0 = time.perf_counter()
+    embeddings = [f[0] for f in fits]
+    # the runs' kNN graphs, built once for their own domains and the consensus (on the consensus's sample)
+    graphs = run_graphs(embeddings, seed=_CONSENSUS_SEED) if len(seeds) > 1 else (None, [None])
+    runs, searches = [], []
+    for i, run_seed in enumerate(seeds):
         logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
-        run_labels, resolution, exact = leiden_n_clusters(emb, n_domains, seed=run_seed)
+        graph = dict(graph=graphs[1][i], sample=graphs[0]) if len(seeds) > 1 else {}
+        run_labels, resolution, exact = leiden_n_clusters(embeddings[i], n_domains, seed=run_seed, **graph)
         runs.append(run_labels)
-        fits.append((emb, net, timings, resolution, exact))
+        searches.append((resolution, exact))
+    timings = {k: float(sum(f[2][k] for f in fits)) for k in fits[0][2]}
     if len(runs) == 1:
-        return (runs[0], *fits[0], {})
+        timings["cluster_s"] = time.perf_counter() - t0
+        return (runs[0], fits[0][0], fits[0][1], timings, *searches[0], {})
     # the medoid run (highest mean ARI to the others) gives the stored embedding and network
     medoid = _consensus.consensus_labels(runs)[1]["medoid"]
-    emb, net, _, _, _ = fits[medoid]
+    emb, net = fits[medoid][0], fits[medoid][1]
     logger.info(f"DeepST: Leiden resolution search for {n_domains} domains on the {len(runs)} runs' joint kNN graph")
     labels, resolution, exact = consensus_graph_clusters(
-        [f[0] for f in fits], n_domains, seed=_CONSENSUS_SEED, min_runs=_CONSENSUS_MIN_RUNS
+        embeddings, n_domains, seed=_CONSENSUS_SEED, min_runs=_CONSENSUS_MIN_RUNS, graphs=graphs
     )
     labels = _consensus.consensus_labels([labels])[0]  # numbered by decreasing size
-    timings = {k: float(sum(f[2][k] for f in fits)) for k in fits[0][2]}
     agreement = _consensus.pairwise_ari(runs)[np.triu_indices(len(runs), 1)].mean()
     logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {agreement:.3f}")
     consensus = {"run_seeds": seeds, "run_agreement": float(agreement), "support": run_support(runs, labels)}
+    timings["cluster_s"] = time.perf_counter() - t0
     return labels, emb, net, timings, resolution, exact, consensus

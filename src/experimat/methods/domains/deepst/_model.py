@@ -257,8 +257,10 @@ def train_deepst(
         timings["pretrain_s"] = time.perf_counter() - t0
         logger.info(f"DeepST: pre-training done, peak memory {peak_rss_mb():.0f} MB", time=start)
 
+        t0 = time.perf_counter()
         z, _ = evaluate()
         labels = np.asarray(cluster_init(z.cpu().numpy().astype(np.float64), seed))
+        timings["init_clusters_s"] = time.perf_counter() - t0
         k = int(labels.max()) + 1
         centres = np.vstack([z.cpu().numpy()[labels == c].mean(0) for c in range(k)])
         net.cluster_layer = torch.nn.Parameter(torch.from_numpy(centres.astype(np.float32)).to(device))
