@@ -51,8 +51,8 @@ def atoms(emb: np.ndarray, n_atoms: int | None) -> tuple[np.ndarray, np.ndarray]
     ``n_atoms`` is None or not smaller than the number of cells. Returns the atom of each cell and
     the atom centres.
 
-    k-means starts from the deterministic principal-direction partition (:func:`principal_splits`)
-    instead of random k-means++ seeds, so the atoms, and every fit on them, do not change with the
+    k-means (Lloyd's algorithm, :func:`lloyd`) starts from the deterministic principal-direction partition
+    (:func:`principal_splits`) instead of random k-means++ seeds, so the atoms, and every fit on them, do not change with the
     seed (random seeding changed the atoms, and through them the genes' mixture fits, from run to run).
     """
     n = emb.shape[0]
@@ -92,6 +92,18 @@ def lloyd(x: np.ndarray, init: np.ndarray, *, max_iter: int = 100, tol: float = 
     the point farthest from its own centre (taken out of that point's cluster's mean); a cluster that is
     still empty keeps its centre (the caller drops clusters left empty).
     """
+    if x.shape[0] * init.shape[0] > 4_000_000:
+        # many thin products (inner dimension d): one BLAS thread runs them ~4x faster than a pool on a loaded
+        # machine (200,000 cells x 256 atoms: 0.2 s instead of 0.8 s per step) and costs little when idle
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            return _lloyd(x, init, max_iter, tol)
+    return _lloyd(x, init, max_iter, tol)
+
+
+def _lloyd(x: np.ndarray, init: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
+    """The iterations of :func:`lloyd`."""
     k = init.shape[0]
     tol_abs = tol * float(np.mean(np.var(x, axis=0)))
     centres = np.array(init, dtype=np.float64)
