@@ -271,7 +271,7 @@ def n_components(Wi: sp.csc_matrix, close: sp.csr_matrix, bg_labels: np.ndarray,
     """Components of each item's mixture by the reference's rule: how many background components hold 95 %
     of the expressing cells that have an expressing neighbour nearby (components holding < 5 such cells
     ignored), ``floor(sqrt(k + 1)) + 1``, capped by the background size and cells/5."""
-    n, n_items = Wi.shape
+    n = Wi.shape[0]
     m_arr = np.diff(Wi.indptr)
     E = Wi.copy()
     E.data = np.ones_like(E.data)
@@ -281,17 +281,12 @@ def n_components(Wi: sp.csc_matrix, close: sp.csr_matrix, bg_labels: np.ndarray,
     incl.eliminate_zeros()
     onehot = sp.csr_matrix((np.ones(n), (bg_labels, np.arange(n))), shape=(k_bg, n))
     counts = np.asarray((onehot @ incl).todense())  # (k_bg, items)
-    ncomp = np.ones(n_items, dtype=int)
-    for i in range(n_items):
-        if m_arr[i] <= 5:
-            continue
-        c = counts[:, i].copy()
-        n_counts = c.sum()
-        c[c < 5] = 0
-        if c.sum() < 10:
-            continue
-        frac = np.sort(c / c.sum())[::-1]
-        k95 = int(np.min(np.flatnonzero(np.cumsum(frac) > 0.95))) + 1
-        est = int(np.floor(np.sqrt(k95 + 1)) + 1)
-        ncomp[i] = int(max(1, min(k_bg, n_counts / 5, est)))
+    n_counts = counts.sum(axis=0)
+    c = np.where(counts < 5, 0.0, counts)
+    tot = c.sum(axis=0)
+    frac = -np.sort(-(c / np.where(tot > 0, tot, 1.0)), axis=0)  # each item's shares, largest first
+    k95 = np.argmax(np.cumsum(frac, axis=0) > 0.95, axis=0) + 1
+    est = np.floor(np.sqrt(k95 + 1.0)) + 1.0
+    ncomp = np.maximum(1.0, np.minimum(np.minimum(float(k_bg), n_counts / 5.0), est)).astype(int)
+    ncomp[(m_arr <= 5) | (tot < 10)] = 1
     return ncomp
