@@ -294,6 +294,27 @@ def test_sparse_and_dense_counts_give_the_same_fit(spots, sig_mean):
     np.testing.assert_array_equal(xb.indices, cols.numpy())
 
 
+def test_sparse_nmf_start_equals_the_dense_one(monkeypatch):
+    """The NMF start from the non-zero counts alone (sparse samples) gives the dense updates' abundances, also
+    when its chunks of spots are small."""
+    import scipy.sparse as sp
+    import torch
+
+    from experimat.methods.deconv.cell2location import _model
+
+    rng = np.random.default_rng(0)
+    h = rng.gamma(0.3, 1.0, (5, 400)).astype(np.float32)
+    counts = rng.poisson(rng.gamma(1.0, 1.0, (300, 5)) @ h * 0.02).astype(np.float32)
+    counts[7] = 0  # a spot without counts
+    x = sp.csr_matrix(counts)
+    assert x.nnz < _model.NMF_SPARSE_DENSITY * x.shape[0] * x.shape[1]
+    dense = _model._nmf_init(torch, x.toarray(), torch.tensor(h))
+    monkeypatch.setattr(_model, "NMF_CHUNK_ENTRIES", 3000)  # chunks of ~300 non-zeros: many chunks
+    sparse_ = _model._nmf_init(torch, x, torch.tensor(h))
+    np.testing.assert_allclose(sparse_, dense, rtol=1e-4, atol=1e-9)
+    assert np.isfinite(sparse_).all() and (sparse_[7] == 0).all()
+
+
 def _per_cell_nb_loglik(torch, x, mu, alpha):
     """Summed NB log likelihood, one term per entry, from torch.distributions (an independent formula)."""
     nb = torch.distributions.NegativeBinomial(total_count=alpha, logits=torch.log(mu) - torch.log(alpha))

@@ -76,23 +76,67 @@ def _as_signatures(reference: ReferenceSignatures | pd.DataFrame) -> pd.DataFram
     return sig
 
 
+#: the Poisson-NMF start works on the non-zero counts alone below this share of non-zero entries (a Visium HD
+#: sample on thousands of genes), densely above it (dense products are faster per entry)
+NMF_SPARSE_DENSITY = 0.05
+#: spots x genes entries of one dense chunk of the NMF start (a sparse chunk holds a tenth as many non-zeros, each
+#: with a value per cell type)
+NMF_CHUNK_ENTRIES = 50_000_000
+
+
 def _nmf_init(torch: Any, x, h, n_iter: int = 50, chunk: int = 20_000) -> np.ndarray:
     """Poisson (KL) NMF with fixed loadings ``h`` (F x G): a cheap starting point for the abundances.
 
     ``x`` (spots x genes: float32 array or scipy sparse matrix) and ``h`` (a float32 tensor on the fitting
-    device); returns a float64 array. With ``h`` fixed the rows are independent, so spots are processed
-    ``chunk`` at a time, each chunk made dense on the device (the spots x genes temporaries stay bounded on
-    large samples).
+    device); returns a float64 array. With ``h`` fixed the rows are independent, so spots are processed a
+    chunk at a time: ``chunk`` spots made dense on the device (fewer when ``chunk`` x genes passes
+    :data:`NMF_CHUNK_ENTRIES`), or, for a sparse ``x`` with under :data:`NMF_SPARSE_DENSITY` non-zero entries,
+    :func:`_nmf_init_sparse` (the same updates from the non-zero counts only).
     """
+    import scipy.sparse as sp
+
+    if sp.issparse(x) and x.nnz < NMF_SPARSE_DENSITY * x.shape[0] * x.shape[1]:
+        return _nmf_init_sparse(torch, sp.csr_matrix(x), h, n_iter)
+    chunk = max(1, min(chunk, NMF_CHUNK_ENTRIES // max(x.shape[1], 1)))
     hs = h.sum(1)[None, :].clamp_min(1e-12)
     out = []
     for s in range(0, x.shape[0], chunk):
         xc = _dense_rows(torch, x[s : s + chunk], h.device)
         w = (xc.sum(1, keepdim=True) / h.sum().clamp_min(1e-12) / h.shape[0]).expand(-1, h.shape[0]).clone()
         for _ in range(n_iter):
-            w *= ((xc / (w @ h).clamp_min(1e-10)) @ h.T) / hs
+            ratio = w @ h  # x / (w h), in place: no new chunk x genes temporaries per iteration
+            ratio.clamp_min_(1e-10)
+            torch.div(xc, ratio, out=ratio)
+            w *= (ratio @ h.T) / hs
         out.append(w.double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, h.shape[0]))
+
+
+def _nmf_init_sparse(torch: Any, x, h, n_iter: int) -> np.ndarray:
+    """:func:`_nmf_init` from the non-zero counts of the CSR matrix ``x``: the update
+    ``w <- w * ((x / (w h)) h^T) / (1 h^T)`` has no term at a zero count, so ``(w h)`` is needed at the non-zeros
+    only. Cost and memory grow with the non-zeros (chunks of about :data:`NMF_CHUNK_ENTRIES` / 10), not spots x genes."""
+    n_fact = h.shape[0]
+    hs = h.sum(1)[None, :].clamp_min(1e-12)
+    ht = h.T.contiguous()
+    cum = x.indptr.astype(np.int64)
+    starts, s = [], 0
+    while s < x.shape[0]:
+        starts.append(s)
+        s = max(s + 1, int(np.searchsorted(cum, cum[s] + NMF_CHUNK_ENTRIES // 10, side="right")) - 1)
+    out = []
+    for a, b in zip(starts, starts[1:] + [x.shape[0]]):
+        xc = x[a:b]
+        rows = torch.tensor(np.repeat(np.arange(b - a), np.diff(xc.indptr)), device=h.device)
+        vals = torch.tensor(xc.data, dtype=torch.float32, device=h.device)
+        hc = ht[torch.tensor(xc.indices.astype(np.int64), device=h.device)]  # non-zeros x F
+        total = torch.zeros(b - a, dtype=torch.float32, device=h.device).index_add_(0, rows, vals)
+        w = (total[:, None] / h.sum().clamp_min(1e-12) / n_fact).expand(-1, n_fact).clone()
+        for _ in range(n_iter):
+            ratio = vals / (w[rows] * hc).sum(1).clamp_min_(1e-10)
+            w *= torch.zeros_like(w).index_add_(0, rows, ratio[:, None] * hc) / hs
+        out.append(w.double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, n_fact))
 
 
 @counts_input("layer")
