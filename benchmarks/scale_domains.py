@@ -7,7 +7,7 @@ genes, about 85 counts per bin; no image), log-normalises it (sparse) and runs, 
 
 * ``spagcn`` — ``spatial_detect_domains_spagcn(n_clusters=4)`` with its defaults (the seed-stable consensus
   of 3 runs, k-means starts); ``spagcn-1`` — one seeded fit (``stable=False``, Leiden initialisation);
-* ``deepst`` — ``spatial_detect_domains_deepst(n_domains=4)`` with its defaults (consensus of 3 runs,
+* ``deepst`` — ``spatial_detect_domains_deepst(n_domains=4)`` with its defaults (consensus of 4 runs,
   200 + 200 epochs); ``deepst-1`` — one run (``stable=False``);
 * ``potts`` — the Potts prior of ``spatial_prior=`` alone (domains/_potts.py; beta 2): the bins' lattice and
   ICM from a noisy soft assignment of the planted stripes (about 65 % of its argmax right); needs no genes
@@ -20,9 +20,11 @@ for its size rules. The summary gives met / not met at the largest size (<= 20 m
 Usage::
 
     python benchmarks/scale.py --domains [--sizes 5000,50000,500000] [--genes 18000]
-        [--methods spagcn,spagcn-1,deepst,deepst-1] [--timeout 3000] [--profile]
+        [--methods spagcn,spagcn-1,deepst,deepst-1] [--timeout 3000] [--profile] [--loss-curve]
 
 ``--profile`` prints the 25 most expensive functions (cumulative time, cProfile) of each row.
+``--loss-curve`` prints each DeepST run's training time and its loss (means of 10 steps at 11 points of
+pre-training and of DEC training): whether the steps it is given let the loss flatten.
 
 Measured on 2026-12-02, 18,000 genes, 2 cores shared with the other helpers' jobs; 500,000 bins under the
 heavy lock (load average 2.9-3.6), 5,000 without it (load 1.0-1.8); wall s (CPU s), peak RSS (absolute, the
@@ -97,7 +99,7 @@ from scale import PeakRSS, run_size
 ROWS = {
     "spagcn": ("SpaGCN (consensus of 3)", "spagcn", {}),
     "spagcn-1": ("SpaGCN (one seed)", "spagcn", {"stable": False}),
-    "deepst": ("DeepST (consensus of 3)", "deepst", {}),
+    "deepst": ("DeepST (consensus of 4)", "deepst", {}),
     "deepst-1": ("DeepST (one seed)", "deepst", {"stable": False}),
     "potts": ("Potts prior (beta 2)", "potts", {"beta": 2.0}),
 }
@@ -145,7 +147,37 @@ def _call(kind: str, a, kwargs: dict):
     return a.obs[column].to_numpy(), {**entry["params"], **{k: v for k, v in entry.items() if k != "params"}}
 
 
-def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bool) -> None:
+def _record_losses() -> list[dict]:
+    """Wrap DeepST's training so that every run's loss per step is kept (``--loss-curve``)."""
+    from experimat.methods.domains.deepst import _core
+
+    runs: list[dict] = []
+    real = _core.train_deepst
+
+    def recording(*args, **kwargs):
+        history: dict = {}
+        out = real(*args, history=history, **kwargs)
+        runs.append({**history, "timings": out[2]})
+        return out
+
+    _core.train_deepst = recording
+    return runs
+
+
+def _print_losses(runs: list[dict]) -> None:
+    for i, run in enumerate(runs):
+        t = run["timings"]
+        print(f"         run {i}: pre-training {t['pretrain_s']:.1f} s, initial clusters {t['init_clusters_s']:.1f} s, "
+              f"DEC training {t['train_s']:.1f} s", flush=True)
+        for phase in ("pretrain", "train"):
+            loss = np.asarray(run[phase])
+            if loss.size:
+                at = np.linspace(0, loss.size - 1, 11).astype(int)
+                print(f"           {phase:<8} loss " + " ".join(f"{j}:{loss[max(0, j - 9) : j + 1].mean():.4g}" for j in at))
+    runs.clear()
+
+
+def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bool, loss_curve: bool = False) -> None:
     import experimat as em
     from experimat.methods._expression import normalize_total
 
@@ -154,6 +186,8 @@ def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bo
     a.layers["lognorm"] = normalize_total(a.layers["counts"])[0]
     truth = a.obs["domain"].astype(str).to_numpy()
     from sklearn.metrics import adjusted_rand_score
+
+    losses = _record_losses() if loss_curve else None
 
     for m in methods:
         label, kind, kwargs = ROWS[m]
@@ -171,11 +205,16 @@ def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bo
             prof.disable()
         cpu = time.process_time() - cpu0
         ari = adjusted_rand_score(truth, labels)
-        rules = {k: params[k] for k in ("init_sample", "cluster_sample", "edge_sample", "run_agreement", "n_epochs",
+        rules = {k: params[k] for k in ("init_sample", "cluster_sample", "edge_sample", "pca_sample", "train_batch",
+                                        "train_tile", "run_agreement", "n_epochs",
                                         "lattice_s", "levels_s", "icm_s", "n_levels", "sweeps", "changed",
                                         "model_accuracy", "prior_accuracy") if k in params}
         print(f"{n:>8,} | {label:<24} | {mem.seconds:8.1f} s | cpu {cpu:8.1f} s | peak RSS {mem.peak / 1e9:6.2f} GB | "
               f"ARI vs stripes {ari:.3f} | {rules}", flush=True)
+        if isinstance(params.get("timings"), dict):  # DeepST's phases (training phases summed over the runs)
+            print("         phases: " + ", ".join(f"{k} {v:.1f}" for k, v in params["timings"].items()), flush=True)
+        if losses:
+            _print_losses(losses)
         with open(results, "a") as f:
             f.write(json.dumps({"n": n, "row": m, "wall": mem.seconds, "cpu": cpu, "peak_gb": mem.peak / 1e9,
                                 "ari": ari}) + "\n")
@@ -211,6 +250,7 @@ def main() -> None:
     ap.add_argument("--methods", default="spagcn,spagcn-1,deepst,deepst-1")
     ap.add_argument("--timeout", type=int, default=3000, help="seconds per size")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--loss-curve", action="store_true")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--results", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,7 +259,7 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown --methods {bad}; choose from {sorted(ROWS)}")
     if args.one is not None:
-        run_one(args.one, args.genes, methods, Path(args.results), args.profile)
+        run_one(args.one, args.genes, methods, Path(args.results), args.profile, args.loss_curve)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,7 +267,8 @@ def main() -> None:
         print(f"load at start: {Path('/proc/loadavg').read_text().strip()}; {os.cpu_count()} CPUs")
         for n in sizes:
             cmd = [sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--methods", args.methods,
-                   "--results", str(results), *(["--profile"] if args.profile else [])]
+                   "--results", str(results), *(["--profile"] if args.profile else []),
+                   *(["--loss-curve"] if args.loss_curve else [])]
             run_size(cmd, n, args.timeout)
         print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")
         summary(results, sizes, methods)

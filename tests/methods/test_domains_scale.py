@@ -342,7 +342,7 @@ def test_bounded_knn_matches_the_whole_row_search(monkeypatch):
     np.testing.assert_allclose(bounded[0], exact[0], rtol=1e-12)  # products of other shapes: rounding
     # coinciding points: never their own neighbour; ties at the k-th distance go to the smaller index
     pts[5] = pts[6]
-    dist, idx = _graph.knn(pts, 15, search="brute")
+    _, idx = _graph.knn(pts, 15, search="brute")
     assert 6 in idx[5] and 5 not in idx[5] and 5 in idx[6] and 6 not in idx[6]
     cut = np.flatnonzero(np.isin(idx, [5, 6]).sum(1) == 1)  # rows where the pair is cut at the k-th place
     cut = cut[(cut != 5) & (cut != 6)]

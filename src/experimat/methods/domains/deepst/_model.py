@@ -31,7 +31,7 @@ EDGE_SAMPLE_MAX = 1_000_000
 #: each step trains on a subgraph batch of about :data:`BATCH_SPOTS` spots (:mod:`._subgraph`)
 FULL_BATCH_MAX = 50_000
 #: spots of a subgraph batch
-BATCH_SPOTS = 25_000
+BATCH_SPOTS = 10_000
 
 
 @dataclass

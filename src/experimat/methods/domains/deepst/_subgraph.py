@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-#: spots per spatial tile, the unit a mini-batch is drawn in (a 50 x 50 patch of a square grid)
-TILE_SPOTS = 2_500
+#: spots per spatial tile, the unit a mini-batch is drawn in (about a 32 x 32 patch of a square grid)
+TILE_SPOTS = 1_000
 
 
 def spatial_tiles(coords: np.ndarray, offsets: np.ndarray, tile_spots: int) -> np.ndarray:
@@ -97,12 +97,21 @@ class SubgraphBatches:
         cols = self.local[sub.indices]
         keep = (cols >= 0) & (cols < n_cols)
         r = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
-        return sp.csr_matrix((sub.data[keep], (r[keep], cols[keep])), shape=(len(rows), n_cols))
+        out = sp.csr_matrix((sub.data[keep], (r[keep], cols[keep])), shape=(len(rows), n_cols))
+        out.sum_duplicates()  # sorted indices, no duplicates: the canonical form torch can take as coalesced
+        return out
+
+    def _sparse(self, m: sp.csr_matrix):
+        """A canonical CSR matrix (sorted, no duplicates) as a torch COO tensor, already coalesced."""
+        import torch
+
+        coo = m.tocoo()
+        idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        val = torch.from_numpy(coo.data.astype(np.float32))
+        return torch.sparse_coo_tensor(idx, val, coo.shape, is_coalesced=True, check_invariants=False).to(self.device)
 
     def next(self) -> Batch:
         import torch
-
-        from ._model import _to_torch_sparse
 
         core = self._core()
         ring1 = self._neighbours(core, core)
@@ -121,7 +130,7 @@ class SubgraphBatches:
             nodes=torch.from_numpy(nodes).to(self.device),
             core=torch.from_numpy(core).to(self.device),
             n_core=len(core),
-            adj1=_to_torch_sparse(torch, adj1, self.device),
-            adj2=_to_torch_sparse(torch, adj2, self.device),
+            adj1=self._sparse(adj1),
+            adj2=self._sparse(adj2),
             pos=pos,
         )
