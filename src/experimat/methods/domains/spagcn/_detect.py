@@ -468,16 +468,17 @@ def integrate_domains_spagcn(
         :func:`spatial_detect_domains_spagcn`. Default 1: domains shared by several sections are
         clustered in a joint embedding that carries what is left of the section effects, and its
         labels are less spatially coherent than single-section ones at the same ``n_clusters`` (8 ST
-        hippocampus sections, 10 domains: neighbour agreement 0.63 against 0.69); the prior
-        relabels about 4% of the spots, where the model is unsure, and makes them as coherent as
-        single-section runs (0.68), or 0.05 behind single-section runs with the same prior (0.73).
+        hippocampus sections, 10 domains: neighbour agreement 0.620 against 0.685); the prior
+        relabels about 4% of the spots, where the model is unsure, and brings them close to
+        single-section runs (0.667), 0.06 behind single-section runs with the same prior (0.729;
+        refined labels 0.713 against 0.737, and 0.757 with the prior).
         ``0``: the model's labels as they are.
     keep_n_clusters
         Refill a domain that the clustering empties, as in :func:`spatial_detect_domains_spagcn`, so
         that ``n_clusters`` is the number of shared domains; of the candidate splits, one whose halves
         both occur in every section the domain occurs in comes first (a split by section cuts no
         lattice edge, but makes a section-specific domain). Default ``True``: 8 ST hippocampus
-        sections, 10 domains: all 10 in every section, neighbour agreement 0.668 (refined 0.715)
+        sections, 10 domains: all 10 in every section, neighbour agreement 0.667 (refined 0.713)
         against 0.680 (0.724) for SpaGCN's 9 (``False``), where bisecting the widest domain gave 0.630
         (0.684); bulb, muscle and synthetic sections empty no domain and are unchanged.
     spatial_key
