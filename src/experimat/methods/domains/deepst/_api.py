@@ -273,6 +273,14 @@ def spatial_detect_domains_deepst(
        (otherwise the closest, with a warning), then a majority vote over the
        ``refine_neighbors`` nearest spots.
 
+    Above 50,000 spots (Visium HD bins, imaging cells) the work stays linear in the spots: both PCAs
+    are fitted on a seeded sample of 50,000 spots and applied to all (``uns[key_added]['pca_sample']``);
+    each epoch is one optimiser step on a subgraph of about 10,000 spots, random spatial tiles of
+    about 1,000 spots with their 2-hop neighbourhood, so that their embeddings are exactly the full
+    graph's (``train_batch``, ``train_tile``; Cluster-GCN's batches, Chiang et al. 2019); the
+    clusterings run on a seeded sample of 50,000 spots, the others joining by their nearest
+    landmarks (``cluster_sample``). Up to 50,000 spots (``"none"``) nothing changes.
+
     Parameters
     ----------
     adata
@@ -350,7 +358,8 @@ def spatial_detect_domains_deepst(
     DataFrame indexed by ``obs_names`` with columns ``domain`` and ``refined``. Also writes
     ``obs['<key_added>.domain']`` and ``obs['<key_added>.refined']`` (categorical),
     ``obsm['<key_added>.embedding']`` and ``uns[key_added]`` (``params``, ``resolution``,
-    ``n_domains_found``, ``timings``). ``df.attrs["model"]`` holds the trained
+    ``n_domains_found``, ``timings`` of the phases, the size rules used: ``cluster_sample``,
+    ``edge_sample``, ``pca_sample``, ``train_batch``, ``train_tile``). ``df.attrs["model"]`` holds the trained
     :class:`~experimat.methods.domains.deepst.DeepSTModel` (inside an experiment it is stored as
     ``models/<key_added>.<sample>``).
 
