@@ -17,6 +17,49 @@ Modes: ``--quick`` (pbmc68k_reduced only), ``--zeisel-only``, ``--no-9k``, ``--n
 reference again with ``EXPERIMAT_REF_SEED=1`` (see ``_ref/locat_ref.py``) to show its own
 run-to-run agreement, the bound for any agreement with it.
 
+Measured 2026-12-02 (issue 20, first-call speed, agreement by band, Zeisel with the local null):
+
+- Speed (``benchmarks/locat_speed.py``, heavy lock held, other jobs' load 2.7 -> 3.7 on 2 cores): ours
+  10.7 / 12.3 / 12.8 s process wall (CPU 8.6 / 8.2 / 8.2 s) vs reference 45.3 / 64.2 / 54.5 s (CPU 39.8 /
+  42.8 / 41.4 s): 4.24x / 5.21x / 4.26x by process wall, 4.64x / 5.21x / 5.04x by CPU, 4.36x / 6.17x /
+  4.75x by in-call wall (target 5x: met in 1 of 3 repetitions by wall, 2 of 3 by CPU). What changed: a
+  first call no longer imports scikit-learn or scipy.stats (~1 s: kNN by scipy's k-d tree, k-means by
+  our Lloyd iterations with scikit-learn's stopping rule and empty-cluster move, labels identical to
+  scikit-learn's; the hypergeometric lower tail summed from log-gamma terms, within 1e-9 of scipy's);
+  per-atom sums as one sparse product; the small-problem kernel at LLVM optimisation level 1 (outputs
+  bit-identical, compile ~20 % less CPU); components per gene vectorised. The table is unchanged (flags
+  identical, z within 0.006 from float32 summation order). Still fixed per first call (at load ~3-5):
+  Python + ``import anndata`` ~1.9 s (both tools), ``import jax`` 1.0-1.6 s, trace + compile of the one
+  per-gene kernel 1.8-2.3 s CPU, the kernel 9 x ~0.2 s CPU. Tried and dropped: importing JAX in a thread
+  while the host prepares (no gain under the GIL); a single M-step copy in the EM loop (no compile gain,
+  slower run); NumPy instead of JAX for the genes (~5x slower kernel).
+- Agreement with reference seed 2 (Jaccard conc 0.535 / 0.534 / 0.527 for our seeds 0/1/2; target
+  0.55): the reference is miscalibrated exactly where it calls more genes than ours. On permuted genes
+  (every gene permuted across cells, reference seed 0) it calls 82 % of genes with 3-9 expressing cells
+  and 62 % of those with 450-630 concentration-significant (18 % overall; ours 0.5 % and 1.2 % there),
+  and on the real genes it calls 94 % and 54 % of those bands (ours 17 % and 23 %). Without those two
+  bands (10 <= m < 450, 658 genes): ours vs reference seeds 0/1/2 Jaccard 0.570-0.624 for each of our
+  seeds, reference vs reference 0.569-0.635. Tried, none adopted: 1,600 pseudo-genes (ours vs ours
+  0.90-0.91, vs reference seed 2 0.528-0.546, a third more per-gene work); the local null from 80
+  effective pseudo-genes (ours vs ours 0.91-0.95, vs seed 2 0.526-0.529); ``reg_covar=None`` (the
+  reference's rule, 0.146 here): vs reference seeds Jaccard 0.571 / 0.606 / 0.579 (seeds 1, 2 of ours
+  0.554-0.592), rho 0.69-0.73, calibrated (conc 0.030, depl 0.024, 4 permuted runs) but markers among
+  the top-50 z fall from 38 to 30 (reference 34).
+- Calibration by expressing-cell band, 12 permuted runs (conc at 0.05): the spread of the band rates
+  across runs matches binomial noise (dispersion test p 0.09-0.80) in every band but 80-150 cells (148
+  genes: sd 0.032 across runs against 0.016 binomial, p < 0.01; mean 0.039, one run at 0.101): a
+  run-level wobble of the local null there, small next to the mean. Binomial expectations for single
+  runs at a true 5 %: bands of 17 / 36 / 74 / 148 genes reach >= 10 % in 21 % / 10 % / 3 % / 0.8 % of
+  runs, and the largest of 12 runs averages 0.15 / 0.12 / 0.095 / 0.081.
+- Zeisel, all 3,863 tested genes, ours seeds 0/1/2 (heavy lock, load ~3.9; 30.6 s first call, 16-22 s
+  after): ours vs ours rho 1.000, Jaccard conc 0.945-0.946, depletion 0.90, joint 1.000; markers 43/50
+  top-z genes; permuted genes (2 runs): conc 0.027 / 0.032 (sextiles of m 0.016-0.053), depl 0.006 /
+  0.008, joint 0. Against the reference's 400-gene runs (the same 386 tested genes; the reference on
+  all genes would take ~23 min at its 400-gene rate, 0.29 s per gene after a ~4 min background, past
+  a 15-minute heavy-lock slot): rho 0.40-0.50, Jaccard conc 0.61-0.70, depletion 0.79-0.89; the
+  reference against itself rho 0.65-0.71, Jaccard conc 0.79-0.81 (its z grows with the expressing
+  fraction: 47 % of permuted genes significant, see below).
+
 Measured 2026-12-02 (issue 20, calibration at every expression level), pbmc68k_reduced, all genes:
 
 - The smooth null (0.3 decades of p) called permuted genes at 0.3 % (150-350 expressing cells of 700)
@@ -101,50 +144,13 @@ ours in one process at load ~1-5, the reference's three seeds from the runs belo
   6.30 GB (targets <= 600 s, <= 16 GB: met); 100/100 planted markers in the top 100 z; 2.5 % of the
   non-marker genes concentration-significant at p < 0.05.
 
-Measured 2026-12-01 (issue 20, "the same genes on every run"), shared 2-core machine at load ~20-27
-(other jobs running; every time below is inflated by that load):
-
-- Where the run-to-run variance came from (code before the change, c5da4c5; pbmc68k_reduced, all genes;
-  seed 1 vs seed 0 with only the named source reseeded, all others held at seed 0; rho of z-scores /
-  Jaccard of concentration-significant / depletion-significant genes): k-means atoms 0.660 / 0.554 /
-  0.625; per-gene EM initialisation (k-means++) 0.707 / 0.592 / 0.637; background fits 0.860 / 0.741
-  / 0.792; null pseudo-genes 0.990 / 0.899 / 1.000; depletion half-split 1.000 / 1.000 / 0.577; all
-  together 0.620 / 0.525 / 0.555. Now atoms, background and EM starts are deterministic (principal-
-  direction partitions, weighted farthest-first seeds); only the null pseudo-genes and the depletion
-  halvings are random (``--sources`` prints each).
-- pbmc68k_reduced, all genes (751 tested by ours), ours and the reference at three seeds each
-  (reference runs of 322-331 s wall at load ~25, one thread per pool):
-  ours vs ours rho 0.987 / 0.990 / 0.996, Jaccard conc 0.882 / 0.888 / 0.936, depletion 0.67-0.69,
-  joint 0.98-1.00; reference vs reference rho 0.669 / 0.698 / 0.719, Jaccard conc 0.565 / 0.639 /
-  0.618; ours (seed 0) vs reference seeds 0/1/2: rho 0.659 / 0.639 / 0.607, Jaccard conc 0.537 / 0.517
-  / 0.475 (target rho >= 0.64 and Jaccard >= 0.55: rho met against one reference seed, the Jaccard
-  against none; ours agrees with the reference about as well as the reference agrees with itself in
-  rho, somewhat less in Jaccard). Markers among the top-50 z: ours 43/50, reference 34/50 (base rate
-  0.24). These runs used 2 depletion halvings; the default is now 1 (z-scores and concentration calls
-  do not depend on it; depletion Jaccard across seeds ~0.63 instead of ~0.70).
-- Speed, first call in a fresh process, pbmc68k_reduced all genes, 2 halvings, at load ~10-12: ours
-  14.4 s and 20.1 s, reference 70.9 s (one thread per pool) -> 4.9x and 3.5x. Target >= 5x not shown
-  at this load; 1 halving (the default now) does the per-gene work of the earlier code (6.4-6.6x at
-  load 1-2). Again with 1 halving at load ~12-13: ours 25.4 s and 13.7 s, reference 70.3 s -> 2.8x and
-  5.1x: at this load two identical first calls differ 2x, so the ratio is not resolved here; rerun on
-  a quiet machine.
-- Earlier variants (full text in this file's git history): the first deterministic version (EM from the
-  background components) rho 0.991-0.995 / Jaccard conc 0.935-0.948 seed to seed, Zeisel 1.000 / 0.984;
-  pbmc 200 genes: ours vs reference rho 0.64-0.67, Jaccard 0.45-0.51; the reference's depletion test
-  calls most genes (permuted: 89 %).
-- The test quantities of ``test_same_genes_on_every_run`` (pbmc 200 genes, seeds 0 and 1) on the code
-  before the change: rho 0.64, Jaccard 0.54 (fails its 0.9 / 0.8 thresholds).
-- Markers among the top-50 z (pbmc68k_reduced, all genes): ours 43/50 (the code before: 43-45/50 over
-  seeds; a first deterministic EM start from the background components gave 36-37/50 and was replaced);
-  reference 34/50. pbmc 200 genes: ours 27/50, reference 28/50.
-- Calibration, permuted pbmc68k_reduced (all genes; 2 halvings, background-component EM start):
-  conc 0.047, depl 0.003, joint 0.000 (reference, earlier run: 0.149 / 0.892 / 0.021).
-- Speed: first call in a fresh process, pbmc68k_reduced all genes, load ~20: 111 / 117 / 134 s for
-  1 / 2 / 4 depletion halvings (the earlier code: 6-7 s at load ~1.5). The reference could not be
-  timed at the same load within this session: with its default thread pools one all-gene run passed
-  the 3,600 s limit; with one thread per pool (now set by :func:`run_ref`) a 200-gene run took
-  466-487 s wall at load ~25. No speed ratio is claimed from these numbers; rerun this script on a
-  quiet machine for it.
+Measured 2026-12-01 (issue 20, "the same genes on every run"; full text in this file's git history):
+run-to-run variance by source before the change (rho of z / Jaccard conc, seed 1 vs 0 with only that
+source reseeded): k-means atoms 0.660 / 0.554, per-gene k-means++ EM starts 0.707 / 0.592, background
+fits 0.860 / 0.741, null pseudo-genes 0.990 / 0.899, all together 0.620 / 0.525; atoms, background and
+EM starts were made deterministic (``--sources`` prints the remaining two). The reference at three
+seeds: rho 0.669-0.719, Jaccard conc 0.565-0.639; its permuted-gene rates 0.149 / 0.892 / 0.021
+(conc / depl / joint).
 
 Measured 2026-11-30, before the changes above (load averages given; other jobs running; full text in
 the git history of this file): 2,600 x 9,000 Zeisel-built genes cold 43.0 s / warm 32.7 s at load ~1.5

@@ -22,9 +22,9 @@ The reference runs with one thread per BLAS/OpenMP pool and XLA's Eigen pool off
 ``benchmarks/locat.py``; with its default pools it ran several times slower on the loaded 2-core box);
 ours runs with its defaults (it turns the Eigen pool off itself).
 
-Last run (heavy lock, load 1.7 -> 2.4, 2 cores): ours 7.5 / 5.9 / 7.4 s and 8.3 / 6.6 / 8.3 s
-(process / call / CPU) vs reference 31.2 / 26.8 / 30.9 s and 33.9 / 29.4 / 33.9 s: 4.1-4.2x by
-process wall and CPU, 4.5-4.6x by in-call wall (target 5x). Details in ``benchmarks/locat.py``.
+Last run (heavy lock, other jobs' load 2.7 -> 3.7, 2 cores, 3 repetitions): ours 10.7 / 12.3 / 12.8 s
+process wall (CPU 8.6 / 8.2 / 8.2 s) vs reference 45.3 / 64.2 / 54.5 s (CPU 39.8 / 42.8 / 41.4 s):
+4.2x / 5.2x / 4.3x by process wall, 4.6x / 5.2x / 5.0x by CPU (target 5x). Details in ``benchmarks/locat.py``.
 """
 
 from __future__ import annotations
