@@ -49,8 +49,15 @@ in every section, 0.667 / 0.713 (67 s); without the prior 0.620 / 0.693; without
 prior 0.729 / 0.757. Seeds 1-3 (cached embedding): 10/10, 0.668 +- 0.001. A smaller DEC step
 (lr 0.01 / 0.005, DEC stops after 23 / 2 epochs, no domain emptied): hippocampus 0.705 / 0.749 with
 the prior, 0.633 / 0.648 without, bulb 0.551 / 0.557, but the 2 muscle samples share 6 of 8 domains
-(7 at lr 0.05) and the prior relabels more spots (bulb 8% against 2%: the soft assignment is flatter,
-so the prior acts stronger); not adopted.
+(7 at lr 0.05; at either step two of them hold under 5 spots in one sample) and the prior relabels
+more spots (bulb 8% against 2%: the soft assignment is flatter, so the prior acts stronger); single-section
+runs at lr 0.01 gain as much (0.690 without, 0.782 with the prior), so the gap to them does not close
+(0.057 / 0.077); not adopted.
+The other cases with the refill on by default (``--cases synthetic bulb muscle --variants ours
+ours_no_refill single``, load 3.4-3.1): no domain is emptied, so ours = ours_no_refill: synthetic pooled
+ARI 0.999; bulb 7/7 in every section, 0.486 / 0.517 against single sections 0.500 / 0.532 (0.519 / 0.542
+with the prior); 2 muscle samples (2 and 5 days after injury) 8 domains, 7 counted in both but 3 of
+those with <= 4 spots in one sample, 0.747 / 0.791 against single sections 0.631 / 0.702.
 """
 
 from __future__ import annotations
