@@ -342,6 +342,34 @@ def test_integration_key_added_and_result_key_alias():
         integrate_domains_deepst({"a": a, "b": b}, result_key="old", key_added="new", **kw)
 
 
+def test_integration_stable_mode_records_its_consensus_and_reproduces():
+    from pandas.testing import assert_frame_equal
+
+    from experimat.methods.domains._consensus import run_seeds
+
+    def pair():
+        a = synthetic_domains(120, 2, 40, seed=4, sample="a")
+        b = synthetic_domains(120, 2, 40, seed=5, sample="b")
+        b.obs_names = [f"b{i}" for i in range(b.n_obs)]
+        return {"a": a, "b": b}
+
+    kw = dict(n_domains=2, pre_epochs=6, epochs=2, use_gpu=False)
+    first, again, other = pair(), pair(), pair()
+    df = integrate_domains_deepst(first, seed=3, **kw)
+    for ad_ in first.values():  # 4 runs as detection; every edge of the runs' kNN graphs; Leiden's own seed
+        entry = ad_.uns["deepst.integrated"]
+        assert entry["params"]["n_runs"] == 4 and entry["run_seeds"] == run_seeds(3, 4)
+        assert entry["consensus_min_runs"] == 1 and entry["consensus_seed"] == 0
+        assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
+    assert_frame_equal(df, integrate_domains_deepst(again, seed=3, **kw))  # a fixed seed reproduces
+    integrate_domains_deepst(other, seed=3, n_runs=2, **kw)
+    assert other["a"].uns["deepst.integrated"]["run_seeds"] == run_seeds(3, 2)
+    single = pair()
+    integrate_domains_deepst(single, seed=3, stable=False, **kw)
+    assert "run_seeds" not in single["a"].uns["deepst.integrated"]
+    assert single["a"].uns["deepst.integrated"]["params"]["stable"] is False
+
+
 # ------------------------------------------------------------------------------------------------
 # seed-stable consensus
 # ------------------------------------------------------------------------------------------------
@@ -362,6 +390,7 @@ def test_stable_mode_records_runs_and_single_seed_stays_available():
     entry = adata.uns["deepst"]
     assert entry["run_seeds"][0] == 1 and len(entry["run_seeds"]) == 2
     assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
+    assert entry["consensus_min_runs"] == 2 and entry["consensus_seed"] == 0  # edges of >= 2 runs
     assert adata.obs["deepst.domain"].nunique() <= 3
     spatial_detect_domains_deepst(
         adata, n_domains=3, pre_epochs=20, epochs=5, seed=1, use_gpu=False, stable=False, key_added="one"

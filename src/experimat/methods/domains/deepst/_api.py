@@ -136,6 +136,9 @@ def _consensus_extra(consensus: dict) -> dict:
         "run_seeds": [int(s) for s in consensus["run_seeds"]],
         "run_agreement": float(consensus["run_agreement"]),
         "mean_support": float(np.mean(consensus["support"])),
+        # the consensus graph: edges formed by at least this many runs, Leiden with this seed
+        "consensus_min_runs": int(consensus["min_runs"]),
+        "consensus_seed": int(consensus["clustering_seed"]),
     }
 
 
@@ -165,7 +168,7 @@ def _save_model(save_path, name: str, res: dict, params: dict, extra: dict) -> D
     return model
 
 
-def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, adversarial: bool) -> dict:
+def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, adversarial: bool, min_runs: int) -> dict:
     """Check the options, read the samples and fit: the one path of both entry points."""
     _check_common(params["n_domains"], params["pre_epochs"], params["epochs"], params["use_image"], params["weights_path"])
     check_stable(params["stable"], params["n_runs"])
@@ -192,7 +195,9 @@ def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, adve
     start = logger.info(f"DeepST on {what} (use_image={params['use_image']})")
     keys = ("n_domains", "pre_epochs", "epochs", "n_top_genes", "n_pcs", "spatial_k", "n_augment_neighbors",
             "adjacent_weight", "graph_k", "refine_neighbors", "stable", "n_runs")
-    res = _core.fit(samples, seed=seed, device=device, adversarial=adversarial, **{k: params[k] for k in keys})
+    res = _core.fit(
+        samples, seed=seed, device=device, adversarial=adversarial, min_runs=min_runs, **{k: params[k] for k in keys}
+    )
     res["start"] = start
     return res
 
@@ -380,6 +385,7 @@ def spatial_detect_domains_deepst(
         library_id=library_id,
         tile_dir=lambda name: Path(save_path) / f"{key_added}_tiles" if save_path is not None else None,
         adversarial=False,
+        min_runs=_core._CONSENSUS_MIN_RUNS,
     )
     timings = {k: float(v) for k, v in res["timings"].items()}
     domain, refined = _write(adata, res, 0, params, extra={"timings": timings})
@@ -418,7 +424,7 @@ def integrate_domains_deepst(
     refine_neighbors: int = 6,
     max_tile_mb: float = 512.0,
     stable: bool = True,
-    n_runs: int = 3,
+    n_runs: int = 4,
 ) -> pd.DataFrame:
     """Domains shared by several samples with DeepST.
 
@@ -464,11 +470,16 @@ def integrate_domains_deepst(
         Seed-stable domains (default): the network is trained ``n_runs`` times with seeds derived
         from ``seed`` on at most a tenth as many principal components as spots (``n_pcs=None``),
         and the domains are Leiden's (with a fixed seed of its own) on the sum of the runs' kNN
-        graphs of their embeddings, keeping the edges of at least 2 runs, weighted by the number of
-        runs in which the two spots are neighbours; the embedding and saved network are the medoid
-        run's. ``False``: one seeded run, as the reference DeepST.
+        graphs of their embeddings, every edge weighted by the number of runs in which the two
+        spots are neighbours; the embedding and saved network are the medoid run's. ``False``: one
+        seeded run, as the reference DeepST. (Detection keeps only the edges of at least 2 runs;
+        the adversarially trained runs of an integration agree less, and that rule made their
+        domains less stable: 4 ST bulb sections, 20 runs grouped at random into consensus groups
+        of 4, seed-to-seed ARI of the refined domains 0.834 with every edge, 0.784 with >= 2 runs.)
     n_runs
-        Runs of the consensus (``stable=True``); the cost grows linearly with it.
+        Runs of the consensus (``stable=True``); the cost grows linearly with it (4 ST bulb
+        sections, 1,627 spots, 5 seeds: about 2.9x one seed's time; seed-to-seed ARI of the refined
+        domains 0.75 against 0.66 with one seed, all 7 domains in every section).
 
     Returns
     -------
@@ -499,6 +510,7 @@ def integrate_domains_deepst(
         library_id=None,
         tile_dir=lambda name: Path(save_path) / f"{key_added}_tiles" / name if save_path is not None else None,
         adversarial=batch_correction,
+        min_runs=_core._CONSENSUS_MIN_RUNS_INTEGRATED,
     )
     timings = {k: float(v) for k, v in res["timings"].items()}
     frames = []
