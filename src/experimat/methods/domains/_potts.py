@@ -50,16 +50,16 @@ def update_levels(adjacency: sparse.spmatrix, *, seed: int = 0) -> list[np.ndarr
     earlier levels and those of lower priority in later ones, so updating a level's spots at once does
     what updating them one at a time in priority order does. The number of levels is that of the longest
     chain of neighbours with falling priorities (about 10-20 on a lattice of 10^4-10^6 spots). Spots
-    without neighbours are in no level; the diagonal is ignored.
+    without neighbours (no stored entry in their row) are in no level; the diagonal orders nothing.
     """
     adj = sparse.csr_matrix(adjacency)
     n = adj.shape[0]
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(adj.indptr))
     cols = adj.indices.astype(np.int64)
+    open_ = np.diff(adj.indptr) > 0  # spots without neighbours never join a level
     off = rows != cols
     rows, cols = rows[off], cols[off]
     prio = np.random.default_rng(seed).permutation(n)
-    open_ = np.bincount(rows, minlength=n) > 0  # spots without neighbours never join a level
     levels = []
     while open_.any():
         keep = open_[rows]
