@@ -47,10 +47,10 @@ _CONSENSUS_SEED = 0
 _CONSENSUS_MIN_RUNS = 2
 #: the same for integrated samples: every edge (4 ST bulb sections, batch_correction=True, the 20
 #: network fits of 5 seeds x 4 runs split at random into 5 consensus groups, 6 splits: seed-to-seed
-#: ARI of the refined domains 0.834 keeping every edge, 0.784 keeping those of >= 2 runs, the same
-#: neighbour agreement 0.48 and all 7 domains in every section; the adversarially trained runs'
-#: neighbourhoods agree less, 1.65 runs per edge against MOB rep11's 2.1, so the >= 2 rule keeps 40 %
-#: of the edges and the domains depend more on which runs formed them; issue 19)
+#: ARI of the refined domains 0.834 keeping every edge, 0.784 keeping those of >= 2 runs (higher in 6
+#: of 7 groupings; equal with 3 or 5 runs per group), the same neighbour agreement 0.48 and all 7
+#: domains in every section; the adversarially trained runs' neighbourhoods agree less, 1.65 runs per
+#: edge against MOB rep11's 2.1, so the >= 2 rule keeps 40 % of the edges; issue 19)
 _CONSENSUS_MIN_RUNS_INTEGRATED = 1
 #: principal components of the reference DeepST, and the fewest the stable mode uses
 _REFERENCE_PCS, _MIN_STABLE_PCS = 200, 10
