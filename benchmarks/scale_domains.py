@@ -36,10 +36,9 @@ row                        5,000                       500,000
 SpaGCN (consensus of 3)    5.5 s (5.4), 0.6 GB         320 s (202), 4.7 GB: met (initial k-means on 50,000)
                            (24.5 s before this change)
 SpaGCN (one seed)          5.2 s (5.3), 0.7 GB         546 s (446), 5.0 GB: met (initial Leiden on 50,000)
-DeepST (one seed)          31 s (31), 0.9 GB           NOT met: augmentation + the two PCAs 455 s, RSS
-                                                       9-11 GB; the 200 pre-training epochs unfinished
-                                                       after 870 s (> 4.3 s per epoch): >= ~37 min in all
-DeepST (consensus of 3)    92 s (92), 0.9 GB           not run (3 x the one-seed cost: >= ~1.7 h)
+DeepST (one seed)          31 s (31), 0.9 GB           before the size rules: NOT met, >= ~37 min (see below)
+DeepST (consensus of 4)    92 s (92), 0.9 GB (of 3)    1386 s (1187), 7.1 GB: NOT met by 3 min (see below;
+                                                       one run ~8 min)
 =========================  ==========================  ==================================================
 
 At 5,000 bins the results are those of before the change (SpaGCN's consensus: the same run agreement,
@@ -72,11 +71,32 @@ index order (for Visium HD barcodes: rows of the array); the two orders agree on
 the index order's objective 0.1-0.4 % higher on these stripes (an order effect: on Voronoi domains neither
 order is the better one).
 
-DeepST at 50,000 bins (load 10, one thread; a profile, not a row): augmentation and PCAs 111 s wall,
-about 1.8 CPU s per epoch, half of it the graph decoder's gathers of the 654,000 edges. At 500,000 bins
-the 200-PC randomised PCA of the augmented 500,000 x 3,000 matrix (about 4 x the input's non-zeros) and
-400 full-batch epochs of a 500,000 x 200 input cannot fit 20 minutes on 2 cores; the consensus of 3 is
-3 x that. Not done: mini-batch (subgraph) training and a cheaper PCA of the augmented matrix.
+DeepST at 50,000 bins before the size rules (load 10, one thread; a profile, not a row): augmentation and
+PCAs 111 s wall, about 1.8 CPU s per full-batch epoch, half of it the graph decoder's gathers of the 654,000
+edges; at 500,000 bins the preparation took 455 s and 9-11 GB and an epoch > 4.3 s (>= ~37 min for one seed).
+
+DeepST with the size rules (2026-12-02; above 50,000 spots: both PCAs fitted on a seeded 50,000-spot sample
+and applied to all; one optimiser step per epoch on a subgraph of ~10,000 spots, random 1,000-spot spatial
+tiles with their 2-hop halo; clusterings on a 50,000-spot sample; exact kNN of the sample under a bound).
+500,000 bins x 18,000 genes, default (``stable``: 4 runs, 200 + 200 epochs), heavy lock, load 3.1-4.0 at
+the start, 2.2 at the end: **1386 s wall (1187 CPU s), peak RSS 7.1 GB (the sample included): NOT met by
+3 min**. Where the time goes (s, the 4 runs summed): preparation 168 (455 before), pre-training 191
+(33-68 per run, 0.16-0.34 s per step), initial DEC clusters 202 (42-66 per run: the kNN of the 50,000-spot
+sample, Leiden, the full-graph forward), DEC training 302 (66-90 per run, with a full-graph forward every
+20 steps for the target), the runs' own domains and the consensus 491 (4 kNN graphs of the sample, 5
+bisection searches of Leiden's resolution on 50,000 nodes, 5 landmark votes). One run: about
+168 + 140 + 52 + 123 = ~8 min. The runs agree at ARI 0.39 and the domains' ARI to the stripes is 0.00: at
+18,000 genes the 200 planted genes are a weak signal (SpaGCN 0.1; the 5,000-bin DeepST runs agree at 0.07).
+Loss per step (means of 10 steps; every run alike): pre-training 15.0 -> 13.1 (step 60) -> 12.5 (100) ->
+12.2 (140) -> 11.8 (200), flattening as the full-batch loss does at 20,000 bins (22.6 -> 20.6 -> 19.9 ->
+19.5 -> 18.9); DEC 12.5 -> 12.6-13.1, as full batch (the KL term grows as the target sharpens).
+
+Mini-batch against full batch where the stripes are recoverable (2,000 genes, ``stable=False``, seed 0; the
+size thresholds lowered so that these sizes take the large-data paths with the same proportions): 20,000 bins,
+full batch ARI to the stripes 0.981 (150 s), mini-batch (2,000-spot batches of 200-spot tiles, PCA on 5,000)
+0.997 (55 s), the two agree at ARI 0.979; 50,000 bins, mini-batch (5,000-spot batches of 500-spot tiles, PCA
+on 10,000) 0.996 (147 s; training 37 s for 400 steps), full batch 0.99 (measured before; a full-batch run
+did not finish in a 15-minute slot at load 5).
 """
 
 from __future__ import annotations
