@@ -80,16 +80,22 @@ and applied to all; one optimiser step per epoch on a subgraph of ~10,000 spots,
 tiles with their 2-hop halo; clusterings on a 50,000-spot sample; exact kNN of the sample under a bound).
 500,000 bins x 18,000 genes, default (``stable``: 4 runs, 200 + 200 epochs), heavy lock, load 3.1-4.0 at
 the start, 2.2 at the end: **1386 s wall (1187 CPU s), peak RSS 7.1 GB (the sample included): NOT met by
-3 min**. Where the time goes (s, the 4 runs summed): preparation 168 (455 before), pre-training 191
-(33-68 per run, 0.16-0.34 s per step), initial DEC clusters 202 (42-66 per run: the kNN of the 50,000-spot
-sample, Leiden, the full-graph forward), DEC training 302 (66-90 per run, with a full-graph forward every
-20 steps for the target), the runs' own domains and the consensus 491 (4 kNN graphs of the sample, 5
-bisection searches of Leiden's resolution on 50,000 nodes, 5 landmark votes). One run: about
-168 + 140 + 52 + 123 = ~8 min. The runs agree at ARI 0.39 and the domains' ARI to the stripes is 0.00: at
-18,000 genes the 200 planted genes are a weak signal (SpaGCN 0.1; the 5,000-bin DeepST runs agree at 0.07).
-Loss per step (means of 10 steps; every run alike): pre-training 15.0 -> 13.1 (step 60) -> 12.5 (100) ->
-12.2 (140) -> 11.8 (200), flattening as the full-batch loss does at 20,000 bins (22.6 -> 20.6 -> 19.9 ->
-19.5 -> 18.9); DEC 12.5 -> 12.6-13.1, as full batch (the KL term grows as the target sharpens).
+3 min**. Where the time goes (s, the 4 runs summed):
+
+* preparation 168 (455 before);
+* pre-training 191 (33-68 per run, 0.16-0.34 s per step);
+* initial DEC clusters 202 (42-66 per run: the kNN of the 50,000-spot sample, Leiden, a full-graph forward);
+* DEC training 302 (66-90 per run, with a full-graph forward every 20 steps for the target);
+* the runs' own domains and the consensus 491 (4 kNN graphs of the sample, 5 bisection searches of Leiden's
+  resolution on 50,000 nodes, 5 landmark votes).
+
+One run (from the phases, not run alone): 168 + 48 + 50 + 76 + ~100 (its domains) = ~7.5 min. The runs
+agree at ARI 0.39 and the domains' ARI to the stripes is 0.00: at 18,000 genes the 200 planted genes are a
+weak signal (SpaGCN 0.1; the 5,000-bin DeepST runs agree at 0.07). Loss per step (means of 10 steps; every
+run alike): pre-training 15.0 -> 13.1 (step 60) -> 12.5 (100) -> 12.2 (140) -> 11.8 (200), flattening as
+the full-batch loss does at 20,000 bins (22.6 -> 20.6 -> 19.9 -> 19.5 -> 18.9); DEC 12.5 -> 12.6-13.1, as
+full batch (the KL term grows as the target sharpens). (``timings['peak_rss_mb']`` printed 27,769 there:
+the runs' sum; it is now their maximum, and ``per_epoch_s`` their mean.)
 
 Mini-batch against full batch where the stripes are recoverable (2,000 genes, ``stable=False``, seed 0; the
 size thresholds lowered so that these sizes take the large-data paths with the same proportions): 20,000 bins,
