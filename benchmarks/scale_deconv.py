@@ -41,6 +41,28 @@ dense Adam), "after" the current code:
   (call times, set-up included: for cell2location mostly the dense counts and the Poisson-NMF start, which
   already gives r 0.870; DestVI's times leave out its CondSCVI reference, fitted once: 44 s wall.)
 
+500,000 bins (2026-12-02, after the counts stayed sparse: mini-batches read their rows from CSR, the NMF start
+works in dense chunks in place; ``--sizes 500000 --deconv-parts accuracy --targets cell2location=0.870,destvi=0.913``,
+one method per heavy-lock hold, load average in brackets; peak RSS absolute, the benchmark's copies of the bins'
+counts included; the pseudo-bins set-up took 68-164 s wall, 60-64 s CPU, 5.9 GB):
+
+  CPU s per epoch (mini-batch)           50,000 (4.4-4.8)   500,000              x10 bins
+  cell2location, batches of 5,000        2.5-2.9            28.7 (4.9)           x10-11
+  DestVI, batches of 128                 8.1-8.6            70.1 (2.2-2.4)       x8-9
+
+  time to the 5,000-bin accuracy         50,000                       500,000
+  cell2location (r >= 0.860)             1 epoch, r 0.869: 20 s CPU   1 epoch, r 0.870: 146 s CPU (255 s wall),
+                                         (44 s wall), peak 1.6 GB     peak 9.4 GB; set-up (NMF start) ~117 s CPU
+  DestVI (r >= 0.903)                    1 epoch, r 0.907: 9 s CPU    1 epoch, r 0.922: 89 s CPU (105 s wall),
+                                         (14 s wall), peak 1.3 GB     peak 7.1 GB (CondSCVI reference: 18 s)
+
+At 50,000 bins the call's peak fell from 2.5 to 1.4-1.6 GB (no dense bins x genes copy, no float64 lgamma matrix).
+Per epoch both methods are linear in the bins: from 200,000 to 500,000 bins (x2.5) cell2location x2.7 (10.8 ->
+28.7 CPU s), DestVI x2.6 (27.2 -> 70.1). Both reach the 5,000-bin accuracy in one epoch at 500,000 bins; for
+cell2location most of the call is the Poisson-NMF start (which alone gives r 0.870), on sparse samples below 5 %
+non-zeros (thousands of genes) it runs on the non-zeros only (about 10x faster at 1 %; not measured here: these
+bins on 500 genes are 52 % non-zero). Peaks stay under 16 GB (9.4 GB, 7.1 GB, both including the sample).
+
 cell2location in mini-batches was superlinear because Adam stepped the whole parameter vector, every bin's
 ~120 local parameters (location and scale of 60 per-bin entries), at every mini-batch: an epoch cost
 (bins / batch) x bins, which dominates above ~100,000 bins. Now each per-bin site is a tensor of its own, read
