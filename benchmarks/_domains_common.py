@@ -116,6 +116,35 @@ def synthetic_sections(n_sections=3, n_spots=3000, n_domains=5, effect=0.5, seed
     return out
 
 
+def _synthetic_domains(*args, **kwargs):
+    import experimat as em
+
+    return em.datasets.synthetic_domains(*args, **kwargs)
+
+
+def stability_cases() -> list[tuple]:
+    """The seed-stability cases (issue 19) of SpaGCN and DeepST: ``(name, loader, n_domains,
+    refine_shape)``; the loader returns ``(adata, truth_key)`` (``"none"``: no annotation)."""
+    return [
+        ("MOB rep11 (ST, 5 layers)", mouse_olfactory_bulb, 5, "square"),
+        ("muscle Vis5A_2dpi (8 domains)", lambda: muscle_sample("Vis5A_2dpi"), 8, "hexagon"),
+        ("muscle Vis7B_5dpi (8 domains)", lambda: muscle_sample("Vis7B_5dpi"), 8, "hexagon"),
+        (
+            "synthetic 1500 spots, 6 voronoi, 2-fold markers",
+            lambda: (
+                _lognorm(
+                    _synthetic_domains(
+                        1500, 6, layout="voronoi", fold_change=2.0, n_markers_per_domain=10, depth=2000, seed=2
+                    )
+                ),
+                "domain",
+            ),
+            6,
+            "hexagon",
+        ),
+    ]
+
+
 def _load() -> str:
     """The 1-minute load average now (timings on a shared machine are only comparable beside it)."""
     path = Path("/proc/loadavg")

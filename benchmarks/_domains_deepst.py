@@ -1,5 +1,5 @@
 """DeepST rows of the domain benchmarks (benchmarks/domains.py): seed stability of detection on MOB
-rep11 and the DeepST variants of the integration cases. No DeepST reference environment: the
+rep11, a muscle sample and a synthetic section, and the DeepST variants of the integration cases. No DeepST reference environment: the
 reference package pins an old torch stack, so these rows have no reference column."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from _domains_common import _ari, _load, _neighbour_agreement, _pairwise, _print_row, mouse_olfactory_bulb
+from _domains_common import _ari, _load, _neighbour_agreement, _pairwise, _print_row, stability_cases
 
 #: the DeepST variants of ``bench_integration`` (``--variants``): the integration (default stable
 #: mode) and one seed (stable=False), each at every ``--seeds`` seed; single-section runs (first seed)
@@ -16,39 +16,78 @@ DEEPST_INTEGRATION_VARIANTS = ("deepst", "deepst_one_seed", "deepst_sections")
 
 
 def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
-    """Seed stability and accuracy of DeepST on real annotated data (MOB rep11 layers, raw counts):
-    ours (stable consensus of 4 runs, the default) beside ours with one seed (stable=False, the
-    reference's algorithm); mean pairwise ARI of the refined domains between seeds and mean ARI
-    against the layers. (No DeepST reference environment: the reference package pins old torch.)"""
+    """Seed stability and accuracy of DeepST on the seed-stability cases of SpaGCN
+    (:func:`_domains_common.stability_cases`; ``cases``: only those whose name contains one of
+    these; default: MOB rep11 alone): ours (stable consensus of 4 runs, the default) beside ours
+    with one seed (stable=False, the reference's algorithm); mean pairwise ARI of the refined
+    domains between seeds and mean ARI against the truth (MOB rep11 layers, synthetic domains; the
+    muscle samples have none). Refinement over 4 neighbours on the square ST grid, 6 on Visium's
+    hexagons. Each seed prints a progress line, so a run cut short still reports its seeds.
+    (No DeepST reference environment: the reference package pins old torch.)"""
     import experimat as em
-    from experimat.methods.domains.deepst import spatial_detect_domains_deepst
 
     em.settings.progress = False
-    adata, truth_key = mouse_olfactory_bulb()
-    truth = adata.obs[truth_key].astype(str).to_numpy()
-    row = {
-        "method": "deepst-stability",
-        "case": "MOB rep11 (ST, 5 layers)",
-        "n_spots": adata.n_obs,
-        "seeds": len(seeds),
-    }
+    rows = []
+    for name, load, k, shape in stability_cases():
+        if not any(c.lower() in name.lower() for c in cases or ["MOB rep11"]):
+            continue
+        try:
+            adata, truth_key = load()
+        except FileNotFoundError as e:
+            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
+            continue
+        truth = adata.obs[truth_key].astype(str).to_numpy() if truth_key != "none" else None
+        row = {"method": "deepst-stability", "case": name, "n_spots": adata.n_obs, "seeds": len(seeds)}
+        row.update(_deepst_seed_runs(adata, k, 4 if shape == "square" else 6, seeds, truth))
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+def _deepst_seed_runs(adata, n_domains: int, refine_neighbors: int, seeds, truth) -> dict:
+    """Stable (default) and one-seed DeepST detection at every seed: stability, accuracy (with a
+    truth), mean seconds per run, the stable mode's cost against one seed, load at start-end."""
+    from experimat.methods.domains.deepst import spatial_detect_domains_deepst
+
     load_start = _load()
-    for label, stable in (("ours", True), ("ours_single", False)):
-        found, times = [], []
-        for seed in seeds:
+    found = {"ours": [], "ours_single": []}
+    times = {"ours": [], "ours_single": []}
+    for seed in seeds:
+        for label, stable in (("ours", True), ("ours_single", False)):
             t = time.perf_counter()
             df = spatial_detect_domains_deepst(
-                adata, n_domains=5, seed=seed, stable=stable, refine_neighbors=4, use_gpu=False, key_added="d"
+                adata,
+                n_domains=n_domains,
+                seed=seed,
+                stable=stable,
+                refine_neighbors=refine_neighbors,
+                use_gpu=False,
+                key_added="d",
             )
-            times.append(time.perf_counter() - t)
-            found.append(df["refined"].astype(str).to_numpy())
-        row[f"{label}_stability"] = _pairwise(found)
-        row[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found]))
-        row[f"{label}_s"] = float(np.mean(times))
-    row["cost_vs_single"] = row["ours_s"] / row["ours_single_s"]
-    row["load"] = f"{load_start}-{_load()}"
-    _print_row(row)
-    return [row]
+            times[label].append(time.perf_counter() - t)
+            found[label].append(df["refined"].astype(str).to_numpy())
+        so_far = "  ".join(_so_far(label, found[label], times[label], truth) for label in found)
+        print(f"    seed {seed}: {so_far}  load {_load()}", flush=True)
+    out = {}
+    for label in found:
+        if len(seeds) > 1:
+            out[f"{label}_stability"] = _pairwise(found[label])
+        if truth is not None:
+            out[f"{label}_accuracy"] = float(np.mean([_ari(truth, f) for f in found[label]]))
+        out[f"{label}_s"] = float(np.mean(times[label]))
+    out["cost_vs_single"] = out["ours_s"] / out["ours_single_s"]
+    out["load"] = f"{load_start}-{_load()}"
+    return out
+
+
+def _so_far(label: str, found: list, times: list, truth) -> str:
+    """One progress entry: stability over the seeds so far, the last seed's accuracy and time."""
+    text = f"{label}"
+    if len(found) > 1:
+        text += f" stab. {_pairwise(found):.3f} ({len(found)} seeds)"
+    if truth is not None:
+        text += f" acc. {_ari(truth, found[-1]):.3f}"
+    return text + f" {times[-1]:.1f} s"
 
 
 def _shared(labs: dict) -> tuple[int, int]:

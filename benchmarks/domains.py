@@ -97,7 +97,6 @@ import pandas as pd
 from _domains_common import (
     _ari,
     _load,
-    _lognorm,
     _neighbour_agreement,
     _pairwise,
     _print_row,
@@ -105,6 +104,7 @@ from _domains_common import (
     hippocampus_sections,
     mouse_olfactory_bulb,
     muscle_sample,
+    stability_cases,
     synthetic,
     synthetic_sections,
 )
@@ -285,27 +285,6 @@ def _bench_spagcn_hippo(seed) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- seed stability (issue 19)
-def _stability_cases():
-    return [
-        ("MOB rep11 (ST, 5 layers)", mouse_olfactory_bulb, 5, "square"),
-        ("muscle Vis5A_2dpi (8 domains)", lambda: muscle_sample("Vis5A_2dpi"), 8, "hexagon"),
-        ("muscle Vis7B_5dpi (8 domains)", lambda: muscle_sample("Vis7B_5dpi"), 8, "hexagon"),
-        (
-            "synthetic 1500 spots, 6 voronoi, 2-fold markers",
-            lambda: (
-                _lognorm(
-                    __import__("experimat").datasets.synthetic_domains(
-                        1500, 6, layout="voronoi", fold_change=2.0, n_markers_per_domain=10, depth=2000, seed=2
-                    )
-                ),
-                "domain",
-            ),
-            6,
-            "hexagon",
-        ),
-    ]
-
-
 def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
     """Seed stability and accuracy of SpaGCN: ours (stable consensus, default), ours with one seed
     (stable=False, the reference's algorithm) and SpaGCN 1.2.7, the same seeds on the same input.
@@ -318,7 +297,7 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
 
     em.settings.progress = False
     rows = []
-    for name, load, k, shape in _stability_cases():
+    for name, load, k, shape in stability_cases():
         if cases and not any(c.lower() in name.lower() for c in cases):
             continue
         try:
@@ -514,7 +493,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=["spagcn"], choices=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--hippo", action="store_true", help="also integrate the 8 ST hippocampus sections")
-    parser.add_argument("--cases", nargs="+", help="stability/integration: only cases whose name contains one of these")
+    parser.add_argument("--cases", nargs="+", help="stability/deepst-stability/integration: only cases whose name contains one of these")
     parser.add_argument(
         "--variants",
         nargs="+",
