@@ -347,3 +347,70 @@ def test_bounded_knn_matches_the_whole_row_search(monkeypatch):
     cut = np.flatnonzero(np.isin(idx, [5, 6]).sum(1) == 1)  # rows where the pair is cut at the k-th place
     cut = cut[(cut != 5) & (cut != 6)]
     assert cut.size and np.all(idx[cut, -1] == 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# the resolution search started from another run's resolution (DeepST's runs above SAMPLE_MAX)
+# ------------------------------------------------------------------------------------------------
+def test_resolution_search_from_a_hint():
+    import unittest.mock
+
+    from experimat.methods._graph import knn_graph
+
+    pts = _blobs(150, 4, 6, seed=2)[0]
+    pts += np.random.default_rng(3).normal(scale=4.0, size=pts.shape)  # weak clusters: the count needs searching
+    g = knn_graph(pts, 15, symmetric=True, search="brute")
+    calls = []
+    original = _cluster.leiden
+
+    def counted(*a, **k):
+        calls.append(k["resolution"])
+        return original(*a, **k)
+
+    cold = _cluster.search_resolution(g, 4, seed=0, weighted=False)
+    assert cold[2] and len(np.unique(cold[0])) == 4
+    with unittest.mock.patch.object(_cluster, "leiden", counted):
+        same = _cluster.search_resolution(g, 4, seed=0, weighted=False, hint=cold[1])
+        assert calls == [cold[1]]  # the hint that gives the count: one Leiden run, the same labels
+        np.testing.assert_array_equal(same[0], cold[0])
+        for hint in (cold[1] / 3, cold[1] * 3, 0.001, 100.0):  # off in either direction: still the count
+            labels, _, exact = _cluster.search_resolution(g, 4, seed=0, weighted=False, hint=hint)
+            assert exact and len(np.unique(labels)) == 4
+            assert adjusted_rand_score(cold[0], labels) > 0.8
+    # a hint from which no bracket holds the count: the plain search follows and decides as without one
+    for n in (7, 40):
+        plain = _cluster.search_resolution(g, n, seed=0, weighted=False, warn=False)
+        hinted = _cluster.search_resolution(g, n, seed=0, weighted=False, warn=False, hint=plain[1] * 2)
+        assert hinted[2] >= plain[2]  # no worse
+        if hinted[2]:
+            assert len(np.unique(hinted[0])) == n
+
+
+def test_deepst_consensus_searches_warm_start_on_a_sample(monkeypatch):
+    """Above SAMPLE_MAX the runs' and the consensus's searches start from the resolutions found before
+    them; up to it none does (the small-data path is the cold search, unchanged)."""
+    from experimat.methods.domains.deepst import _core
+
+    assert _core._hint([(0.2, True), (0.9, False), (0.4, True)]) == pytest.approx(0.3)
+    assert _core._hint([(0.9, False)]) is None
+    a = em.datasets.synthetic_domains(600, 3, 60, seed=0)
+    hints = []
+    original = _cluster.search_resolution
+
+    def spy(*args, **kw):
+        hints.append(kw.get("hint"))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(_cluster, "search_resolution", spy)
+    kw = dict(n_domains=3, pre_epochs=20, epochs=10, seed=0, stable=True, use_gpu=False)
+    spatial_detect_domains_deepst(a, key_added="small", **kw)
+    assert hints and all(h is None for h in hints)
+    hints.clear()
+    monkeypatch.setattr(_cluster, "SAMPLE_MAX", 300)
+    spatial_detect_domains_deepst(a, key_added="big", **kw)
+    assert a.uns["big"]["cluster_sample"] == 300
+    assert hints[0] is None and all(h is not None for h in hints[1:])  # the first run searches cold
+    assert a.obs["big.domain"].nunique() == 3
+    monkeypatch.setattr(_core, "_hint", lambda searches: None)  # the cold searches of before
+    spatial_detect_domains_deepst(a, key_added="cold", **kw)
+    assert adjusted_rand_score(a.obs["cold.domain"], a.obs["big.domain"]) > 0.9

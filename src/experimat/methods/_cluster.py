@@ -142,12 +142,49 @@ def _n(labels: np.ndarray) -> int:
     return len(np.unique(labels))
 
 
-def _bisect(run, n_clusters: int, max_steps: int) -> float | None:
+def _bisect(run, n_clusters: int, max_steps: int, hint: float | None = None) -> float | None:
+    """Bracket ``[0.01, 1]`` widened by doubling, then bisection (and a scan where the count is not
+    monotone). With ``hint`` (a resolution that gave ``n_clusters`` on a similar graph) the bracket is
+    first grown around it (:func:`_bisect_from`); only when that finds none is the plain search run."""
+    if hint is not None:
+        found = _bisect_from(run, n_clusters, max_steps, float(hint))
+        if found is not None:
+            return found
     lo, hi = 0.01, 1.0
     steps = 0
     while run(hi) < n_clusters and hi < 64:
         lo, hi = hi, hi * 2
         steps += 1
+    return _narrow(run, n_clusters, lo, hi, steps, max_steps)
+
+
+def _bisect_from(run, n_clusters: int, max_steps: int, hint: float) -> float | None:
+    """The bracket grown from ``hint`` (steps of a quarter of it, doubling, within ``[0.01, 64]``)
+    until it holds ``n_clusters``, then the bisection of :func:`_narrow` (no scan: the plain search
+    follows when this finds none)."""
+    hint = min(max(hint, 0.01), 64.0)
+    c = run(hint)
+    if c == n_clusters:
+        return hint
+    step, steps = hint / 4, 0
+    if c < n_clusters:
+        lo, hi = hint, min(hint + step, 64.0)
+        while run(hi) < n_clusters and hi < 64:
+            step *= 2
+            lo, hi = hi, min(hi + step, 64.0)
+            steps += 1
+    else:
+        lo, hi = max(hint - step, 0.01), hint
+        while run(lo) > n_clusters and lo > 0.01:
+            step *= 2
+            lo, hi = max(lo - step, 0.01), lo
+            steps += 1
+    return _narrow(run, n_clusters, lo, hi, steps, max_steps, scan=False)
+
+
+def _narrow(run, n_clusters: int, lo: float, hi: float, steps: int, max_steps: int, scan: bool = True) -> float | None:
+    """Bisection of the bracket ``[lo, hi]`` for a resolution with ``n_clusters`` (the count grows with
+    the resolution), then (``scan``) a scan of the bracket where it is not monotone; ``None`` when none does."""
     found = None
     for res in (lo, hi):
         if run(res) == n_clusters:
@@ -164,7 +201,7 @@ def _bisect(run, n_clusters: int, max_steps: int) -> float | None:
             hi = mid
         if hi - lo < 1e-4:
             break
-    if found is None:  # non-monotone region: scan the bracket
+    if found is None and scan:  # non-monotone region: scan the bracket
         for res in np.linspace(max(lo - 0.1, 0.005), hi + 0.1, 21):
             if run(res) == n_clusters:
                 return float(res)
@@ -208,12 +245,17 @@ def search_resolution(
     weighted: bool = True,
     warn: bool = True,
     what: str = "clusters",
+    hint: float | None = None,
 ) -> tuple[np.ndarray, float, bool]:
     """Leiden with the resolution searched to give exactly ``n_clusters`` clusters.
 
     ``strategy="bisect"``: bracket and bisect the resolution (the count grows with it), then scan the
     bracket where the count is not monotone. ``"step"``: SpaGCN's rule, from ``start`` by ``step``,
     halving the step on overshoot. Each resolution is clustered once (rounded to 6 decimals).
+    ``hint`` (``"bisect"`` only): a resolution that gave ``n_clusters`` on a similar graph (another
+    seed's run of the same spots); the bracket starts there, which takes one to a few Leiden runs where
+    the plain bracket takes several, and the plain search follows when it finds none. The same rule
+    decides (a resolution with exactly ``n_clusters``), but it may be another such resolution.
 
     Returns ``(labels, resolution, exact)``; when no resolution tried gives ``n_clusters``, the closest
     count is returned with ``exact=False`` and (``warn``) an :class:`ExperimatWarning`.
@@ -232,7 +274,7 @@ def search_resolution(
         return _n(tried[res])
 
     if strategy == "bisect":
-        found = _bisect(run, int(n_clusters), max_steps)
+        found = _bisect(run, int(n_clusters), max_steps, hint)
     elif strategy == "step":
         found = _step(run, int(n_clusters), start, step, max_steps)
     else:

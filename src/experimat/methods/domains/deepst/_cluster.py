@@ -46,7 +46,8 @@ def run_graphs(embeddings: list[np.ndarray], *, seed: int, k: int = 15) -> tuple
 
 
 def leiden_n_clusters(
-    emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, graph=None, sample=None
+    emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, graph=None, sample=None,
+    hint: float | None = None,
 ) -> tuple[np.ndarray, float, bool]:
     """Search the Leiden resolution that gives exactly ``n_clusters`` clusters on the kNN graph of
     ``emb`` (:func:`experimat.methods._cluster.search_resolution`, bisection); when none does, the
@@ -56,14 +57,15 @@ def leiden_n_clusters(
     that many (seeded) and every other spot takes the domain of its nearest landmark (small k-means
     cells of the sample, :func:`experimat.methods._cluster.landmark_vote`): the exact kNN graph of all
     spots would cost their number squared. ``graph`` (with its ``sample``, from :func:`run_graphs`):
-    the kNN graph already built.
+    the kNN graph already built. ``hint``: the resolution another run's search found, where the
+    bracket starts (:func:`experimat.methods._cluster.search_resolution`).
     """
     if graph is None:
         sample = _cluster.clustering_sample(emb.shape[0], seed)
         graph = knn_graph(emb if sample is None else emb[sample], k, symmetric=True, search="brute")
     labels, resolution, exact = _cluster.search_resolution(
         to_igraph(graph, weighted=False), n_clusters, seed=seed, strategy="bisect", max_steps=max_steps,
-        weighted=False, what="domains",
+        weighted=False, what="domains", hint=hint,
     )
     if sample is not None:
         labels = _cluster.landmark_vote(emb, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
@@ -72,7 +74,7 @@ def leiden_n_clusters(
 
 def consensus_graph_clusters(
     embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, min_runs: int = 1,
-    graphs: tuple | None = None,
+    graphs: tuple | None = None, hint: float | None = None,
 ) -> tuple[np.ndarray, float, bool]:
     """Domains of several runs' embeddings of the same spots: Leiden (resolution searched for
     ``n_clusters``) on the sum of the runs' symmetric kNN graphs, an edge weighted by the number of
@@ -85,7 +87,8 @@ def consensus_graph_clusters(
     on that graph (pieces it cut off), all edges are used. Above
     :data:`experimat.methods._cluster.SAMPLE_MAX` spots, as :func:`leiden_n_clusters`: the graph of a
     seeded sample, the other spots voting by their nearest landmarks in the runs' joined embeddings.
-    ``graphs``: ``(sample, graphs)`` of :func:`run_graphs` with this ``seed`` and ``k``, already built."""
+    ``graphs``: ``(sample, graphs)`` of :func:`run_graphs` with this ``seed`` and ``k``, already built;
+    ``hint``: a resolution where the search's bracket starts (the runs' own)."""
     import scipy.sparse as sp
 
     sample, each = run_graphs(embeddings, seed=seed, k=k) if graphs is None else graphs
@@ -93,7 +96,8 @@ def consensus_graph_clusters(
     for g in ([_keep_repeated_edges(graph, min_runs)] if min_runs > 1 else []) + [graph]:
         with warnings.catch_warnings(record=g is not graph):
             labels, resolution, exact = _cluster.search_resolution(
-                g, n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=True, what="domains"
+                g, n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=True, what="domains",
+                hint=hint,
             )
         if exact:
             break

@@ -300,10 +300,13 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     # the runs' kNN graphs, built once for their own domains and the consensus (on the consensus's sample)
     graphs = run_graphs(embeddings, seed=_CONSENSUS_SEED) if len(seeds) > 1 else (None, [None])
     runs, searches = [], []
+    # above the clustering sample's size, each search starts from the resolution the runs before found
+    warm = graphs[0] is not None
     for i, run_seed in enumerate(seeds):
         logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
         graph = dict(graph=graphs[1][i], sample=graphs[0]) if len(seeds) > 1 else {}
-        run_labels, resolution, exact = leiden_n_clusters(embeddings[i], n_domains, seed=run_seed, **graph)
+        hint = _hint(searches) if warm else None
+        run_labels, resolution, exact = leiden_n_clusters(embeddings[i], n_domains, seed=run_seed, hint=hint, **graph)
         runs.append(run_labels)
         searches.append((resolution, exact))
     # phases' seconds summed over the runs; peaks their maximum, seconds per epoch their mean
@@ -317,7 +320,8 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     emb, net = fits[medoid][0], fits[medoid][1]
     logger.info(f"DeepST: Leiden resolution search for {n_domains} domains on the {len(runs)} runs' joint kNN graph")
     labels, resolution, exact = consensus_graph_clusters(
-        embeddings, n_domains, seed=_CONSENSUS_SEED, min_runs=min_runs, graphs=graphs
+        embeddings, n_domains, seed=_CONSENSUS_SEED, min_runs=min_runs, graphs=graphs,
+        hint=_hint(searches) if warm else None,
     )
     labels = _consensus.consensus_labels([labels])[0]  # numbered by decreasing size
     agreement = _consensus.pairwise_ari(runs)[np.triu_indices(len(runs), 1)].mean()
@@ -331,3 +335,9 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     }
     timings["cluster_s"] = time.perf_counter() - t0
     return labels, emb, net, timings, resolution, exact, consensus
+
+
+def _hint(searches: list[tuple[float, bool]]) -> float | None:
+    """The median of the resolutions that gave the domains' number exactly in the searches so far."""
+    found = [res for res, exact in searches if exact]
+    return float(np.median(found)) if found else None
