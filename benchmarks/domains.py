@@ -91,7 +91,7 @@ synthetic 1,500 spots, 6 voronoi        0.997 / 0.996    0.940 / 0.967    34.2 :
 ======================================  ===============  ===============  ============  =====  =========
 
 Muscle: the stable mode gains 0.15 but stays under the 0.8 target (SpaGCN's stable mode: 0.891);
-per seed pair it rose 0.593 -> 0.671 -> 0.639 as seeds were added. Synthetic: above 0.8 in both
+over the first 2 / 3 / 4 / 5 seeds 0.593 / 0.638 / 0.671 / 0.639. Synthetic: above 0.8 in both
 modes; the stable mode removes one seed's bad run (seed 1, acc. 0.869) at 3.7x a single run (above
 the ~3x the issue allows on this section; 2.5x on muscle, 3.0x on MOB). Muscle Vis7B_5dpi and a
 rerun of MOB with the new per-seed loop were not measured (no heavy-lock slot before 08:18 UTC).
