@@ -94,26 +94,12 @@ def muscle_sample(name: str):
 
 
 def synthetic_sections(n_sections=3, n_spots=3000, n_domains=5, effect=0.5, seed=0):
-    """Serial sections (horizontal bands) of one synthetic tissue (Voronoi domains, known truth), each
-    with its own section effect: counts times a per-gene log-normal factor (sd ``effect``) and a depth
-    factor in [0.5, 2], redrawn as Poisson."""
+    """Serial sections of one synthetic tissue with section effects (``em.datasets.synthetic_sections``),
+    log-normalised."""
     import experimat as em
 
-    whole = em.datasets.synthetic_domains(n_spots, n_domains, layout="voronoi", seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    y = whole.obsm["spatial"][:, 1]
-    edges = np.quantile(y, np.linspace(0, 1, n_sections + 1))
-    edges[-1] += 1
-    out = {}
-    for i in range(n_sections):
-        a = whole[(y >= edges[i]) & (y < edges[i + 1])].copy()
-        factor = rng.lognormal(0.0, effect, size=a.n_vars) * rng.uniform(0.5, 2.0)
-        X = np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X)
-        a.X = rng.poisson(X * factor).astype(np.float32)
-        a.obsm["spatial"] = a.obsm["spatial"] - a.obsm["spatial"].min(0)
-        a.obs_names = [f"s{i}_{o}" for o in a.obs_names]
-        out[f"s{i}"] = _lognorm(a, min_cells=0)
-    return out
+    sections = em.datasets.synthetic_sections(n_sections, n_spots, n_domains, effect=effect, seed=seed)
+    return {name: _lognorm(a, min_cells=0) for name, a in sections.items()}
 
 
 def _synthetic_domains(*args, **kwargs):
@@ -144,6 +130,19 @@ def stability_cases() -> list[tuple]:
         ),
     ]
 
+
+def loaded_cases(cases=None):
+    """Load the :func:`stability_cases` whose name contains one of ``cases`` (all when ``None``); yields
+    ``(name, adata, truth_key, n_domains, refine_shape)`` and says which ones lack their data."""
+    for name, load, k, shape in stability_cases():
+        if cases and not any(c.lower() in name.lower() for c in cases):
+            continue
+        try:
+            adata, truth_key = load()
+        except FileNotFoundError as e:
+            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
+            continue
+        yield name, adata, truth_key, k, shape
 
 def _load() -> str:
     """The 1-minute load average now (timings on a shared machine are only comparable beside it)."""

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from _domains_common import _ari, _load, _neighbour_agreement, _pairwise, _print_row, stability_cases
+from _domains_common import _ari, _load, _neighbour_agreement, _pairwise, _print_row, loaded_cases
 
 #: the DeepST variants of ``bench_integration`` (``--variants``): the integration (default stable
 #: mode) and one seed (stable=False), each at every ``--seeds`` seed; single-section runs (first seed)
@@ -28,14 +28,7 @@ def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]
 
     em.settings.progress = False
     rows = []
-    for name, load, k, shape in stability_cases():
-        if not any(c.lower() in name.lower() for c in cases or ["MOB rep11"]):
-            continue
-        try:
-            adata, truth_key = load()
-        except FileNotFoundError as e:
-            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
-            continue
+    for name, adata, truth_key, k, shape in loaded_cases(cases or ["MOB rep11"]):
         truth = adata.obs[truth_key].astype(str).to_numpy() if truth_key != "none" else None
         row = {"method": "deepst-stability", "case": name, "n_spots": adata.n_obs, "seeds": len(seeds)}
         row.update(_deepst_seed_runs(adata, k, 4 if shape == "square" else 6, seeds, truth))

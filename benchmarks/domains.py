@@ -118,9 +118,9 @@ from _domains_common import (
     _print_row,
     bulb_sections,
     hippocampus_sections,
+    loaded_cases,
     mouse_olfactory_bulb,
     muscle_sample,
-    stability_cases,
     synthetic,
     synthetic_sections,
 )
@@ -313,14 +313,7 @@ def bench_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
 
     em.settings.progress = False
     rows = []
-    for name, load, k, shape in stability_cases():
-        if cases and not any(c.lower() in name.lower() for c in cases):
-            continue
-        try:
-            adata, truth_key = load()
-        except FileNotFoundError as e:
-            print(f"{name}: data not found ({e}); set EXPERIMAT_DATA_DIR")
-            continue
+    for name, adata, truth_key, k, shape in loaded_cases(cases):
         truth = adata.obs[truth_key].astype(str).to_numpy()
         load_start = _load()
         found = {"ours": [], "ours_single": [], "ref": []}

@@ -163,3 +163,23 @@ def test_stutility_sheet_builds_a_project_with_images_and_symbols(tmp_path):
     assert (xy > 0).all() and (xy < 1905).all()  # pixels of that image
     assert a.var["gene"].astype(str).str.match(r"^[A-Za-z]").mean() > 0.95 and "Mbp" in set(a.var["gene"])
     expm.close()
+
+
+def test_synthetic_sections_share_domains_and_differ_by_section():
+    import numpy as np
+
+    sections = em.datasets.synthetic_sections(3, 900, 4, effect=0.5, seed=0)
+    assert list(sections) == ["s0", "s1", "s2"]
+    whole = em.datasets.synthetic_domains(900, 4, layout="voronoi", seed=0)
+    assert sum(a.n_obs for a in sections.values()) == whole.n_obs
+    names = np.concatenate([a.obs_names for a in sections.values()])
+    assert len(set(names)) == whole.n_obs and all(n.startswith(("s0_", "s1_", "s2_")) for n in names)
+    for a in sections.values():
+        assert (a.obsm["spatial"].min(0) == 0).all()
+        X = a.X.toarray() if hasattr(a.X, "toarray") else a.X
+        assert (X >= 0).all() and (X == np.round(X)).all()
+        assert a.obs["domain"].nunique() >= 2
+    depth = [float(np.asarray(a.X.sum(1)).mean()) for a in sections.values()]
+    assert max(depth) / min(depth) > 1.05  # each section has its own depth factor
+    again = em.datasets.synthetic_sections(3, 900, 4, effect=0.5, seed=0)
+    assert all((np.asarray(again[k].X) == np.asarray(a.X)).all() for k, a in sections.items())

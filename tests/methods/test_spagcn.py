@@ -305,22 +305,10 @@ def test_stable_mode_agrees_across_seeds():
         spatial_detect_domains_spagcn(a, n_clusters=5, n_runs=0)
 
 
-def _sections_with_effect(n_sections=3, n_spots=1800, n_domains=4, effect=0.5, seed=0):
+def _sections_with_effect(n_spots=1800, n_domains=4, seed=0):
     """Serial sections cut from one synthetic tissue, each with its own per-gene and depth effect."""
-    whole = em.datasets.synthetic_domains(n_spots, n_domains, layout="voronoi", seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    y = whole.obsm["spatial"][:, 1]
-    edges = np.quantile(y, np.linspace(0, 1, n_sections + 1))
-    edges[-1] += 1
-    out = {}
-    for i in range(n_sections):
-        a = whole[(y >= edges[i]) & (y < edges[i + 1])].copy()
-        factor = rng.lognormal(0.0, effect, size=a.n_vars) * rng.uniform(0.5, 2.0)
-        a.X = rng.poisson(np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X) * factor).astype(np.float32)
-        a.obsm["spatial"] = a.obsm["spatial"] - a.obsm["spatial"].min(0)
-        a.obs_names = [f"s{i}_{o}" for o in a.obs_names]
-        out[f"s{i}"] = _lognorm(a)
-    return out
+    sections = em.datasets.synthetic_sections(3, n_spots, n_domains, seed=seed)
+    return {name: _lognorm(a) for name, a in sections.items()}
 
 
 def test_integration_finds_shared_domains_despite_section_effects():

@@ -9,7 +9,7 @@ from ._hd import synthetic_visium_hd, write_visium_hd
 from ._real import data_path, visium_mouse_muscle, visium_mouse_muscle_sheet
 from ._registry import REGISTRY, fetch, registry, spatialde_published, spatialde_sheet
 from ._stutility import stutility_sheet
-from ._synthetic import pseudo_spots, synthetic_domains, synthetic_svg, visium_hex_grid
+from ._synthetic import pseudo_spots, synthetic_domains, synthetic_sections, synthetic_svg, visium_hex_grid
 
 __all__ = [
     "REGISTRY",
@@ -21,6 +21,7 @@ __all__ = [
     "spatialde_sheet",
     "stutility_sheet",
     "synthetic_domains",
+    "synthetic_sections",
     "synthetic_svg",
     "synthetic_visium_hd",
     "visium_hex_grid",
