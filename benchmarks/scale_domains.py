@@ -89,6 +89,11 @@ the start, 2.2 at the end: **1386 s wall (1187 CPU s), peak RSS 7.1 GB (the samp
 * the runs' own domains and the consensus 491 (4 kNN graphs of the sample, 5 bisection searches of Leiden's
   resolution on 50,000 nodes, 5 landmark votes).
 
+Rerun on the final code (warm Leiden resolution searches on the sampled path, search_resolution(hint=)), heavy
+lock, no other job, load 0.5 -> 1.1: **1071.8 s wall (1084.8 CPU s), peak RSS 7.1 GB: met** (phases: preparation
+123, pre-training 132, initial clusters 154, DEC 237, domains + consensus 401 s). The earlier 1386 s (1187 CPU s)
+was on the code before the warm searches, at load 3-4.
+
 One run (from the phases, not run alone): 168 + 48 + 50 + 76 + ~100 (its domains) = ~7.5 min. The runs
 agree at ARI 0.39 and the domains' ARI to the stripes is 0.00: at 18,000 genes the 200 planted genes are a
 weak signal (SpaGCN 0.1; the 5,000-bin DeepST runs agree at 0.07). Loss per step (means of 10 steps; every
