@@ -119,14 +119,26 @@ def landmark_vote(
 
 
 def _assign(pts, centres, centre_labels, sample, sample_labels) -> np.ndarray:
-    """Each point's label is that of its nearest centre (by blocks); the sample keeps its own labels."""
-    labels = np.empty(pts.shape[0], dtype=np.int64)
-    csq = (centres * centres).sum(1)
-    step = max(1, 4_000_000 // centres.shape[0])
-    for lo in range(0, pts.shape[0], step):
-        labels[lo : lo + step] = centre_labels[(csq[None, :] - 2.0 * pts[lo : lo + step] @ centres.T).argmin(1)]
+    """Each point's label is that of its nearest centre; the sample keeps its own labels."""
+    labels = centre_labels[nearest_index(pts, centres)]
     labels[sample] = sample_labels
     return labels
+
+
+def nearest_index(x: np.ndarray, centres: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Index of the nearest centre of every point of ``x`` (``|c|^2 - 2 x.c`` in blocks of ``chunk`` points, into one
+    reused buffer: allocating a fresh block per step cost more than the product)."""
+    cc = np.sum(centres**2, axis=1)
+    m2 = -2.0 * centres.T
+    out = np.empty(x.shape[0], dtype=np.int64)
+    buf = np.empty((min(chunk, x.shape[0]), centres.shape[0]))
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i : i + chunk]
+        b = buf[: xb.shape[0]]
+        np.matmul(xb, m2, out=b)
+        b += cc
+        out[i : i + chunk] = np.argmin(b, axis=1)
+    return out
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:

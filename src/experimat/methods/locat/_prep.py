@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from experimat.methods._cluster import nearest_index
+
 #: share of the neighbours' mean in an expressing cell's weight (``knn_mode="connectivity"``); on
 #: pbmc68k_reduced, against three reference seeds, 0.5 / 0.75 / 0.95 / 1.0 gave Spearman rho of z-scores
 #: 0.64-0.68 / 0.66-0.69 / 0.68-0.72 / 0.66-0.71 (1.0 also drops isolated expressing cells from the sample)
@@ -67,22 +69,6 @@ def atoms(emb: np.ndarray, n_atoms: int | None) -> tuple[np.ndarray, np.ndarray]
     return lab.astype(np.int64), centres
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Index of the nearest centre of every point (``|c|^2 - 2 x.c`` in blocks of ``chunk`` points, into one
-    reused buffer: allocating a fresh block per step cost more than the product)."""
-    cc = np.sum(centres**2, axis=1)
-    m2 = -2.0 * centres.T
-    out = np.empty(x.shape[0], dtype=np.int64)
-    buf = np.empty((min(chunk, x.shape[0]), centres.shape[0]))
-    for i in range(0, x.shape[0], chunk):
-        xb = x[i : i + chunk]
-        b = buf[: xb.shape[0]]
-        np.matmul(xb, m2, out=b)
-        b += cc
-        out[i : i + chunk] = np.argmin(b, axis=1)
-    return out
-
-
 def lloyd(x: np.ndarray, init: np.ndarray, *, max_iter: int = 100, tol: float = 1e-4) -> np.ndarray:
     """k-means labels of the points ``x`` by Lloyd's algorithm from the centres ``init``.
 
@@ -107,7 +93,7 @@ def _lloyd(x: np.ndarray, init: np.ndarray, max_iter: int, tol: float) -> np.nda
     k = init.shape[0]
     tol_abs = tol * float(np.mean(np.var(x, axis=0)))
     centres = np.array(init, dtype=np.float64)
-    labels = _nearest(x, centres)
+    labels = nearest_index(x, centres)
     for _ in range(max_iter):
         counts = np.bincount(labels, minlength=k).astype(np.float64)
         sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(x.shape[1])], axis=1)
@@ -121,7 +107,7 @@ def _lloyd(x: np.ndarray, init: np.ndarray, max_iter: int, tol: float) -> np.nda
         new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1.0)[:, None], centres)
         shift = float(np.sum((new - centres) ** 2))
         centres = new
-        new_labels = _nearest(x, centres)
+        new_labels = nearest_index(x, centres)
         if np.array_equal(new_labels, labels) or shift <= tol_abs:
             return new_labels
         labels = new_labels
