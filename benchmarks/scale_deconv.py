@@ -291,6 +291,99 @@ def run_deconv_one(n: int, target: dict, args) -> dict:
     return target
 
 
+def hd_reference(n_genes: int, *, n_cells: int, depth: float, seed: int):
+    """Single cells of the Visium HD-like generator's tissue (``em.datasets.synthetic_visium_hd`` with the bins'
+    seed: the same gene profiles), labelled by the stripe they come from (``obs['domain']``: 4 "cell types"
+    whose profiles differ in the 200 planted genes)."""
+    import experimat as em
+
+    ref = em.datasets.synthetic_visium_hd(n_cells, n_genes, mean_counts=depth, seed=seed, with_image=False)
+    ref.obs["domain"] = ref.obs["domain"].astype(str)
+    return ref
+
+
+class NMFTimer:
+    """Wraps cell2location's Poisson-NMF start: wall and CPU seconds of each call."""
+
+    def __enter__(self):
+        import experimat.methods.deconv.cell2location._model as c2l_model
+
+        self.module, self.nmf, self.runs = c2l_model, c2l_model._nmf_init, []
+
+        def timed(*args, **kwargs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = self.nmf(*args, **kwargs)
+            self.runs.append((time.perf_counter() - t0, time.process_time() - c0))
+            return out
+
+        c2l_model._nmf_init = timed
+        return self
+
+    def __exit__(self, *exc):
+        self.module._nmf_init = self.nmf
+
+
+def run_hd_one(n: int, args) -> None:
+    """``--hd``: set-up (NMF start) and one epoch of each method on a Visium HD-like sample of ``n`` bins x
+    ``--genes`` genes (``--hd-counts`` UMIs per bin), the counts sparse throughout."""
+    import torch
+
+    import experimat as em
+    from experimat.methods.deconv.cell2location import deconvolve_cell2location, reference_signatures
+    from experimat.methods.deconv.destvi import deconvolve_destvi, fit_condscvi
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    methods = set(args.deconv_methods.split(","))
+    bins = step("generate bins", lambda: em.datasets.synthetic_visium_hd(
+        n, args.genes, mean_counts=args.hd_counts, seed=args.hd_seed, with_image=False), n)
+    X = bins.layers["counts"]
+    dens = X.nnz / (X.shape[0] * X.shape[1])
+    print(f"{n:>8,} | bins: {X.shape[0]:,} x {X.shape[1]:,} genes, {X.nnz / X.shape[0]:.0f} non-zeros and "
+          f"{X.sum() / X.shape[0]:.0f} UMIs per bin, density {100 * dens:.2f} %", flush=True)
+    truth = np.asarray(bins.obs["domain"].astype(str))
+    ref = hd_reference(args.genes, n_cells=args.hd_ref_cells, depth=args.hd_ref_depth, seed=args.hd_seed)
+
+    def report(label, est, mem, cpu, extra=""):
+        est = est.div(est.sum(1), axis=0)
+        hit = float(np.mean(est.columns.to_numpy()[est.to_numpy().argmax(1)] == truth))
+        print(f"{n:>8,} | {label:<14} | call {mem.seconds:8.1f} s wall {cpu:8.1f} s cpu | peak RSS {mem.peak / 1e9:5.2f} GB | "
+              f"argmax = true stripe {hit:.3f}{extra}", flush=True)
+
+    if "cell2location" in methods:
+        # "filtered": cell2location's gene filter (filter_genes, its defaults); "all": every gene seen in the reference
+        cut = {} if args.hd_c2l_genes == "filtered" else {"cell_count_cutoff": 0, "cell_percentage_cutoff2": 0.0,
+                                                           "nonz_mean_cutoff": 0.0}
+        sig = reference_signatures(ref, labels_key="domain", method="cluster_mean", **cut)
+        kept = sig.signatures.index
+        nnz_kept = np.bincount(X.indices, minlength=X.shape[1])[bins.var_names.get_indexer(kept)].sum()
+        print(f"{n:>8,} | c2l reference ({args.hd_c2l_genes}): {kept.size:,} genes of {args.genes:,} "
+              f"({args.hd_ref_cells} cells, {args.hd_ref_depth:.0f} UMIs each); the bins on them: density "
+              f"{100 * nnz_kept / (X.shape[0] * kept.size):.2f} %", flush=True)
+        with EpochTimer() as timer, NMFTimer() as nmf, PeakRSS() as mem:
+            c0 = time.process_time()
+            est = deconvolve_cell2location(bins, reference=sig, n_cells_per_location=3.0, max_epochs=1,
+                                           batch_size=args.hd_c2l_batch, min_shared_genes=50, use_gpu=False, seed=0)
+            cpu = time.process_time() - c0
+        used = bins.uns["cell2location"]["batch_size_used"]
+        (_, lw, lc), (nw, nc) = timer.runs[-1], nmf.runs[-1]
+        report("cell2location", est, mem, cpu, f" | NMF start {nw:.1f} s wall {nc:.1f} s cpu | 1 epoch {lw:.1f} s wall "
+               f"{lc:.1f} s cpu (batches of {used})")
+    if "destvi" in methods:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        model = fit_condscvi(ref, labels_key="domain", n_top_genes=args.hd_destvi_genes or None, max_epochs=args.condscvi_epochs,
+                             use_gpu=False, seed=0)
+        print(f"{n:>8,} | CondSCVI reference: {len(model.genes):,} genes, {args.condscvi_epochs} epochs, "
+              f"{time.perf_counter() - t0:.0f} s wall {time.process_time() - c0:.0f} s cpu", flush=True)
+        with EpochTimer() as timer, PeakRSS() as mem:
+            c0 = time.process_time()
+            est = deconvolve_destvi(bins, reference=model, max_epochs=1, use_gpu=False, seed=0)
+            cpu = time.process_time() - c0
+        _, lw, lc = timer.runs[-1]
+        report("DestVI", est, mem, cpu, f" | 1 epoch {lw:.1f} s wall {lc:.1f} s cpu (batches of 128)")
+
+
 def deconv_cli() -> None:
     """``--deconv``: the deconvolution rows (a parser of their own, so the main steps' options stay apart)."""
     ap = argparse.ArgumentParser(description="deconvolution mapping at scale (issue 21)")
@@ -306,6 +399,19 @@ def deconv_cli() -> None:
     ap.add_argument("--timeout", type=int, default=5400, help="seconds per size")
     ap.add_argument("--targets", default=None,
                     help="per-bin r reached at 5,000 bins, 'cell2location=R,destvi=R' (from an earlier run; skips 5,000)")
+    ap.add_argument("--hd", action="store_true",
+                    help="Visium HD-like sparse bins (em.datasets.synthetic_visium_hd): NMF start and one epoch per method")
+    ap.add_argument("--genes", type=int, default=18000, help="--hd: genes of the bins and the reference")
+    ap.add_argument("--hd-counts", type=float, default=200.0, help="--hd: mean UMIs per bin (8 um Visium HD: ~100-300)")
+    ap.add_argument("--hd-ref-cells", type=int, default=2000, help="--hd: reference cells")
+    ap.add_argument("--hd-ref-depth", type=float, default=3000.0, help="--hd: mean UMIs per reference cell")
+    ap.add_argument("--hd-seed", type=int, default=0)
+    ap.add_argument("--hd-c2l-genes", choices=("filtered", "all"), default="all",
+                    help="--hd: cell2location's genes: its gene filter, or every gene detected in the reference")
+    ap.add_argument("--hd-destvi-genes", type=int, default=0,
+                    help="--hd: CondSCVI/DestVI genes (n_top_genes; 0: all, fit_condscvi's default is 2000)")
+    ap.add_argument("--hd-c2l-batch", type=int, default=None,
+                    help="--hd: cell2location mini-batch (default None: the automatic size, 50 M bins x genes entries)")
     ap.add_argument("--deconv-one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -328,6 +434,11 @@ def deconv_main(args) -> None:
                    "--deconv-methods", args.deconv_methods,
                    "--c2l-epochs", str(args.c2l_epochs), "--c2l-epoch-epochs", str(args.c2l_epoch_epochs), "--destvi-epochs", str(args.destvi_epochs),
                    "--condscvi-epochs", str(args.condscvi_epochs), "--cpu-budget", str(args.cpu_budget)]
+            if args.hd:
+                cmd += ["--hd", "--genes", str(args.genes), "--hd-counts", str(args.hd_counts), "--hd-ref-cells",
+                        str(args.hd_ref_cells), "--hd-ref-depth", str(args.hd_ref_depth), "--hd-seed", str(args.hd_seed),
+                        "--hd-c2l-genes", args.hd_c2l_genes, "--hd-destvi-genes", str(args.hd_destvi_genes)]
+                cmd += ["--hd-c2l-batch", str(args.hd_c2l_batch)] if args.hd_c2l_batch else []
             run_size(cmd, n, args.timeout)
             if tfile.is_file():
                 target = json.loads(tfile.read_text())
@@ -337,6 +448,9 @@ def deconv_main(args) -> None:
 def deconv_one_entry(args) -> None:
     import json
 
+    if args.hd:
+        run_hd_one(args.deconv_one, args)
+        return
     tfile = Path(args.workdir) / "target.json"
     target = json.loads(tfile.read_text()) if tfile.is_file() else {}
     target = run_deconv_one(args.deconv_one, target, args)

@@ -407,6 +407,9 @@ def test_nb_likelihoods_stay_exact_in_float32_for_near_poisson_genes(alpha_value
     nz = x32.nonzero(as_tuple=True)
     lgx1 = float(hist["lgamma_x1"])
     assert float(nb_loglik(torch, nz, x32[nz], mu32, a32, lgx1)) == pytest.approx(expected, abs=tol)
+    # one shape row per row of mu (several batches) and one for all rows (summed over the rows first): the same
+    per_row = a32.expand_as(mu32).contiguous()
+    assert float(nb_loglik(torch, nz, x32[nz], mu32, per_row, lgx1)) == pytest.approx(expected, abs=tol)
     exp_grp = float(
         _per_cell_nb_loglik(torch, torch.tensor(x, dtype=f64), torch.tensor(mu_k[grp]), torch.tensor(alpha))
     )

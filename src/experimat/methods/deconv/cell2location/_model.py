@@ -482,7 +482,7 @@ def _location_loss(torch: Any, g: MeanFieldLogNormal, x, x_t, cs_t, batch_codes:
             nz = (torch.tensor(rows, device=device), torch.tensor(xb.indices.astype(np.int64), device=device))
             x_nz = torch.tensor(xb.data, device=device)
             lg1, scale = float(lgx1_rows[idx].sum()), n_obs / len(idx)
-            ll = nb_loglik(torch, nz, x_nz, mu, alpha[bb], lg1)
+            ll = nb_loglik(torch, nz, x_nz, mu, alpha if n_batch == 1 else alpha[bb], lg1)
         return -(scale * (ll + loc_terms + sum(lp_loc)) + glob + sum(lp_glob))
 
     return step
