@@ -115,8 +115,10 @@ def _nmf_init(torch: Any, x, h, n_iter: int = 50, chunk: int = 20_000) -> np.nda
 def _nmf_init_sparse(torch: Any, x, h, n_iter: int) -> np.ndarray:
     """:func:`_nmf_init` from the non-zero counts of the CSR matrix ``x``: the update
     ``w <- w * ((x / (w h)) h^T) / (1 h^T)`` has no term at a zero count, so ``(w h)`` is needed at the non-zeros
-    only. Cost and memory grow with the non-zeros (chunks of about :data:`NMF_CHUNK_ENTRIES` / 10), not spots x genes."""
-    n_fact = h.shape[0]
+    only (a batched dot product of each non-zero's spot row of ``w`` and gene column of ``h``), and
+    ``(x / (w h)) h^T`` is a sparse (CSR) times dense product. Cost and memory grow with the non-zeros (chunks of
+    about :data:`NMF_CHUNK_ENTRIES` / 10), not spots x genes."""
+    n_fact, dev = h.shape[0], h.device
     hs = h.sum(1)[None, :].clamp_min(1e-12)
     ht = h.T.contiguous()
     cum = x.indptr.astype(np.int64)
@@ -127,16 +129,26 @@ def _nmf_init_sparse(torch: Any, x, h, n_iter: int) -> np.ndarray:
     out = []
     for a, b in zip(starts, starts[1:] + [x.shape[0]]):
         xc = x[a:b]
-        rows = torch.tensor(np.repeat(np.arange(b - a), np.diff(xc.indptr)), device=h.device)
-        vals = torch.tensor(xc.data, dtype=torch.float32, device=h.device)
-        hc = ht[torch.tensor(xc.indices.astype(np.int64), device=h.device)]  # non-zeros x F
-        total = torch.zeros(b - a, dtype=torch.float32, device=h.device).index_add_(0, rows, vals)
+        crow = torch.tensor(xc.indptr.astype(np.int64), device=dev)
+        cols = torch.tensor(xc.indices.astype(np.int64), device=dev)
+        rows = torch.tensor(np.repeat(np.arange(b - a), np.diff(xc.indptr)), device=dev)
+        vals = torch.tensor(xc.data, dtype=torch.float32, device=dev)
+        hc = ht[cols].unsqueeze(2)  # non-zeros x F x 1
+        total = torch.zeros(b - a, dtype=torch.float32, device=dev).index_add_(0, rows, vals)
         w = (total[:, None] / h.sum().clamp_min(1e-12) / n_fact).expand(-1, n_fact).clone()
         for _ in range(n_iter):
-            ratio = vals / (w[rows] * hc).sum(1).clamp_min_(1e-10)
-            w *= torch.zeros_like(w).index_add_(0, rows, ratio[:, None] * hc) / hs
+            ratio = vals / torch.bmm(w.index_select(0, rows).unsqueeze(1), hc).view(-1).clamp_min_(1e-10)
+            w *= _csr(torch, crow, cols, ratio, (b - a, x.shape[1])) @ ht / hs
         out.append(w.double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, n_fact))
+
+
+def _csr(torch: Any, crow, cols, values, shape):
+    """A torch CSR tensor from a scipy CSR matrix's valid structure (no invariant checks; the constructor's "beta"
+    warning silenced: its product with a dense matrix is stable)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, size=shape, check_invariants=False)
 
 
 @counts_input("layer")
