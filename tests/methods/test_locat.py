@@ -283,6 +283,32 @@ def test_background_fit_numpy_matches_jax():
     )
 
 
+def test_pooled_fits_match_one_fit_at_a_time():
+    """fit_gmm_pool (a few slots, each taking the next fit when its own has converged) runs the same EM
+    steps as fit_gmm_grouped on each fit alone: fits that need few and many steps, and ones stopped by
+    max_iter, in every pool size."""
+    import jax
+    import jax.numpy as jnp
+
+    from experimat.methods.locat import _gmm
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(c, 0.6, (40, 2)) for c in ([0, 0], [3, 0], [0, 3])])
+    b, k = 11, 3
+    s = rng.gamma(0.7, 1.0, (b, x.shape[0])) * (rng.random((b, x.shape[0])) < 0.7)
+    mean = np.broadcast_to(x, (b, *x.shape)).astype(np.float32)
+    scat = np.zeros((b, x.shape[0], 2, 2), np.float32)
+    mu0 = x[rng.integers(0, x.shape[0], (b, k))].astype(np.float32)
+    active = np.arange(k)[None, :] < rng.integers(1, k + 1, b)[:, None]
+    args = (jnp.asarray(mu0), jnp.asarray(s, jnp.float32), jnp.asarray(mean), jnp.asarray(scat), jnp.asarray(active))
+    for max_iter in (4, 60):
+        one = jax.vmap(lambda *a, m=max_iter: _gmm.fit_gmm_grouped(*a, 1e-4, max_iter=m, tol=1e-5))(*args)
+        for pool in (1, 3, b):
+            fit = jax.jit(lambda *a, p=pool, m=max_iter: _gmm.fit_gmm_pool(*a, 1e-4, pool=p, max_iter=m, tol=1e-5))
+            for got, want in zip(fit(*args), one, strict=True):
+                np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 def test_same_genes_on_every_run():
     """Runs with different seeds agree: the atoms, the background and the EM starts are deterministic;
     only the null pseudo-genes and the depletion halvings are random (the reference, and experimat

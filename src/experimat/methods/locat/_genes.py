@@ -14,8 +14,11 @@ from experimat._logging import ProgressBar
 #: EM steps and tolerance (change of the mean log-likelihood bound) of the per-gene fits
 _GENE_MAX_ITER = 25
 _GENE_TOL = 1e-4
-#: compiled per-gene kernels, by ``fast_compile``
-_BATCH_SCORES: dict[bool, Any] = {}
+#: fits advanced together by the per-gene kernel on CPU (:func:`._gmm.fit_gmm_pool`; 16-32 ran fastest on
+#: pbmc68k_reduced, 64 ~25 % slower); on a GPU all fits of a batch run together
+_GENE_POOL_CPU = 16
+#: compiled per-gene kernels, by ``(fast_compile, pool)``
+_BATCH_SCORES: dict[tuple, Any] = {}
 #: cells x (genes + null pseudo-genes) up to which the per-gene kernel is compiled for compile speed
 #: (a short run, where compiling dominates a first call) rather than for run speed
 _FAST_COMPILE_MAX_WORK = 4_000_000
@@ -100,6 +103,7 @@ def score_items(
     emb_j, logf0_j, centres_j = put(ls.emb.astype(dtype)), put(ls.logf0.astype(dtype)), put(ls.centres.astype(dtype))
     log_lam = put(np.log(ls.lambdas).astype(dtype))
     fast_compile = n * slots.shape[0] <= _FAST_COMPILE_MAX_WORK
+    kernel = (fast_compile, _GENE_POOL_CPU if ls.device.platform == "cpu" else fits * gb)
     split_rng = np.random.default_rng([seed, 1])
     out = {k: np.full(Wi.shape[1], np.nan) for k in ("raw", "sens", "llsum", "pdep", "maxdef")}
     batches = [np.arange(i0, min(i0 + gb, slots.shape[0])) for i0 in range(0, slots.shape[0], gb)]
@@ -109,7 +113,7 @@ def score_items(
         for sel in batches:
             items = np.full((gb, fits), -1, dtype=np.int64)
             items[: sel.size] = slots[sel]
-            nxt = _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, fast_compile,
+            nxt = _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, kernel,
                                   (emb_j, logf0_j, centres_j, log_lam))  # fmt: skip
             if pending is not None:
                 _collect_batch(pending, m_arr, n, out)
@@ -121,7 +125,7 @@ def score_items(
     return out
 
 
-def _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, fast_compile, dev) -> tuple:
+def _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, kernel, dev) -> tuple:
     """Prepare and dispatch one compiled batch: ``items`` ``(gb, 1 + n_splits)``: a gene (column 0; its
     depletion halves in the other rows) or up to ``1 + n_splits`` pseudo-genes per slot; -1 pads. Returns
     what :func:`_collect_batch` needs (the kernel's results may still be computing)."""
@@ -151,7 +155,7 @@ def _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, fast_compile,
     mu0 = initial_centres(agg, ls, act.shape[1])
     emb_j, logf0_j, centres_j, log_lam = dev
     res = _batch_scores(
-        fast_compile,
+        kernel,
         emb_j, logf0_j, put(agg), centres_j, put(wts_all), put(ina), put(act), put(mu0.astype(dtype)),
         dtype(ls.reg), log_lam,
     )  # fmt: skip
@@ -258,10 +262,7 @@ def hypergeom_lower_tail(k, total, good, draws, *, rtol: float = 1e-17) -> np.nd
     return np.clip(out, 0.0, 1.0).reshape(shape)
 
 
-def _make_batch_scores(fast_compile: bool):
-    from functools import partial
-
-    import jax
+def _make_batch_scores(fast_compile: bool, pool: int):
     import jax.numpy as jnp
 
     from . import _gmm
@@ -271,8 +272,9 @@ def _make_batch_scores(fast_compile: bool):
         rows); ``ina`` ``(splits, b, n)``: the halves A of the slots' main items; ``agg``, ``act``, ``mu0``: per
         fit. Scores every fit; the depletion counts are for the slots' main items."""
         s, mean, scat = _gmm.group_stats(agg, centres)
-        fit = partial(_gmm.fit_gmm_grouped, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL)
-        pi, mu, chol = jax.vmap(fit, in_axes=(0, 0, 0, 0, 0, None))(mu0, s, mean, scat, act, reg)
+        pi, mu, chol = _gmm.fit_gmm_pool(
+            mu0, s, mean, scat, act, reg, pool=pool, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL
+        )
         logf = _gmm.batch_logpdf(emb, pi, mu, chol, act)  # ((1 + splits) b, n)
         valid_all = wts_all > 0
         m = jnp.sum(valid_all, axis=1)
@@ -295,7 +297,8 @@ def _make_batch_scores(fast_compile: bool):
     return _gmm.jit_for(batch_scores, fast_compile=fast_compile)
 
 
-def _batch_scores(fast_compile: bool, *args):
-    if fast_compile not in _BATCH_SCORES:
-        _BATCH_SCORES[fast_compile] = _make_batch_scores(fast_compile)
-    return _BATCH_SCORES[fast_compile](*args)
+def _batch_scores(kernel: tuple, *args):
+    """Run the per-gene kernel ``kernel = (fast_compile, pool)`` (compiled once per process and key)."""
+    if kernel not in _BATCH_SCORES:
+        _BATCH_SCORES[kernel] = _make_batch_scores(*kernel)
+    return _BATCH_SCORES[kernel](*args)
