@@ -49,16 +49,21 @@ def initial_centres(agg: np.ndarray, ls: Landscape, k_slots: int) -> np.ndarray:
     """
     d = ls.centres.shape[1]
     s = agg[..., 0].astype(np.float64)  # (b, a)
-    mean = ls.centres[None] + agg[..., 1 : 1 + d].astype(np.float64) / np.where(s > 0, s, 1.0)[..., None]
+    mean = agg[..., 1 : 1 + d].astype(np.float64)  # (b, a, d); in place below (a batch is ~100 MB of float64)
+    mean /= np.where(s > 0, s, 1.0)[..., None]
+    mean += ls.centres[None]
     rows = np.arange(s.shape[0])
     out = np.zeros((s.shape[0], k_slots, d))
     c = mean[rows, np.argmax(s, axis=1)]
     out[:, 0] = c
-    d2 = np.sum((mean - c[:, None]) ** 2, axis=-1)
+    diff = np.empty_like(mean)
+    d2 = None
     for i in range(1, k_slots):
+        np.subtract(mean, c[:, None], out=diff)
+        np.multiply(diff, diff, out=diff)
+        d2 = diff.sum(axis=-1) if d2 is None else np.minimum(d2, diff.sum(axis=-1))
         c = mean[rows, np.argmax(s * d2, axis=1)]
         out[:, i] = c
-        d2 = np.minimum(d2, np.sum((mean - c[:, None]) ** 2, axis=-1))
     return out
 
 
