@@ -18,7 +18,7 @@ _GENE_TOL = 1e-4
 #: pbmc68k_reduced, 64 ~25 % slower); on a GPU all fits of a batch run together
 _GENE_POOL_CPU = 16
 #: compiled per-gene kernels, by ``(fast_compile, pool)``
-_BATCH_SCORES: dict[tuple, Any] = {}
+_BATCH_LOGF: dict[tuple, Any] = {}
 #: cells x (genes + null pseudo-genes) up to which the per-gene kernel is compiled for compile speed
 #: (a short run, where compiling dominates a first call) rather than for run speed
 _FAST_COMPILE_MAX_WORK = 4_000_000
@@ -105,8 +105,8 @@ def score_items(
     gb = batch_size or _batch_size(n, d, ls.lambdas.size, k_slots, ls.centres.shape[0], slots.shape[0], fits)
     # NumPy arrays straight to the device (``jnp.asarray`` first compiled a copy kernel per shape)
     put = lambda a: jax.device_put(np.asarray(a), ls.device)  # noqa: E731
-    emb_j, logf0_j, centres_j = put(ls.emb.astype(dtype)), put(ls.logf0.astype(dtype)), put(ls.centres.astype(dtype))
-    log_lam = put(np.log(ls.lambdas).astype(dtype))
+    emb_j, centres_j = put(ls.emb.astype(dtype)), put(ls.centres.astype(dtype))
+    scan = (ls.logf0.astype(dtype), np.log(ls.lambdas).astype(dtype))  # f0 and lambdas of the scores, on the host
     fast_compile = n * slots.shape[0] <= _FAST_COMPILE_MAX_WORK
     kernel = (fast_compile, _GENE_POOL_CPU if ls.device.platform == "cpu" else fits * gb)
     split_rng = np.random.default_rng([seed, 1])
@@ -118,14 +118,13 @@ def score_items(
         for sel in batches:
             items = np.full((gb, fits), -1, dtype=np.int64)
             items[: sel.size] = slots[sel]
-            nxt = _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, kernel,
-                                  (emb_j, logf0_j, centres_j, log_lam))  # fmt: skip
+            nxt = _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, kernel, (emb_j, centres_j))
             if pending is not None:
-                _collect_batch(pending, m_arr, n, out)
+                _collect_batch(pending, m_arr, scan, out)
                 bar.update()
             pending = nxt
         if pending is not None:
-            _collect_batch(pending, m_arr, n, out)
+            _collect_batch(pending, m_arr, scan, out)
             bar.update()
     return out
 
@@ -158,20 +157,17 @@ def _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, kernel, dev) 
     wts_all = np.concatenate([wts, half.reshape(-1, n)])
     agg = ls.atom_sums(wts_all)
     mu0 = initial_centres(agg, ls, act.shape[1])
-    emb_j, logf0_j, centres_j, log_lam = dev
-    res = _batch_scores(
-        kernel,
-        emb_j, logf0_j, put(agg), centres_j, put(wts_all), put(ina), put(act), put(mu0.astype(dtype)),
-        dtype(ls.reg), log_lam,
-    )  # fmt: skip
-    return res, items, gene, na
+    emb_j, centres_j = dev
+    logf = _batch_logf(kernel, emb_j, put(agg), centres_j, put(act), put(mu0.astype(dtype)), dtype(ls.reg))
+    return logf, items, gene, na, wts_all, ina
 
 
-def _collect_batch(pending: tuple, m_arr: np.ndarray, n: int, out: dict) -> None:
-    """Wait for a dispatched batch's results and write the items' scores into ``out``."""
-    res, items, gene, na = pending
+def _collect_batch(pending: tuple, m_arr: np.ndarray, scan: tuple, out: dict) -> None:
+    """Wait for a dispatched batch's densities and write the items' scores into ``out``."""
+    logf, items, gene, na, wts_all, ina = pending
     main, n_splits = items[:, 0], items.shape[1] - 1
-    raw, sens, llsum, k_r, k_b = (np.asarray(o, np.float64) for o in res)
+    n = wts_all.shape[1]
+    raw, sens, llsum, k_r, k_b = _fit_scores(np.asarray(logf), wts_all, ina, *scan)
     rows = items.T.ravel()  # row r of the fits holds item rows[r] (column-major: main rows, then each split's)
     fit = rows >= 0
     for key, val in (("raw", raw), ("sens", sens), ("llsum", llsum)):
@@ -267,43 +263,49 @@ def hypergeom_lower_tail(k, total, good, draws, *, rtol: float = 1e-17) -> np.nd
     return np.clip(out, 0.0, 1.0).reshape(shape)
 
 
-def _make_batch_scores(fast_compile: bool, pool: int):
-    import jax.numpy as jnp
+def _fit_scores(logf, wts_all, ina, logf0, log_lam):
+    """Scores of every fit from its log density ``logf`` ``(fits, n)`` (float32) at every cell: the raw
+    concentration score, the sensitivity, the log-likelihood sum over the expressing cells, and for the
+    slots' main items the depletion counts of each halving ``(splits, b, lambdas)``. On the host: a few
+    passes over ``fits x n`` numbers, cheaper than compiling them into the kernel on a first call."""
+    n = logf.shape[1]
+    valid_all = wts_all > 0
+    m = valid_all.sum(axis=1)
+    q = np.sqrt(m / n)
+    ratio = np.tanh(0.5 * (logf.astype(np.float64) - logf0))  # (f1 - f0) / (f1 + f0)
+    w = wts_all.astype(np.float64)
+    raw = (q * (1 - q)) * np.einsum("rn,rn->r", w, ratio) / np.maximum(w.sum(axis=1), 1e-30)
+    sens = np.count_nonzero(valid_all & (logf > logf0), axis=1) / np.maximum(m, 1)
+    llsum = np.where(valid_all, logf, 0.0).sum(axis=1, dtype=np.float64)
+    # depletion: each half-A fit evaluated at all cells; region f0 > lambda f1 (float32, as the densities)
+    b = ina.shape[1]
+    valid = valid_all[:b]
+    logf1a = logf[b:].reshape(ina.shape)
+    in_r = logf0 > (log_lam[None, None, :, None] + logf1a[:, :, None, :])  # (S, b, L, n)
+    a_mask = ina & valid[None]
+    b_mask = ~ina & valid[None]
+    k_r = np.count_nonzero(in_r & ~a_mask[:, :, None, :], axis=3)
+    k_b = np.count_nonzero(in_r & b_mask[:, :, None, :], axis=3)
+    return raw, sens, llsum, k_r.astype(np.float64), k_b.astype(np.float64)
 
+
+def _make_batch_logf(fast_compile: bool, pool: int):
     from . import _gmm
 
-    def batch_scores(emb, logf0, agg, centres, wts_all, ina, act, mu0, reg, log_lam):
-        """``wts_all`` ``((1 + splits) b, n)``: the weights of every fit (``b`` slots, then each split's ``b``
-        rows); ``ina`` ``(splits, b, n)``: the halves A of the slots' main items; ``agg``, ``act``, ``mu0``: per
-        fit. Scores every fit; the depletion counts are for the slots' main items."""
+    def batch_logf(emb, agg, centres, act, mu0, reg):
+        """Fit every row's mixture (``agg``, ``act``, ``mu0``: per fit) and return its log density at
+        every cell ``(fits, n)``."""
         s, mean, scat = _gmm.group_stats(agg, centres)
         pi, mu, chol = _gmm.fit_gmm_pool(
             mu0, s, mean, scat, act, reg, pool=pool, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL
         )
-        logf = _gmm.batch_logpdf(emb, pi, mu, chol, act)  # ((1 + splits) b, n)
-        valid_all = wts_all > 0
-        m = jnp.sum(valid_all, axis=1)
-        q = jnp.sqrt(m / emb.shape[0])
-        ratio = jnp.tanh(0.5 * (logf - logf0[None, :]))  # (f1 - f0) / (f1 + f0)
-        raw = (q * (1 - q)) * jnp.sum(wts_all * ratio, axis=1) / jnp.maximum(jnp.sum(wts_all, axis=1), 1e-30)
-        sens = jnp.sum(valid_all & (logf > logf0[None, :]), axis=1) / jnp.maximum(m, 1)
-        llsum = jnp.sum(jnp.where(valid_all, logf, 0.0), axis=1)
-        # depletion: each half-A fit evaluated at all cells
-        b = ina.shape[1]
-        valid = valid_all[:b]
-        logf1a = logf[b:].reshape(ina.shape)
-        in_r = logf0[None, None, None, :] > (log_lam[None, None, :, None] + logf1a[:, :, None, :])  # (S, b, L, n)
-        a_mask = ina & valid[None]
-        b_mask = (~ina) & valid[None]
-        k_r = jnp.sum(in_r & ~a_mask[:, :, None, :], axis=3)
-        k_b = jnp.sum(in_r & b_mask[:, :, None, :], axis=3)
-        return raw, sens, llsum, k_r, k_b
+        return _gmm.batch_logpdf(emb, pi, mu, chol, act)
 
-    return _gmm.jit_for(batch_scores, fast_compile=fast_compile)
+    return _gmm.jit_for(batch_logf, fast_compile=fast_compile)
 
 
-def _batch_scores(kernel: tuple, *args):
+def _batch_logf(kernel: tuple, *args):
     """Run the per-gene kernel ``kernel = (fast_compile, pool)`` (compiled once per process and key)."""
-    if kernel not in _BATCH_SCORES:
-        _BATCH_SCORES[kernel] = _make_batch_scores(*kernel)
-    return _BATCH_SCORES[kernel](*args)
+    if kernel not in _BATCH_LOGF:
+        _BATCH_LOGF[kernel] = _make_batch_logf(*kernel)
+    return _BATCH_LOGF[kernel](*args)

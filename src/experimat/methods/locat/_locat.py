@@ -66,8 +66,9 @@ scatter), so a fit costs ``n_atoms`` points whatever the number of cells. EM sta
 the hard assignment to the initial centres and stops after at most 25 steps (change of the mean
 log-likelihood bound < 1e-4); on CPU a few fits run at a time and each slot takes the next fit when its
 own has converged (:func:`._gmm.fit_gmm_pool`), so a batch costs the steps its fits need (7.5 on average
-on pbmc68k_reduced) rather than its slowest fit's 25 for every fit; densities, scores and the depletion
-scan are evaluated at every cell.
+on pbmc68k_reduced) rather than its slowest fit's 25 for every fit; densities are evaluated at every cell
+in the kernel, the scores and the depletion scan from them on the host (a few passes over the densities,
+cheaper than compiling them into the kernel).
 Genes run in batches of one fixed size (the last one padded), so JAX compiles one kernel per call (on
 CPU, for small problems, without XLA's MLIR fusion emitters, which compile it more slowly and run it no
 faster on small arrays); the background fits (a few dozen, on the atoms of all cells) run in NumPy on
