@@ -113,6 +113,7 @@ did not finish in a 15-minute slot at load 5).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -132,6 +133,8 @@ ROWS = {
     "spagcn-1": ("SpaGCN (one seed)", "spagcn", {"stable": False}),
     "deepst": ("DeepST (consensus of 4)", "deepst", {}),
     "deepst-1": ("DeepST (one seed)", "deepst", {"stable": False}),
+    "deepst-1-full": ("DeepST (one seed, full b.)", "deepst", {"stable": False}),
+    "deepst-1-mini": ("DeepST (one seed, mini-b.)", "deepst", {"stable": False}),
     "potts": ("Potts prior (beta 2)", "potts", {"beta": 2.0}),
 }
 LIMIT_S, LIMIT_GB = 20 * 60, 16.0
@@ -161,18 +164,46 @@ def _potts(a, beta: float):
                     "prior_accuracy": round(float(np.mean(labels == truth)), 3)}
 
 
-def _call(kind: str, a, kwargs: dict):
+@contextlib.contextmanager
+def _training_path(row: str, batch: int | None, tile: int | None):
+    """``deepst-1-full`` / ``deepst-1-mini``: every step on all spots, or on subgraph batches of ``batch`` spots in
+    tiles of ``tile`` spots, whatever the size (DeepST's size rule, ``_model.subgraph_plan``, set aside)."""
+    from experimat.methods.domains.deepst import _model
+
+    saved = _model.subgraph_plan
+    if row == "deepst-1-full":
+        _model.subgraph_plan = lambda n: None
+    elif row == "deepst-1-mini":
+        _model.subgraph_plan = lambda n: (batch, tile)
+    try:
+        yield
+    finally:
+        _model.subgraph_plan = saved
+
+
+def _row_keys(methods: list[str], batches: list[tuple[int, int]]) -> list[str]:
+    """The rows to run: ``deepst-1-mini`` once per ``--batches`` entry (``deepst-1-mini@BATCH/TILE``)."""
+    return [k for m in methods for k in ([f"{m}@{b}/{t}" for b, t in batches] if m == "deepst-1-mini" else [m])]
+
+
+def _row_label(key: str) -> str:
+    m, _, bt = key.partition("@")
+    return ROWS[m][0] + (f" {bt}" if bt else "")
+
+
+def _call(kind: str, a, kwargs: dict, seed: int = 0):
     if kind == "potts":
         return _potts(a, **kwargs)
     if kind == "spagcn":
         from experimat.methods.domains.spagcn import spatial_detect_domains_spagcn
 
-        spatial_detect_domains_spagcn(a, layer="lognorm", n_clusters=4, refine_shape="square", use_gpu=False, seed=0,
+        spatial_detect_domains_spagcn(a, layer="lognorm", n_clusters=4, refine_shape="square", use_gpu=False, seed=seed,
                                       key_added="dom", **kwargs)
     else:
         from experimat.methods.domains.deepst import spatial_detect_domains_deepst
 
-        spatial_detect_domains_deepst(a, layer="counts", n_domains=4, use_gpu=False, seed=0, key_added="dom", **kwargs)
+        spatial_detect_domains_deepst(a, layer="counts", n_domains=4, use_gpu=False, seed=seed, key_added="dom",
+                                      **kwargs)
     entry = a.uns["dom"]
     column = "dom" if kind == "spagcn" else "dom.domain"
     return a.obs[column].to_numpy(), {**entry["params"], **{k: v for k, v in entry.items() if k != "params"}}
@@ -208,7 +239,8 @@ def _print_losses(runs: list[dict]) -> None:
     runs.clear()
 
 
-def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bool, loss_curve: bool = False) -> None:
+def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bool, loss_curve: bool = False,
+            batches: list[tuple[int, int]] = (), seed: int = 0) -> None:
     import experimat as em
     from experimat.methods._expression import normalize_total
 
@@ -220,8 +252,11 @@ def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bo
 
     losses = _record_losses() if loss_curve else None
 
-    for m in methods:
-        label, kind, kwargs = ROWS[m]
+    found: dict[str, np.ndarray] = {}
+    for key in _row_keys(methods, list(batches)):
+        m, _, bt = key.partition("@")
+        label, kind, kwargs = _row_label(key), ROWS[m][1], ROWS[m][2]
+        batch, tile = (int(v) for v in bt.split("/")) if bt else (None, None)
         b = a.copy()
         cpu0 = time.process_time()
         prof = None
@@ -230,8 +265,8 @@ def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bo
 
             prof = cProfile.Profile()
             prof.enable()
-        with PeakRSS() as mem:
-            labels, params = _call(kind, b, kwargs)
+        with PeakRSS() as mem, _training_path(m, batch, tile):
+            labels, params = _call(kind, b, kwargs, seed)
         if prof is not None:
             prof.disable()
         cpu = time.process_time() - cpu0
@@ -240,6 +275,7 @@ def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bo
                                         "train_tile", "run_agreement", "n_epochs",
                                         "lattice_s", "levels_s", "icm_s", "n_levels", "sweeps", "changed",
                                         "model_accuracy", "prior_accuracy") if k in params}
+        found[key] = labels
         print(f"{n:>8,} | {label:<24} | {mem.seconds:8.1f} s | cpu {cpu:8.1f} s | peak RSS {mem.peak / 1e9:6.2f} GB | "
               f"ARI vs stripes {ari:.3f} | {rules}", flush=True)
         if isinstance(params.get("timings"), dict):  # DeepST's phases (training phases summed over the runs)
@@ -247,16 +283,22 @@ def run_one(n: int, n_genes: int, methods: list[str], results: Path, profile: bo
         if losses:
             _print_losses(losses)
         with open(results, "a") as f:
-            f.write(json.dumps({"n": n, "row": m, "wall": mem.seconds, "cpu": cpu, "peak_gb": mem.peak / 1e9,
-                                "ari": ari}) + "\n")
+            f.write(json.dumps({"n": n, "row": key, "wall": mem.seconds, "cpu": cpu, "peak_gb": mem.peak / 1e9,
+                                "ari": ari, "load": Path("/proc/loadavg").read_text().split()[0]}) + "\n")
         if prof is not None:
             import pstats
 
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
         del b
+    if "deepst-1-full" in found:  # the two training paths' agreement
+        for key, labels in found.items():
+            if key.startswith("deepst-1-mini"):
+                print(f"{n:>8,} | ARI {_row_label(key)} vs full batch: "
+                      f"{adjusted_rand_score(found['deepst-1-full'], labels):.3f}", flush=True)
 
 
 def summary(results: Path, sizes: list[int], methods: list[str]) -> None:
+    """``methods``: the row keys (:func:`_row_keys`)."""
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     got = {(r["n"], r["row"]): r for r in rows}
     print(f"\nIssue 21, 'SpaGCN and DeepST domains' (<= 20 min each, <= 16 GB; judged at {max(sizes):,} bins; "
@@ -270,7 +312,7 @@ def summary(results: Path, sizes: list[int], methods: list[str]) -> None:
         big = got.get((max(sizes), m))
         verdict = "not measured" if big is None else (
             "met" if big["wall"] <= LIMIT_S and big["peak_gb"] <= LIMIT_GB else "NOT met")
-        print(f"{ROWS[m][0]:<26} | " + " | ".join(f"{c:>30}" for c in cells) + f" | {verdict}")
+        print(f"{_row_label(m):<26} | " + " | ".join(f"{c:>30}" for c in cells) + f" | {verdict}")
 
 
 def main() -> None:
@@ -282,6 +324,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=3000, help="seconds per size")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--loss-curve", action="store_true")
+    ap.add_argument("--batches", default="2000/200,5000/500",
+                    help="deepst-1-mini's rows: comma-separated pairs of spots per batch / per tile")
+    ap.add_argument("--seed", type=int, default=0, help="the methods' seed (the data's is 1)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--results", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -289,8 +334,12 @@ def main() -> None:
     bad = sorted(set(methods) - set(ROWS))
     if bad:
         raise SystemExit(f"unknown --methods {bad}; choose from {sorted(ROWS)}")
+    try:
+        batches = [tuple(int(v) for v in bt.split("/")) for bt in args.batches.split(",") if bt]
+    except ValueError:
+        raise SystemExit(f"--batches {args.batches!r}: give BATCH/TILE pairs, e.g. 2000/200,5000/500") from None
     if args.one is not None:
-        run_one(args.one, args.genes, methods, Path(args.results), args.profile, args.loss_curve)
+        run_one(args.one, args.genes, methods, Path(args.results), args.profile, args.loss_curve, batches, args.seed)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,11 +347,11 @@ def main() -> None:
         print(f"load at start: {Path('/proc/loadavg').read_text().strip()}; {os.cpu_count()} CPUs")
         for n in sizes:
             cmd = [sys.executable, __file__, "--one", str(n), "--genes", str(args.genes), "--methods", args.methods,
-                   "--results", str(results), *(["--profile"] if args.profile else []),
+                   "--results", str(results), "--batches", args.batches, "--seed", str(args.seed), *(["--profile"] if args.profile else []),
                    *(["--loss-curve"] if args.loss_curve else [])]
             run_size(cmd, n, args.timeout)
         print(f"load at end: {Path('/proc/loadavg').read_text().strip()}")
-        summary(results, sizes, methods)
+        summary(results, sizes, _row_keys(methods, batches))
 
 
 if __name__ == "__main__":

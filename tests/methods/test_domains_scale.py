@@ -277,18 +277,29 @@ def test_subgraph_batch_gives_the_full_graph_embedding_of_its_spots():
     assert len(seen) == 1_500  # the tiles are drawn without replacement until all were used
 
 
+def test_subgraph_plan_scales_the_batch_with_the_spots():
+    m = deepst_model
+    assert m.subgraph_plan(m.FULL_BATCH_MAX) is None  # full batch up to the threshold, included
+    n = m.FULL_BATCH_MAX + 1
+    batch, tile = m.subgraph_plan(n)
+    assert batch == max(m.BATCH_MIN, n // m.BATCH_FRACTION) and tile == batch // m.TILES_PER_BATCH
+    assert m.subgraph_plan(50_000) == (5_000, 500)  # a tenth of the spots
+    assert m.subgraph_plan(500_000) == (m.BATCH_SPOTS, m.BATCH_SPOTS // m.TILES_PER_BATCH) == (10_000, 1_000)
+    assert m.BATCH_MIN < m.FULL_BATCH_MAX  # a batch is always a part of the spots
+
+
 def _stripes(n: int, n_genes: int, seed: int = 1):
     return em.datasets.synthetic_visium_hd(n, n_genes, seed=seed, with_image=False)
 
 
 def test_deepst_minibatch_training_finds_the_planted_domains(monkeypatch):
-    from experimat.methods.domains.deepst import _core, _subgraph
+    from experimat.methods.domains.deepst import _core
 
     a = _stripes(2_500, 400)
     truth = a.obs["domain"].astype(str)
     monkeypatch.setattr(deepst_model, "FULL_BATCH_MAX", 1_000)
-    monkeypatch.setattr(deepst_model, "BATCH_SPOTS", 600)
-    monkeypatch.setattr(_subgraph, "TILE_SPOTS", 150)
+    monkeypatch.setattr(deepst_model, "BATCH_MIN", 600)  # 2,500 // 10 = 250 spots: raised to 600
+    monkeypatch.setattr(deepst_model, "TILES_PER_BATCH", 4)
     monkeypatch.setattr(_core, "PCA_FIT_MAX", 1_000)
     kw = dict(layer="counts", n_domains=4, pre_epochs=80, epochs=40, seed=0, stable=False, use_gpu=False)
     hist = []

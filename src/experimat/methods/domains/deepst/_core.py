@@ -145,10 +145,11 @@ def fit(
                                          n_augment_neighbors=n_augment_neighbors, adjacent_weight=adjacent_weight,
                                          graph_k=graph_k)
     prepare_s = time.perf_counter() - t0
-    tiles, batch_spots = None, None
-    if data.shape[0] > _model.FULL_BATCH_MAX:
-        batch_spots = _model.BATCH_SPOTS
-        tiles = _subgraph.spatial_tiles(np.vstack([s.coords for s in samples]), offsets, _subgraph.TILE_SPOTS)
+    tiles, batch_spots, tile_spots = None, None, None
+    plan = _model.subgraph_plan(data.shape[0])
+    if plan is not None:
+        batch_spots, tile_spots = plan
+        tiles = _subgraph.spatial_tiles(np.vstack([s.coords for s in samples]), offsets, tile_spots)
 
     batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
     seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
@@ -179,7 +180,7 @@ def fit(
         "edge_sample": _model.EDGE_SAMPLE_MAX if adj_label.nnz > _model.EDGE_SAMPLE_MAX else "none",
         "pca_sample": PCA_FIT_MAX if data.shape[0] > PCA_FIT_MAX else "none",
         "train_batch": batch_spots if batch_spots is not None else "none",
-        "train_tile": _subgraph.TILE_SPOTS if batch_spots is not None else "none",
+        "train_tile": tile_spots if tile_spots is not None else "none",
     }
 
 

@@ -1,9 +1,9 @@
 """Subgraph mini-batches for DeepST's training on large samples.
 
 Above :data:`._model.FULL_BATCH_MAX` spots an optimiser step no longer sees every spot: the tissue
-is cut into spatially contiguous tiles of about :data:`TILE_SPOTS` spots (square cells of the
-coordinates, within each sample), and each step trains on a random set of tiles holding about
-``batch_spots`` spots, as Cluster-GCN trains on random unions of graph partitions (Chiang et al.,
+is cut into spatially contiguous tiles (square cells of the coordinates, within each sample; their
+size and the batch's are :func:`._model.subgraph_plan`'s: a tenth of the spots, 1,000 to 10,000, in
+10 tiles), and each step trains on a random set of tiles holding about ``batch_spots`` spots, as Cluster-GCN trains on random unions of graph partitions (Chiang et al.,
 KDD 2019; a tissue's spatial tiles are such a partition, with few edges cut). Unlike Cluster-GCN,
 the batch's graph convolutions are exact for its spots: the inputs of their 2-hop neighbourhood
 (the network has two graph convolutions) are added as a halo whose outputs are not used, and the
@@ -21,9 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-
-#: spots per spatial tile, the unit a mini-batch is drawn in (about a 32 x 32 patch of a square grid)
-TILE_SPOTS = 1_000
 
 
 def spatial_tiles(coords: np.ndarray, offsets: np.ndarray, tile_spots: int) -> np.ndarray:
