@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NEG = -1e30
 #: XLA CPU compiler options for a kernel whose compile time matters more than its run time (small
@@ -228,33 +229,40 @@ def fit_gmm_pool(mu0, s, mean, scat, active, reg_covar, *, pool=32, max_iter=60,
         mu0, s, mean, scat, active, reg_covar
     )
     step_all = jax.vmap(_em_step, in_axes=(0, 0, 0, None, 0, 0, 0))
+    sizes = np.cumsum([k, k * d])
+
+    def pack(pi, mu, chol):  # one row per fit: a single scatter / gather per loop step (XLA on CPU runs each
+        # scatter as a loop over the slots)
+        return jnp.concatenate([pi, mu.reshape(-1, k * d), chol.reshape(-1, k * d * d)], axis=1)
+
+    def unpack(x):
+        return x[:, : sizes[0]], x[:, sizes[0] : sizes[1]].reshape(-1, k, d), x[:, sizes[1] :].reshape(-1, k, d, d)
+
+    start = pack(pi0, m0, c0)
 
     def body(state):
-        idx, it, pi, mu, chol, ll_old, nxt, out = state
+        idx, it, par, ll_old, nxt, out = state
         j = jnp.minimum(idx, b - 1)  # empty slots (idx == b) recompute the last fit; their results are dropped
-        (pi, mu, chol), ll = step_all(phi[j], phi_w[j], active[j], reg_covar, pi, mu, chol)
+        new_par, ll = step_all(phi[j], phi_w[j], active[j], reg_covar, *unpack(par))
+        par = pack(*new_par)
         it = it + 1
         done = (idx < b) & ~((it < max_iter) & (jnp.abs(ll - ll_old) > tol))
-        dest = jnp.where(done, idx, b)  # index b: dropped
-        out = tuple(o.at[dest].set(v, mode="drop") for o, v in zip(out, (pi, mu, chol), strict=True))
+        out = out.at[jnp.where(done, idx, b)].set(par, mode="drop")  # index b: dropped
         new = jnp.where(done, nxt + jnp.cumsum(done) - 1, idx)
-        jn = jnp.minimum(new, b - 1)
-        pi, mu, chol = (jnp.where(done.reshape(-1, *(1,) * (v.ndim - 1)), v0[jn], v)
-                        for v, v0 in ((pi, pi0), (mu, m0), (chol, c0)))  # fmt: skip
+        par = jnp.where(done[:, None], start[jnp.minimum(new, b - 1)], par)
         ll_old = jnp.where(done, -jnp.inf, ll)
         it = jnp.where(done, 0, it)
         idx = jnp.where(done, jnp.minimum(new, b), idx)
-        return idx, it, pi, mu, chol, ll_old, nxt + jnp.sum(done), out
+        return idx, it, par, ll_old, nxt + jnp.sum(done), out
 
     def cond(state):
         return jnp.any(state[0] < b)
 
-    first = jnp.arange(p)
     init = (
-        first, jnp.zeros(p, jnp.int32), pi0[:p], m0[:p], c0[:p], jnp.full(p, -jnp.inf, dt), jnp.asarray(p),
-        (jnp.zeros((b, k), dt), jnp.zeros((b, k, d), dt), jnp.zeros((b, k, d, d), dt)),
+        jnp.arange(p), jnp.zeros(p, jnp.int32), start[:p], jnp.full(p, -jnp.inf, dt), jnp.asarray(p),
+        jnp.zeros_like(start),
     )  # fmt: skip
-    pi, mu, chol = jax.lax.while_loop(cond, body, init)[-1]
+    pi, mu, chol = unpack(jax.lax.while_loop(cond, body, init)[-1])
     return pi, mu + g[:, None, :], chol
 
 
