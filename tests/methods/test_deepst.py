@@ -118,6 +118,36 @@ def test_cpu_training_uses_one_thread_and_restores_the_count():
     assert emb.shape[0] == 40 and np.isfinite(emb).all()
 
 
+def test_stable_initial_weights_do_not_depend_on_the_seed_and_single_seed_draws_them_from_it():
+    # issue 19: the stable mode starts every network from the same weights, so that the user seed
+    # drives only the training's noise; stable=False (the reference) draws them from the seed
+    from experimat.methods.domains.deepst._model import INIT_SEED, TrainConfig, build_network, train_deepst
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(40, 8))
+    adj = sp.csr_matrix(sp.random(40, 40, density=0.1, random_state=0) + sp.eye(40))
+    cpu = torch.device("cpu")
+
+    def state(init, seed, epochs=0):
+        _, net, _ = train_deepst(data, adj, adj, pre_epochs=epochs, epochs=epochs, seed=seed, device=cpu,
+                                 cfg=TrainConfig(init=init), cluster_init=lambda z, s: np.arange(z.shape[0]) % 2)
+        return {k: v.clone() for k, v in net.state_dict().items() if k != "cluster_layer"}
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    def drawn(seed):
+        torch.manual_seed(seed)
+        return build_network(torch, 8, TrainConfig()).state_dict()
+
+    fixed = [state("fixed", s) for s in (1, 2)]
+    assert same(fixed[0], fixed[1]) and same(fixed[0], drawn(INIT_SEED))
+    one = [state("seed", s) for s in (1, 2)]
+    assert same(one[0], drawn(1)) and same(one[1], drawn(2)) and not same(one[0], one[1])
+    # the seed still drives the training's noise (dropout, corruption, sampling, negative pairs)
+    assert not same(state("fixed", 1, epochs=3), state("fixed", 2, epochs=3))
+
+
 def test_network_input_does_not_depend_on_the_seed(monkeypatch):
     # the PCA of the augmented data is a property of the data (as SpaGCN's): only the network's
     # training depends on the run's seed
@@ -356,18 +386,20 @@ def test_integration_stable_mode_records_its_consensus_and_reproduces():
     kw = dict(n_domains=2, pre_epochs=6, epochs=2, use_gpu=False)
     first, again, other = pair(), pair(), pair()
     df = integrate_domains_deepst(first, seed=3, **kw)
-    for ad_ in first.values():  # 4 runs as detection; every edge of the runs' kNN graphs; Leiden's own seed
+    for ad_ in first.values():  # 2 runs as detection; every edge of the runs' kNN graphs; Leiden's own seed
         entry = ad_.uns["deepst.integrated"]
-        assert entry["params"]["n_runs"] == 4 and entry["run_seeds"] == run_seeds(3, 4)
+        assert entry["params"]["n_runs"] == 2 and entry["run_seeds"] == run_seeds(3, 2)
         assert entry["consensus_min_runs"] == 1 and entry["consensus_seed"] == 0
         assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
+    assert df.attrs["model"].config["train"]["init"] == "fixed"  # the same initial weights at every seed
     assert_frame_equal(df, integrate_domains_deepst(again, seed=3, **kw))  # a fixed seed reproduces
-    integrate_domains_deepst(other, seed=3, n_runs=2, **kw)
-    assert other["a"].uns["deepst.integrated"]["run_seeds"] == run_seeds(3, 2)
+    integrate_domains_deepst(other, seed=3, n_runs=3, **kw)
+    assert other["a"].uns["deepst.integrated"]["run_seeds"] == run_seeds(3, 3)
     single = pair()
-    integrate_domains_deepst(single, seed=3, stable=False, **kw)
+    one = integrate_domains_deepst(single, seed=3, stable=False, **kw)
     assert "run_seeds" not in single["a"].uns["deepst.integrated"]
     assert single["a"].uns["deepst.integrated"]["params"]["stable"] is False
+    assert one.attrs["model"].config["train"]["init"] == "seed"
 
 
 # ------------------------------------------------------------------------------------------------

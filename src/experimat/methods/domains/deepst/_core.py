@@ -9,7 +9,7 @@ neighbour searches from :mod:`experimat.methods._graph`, Leiden from :mod:`exper
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,10 @@ _TARGET_SUM = 1e4
 #: the consensus clustering's own seed: the same runs' embeddings give the same domains whatever
 #: the user seed (the user seed only chooses the runs' seeds)
 _CONSENSUS_SEED = 0
-#: an edge of the consensus graph must be formed by at least this many runs (MOB rep11, 5 seeds x 4
-#: runs: seed-to-seed ARI 0.69 keeping every edge, 0.81 keeping those of >= 2 runs, issue 19)
+#: an edge of the consensus graph must be formed by at least this many runs (with the default 2 runs:
+#: by both). Measured with 4 randomly initialised runs (MOB rep11, 5 seeds: seed-to-seed ARI 0.69
+#: keeping every edge, 0.81 keeping those of >= 2 runs, issue 19); with the stable mode's fixed
+#: initial weights 2 runs suffice (benchmarks/domains.py)
 _CONSENSUS_MIN_RUNS = 2
 #: the same for integrated samples: every edge (4 ST bulb sections, batch_correction=True, the 20
 #: network fits of 5 seeds x 4 runs split at random into 5 consensus groups, 6 splits: seed-to-seed
@@ -109,6 +111,13 @@ def _image_raw(
     return feats
 
 
+def stable_config() -> TrainConfig:
+    """The stable mode's training: the reference's hyper-parameters and initial weights that do not
+    depend on the seed (:data:`._model.INIT_SEED`; :func:`_train_runs` seeds the initial DEC
+    clustering with :data:`_CONSENSUS_SEED`)."""
+    return TrainConfig(init="fixed")
+
+
 def default_n_pcs(n_spots: int, stable: bool) -> int:
     """Principal components fed to the network by default: DeepST's 200; in the stable mode at
     most a tenth of the spots (at least :data:`_MIN_STABLE_PCS`)."""
@@ -155,7 +164,7 @@ def fit(
     seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
     labels, emb, net, timings, resolution, exact, consensus = _train_runs(
         data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
-        device=device, batches=batches, tiles=tiles, batch_spots=batch_spots, min_runs=min_runs,
+        device=device, batches=batches, tiles=tiles, batch_spots=batch_spots, min_runs=min_runs, stable=stable,
     )
     timings["prepare_s"] = prepare_s
     refined = np.concatenate(
@@ -175,6 +184,7 @@ def fit(
         "net": net,
         "n_inputs": data.shape[1],
         "consensus": consensus,
+        "train": asdict(stable_config() if stable else TrainConfig()),
         # the size rules (recorded in the parameters): clusterings on a sample, edges drawn per epoch
         "cluster_sample": cluster_blocks.SAMPLE_MAX if data.shape[0] > cluster_blocks.SAMPLE_MAX else "none",
         "edge_sample": _model.EDGE_SAMPLE_MAX if adj_label.nnz > _model.EDGE_SAMPLE_MAX else "none",
@@ -271,15 +281,19 @@ def load_samples(
 
 
 def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches, tiles=None,
-                batch_spots=None, min_runs=_CONSENSUS_MIN_RUNS):
+                batch_spots=None, min_runs=_CONSENSUS_MIN_RUNS, stable=False):
     """One network fit and Leiden search per seed; several are combined by clustering the sum of the
     runs' kNN graphs (:func:`._cluster.consensus_graph_clusters`), the medoid run giving the
     embedding and network. (Relabelling and voting the runs' own domains, as SpaGCN's consensus,
     kept MOB rep11's DeepST domains at seed-to-seed ARI 0.41 with 3 runs: each run's network
-    finds different neighbourhoods, and a vote over 3 runs cannot out-vote that.)"""
+    finds different neighbourhoods, and a vote over 3 runs cannot out-vote that.) ``stable``: every
+    network starts from the same weights (:func:`stable_config`) and its initial DEC clusters are
+    Leiden's with :data:`_CONSENSUS_SEED`, as are each run's own domains, so that the runs' seeds
+    drive only the training's noise."""
+    cfg = stable_config() if stable else TrainConfig()
 
     def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
-        return initial_clusters(z, TrainConfig.dec_neighbors, TrainConfig.dec_resolution, s)
+        return initial_clusters(z, cfg.dec_neighbors, cfg.dec_resolution, _CONSENSUS_SEED if stable else s)
 
     fits = []
     for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:
@@ -292,6 +306,7 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
             seed=run_seed,
             device=device,
             batches=batches,
+            cfg=cfg,
             cluster_init=init_clusters,
             tiles=tiles,
             batch_spots=batch_spots,
@@ -307,7 +322,8 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
         logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
         graph = dict(graph=graphs[1][i], sample=graphs[0]) if len(seeds) > 1 else {}
         hint = _hint(searches) if warm else None
-        run_labels, resolution, exact = leiden_n_clusters(embeddings[i], n_domains, seed=run_seed, hint=hint, **graph)
+        leiden_seed = _CONSENSUS_SEED if stable else run_seed
+        run_labels, resolution, exact = leiden_n_clusters(embeddings[i], n_domains, seed=leiden_seed, hint=hint, **graph)
         runs.append(run_labels)
         searches.append((resolution, exact))
     # phases' seconds summed over the runs; peaks their maximum, seconds per epoch their mean
@@ -315,7 +331,8 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     timings = {k: float(combine.get(k, sum)([f[2][k] for f in fits])) for k in fits[0][2]}
     if len(runs) == 1:
         timings["cluster_s"] = time.perf_counter() - t0
-        return (runs[0], fits[0][0], fits[0][1], timings, *searches[0], {})
+        consensus = {"run_seeds": seeds, "clustering_seed": _CONSENSUS_SEED} if stable else {}
+        return (runs[0], fits[0][0], fits[0][1], timings, *searches[0], consensus)
     # the medoid run (highest mean ARI to the others) gives the stored embedding and network
     medoid = _consensus.consensus_labels(runs)[1]["medoid"]
     emb, net = fits[medoid][0], fits[medoid][1]
