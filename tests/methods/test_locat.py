@@ -176,6 +176,9 @@ def test_bad_inputs():
         locat(a, layer="counts")
     with pytest.raises(InvalidInputError, match="rc_lambda"):
         locat(a, rc_lambda_values=[])
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(InvalidInputError, match="covariance_prior"):
+            locat(a, covariance_prior=bad)
 
 
 def _permuted_pbmc(n_genes: int | None, seed: int = 1):
@@ -307,6 +310,49 @@ def test_pooled_fits_match_one_fit_at_a_time():
             fit = jax.jit(lambda *a, p=pool, m=max_iter: _gmm.fit_gmm_pool(*a, 1e-4, pool=p, max_iter=m, tol=1e-5))
             for got, want in zip(fit(*args), one, strict=True):
                 np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_covariance_prior_is_the_inverse_wishart_posterior_mean():
+    """With ``prior_var > 0`` a component's covariance is ``(n_k S_k + prior_var I) / (n_k + 1)`` (``n_k``: its
+    share of ``n_eff``): a component of 5 points is pulled most of the way to the prior, one of 400 keeps its
+    own covariance; ``prior_var = 0`` is maximum likelihood."""
+    import jax
+    import jax.numpy as jnp
+
+    from experimat.methods.locat import _gmm
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.0, 0.1, (400, 3))
+    fit = jax.jit(lambda s, n_eff, prior: _gmm.fit_gmm_grouped(
+        jnp.asarray(x[:1]), s, jnp.asarray(x), jnp.zeros((400, 3, 3)), jnp.array([True]), 1e-6, n_eff, prior,
+        max_iter=5, tol=1e-10,
+    ))  # fmt: skip
+    for n in (5, 400):
+        s = (np.arange(400) < n).astype(np.float64)  # the first n points (weight 0: padding)
+        sample = np.cov(x[:n].T, bias=True)
+        for prior, want in ((0.0, sample), (0.8, (n * sample + 0.8 * np.eye(3)) / (n + 1))):
+            _pi, mu, chol = fit(jnp.asarray(s), float(n), prior)
+            cov = np.asarray(chol[0] @ chol[0].T, dtype=np.float64)
+            np.testing.assert_allclose(cov, want + 1e-6 * np.eye(3), rtol=1e-3, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(mu[0]), x[:n].mean(0), atol=1e-5)
+        ratio = np.trace(cov) / np.trace(sample)  # the prior's fit against the sample covariance
+        assert ratio > 5 if n == 5 else ratio < 1.3
+    # the pooled fits apply the same prior, fit by fit
+    n_eff, prior = jnp.asarray([5.0, 400.0, 50.0]), jnp.asarray([0.8, 0.8, 0.0])
+    s3 = jnp.asarray((np.arange(400)[None, :] < np.array([5, 400, 50])[:, None]).astype(np.float32))
+    args = (
+        jnp.asarray(np.broadcast_to(x[:1], (3, 1, 3)), jnp.float32),
+        s3,
+        jnp.asarray(np.broadcast_to(x, (3, 400, 3)), jnp.float32),
+        jnp.zeros((3, 400, 3, 3)),
+        jnp.ones((3, 1), bool),
+    )
+    one = jax.vmap(lambda *a: _gmm.fit_gmm_grouped(*a[:5], 1e-6, *a[5:], max_iter=5, tol=1e-10))(*args, n_eff, prior)
+    pooled = jax.jit(lambda *a: _gmm.fit_gmm_pool(*a[:5], 1e-6, *a[5:], pool=2, max_iter=5, tol=1e-10))(
+        *args, n_eff, prior
+    )
+    for got, want in zip(pooled, one, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
 
 
 def test_same_genes_on_every_run():

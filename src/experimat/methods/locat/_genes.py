@@ -34,6 +34,7 @@ class Landscape:
     logf0: np.ndarray  # (n,)
     reg: float
     lambdas: np.ndarray  # depletion scan factors
+    prior_var: float  # scale of the per-gene covariance prior (locat's covariance_prior; 0: none)
     device: Any  # jax device
 
 
@@ -157,8 +158,16 @@ def _dispatch_batch(Wi, ncomp, is_null, items, ls, split_rng, put, kernel, dev) 
     wts_all = np.concatenate([wts, half.reshape(-1, n)])
     agg = ls.atom_sums(wts_all)
     mu0 = initial_centres(agg, ls, act.shape[1])
+    # covariance prior (locat's covariance_prior): mean prior_var I / K^(2/d) (mclust's scale: the embedding's
+    # variance shared among the K components), worth one of the fit's Kish effective cells (sum w)^2 / sum w^2
+    sw = wts_all.sum(axis=1, dtype=np.float64)
+    n_eff = sw**2 / np.maximum(np.einsum("ij,ij->i", wts_all, wts_all, dtype=np.float64), 1e-30)
+    pv = ls.prior_var / ks.astype(np.float64) ** (2.0 / ls.emb.shape[1])
     emb_j, centres_j = dev
-    logf = _batch_logf(kernel, emb_j, put(agg), centres_j, put(act), put(mu0.astype(dtype)), dtype(ls.reg))
+    logf = _batch_logf(
+        kernel, emb_j, put(agg), centres_j, put(act), put(mu0.astype(dtype)), dtype(ls.reg),
+        put(n_eff.astype(dtype)), put(pv.astype(dtype)),
+    )  # fmt: skip
     return logf, items, gene, na, wts_all, ina
 
 
@@ -292,12 +301,12 @@ def _fit_scores(logf, wts_all, ina, logf0, log_lam):
 def _make_batch_logf(fast_compile: bool, pool: int):
     from . import _gmm
 
-    def batch_logf(emb, agg, centres, act, mu0, reg):
-        """Fit every row's mixture (``agg``, ``act``, ``mu0``: per fit) and return its log density at
-        every cell ``(fits, n)``."""
+    def batch_logf(emb, agg, centres, act, mu0, reg, n_eff, prior_var):
+        """Fit every row's mixture (``agg``, ``act``, ``mu0``, ``n_eff``, ``prior_var``: per fit) and return
+        its log density at every cell ``(fits, n)``."""
         s, mean, scat = _gmm.group_stats(agg, centres)
         pi, mu, chol = _gmm.fit_gmm_pool(
-            mu0, s, mean, scat, act, reg, pool=pool, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL
+            mu0, s, mean, scat, act, reg, n_eff, prior_var, pool=pool, max_iter=_GENE_MAX_ITER, tol=_GENE_TOL
         )
         return _gmm.batch_logpdf(emb, pi, mu, chol, act)
 

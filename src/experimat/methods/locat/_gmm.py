@@ -97,7 +97,7 @@ def _vech_index(d):
     return pos
 
 
-def _em_setup(mu0, s, mean, scat, active, reg_covar):
+def _em_setup(mu0, s, mean, scat, active, reg_covar, n_eff=1.0, prior_var=0.0):
     """One fit's EM inputs and start (see :func:`fit_gmm_grouped`): the groups' features ``phi`` ``(a, f)``
     (``vech(T_a), m_a, 1`` about the weighted centre ``g``) and ``phi`` times the normalised weights, ``g``,
     and the state after one M-step on the hard assignment of the groups to the nearest active centre of
@@ -122,11 +122,11 @@ def _em_setup(mu0, s, mean, scat, active, reg_covar):
     resp0 = jax.nn.one_hot(jnp.argmin(jnp.where(active[None, :], d2, jnp.inf), axis=1), k_max, dtype=dt)
     c0 = jnp.linalg.cholesky(pooled)
     c0 = jnp.where(jnp.all(jnp.isfinite(c0)), c0, eye)
-    start = _mstep(phi_w, active, reg_covar, resp0, mu0, jnp.broadcast_to(c0, (k_max, d, d)), floor)
+    start = _mstep(phi_w, active, reg_covar, resp0, mu0, jnp.broadcast_to(c0, (k_max, d, d)), floor, n_eff, prior_var)
     return phi, phi_w, g, start
 
 
-def _mstep(phi_w, active, reg_covar, resp, mu, chol, extra):
+def _mstep(phi_w, active, reg_covar, resp, mu, chol, extra, n_eff=1.0, prior_var=0.0):
     """M-step of :func:`fit_gmm_grouped` from the responsibilities ``resp`` ``(a, k)``."""
     d = mu.shape[1]
     iu, _, _ = _tri(d)
@@ -137,7 +137,10 @@ def _mstep(phi_w, active, reg_covar, resp, mu, chol, extra):
     nk_safe = jnp.where(nk > 1e-12, nk, 1.0)
     mu_new = mom[:, iu.size : iu.size + d] / nk_safe[:, None]
     second = (mom[:, : iu.size] / nk_safe[:, None])[:, full]
-    cov = second - mu_new[:, :, None] * mu_new[:, None, :] + (reg_covar + extra) * eye[None]
+    cov = second - mu_new[:, :, None] * mu_new[:, None, :]
+    n_k = (nk * n_eff)[:, None, None]
+    shrunk = (n_k * cov + prior_var * eye[None]) / (n_k + 1.0)  # posterior mean under the inverse-Wishart prior
+    cov = jnp.where(prior_var > 0, shrunk, cov) + (reg_covar + extra) * eye[None]
     ok = (nk > 1e-12) & active
     cov = jnp.where(ok[:, None, None], cov, eye[None])
     mu_new = jnp.where(ok[:, None], mu_new, mu)
@@ -148,7 +151,7 @@ def _mstep(phi_w, active, reg_covar, resp, mu, chol, extra):
     return pi_new / jnp.maximum(jnp.sum(pi_new), 1e-38), mu_new, chol_new
 
 
-def _em_step(phi, phi_w, active, reg_covar, pi, mu, chol):
+def _em_step(phi, phi_w, active, reg_covar, pi, mu, chol, n_eff=1.0, prior_var=0.0):
     """One EM step of :func:`fit_gmm_grouped`: the new ``(pi, mu, chol)`` and the bound per unit weight of
     the old parameters."""
     d = mu.shape[1]
@@ -165,10 +168,10 @@ def _em_step(phi, phi_w, active, reg_covar, pi, mu, chol):
     lp = -0.5 * (phi @ theta.T + logdet[None, :] + d * jnp.log(2.0 * jnp.pi)) + logpi[None, :]
     logp = jax.scipy.special.logsumexp(lp, axis=1)
     resp = jnp.exp(lp - logp[:, None])
-    return _mstep(phi_w, active, reg_covar, resp, mu, chol, 0.0), jnp.sum(phi_w[:, -1] * logp)
+    return _mstep(phi_w, active, reg_covar, resp, mu, chol, 0.0, n_eff, prior_var), jnp.sum(phi_w[:, -1] * logp)
 
 
-def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1e-4):
+def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, n_eff=1.0, prior_var=0.0, *, max_iter=60, tol=1e-4):
     """Fit one weighted GMM to grouped points (EM on atoms).
 
     Every group ``a`` is summarised by its total weight ``s_a``, weighted mean ``m_a`` and mean
@@ -187,6 +190,12 @@ def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
     s : ``(a,)`` non-negative group weights; mean : ``(a, d)``; scat : ``(a, d, d)``.
     active : ``(k_max,)`` bool, which component slots are used.
     reg_covar : added to every covariance diagonal.
+    n_eff, prior_var : with ``prior_var > 0``, every covariance is the posterior mean under an
+        inverse-Wishart prior with ``d + 2`` degrees of freedom and mean ``prior_var * I`` (worth one
+        observation): ``(n_k S_k + prior_var I) / (n_k + 1)``, where ``S_k`` is the component's weighted
+        covariance and ``n_k`` its share of the ``n_eff`` observations the weights stand for (a
+        component of a few cells is pulled towards the prior, one of hundreds keeps its own
+        covariance); ``prior_var = 0``: maximum likelihood.
     max_iter, tol : at most ``max_iter`` EM steps; stop when the bound per unit weight changes by
         less than ``tol``.
 
@@ -194,12 +203,12 @@ def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
     -------
     ``(pi, mu, chol)``. :func:`fit_gmm_pool` fits a batch of mixtures with the same steps.
     """
-    phi, phi_w, g, (pi0, m0, c0) = _em_setup(mu0, s, mean, scat, active, reg_covar)
+    phi, phi_w, g, (pi0, m0, c0) = _em_setup(mu0, s, mean, scat, active, reg_covar, n_eff, prior_var)
     dt = mean.dtype
 
     def step(state):
         i, pi, mu, chol, ll_old, _ = state
-        (pi_new, mu_new, chol_new), ll = _em_step(phi, phi_w, active, reg_covar, pi, mu, chol)
+        (pi_new, mu_new, chol_new), ll = _em_step(phi, phi_w, active, reg_covar, pi, mu, chol, n_eff, prior_var)
         return i + 1, pi_new, mu_new, chol_new, ll, jnp.abs(ll - ll_old)
 
     def cond(state):
@@ -211,9 +220,10 @@ def fit_gmm_grouped(mu0, s, mean, scat, active, reg_covar, *, max_iter=60, tol=1
     return pi, mu + g[None, :], chol
 
 
-def fit_gmm_pool(mu0, s, mean, scat, active, reg_covar, *, pool=32, max_iter=60, tol=1e-4):
+def fit_gmm_pool(mu0, s, mean, scat, active, reg_covar, n_eff=None, prior_var=None, *, pool=32, max_iter=60, tol=1e-4):
     """:func:`fit_gmm_grouped` for a batch of ``b`` mixtures (leading axis of every argument but
-    ``reg_covar``), each fitted by exactly the same EM steps, run ``pool`` at a time.
+    ``reg_covar``; ``n_eff``, ``prior_var``: ``(b,)`` or None, no prior), each fitted by exactly the same EM
+    steps, run ``pool`` at a time.
 
     A batched (``vmap``-ed) while loop runs every fit for as many steps as the slowest one needs; here
     ``pool`` slots each hold one fit, every loop step advances all slots by one EM step, and a slot whose
@@ -225,10 +235,12 @@ def fit_gmm_pool(mu0, s, mean, scat, active, reg_covar, *, pool=32, max_iter=60,
     b, k, d = mu0.shape
     dt = mean.dtype
     p = min(pool, b)
-    phi, phi_w, g, (pi0, m0, c0) = jax.vmap(_em_setup, in_axes=(0, 0, 0, 0, 0, None))(
-        mu0, s, mean, scat, active, reg_covar
+    n_eff = jnp.ones(b, dt) if n_eff is None else n_eff
+    prior_var = jnp.zeros(b, dt) if prior_var is None else prior_var
+    phi, phi_w, g, (pi0, m0, c0) = jax.vmap(_em_setup, in_axes=(0, 0, 0, 0, 0, None, 0, 0))(
+        mu0, s, mean, scat, active, reg_covar, n_eff, prior_var
     )
-    step_all = jax.vmap(_em_step, in_axes=(0, 0, 0, None, 0, 0, 0))
+    step_all = jax.vmap(_em_step, in_axes=(0, 0, 0, None, 0, 0, 0, 0, 0))
     sizes = np.cumsum([k, k * d])
 
     def pack(pi, mu, chol):  # one row per fit: a single scatter / gather per loop step (XLA on CPU runs each
@@ -243,7 +255,7 @@ def fit_gmm_pool(mu0, s, mean, scat, active, reg_covar, *, pool=32, max_iter=60,
     def body(state):
         idx, it, par, ll_old, nxt, out = state
         j = jnp.minimum(idx, b - 1)  # empty slots (idx == b) recompute the last fit; their results are dropped
-        new_par, ll = step_all(phi[j], phi_w[j], active[j], reg_covar, *unpack(par))
+        new_par, ll = step_all(phi[j], phi_w[j], active[j], reg_covar, *unpack(par), n_eff[j], prior_var[j])
         par = pack(*new_par)
         it = it + 1
         done = (idx < b) & ~((it < max_iter) & (jnp.abs(ll - ll_old) > tol))
