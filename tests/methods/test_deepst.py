@@ -496,6 +496,25 @@ def test_stable_consensus_clustering_does_not_depend_on_the_user_seed(monkeypatc
     assert np.array_equal(found[0], found[1])
 
 
+def test_stable_initial_dec_clusters_use_a_fixed_seed(monkeypatch):
+    # stable: the initial DEC clusters' Leiden seed is the consensus's own, not the run's
+    from experimat.methods.domains.deepst import _core
+
+    emb = np.random.default_rng(0).normal(size=(60, 3))
+    seen = []
+
+    def fake_train(*_, seed, cluster_init, **__):
+        cluster_init(emb, seed)
+        return emb, None, {"train": 0.0}
+
+    monkeypatch.setattr(_core, "train_deepst", fake_train)
+    monkeypatch.setattr(_core, "initial_clusters", lambda z, k, res, s: seen.append(s) or np.zeros(len(z), int))
+    kw = dict(n_domains=2, pre_epochs=1, epochs=1, device=None, batches=None)
+    _core._train_runs(None, None, None, seeds=[5, 9], stable=True, **kw)
+    _core._train_runs(None, None, None, seeds=[7], stable=False, **kw)
+    assert seen == [_core._CONSENSUS_SEED, _core._CONSENSUS_SEED, 7]
+
+
 @pytest.mark.slow
 def test_stable_mode_agrees_across_seeds():
     adata = synthetic_domains(400, 4, 80, fold_change=2.0, seed=6)
