@@ -19,6 +19,8 @@ run-to-run agreement, the bound for any agreement with it.
 
 Measured 2026-12-02 (issue 20, first-call speed, agreement by band, Zeisel with the local null):
 
+- Speed after the pooled per-gene EM (later the same day, ``benchmarks/locat_speed.py`` has the details):
+  5.14x / 8.19x / 5.16x by process wall, 5.07x / 6.86x / 5.91x by CPU (heavy lock held, load 5.1 -> 3.8).
 - Speed (``benchmarks/locat_speed.py``, heavy lock held, other jobs' load 2.7 -> 3.7 on 2 cores): ours
   10.7 / 12.3 / 12.8 s process wall (CPU 8.6 / 8.2 / 8.2 s) vs reference 45.3 / 64.2 / 54.5 s (CPU 39.8 /
   42.8 / 41.4 s): 4.24x / 5.21x / 4.26x by process wall, 4.64x / 5.21x / 5.04x by CPU, 4.36x / 6.17x /

@@ -22,9 +22,36 @@ The reference runs with one thread per BLAS/OpenMP pool and XLA's Eigen pool off
 ``benchmarks/locat.py``; with its default pools it ran several times slower on the loaded 2-core box);
 ours runs with its defaults (it turns the Eigen pool off itself).
 
-Last run (heavy lock, other jobs' load 2.7 -> 3.7, 2 cores, 3 repetitions): ours 10.7 / 12.3 / 12.8 s
-process wall (CPU 8.6 / 8.2 / 8.2 s) vs reference 45.3 / 64.2 / 54.5 s (CPU 39.8 / 42.8 / 41.4 s):
-4.2x / 5.2x / 4.3x by process wall, 4.6x / 5.2x / 5.0x by CPU (target 5x). Details in ``benchmarks/locat.py``.
+Last run (2026-12-02, heavy lock held; other helpers' light jobs kept the load at 5.1 -> 3.8 on the 2 cores,
+so not a quiet machine; 3 repetitions): ours 6.1 / 5.6 / 8.5 s process wall (CPU 6.6 / 5.5 / 5.7 s) vs
+reference 31.4 / 45.7 / 43.9 s (CPU 33.6 / 37.6 / 33.8 s): 5.14x / 8.19x / 5.16x by process wall, 5.07x /
+6.86x / 5.91x by CPU, 7.1x / 10.4x / 6.3x by in-call wall (target 5x met in every repetition; the 5.5x
+margin in every repetition not shown at this load). Ours alone, old and new code interleaved at load ~4:
+process CPU 6.5-6.8 s -> 5.1-5.5 s, in-call wall 5.5-7.4 s -> 3.5-6.0 s.
+
+What made the first call cheaper (the table on pbmc68k_reduced keeps every flag at seeds 0 and 1; z within
+0.006, from EM amplifying float32 rounding in a different batch shape, as a different ``batch_size`` does;
+depletion counts identical):
+
+- per-gene EM in a pool of 16 slots, each taking the next fit when its own has converged
+  (``_gmm.fit_gmm_pool``): a vmapped while loop ran every fit of a batch for its slowest fit's 25 steps,
+  the fits need 7.5 on average: kernel 1.8-2.1 -> 0.8-0.95 CPU s;
+- the kernel returns the fits' log densities, the scores and depletion counts are computed from them on
+  the host; triangle indices are NumPy constants (``jnp.triu_indices`` traced ~80 operations per use); the
+  slots' parameters packed in one row (one scatter per step): 766 -> ~400 traced operations, compile
+  ~1.1 -> ~0.75 CPU s; XLA's LLVM code in one module (its default split onto a thread pool cost ~15 % more
+  CPU and waited on threads);
+- the cyclic garbage collector paused during the call (its full collections walked the process's
+  ~200,000 objects: ~0.2 s, finding nothing).
+
+Profile of a first call now (process CPU, load ~7): ``import jax`` 1.15 s (0.57 s of it ml_dtypes
+registering its ufunc loops with NumPy, 0.2 s a scan of every installed distribution's metadata, 0.35 s
+JAX's own jit decorators: paid by any JAX user), trace + lower of the kernel ~0.5 s, compile ~0.75 s,
+kernel ~0.85 s (9 batches), host steps ~0.9 s (k-d tree 0.09, k-means atoms 0.07, background 0.15, item
+weights 0.08, components 0.06, batch preparation and scores ~0.3, null and table 0.1); before the call, the
+interpreter and ``import anndata`` ~1.2-1.9 s (both tools pay them). Tried and dropped: running all fits' first M-step inside the
+loop (compile ~0.1 s less, one more E-step per fit), unique scatter indices (XLA on CPU still loops),
+pool sizes 8 / 24 / 32 / 64 (16-32 equal within noise, 64 ~25 % slower).
 """
 
 from __future__ import annotations
