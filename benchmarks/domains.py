@@ -58,8 +58,10 @@ deterministic start (signed truncated identity, DCT rows, no random draws; MOB 0
 averaging 0.676); Polyak averaging of the weights over the last 50 DEC epochs (MOB 0.963 -> 0.952,
 0.847 -> 0.848: the noise picks a basin, it does not jitter around one); 2 runs from 2 different
 fixed initialisations (MOB 0.796 with Leiden, 0.712 with k-means starts); 30 instead of 98 PCs on
-muscle (0.712 against 0.732, k-means starts). The integration (``integrate_domains_deepst``) shares
-the training and now defaults to the same 2 runs; its bulb numbers below are from before.
+muscle (0.712 against 0.732, k-means starts). The integration shares the training and the same 2
+runs (``--cases bulb --variants deepst --seeds 0 1 2 3 4``, load 3.2-3.6): seed-to-seed 0.887 (before:
+0.747), 7/7 domains in every section at every seed, neighbour agreement 0.495 (refined 0.528), 31.6 s
+against 25.0 s for one seed (seeds 0-1, load 3.7): 1.3x; the bulb paragraph below is from before.
 
 Before the fixed initial weights:
 DeepST (``--methods deepst-stability``, MOB rep11, no reference environment): default stable mode
@@ -114,9 +116,8 @@ The target 0.8 is reached on average over groupings but not on the 5 benchmark s
 (Before: 3 runs, >= 2 runs per edge.) A fixed-seed initial DEC clustering (Leiden seed 0 in every run)
 does not help detection (MOB rep11, 5 seeds: 0.790 / 0.463 against 0.805 / 0.452, load ~2.2); it
 was not measured on the integration (its new network fits needed a heavy-lock slot).
-DeepST detection on muscle Vis5A_2dpi and the synthetic section with 4 randomly initialised runs
-(load ~2): 0.639 (one seed 0.488) at 2.5x, 0.997 / 0.996 (one seed 0.940 / 0.967) at 3.7x; muscle over
-the first 2 / 3 / 4 / 5 seeds 0.593 / 0.638 / 0.671 / 0.639 (SpaGCN's stable mode: 0.891).
+DeepST muscle Vis5A_2dpi with 4 randomly initialised runs (load ~2), over the first 2 / 3 / 4 / 5 seeds:
+0.593 / 0.638 / 0.671 / 0.639 (SpaGCN's stable mode: 0.891).
 """
 
 from __future__ import annotations
