@@ -180,10 +180,10 @@ def per_bin_r(pred, truth) -> float:
 class EpochTimer:
     """Wraps the shared training loop of the deconvolution modules: wall and CPU seconds of the epochs only."""
 
-    def __init__(self):
+    def __init__(self, say=None):
         from experimat.methods._torch import train
 
-        self.train, self.runs = train, []
+        self.train, self.runs, self.say = train, [], say
 
     def __enter__(self):
         import experimat.methods.deconv.cell2location._model as c2l_model
@@ -195,6 +195,8 @@ class EpochTimer:
             t0, c0 = time.perf_counter(), time.process_time()
             history = self.train(*args, **kwargs)
             self.runs.append((len(history), time.perf_counter() - t0, time.process_time() - c0))
+            if self.say:
+                self.say(*self.runs[-1])
             return history
 
         for m in self.modules:
@@ -302,8 +304,16 @@ def hd_reference(n_genes: int, *, n_cells: int, depth: float, seed: int):
     return ref
 
 
+class StopAfterNMF(Exception):
+    """Raised by :class:`NMFTimer` with ``stop=True``: the call ends after its set-up and NMF start."""
+
+
 class NMFTimer:
-    """Wraps cell2location's Poisson-NMF start: wall and CPU seconds of each call."""
+    """Wraps cell2location's Poisson-NMF start: wall and CPU seconds of each call, printed by ``say`` as soon as it
+    ends (a run stopped by its time limit keeps the line); ``stop`` ends the call there (:class:`StopAfterNMF`)."""
+
+    def __init__(self, say=None, stop: bool = False):
+        self.say, self.stop = say, stop
 
     def __enter__(self):
         import experimat.methods.deconv.cell2location._model as c2l_model
@@ -314,6 +324,10 @@ class NMFTimer:
             t0, c0 = time.perf_counter(), time.process_time()
             out = self.nmf(*args, **kwargs)
             self.runs.append((time.perf_counter() - t0, time.process_time() - c0))
+            if self.say:
+                self.say(*self.runs[-1])
+            if self.stop:
+                raise StopAfterNMF
             return out
 
         c2l_model._nmf_init = timed
@@ -360,15 +374,27 @@ def run_hd_one(n: int, args) -> None:
         print(f"{n:>8,} | c2l reference ({args.hd_c2l_genes}): {kept.size:,} genes of {args.genes:,} "
               f"({args.hd_ref_cells} cells, {args.hd_ref_depth:.0f} UMIs each); the bins on them: density "
               f"{100 * nnz_kept / (X.shape[0] * kept.size):.2f} %", flush=True)
-        with EpochTimer() as timer, NMFTimer() as nmf, PeakRSS() as mem:
+        def said(label):
+            return lambda *r: print(f"{n:>8,} | c2l {label} done: {r[-2]:.1f} s wall {r[-1]:.1f} s cpu | RSS so far "
+                                    f"{mem.peak / 1e9:.2f} GB | {time.perf_counter() - mem.t0:.0f} s into the call", flush=True)
+
+        only_nmf = "nmf" in args.deconv_parts.split(",") and "epoch" not in args.deconv_parts
+        with EpochTimer(said("epoch")) as timer, NMFTimer(said("NMF start"), stop=only_nmf) as nmf, PeakRSS() as mem:
             c0 = time.process_time()
-            est = deconvolve_cell2location(bins, reference=sig, n_cells_per_location=3.0, max_epochs=1,
-                                           batch_size=args.hd_c2l_batch, min_shared_genes=50, use_gpu=False, seed=0)
+            try:
+                est = deconvolve_cell2location(bins, reference=sig, n_cells_per_location=3.0, max_epochs=1,
+                                               batch_size=args.hd_c2l_batch, min_shared_genes=50, use_gpu=False, seed=0)
+            except StopAfterNMF:
+                est = None
             cpu = time.process_time() - c0
-        used = bins.uns["cell2location"]["batch_size_used"]
-        (_, lw, lc), (nw, nc) = timer.runs[-1], nmf.runs[-1]
-        report("cell2location", est, mem, cpu, f" | NMF start {nw:.1f} s wall {nc:.1f} s cpu | 1 epoch {lw:.1f} s wall "
-               f"{lc:.1f} s cpu (batches of {used})")
+        if est is None:
+            print(f"{n:>8,} | c2l set-up to the NMF start: {mem.seconds:.1f} s wall {cpu:.1f} s cpu, peak RSS "
+                  f"{mem.peak / 1e9:.2f} GB", flush=True)
+        else:
+            used = bins.uns["cell2location"]["batch_size_used"]
+            (_, lw, lc), (nw, nc) = timer.runs[-1], nmf.runs[-1]
+            report("cell2location", est, mem, cpu, f" | NMF start {nw:.1f} s wall {nc:.1f} s cpu | 1 epoch {lw:.1f} s "
+                   f"wall {lc:.1f} s cpu (batches of {used})")
     if "destvi" in methods:
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -394,7 +420,9 @@ def deconv_cli() -> None:
     ap = argparse.ArgumentParser(description="deconvolution mapping at scale (issue 21)")
     ap.add_argument("--deconv", action="store_true")
     ap.add_argument("--sizes", default="5000,50000,200000")
-    ap.add_argument("--deconv-parts", default="epoch,accuracy", help="epoch: time per epoch; accuracy: time to the 5,000-bin accuracy")
+    ap.add_argument("--deconv-parts", default="epoch,accuracy",
+                    help="epoch: time per epoch; accuracy: time to the 5,000-bin accuracy; with --hd, 'nmf' alone stops "
+                         "cell2location after its NMF start")
     ap.add_argument("--deconv-methods", default="cell2location,destvi", help="comma-separated: cell2location, destvi")
     ap.add_argument("--c2l-epochs", type=int, default=300, help="full-batch cell2location epochs at 5,000 bins")
     ap.add_argument("--c2l-epoch-epochs", type=int, default=3, help="cell2location epochs of the time-per-epoch fits")
