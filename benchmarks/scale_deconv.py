@@ -63,6 +63,58 @@ cell2location most of the call is the Poisson-NMF start (which alone gives r 0.8
 non-zeros (thousands of genes) it runs on the non-zeros only (about 10x faster at 1 %; not measured here: these
 bins on 500 genes are 52 % non-zero). Peaks stay under 16 GB (9.4 GB, 7.1 GB, both including the sample).
 
+5,000 and 200,000 bins re-measured on the final code (2026-12-02: counts sparse, cell2location's NB shape summed
+over the bins before its product when there is one batch, sparse NMF start by CSR products; 5,000 bins at load
+1.1-4.9, 200,000 under the heavy lock at load 4.0-5.3, other helpers' jobs and this session's small runs beside it):
+
+  CPU s per epoch                  5,000                    200,000 (before: 10.8 / 27.2)
+  cell2location, batches of 5,000  0.130 (= full batch)     9.0 (peak 4.1 GB)
+  cell2location, full batch        0.137                    -
+  DestVI, batches of 128           0.758                    30.0 (peak 3.1 GB)
+
+  time to the 5,000-bin accuracy   5,000 (target)                          200,000
+  cell2location (r 0.870)          300 full-batch epochs: 33 s CPU         1 epoch, r 0.870: 51 s CPU (115 s wall),
+                                   (113 s wall), peak 0.9 GB               peak 4.3 GB (41 s of it the set-up)
+  DestVI (r 0.913)                 100 epochs: 69 s CPU (146 s wall),      1 epoch, r 0.923: 33 s CPU (88 s wall),
+                                   peak 0.8 GB (CondSCVI: 45 s wall)       peak 3.1 GB
+
+Visium HD-like sparse bins (``--hd``; 2026-12-02): ``em.datasets.synthetic_visium_hd`` bins on 18,000 genes with
+200 UMIs per bin (real 8 um bins hold ~100-300; the generator's default 85 UMIs gives 0.45 % non-zeros), i.e.
+183 non-zero genes per bin, 1.02 % density; the reference is 2,000 cells of the same generator (same seed: the
+same gene profiles; 3,000 UMIs each) labelled by stripe (4 "types" that differ in 200 planted genes). Genes: for
+cell2location either what its gene filter keeps (``filter_genes`` defaults: 7,401 genes, the bins 2.31 % non-zero
+on them) or every gene seen in the reference (17,791, 1.02 %; ``--hd-c2l-genes``), in the automatic mini-batches (50 M bins x genes
+entries: 6,755 / 2,810 bins); for DestVI the 2,000 HVGs of ``fit_condscvi``'s default (a few bins without counts
+on them dropped first, as DestVI asks) or all 18,000 (``--hd-destvi-genes``; CondSCVI 20 epochs). "argmax" is the share of bins whose
+largest abundance is their own stripe (a sanity check, chance 0.25). Load 4-8 (other helpers' jobs: wall is 2x
+the CPU s); 200,000 and 500,000 bins under the heavy lock:
+
+  size x genes (density)     step                                  CPU s        wall s   peak RSS   argmax
+  5,000 x 17,791 (1.02 %)    c2l NMF start / 1 epoch               0.5 / 3.7    -        2.0 GB     0.819
+  20,000 x 17,791 (1.02 %)   c2l NMF start / 1 epoch               3.9 / 15.2   -        2.2 GB     0.826
+  20,000 x 7,401 (2.31 %)    c2l NMF start / 1 epoch               3.7 / 7.3    -        2.2 GB     0.837
+  200,000 x 7,401 (2.31 %)   c2l NMF start / 1 epoch / whole call  33 / 71 / 114  68 / 144 / 230  3.2 GB  0.826
+  5,000 x 2,000              DestVI 1 epoch                        1.2          -        0.7 GB     0.752
+  20,000 x 2,000             DestVI 1 epoch                        5.6          -        0.9 GB     0.843
+  200,000 x 2,000            DestVI 1 epoch / whole call           54 / 59      113 / 122  2.0 GB   0.849
+  20,000 x 18,000            DestVI 1 epoch (CondSCVI: 63 s CPU)   63.6         -        1.6 GB     0.254
+
+500,000 x 18,000 was not measured to the end: the one cell2location run (7,401 genes, with DestVI after it) was
+stopped at the hold's 880 s in its epoch (generation 73 s wall, 34 s CPU, 2.9 GB), and the machine (load 8-11)
+gave no second hold before the session's deadline for heavy runs; a run of ``--hd --sizes 500000 --deconv-parts
+nmf`` (the set-up to the NMF start only) is what to measure next. By the measured linear growth a 500,000-bin
+call is ~2.5x the 200,000-bin one: on the filtered genes ~85 s CPU NMF start + ~180 s CPU epoch, on all 17,791
+genes ~100 s + ~380 s; DestVI on 2,000 HVGs ~135 s CPU per epoch; peaks ~4-5 GB (a cell2location step's dense
+batch x genes tensors, 50 M entries, take ~2 GB at any size). Per epoch both methods grow linearly in bins
+(cell2location x4.1 for x4 bins on all genes, x9.7 for x10 on the filtered genes; DestVI x9.7 for x10) and in
+genes. No dense bins x genes matrix is made on this path (the peaks grow by the sparse counts only: 2.2 GB at
+20,000 bins, 3.2 GB at 200,000). The sparse NMF start (below 5 % non-zeros) is 2.8x faster since it uses CSR
+products (20,000 x 7,401: 10.4 -> 3.7 CPU s; 200,000: 33 s, linear), and a cell2location call in mini-batches
+~18 % faster since its NB shape is summed over the bins first (3,000 x 17,791 in batches of 1,000, 3 epochs
+with the start: 14.3 -> 11.7 CPU s, abundances equal to 7e-7). DestVI on all 18,000 genes costs 11x the
+2,000-HVG epoch and, with a 20-epoch CondSCVI, does not find the stripes (their 200 planted genes are lost among
+18,000): use HVGs, as ``fit_condscvi``'s default does.
+
 cell2location in mini-batches was superlinear because Adam stepped the whole parameter vector, every bin's
 ~120 local parameters (location and scale of 60 per-bin entries), at every mini-batch: an epoch cost
 (bins / batch) x bins, which dominates above ~100,000 bins. Now each per-bin site is a tensor of its own, read
@@ -80,6 +132,8 @@ Usage (``benchmarks/scale.py --deconv`` runs the same)::
 
     EXPERIMAT_DATA_DIR=... python benchmarks/scale_deconv.py --deconv [--sizes 5000,50000,200000]
         [--deconv-parts epoch,accuracy] [--deconv-methods cell2location,destvi] [--cpu-budget 900] [--timeout 5400]
+    python benchmarks/scale_deconv.py --deconv --hd --sizes 200000 [--genes 18000] [--hd-counts 200]
+        [--hd-c2l-genes filtered|all] [--hd-destvi-genes 2000] [--condscvi-epochs 20] [--deconv-parts nmf]
 """
 
 from __future__ import annotations
