@@ -16,7 +16,8 @@ standardised per axis. Steps (each a function of its own module):
    number of components follows the reference rule (:func:`._prep.n_components`: how many background
    components hold 95 % of the expressing cells that have an expressing neighbour within 3x the mean
    nearest-neighbour distance, ``floor(sqrt(k + 1)) + 1``, capped by the background size and
-   cells/5). EM starts from weighted farthest-first centres on the gene's atoms
+   cells/5); its covariances carry a conjugate prior that pulls components of few cells towards a
+   broad shape (``covariance_prior``). EM starts from weighted farthest-first centres on the gene's atoms
    (:func:`._genes.initial_centres`, the deterministic counterpart of k-means++).
 4. **Concentration** (:mod:`._null`): the weighted mean over expressing cells of the likelihood-ratio
    score ``sqrt(p)(1 - sqrt(p)) (f1 - f0) / (f1 + f0)`` (``p``: expressing fraction) is compared with
