@@ -7,8 +7,8 @@ genes, about 85 counts per bin; no image), log-normalises it (sparse) and runs, 
 
 * ``spagcn`` — ``spatial_detect_domains_spagcn(n_clusters=4)`` with its defaults (the seed-stable consensus
   of 3 runs, k-means starts); ``spagcn-1`` — one seeded fit (``stable=False``, Leiden initialisation);
-* ``deepst`` — ``spatial_detect_domains_deepst(n_domains=4)`` with its defaults (consensus of 4 runs,
-  200 + 200 epochs); ``deepst-1`` — one run (``stable=False``); ``deepst-1-full`` / ``deepst-1-mini`` — one
+* ``deepst`` — ``spatial_detect_domains_deepst(n_domains=4)`` with its defaults (consensus of 2 runs since
+  issue 19, 4 before; 200 + 200 epochs); ``deepst-1`` — one run (``stable=False``); ``deepst-1-full`` / ``deepst-1-mini`` — one
   run on all spots / on subgraph batches whatever the size (``_model.subgraph_plan`` set aside; one
   ``deepst-1-mini`` row per ``--batches`` pair of spots per batch / per tile), then the ARI between the two;
 * ``potts`` — the Potts prior of ``spatial_prior=`` alone (domains/_potts.py; beta 2): the bins' lattice and
@@ -145,6 +145,28 @@ full batch 0.815 (20 CPU s), batches of 500 in tiles of 100 0.411 (9 CPU s). The
 5,000: below it the gain is under a minute per run, and every Visium v1 section (<= 4,992 spots) and the
 real-data benchmarks (benchmarks/domains.py) keep the reference's full batch, bit for bit. Peak memory is the
 same on both paths (+0.1 GB for the batches' index structures).
+
+Default DeepST after the threshold change (``--methods deepst``; since issue 19 a consensus of 2 runs with
+seed-independent initial weights, 4 runs before), 2026-12-02; wall s (CPU s), peak RSS absolute:
+
+=======================  ===================================  ==============================================
+size                     default DeepST                       notes
+=======================  ===================================  ==============================================
+5,000 x 2,000 genes      114 s (71), 0.81 GB, ARI 0.961       2 runs (agree 0.965), full batch; no lock,
+                                                              load 4.1; 4 runs (before issue 19): 185 s
+                                                              (131), 0.80 GB, ARI 0.924, load 4.5-4.9
+50,000 x 18,000 genes    729 s (591), 1.66 GB: met            2 runs (agree 0.36), batches of 5,000 in
+                                                              tiles of 500; heavy lock, load 3.0 -> 3.2
+500,000 x 18,000 genes   1071.8 s (1084.8), 7.1 GB: met       4 runs, batches of 10,000 in tiles of 1,000
+                                                              (the same at 500,000 before and after), above
+=======================  ===================================  ==============================================
+
+At 50,000 x 18,000 (s, the 2 runs summed): preparation 54, pre-training 55, initial DEC clusters 108, DEC
+training 44, the runs' domains and the consensus 463: at exactly 50,000 spots (``_cluster.SAMPLE_MAX``) the
+Leiden resolution searches run on all spots, without a sample nor warm starts, and take 64 % of the time; the
+training, full batch, would have been ~1.8 CPU s per step (above, ~24 min for 2 x 400 steps). The ARI to the
+stripes is 0.08: at 18,000 genes the planted genes are a weak signal (as at 500,000). 20,000 and 50,000 bins x
+2,000 genes with the default: not measured (the heavy lock's queue; one seed at 20,000: table above).
 """
 
 from __future__ import annotations
@@ -168,7 +190,7 @@ from scale import PeakRSS, run_size
 ROWS = {
     "spagcn": ("SpaGCN (consensus of 3)", "spagcn", {}),
     "spagcn-1": ("SpaGCN (one seed)", "spagcn", {"stable": False}),
-    "deepst": ("DeepST (consensus of 4)", "deepst", {}),
+    "deepst": ("DeepST (default consensus)", "deepst", {}),
     "deepst-1": ("DeepST (one seed)", "deepst", {"stable": False}),
     "deepst-1-full": ("DeepST (one seed, full b.)", "deepst", {"stable": False}),
     "deepst-1-mini": ("DeepST (one seed, mini-b.)", "deepst", {"stable": False}),
