@@ -83,29 +83,32 @@ Visium HD-like sparse bins (``--hd``; 2026-12-02): ``em.datasets.synthetic_visiu
 183 non-zero genes per bin, 1.02 % density; the reference is 2,000 cells of the same generator (same seed: the
 same gene profiles; 3,000 UMIs each) labelled by stripe (4 "types" that differ in 200 planted genes). Genes: for
 cell2location either what its gene filter keeps (``filter_genes`` defaults: 7,401 genes, the bins 2.31 % non-zero
-on them) or every gene seen in the reference (17,791, 1.02 %; ``--hd-c2l-genes``), in the automatic mini-batches (50 M bins x genes
-entries: 6,755 / 2,810 bins); for DestVI the 2,000 HVGs of ``fit_condscvi``'s default (a few bins without counts
-on them dropped first, as DestVI asks) or all 18,000 (``--hd-destvi-genes``; CondSCVI 20 epochs). "argmax" is the share of bins whose
-largest abundance is their own stripe (a sanity check, chance 0.25). Load 4-8 (other helpers' jobs: wall is 2x
-the CPU s); 200,000 and 500,000 bins under the heavy lock:
+on them) or every gene seen in the reference (17,791, 1.02 %; ``--hd-c2l-genes``), in the automatic
+mini-batches (50 M bins x genes entries: 6,755 / 2,810 bins); for DestVI the 2,000 HVGs of ``fit_condscvi``'s
+default (a few bins without counts on them dropped first, as DestVI asks) or all 18,000 (``--hd-destvi-genes``;
+CondSCVI 20 epochs). "argmax" is the share of bins whose largest abundance is their own stripe (a sanity
+check, chance 0.25). Load 3-8 (other helpers' jobs: wall is 2x the CPU s); 200,000 and 500,000 bins under the heavy lock, 5,000 and 20,000 without it:
 
   size x genes (density)     step                                  CPU s        wall s   peak RSS   argmax
   5,000 x 17,791 (1.02 %)    c2l NMF start / 1 epoch               0.5 / 3.7    -        2.0 GB     0.819
   20,000 x 17,791 (1.02 %)   c2l NMF start / 1 epoch               3.9 / 15.2   -        2.2 GB     0.826
   20,000 x 7,401 (2.31 %)    c2l NMF start / 1 epoch               3.7 / 7.3    -        2.2 GB     0.837
   200,000 x 7,401 (2.31 %)   c2l NMF start / 1 epoch / whole call  33 / 71 / 114  68 / 144 / 230  3.2 GB  0.826
+  500,000 x 17,791 (1.03 %)  c2l set-up to the NMF start / of it    120 / 111    195 / 179  3.5 GB   -
+                             the NMF start (``--deconv-parts nmf``)
   5,000 x 2,000              DestVI 1 epoch                        1.2          -        0.7 GB     0.752
   20,000 x 2,000             DestVI 1 epoch                        5.6          -        0.9 GB     0.843
   200,000 x 2,000            DestVI 1 epoch / whole call           54 / 59      113 / 122  2.0 GB   0.849
   20,000 x 18,000            DestVI 1 epoch (CondSCVI: 63 s CPU)   63.6         -        1.6 GB     0.254
 
-500,000 x 18,000 was not measured to the end: the one cell2location run (7,401 genes, with DestVI after it) was
-stopped at the hold's 880 s in its epoch (generation 73 s wall, 34 s CPU, 2.9 GB), and the machine (load 8-11)
-gave no second hold before the session's deadline for heavy runs; a run of ``--hd --sizes 500000 --deconv-parts
-nmf`` (the set-up to the NMF start only) is what to measure next. By the measured linear growth a 500,000-bin
-call is ~2.5x the 200,000-bin one: on the filtered genes ~85 s CPU NMF start + ~180 s CPU epoch, on all 17,791
-genes ~100 s + ~380 s; DestVI on 2,000 HVGs ~135 s CPU per epoch; peaks ~4-5 GB (a cell2location step's dense
-batch x genes tensors, 50 M entries, take ~2 GB at any size). Per epoch both methods grow linearly in bins
+At 500,000 x 18,000 the set-up to the NMF start was measured (all 17,791 genes, under the heavy lock at load 3-4;
+generation 53 s wall, 36 s CPU, 2.9 GB): 120 s CPU, of it the sparse NMF start 111 s, peak 3.5 GB including the
+sample, i.e. linear from 20,000 bins (3.9 s, x28 for x25 bins). A whole 500,000-bin call with its epoch did not
+fit a 15-minute hold at this session's load (8-11: the one run, 7,401 genes with DestVI after it, was stopped at
+880 s in its epoch) and there was no hold left for it before the deadline. By the measured linear growth it is
+~2.5x the 200,000-bin call: on the filtered genes ~85 s CPU NMF start + ~180 s CPU epoch, on all 17,791
+genes 111 s (measured) + ~380 s; DestVI on 2,000 HVGs ~135 s CPU per epoch; peaks ~4-5 GB (a cell2location
+step's dense batch x genes tensors, 50 M entries, take ~2 GB at any size). Per epoch both methods grow linearly in bins
 (cell2location x4.1 for x4 bins on all genes, x9.7 for x10 on the filtered genes; DestVI x9.7 for x10) and in
 genes. No dense bins x genes matrix is made on this path (the peaks grow by the sparse counts only: 2.2 GB at
 20,000 bins, 3.2 GB at 200,000). The sparse NMF start (below 5 % non-zeros) is 2.8x faster since it uses CSR
