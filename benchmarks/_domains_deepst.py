@@ -10,9 +10,18 @@ import numpy as np
 import pandas as pd
 from _domains_common import _ari, _load, _neighbour_agreement, _pairwise, _print_row, loaded_cases
 
-#: the DeepST variants of ``bench_integration`` (``--variants``): the integration (default stable
-#: mode) and one seed (stable=False), each at every ``--seeds`` seed; single-section runs (first seed)
-DEEPST_INTEGRATION_VARIANTS = ("deepst", "deepst_one_seed", "deepst_sections")
+#: the DeepST variants of ``bench_integration`` (``--variants``), each at every ``--seeds`` seed: the
+#: integration's options (default: stable mode, batch_correction=True), e.g. one seed (stable=False)
+#: or another section-effect correction; ``deepst_sections``: single-section runs (first seed)
+DEEPST_INTEGRATION_RUNS = {
+    "deepst": {},
+    "deepst_one_seed": {"stable": False},
+    "deepst_adversarial": {"batch_correction": "adversarial"},
+    "deepst_adversarial_one_seed": {"batch_correction": "adversarial", "stable": False},
+    "deepst_harmony": {"batch_correction": "harmony"},
+    "deepst_no_correction": {"batch_correction": "none"},
+}
+DEEPST_INTEGRATION_VARIANTS = (*DEEPST_INTEGRATION_RUNS, "deepst_sections")
 
 
 def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
@@ -91,16 +100,17 @@ def _shared(labs: dict) -> tuple[int, int]:
 
 
 def deepst_integration(row: dict, samples: dict, n_domains: int, nn: int, seeds, variants, truth: dict) -> None:
-    """The DeepST columns of an integration row: ``integrate_domains_deepst(batch_correction=True)``
-    in its stable mode (``deepst_*``) and with one seed (``deepst_one_seed_*``) at every seed (seed
-    stability = mean pairwise ARI of the pooled refined labels; domains, domains in every section
-    (the fewest over the seeds), neighbour agreement of the domains and refined domains over ``nn``
-    neighbours (mean over the seeds), pooled ARI against the truth), beside single-section DeepST
-    runs (stable mode, first seed) at the same ``n_domains``; time per call and the stable mode's
-    cost against one seed."""
+    """The DeepST columns of an integration row: ``integrate_domains_deepst`` with the options of each
+    of :data:`DEEPST_INTEGRATION_RUNS` in ``variants`` (``deepst``: the default, stable mode with
+    batch_correction=True; ``deepst_one_seed``: stable=False) at every seed (seed stability = mean
+    pairwise ARI of the pooled refined labels; domains, domains in every section (the fewest over
+    the seeds), neighbour agreement of the domains and refined domains over ``nn`` neighbours (mean
+    over the seeds), pooled ARI of the refined domains against the truth), beside single-section
+    DeepST runs (stable mode, first seed) at the same ``n_domains``; time per call and the stable
+    mode's cost against one seed of the same correction."""
     from experimat.methods.domains.deepst import integrate_domains_deepst, spatial_detect_domains_deepst
 
-    for label, stable in (("deepst", True), ("deepst_one_seed", False)):
+    for label, options in DEEPST_INTEGRATION_RUNS.items():
         if label not in variants:
             continue
         found, times, in_every, agree, agree_refined, aris = [], [], [], [], [], []
@@ -110,10 +120,10 @@ def deepst_integration(row: dict, samples: dict, n_domains: int, nn: int, seeds,
                 samples,
                 n_domains=n_domains,
                 seed=seed,
-                stable=stable,
                 refine_neighbors=nn,
                 use_gpu=False,
                 key_added=label,
+                **options,
             )
             times.append(time.perf_counter() - t)
             labs = {s: a.obs[f"{label}.domain"].astype(str) for s, a in samples.items()}
@@ -135,8 +145,9 @@ def deepst_integration(row: dict, samples: dict, n_domains: int, nn: int, seeds,
             row[f"{label}_stability"] = _pairwise(found)
         if truth:
             row[f"{label}_ari_pooled"] = float(np.mean(aris))
-    if "deepst_s" in row and "deepst_one_seed_s" in row:
-        row["deepst_cost_vs_one_seed"] = row["deepst_s"] / row["deepst_one_seed_s"]
+    for label in DEEPST_INTEGRATION_RUNS:
+        if f"{label}_s" in row and f"{label}_one_seed_s" in row:
+            row[f"{label}_cost_vs_one_seed"] = row[f"{label}_s"] / row[f"{label}_one_seed_s"]
     if "deepst_sections" in variants:
         agree, agree_refined = [], []
         t = time.perf_counter()

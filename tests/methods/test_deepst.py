@@ -402,6 +402,49 @@ def test_integration_stable_mode_records_its_consensus_and_reproduces():
     assert one.attrs["model"].config["train"]["init"] == "seed"
 
 
+def test_integration_section_corrections():
+    """batch_correction: True (DeepST's adversarial domain classifier), "harmony" (Harmony on each
+    run's embedding), "none"; the network of "harmony" and "none" is the same, Harmony only
+    corrects its embedding."""
+    from experimat.datasets import synthetic_sections
+
+    def sections():
+        return synthetic_sections(2, 800, 3, effect=0.5, seed=3)
+
+    kw = dict(n_domains=3, pre_epochs=60, epochs=15, seed=0, use_gpu=False, stable=False)
+    runs = {}
+    for correction in (True, "none", "harmony"):
+        samples = sections()
+        df = integrate_domains_deepst(samples, batch_correction=correction, **kw)
+        runs[correction] = (samples, df)
+    adversarial, none, harmony = runs[True], runs["none"], runs["harmony"]
+    assert harmony[0]["s0"].uns["deepst.integrated"]["batch_correction_method"] == "harmony"
+    assert none[0]["s1"].uns["deepst.integrated"]["batch_correction_method"] == "none"
+    assert adversarial[1].attrs["model"].config["batch_correction_method"] == "adversarial"
+    # only the adversarial network has the section classifier's head
+    assert "domain_head.2.bias" in adversarial[1].attrs["model"].state
+    assert "domain_head.2.bias" not in harmony[1].attrs["model"].state
+    for name, value in harmony[1].attrs["model"].state.items():  # the same network ...
+        np.testing.assert_array_equal(value, none[1].attrs["model"].state[name])
+
+    # ... whose embedding (the network's output, as with "none") Harmony corrected
+    from experimat.methods.domains._correct import harmonize
+
+    def embedding(samples):
+        return np.vstack([a.obsm["deepst.integrated.embedding"] for a in samples.values()])
+
+    sections_of = np.repeat([0, 1], [a.n_obs for a in none[0].values()])
+    moved = harmonize(embedding(none[0]), sections_of, seed=0)
+    np.testing.assert_allclose(embedding(harmony[0]), moved, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(embedding(harmony[0]), embedding(none[0]), atol=1e-3)
+    truth = np.concatenate([a.obs["domain"].to_numpy() for a in harmony[0].values()])
+    assert ari(truth, harmony[1]["refined"]) >= 0.5
+    with pytest.raises(InvalidInputError, match="batch_correction"):
+        integrate_domains_deepst(sections(), batch_correction="combat", **kw)
+    with pytest.raises(InvalidInputError, match="batch_correction"):
+        integrate_domains_deepst(sections(), batch_correction=1, **kw)
+
+
 # ------------------------------------------------------------------------------------------------
 # seed-stable consensus
 # ------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from experimat.methods._checks import check_counts, get_coordinates, get_matrix
 from experimat.methods._expression import block_pca, normalize_total, top_variance_genes
 
 from .. import _consensus
+from .._correct import harmonize
 from . import _graph, _image, _model, _subgraph
 from ._cluster import (
     consensus_graph_clusters,
@@ -140,7 +141,7 @@ def fit(
     adjacent_weight: float,
     graph_k: int,
     refine_neighbors: int,
-    adversarial: bool,
+    correction: str = "none",
     stable: bool = False,
     n_runs: int = 1,
     min_runs: int = _CONSENSUS_MIN_RUNS,
@@ -161,11 +162,13 @@ def fit(
         batch_spots, tile_spots = plan
         tiles = _subgraph.spatial_tiles(np.vstack([s.coords for s in samples]), offsets, tile_spots)
 
-    batches = np.repeat(np.arange(len(samples)), sizes) if adversarial and len(samples) > 1 else None
+    sections = np.repeat(np.arange(len(samples)), sizes) if len(samples) > 1 else None
+    batches = sections if correction == "adversarial" else None
     seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
     labels, emb, net, timings, resolution, exact, consensus = _train_runs(
         data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
         device=device, batches=batches, tiles=tiles, batch_spots=batch_spots, min_runs=min_runs, stable=stable,
+        harmonize_sections=sections if correction == "harmony" else None,
     )
     timings["prepare_s"] = prepare_s
     refined = np.concatenate(
@@ -282,7 +285,7 @@ def load_samples(
 
 
 def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches, tiles=None,
-                batch_spots=None, min_runs=_CONSENSUS_MIN_RUNS, stable=False):
+                batch_spots=None, min_runs=_CONSENSUS_MIN_RUNS, stable=False, harmonize_sections=None):
     """One network fit and Leiden search per seed; several are combined by clustering the sum of the
     runs' kNN graphs (:func:`._cluster.consensus_graph_clusters`), the medoid run giving the
     embedding and network. (Relabelling and voting the runs' own domains, as SpaGCN's consensus,
@@ -290,7 +293,11 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     finds different neighbourhoods, and a vote over 3 runs cannot out-vote that.) ``stable``: every
     network starts from the same weights (:func:`stable_config`) and its initial DEC clusters are
     Leiden's with :data:`_CONSENSUS_SEED`, as are each run's own domains, so that the runs' seeds
-    drive only the training's noise."""
+    drive only the training's noise.
+
+    ``harmonize_sections`` (each spot's section): every run's embedding is corrected for the
+    section effects (:func:`.._correct.harmonize`, with the consensus's fixed seed) before its
+    domains and the consensus are found; the stored embedding is the corrected one."""
     cfg = stable_config() if stable else TrainConfig()
 
     def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
@@ -314,6 +321,11 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
         ))
     t0 = time.perf_counter()
     embeddings = [f[0] for f in fits]
+    if harmonize_sections is not None:
+        start = logger.info(f"DeepST: section effects of the {len(fits)} runs' embeddings removed (Harmony)")
+        embeddings = [harmonize(e, harmonize_sections, seed=_CONSENSUS_SEED).astype(np.float64) for e in embeddings]
+        logger.info("DeepST: Harmony done", time=start)
+        timings_harmony = time.perf_counter() - t0
     # the runs' kNN graphs, built once for their own domains and the consensus (on the consensus's sample)
     graphs = run_graphs(embeddings, seed=_CONSENSUS_SEED) if len(seeds) > 1 else (None, [None])
     runs, searches = [], []
@@ -330,13 +342,15 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
     # phases' seconds summed over the runs; peaks their maximum, seconds per epoch their mean
     combine = {"peak_rss_mb": max, "cuda_peak_mb": max, "per_epoch_s": lambda v: sum(v) / len(v)}
     timings = {k: float(combine.get(k, sum)([f[2][k] for f in fits])) for k in fits[0][2]}
+    if harmonize_sections is not None:
+        timings["harmony_s"] = timings_harmony
     if len(runs) == 1:
         timings["cluster_s"] = time.perf_counter() - t0
         consensus = {"run_seeds": seeds, "clustering_seed": _CONSENSUS_SEED} if stable else {}
-        return (runs[0], fits[0][0], fits[0][1], timings, *searches[0], consensus)
+        return (runs[0], embeddings[0], fits[0][1], timings, *searches[0], consensus)
     # the medoid run (highest mean ARI to the others) gives the stored embedding and network
     medoid = _consensus.consensus_labels(runs)[1]["medoid"]
-    emb, net = fits[medoid][0], fits[medoid][1]
+    emb, net = embeddings[medoid], fits[medoid][1]
     logger.info(f"DeepST: Leiden resolution search for {n_domains} domains on the {len(runs)} runs' joint kNN graph")
     labels, resolution, exact = consensus_graph_clusters(
         embeddings, n_domains, seed=_CONSENSUS_SEED, min_runs=min_runs, graphs=graphs,
