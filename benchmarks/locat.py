@@ -50,6 +50,13 @@ Spearman rho of z; markers among the top-50 z per our seed; load 2-6 on 2 cores)
   reference seeds call 33 % / 35 % (18-45 % by seed), so moving a gene across 0.05 changes the expected
   overlap by about a third of a gene; the disagreements are genes far from the threshold (of our 260 genes
   with p > 0.3 the reference calls 15-21 %, its miscalibrated 3-9 and 450-630-cell bands included).
+- Zeisel on the final code (covariance prior, pooled EM; ``--zeisel-only --no-9k --no-permuted``, load ~4,
+  the reference rerun: 150-168 s per 400-gene run): all 3,863 genes ours seed 0 vs 1 rho 1.000, Jaccard conc
+  0.954, depletion 0.894, joint 1.000, 45/50 markers, 30.2 s first call; 400 genes (386 tested): ours vs ours
+  rho 0.999-1.000, Jaccard 0.95-0.98; reference vs itself rho 0.651-0.714, Jaccard 0.785-0.807; ours (seed 0)
+  vs reference seeds 0/1/2 rho 0.456 / 0.437 / 0.529 (target 0.64: not met), Jaccard 0.613 / 0.647 / 0.623;
+  markers in the top 50: ours 10, reference 14. The reference's z correlates with the number of expressing
+  cells at rho 0.34-0.42 (ours 0.09); inside tertiles of expressing cells ours vs reference is still 0.35-0.60.
 
 Measured 2026-12-02 (issue 20, first-call speed, agreement by band, Zeisel with the local null):
 
