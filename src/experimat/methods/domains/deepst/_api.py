@@ -372,10 +372,10 @@ def spatial_detect_domains_deepst(
         the runs' kNN graphs of their embeddings, keeping the edges of both runs (of at least 2),
         weighted by the number of runs in which the two spots are neighbours; the embedding and
         saved network are the medoid run's. Seed-to-seed ARI of the refined domains over 5 seeds
-        (benchmarks/domains.py): MOB rep11 0.97, muscle Vis5A_2dpi 0.81, a synthetic section 1.00
-        at 1.6-2.1x one ``stable=False`` call, against 0.81, 0.64 and 1.00 at 2.5-3.7x with 4
-        randomly initialised runs (the random initial weights were most of the seed dependence)
-        and 0.36, 0.49 and 0.94 with one seed. ``False``: one seeded run with weights drawn from
+        (benchmarks/domains.py): MOB rep11 0.97, muscle Vis5A_2dpi 0.81 (Vis7B_5dpi only 0.70), a
+        synthetic section 1.00 at 1.5-2.1x one ``stable=False`` call, against 0.81, 0.64 and 1.00
+        at 2.5-3.7x with 4 randomly initialised runs (the random initial weights were most of the
+        seed dependence) and 0.36, 0.49 and 0.94 with one seed. ``False``: one seeded run with weights drawn from
         ``seed``, as the reference DeepST (unchanged).
     n_runs
         Runs of the consensus (``stable=True``; 1: one run, its domains Leiden's with the fixed
