@@ -452,3 +452,46 @@ def test_lloyd_matches_scikit_learn_kmeans():
     init = np.concatenate([init[:7], [[50.0, 50.0, 50.0, 50.0]]])
     ref = KMeans(n_clusters=8, init=init, n_init=1, max_iter=100).fit(x).labels_
     np.testing.assert_array_equal(lloyd(x, init), ref)
+
+
+def test_background_atoms_split_coarse_atoms_only():
+    """The background is fitted on about 3 cells per atom: coarse k-means atoms are split by principal
+    directions into up to 4 pieces (each piece inside one atom, centres = the pieces' means); atoms already
+    that fine are used as they are (the same objects: no change for small data)."""
+    from experimat.methods.locat._prep import atoms, background_atoms
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 3))
+    atom, centres = atoms(x, 100)  # 12 cells per atom -> 4 pieces
+    new, cen = background_atoms(x, atom, centres)
+    assert 300 < cen.shape[0] <= 400 and np.unique(new).size == cen.shape[0]
+    for j in range(cen.shape[0]):  # a refinement of the atoms
+        assert np.unique(atom[new == j]).size == 1
+    np.testing.assert_allclose(cen[new], np.stack([x[new == j].mean(0) for j in range(cen.shape[0])])[new])
+    atom, centres = atoms(x, 400)  # 3 cells per atom: kept
+    new, cen = background_atoms(x, atom, centres)
+    assert new is atom and cen is centres
+
+
+def test_background_is_fitted_on_split_atoms_when_atoms_are_coarse():
+    """600 cells on 50 k-means atoms (12 cells each): the background is fitted on the split atoms (up to 200);
+    on 256 atoms (2.3 cells each) on the k-means atoms themselves."""
+    b = _synthetic()
+    locat(b, embedding="pca", n_dims=8, seed=0, n_null_genes=120, n_atoms=50)
+    assert 150 < b.uns["locat"]["n_background_atoms"] <= 200
+    c = _synthetic()
+    locat(c, embedding="pca", n_dims=8, seed=0, n_null_genes=120)
+    assert c.uns["locat"]["n_background_atoms"] <= 256
+
+
+def test_max_gene_components_caps_the_genes_mixtures(synth_table):
+    a, table = synth_table
+    assert a.uns["locat"]["n_background_atoms"] >= 1
+    assert table["K_components"].max() <= 4
+    b = _synthetic()
+    one = locat(b, embedding="pca", n_dims=8, seed=0, n_null_genes=120, max_gene_components=1)
+    tested = one["K_components"].dropna()
+    assert len(tested) and (tested == 1).all()
+    assert (table["K_components"].dropna() > 1).any()  # the cap binds: the default run has larger mixtures
+    with pytest.raises(InvalidInputError, match="max_gene_components"):
+        locat(b, max_gene_components=0)
