@@ -386,12 +386,13 @@ def test_integration_stable_mode_records_its_consensus_and_reproduces():
     kw = dict(n_domains=2, pre_epochs=6, epochs=2, use_gpu=False)
     first, again, other = pair(), pair(), pair()
     df = integrate_domains_deepst(first, seed=3, **kw)
-    for ad_ in first.values():  # 2 runs as detection; every edge of the runs' kNN graphs; Leiden's own seed
+    for ad_ in first.values():  # 2 runs as detection; k-means's own seed and 200 starts
         entry = ad_.uns["deepst.integrated"]
         assert entry["params"]["n_runs"] == 2 and entry["run_seeds"] == run_seeds(3, 2)
-        assert entry["consensus_min_runs"] == 1 and entry["consensus_seed"] == 0
+        assert entry["kmeans_inits"] == 200 and entry["consensus_seed"] == 0 and entry["resolution"] == "none"
         assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
-    assert df.attrs["model"].config["train"]["init"] == "fixed"  # the same initial weights at every seed
+    train = df.attrs["model"].config["train"]
+    assert train["init"] == "fixed" and train["dec"] is False  # the same initial weights at every seed, no DEC
     assert_frame_equal(df, integrate_domains_deepst(again, seed=3, **kw))  # a fixed seed reproduces
     integrate_domains_deepst(other, seed=3, n_runs=3, **kw)
     assert other["a"].uns["deepst.integrated"]["run_seeds"] == run_seeds(3, 3)
@@ -465,7 +466,7 @@ def test_stable_mode_records_runs_and_single_seed_stays_available():
     entry = adata.uns["deepst"]
     assert entry["run_seeds"][0] == 1 and len(entry["run_seeds"]) == 2
     assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
-    assert entry["consensus_min_runs"] == 2 and entry["consensus_seed"] == 0  # edges of >= 2 runs
+    assert entry["kmeans_inits"] == 200 and entry["consensus_seed"] == 0 and entry["resolution"] == "none"
     assert adata.obs["deepst.domain"].nunique() <= 3
     spatial_detect_domains_deepst(
         adata, n_domains=3, pre_epochs=20, epochs=5, seed=1, use_gpu=False, stable=False, key_added="one"
@@ -488,8 +489,8 @@ def test_stable_mode_feeds_the_network_a_tenth_as_many_pcs_as_spots():
         spatial_detect_domains_deepst(adata, n_pcs=0, **kw)
 
 
-def test_consensus_graph_outweighs_each_runs_own_neighbourhoods(monkeypatch):
-    from experimat.methods.domains.deepst._cluster import consensus_graph_clusters, run_support
+def test_kmeans_domains_of_joined_runs_outvote_each_runs_misplaced_spots(monkeypatch):
+    from experimat.methods.domains.deepst._cluster import kmeans_domains, run_support
 
     rng = np.random.default_rng(0)
     truth = np.repeat([0, 1, 2], 40)
@@ -497,35 +498,27 @@ def test_consensus_graph_outweighs_each_runs_own_neighbourhoods(monkeypatch):
     embeddings, order = [], rng.permutation(120)
     for run in range(3):
         pos = centres[truth] + rng.normal(scale=1.0, size=(120, 2))
-        moved = order[12 * run : 12 * (run + 1)]  # each run puts other spots in a wrong neighbourhood
-        pos[moved] = centres[(truth[moved] + 1 + run % 2) % 3] + rng.normal(scale=1.0, size=(12, 2))
+        moved = order[12 * run : 12 * (run + 1)]  # each run puts other spots near another domain's centre
+        pos[moved] = centres[(truth[moved] + 1) % 3] + rng.normal(scale=1.0, size=(12, 2))
         embeddings.append(pos)
-    labels, _, exact = consensus_graph_clusters(embeddings, 3, seed=0, k=10)
-    assert exact and ari(truth, labels) == 1.0
+    assert all(ari(truth, kmeans_domains([e], 3, seed=0)[0]) < 0.8 for e in embeddings)  # each run alone errs
+    labels, n_init = kmeans_domains(embeddings, 3, seed=0)
+    assert ari(truth, labels) == 1.0 and n_init == _cluster.KMEANS_INITS
     clean = [centres[truth] + rng.normal(scale=0.5, size=(120, 2)) for _ in range(3)]
-    monkeypatch.setattr("experimat.methods._cluster.SAMPLE_MAX", 60)  # above it: a sample, then landmarks
-    labels, _, exact = consensus_graph_clusters(clean, 3, seed=0, k=10)
-    assert exact and labels.shape == (120,) and ari(truth, labels) == 1.0
+    monkeypatch.setattr("experimat.methods._cluster.SAMPLE_MAX", 60)  # above it: centres of a sample
+    monkeypatch.setattr(_cluster, "KMEANS_BUDGET", 600)  # 600 start-points / 60 points: 10 starts
+    labels, n_init = kmeans_domains(clean, 3, seed=0)
+    assert labels.shape == (120,) and ari(truth, labels) == 1.0 and n_init == 10
     runs = [truth, (truth + 1) % 3, np.where(np.arange(120) < 30, 2, truth)]
     support = run_support(runs, truth)
     assert support[30:].min() == 1.0 and support[:30].min() == pytest.approx(2 / 3)
 
 
-def test_consensus_graph_keeps_edges_of_at_least_min_runs():
-    from experimat.methods.domains.deepst._cluster import _keep_repeated_edges
-
-    summed = sp.csr_matrix(np.array([[0, 3, 1, 0], [3, 0, 2, 0], [1, 2, 0, 1], [0, 0, 1, 0]], dtype=float))
-    kept = _keep_repeated_edges(summed, 2).toarray()
-    # the edges of one run go; spot 3, left without any edge, keeps its own (symmetrically)
-    assert kept[0, 2] == kept[2, 0] == 0 and kept[0, 1] == 3 and kept[1, 2] == 2
-    assert kept[3, 2] == kept[2, 3] == 1 and (kept == kept.T).all()
-
-
-def test_stable_consensus_clustering_does_not_depend_on_the_user_seed(monkeypatch):
+def test_stable_domains_do_not_depend_on_the_user_seed(monkeypatch):
     from experimat.methods.domains.deepst import _core
 
     rng = np.random.default_rng(0)
-    # no structure: where Leiden cuts these graphs depends on its seed, so only a fixed seed agrees
+    # no structure: where k-means cuts these depends on its starts, so only a fixed seed agrees
     embeddings = [rng.normal(size=(120, 2)) for _ in range(3)]
 
     def fake_train(*_, seed, **__):  # the same three embeddings whatever the runs' seeds
@@ -534,28 +527,53 @@ def test_stable_consensus_clustering_does_not_depend_on_the_user_seed(monkeypatc
 
     fake_train.calls = 0
     monkeypatch.setattr(_core, "train_deepst", fake_train)
-    kw = dict(n_domains=3, pre_epochs=1, epochs=1, device=None, batches=None)
+    kw = dict(n_domains=3, pre_epochs=1, epochs=1, device=None, batches=None, stable=True)
     found = [_core._train_runs(None, None, None, seeds=seeds, **kw)[0] for seeds in ([1, 5, 9], [123, 7, 42])]
     assert np.array_equal(found[0], found[1])
 
 
-def test_stable_initial_dec_clusters_use_a_fixed_seed(monkeypatch):
-    # stable: the initial DEC clusters' Leiden seed is the consensus's own, not the run's
+def test_stable_mode_trains_the_autoencoders_for_both_stages_without_dec(monkeypatch):
+    # issue 19: the DEC stage amplified the training noise; the stable mode trains the autoencoders
+    # for pre_epochs + epochs and clusters their embeddings; stable=False stays the reference
     from experimat.methods.domains.deepst import _core
 
     emb = np.random.default_rng(0).normal(size=(60, 3))
     seen = []
 
-    def fake_train(*_, seed, cluster_init, **__):
-        cluster_init(emb, seed)
+    def fake_train(*_, seed, cfg, pre_epochs, epochs, cluster_init, **__):
+        seen.append((seed, cfg.init, cfg.dec, pre_epochs, epochs))
+        if cfg.dec:
+            cluster_init(emb, seed)
         return emb, None, {"train": 0.0}
 
     monkeypatch.setattr(_core, "train_deepst", fake_train)
     monkeypatch.setattr(_core, "initial_clusters", lambda z, k, res, s: seen.append(s) or np.zeros(len(z), int))
-    kw = dict(n_domains=2, pre_epochs=1, epochs=1, device=None, batches=None)
+    kw = dict(n_domains=2, pre_epochs=30, epochs=20, device=None, batches=None)
     _core._train_runs(None, None, None, seeds=[5, 9], stable=True, **kw)
     _core._train_runs(None, None, None, seeds=[7], stable=False, **kw)
-    assert seen == [_core._CONSENSUS_SEED, _core._CONSENSUS_SEED, 7]
+    assert seen == [(5, "fixed", False, 50, 0), (9, "fixed", False, 50, 0), (7, "seed", True, 30, 20), 7]
+
+
+def test_training_without_dec_is_the_pretrained_network():
+    from experimat.methods.domains.deepst._model import TrainConfig, train_deepst
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(40, 8))
+    adj = sp.csr_matrix(sp.random(40, 40, density=0.1, random_state=0) + sp.eye(40))
+    cpu = torch.device("cpu")
+
+    def never(z, s):
+        raise AssertionError("no initial DEC clusters without the DEC stage")
+
+    emb, net, timings = train_deepst(data, adj, adj, pre_epochs=5, epochs=4, seed=2, device=cpu,
+                                     cfg=TrainConfig(dec=False), cluster_init=never)
+    pre, _, _ = train_deepst(data, adj, adj, pre_epochs=5, epochs=0, seed=2, device=cpu,
+                             cluster_init=lambda z, s: np.arange(z.shape[0]) % 2)
+    dec, _, _ = train_deepst(data, adj, adj, pre_epochs=5, epochs=4, seed=2, device=cpu,
+                             cluster_init=lambda z, s: np.arange(z.shape[0]) % 2)
+    np.testing.assert_array_equal(emb, pre)  # the epochs of DEC are not trained
+    assert not np.array_equal(emb, dec) and "init_clusters_s" not in timings
+    assert net.cluster_layer.shape[0] == 1
 
 
 @pytest.mark.slow

@@ -130,16 +130,18 @@ def spot_image_features(
 
 
 def _consensus_extra(consensus: dict) -> dict:
-    """The stable mode's record: the runs' seeds and the clusterings' own seed; with several runs
-    their agreement, support and the consensus graph's edge rule."""
+    """The stable mode's record: the runs' seeds, the k-means's own seed and starts; with several
+    runs their agreement (mean ARI of each run's own k-means domains) and mean support."""
     if not consensus:
         return {}
-    out = {"run_seeds": [int(s) for s in consensus["run_seeds"]], "consensus_seed": int(consensus["clustering_seed"])}
+    out = {
+        "run_seeds": [int(s) for s in consensus["run_seeds"]],
+        "consensus_seed": int(consensus["clustering_seed"]),
+        "kmeans_inits": int(consensus["kmeans_inits"]),
+    }
     if "support" in consensus:
         out["run_agreement"] = float(consensus["run_agreement"])
         out["mean_support"] = float(np.mean(consensus["support"]))
-        # the consensus graph: edges formed by at least this many runs
-        out["consensus_min_runs"] = int(consensus["min_runs"])
     return out
 
 
@@ -181,7 +183,7 @@ def _batch_correction(value: Any) -> str:
     return check_choice("batch_correction", value, BATCH_CORRECTIONS)
 
 
-def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, correction: str, min_runs: int) -> dict:
+def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, correction: str) -> dict:
     """Check the options, read the samples and fit: the one path of both entry points."""
     _check_common(params["n_domains"], params["pre_epochs"], params["epochs"], params["use_image"], params["weights_path"])
     check_stable(params["stable"], params["n_runs"])
@@ -209,7 +211,7 @@ def _run(adatas: dict[str, AnnData], params: dict, *, library_id, tile_dir, corr
     keys = ("n_domains", "pre_epochs", "epochs", "n_top_genes", "n_pcs", "spatial_k", "n_augment_neighbors",
             "adjacent_weight", "graph_k", "refine_neighbors", "stable", "n_runs")
     res = _core.fit(
-        samples, seed=seed, device=device, correction=correction, min_runs=min_runs, **{k: params[k] for k in keys}
+        samples, seed=seed, device=device, correction=correction, **{k: params[k] for k in keys}
     )
     res["start"] = start
     return res
@@ -228,7 +230,8 @@ def _write(adata: AnnData, res: dict, i: int, params: dict, extra: dict) -> tupl
         adata,
         key_added,
         params,
-        resolution=float(res["resolution"]),
+        # the stable mode's k-means has none
+        resolution=float(res["resolution"]) if res["resolution"] is not None else "none",
         n_domains_found=n_found,
         cluster_sample=res["cluster_sample"],
         edge_sample=res["edge_sample"],
@@ -284,12 +287,13 @@ def spatial_detect_domains_deepst(
        ``n_top_genes`` most variable genes, scaling and ``n_pcs`` principal components.
     3. A denoising autoencoder and a variational graph autoencoder on the spatial kNN graph
        (``graph_k`` neighbours) are trained jointly for ``pre_epochs`` epochs, then refined for
-       ``epochs`` epochs with a DEC clustering loss (initial clusters: Leiden at resolution 1).
-       The graph reconstruction loss uses the graph's edges and sampled non-edges, so memory grows
-       linearly with the spots.
+       ``epochs`` epochs with a DEC clustering loss (initial clusters: Leiden at resolution 1);
+       the stable mode (default, see ``stable``) trains the autoencoders alone for
+       ``pre_epochs + epochs`` epochs instead. The graph reconstruction loss uses the graph's
+       edges and sampled non-edges, so memory grows linearly with the spots.
     4. Domains: Leiden on the embedding with a resolution search for exactly ``n_domains``
-       (otherwise the closest, with a warning), then a majority vote over the
-       ``refine_neighbors`` nearest spots.
+       (otherwise the closest, with a warning; the stable mode: k-means on its runs'
+       embeddings), then a majority vote over the ``refine_neighbors`` nearest spots.
 
     Above 10,000 spots (Visium HD bins, imaging cells) each epoch is one optimiser step on a
     subgraph of a tenth of the spots (1,000 to 10,000; ``uns[key_added]['train_batch']``), random
@@ -327,7 +331,7 @@ def spatial_detect_domains_deepst(
     pre_epochs
         Epochs of joint autoencoder pre-training.
     epochs
-        Epochs of DEC refinement.
+        Epochs of DEC refinement (``stable``: further epochs of the autoencoders, no DEC).
     use_gpu
         Use a CUDA GPU when torch sees one (results then agree with CPU runs only approximately).
     seed
@@ -364,23 +368,24 @@ def spatial_detect_domains_deepst(
         Bound on the tiles stored under ``save_path``.
     stable
         Seed-stable domains (default). Every network starts from the same initial weights (drawn
-        once from a fixed seed, whatever ``seed``) and its initial DEC clusters are Leiden's with a
-        fixed seed, so that ``seed`` drives only the training's noise (dropout, input corruption,
-        the VGAE's sampling, negative pairs); the network is trained ``n_runs`` times with seeds
-        derived from ``seed`` on at most a tenth as many principal components as spots
-        (``n_pcs=None``), and the domains are Leiden's (with a fixed seed of its own) on the sum of
-        the runs' kNN graphs of their embeddings, keeping the edges of both runs (of at least 2),
-        weighted by the number of runs in which the two spots are neighbours; the embedding and
-        saved network are the medoid run's. Seed-to-seed ARI of the refined domains over 5 seeds
-        (benchmarks/domains.py): MOB rep11 0.97, muscle Vis5A_2dpi 0.81 (Vis7B_5dpi only 0.70), a
-        synthetic section 1.00 at 1.5-2.1x one ``stable=False`` call, against 0.81, 0.64 and 1.00
-        at 2.5-3.7x with 4 randomly initialised runs (the random initial weights were most of the
-        seed dependence) and 0.36, 0.49 and 0.94 with one seed. ``False``: one seeded run with weights drawn from
-        ``seed``, as the reference DeepST (unchanged).
+        once from a fixed seed, whatever ``seed``), so that ``seed`` drives only the training's
+        noise (dropout, input corruption, the VGAE's sampling, negative pairs), and its
+        autoencoders are trained for ``pre_epochs + epochs`` epochs without the DEC stage, whose
+        target follows the initial clusters and amplified that noise; the network is trained
+        ``n_runs`` times with seeds derived from ``seed`` on at most a tenth as many principal
+        components as spots (``n_pcs=None``), and the domains are k-means's (the best of 200
+        k-means++ starts from a fixed seed of its own; ``uns[key_added]['resolution']`` is
+        ``"none"``) on the runs' embeddings side by side; the embedding and saved network are the
+        medoid run's. Seed-to-seed ARI of the refined domains over 5 seeds
+        (benchmarks/domains.py): MOB rep11 __MOB__, muscle Vis5A_2dpi __V5__ and Vis7B_5dpi __V7__,
+        a synthetic section __SYN__ at __COST__ one ``stable=False`` call, against __ONE__ with one
+        seed (and 0.97, 0.81, 0.70, 1.00 with the previous stable mode: DEC-refined runs, Leiden
+        on their joint kNN graph). ``False``: one seeded run with weights drawn from ``seed``, as
+        the reference DeepST (unchanged).
     n_runs
-        Runs of the consensus (``stable=True``; 1: one run, its domains Leiden's with the fixed
-        seed); the training cost grows linearly with it, a stable run costing at most one
-        reference run (fewer inputs).
+        Runs of the consensus (``stable=True``; 1: k-means on one run's embedding); the training
+        cost grows linearly with it, a stable run costing at most one reference run (fewer
+        inputs, no DEC target updates).
 
     Returns
     -------
@@ -409,7 +414,6 @@ def spatial_detect_domains_deepst(
         library_id=library_id,
         tile_dir=lambda name: Path(save_path) / f"{key_added}_tiles" if save_path is not None else None,
         correction="none",
-        min_runs=_core._CONSENSUS_MIN_RUNS,
     )
     timings = {k: float(v) for k, v in res["timings"].items()}
     domain, refined = _write(adata, res, 0, params, extra={"timings": timings})
@@ -460,8 +464,8 @@ def integrate_domains_deepst(
     DeepST, the network is trained against a domain-adversarial sample classifier behind a
     gradient-reversal layer; or the embedding of every run is corrected with Harmony's
     cluster-wise centroid correction (Korsunsky et al., Nature Methods 16:1289, 2019; with a
-    fixed seed). Leiden then finds ``n_domains`` domains common to all samples; the
-    majority-vote refinement runs within each sample.
+    fixed seed). Leiden (``stable=False``) or k-means (the stable mode) then finds ``n_domains``
+    domains common to all samples; the majority-vote refinement runs within each sample.
 
     Parameters
     ----------
@@ -481,7 +485,7 @@ def integrate_domains_deepst(
         training; ``"harmony"``: each run's embedding corrected with
         :func:`experimat.methods.domains._correct.harmonize` (seed 0) before the domains are found
         (the stored embedding is the corrected one), no adversary; ``False`` or ``"none"``: no
-        further correction. Measured on the 4 ST bulb sections (1,627 spots, 7 domains, stable
+        further correction. Measured on the 4 ST bulb sections (1,627 spots, 7 domains, the previous stable
         mode, seeds 0-4, issue 19; seed-to-seed ARI of the refined domains, domains in every
         section, neighbour agreement raw / refined against 0.505 / 0.558 for single-section runs):
         adversarial 0.887, 7/7, 0.495 / 0.528; Harmony 0.781, 7/7, 0.495 / 0.542 (the adversary
@@ -495,7 +499,7 @@ def integrate_domains_deepst(
         ``max_tile_mb`` each), in standalone use; ``None`` writes nothing. Refused inside an
         experiment, which stores the model in the project's ``models/`` instead.
     pre_epochs, epochs
-        Pre-training and DEC epochs.
+        Pre-training and DEC epochs (``stable``: ``pre_epochs + epochs`` of the autoencoders, no DEC).
     use_gpu
         Use a CUDA GPU when present.
     seed
@@ -508,21 +512,17 @@ def integrate_domains_deepst(
         As in :func:`spatial_detect_domains_deepst`.
     stable
         Seed-stable domains (default): as in :func:`spatial_detect_domains_deepst`, every network
-        starts from the same initial weights (the adversarial sample classifier's too) and initial
-        DEC clusters, whatever ``seed``, and is trained ``n_runs`` times with seeds derived from
-        ``seed`` on at most a tenth as many principal components as spots (``n_pcs=None``); the
-        domains are Leiden's (with a fixed seed of its own) on the sum of the runs' kNN graphs of
-        their embeddings, every edge weighted by the number of runs in which the two spots are
-        neighbours; the embedding and saved network are the medoid run's. ``False``: one seeded
-        run, as the reference DeepST. (Detection keeps only the edges of at least 2 runs;
-        the adversarially trained runs of an integration agree less, and that rule made their
-        domains less stable: 4 ST bulb sections, 20 runs grouped at random into consensus groups
-        of 4, seed-to-seed ARI of the refined domains 0.834 with every edge, 0.784 with >= 2 runs.)
+        starts from the same initial weights (the adversarial sample classifier's too), whatever
+        ``seed``, trains its autoencoders (and the adversary) for ``pre_epochs + epochs`` epochs
+        without the DEC stage and is trained ``n_runs`` times with seeds derived from ``seed`` on
+        at most a tenth as many principal components as spots (``n_pcs=None``); the domains are
+        k-means's (fixed seed) on the runs' embeddings side by side; the embedding and saved
+        network are the medoid run's. ``False``: one seeded run, as the reference DeepST.
     n_runs
         Runs of the consensus (``stable=True``); the cost grows linearly with it. 4 ST bulb
-        sections, 1,627 spots, 5 seeds: seed-to-seed ARI of the refined domains 0.89 with the
-        default 2 runs at 1.3x one seed's time, all 7 domains in every section (4 randomly
-        initialised runs, before the fixed initial weights: 0.75 at 2.9x; one seed 0.66).
+        sections, 1,627 spots, 5 seeds: seed-to-seed ARI of the refined domains __BULB__ with the
+        default 2 runs at __BCOST__ one seed's time, __BEVERY__ (the previous stable mode, DEC-refined
+        runs and Leiden on their joint kNN graph: 0.887; one seed 0.66).
 
     Returns
     -------
@@ -554,7 +554,6 @@ def integrate_domains_deepst(
         library_id=None,
         tile_dir=lambda name: Path(save_path) / f"{key_added}_tiles" / name if save_path is not None else None,
         correction=correction,
-        min_runs=_core._CONSENSUS_MIN_RUNS_INTEGRATED,
     )
     timings = {k: float(v) for k, v in res["timings"].items()}
     frames = []

@@ -1,9 +1,8 @@
-"""Leiden clustering with a resolution search for a given number of domains, and the
-neighbour-majority refinement of DeepST."""
+"""Leiden clustering with a resolution search for a given number of domains (the reference's
+domains), the stable mode's k-means on several runs' embeddings, and the neighbour-majority
+refinement of DeepST."""
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
@@ -13,6 +12,10 @@ from experimat.methods._graph import knn_graph
 from experimat.methods.domains._consensus import run_support  # noqa: F401 (DeepST's consensus support)
 
 from ._graph import knn_indices
+
+#: k-means starts of the stable mode's domains (:func:`kmeans_domains`), at most :data:`KMEANS_BUDGET`
+#: start-points in all (200 starts up to 10,000 spots, 40 at 50,000) and at least :data:`KMEANS_MIN_INITS`
+KMEANS_INITS, KMEANS_BUDGET, KMEANS_MIN_INITS = 200, 2_000_000, 10
 
 
 def knn_igraph(emb: np.ndarray, k: int = 15):
@@ -36,18 +39,8 @@ def initial_clusters(z: np.ndarray, k: int, resolution: float, seed: int) -> np.
     return _cluster.nearest_centre(z, sample, np.unique(labels, return_inverse=True)[1])
 
 
-def run_graphs(embeddings: list[np.ndarray], *, seed: int, k: int = 15) -> tuple[np.ndarray | None, list]:
-    """``(sample, graphs)``: the symmetric unweighted ``k``-NN graph of each embedding of the same spots,
-    on the spots of a seeded clustering sample above :data:`experimat.methods._cluster.SAMPLE_MAX`
-    (``sample`` ``None``: all spots). Computed once for both the runs' own domains and their consensus."""
-    sample = _cluster.clustering_sample(embeddings[0].shape[0], seed)
-    pts = embeddings if sample is None else [e[sample] for e in embeddings]
-    return sample, [knn_graph(e, k, symmetric=True, search="brute") for e in pts]
-
-
 def leiden_n_clusters(
-    emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, graph=None, sample=None,
-    hint: float | None = None,
+    emb: np.ndarray, n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30
 ) -> tuple[np.ndarray, float, bool]:
     """Search the Leiden resolution that gives exactly ``n_clusters`` clusters on the kNN graph of
     ``emb`` (:func:`experimat.methods._cluster.search_resolution`, bisection); when none does, the
@@ -56,71 +49,43 @@ def leiden_n_clusters(
     Above :data:`experimat.methods._cluster.SAMPLE_MAX` spots the search clusters a random sample of
     that many (seeded) and every other spot takes the domain of its nearest landmark (small k-means
     cells of the sample, :func:`experimat.methods._cluster.landmark_vote`): the exact kNN graph of all
-    spots would cost their number squared. ``graph`` (with its ``sample``, from :func:`run_graphs`):
-    the kNN graph already built. ``hint``: the resolution another run's search found, where the
-    bracket starts (:func:`experimat.methods._cluster.search_resolution`).
+    spots would cost their number squared.
     """
-    if graph is None:
-        sample = _cluster.clustering_sample(emb.shape[0], seed)
-        graph = knn_graph(emb if sample is None else emb[sample], k, symmetric=True, search="brute")
+    sample = _cluster.clustering_sample(emb.shape[0], seed)
+    graph = knn_graph(emb if sample is None else emb[sample], k, symmetric=True, search="brute")
     labels, resolution, exact = _cluster.search_resolution(
         to_igraph(graph, weighted=False), n_clusters, seed=seed, strategy="bisect", max_steps=max_steps,
-        weighted=False, what="domains", hint=hint,
+        weighted=False, what="domains",
     )
     if sample is not None:
         labels = _cluster.landmark_vote(emb, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
     return labels, resolution, exact
 
 
-def consensus_graph_clusters(
-    embeddings: list[np.ndarray], n_clusters: int, *, seed: int, k: int = 15, max_steps: int = 30, min_runs: int = 1,
-    graphs: tuple | None = None, hint: float | None = None,
-) -> tuple[np.ndarray, float, bool]:
-    """Domains of several runs' embeddings of the same spots: Leiden (resolution searched for
-    ``n_clusters``) on the sum of the runs' symmetric kNN graphs, an edge weighted by the number of
-    runs in which the two spots are neighbours (the co-association of evidence accumulation, Fred &
-    Jain, IEEE TPAMI 27:835, 2005, taken over kNN graphs instead of clusterings, so that memory
-    stays ``n * k * runs``). Neighbourhoods that only one run's network happens to form get little
-    weight, so the domains depend far less on the seeds than any one run's. With ``min_runs`` > 1
-    an edge is kept only when at least that many runs form it (a spot none of whose edges reaches
-    that keeps all of its own, so that no spot is cut off); when no resolution gives ``n_clusters``
-    on that graph (pieces it cut off), all edges are used. Above
-    :data:`experimat.methods._cluster.SAMPLE_MAX` spots, as :func:`leiden_n_clusters`: the graph of a
-    seeded sample, the other spots voting by their nearest landmarks in the runs' joined embeddings.
-    ``graphs``: ``(sample, graphs)`` of :func:`run_graphs` with this ``seed`` and ``k``, already built;
-    ``hint``: a resolution where the search's bracket starts (the runs' own)."""
-    import scipy.sparse as sp
+def kmeans_domains(embeddings: list[np.ndarray], n_clusters: int, *, seed: int) -> tuple[np.ndarray, int]:
+    """The stable mode's domains: k-means with ``n_clusters`` centres on the runs' embeddings of the
+    same spots side by side (one point per spot, each run's coordinates a block), the best of
+    ``n_init`` k-means++ starts drawn from ``seed``. Returns ``(labels, n_init)``.
 
-    sample, each = run_graphs(embeddings, seed=seed, k=k) if graphs is None else graphs
-    graph = sp.csr_matrix(sum(each))
-    for g in ([_keep_repeated_edges(graph, min_runs)] if min_runs > 1 else []) + [graph]:
-        with warnings.catch_warnings(record=g is not graph):
-            labels, resolution, exact = _cluster.search_resolution(
-                g, n_clusters, seed=seed, strategy="bisect", max_steps=max_steps, weighted=True, what="domains",
-                hint=hint,
-            )
-        if exact:
-            break
-    if sample is not None:
-        joined = np.hstack(embeddings)
-        labels = _cluster.landmark_vote(joined, sample, np.unique(labels, return_inverse=True)[1], seed=seed)
-    return labels, resolution, exact
+    k-means rather than Leiden with a resolution search: on the stable mode's embeddings of the
+    muscle samples, Leiden's cut at 8 domains moved with the training noise of each run (seed-to-seed
+    ARI 0.65-0.70 on one run's embedding, 0.64-0.69 on 2 runs' joint kNN graph) where k-means's best
+    of many starts did not (0.95-0.98), and it needs no search (issue 19, benchmarks/domains.py).
+    :data:`KMEANS_INITS` starts, fewer on many points (``n_init * points`` at most
+    :data:`KMEANS_BUDGET`, at least :data:`KMEANS_MIN_INITS`): fewer starts left the muscle samples'
+    solution to chance (Vis7B 0.78-0.87 with 50 starts on the 200-epoch embeddings, 0.84-0.95 with
+    200). Above :data:`experimat.methods._cluster.SAMPLE_MAX` spots the centres are fitted on a
+    seeded sample of that many and every spot joins its nearest centre."""
+    from sklearn.cluster import KMeans
 
-
-def _keep_repeated_edges(graph, min_runs: int):
-    """The edges of the summed kNN graph formed by at least ``min_runs`` runs; a spot left without
-    any keeps all of its edges (symmetrically)."""
-    import scipy.sparse as sp
-
-    graph = sp.csr_matrix(graph)
-    strong = graph.multiply(graph >= min_runs).tocsr()
-    strong.eliminate_zeros()
-    lonely = np.flatnonzero(np.diff(strong.indptr) == 0)
-    if lonely.size:
-        mask = sp.diags(np.isin(np.arange(graph.shape[0]), lonely).astype(float))
-        rescue = mask @ graph + graph @ mask
-        strong = strong.maximum(rescue)
-    return sp.csr_matrix(strong)
+    joined = np.hstack(embeddings) if len(embeddings) > 1 else np.asarray(embeddings[0])
+    sample = _cluster.clustering_sample(joined.shape[0], seed)
+    fit = joined if sample is None else joined[sample]
+    n_init = int(max(KMEANS_MIN_INITS, min(KMEANS_INITS, KMEANS_BUDGET // fit.shape[0])))
+    km = KMeans(n_clusters, n_init=n_init, random_state=int(seed)).fit(fit)
+    if sample is None:
+        return km.labels_.astype(np.int64), n_init
+    return _cluster.nearest_index(joined, km.cluster_centers_), n_init
 
 
 def refine_labels(coords: np.ndarray, labels: np.ndarray, n_neighbors: int = 6) -> np.ndarray:

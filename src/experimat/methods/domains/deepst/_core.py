@@ -25,14 +25,7 @@ from experimat.methods._expression import block_pca, normalize_total, top_varian
 from .. import _consensus
 from .._correct import harmonize
 from . import _graph, _image, _model, _subgraph
-from ._cluster import (
-    consensus_graph_clusters,
-    initial_clusters,
-    leiden_n_clusters,
-    refine_labels,
-    run_graphs,
-    run_support,
-)
+from ._cluster import initial_clusters, kmeans_domains, leiden_n_clusters, refine_labels, run_support
 from ._model import TrainConfig, train_deepst
 
 if TYPE_CHECKING:
@@ -40,22 +33,9 @@ if TYPE_CHECKING:
 
 #: target sum of the library-size normalisation before log1p
 _TARGET_SUM = 1e4
-#: the consensus clustering's own seed: the same runs' embeddings give the same domains whatever
-#: the user seed (the user seed only chooses the runs' seeds)
+#: the stable mode's clustering seed (k-means's starts): the same runs' embeddings give the same
+#: domains whatever the user seed (the user seed only chooses the runs' seeds)
 _CONSENSUS_SEED = 0
-#: an edge of the consensus graph must be formed by at least this many runs (with the default 2 runs:
-#: by both). Measured with 4 randomly initialised runs (MOB rep11, 5 seeds: seed-to-seed ARI 0.69
-#: keeping every edge, 0.81 keeping those of >= 2 runs, issue 19); with the stable mode's fixed
-#: initial weights 2 runs suffice: MOB rep11 0.971, muscle Vis5A 0.805, synthetic 0.999 at 1.6-2.1x
-#: one reference run (benchmarks/domains.py)
-_CONSENSUS_MIN_RUNS = 2
-#: the same for integrated samples: every edge (4 ST bulb sections, batch_correction=True, the 20
-#: network fits of 5 seeds x 4 runs split at random into 5 consensus groups, 6 splits: seed-to-seed
-#: ARI of the refined domains 0.834 keeping every edge, 0.784 keeping those of >= 2 runs (higher in 6
-#: of 7 groupings; equal with 3 or 5 runs per group), the same neighbour agreement 0.48 and all 7
-#: domains in every section; the adversarially trained runs' neighbourhoods agree less, 1.65 runs per
-#: edge against MOB rep11's 2.1, so the >= 2 rule keeps 40 % of the edges; issue 19)
-_CONSENSUS_MIN_RUNS_INTEGRATED = 1
 #: principal components of the reference DeepST, and the fewest the stable mode uses
 _REFERENCE_PCS, _MIN_STABLE_PCS = 200, 10
 #: above this many spots both PCAs of the preparation are fitted on a seeded sample of this many spots
@@ -114,10 +94,9 @@ def _image_raw(
 
 
 def stable_config() -> TrainConfig:
-    """The stable mode's training: the reference's hyper-parameters and initial weights that do not
-    depend on the seed (:data:`._model.INIT_SEED`; :func:`_train_runs` seeds the initial DEC
-    clustering with :data:`_CONSENSUS_SEED`)."""
-    return TrainConfig(init="fixed")
+    """The stable mode's training: the reference's hyper-parameters, initial weights that do not
+    depend on the seed (:data:`._model.INIT_SEED`) and no DEC stage (:func:`_train_runs`)."""
+    return TrainConfig(init="fixed", dec=False)
 
 
 def default_n_pcs(n_spots: int, stable: bool) -> int:
@@ -144,10 +123,9 @@ def fit(
     correction: str = "none",
     stable: bool = False,
     n_runs: int = 1,
-    min_runs: int = _CONSENSUS_MIN_RUNS,
 ) -> dict[str, Any]:
     """Augment every sample, train ``n_runs`` networks (one with ``stable=False``) and find the domains
-    (several runs: on their consensus graph of the edges formed by at least ``min_runs`` runs)."""
+    (:func:`_train_runs`)."""
     sizes = [s.coords.shape[0] for s in samples]
     n_pcs = default_n_pcs(sum(sizes), stable) if n_pcs is None else n_pcs
     offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -167,7 +145,7 @@ def fit(
     seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
     labels, emb, net, timings, resolution, exact, consensus = _train_runs(
         data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
-        device=device, batches=batches, tiles=tiles, batch_spots=batch_spots, min_runs=min_runs, stable=stable,
+        device=device, batches=batches, tiles=tiles, batch_spots=batch_spots, stable=stable,
         harmonize_sections=sections if correction == "harmony" else None,
     )
     timings["prepare_s"] = prepare_s
@@ -175,7 +153,8 @@ def fit(
         [refine_labels(s.coords, labels[offsets[i] : offsets[i + 1]], refine_neighbors) for i, s in enumerate(samples)]
     )
     n_found = int(labels.max()) + 1
-    logger.info(f"DeepST: {n_found} domains at resolution {resolution:.4g}")
+    how = f"at resolution {resolution:.4g}" if resolution is not None else "(k-means)"
+    logger.info(f"DeepST: {n_found} domains {how}")
     return {
         "embedding": emb,
         "labels": labels,
@@ -285,92 +264,62 @@ def load_samples(
 
 
 def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches, tiles=None,
-                batch_spots=None, min_runs=_CONSENSUS_MIN_RUNS, stable=False, harmonize_sections=None):
-    """One network fit and Leiden search per seed; several are combined by clustering the sum of the
-    runs' kNN graphs (:func:`._cluster.consensus_graph_clusters`), the medoid run giving the
-    embedding and network. (Relabelling and voting the runs' own domains, as SpaGCN's consensus,
-    kept MOB rep11's DeepST domains at seed-to-seed ARI 0.41 with 3 runs: each run's network
-    finds different neighbourhoods, and a vote over 3 runs cannot out-vote that.) ``stable``: every
-    network starts from the same weights (:func:`stable_config`) and its initial DEC clusters are
-    Leiden's with :data:`_CONSENSUS_SEED`, as are each run's own domains, so that the runs' seeds
-    drive only the training's noise.
+                batch_spots=None, stable=False, harmonize_sections=None):
+    """One network fit per seed and the domains. ``stable=False`` (one seed, the reference): the
+    network is pre-trained, refined by DEC from Leiden's initial clusters (seeded with the run's
+    seed) and its domains are Leiden's (:func:`._cluster.leiden_n_clusters`, the same seed).
+
+    ``stable``: every network starts from the same weights and trains its autoencoders for
+    ``pre_epochs + epochs`` epochs without the DEC stage (:func:`stable_config`), so that the runs'
+    seeds drive only the training's noise; the domains are k-means's with :data:`_CONSENSUS_SEED`
+    on the runs' embeddings side by side (:func:`._cluster.kmeans_domains`); each run's own
+    k-means domains give the runs' agreement and each spot's support, and the medoid run (highest
+    mean ARI to the others) the stored embedding and network. Measured (issue 19,
+    benchmarks/domains.py, 5 seeds, seed-to-seed ARI of the refined domains; MOB rep11 / muscle
+    Vis5A_2dpi / Vis7B_5dpi): the DEC stage amplified the training noise (k-means on the 2 runs'
+    DEC-refined embeddings 0.88 / 0.92 / 0.89, with the initial weights of another draw 0.75 / 0.92
+    / 0.69; on the pre-trained ones 0.97 / 0.96 / 0.98 and 0.98 / 0.95 / 0.95), and 400 epochs of
+    the autoencoders alone made the domains more accurate than 200 (synthetic section ARI to the
+    truth 0.990 against 0.964, MOB layers 0.510 against 0.456).
 
     ``harmonize_sections`` (each spot's section): every run's embedding is corrected for the
-    section effects (:func:`.._correct.harmonize`, with the consensus's fixed seed) before its
-    domains and the consensus are found; the stored embedding is the corrected one."""
+    section effects (:func:`.._correct.harmonize`, with the consensus's fixed seed) before the
+    domains are found; the stored embedding is the corrected one."""
     cfg = stable_config() if stable else TrainConfig()
 
     def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
-        return initial_clusters(z, cfg.dec_neighbors, cfg.dec_resolution, _CONSENSUS_SEED if stable else s)
+        return initial_clusters(z, cfg.dec_neighbors, cfg.dec_resolution, s)
 
+    stages = dict(pre_epochs=pre_epochs + epochs, epochs=0) if stable else dict(pre_epochs=pre_epochs, epochs=epochs)
     fits = []
     for run_seed in progress(seeds, description="DeepST consensus runs") if len(seeds) > 1 else seeds:
-        fits.append(train_deepst(
-            data,
-            adj_norm,
-            adj_label,
-            pre_epochs=pre_epochs,
-            epochs=epochs,
-            seed=run_seed,
-            device=device,
-            batches=batches,
-            cfg=cfg,
-            cluster_init=init_clusters,
-            tiles=tiles,
-            batch_spots=batch_spots,
-        ))
+        fits.append(train_deepst(data, adj_norm, adj_label, seed=run_seed, device=device, batches=batches, cfg=cfg,
+                                 cluster_init=init_clusters, tiles=tiles, batch_spots=batch_spots, **stages))
     t0 = time.perf_counter()
     embeddings = [f[0] for f in fits]
-    if harmonize_sections is not None:
-        start = logger.info(f"DeepST: section effects of the {len(fits)} runs' embeddings removed (Harmony)")
-        embeddings = [harmonize(e, harmonize_sections, seed=_CONSENSUS_SEED).astype(np.float64) for e in embeddings]
-        logger.info("DeepST: Harmony done", time=start)
-        timings_harmony = time.perf_counter() - t0
-    # the runs' kNN graphs, built once for their own domains and the consensus (on the consensus's sample)
-    graphs = run_graphs(embeddings, seed=_CONSENSUS_SEED) if len(seeds) > 1 else (None, [None])
-    runs, searches = [], []
-    # above the clustering sample's size, each search starts from the resolution the runs before found
-    warm = graphs[0] is not None
-    for i, run_seed in enumerate(seeds):
-        logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
-        graph = dict(graph=graphs[1][i], sample=graphs[0]) if len(seeds) > 1 else {}
-        hint = _hint(searches) if warm else None
-        leiden_seed = _CONSENSUS_SEED if stable else run_seed
-        run_labels, resolution, exact = leiden_n_clusters(embeddings[i], n_domains, seed=leiden_seed, hint=hint, **graph)
-        runs.append(run_labels)
-        searches.append((resolution, exact))
     # phases' seconds summed over the runs; peaks their maximum, seconds per epoch their mean
     combine = {"peak_rss_mb": max, "cuda_peak_mb": max, "per_epoch_s": lambda v: sum(v) / len(v)}
     timings = {k: float(combine.get(k, sum)([f[2][k] for f in fits])) for k in fits[0][2]}
     if harmonize_sections is not None:
-        timings["harmony_s"] = timings_harmony
-    if len(runs) == 1:
+        start = logger.info(f"DeepST: section effects of the {len(fits)} runs' embeddings removed (Harmony)")
+        embeddings = [harmonize(e, harmonize_sections, seed=_CONSENSUS_SEED).astype(np.float64) for e in embeddings]
+        logger.info("DeepST: Harmony done", time=start)
+        timings["harmony_s"] = time.perf_counter() - t0
+    if not stable:
+        logger.info(f"DeepST: Leiden resolution search for {n_domains} domains")
+        labels, resolution, exact = leiden_n_clusters(embeddings[0], n_domains, seed=seeds[0])
         timings["cluster_s"] = time.perf_counter() - t0
-        consensus = {"run_seeds": seeds, "clustering_seed": _CONSENSUS_SEED} if stable else {}
-        return (runs[0], embeddings[0], fits[0][1], timings, *searches[0], consensus)
-    # the medoid run (highest mean ARI to the others) gives the stored embedding and network
-    medoid = _consensus.consensus_labels(runs)[1]["medoid"]
-    emb, net = embeddings[medoid], fits[medoid][1]
-    logger.info(f"DeepST: Leiden resolution search for {n_domains} domains on the {len(runs)} runs' joint kNN graph")
-    labels, resolution, exact = consensus_graph_clusters(
-        embeddings, n_domains, seed=_CONSENSUS_SEED, min_runs=min_runs, graphs=graphs,
-        hint=_hint(searches) if warm else None,
-    )
+        return labels, embeddings[0], fits[0][1], timings, resolution, exact, {}
+    logger.info(f"DeepST: k-means with {n_domains} centres on the {len(fits)} runs' embeddings")
+    labels, n_init = kmeans_domains(embeddings, n_domains, seed=_CONSENSUS_SEED)
     labels = _consensus.consensus_labels([labels])[0]  # numbered by decreasing size
-    agreement = _consensus.pairwise_ari(runs)[np.triu_indices(len(runs), 1)].mean()
-    logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {agreement:.3f}")
-    consensus = {
-        "run_seeds": seeds,
-        "run_agreement": float(agreement),
-        "support": run_support(runs, labels),
-        "min_runs": int(min_runs),
-        "clustering_seed": _CONSENSUS_SEED,
-    }
+    consensus = {"run_seeds": seeds, "clustering_seed": _CONSENSUS_SEED, "kmeans_inits": n_init}
+    medoid = 0
+    if len(fits) > 1:
+        runs = [kmeans_domains([e], n_domains, seed=_CONSENSUS_SEED)[0] for e in embeddings]
+        medoid = _consensus.consensus_labels(runs)[1]["medoid"]
+        agreement = _consensus.pairwise_ari(runs)[np.triu_indices(len(runs), 1)].mean()
+        logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {agreement:.3f}")
+        consensus.update(run_agreement=float(agreement), support=run_support(runs, labels))
     timings["cluster_s"] = time.perf_counter() - t0
-    return labels, emb, net, timings, resolution, exact, consensus
-
-
-def _hint(searches: list[tuple[float, bool]]) -> float | None:
-    """The median of the resolutions that gave the domains' number exactly in the searches so far."""
-    found = [res for res, exact in searches if exact]
-    return float(np.median(found)) if found else None
+    return labels, embeddings[medoid], fits[medoid][1], timings, None, True, consensus

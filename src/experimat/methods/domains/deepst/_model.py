@@ -79,6 +79,9 @@ class TrainConfig:
     #: the network's initial weights: ``"seed"``, torch's default draws from the run's seed (the
     #: reference); ``"fixed"``, the same draws from :data:`INIT_SEED` whatever the run's seed
     init: str = "seed"
+    #: the DEC stage after pre-training (the reference); ``False``: none, the embedding is the
+    #: pre-trained autoencoders' (the stable mode, which trains them for both stages' epochs instead)
+    dec: bool = True
     timings: dict = field(default_factory=dict)
 
 
@@ -193,6 +196,39 @@ def _graph_ae_loss(cfg: TrainConfig, n: int, recon, mu, logstd, z, dom, target_x
     return loss
 
 
+def _dec_stage(torch, net, cfg: TrainConfig, *, z, labels, evaluate, inputs, loss_fn, steps, epochs: int, n: int,
+               batch_len) -> list[float]:
+    """DeepST's DEC refinement of the pre-trained ``net``: the cluster layer starts at the centres of the
+    initial clusters ``labels`` of the embedding ``z``; ``epochs`` steps of the graph autoencoder's loss
+    plus ``cfg.kl_weight`` times KL(P || Q), the target P recomputed every ``cfg.q_stride`` epochs.
+    Returns the loss of every step."""
+    device = z.device
+    k = int(labels.max()) + 1
+    centres = np.vstack([z.cpu().numpy()[labels == c].mean(0) for c in range(k)])
+    net.cluster_layer = torch.nn.Parameter(torch.from_numpy(centres.astype(np.float32)).to(device))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = logger.info(f"DeepST: DEC refinement with {k} initial clusters, {epochs} epochs")
+    target = None
+
+    def dec_loss(batch, epoch):
+        nonlocal target
+        if epoch % cfg.q_stride == 0:
+            _, q_eval = evaluate()
+            target = _target_distribution(q_eval).detach()
+        net.train()
+        xs, a, target_x, edges, dom_b, rows = inputs(batch)
+        z, mu, logstd, recon, q, dom = net(xs, a)
+        p = target if rows is None else target.index_select(0, rows)
+        # KL(P || Q) averaged over spots and clusters (as F.kl_div's 'mean' in the reference)
+        kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q))).mean()
+        return loss_fn(recon, mu, logstd, z, dom, target_x, edges, dom_b) + cfg.kl_weight * kl
+
+    hist = train(dec_loss, opt, steps, max_epochs=epochs, n_obs=n, name="DeepST training",
+                 clip_grad_norm=cfg.grad_clip, batch_len=batch_len)
+    logger.info("DeepST: DEC refinement done", time=start)
+    return hist
+
+
 def train_deepst(
     data: np.ndarray,
     adj_norm: sp.csr_matrix,
@@ -213,7 +249,8 @@ def train_deepst(
 
     ``cluster_init(z, seed) -> labels`` gives the initial DEC clusters (the reference's: Leiden at
     resolution 1). ``cfg.init="fixed"`` draws the initial weights from :data:`INIT_SEED`, whatever
-    ``seed`` (the stable mode); ``"seed"`` from ``seed``, as the reference.
+    ``seed`` (the stable mode); ``"seed"`` from ``seed``, as the reference. ``cfg.dec=False``: no DEC
+    stage (``epochs`` and ``cluster_init`` unused), the embedding is the pre-trained one.
     Runs inside a forked torch RNG seeded with ``seed``, so that the caller's RNG state is untouched,
     and on the CPU with one torch thread (restored afterwards): the per-epoch tensors are spots x a
     few hundred inputs, where a thread pool's busy-waiting threads cost far more than they give
@@ -291,33 +328,14 @@ def train_deepst(
         logger.info(f"DeepST: pre-training done, peak memory {peak_rss_mb():.0f} MB", time=start)
 
         t0 = time.perf_counter()
-        z, _ = evaluate()
-        labels = np.asarray(cluster_init(z.cpu().numpy().astype(np.float64), seed))
-        timings["init_clusters_s"] = time.perf_counter() - t0
-        k = int(labels.max()) + 1
-        centres = np.vstack([z.cpu().numpy()[labels == c].mean(0) for c in range(k)])
-        net.cluster_layer = torch.nn.Parameter(torch.from_numpy(centres.astype(np.float32)).to(device))
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        start = logger.info(f"DeepST: DEC refinement with {k} initial clusters, {epochs} epochs")
-        t0 = time.perf_counter()
-        target = None
-
-        def dec_loss(batch, epoch):
-            nonlocal target
-            if epoch % cfg.q_stride == 0:
-                _, q_eval = evaluate()
-                target = _target_distribution(q_eval).detach()
-            net.train()
-            xs, a, target_x, edges, dom_b, rows = inputs(batch)
-            z, mu, logstd, recon, q, dom = net(xs, a)
-            p = target if rows is None else target.index_select(0, rows)
-            # KL(P || Q) averaged over spots and clusters (as F.kl_div's 'mean' in the reference)
-            kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q))).mean()
-            return loss_fn(recon, mu, logstd, z, dom, target_x, edges, dom_b) + cfg.kl_weight * kl
-
-        hist_dec = train(dec_loss, opt, steps, max_epochs=epochs, n_obs=n, name="DeepST training",
-                         clip_grad_norm=cfg.grad_clip, batch_len=one)
+        hist_dec: list[float] = []
+        if cfg.dec:
+            z, _ = evaluate()
+            labels = np.asarray(cluster_init(z.cpu().numpy().astype(np.float64), seed))
+            timings["init_clusters_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            hist_dec = _dec_stage(torch, net, cfg, z=z, labels=labels, evaluate=evaluate, inputs=inputs,
+                                  loss_fn=loss_fn, steps=steps, epochs=epochs, n=n, batch_len=one)
         timings["train_s"] = time.perf_counter() - t0
         if history is not None:
             history.update(pretrain=hist, train=hist_dec)
