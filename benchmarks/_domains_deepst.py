@@ -27,9 +27,9 @@ DEEPST_INTEGRATION_VARIANTS = (*DEEPST_INTEGRATION_RUNS, "deepst_sections")
 def bench_deepst_stability(seeds=(0, 1, 2, 3, 4), cases=None, **_) -> list[dict]:
     """Seed stability and accuracy of DeepST on the seed-stability cases of SpaGCN
     (:func:`_domains_common.stability_cases`; ``cases``: only those whose name contains one of
-    these; default: MOB rep11 alone): ours (the default stable mode: a consensus of 2 runs from
-    seed-independent initial weights) beside ours with one seed (stable=False, the reference's
-    algorithm); mean pairwise ARI of the refined
+    these; default: MOB rep11 alone): ours (the default stable mode: 2 runs from seed-independent
+    initial weights, the autoencoders without DEC, k-means on both runs' embeddings) beside ours
+    with one seed (stable=False, the reference's algorithm); mean pairwise ARI of the refined
     domains between seeds and mean ARI against the truth (MOB rep11 layers, synthetic domains; the
     muscle samples have none). Refinement over 4 neighbours on the square ST grid, 6 on Visium's
     hexagons. Each seed prints a progress line, so a run cut short still reports its seeds.

@@ -27,23 +27,50 @@ muscle Vis7B_5dpi, 1,011 spots         0.965            0.600            5.2 : 3
 synthetic 1,500 spots, 6 voronoi       1.000 / 0.991    0.987 / 0.988    3.2 : 33.7    4.3-3.9
 =====================================  ===============  ===============  ============  ===========
 
-DeepST detection (``--methods deepst-stability --cases MOB`` / ``Vis5A`` / ``synthetic --seeds 0 1 2 3
-4``; 5 / 8 / 6 domains, refinement over 4 / 6 / 6 neighbours; no reference environment), the default
-stable mode since issue 19's second pass: every network starts from the same initial weights (drawn
-once from a fixed seed, whatever the user seed), its initial DEC clusters are Leiden's with a fixed
-seed, 2 runs (the user seed drives only the training's noise: dropout, corruption, the VGAE's
-sampling, negative pairs), consensus graph of the edges of both runs; stab. / acc. against one seed
-(stable=False, unchanged bit for bit), s per call, cost, load at start-end (2026-12-02, 10:21-10:33 UTC):
+DeepST detection (``--methods deepst-stability --cases Vis7B Vis5A MOB synthetic --seeds 0 1 2 3 4``;
+5 / 8 / 8 / 6 domains, refinement over 4 / 6 / 6 / 6 neighbours; no reference environment), the default
+stable mode since issue 19's third pass: every network starts from the same initial weights (drawn
+once from a fixed seed, whatever the user seed), its autoencoders train for pre_epochs + epochs = 400
+epochs without the DEC stage, 2 runs (the user seed drives only the training's noise: dropout,
+corruption, the VGAE's sampling, negative pairs), domains by k-means (best of 200 starts, fixed seed)
+on the 2 runs' embeddings side by side; stab. / acc. against one seed (stable=False, unchanged bit for
+bit: its figures equal the earlier table's), s per call, cost, load at start-end (2026-12-02,
+13:27-13:33 UTC):
 
 ======================================  ===============  ===============  ============  =====  =========
 case                                    stable (2 runs)  one seed         s st:one      cost   load
 ======================================  ===============  ===============  ============  =====  =========
-MOB rep11, 260 spots                    0.971 / 0.435    0.359 / 0.413    14.4 : 8.4    1.7x   5.6-7.4
-muscle Vis5A_2dpi, 982 spots            0.805            0.488            32.4 : 20.0   1.6x   7.1-5.0
-synthetic 1,500 spots, 6 voronoi        0.999 / 0.993    0.940 / 0.967    38.6 : 18.6   2.1x   4.9-5.1
-muscle Vis7B_5dpi, 1,011 spots          0.697            0.561            15.0 : 10.0   1.5x   1.3-1.9
+MOB rep11, 260 spots                    0.994 / 0.510    0.359 / 0.413    5.5 : 3.5     1.6x   1.0-1.2
+muscle Vis5A_2dpi, 982 spots            0.974            0.488            12.2 : 8.4    1.5x   1.2-1.0
+muscle Vis7B_5dpi, 1,011 spots          0.938            0.561            12.6 : 8.6    1.5x   1.0-1.0
+synthetic 1,500 spots, 6 voronoi        0.996 / 0.990    0.940 / 0.967    15.1 : 8.5    1.8x   1.0-1.0
 ======================================  ===============  ===============  ============  =====  =========
 
+Where the seed dependence entered (dev runs, 5 seeds, the same preparation; stab. of the refined
+domains, Leiden at n_domains with a fixed seed unless said; MOB / Vis5A / Vis7B): with the previous
+default (200 + 200 DEC epochs) one run's pre-trained embedding 0.951 / 0.674 / 0.646, its initial DEC
+clusters 0.976 / 0.804 / 0.707, its DEC-refined embedding 0.963 / 0.783 / 0.647, the 2 runs'
+consensus graph 0.971 / 0.805 / 0.697. Leiden's cut at 8 domains was the unstable step on the muscle
+samples: k-means (200 starts) on the same 2 runs' embeddings side by side gave, pre-trained, 0.985 /
+0.979 / 0.979 (other k-means seeds 0.953-0.981), DEC-refined 0.876 / 0.925 / 0.889; with the initial
+weights drawn from another seed (INIT_SEED 1) pre-trained 0.973 / 0.948 / 0.835 but DEC-refined 0.750
+/ 0.924 / 0.688: DEC amplifies the noise. 400 epochs of the autoencoders alone (this default): 0.994 /
+0.974 / 0.938-0.953 (INIT_SEED 1: 0.944 / 0.924 / 0.972), and more accurate than 200 (synthetic
+0.990 against 0.964, MOB 0.510 against 0.451-0.456). 50 k-means starts instead of 200 left the muscle
+samples to chance (INIT_SEED 1, 200 epochs: Vis7B 0.78-0.87 against 0.84-0.95). Also measured and not
+adopted: k-means on the pre-trained and refined embeddings together (0.998 / 0.945 / 0.928, but
+INIT_SEED 1 Vis7B 0.731); a Gaussian mixture (0.615 / 0.702 / 0.801) and Ward linkage (0.951 / 0.634
+/ 0.641) on the pre-trained embeddings; Leiden on the union graph (0.961 / 0.840 / 0.722) or with 30
+neighbours (0.963 / 0.841 / 0.746). The integration shares the training and the k-means (``--cases
+bulb --variants deepst deepst_one_seed deepst_sections --seeds 0 1 2 3 4``, load 0.6-1.2): seed-to-seed
+0.929 (one seed 0.656), 7/7 domains in every section at every seed, neighbour agreement 0.479 (refined
+0.542) against 0.548 (0.602) for single-section runs of this stable mode, 29.6 s against 15.0 s for
+one seed: 2.0x.
+
+The previous default (2 runs from the fixed initial weights, DEC, initial DEC clusters and Leiden
+with a fixed seed, consensus graph of the edges of both runs; 10:21-10:33 UTC): MOB 0.971 / 0.435 at
+1.7x, Vis5A 0.805 at 1.6x, synthetic 0.999 / 0.993 at 2.1x, Vis7B 0.697 at 1.5x; bulb integration
+0.887, 7/7, neighbour agreement 0.495 / 0.528 against 0.505 / 0.558, 1.3x.
 Before (4 randomly initialised runs): 0.805 / 0.452 at 3.0x, 0.639 at 2.5x, 0.997 / 0.996 at 3.7x.
 Vis7B (``--cases Vis7B``, measured later the same day, 11:00 UTC): 0.697, under 0.8; on Vis5A, 4 fixed-start
 runs instead of 2 gave 0.70-0.75 over the first 2-4 seeds (stopped early): more runs do not help the muscle samples.

@@ -288,7 +288,8 @@ def _record_losses() -> list[dict]:
 def _print_losses(runs: list[dict]) -> None:
     for i, run in enumerate(runs):
         t = run["timings"]
-        print(f"         run {i}: pre-training {t['pretrain_s']:.1f} s, initial clusters {t['init_clusters_s']:.1f} s, "
+        # the stable mode has no DEC stage (no initial clusters; DEC training 0 s)
+        print(f"         run {i}: pre-training {t['pretrain_s']:.1f} s, initial clusters {t.get('init_clusters_s', 0.0):.1f} s, "
               f"DEC training {t['train_s']:.1f} s", flush=True)
         for phase in ("pretrain", "train"):
             loss = np.asarray(run[phase])

@@ -397,31 +397,15 @@ def test_resolution_search_from_a_hint():
             assert len(np.unique(hinted[0])) == n
 
 
-def test_deepst_consensus_searches_warm_start_on_a_sample(monkeypatch):
-    """Above SAMPLE_MAX the runs' and the consensus's searches start from the resolutions found before
-    them; up to it none does (the small-data path is the cold search, unchanged)."""
-    from experimat.methods.domains.deepst import _core
-
-    assert _core._hint([(0.2, True), (0.9, False), (0.4, True)]) == pytest.approx(0.3)
-    assert _core._hint([(0.9, False)]) is None
+def test_deepst_stable_kmeans_on_a_sample_agrees_with_all_spots(monkeypatch):
+    """Above SAMPLE_MAX the stable mode's k-means centres are fitted on a seeded sample and every spot
+    joins its nearest centre; the same networks' domains agree with k-means on all spots."""
     a = em.datasets.synthetic_domains(600, 3, 60, seed=0)
-    hints = []
-    original = _cluster.search_resolution
-
-    def spy(*args, **kw):
-        hints.append(kw.get("hint"))
-        return original(*args, **kw)
-
-    monkeypatch.setattr(_cluster, "search_resolution", spy)
     kw = dict(n_domains=3, pre_epochs=20, epochs=10, seed=0, stable=True, use_gpu=False)
-    spatial_detect_domains_deepst(a, key_added="small", **kw)
-    assert hints and all(h is None for h in hints)
-    hints.clear()
+    spatial_detect_domains_deepst(a, key_added="all", **kw)
     monkeypatch.setattr(_cluster, "SAMPLE_MAX", 300)
     spatial_detect_domains_deepst(a, key_added="big", **kw)
-    assert a.uns["big"]["cluster_sample"] == 300
-    assert hints[0] is None and all(h is not None for h in hints[1:])  # the first run searches cold
+    assert a.uns["all"]["cluster_sample"] == "none" and a.uns["big"]["cluster_sample"] == 300
+    np.testing.assert_array_equal(a.obsm["all.embedding"], a.obsm["big.embedding"])  # the sample is the clustering's
     assert a.obs["big.domain"].nunique() == 3
-    monkeypatch.setattr(_core, "_hint", lambda searches: None)  # the cold searches of before
-    spatial_detect_domains_deepst(a, key_added="cold", **kw)
-    assert adjusted_rand_score(a.obs["cold.domain"], a.obs["big.domain"]) > 0.9
+    assert adjusted_rand_score(a.obs["all.domain"], a.obs["big.domain"]) > 0.9

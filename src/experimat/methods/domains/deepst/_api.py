@@ -377,11 +377,12 @@ def spatial_detect_domains_deepst(
         k-means++ starts from a fixed seed of its own; ``uns[key_added]['resolution']`` is
         ``"none"``) on the runs' embeddings side by side; the embedding and saved network are the
         medoid run's. Seed-to-seed ARI of the refined domains over 5 seeds
-        (benchmarks/domains.py): MOB rep11 __MOB__, muscle Vis5A_2dpi __V5__ and Vis7B_5dpi __V7__,
-        a synthetic section __SYN__ at __COST__ one ``stable=False`` call, against __ONE__ with one
-        seed (and 0.97, 0.81, 0.70, 1.00 with the previous stable mode: DEC-refined runs, Leiden
-        on their joint kNN graph). ``False``: one seeded run with weights drawn from ``seed``, as
-        the reference DeepST (unchanged).
+        (benchmarks/domains.py): MOB rep11 0.99, muscle Vis5A_2dpi 0.97 and Vis7B_5dpi 0.94, a
+        synthetic section 1.00 at 1.5-1.8x one ``stable=False`` call, against 0.36, 0.49, 0.56
+        and 0.94 with one seed (and 0.97, 0.81, 0.70, 1.00 with the previous stable mode:
+        DEC-refined runs, Leiden on their joint kNN graph); ARI to the truth 0.51 on MOB rep11's
+        layers and 0.99 on the synthetic domains (one seed: 0.41, 0.97). ``False``: one seeded
+        run with weights drawn from ``seed``, as the reference DeepST (unchanged).
     n_runs
         Runs of the consensus (``stable=True``; 1: k-means on one run's embedding); the training
         cost grows linearly with it, a stable run costing at most one reference run (fewer
@@ -520,9 +521,11 @@ def integrate_domains_deepst(
         network are the medoid run's. ``False``: one seeded run, as the reference DeepST.
     n_runs
         Runs of the consensus (``stable=True``); the cost grows linearly with it. 4 ST bulb
-        sections, 1,627 spots, 5 seeds: seed-to-seed ARI of the refined domains __BULB__ with the
-        default 2 runs at __BCOST__ one seed's time, __BEVERY__ (the previous stable mode, DEC-refined
-        runs and Leiden on their joint kNN graph: 0.887; one seed 0.66).
+        sections, 1,627 spots, 5 seeds: seed-to-seed ARI of the refined domains 0.93 with the
+        default 2 runs at 2.0x one seed's time, all 7 domains in every section, neighbour
+        agreement raw / refined 0.48 / 0.54 against 0.55 / 0.60 for single-section runs (the
+        previous stable mode, DEC-refined runs and Leiden on their joint kNN graph: 0.887, 0.50 /
+        0.53 against 0.51 / 0.56; one seed 0.66).
 
     Returns
     -------

@@ -67,10 +67,11 @@ def kmeans_domains(embeddings: list[np.ndarray], n_clusters: int, *, seed: int) 
     same spots side by side (one point per spot, each run's coordinates a block), the best of
     ``n_init`` k-means++ starts drawn from ``seed``. Returns ``(labels, n_init)``.
 
-    k-means rather than Leiden with a resolution search: on the stable mode's embeddings of the
-    muscle samples, Leiden's cut at 8 domains moved with the training noise of each run (seed-to-seed
-    ARI 0.65-0.70 on one run's embedding, 0.64-0.69 on 2 runs' joint kNN graph) where k-means's best
-    of many starts did not (0.95-0.98), and it needs no search (issue 19, benchmarks/domains.py).
+    k-means rather than Leiden with a resolution search: on the pre-trained embeddings of the
+    muscle samples, Leiden's cut at 8 domains moved with each run's training noise (seed-to-seed ARI
+    0.65-0.67 on one run's embedding, 0.64-0.69 on 2 runs' joint kNN graph) where k-means's best of
+    200 starts on the same embeddings did not (0.98), and it needs no search (issue 19,
+    benchmarks/domains.py).
     :data:`KMEANS_INITS` starts, fewer on many points (``n_init * points`` at most
     :data:`KMEANS_BUDGET`, at least :data:`KMEANS_MIN_INITS`): fewer starts left the muscle samples'
     solution to chance (Vis7B 0.78-0.87 with 50 starts on the 200-epoch embeddings, 0.84-0.95 with
