@@ -164,7 +164,9 @@ size                     default DeepST                       notes
 The stable mode without DEC (issue 19's third pass: 2 runs of 400 epochs of the autoencoders, k-means
 with 200 starts, 40 at 50,000 spots), 2026-12-02 13:42-13:47 UTC, heavy lock, load 1.0-1.5: 5,000 x 2,000
 genes 70.6 s (76.8), 0.68 GB, ARI 0.986 (runs agree 0.996); 50,000 x 18,000 genes 141.8 s (159.8), 1.66 GB,
-ARI 0.173 (runs agree 0.954; preparation 44, the 2 runs' training 75, k-means 19); 500,000: not re-timed.
+ARI 0.173 (runs agree 0.954; preparation 44, the 2 runs' training 75, k-means 19); 500,000 x 18,000 genes (13:50-13:58 UTC, heavy lock, nice 10 beside a helper's runs, load
+0.5 -> 3.8) 345.0 s (326.7), 7.11 GB: met, ARI 0.365 (runs agree 0.950; preparation 134, the 2 runs' training
+143, k-means on a 50,000-spot sample 52).
 The table above and the next paragraph are the DEC stable mode's.
 
 At 50,000 x 18,000 (s, the 2 runs summed): preparation 54, pre-training 55, initial DEC clusters 108, DEC
