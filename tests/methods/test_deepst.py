@@ -391,6 +391,7 @@ def test_integration_stable_mode_records_its_consensus_and_reproduces():
         assert entry["params"]["n_runs"] == 2 and entry["run_seeds"] == run_seeds(3, 2)
         assert entry["kmeans_inits"] == 200 and entry["consensus_seed"] == 0 and entry["resolution"] == "none"
         assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
+        assert entry["neighbour_averaged"] is True  # the k-means ran on neighbour-averaged embeddings
     train = df.attrs["model"].config["train"]
     assert train["init"] == "fixed" and train["dec"] is False  # the same initial weights at every seed, no DEC
     assert_frame_equal(df, integrate_domains_deepst(again, seed=3, **kw))  # a fixed seed reproduces
@@ -467,6 +468,7 @@ def test_stable_mode_records_runs_and_single_seed_stays_available():
     assert entry["run_seeds"][0] == 1 and len(entry["run_seeds"]) == 2
     assert 0.0 <= entry["run_agreement"] <= 1.0 and 0.5 <= entry["mean_support"] <= 1.0
     assert entry["kmeans_inits"] == 200 and entry["consensus_seed"] == 0 and entry["resolution"] == "none"
+    assert entry["neighbour_averaged"] is False  # detection clusters the network's embeddings as they are
     assert adata.obs["deepst.domain"].nunique() <= 3
     spatial_detect_domains_deepst(
         adata, n_domains=3, pre_epochs=20, epochs=5, seed=1, use_gpu=False, stable=False, key_added="one"
@@ -574,6 +576,46 @@ def test_training_without_dec_is_the_pretrained_network():
     np.testing.assert_array_equal(emb, pre)  # the epochs of DEC are not trained
     assert not np.array_equal(emb, dec) and "init_clusters_s" not in timings
     assert net.cluster_layer.shape[0] == 1
+
+
+def test_integration_stable_mode_clusters_each_sections_neighbour_averaged_embeddings(monkeypatch):
+    # issue 19: the section-corrected embedding is noisier per spot than a single section's, so the
+    # stable integration's k-means runs on every spot's embedding averaged with its
+    # refine_neighbors nearest spots of its own section; detection and stable=False do not
+    from experimat.methods.domains.deepst import _core
+
+    rng = np.random.default_rng(0)
+    xs, ys = np.meshgrid(np.arange(20.0), np.arange(10.0))
+    coords = np.column_stack([xs.ravel(), ys.ravel()])  # a 20 x 10 square grid, two halves
+    truth = np.concatenate([coords[:, 0] >= 10] * 2).astype(int)  # 2 sections of 200 spots
+    emb = np.column_stack([truth * 2.0, np.zeros(400)]) + rng.normal(scale=1.2, size=(400, 2))
+
+    def fake_train(*_, seed, **__):
+        return emb, None, {"train": 0.0}
+
+    monkeypatch.setattr(_core, "train_deepst", fake_train)
+    smooth = _graph.block_diag([_graph.neighbour_mean(coords, 4)] * 2)
+    assert np.allclose(smooth.sum(1), 1.0) and smooth[:200, 200:].nnz == 0  # within a section only
+    assert np.all(np.diff(smooth.indptr) == 5) and smooth[25, 25] == smooth[25, 24] == 0.2  # spot + 4 nearest
+    kw = dict(n_domains=2, pre_epochs=1, epochs=1, device=None, batches=None, stable=True)
+    raw = _core._train_runs(None, None, None, seeds=[1, 2], **kw)
+    averaged = _core._train_runs(None, None, None, seeds=[1, 2], smooth=smooth, **kw)
+    assert ari(truth, raw[0]) < 0.5 < 0.8 < ari(truth, averaged[0])
+    np.testing.assert_array_equal(averaged[1], emb)  # the stored embedding is the network's
+
+    monkeypatch.undo()
+    seen = []
+    real = _core._train_runs
+    monkeypatch.setattr(_core, "_train_runs", lambda *a, **k: seen.append(k["smooth"]) or real(*a, **k))
+    a = synthetic_domains(60, 2, 40, seed=1)
+    b = synthetic_domains(60, 2, 40, seed=2)
+    fit = dict(n_domains=2, pre_epochs=1, epochs=1, use_gpu=False, refine_neighbors=4)
+    integrate_domains_deepst({"a": a, "b": b}, **fit)
+    integrate_domains_deepst({"a": a, "b": b}, stable=False, **fit)
+    spatial_detect_domains_deepst(a, **fit)
+    assert seen[0].shape == (120, 120) and seen[0][:60, 60:].nnz == 0 and seen[1:] == [None, None]
+    expected = _graph.neighbour_mean(a.obsm["spatial"], 4)
+    assert abs(seen[0][:60, :60] - expected).max() == 0
 
 
 @pytest.mark.slow

@@ -130,7 +130,8 @@ def spot_image_features(
 
 
 def _consensus_extra(consensus: dict) -> dict:
-    """The stable mode's record: the runs' seeds, the k-means's own seed and starts; with several
+    """The stable mode's record: the runs' seeds, the k-means's own seed and starts, whether it ran on
+    the embeddings averaged over spatial neighbours (integration); with several
     runs their agreement (mean ARI of each run's own k-means domains) and mean support."""
     if not consensus:
         return {}
@@ -138,6 +139,7 @@ def _consensus_extra(consensus: dict) -> dict:
         "run_seeds": [int(s) for s in consensus["run_seeds"]],
         "consensus_seed": int(consensus["clustering_seed"]),
         "kmeans_inits": int(consensus["kmeans_inits"]),
+        "neighbour_averaged": bool(consensus["neighbour_averaged"]),
     }
     if "support" in consensus:
         out["run_agreement"] = float(consensus["run_agreement"])
@@ -465,7 +467,8 @@ def integrate_domains_deepst(
     DeepST, the network is trained against a domain-adversarial sample classifier behind a
     gradient-reversal layer; or the embedding of every run is corrected with Harmony's
     cluster-wise centroid correction (Korsunsky et al., Nature Methods 16:1289, 2019; with a
-    fixed seed). Leiden (``stable=False``) or k-means (the stable mode) then finds ``n_domains``
+    fixed seed). Leiden (``stable=False``) or k-means (the stable mode, on every spot's embedding
+    averaged with its ``refine_neighbors`` nearest spots of the same sample) then finds ``n_domains``
     domains common to all samples; the majority-vote refinement runs within each sample.
 
     Parameters
@@ -486,14 +489,15 @@ def integrate_domains_deepst(
         training; ``"harmony"``: each run's embedding corrected with
         :func:`experimat.methods.domains._correct.harmonize` (seed 0) before the domains are found
         (the stored embedding is the corrected one), no adversary; ``False`` or ``"none"``: no
-        further correction. Measured on the 4 ST bulb sections (1,627 spots, 7 domains, the previous stable
-        mode, seeds 0-4, issue 19; seed-to-seed ARI of the refined domains, domains in every
-        section, neighbour agreement raw / refined against 0.505 / 0.558 for single-section runs):
-        adversarial 0.887, 7/7, 0.495 / 0.528; Harmony 0.781, 7/7, 0.495 / 0.542 (the adversary
-        and Harmony 0.857); none 0.870 but 5/7 (two domains belong to some sections only); with
-        50 instead of 162 PCs each was less stable (0.69-0.81). On 3 synthetic sections with
-        section effects every choice reaches pooled ARI 0.998 (random initial weights, 4 runs);
-        the adversary makes training ~1.5x as long.
+        further correction. Measured on the 4 ST bulb sections (1,627 spots, 7 domains, the
+        stable mode, issue 19, benchmarks/domains.py; seed-to-seed ARI of the refined domains,
+        domains in every section, neighbour agreement raw / refined over 4 neighbours against
+        0.548 / 0.602 for single-section runs): adversarial (seeds 0-4) 0.961, 7/7, 0.568 / 0.598
+        at 26 s per call; Harmony (seeds 0-1) 0.953, 7/7, 0.568 / 0.600 at 25 s (without the
+        neighbour averaging 0.934 / 0.959, 0.482 / 0.544 and 0.483 / 0.542). No correction was
+        not measured in this mode (in the previous stable mode, DEC-refined runs and Leiden, it
+        left 2 of 7 domains in some sections only). On 3 synthetic sections with section effects
+        each reached pooled ARI 0.998 in the first stable mode (4 runs).
     save_path
         Folder for the trained network (``<key_added>_model/``, an :class:`experimat.SavedModel`
         folder) and, with ``use_image``, the tiles (``<key_added>_tiles/<sample>/``, bounded by
@@ -517,15 +521,18 @@ def integrate_domains_deepst(
         ``seed``, trains its autoencoders (and the adversary) for ``pre_epochs + epochs`` epochs
         without the DEC stage and is trained ``n_runs`` times with seeds derived from ``seed`` on
         at most a tenth as many principal components as spots (``n_pcs=None``); the domains are
-        k-means's (fixed seed) on the runs' embeddings side by side; the embedding and saved
-        network are the medoid run's. ``False``: one seeded run, as the reference DeepST.
+        k-means's (fixed seed) on the runs' embeddings side by side, each spot's averaged with its
+        ``refine_neighbors`` nearest spots of its own sample (``uns[key_added]
+        ['neighbour_averaged']``); the embedding (the network's, not averaged) and saved network
+        are the medoid run's. ``False``: one seeded run, as the reference DeepST.
     n_runs
         Runs of the consensus (``stable=True``); the cost grows linearly with it. 4 ST bulb
-        sections, 1,627 spots, 5 seeds: seed-to-seed ARI of the refined domains 0.93 with the
-        default 2 runs at 2.0x one seed's time, all 7 domains in every section, neighbour
-        agreement raw / refined 0.48 / 0.54 against 0.55 / 0.60 for single-section runs (the
-        previous stable mode, DEC-refined runs and Leiden on their joint kNN graph: 0.887, 0.50 /
-        0.53 against 0.51 / 0.56; one seed 0.66).
+        sections, 1,627 spots, 5 seeds: seed-to-seed ARI of the refined domains 0.96 with the
+        default 2 runs at 1.6x one seed's time, all 7 domains in every section, neighbour
+        agreement raw / refined 0.57 / 0.60 against 0.55 / 0.60 for single-section runs (k-means
+        on the embeddings as they are: 0.93, 0.48 / 0.54; the previous stable mode, DEC-refined
+        runs and Leiden on their joint kNN graph: 0.887, 0.50 / 0.53 against 0.51 / 0.56; one seed
+        0.66).
 
     Returns
     -------

@@ -143,10 +143,13 @@ def fit(
     sections = np.repeat(np.arange(len(samples)), sizes) if len(samples) > 1 else None
     batches = sections if correction == "adversarial" else None
     seeds = _consensus.run_seeds(seed, n_runs) if stable else [seed]
+    smooth = None
+    if stable and len(samples) > 1:
+        smooth = _graph.block_diag([_graph.neighbour_mean(s.coords, refine_neighbors) for s in samples])
     labels, emb, net, timings, resolution, exact, consensus = _train_runs(
         data, adj_norm, adj_label, seeds=seeds, n_domains=n_domains, pre_epochs=pre_epochs, epochs=epochs,
         device=device, batches=batches, tiles=tiles, batch_spots=batch_spots, stable=stable,
-        harmonize_sections=sections if correction == "harmony" else None,
+        harmonize_sections=sections if correction == "harmony" else None, smooth=smooth,
     )
     timings["prepare_s"] = prepare_s
     refined = np.concatenate(
@@ -264,7 +267,7 @@ def load_samples(
 
 
 def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epochs, device, batches, tiles=None,
-                batch_spots=None, stable=False, harmonize_sections=None):
+                batch_spots=None, stable=False, harmonize_sections=None, smooth=None):
     """One network fit per seed and the domains. ``stable=False`` (one seed, the reference): the
     network is pre-trained, refined by DEC from Leiden's initial clusters (seeded with the run's
     seed) and its domains are Leiden's (:func:`._cluster.leiden_n_clusters`, the same seed).
@@ -285,7 +288,20 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
 
     ``harmonize_sections`` (each spot's section): every run's embedding is corrected for the
     section effects (:func:`.._correct.harmonize`, with the consensus's fixed seed) before the
-    domains are found; the stored embedding is the corrected one."""
+    domains are found; the stored embedding is the corrected one.
+
+    ``smooth`` (the stable mode of an integration: the block-diagonal operator averaging every spot
+    with its ``refine_neighbors`` nearest spots of its own section, :func:`._graph.neighbour_mean`):
+    the k-means runs on every run's embedding averaged so (the stored embedding is the network's).
+    The section-corrected embedding is noisier per spot than a single section's (issue 19, 4 ST
+    bulb sections, 7 domains, neighbour agreement raw / refined over 4 neighbours): k-means on it
+    within each section (seeds 0-1) gave 0.491 / 0.554, as the shared k-means (5 seeds 0.482 /
+    0.544, seed-to-seed ARI 0.934), against 0.548 / 0.602 for single-section runs, so the shared
+    clustering was not the cause; averaged over the spot and its 4 grid neighbours 0.568 / 0.598 at
+    0.961. Stronger averaging lost stability (seeds 0-1: 8 neighbours 0.850, two steps of them
+    0.800, the network's 12-neighbour graph 0.679); half the spot's own embedding and half its
+    neighbours' mean gained less (0.526 / 0.573).
+    """
     cfg = stable_config() if stable else TrainConfig()
 
     def init_clusters(z: np.ndarray, s: int) -> np.ndarray:
@@ -311,10 +327,14 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
         labels, resolution, exact = leiden_n_clusters(embeddings[0], n_domains, seed=seeds[0])
         timings["cluster_s"] = time.perf_counter() - t0
         return labels, embeddings[0], fits[0][1], timings, resolution, exact, {}
+    stored = embeddings
+    if smooth is not None:
+        embeddings = [np.asarray(smooth @ e) for e in embeddings]
     logger.info(f"DeepST: k-means with {n_domains} centres on the {len(fits)} runs' embeddings")
     labels, n_init = kmeans_domains(embeddings, n_domains, seed=_CONSENSUS_SEED)
     labels = _consensus.consensus_labels([labels])[0]  # numbered by decreasing size
-    consensus = {"run_seeds": seeds, "clustering_seed": _CONSENSUS_SEED, "kmeans_inits": n_init}
+    consensus = {"run_seeds": seeds, "clustering_seed": _CONSENSUS_SEED, "kmeans_inits": n_init,
+                 "neighbour_averaged": smooth is not None}
     medoid = 0
     if len(fits) > 1:
         runs = [kmeans_domains([e], n_domains, seed=_CONSENSUS_SEED)[0] for e in embeddings]
@@ -323,4 +343,4 @@ def _train_runs(data, adj_norm, adj_label, *, seeds, n_domains, pre_epochs, epoc
         logger.info(f"DeepST: {len(runs)} runs agree at mean ARI {agreement:.3f}")
         consensus.update(run_agreement=float(agreement), support=run_support(runs, labels))
     timings["cluster_s"] = time.perf_counter() - t0
-    return labels, embeddings[medoid], fits[medoid][1], timings, None, True, consensus
+    return labels, stored[medoid], fits[medoid][1], timings, None, True, consensus

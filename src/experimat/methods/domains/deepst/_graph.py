@@ -120,5 +120,17 @@ def spatial_graph(coords: np.ndarray, k: int = 12) -> tuple[sp.csr_matrix, sp.cs
     return adj_norm, a_label
 
 
+def neighbour_mean(coords: np.ndarray, k: int) -> sp.csr_matrix:
+    """Row-stochastic sparse operator averaging every spot with its ``k`` nearest spots (equal
+    weights; ``k`` = 0 or a single spot: the identity)."""
+    from experimat.methods._graph import row_normalize
+
+    n = coords.shape[0]
+    ind, _ = knn_indices(coords, k)
+    rows = np.repeat(np.arange(n), ind.shape[1])
+    a = sp.csr_matrix((np.ones(rows.size), (rows, ind.ravel())), shape=(n, n)) + sp.identity(n, format="csr")
+    return row_normalize(a)
+
+
 def block_diag(mats: list[sp.csr_matrix]) -> sp.csr_matrix:
     return sp.block_diag(mats, format="csr")
