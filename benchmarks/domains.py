@@ -65,7 +65,25 @@ neighbours (0.963 / 0.841 / 0.746). The integration shares the training and the 
 bulb --variants deepst deepst_one_seed deepst_sections --seeds 0 1 2 3 4``, load 0.6-1.2): seed-to-seed
 0.929 (one seed 0.656), 7/7 domains in every section at every seed, neighbour agreement 0.479 (refined
 0.542) against 0.548 (0.602) for single-section runs of this stable mode, 29.6 s against 15.0 s for
-one seed: 2.0x.
+one seed: 2.0x. Since issue 19's fourth pass the integration's k-means runs on every spot's
+embedding averaged with its ``refine_neighbors`` nearest spots of its own section (4 on the ST
+grids): k-means on the section-corrected embedding within each section gave 0.491 / 0.554 (seeds
+0-1), as the shared k-means, so the embedding, not the shared clustering, was noisier per spot than a
+single section's. Bulb, seeds 0-4 (dev script on the code's network fits, seeds 2-4 run through the
+code, whose domains equal the recomputed ones, ARI 1.0; load 1.2-3.5): seed-to-seed 0.961 (without
+the averaging 0.934), 7/7 at every seed, neighbour agreement 0.568 / 0.598 (without 0.482 / 0.544)
+against 0.548 / 0.602 for single-section runs (recomputed, seed 0); 26.3 s against 16.2 s for one
+seed (seeds 3-4, load 1.3-1.9): 1.6x. Harmony instead of the adversary (seeds 0-1): 0.953, 7/7,
+0.568 / 0.600 (without the averaging 0.959, 0.483 / 0.542), 25.7 s. Stronger averaging lost
+stability (seeds 0-1: 8 neighbours 0.850, two steps of 8 0.800, the network's 12-neighbour graph
+0.679, 4 neighbours 0.942); half the spot's own embedding and half its neighbours' mean gained less
+(0.526 / 0.573). Synthetic 3 sections (``--cases synthetic --variants deepst``, seed 0, load
+1.2-1.5): pooled ARI 0.931 (without the averaging 0.941), 39.0 s; the truth puts 1 of its 5 domains
+in every section (the sections hold 3, 5 and 3), and 2 of 5 labels are in every section (without
+the averaging 5 of 5: labels of absent domains on a few spots). 8 ST hippocampus sections, 10
+domains, seed 0 (load ~2 with another helper's jobs): 10/10 domains in every section, neighbour
+agreement 0.807 / 0.836 (without the averaging 0.640 / 0.756) against 0.707 / 0.803 for
+single-section runs (sections 0.666-0.776 raw), 277 s (the 8 single-section runs 137 s).
 
 The previous default (2 runs from the fixed initial weights, DEC, initial DEC clusters and Leiden
 with a fixed seed, consensus graph of the edges of both runs; 10:21-10:33 UTC): MOB 0.971 / 0.435 at
